@@ -1,0 +1,90 @@
+#include "bindings/arrays.h"
+
+#include <cstring>
+
+namespace fastlm {
+namespace bindings {
+
+std::string shape_str(const Shape& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) {
+    out += std::to_string(s[i]);
+    if (i + 1 < s.size() || s.size() == 1) out += ",";
+    if (i + 1 < s.size()) out += " ";
+  }
+  return out + ")";
+}
+
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
+
+int64_t numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+[[noreturn]] void value_error(const char* op, const std::string& what) {
+  throw py::value_error(std::string(op) + ": " + what);
+}
+
+static py::array ndarray(py::handle obj, const char* op, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(op) + ": " + name + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+static void check_layout(const py::array& a, const char* op, const char* name, int ndim,
+                         bool writable) {
+  if (ndim >= 0 && a.ndim() != ndim)
+    value_error(op, std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " +
+                        shape_str(shape_of(a)));
+  if (!(a.flags() & py::array::c_style))
+    value_error(op, std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
+  if (writable && !a.writeable()) value_error(op, std::string(name) + " must be writable");
+}
+
+py::array float_array(py::handle obj, const char* op, const char* name, int ndim, bool writable) {
+  py::array a = ndarray(obj, op, name);
+  if (!a.dtype().is(py::dtype::of<float>()) && !a.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error(std::string(op) + ": " + name + " must have dtype float32, got " +
+                         std::string(py::str(a.dtype())));
+  check_layout(a, op, name, ndim, writable);
+  return a;
+}
+
+std::vector<int64_t> index_array(py::handle obj, const char* op, const char* name, int ndim) {
+  py::array a = ndarray(obj, op, name);
+  const bool i32 = a.dtype().equal(py::dtype::of<int32_t>());
+  const bool i64 = a.dtype().equal(py::dtype::of<int64_t>());
+  if (!i32 && !i64)
+    throw py::type_error(std::string(op) + ": " + name + " must have dtype int32 or int64, got " +
+                         std::string(py::str(a.dtype())));
+  check_layout(a, op, name, ndim, false);
+  const int64_t n = a.size();
+  std::vector<int64_t> out(n);
+  if (i64) {
+    if (n) std::memcpy(out.data(), a.data(), n * sizeof(int64_t));
+  } else {
+    const int32_t* p = static_cast<const int32_t*>(a.data());
+    for (int64_t i = 0; i < n; ++i) out[i] = p[i];
+  }
+  return out;
+}
+
+void require_shape(const py::array& a, const Shape& want, const char* op, const char* name) {
+  const Shape got = shape_of(a);
+  if (got != want)
+    value_error(op, std::string(name) + " must have shape " + shape_str(want) + ", got " +
+                        shape_str(got));
+}
+
+py::array_t<float> new_array(const Shape& shape, bool zeroed) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  py::array_t<float> a(s);
+  if (zeroed && a.size()) std::memset(a.mutable_data(), 0, a.size() * sizeof(float));
+  return a;
+}
+
+}  // namespace bindings
+}  // namespace fastlm

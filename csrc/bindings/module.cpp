@@ -1,0 +1,43 @@
+// fastlm._C: the compiled core. Only csrc/bindings/ includes pybind11.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "cpu/dispatch.h"
+
+#ifndef FASTLM_VERSION
+#define FASTLM_VERSION "0.0.0"
+#endif
+#ifndef FASTLM_COMPILER
+#define FASTLM_COMPILER "unknown"
+#endif
+
+namespace py = pybind11;
+
+namespace fastlm {
+namespace bindings {
+void bind_ops(py::module_& m);
+}
+}  // namespace fastlm
+
+PYBIND11_MODULE(_C, m) {
+  using namespace fastlm;
+  m.doc() = "fastlm compiled core: CPU kernels (generic/AVX2/AVX-512) and models";
+  // Choose the table now so a bad FASTLM_CPU_ISA fails the import with a clear message.
+  cpu::kernels();
+
+  m.def("cpu_isa", [] { return std::string(cpu::kernels().name); });
+  m.def("available_cpu_isas", &cpu::available_isas);
+  m.def("_set_cpu_isa", &cpu::set_isa, py::arg("name"));
+  m.def("get_num_threads", &cpu::num_threads);
+  m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = FASTLM_VERSION;
+    d["compiler"] = FASTLM_COMPILER;
+    d["cpu_isas"] = std::vector<std::string>{"generic", "avx2", "avx512"};
+    d["cuda"] = false;
+    d["openmp"] = true;
+    return d;
+  });
+  bindings::bind_ops(m);
+}

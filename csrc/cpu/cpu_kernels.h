@@ -1,0 +1,34 @@
+// Declarations of the CPU kernels of one ISA (namespace fastlm::cpu::FASTLM_ISA);
+// each is documented at its entry in csrc/kernels.h. table.cpp collects them.
+#pragma once
+#include "kernels.h"
+#include "cpu/simd.h"
+
+namespace fastlm {
+namespace cpu {
+namespace FASTLM_ISA {
+
+void matmul(const GemmArgs& args);
+void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
+void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols);
+void layernorm_forward(const float* x, const float* weight, const float* bias, float* y,
+                       float* mean, float* rstd, int64_t rows, int64_t cols, float eps);
+void layernorm_backward(const float* dy, const float* x, const float* weight, const float* mean,
+                        const float* rstd, float* dx, float* dweight, float* dbias, int64_t rows,
+                        int64_t cols);
+void gelu_forward(const float* x, float* y, int64_t n);
+void gelu_backward(const float* dy, const float* x, float* dx, int64_t n);
+void attention_forward(const AttentionArgs& args);
+void attention_backward(const AttentionGradArgs& args);
+float cross_entropy(const float* logits, const int64_t* targets, float* dlogits, int64_t rows,
+                    int64_t vocab, int64_t ignore_index, float dloss);
+void lstm_cell_forward(const float* preact, const float* c, float* gates, float* c_next,
+                       float* h_next, int64_t n, int64_t hidden);
+void lstm_cell_backward(const float* dh_next, const float* dc_next, const float* c,
+                        const float* c_next, const float* gates, float* dpreact, float* dc,
+                        int64_t n, int64_t hidden);
+void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& args);
+
+}  // namespace FASTLM_ISA
+}  // namespace cpu
+}  // namespace fastlm

@@ -1,0 +1,106 @@
+// Picks one CPU kernel table at import: cpuid says what the CPU implements,
+// xgetbv whether the OS saves the wider registers on a context switch.
+#include "cpu/dispatch.h"
+
+#include <cpuid.h>
+#include <omp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace fastlm {
+namespace cpu {
+namespace generic { const Kernels* kernel_table(); }
+namespace avx2 { const Kernels* kernel_table(); }
+namespace avx512 { const Kernels* kernel_table(); }
+
+namespace {
+
+uint64_t xgetbv0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (uint64_t(edx) << 32) | eax;
+}
+
+struct CpuFeatures {
+  bool avx2 = false, avx512 = false;
+};
+
+CpuFeatures detect() {
+  CpuFeatures f;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c & (1u << 27), avx = c & (1u << 28), fma = c & (1u << 12),
+             f16c = c & (1u << 29);
+  if (!osxsave || !avx) return f;
+  const uint64_t xcr0 = xgetbv0();
+  const bool ymm_state = (xcr0 & 0x6) == 0x6;            // SSE + AVX state
+  const bool zmm_state = (xcr0 & 0xe6) == 0xe6;          // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx2 = b & (1u << 5);
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) && (b & (1u << 31));
+  f.avx2 = ymm_state && avx2 && fma && f16c;
+  f.avx512 = f.avx2 && zmm_state && avx512;  // F, DQ, BW, VL
+  return f;
+}
+
+const Kernels* table_for(const std::string& name) {
+  const CpuFeatures f = detect();
+  if (name == "generic") return generic::kernel_table();
+  if (name == "avx2") return f.avx2 ? avx2::kernel_table() : nullptr;
+  if (name == "avx512") return f.avx512 ? avx512::kernel_table() : nullptr;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "': expected generic, avx2 or avx512");
+}
+
+const Kernels* initial_table() {
+  const char* forced = std::getenv("FASTLM_CPU_ISA");
+  if (forced && *forced) {
+    const Kernels* t = table_for(forced);
+    if (!t)
+      throw std::invalid_argument(std::string("FASTLM_CPU_ISA=") + forced +
+                                  ": this CPU (or its OS) cannot run that ISA");
+    return t;
+  }
+  const std::vector<std::string> isas = available_isas();
+  return table_for(isas.back());
+}
+
+std::atomic<const Kernels*> g_table{nullptr};
+
+}  // namespace
+
+std::vector<std::string> available_isas() {
+  const CpuFeatures f = detect();
+  std::vector<std::string> out = {"generic"};
+  if (f.avx2) out.push_back("avx2");
+  if (f.avx512) out.push_back("avx512");
+  return out;
+}
+
+const Kernels& kernels() {
+  const Kernels* t = g_table.load(std::memory_order_acquire);
+  if (!t) {
+    t = initial_table();
+    g_table.store(t, std::memory_order_release);
+  }
+  return *t;
+}
+
+void set_isa(const std::string& name) {
+  const Kernels* t = table_for(name);
+  if (!t) throw std::invalid_argument("this CPU (or its OS) cannot run ISA '" + name + "'");
+  g_table.store(t, std::memory_order_release);
+}
+
+int num_threads() { return omp_get_max_threads(); }
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+  omp_set_num_threads(n);
+}
+
+}  // namespace cpu
+}  // namespace fastlm

@@ -1,0 +1,225 @@
+// Portable float vector `V` for the per-ISA kernel sources.
+//
+// Every file in csrc/cpu/ except dispatch.cpp is compiled three times, with
+// FASTLM_ISA set to generic (SSE2, the x86-64 baseline), avx2 (AVX2+FMA) or
+// avx512 (F/BW/DQ/VL). Kernels are written once against `V` (kW lanes) and
+// land in namespace fastlm::cpu::FASTLM_ISA. Everything here is inside that
+// namespace so no inline function compiled with wide instructions can be
+// picked by the linker for another ISA's code (an ODR leak). For the same
+// reason kernel sources avoid STL templates (std::vector, std::max, ...):
+// use the helpers below and plain new[]/delete[] buffers.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#ifndef FASTLM_ISA
+#error "csrc/cpu sources are compiled per ISA with FASTLM_ISA set (see CMakeLists.txt)"
+#endif
+
+#define FASTLM_INLINE inline __attribute__((always_inline))
+
+namespace fastlm {
+struct Kernels;
+namespace cpu {
+namespace FASTLM_ISA {
+
+const Kernels* kernel_table();
+
+FASTLM_INLINE float fmaxs(float a, float b) { return a > b ? a : b; }
+FASTLM_INLINE float fmins(float a, float b) { return a < b ? a : b; }
+FASTLM_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+FASTLM_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+#if defined(FASTLM_ISA_AVX512)
+constexpr int kW = 16;
+struct V {
+  __m512 r;
+};
+FASTLM_INLINE V vzero() { return {_mm512_setzero_ps()}; }
+FASTLM_INLINE V vset(float x) { return {_mm512_set1_ps(x)}; }
+FASTLM_INLINE V vload(const float* p) { return {_mm512_loadu_ps(p)}; }
+FASTLM_INLINE void vstore(float* p, V a) { _mm512_storeu_ps(p, a.r); }
+FASTLM_INLINE __mmask16 tail_mask(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+// Lanes past n read as `fill` and are never touched in memory.
+FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
+  return {_mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(n), p)};
+}
+FASTLM_INLINE void vstore_part(float* p, V a, int64_t n) {
+  _mm512_mask_storeu_ps(p, tail_mask(n), a.r);
+}
+FASTLM_INLINE V operator+(V a, V b) { return {_mm512_add_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator-(V a, V b) { return {_mm512_sub_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator*(V a, V b) { return {_mm512_mul_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator/(V a, V b) { return {_mm512_div_ps(a.r, b.r)}; }
+FASTLM_INLINE V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.r, b.r, c.r)}; }  // a*b+c
+FASTLM_INLINE V vfnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.r, b.r, c.r)}; }  // c-a*b
+FASTLM_INLINE V vmax(V a, V b) { return {_mm512_max_ps(a.r, b.r)}; }
+FASTLM_INLINE V vmin(V a, V b) { return {_mm512_min_ps(a.r, b.r)}; }
+FASTLM_INLINE V vsqrt(V a) { return {_mm512_sqrt_ps(a.r)}; }
+FASTLM_INLINE float vsum(V a) { return _mm512_reduce_add_ps(a.r); }
+FASTLM_INLINE float vhmax(V a) { return _mm512_reduce_max_ps(a.r); }
+FASTLM_INLINE V vround(V a) {
+  return {_mm512_roundscale_ps(a.r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+// 2^n for integral-valued n in [-126, 127].
+FASTLM_INLINE V vpow2i(V n) {
+  __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.r), _mm512_set1_epi32(127));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(e, 23))};
+}
+// a < b ? if_lt : otherwise, lane by lane
+FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
+  return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.r, b.r, _CMP_LT_OQ), otherwise.r, if_lt.r)};
+}
+FASTLM_INLINE V vcopysign(V mag, V sign) {
+  const __m512 s = _mm512_set1_ps(-0.f);
+  return {_mm512_or_ps(_mm512_and_ps(sign.r, s), _mm512_andnot_ps(s, mag.r))};
+}
+
+#elif defined(FASTLM_ISA_AVX2)
+constexpr int kW = 8;
+struct V {
+  __m256 r;
+};
+FASTLM_INLINE V vzero() { return {_mm256_setzero_ps()}; }
+FASTLM_INLINE V vset(float x) { return {_mm256_set1_ps(x)}; }
+FASTLM_INLINE V vload(const float* p) { return {_mm256_loadu_ps(p)}; }
+FASTLM_INLINE void vstore(float* p, V a) { _mm256_storeu_ps(p, a.r); }
+FASTLM_INLINE __m256i tail_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
+  __m256i m = tail_mask(n);
+  return {_mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))};
+}
+FASTLM_INLINE void vstore_part(float* p, V a, int64_t n) { _mm256_maskstore_ps(p, tail_mask(n), a.r); }
+FASTLM_INLINE V operator+(V a, V b) { return {_mm256_add_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator-(V a, V b) { return {_mm256_sub_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator*(V a, V b) { return {_mm256_mul_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator/(V a, V b) { return {_mm256_div_ps(a.r, b.r)}; }
+FASTLM_INLINE V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.r, b.r, c.r)}; }
+FASTLM_INLINE V vfnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.r, b.r, c.r)}; }
+FASTLM_INLINE V vmax(V a, V b) { return {_mm256_max_ps(a.r, b.r)}; }
+FASTLM_INLINE V vmin(V a, V b) { return {_mm256_min_ps(a.r, b.r)}; }
+FASTLM_INLINE V vsqrt(V a) { return {_mm256_sqrt_ps(a.r)}; }
+FASTLM_INLINE float vsum(V a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.r), _mm256_extractf128_ps(a.r, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+FASTLM_INLINE float vhmax(V a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.r), _mm256_extractf128_ps(a.r, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+FASTLM_INLINE V vround(V a) { return {_mm256_round_ps(a.r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+FASTLM_INLINE V vpow2i(V n) {
+  __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.r), _mm256_set1_epi32(127));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+}
+FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
+  return {_mm256_blendv_ps(otherwise.r, if_lt.r, _mm256_cmp_ps(a.r, b.r, _CMP_LT_OQ))};
+}
+FASTLM_INLINE V vcopysign(V mag, V sign) {
+  const __m256 s = _mm256_set1_ps(-0.f);
+  return {_mm256_or_ps(_mm256_and_ps(sign.r, s), _mm256_andnot_ps(s, mag.r))};
+}
+
+#else  // generic: SSE2, which every x86-64 CPU has
+constexpr int kW = 4;
+struct V {
+  __m128 r;
+};
+FASTLM_INLINE V vzero() { return {_mm_setzero_ps()}; }
+FASTLM_INLINE V vset(float x) { return {_mm_set1_ps(x)}; }
+FASTLM_INLINE V vload(const float* p) { return {_mm_loadu_ps(p)}; }
+FASTLM_INLINE void vstore(float* p, V a) { _mm_storeu_ps(p, a.r); }
+FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
+  alignas(16) float t[4] = {fill, fill, fill, fill};
+  for (int64_t i = 0; i < n; ++i) t[i] = p[i];
+  return {_mm_load_ps(t)};
+}
+FASTLM_INLINE void vstore_part(float* p, V a, int64_t n) {
+  alignas(16) float t[4];
+  _mm_store_ps(t, a.r);
+  for (int64_t i = 0; i < n; ++i) p[i] = t[i];
+}
+FASTLM_INLINE V operator+(V a, V b) { return {_mm_add_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator-(V a, V b) { return {_mm_sub_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator*(V a, V b) { return {_mm_mul_ps(a.r, b.r)}; }
+FASTLM_INLINE V operator/(V a, V b) { return {_mm_div_ps(a.r, b.r)}; }
+// No FMA in the baseline: separate multiply and add (rounded twice).
+FASTLM_INLINE V vfma(V a, V b, V c) { return {_mm_add_ps(_mm_mul_ps(a.r, b.r), c.r)}; }
+FASTLM_INLINE V vfnma(V a, V b, V c) { return {_mm_sub_ps(c.r, _mm_mul_ps(a.r, b.r))}; }
+FASTLM_INLINE V vmax(V a, V b) { return {_mm_max_ps(a.r, b.r)}; }
+FASTLM_INLINE V vmin(V a, V b) { return {_mm_min_ps(a.r, b.r)}; }
+FASTLM_INLINE V vsqrt(V a) { return {_mm_sqrt_ps(a.r)}; }
+FASTLM_INLINE float vsum(V a) {
+  __m128 s = _mm_add_ps(a.r, _mm_movehl_ps(a.r, a.r));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+FASTLM_INLINE float vhmax(V a) {
+  __m128 s = _mm_max_ps(a.r, _mm_movehl_ps(a.r, a.r));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+FASTLM_INLINE V vround(V a) {  // |a| < 2^22 here, so the magic-number trick rounds to nearest
+  const __m128 magic = _mm_set1_ps(12582912.f);  // 1.5 * 2^23
+  return {_mm_sub_ps(_mm_add_ps(a.r, magic), magic)};
+}
+FASTLM_INLINE V vpow2i(V n) {
+  __m128i e = _mm_add_epi32(_mm_cvtps_epi32(n.r), _mm_set1_epi32(127));
+  return {_mm_castsi128_ps(_mm_slli_epi32(e, 23))};
+}
+FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
+  __m128 m = _mm_cmplt_ps(a.r, b.r);
+  return {_mm_or_ps(_mm_and_ps(m, if_lt.r), _mm_andnot_ps(m, otherwise.r))};
+}
+FASTLM_INLINE V vcopysign(V mag, V sign) {
+  const __m128 s = _mm_set1_ps(-0.f);
+  return {_mm_or_ps(_mm_and_ps(sign.r, s), _mm_andnot_ps(s, mag.r))};
+}
+#endif
+
+// exp(x), relative error ~2 ulp; exactly 0 below -87.33 (and for -inf); NaN stays NaN.
+FASTLM_INLINE V vexp(V x) {
+  const V lo = vset(-87.33654f);
+  V xc = vmin(vset(88.37626f), vmax(lo, x));  // operand order keeps NaN
+  V n = vround(xc * vset(1.44269504088896341f));
+  V r = vfnma(n, vset(0.693359375f), xc);  // ln2 split in two: exact reduction
+  r = vfnma(n, vset(-2.12194440e-4f), r);
+  // e^r on [-ln2/2, ln2/2] (Cephes expf polynomial)
+  V p = vset(1.9875691500e-4f);
+  p = vfma(p, r, vset(1.3981999507e-3f));
+  p = vfma(p, r, vset(8.3334519073e-3f));
+  p = vfma(p, r, vset(4.1665795894e-2f));
+  p = vfma(p, r, vset(1.6666665459e-1f));
+  p = vfma(p, r, vset(5.0000001201e-1f));
+  p = vfma(p * r, r, r) + vset(1.f);
+  return vblend_lt(x, lo, vzero(), p * vpow2i(n));
+}
+
+FASTLM_INLINE V vsigmoid(V x) { return vset(1.f) / (vset(1.f) + vexp(vzero() - x)); }
+
+// tanh: an odd polynomial for |x| < 0.625 (Cephes tanhf), else
+// 1 - 2 / (exp(2|x|) + 1), which cannot overflow; the sign restored last.
+FASTLM_INLINE V vtanh(V x) {
+  V ax = vmax(x, vzero() - x);
+  V big = vset(1.f) - vset(2.f) / (vexp(ax + ax) + vset(1.f));
+  V z = x * x;
+  V p = vset(-5.70498872745e-3f);
+  p = vfma(p, z, vset(2.06390887954e-2f));
+  p = vfma(p, z, vset(-5.37397155531e-2f));
+  p = vfma(p, z, vset(1.33314422036e-1f));
+  p = vfma(p, z, vset(-3.33332819422e-1f));
+  V small = vfma(p * z, ax, ax);
+  return vcopysign(vblend_lt(ax, vset(0.625f), small, big), x);
+}
+
+}  // namespace FASTLM_ISA
+}  // namespace cpu
+}  // namespace fastlm

@@ -1,0 +1,116 @@
+// The backend interface: one entry per kernel, raw pointers and sizes only.
+//
+// A backend (the CPU at one ISA, later CUDA) fills one `Kernels` table; model
+// code calls kernels only through a table, so the same model runs on any
+// backend. Kernels do not validate their arguments: callers (the bindings, the
+// models) guarantee sizes >= 0, non-null pointers where required, and buffers
+// of the documented extents. All matrices are row-major.
+//
+// Accumulation convention (as llm.c): every *_backward kernel ADDS (+=) into
+// each of its gradient outputs, so gradients of shared inputs (residual
+// streams, tied weights) sum naturally; the caller zeroes them first.
+#pragma once
+#include <cstdint>
+
+namespace fastlm {
+
+// c (m, n) = op(a) @ op(b) [+ bias] [+ c]
+//   op(a) is (m, k): a is (m, k) with row stride lda, or (k, m) when trans_a.
+//   op(b) is (k, n): b is (k, n) with row stride ldb, or (n, k) when trans_b.
+//   bias (n) or null, added to every row; accumulate adds the old c.
+struct GemmArgs {
+  const float* a = nullptr;
+  const float* b = nullptr;
+  const float* bias = nullptr;
+  float* c = nullptr;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  bool trans_a = false, trans_b = false, accumulate = false;
+};
+
+// Element strides of a (batch, head, row, dim) tensor whose dim is contiguous.
+struct Strides {
+  int64_t batch = 0, head = 0, row = 0;
+};
+
+// Scaled dot-product attention, scale 1/sqrt(head_dim), flash style (online
+// softmax, no (seq_q, seq_k) score matrix). Query i attends keys j with
+// j <= i + (seq_k - seq_q) when causal, all keys otherwise. lse (batch, heads,
+// seq_q) contiguous holds each score row's natural log-sum-exp.
+struct AttentionArgs {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* out = nullptr;
+  float* lse = nullptr;
+  Strides sq, sk, sv, so;
+  int64_t batch = 0, heads = 0, seq_q = 0, seq_k = 0, head_dim = 0;
+  bool causal = true;
+};
+
+// Gradients of attention; dq, dk, dv use the strides of q, k, v and dout
+// those of out. Requires seq_q == seq_k. Accumulates into dq, dk, dv.
+struct AttentionGradArgs {
+  AttentionArgs fwd;  // q, k, v, out, lse as produced by the forward
+  const float* dout = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+};
+
+// PyTorch's AdamW (decoupled weight decay, bias correction), step >= 1.
+struct AdamWArgs {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  int64_t step = 1;
+};
+
+struct Kernels {
+  const char* name;  // "generic", "avx2", "avx512", "cuda"
+
+  void (*matmul)(const GemmArgs& args);
+
+  // y = softmax(x) over rows of length cols; dx += y * (dy - sum(dy * y)).
+  void (*softmax_forward)(const float* x, float* y, int64_t rows, int64_t cols);
+  void (*softmax_backward)(const float* dy, const float* y, float* dx, int64_t rows,
+                           int64_t cols);
+
+  // y = (x - mean) * rstd * weight + bias per row; mean and rstd (rows) saved.
+  void (*layernorm_forward)(const float* x, const float* weight, const float* bias, float* y,
+                            float* mean, float* rstd, int64_t rows, int64_t cols, float eps);
+  void (*layernorm_backward)(const float* dy, const float* x, const float* weight,
+                             const float* mean, const float* rstd, float* dx, float* dweight,
+                             float* dbias, int64_t rows, int64_t cols);
+
+  // GPT-2's tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+  void (*gelu_forward)(const float* x, float* y, int64_t n);
+  void (*gelu_backward)(const float* dy, const float* x, float* dx, int64_t n);
+
+  void (*attention_forward)(const AttentionArgs& args);
+  void (*attention_backward)(const AttentionGradArgs& args);
+
+  // Fused softmax cross-entropy over logits (rows, vocab). Rows whose target
+  // equals ignore_index do not count. Returns the mean loss over counted rows
+  // (NaN when none count). When dlogits is not null it receives (written, not
+  // accumulated) dloss / count * (softmax - onehot), 0 on ignored rows; it may
+  // alias logits. targets are in [0, vocab) or equal ignore_index.
+  float (*cross_entropy)(const float* logits, const int64_t* targets, float* dlogits,
+                         int64_t rows, int64_t vocab, int64_t ignore_index, float dloss);
+
+  // LSTM cell pointwise part (PyTorch gate order i, f, g, o).
+  //   preact (n, 4h) = x W_ih^T + h W_hh^T + b_ih + b_hh
+  //   gates (n, 4h) = sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+  //   c_next = f c + i g; h_next = o tanh(c_next)
+  void (*lstm_cell_forward)(const float* preact, const float* c, float* gates, float* c_next,
+                            float* h_next, int64_t n, int64_t hidden);
+  // dh_next, dc_next (either may be null = zero) -> dpreact (n, 4h) and dc (n, h),
+  // both accumulated.
+  void (*lstm_cell_backward)(const float* dh_next, const float* dc_next, const float* c,
+                             const float* c_next, const float* gates, float* dpreact, float* dc,
+                             int64_t n, int64_t hidden);
+
+  // In place over n contiguous floats.
+  void (*adamw)(float* param, const float* grad, float* m, float* v, int64_t n,
+                const AdamWArgs& args);
+};
+
+}  // namespace fastlm

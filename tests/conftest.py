@@ -1,0 +1,64 @@
+"""Shared test helpers: run each op on every ISA this machine can run, and judge
+errors the flash-attention way (against float64, relative to a naive float32
+computation's own error)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import _C
+
+ISAS = fastlm.available_cpu_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Switch the kernel table to one ISA for the test, then restore it."""
+    before = fastlm.cpu_isa()
+    _C._set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _C._set_cpu_isa(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def assert_error_bound(ours, ref64, naive32, *, factor: float = 4.0, name: str = "") -> None:
+    """max |ours - ref64| <= factor * max |naive32 - ref64| + a few float32 ulps of the scale.
+
+    ref64 is a float64 reference; naive32 the same formula evaluated plainly in
+    float32. The ulp floor keeps the bound meaningful where the naive error is 0.
+    """
+    ours = np.asarray(ours, dtype=np.float64)
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    naive32 = np.asarray(naive32, dtype=np.float64)
+    assert ours.shape == ref64.shape, f"{name}: shape {ours.shape} != {ref64.shape}"
+    assert np.all(np.isfinite(ours)), f"{name}: non-finite values"
+    err = np.max(np.abs(ours - ref64)) if ours.size else 0.0
+    base = np.max(np.abs(naive32 - ref64)) if ours.size else 0.0
+    scale = np.max(np.abs(ref64)) if ours.size else 0.0
+    bound = factor * base + 8 * np.finfo(np.float32).eps * scale + 1e-30
+    assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (naive float32 error {base:.3g})"
+
+
+def finite_difference(f, x: np.ndarray, dy: np.ndarray, h: float = 1e-6, n_probe: int = 8,
+                      rng=None) -> tuple:
+    """Check of a float64 backward reference: returns (numeric, index) pairs
+    d<dy, f(x)>/dx at n_probe random entries of x by central differences."""
+    rng = rng or np.random.default_rng(0)
+    idx = [tuple(int(rng.integers(0, s)) for s in x.shape) for _ in range(n_probe)]
+    out = []
+    for i in idx:
+        xp = x.copy(); xp[i] += h
+        xm = x.copy(); xm[i] -= h
+        out.append((np.sum(dy * f(xp)) - np.sum(dy * f(xm))) / (2 * h))
+    return np.array(out), idx
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
