@@ -25,16 +25,17 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool
   if (ka != kb)
     value_error(op, "inner dimensions differ: op(a) is " + shape_str({m, ka}) + ", op(b) is " +
                         shape_str({kb, n}));
-  py::array bias;
+  const float* bias = nullptr;
   if (!bias_obj.is_none()) {
-    bias = float_array(bias_obj, op, "bias", 1);
-    require_shape(bias, {n}, op, "bias");
+    py::array bias_arr = float_array(bias_obj, op, "bias", 1);
+    require_shape(bias_arr, {n}, op, "bias");
+    bias = cptr(bias_arr);  // bias_obj keeps the array alive
   }
   py::array_t<float> c = new_array({m, n});
   GemmArgs g;
   g.a = cptr(a);
   g.b = cptr(b);
-  g.bias = bias ? cptr(bias) : nullptr;
+  g.bias = bias;
   g.c = c.mutable_data();
   g.m = m;
   g.n = n;

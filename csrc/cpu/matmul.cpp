@@ -1,4 +1,228 @@
+// GEMM, BLIS style: op(A) and op(B) are packed into panels (which is where
+// the transposes are absorbed), and a register-blocked microkernel computes
+// one MR x NR tile of C from an MR-row panel of A and an NR-column panel of B.
+//
+//   for jc over N by NC                      B block (KC x NC) lives in L3
+//     for pc over K by KC                    packed by all threads together
+//       for each (ic over M by MC, N slice)  one work unit per thread at a time
+//         pack A block (MC x KC)             lives in L2
+//         for jr over the slice by NR        B micro-panel stays in L1
+//           for ir over MC by MR: microkernel
+#include <omp.h>
+
+#include <cstdlib>
+
 #include "cpu/cpu_kernels.h"
-namespace fastlm { namespace cpu { namespace FASTLM_ISA {
-void matmul(const GemmArgs&) {}
-}}}
+
+namespace fastlm {
+namespace cpu {
+namespace FASTLM_ISA {
+
+namespace {
+
+// Tile shapes: MR * NV accumulators plus NV B vectors and one broadcast must
+// fit the register file (32 zmm, 16 ymm, 16 xmm).
+#if defined(FASTLM_ISA_AVX512)
+constexpr int MR = 12, NV = 2;
+#elif defined(FASTLM_ISA_AVX2)
+constexpr int MR = 6, NV = 2;
+#else
+constexpr int MR = 4, NV = 2;
+#endif
+constexpr int NR = NV * kW;
+constexpr int64_t KC = 256;     // B micro-panel KC x NR fits L1
+constexpr int64_t MC_MAX = 192; // A block MC x KC fits L2
+constexpr int64_t NC = 4096;    // B block KC x NC fits L3
+
+FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+float* alloc_floats(int64_t n) {
+  const size_t bytes = (size_t)round_up(n * (int64_t)sizeof(float), 64);
+  return static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+}
+
+// Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as MR-row panels:
+// panel p holds, for each k, MR consecutive values; short panels are zero padded.
+void pack_a(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+  for (int64_t ib = 0; ib < mc; ib += MR) {
+    const int64_t mr = imin(MR, mc - ib);
+    float* panel = dst + ib * kc;
+    if (!g.trans_a) {
+      // A row-major (m, k): gather MR rows, one k at a time.
+      const float* src = g.a + (i0 + ib) * g.lda + p0;
+      for (int64_t k = 0; k < kc; ++k) {
+        for (int64_t i = 0; i < mr; ++i) panel[k * MR + i] = src[i * g.lda + k];
+        for (int64_t i = mr; i < MR; ++i) panel[k * MR + i] = 0.f;
+      }
+    } else {
+      // A stored (k, m): each k gives MR contiguous values.
+      const float* src = g.a + p0 * g.lda + i0 + ib;
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* s = src + k * g.lda;
+        for (int64_t i = 0; i < mr; ++i) panel[k * MR + i] = s[i];
+        for (int64_t i = mr; i < MR; ++i) panel[k * MR + i] = 0.f;
+      }
+    }
+  }
+}
+
+// Packs one NR-column panel (cols [j0, j0+nr) x rows [p0, p0+kc) of op(B)).
+void pack_b_panel(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t kc,
+                  float* panel) {
+  if (!g.trans_b) {
+    const float* src = g.b + p0 * g.ldb + j0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* s = src + k * g.ldb;
+      float* d = panel + k * NR;
+      if (nr == NR) {
+        for (int v = 0; v < NV; ++v) vstore(d + v * kW, vload(s + v * kW));
+      } else {
+        for (int v = 0; v < NV; ++v) {
+          const int64_t left = nr - v * kW;
+          vstore(d + v * kW, left <= 0 ? vzero() : vload_part(s + v * kW, imin(left, kW)));
+        }
+      }
+    }
+  } else {
+    // B stored (n, k): column j of op(B) is the contiguous row j of b.
+    for (int64_t j = 0; j < NR; ++j) {
+      if (j < nr) {
+        const float* s = g.b + (j0 + j) * g.ldb + p0;
+        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = s[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = 0.f;
+      }
+    }
+  }
+}
+
+// C tile (mr x nr valid of MR x NR) = [C +] A_panel B_panel [+ bias].
+FASTLM_INLINE void microkernel(int64_t kc, const float* __restrict__ a,
+                               const float* __restrict__ b, float* c, int64_t ldc, int64_t mr,
+                               int64_t nr, bool load_c, const float* bias) {
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
+
+  for (int64_t k = 0; k < kc; ++k) {
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * NR + v * kW);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V av = vset(a[k * MR + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, bv[v], acc[i][v]);
+    }
+  }
+
+  if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        float* p = c + i * ldc + v * kW;
+        V r = acc[i][v];
+        if (load_c) r = r + vload(p);
+        if (bias) r = r + vload(bias + v * kW);
+        vstore(p, r);
+      }
+    return;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mr) break;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const int64_t cols = imin(kW, nr - v * kW);
+      if (cols <= 0) break;
+      float* p = c + i * ldc + v * kW;
+      V r = acc[i][v];
+      if (load_c) r = r + vload_part(p, cols);
+      if (bias) r = r + vload_part(bias + v * kW, cols);
+      vstore_part(p, r, cols);
+    }
+  }
+}
+
+// k == 0: C = bias or 0 (or unchanged, plus bias, when accumulating).
+void fill_bias(const GemmArgs& g) {
+  for (int64_t i = 0; i < g.m; ++i) {
+    float* row = g.c + i * g.ldc;
+    for (int64_t j = 0; j < g.n; ++j) {
+      const float base = g.accumulate ? row[j] : 0.f;
+      row[j] = base + (g.bias ? g.bias[j] : 0.f);
+    }
+  }
+}
+
+}  // namespace
+
+void matmul(const GemmArgs& g) {
+  if (g.m <= 0 || g.n <= 0) return;
+  if (g.k <= 0) {
+    fill_bias(g);
+    return;
+  }
+  const int nthreads = omp_get_max_threads();
+  // Split M into equal blocks (a multiple of MR, at most MC_MAX) so that the
+  // blocks spread evenly over the threads; split N into slices when M alone
+  // gives too few units.
+  int64_t nic = ceil_div(g.m, MC_MAX);
+  if (nic < nthreads) nic = imin(nthreads, ceil_div(g.m, MR));
+  else nic = round_up(nic, nthreads);
+  const int64_t mc = round_up(ceil_div(g.m, nic), MR);
+  nic = ceil_div(g.m, mc);
+
+  const int64_t nc = imin(NC, round_up(g.n, NR));
+  const int64_t kc_max = imin(KC, g.k);
+  float* bpack = alloc_floats(kc_max * nc);
+
+#pragma omp parallel
+  {
+    float* apack = alloc_floats(mc * kc_max);
+    for (int64_t jc = 0; jc < g.n; jc += nc) {
+      const int64_t ncur = imin(nc, g.n - jc);
+      const int64_t npanels = ceil_div(ncur, NR);
+      const int64_t nslices = imin(npanels, imax(1, ceil_div(2 * nthreads, nic)));
+      const int64_t panels_per_slice = ceil_div(npanels, nslices);
+      for (int64_t pc = 0; pc < g.k; pc += kc_max) {
+        const int64_t kc = imin(kc_max, g.k - pc);
+        const bool first = pc == 0;
+#pragma omp for schedule(static)
+        for (int64_t jp = 0; jp < npanels; ++jp)
+          pack_b_panel(g, jc + jp * NR, imin(NR, ncur - jp * NR), pc, kc, bpack + jp * NR * kc);
+
+        int64_t packed_ic = -1;
+#pragma omp for schedule(static)
+        for (int64_t unit = 0; unit < nic * nslices; ++unit) {
+          const int64_t ic = (unit / nslices) * mc, slice = unit % nslices;
+          if (ic >= g.m) continue;
+          const int64_t mcur = imin(mc, g.m - ic);
+          if (packed_ic != ic) {
+            pack_a(g, ic, mcur, pc, kc, apack);
+            packed_ic = ic;
+          }
+          const int64_t jp_end = imin(npanels, (slice + 1) * panels_per_slice);
+          for (int64_t jp = slice * panels_per_slice; jp < jp_end; ++jp) {
+            const int64_t j = jc + jp * NR, nr = imin(NR, ncur - jp * NR);
+            const float* bias = first && g.bias ? g.bias + j : nullptr;
+            for (int64_t ir = 0; ir < mcur; ir += MR) {
+              microkernel(kc, apack + ir * kc, bpack + jp * NR * kc, g.c + (ic + ir) * g.ldc + j,
+                          g.ldc, imin(MR, mcur - ir), nr, !first || g.accumulate, bias);
+            }
+          }
+        }
+      }
+    }
+    std::free(apack);
+  }
+  std::free(bpack);
+}
+
+}  // namespace FASTLM_ISA
+}  // namespace cpu
+}  // namespace fastlm

@@ -1,0 +1,96 @@
+"""Run-time ISA dispatch, thread control and build info."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastlm
+
+
+def run_python(code, env_extra):
+    env = dict(os.environ, **env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_available_isas_and_active():
+    isas = fastlm.available_cpu_isas()
+    assert isas[0] == "generic"
+    assert set(isas) <= {"generic", "avx2", "avx512"}
+    assert fastlm.cpu_isa() in isas
+
+
+@pytest.mark.parametrize("isa", fastlm.available_cpu_isas())
+def test_env_forces_isa(isa):
+    r = run_python("import fastlm; print(fastlm.cpu_isa())", {"FASTLM_CPU_ISA": isa})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == isa
+
+
+def test_env_unknown_isa_is_a_clear_error():
+    r = run_python("import fastlm", {"FASTLM_CPU_ISA": "avx9000"})
+    assert r.returncode != 0
+    assert "unknown CPU ISA 'avx9000'" in r.stderr
+    assert "Segmentation" not in r.stderr
+
+
+def test_env_unsupported_isa_is_a_clear_error():
+    missing = [i for i in ("avx2", "avx512") if i not in fastlm.available_cpu_isas()]
+    if not missing:
+        pytest.skip("this CPU runs every ISA")
+    r = run_python("import fastlm", {"FASTLM_CPU_ISA": missing[0]})
+    assert r.returncode != 0 and "cannot run" in r.stderr
+
+
+def test_threads_roundtrip():
+    before = fastlm.get_num_threads()
+    try:
+        fastlm.set_num_threads(1)
+        assert fastlm.get_num_threads() == 1
+        fastlm.set_num_threads(3)
+        assert fastlm.get_num_threads() == 3
+    finally:
+        fastlm.set_num_threads(before)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        fastlm.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        fastlm.set_num_threads(2.0)
+
+
+def test_results_independent_of_thread_count_for_rowwise_ops():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((300, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 100)).astype(np.float32)
+    before = fastlm.get_num_threads()
+    try:
+        fastlm.set_num_threads(1)
+        one = fastlm.ops.matmul(a, b)
+        fastlm.set_num_threads(2)
+        two = fastlm.ops.matmul(a, b)
+    finally:
+        fastlm.set_num_threads(before)
+    # each C element is summed over k in the same order whatever the split
+    assert np.array_equal(one, two)
+
+
+def test_build_info():
+    info = fastlm.build_info()
+    for key in ("version", "cuda", "cpu_isas", "compiler", "cpu_isa", "num_threads"):
+        assert key in info
+    assert info["version"] == fastlm.__version__ != ""
+    assert info["cpu_isas"] == ["generic", "avx2", "avx512"]
+    assert isinstance(info["cuda"], bool)
+
+
+def test_per_isa_objects_do_not_leak_weak_symbols():
+    """Inline functions compiled with AVX flags must not be shared across ISAs (ODR)."""
+    so = fastlm._C.__file__
+    r = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("nm not available")
+    avx = [line for line in r.stdout.splitlines()
+           if ("fastlm::cpu::avx2" in line or "fastlm::cpu::avx512" in line)
+           and line.split()[1] in ("W", "V", "u")]
+    assert not avx, avx[:5]

@@ -1,0 +1,92 @@
+"""ops.matmul against a float64 reference on every ISA, every transpose, awkward sizes."""
+import numpy as np
+import pytest
+
+from fastlm import ops
+from conftest import assert_error_bound, torch_or_skip
+
+SIZES = [(1, 1, 1), (3, 17, 31), (17, 33, 3), (31, 1, 127), (33, 127, 17), (127, 31, 1000),
+         (1000, 3, 33), (64, 64, 0), (13, 45, 300), (200, 70, 520)]
+
+
+def operands(rng, m, n, k, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    return a, b
+
+
+@pytest.mark.parametrize("m,n,k", SIZES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_matches_float64(isa, rng, m, n, k, trans_a, trans_b):
+    a, b = operands(rng, m, n, k, trans_a, trans_b)
+    bias = rng.standard_normal(n).astype(np.float32)
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    ref = opa.astype(np.float64) @ opb.astype(np.float64) + bias
+    # naive float32: accumulate over k in float32, in order
+    naive = np.zeros((m, n), np.float32)
+    for p in range(k):
+        naive += np.outer(opa[:, p], opb[p, :]).astype(np.float32)
+    naive += bias
+    c = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias)
+    assert c.dtype == np.float32 and c.shape == (m, n)
+    assert_error_bound(c, ref, naive, name=f"{isa} {m}x{n}x{k}")
+    c0 = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+    assert_error_bound(c0, ref - bias, naive - bias, name="no bias")
+
+
+def test_matmul_large_blocks(isa, rng):
+    # spans several K blocks, N panels and M blocks with ragged edges
+    a, b = operands(rng, 397, 211, 613, False, True)
+    ref = a.astype(np.float64) @ b.T.astype(np.float64)
+    naive = a @ b.T  # float32 BLAS is a fair "plain float32" yardstick here
+    assert_error_bound(ops.matmul(a, b, trans_b=True), ref, naive, factor=8, name=isa)
+
+
+def test_matmul_deterministic(rng):
+    a, b = operands(rng, 300, 200, 700, False, False)
+    assert np.array_equal(ops.matmul(a, b), ops.matmul(a, b))
+
+
+def test_matmul_isas_agree_closely(rng):
+    a, b = operands(rng, 50, 60, 70, False, False)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    import fastlm
+    from fastlm import _C
+    before = fastlm.cpu_isa()
+    try:
+        for isa in fastlm.available_cpu_isas():
+            _C._set_cpu_isa(isa)
+            assert np.max(np.abs(ops.matmul(a, b) - ref)) < 1e-4
+    finally:
+        _C._set_cpu_isa(before)
+
+
+def test_matmul_against_torch(rng):
+    torch = torch_or_skip()
+    a, b = operands(rng, 77, 91, 130, True, True)
+    bias = rng.standard_normal(91).astype(np.float32)
+    want = torch.nn.functional.linear(torch.from_numpy(a.T.copy()), torch.from_numpy(b),
+                                      torch.from_numpy(bias)).numpy()
+    np.testing.assert_allclose(ops.matmul(a, b, trans_a=True, trans_b=True, bias=bias), want,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_bad_inputs():
+    a = np.zeros((3, 4), np.float32)
+    b = np.zeros((4, 5), np.float32)
+    with pytest.raises(TypeError, match="a must have dtype float32"):
+        ops.matmul(a.astype(np.float64), b)
+    with pytest.raises(TypeError, match="b must be a numpy.ndarray"):
+        ops.matmul(a, [[1.0]])
+    with pytest.raises(ValueError, match="inner dimensions"):
+        ops.matmul(a, b.T.copy())
+    with pytest.raises(ValueError, match="a must be 2-D"):
+        ops.matmul(np.zeros(4, np.float32), b)
+    with pytest.raises(ValueError, match="b must be C-contiguous"):
+        ops.matmul(a, np.zeros((5, 4), np.float32).T)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops.matmul(a, b, bias=np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="bias must have dtype float32"):
+        ops.matmul(a, b, bias=np.zeros(5, np.int32))
