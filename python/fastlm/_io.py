@@ -1,0 +1,238 @@
+"""Crash-safe file writing.
+
+A reader (or a resumed run after a crash or ``kill -9``) must see either the
+old complete file or the new complete file, never a half-written one. Every
+writer here therefore writes into a temporary file *in the same directory* as
+the target, flushes and ``fsync``s it, and ``os.replace``s it over the target
+(an atomic rename on POSIX and Windows when both lie on one file system), then
+``fsync``s the directory so the rename itself survives a power loss.
+
+* :func:`atomic_write` -- write a whole ``bytes``/``str`` payload.
+* :func:`atomic_open` -- a context manager giving a file object to write into.
+* :func:`atomic_replace_dir` -- move a fully written directory (a checkpoint)
+  into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from typing import IO, Iterator, Union
+
+__all__ = ["atomic_write", "atomic_open", "atomic_replace_dir"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_WRITE_MODES = {"wb": "wb", "bw": "wb", "w": "w", "wt": "w", "tw": "w"}
+
+
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; do it once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _check_path(path: PathLike, name: str = "path") -> str:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not isinstance(p, str):
+        p = os.fsdecode(p)
+    if p == "":
+        raise ValueError(f"{name} must not be empty")
+    return p
+
+
+def _fsync_dir(directory: str) -> None:
+    """fsync a directory so renames inside it are durable (best effort: not
+    every platform or file system lets a directory be opened or synced)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", *, encoding: str = "utf-8") -> Iterator[IO]:
+    """Open ``path`` for writing so that it is replaced atomically on success.
+
+    Usage::
+
+        with atomic_open("ckpt/model.bin") as f:
+            f.write(header)
+            f.write(payload)
+
+    The ``with`` body writes to a temporary file next to ``path`` (same
+    directory, hence same file system). When the body finishes without an
+    exception the file is flushed, ``fsync``ed, closed and ``os.replace``d onto
+    ``path``, and the directory is ``fsync``ed. When the body raises, the
+    temporary file is removed and ``path`` -- if it existed -- is left exactly
+    as it was; the exception propagates.
+
+    mode: ``"wb"`` (binary, the default) or ``"w"`` (text, with ``encoding``,
+    newlines written as given). Appending or reading modes are rejected with
+    ``ValueError``. The new file gets the permissions of the file it replaces,
+    or the usual ``0o666 & ~umask`` for a new file.
+    The parent directory must exist (``FileNotFoundError`` otherwise).
+    """
+    path = _check_path(path)
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, got {type(mode).__name__}")
+    if mode not in _WRITE_MODES:
+        raise ValueError(f"mode must be 'wb' or 'w' (atomic_open only writes whole files), got {mode!r}")
+    mode = _WRITE_MODES[mode]
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"atomic_open: directory {directory!r} of path {path!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"atomic_open: path {path!r} is a directory")
+
+    try:
+        perm = os.stat(path).st_mode & 0o7777
+    except OSError:
+        perm = 0o666 & ~_UMASK
+
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        try:
+            os.chmod(tmp, perm)
+        except OSError:
+            pass
+        if mode == "wb":
+            f = os.fdopen(fd, "wb")
+        else:
+            f = os.fdopen(fd, "w", encoding=encoding, newline="")
+        fd = -1  # now owned by f
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = ""
+        _fsync_dir(directory)
+    finally:
+        if fd != -1:
+            os.close(fd)
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def atomic_write(path: PathLike, data: Union[bytes, bytearray, memoryview, str], *,
+                 encoding: str = "utf-8") -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`).
+
+    data: ``bytes``-like, written as is, or ``str``, encoded with ``encoding``
+    (UTF-8 by default; newlines are not translated). Any other type raises
+    ``TypeError`` before anything is touched. After a crash ``path`` holds
+    either its previous content or all of ``data``.
+    """
+    if isinstance(data, str):
+        payload = data.encode(encoding)
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        payload = bytes(data)
+    else:
+        raise TypeError(f"data must be bytes or str, got {type(data).__name__}")
+    with atomic_open(path, "wb") as f:
+        f.write(payload)
+
+
+def _fsync_tree(root: str) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = True) -> None:
+    """Move the fully written directory ``tmp_dir`` to ``final_dir``, replacing
+    any existing ``final_dir``.
+
+    Intended for checkpoints: write every file into a fresh sibling directory
+    (e.g. ``out/.ckpt.tmp-1234``), then call this. Steps:
+
+    1. with ``fsync=True`` (default), ``fsync`` every file in ``tmp_dir`` and
+       the directory itself, so its content is durable before it becomes
+       visible;
+    2. if ``final_dir`` exists, rename it aside to a hidden sibling
+       ``.<name>.old-<random>``;
+    3. rename ``tmp_dir`` to ``final_dir`` (if this fails the old directory is
+       renamed back and the error propagates, so nothing is lost);
+    4. ``fsync`` the parent directory, then delete the old directory.
+
+    A crash leaves either the old or the new complete directory under
+    ``final_dir``, except in the short window between steps 2 and 3, where
+    ``final_dir`` is missing and the old copy sits complete under its
+    ``.<name>.old-*`` name (POSIX has no portable atomic directory swap), and
+    after step 3 a leftover ``.old-*`` directory may remain and can be deleted.
+
+    ``tmp_dir`` and ``final_dir`` must be on the same file system (best: the
+    same parent directory), otherwise the rename fails with ``OSError``.
+    Raises ``FileNotFoundError`` if ``tmp_dir`` does not exist,
+    ``NotADirectoryError`` if ``tmp_dir`` or an existing ``final_dir`` is not
+    a directory, ``ValueError`` if both name the same directory or one lies
+    inside the other.
+    """
+    src = os.path.abspath(_check_path(tmp_dir, "tmp_dir"))
+    dst = os.path.abspath(_check_path(final_dir, "final_dir"))
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"atomic_replace_dir: tmp_dir {src!r} does not exist")
+    if not os.path.isdir(src):
+        raise NotADirectoryError(f"atomic_replace_dir: tmp_dir {src!r} is not a directory")
+    if os.path.lexists(dst) and not os.path.isdir(dst):
+        raise NotADirectoryError(f"atomic_replace_dir: final_dir {dst!r} exists and is not a directory")
+    if src == dst:
+        raise ValueError(f"atomic_replace_dir: tmp_dir and final_dir are the same directory {src!r}")
+    if (dst + os.sep).startswith(src + os.sep) or (src + os.sep).startswith(dst + os.sep):
+        raise ValueError(f"atomic_replace_dir: one of tmp_dir {src!r} and final_dir {dst!r} lies inside the other")
+    parent = os.path.dirname(dst)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"atomic_replace_dir: parent directory {parent!r} of final_dir does not exist")
+
+    if fsync:
+        _fsync_tree(src)
+
+    old = ""
+    if os.path.lexists(dst):
+        old = os.path.join(parent, f".{os.path.basename(dst)}.old-{uuid.uuid4().hex[:12]}")
+        os.rename(dst, old)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        if old:
+            os.rename(old, dst)
+        raise
+    _fsync_dir(parent)
+    if os.path.dirname(src) != parent:
+        _fsync_dir(os.path.dirname(src))
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""Atomic writes: the target holds the old or the new content, never a mix."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastlm._io import atomic_open, atomic_replace_dir, atomic_write
+
+
+def _leftovers(directory, keep):
+    return sorted(set(os.listdir(directory)) - set(keep))
+
+
+def test_atomic_write_bytes_and_str(tmp_path):
+    p = tmp_path / "a.bin"
+    atomic_write(p, b"\x00\x01\x02")
+    assert p.read_bytes() == b"\x00\x01\x02"
+    atomic_write(str(p), "h\u00e9llo\r\n")  # str paths too; UTF-8, newlines untouched
+    assert p.read_bytes() == "h\u00e9llo\r\n".encode("utf-8")
+    assert _leftovers(tmp_path, ["a.bin"]) == []
+
+
+def test_atomic_write_rejects_other_types(tmp_path):
+    p = tmp_path / "a"
+    p.write_bytes(b"old")
+    with pytest.raises(TypeError, match="data"):
+        atomic_write(p, 123)
+    assert p.read_bytes() == b"old"
+
+
+def test_atomic_open_error_keeps_old_file(tmp_path):
+    p = tmp_path / "ckpt.bin"
+    p.write_bytes(b"old content")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_open(p) as f:
+            f.write(b"new partial")
+            f.flush()
+            raise RuntimeError("boom")
+    assert p.read_bytes() == b"old content"
+    assert _leftovers(tmp_path, ["ckpt.bin"]) == []  # temp file removed
+
+
+def test_atomic_open_error_creates_nothing(tmp_path):
+    p = tmp_path / "new.bin"
+    with pytest.raises(KeyError):
+        with atomic_open(p) as f:
+            f.write(b"x")
+            raise KeyError("x")
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_open_text_mode_and_replace(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("old")
+    with atomic_open(p, "w") as f:
+        # not visible before the with block ends
+        f.write("new \u2713\n")
+        assert p.read_text() == "old"
+    assert p.read_text(encoding="utf-8") == "new \u2713\n"
+
+
+def test_atomic_open_keeps_permissions(tmp_path):
+    p = tmp_path / "perm"
+    p.write_bytes(b"x")
+    os.chmod(p, 0o640)
+    atomic_write(p, b"y")
+    assert os.stat(p).st_mode & 0o777 == 0o640
+
+
+def test_atomic_open_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(tmp_path / "x", "ab"):
+            pass
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(tmp_path / "x", "rb"):
+            pass
+    with pytest.raises(FileNotFoundError, match="directory"):
+        atomic_write(tmp_path / "missing" / "x", b"1")
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path, b"1")
+    with pytest.raises(TypeError, match="path"):
+        atomic_write(3.5, b"1")
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_replace_dir_new_and_existing(tmp_path):
+    final = tmp_path / "ckpt"
+    tmp = tmp_path / ".ckpt.tmp"
+    tmp.mkdir()
+    (tmp / "model.bin").write_bytes(b"v1")
+    atomic_replace_dir(tmp, final)
+    assert (final / "model.bin").read_bytes() == b"v1"
+    assert not tmp.exists()
+
+    tmp.mkdir()
+    (tmp / "model.bin").write_bytes(b"v2")
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "opt.bin").write_bytes(b"o2")
+    atomic_replace_dir(str(tmp), str(final))
+    assert (final / "model.bin").read_bytes() == b"v2"
+    assert (final / "sub" / "opt.bin").read_bytes() == b"o2"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # old copy deleted
+
+
+def test_atomic_replace_dir_errors(tmp_path):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "model.bin").write_bytes(b"old")
+    with pytest.raises(FileNotFoundError, match="tmp_dir"):
+        atomic_replace_dir(tmp_path / "nope", final)
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="tmp_dir"):
+        atomic_replace_dir(f, final)
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(NotADirectoryError, match="final_dir"):
+        atomic_replace_dir(src, f)
+    with pytest.raises(ValueError, match="same"):
+        atomic_replace_dir(final, final)
+    with pytest.raises(ValueError, match="inside"):
+        atomic_replace_dir(final, final / "sub")
+    assert (final / "model.bin").read_bytes() == b"old"
+
+
+def test_atomic_replace_dir_failed_rename_restores_old(tmp_path, monkeypatch):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "model.bin").write_bytes(b"old")
+    tmp = tmp_path / "new"
+    tmp.mkdir()
+    (tmp / "model.bin").write_bytes(b"new")
+    real_rename = os.rename
+
+    def flaky(a, b):
+        if os.fspath(a) == str(tmp):
+            raise OSError("simulated failure")
+        return real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        atomic_replace_dir(tmp, final)
+    monkeypatch.undo()
+    assert (final / "model.bin").read_bytes() == b"old"
+    assert (tmp / "model.bin").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "new"]
