@@ -59,15 +59,33 @@ struct AttentionGradArgs {
 };
 
 // PyTorch's AdamW (decoupled weight decay, bias correction), step >= 1.
+// grad_scale multiplies the gradient first (gradient clipping, accumulation).
 struct AdamWArgs {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
   int64_t step = 1;
+  float grad_scale = 1.0f;
 };
 
 struct Kernels {
   const char* name;  // "generic", "avx2", "avx512", "cuda"
 
   void (*matmul)(const GemmArgs& args);
+  // dbias (cols) += column sums of dout (rows, cols): the bias gradient of a Linear layer.
+  void (*bias_backward)(const float* dout, float* dbias, int64_t rows, int64_t cols);
+
+  // out (b, t, c) = wte[idx[b, t]] + wpe[pos0 + t]; the backward scatters dout
+  // into dwte (vocab, c) and dwpe (block, c). Ids are in range (caller checks).
+  void (*embedding_forward)(const int64_t* idx, const float* wte, const float* wpe, float* out,
+                            int64_t b, int64_t t, int64_t c, int64_t pos0);
+  void (*embedding_backward)(const float* dout, const int64_t* idx, float* dwte, float* dwpe,
+                             int64_t b, int64_t t, int64_t c, int64_t pos0);
+
+  // x[0:n] = 0
+  void (*zero)(float* x, int64_t n);
+  // out = a + b over n floats (out may alias a or b).
+  void (*residual_forward)(const float* a, const float* b, float* out, int64_t n);
+  // Sum of squares of n floats in double, in an order fixed by n alone.
+  double (*sum_squares)(const float* x, int64_t n);
 
   // y = softmax(x) over rows of length cols; dx += y * (dy - sum(dy * y)).
   void (*softmax_forward)(const float* x, float* y, int64_t rows, int64_t cols);

@@ -16,6 +16,7 @@ namespace py = pybind11;
 namespace fastlm {
 namespace bindings {
 void bind_ops(py::module_& m);
+void bind_model(py::module_& m);
 }
 }  // namespace fastlm
 
@@ -40,4 +41,5 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
   bindings::bind_ops(m);
+  bindings::bind_model(m);
 }

@@ -9,6 +9,14 @@ namespace cpu {
 namespace FASTLM_ISA {
 
 void matmul(const GemmArgs& args);
+void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols);
+void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, float* out,
+                       int64_t b, int64_t t, int64_t c, int64_t pos0);
+void embedding_backward(const float* dout, const int64_t* idx, float* dwte, float* dwpe,
+                        int64_t b, int64_t t, int64_t c, int64_t pos0);
+void zero(float* x, int64_t n);
+void residual_forward(const float* a, const float* b, float* out, int64_t n);
+double sum_squares(const float* x, int64_t n);
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
 void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols);
 void layernorm_forward(const float* x, const float* weight, const float* bias, float* y,

@@ -223,6 +223,36 @@ void matmul(const GemmArgs& g) {
   std::free(bpack);
 }
 
+// Rows split in fixed blocks whose partial sums are added in block order.
+void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols) {
+  constexpr int64_t kRows = 256;
+  const int64_t nblocks = ceil_div(rows, kRows);
+  if (nblocks <= 1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* d = dout + r * cols;
+      int64_t j = 0;
+      for (; j + kW <= cols; j += kW) vstore(dbias + j, vload(dbias + j) + vload(d + j));
+      for (; j < cols; ++j) dbias[j] += d[j];
+    }
+    return;
+  }
+  float* partial = alloc_floats(nblocks * cols);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    float* p = partial + blk * cols;
+    for (int64_t j = 0; j < cols; ++j) p[j] = 0.f;
+    for (int64_t r = blk * kRows; r < imin(rows, (blk + 1) * kRows); ++r) {
+      const float* d = dout + r * cols;
+      int64_t j = 0;
+      for (; j + kW <= cols; j += kW) vstore(p + j, vload(p + j) + vload(d + j));
+      for (; j < cols; ++j) p[j] += d[j];
+    }
+  }
+  for (int64_t blk = 0; blk < nblocks; ++blk)
+    for (int64_t j = 0; j < cols; ++j) dbias[j] += partial[blk * cols + j];
+  std::free(partial);
+}
+
 }  // namespace FASTLM_ISA
 }  // namespace cpu
 }  // namespace fastlm

@@ -12,6 +12,12 @@ const Kernels* kernel_table() {
   static const Kernels table = {
       FASTLM_STR(FASTLM_ISA),
       matmul,
+      bias_backward,
+      embedding_forward,
+      embedding_backward,
+      zero,
+      residual_forward,
+      sum_squares,
       softmax_forward,
       softmax_backward,
       layernorm_forward,

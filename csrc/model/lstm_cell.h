@@ -25,7 +25,4 @@ void lstm_cell_step_backward(const Kernels& k, const LstmCellSizes& s, const flo
                              const float* w_hh, float* dpreact, float* dx, float* dh, float* dc,
                              float* dw_ih, float* dw_hh, float* db);
 
-// out (n) += column sums of m (rows, n): a bias gradient.
-void add_column_sums(const Kernels& k, const float* m, int64_t rows, int64_t n, float* out);
-
 }  // namespace fastlm

@@ -1,0 +1,206 @@
+// fastlm._C.GPT and fastlm._C.Sampler: the C++ model behind fastlm.Transformer.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "bindings/arrays.h"
+#include "cpu/dispatch.h"
+#include "model/gpt.h"
+#include "model/sampler.h"
+
+namespace fastlm {
+namespace bindings {
+
+namespace {
+
+struct Tokens {
+  std::vector<int64_t> ids;
+  int64_t b, t;
+};
+
+// (b, t) integer ids in [0, vocab) (or == ignore, when allowed).
+Tokens token_array(py::handle obj, const char* op, const char* name, int64_t vocab,
+                   bool allow_ignore = false) {
+  Tokens tk;
+  tk.ids = index_array(obj, op, name, 2);  // checks obj is a 2-D integer ndarray
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  tk.b = a.shape(0), tk.t = a.shape(1);
+  for (size_t i = 0; i < tk.ids.size(); ++i) {
+    const int64_t v = tk.ids[i];
+    if ((v < 0 || v >= vocab) && !(allow_ignore && v == -100))
+      value_error(op, std::string(name) + " holds " + std::to_string(v) + " at flat index " +
+                          std::to_string(i) + ", outside [0, " + std::to_string(vocab) + ")" +
+                          (allow_ignore ? " and not -100" : ""));
+  }
+  return tk;
+}
+
+Tokens checked_batch(GPT& g, py::handle idx_obj, const char* op) {
+  Tokens tk = token_array(idx_obj, op, "idx", g.config().vocab_size);
+  if (tk.b < 1 || tk.t < 1) value_error(op, "idx must hold at least one token per row");
+  if (tk.t > g.config().block_size)
+    value_error(op, "sequence length " + std::to_string(tk.t) + " exceeds block_size " +
+                        std::to_string(g.config().block_size));
+  return tk;
+}
+
+Tokens checked_targets(GPT& g, py::handle t_obj, const Tokens& idx, const char* op) {
+  Tokens tg = token_array(t_obj, op, "targets", g.config().vocab_size, true);
+  if (tg.b != idx.b || tg.t != idx.t)
+    value_error(op, "targets must have the shape of idx " + shape_str({idx.b, idx.t}) + ", got " +
+                        shape_str({tg.b, tg.t}));
+  return tg;
+}
+
+py::array view(py::object owner, float* data, const std::vector<int64_t>& shape) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  return py::array_t<float>(s, data, owner);
+}
+
+py::dict tensor_views(py::object self, bool grads) {
+  GPT& g = self.cast<GPT&>();
+  float* base = grads ? g.grads() : g.params();
+  py::dict d;
+  for (const ParamInfo& p : g.params_info()) d[py::str(p.name)] = view(self, base + p.offset, p.shape);
+  return d;
+}
+
+void check_finite(double x, const char* op, const char* name, bool positive) {
+  if (!std::isfinite(x) || x < 0 || (positive && x == 0))
+    value_error(op, std::string(name) + " must be finite and " + (positive ? "> 0" : ">= 0") +
+                        ", got " + std::to_string(x));
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+  py::class_<GPT>(m, "GPT")
+      .def(py::init([](int64_t vocab, int64_t block, int64_t n_layer, int64_t n_head,
+                       int64_t n_embd) {
+             GPTConfig c{vocab, block, n_layer, n_head, n_embd};
+             return new GPT(c, cpu::kernels());
+           }),
+           py::arg("vocab_size"), py::arg("block_size"), py::arg("n_layer"), py::arg("n_head"),
+           py::arg("n_embd"))
+      .def("num_parameters", &GPT::num_params)
+      .def("tensors", [](py::object self) { return tensor_views(self, false); })
+      .def("grad_tensors", [](py::object self) { return tensor_views(self, true); })
+      .def("flat_params", [](py::object self) {
+        GPT& g = self.cast<GPT&>();
+        return view(self, g.params(), {g.num_params()});
+      })
+      .def("flat_grads", [](py::object self) {
+        GPT& g = self.cast<GPT&>();
+        return view(self, g.grads(), {g.num_params()});
+      })
+      .def("adam_m", [](py::object self) {
+        GPT& g = self.cast<GPT&>();
+        return view(self, g.adam_m(), {g.num_params()});
+      })
+      .def("adam_v", [](py::object self) {
+        GPT& g = self.cast<GPT&>();
+        return view(self, g.adam_v(), {g.num_params()});
+      })
+      .def_readwrite("step_count", &GPT::step_count)
+      .def("forward",
+           [](GPT& g, py::handle idx_obj) {
+             Tokens tk = checked_batch(g, idx_obj, "forward");
+             py::array_t<float> logits = new_array({tk.b, tk.t, g.config().vocab_size});
+             float* out = logits.mutable_data();
+             py::gil_scoped_release nogil;
+             g.forward(tk.ids.data(), tk.b, tk.t, out);
+             return logits;
+           },
+           py::arg("idx"))
+      .def("loss",
+           [](GPT& g, py::handle idx_obj, py::handle t_obj) {
+             Tokens tk = checked_batch(g, idx_obj, "loss");
+             Tokens tg = checked_targets(g, t_obj, tk, "loss");
+             py::gil_scoped_release nogil;
+             return g.loss(tk.ids.data(), tg.ids.data(), tk.b, tk.t);
+           },
+           py::arg("idx"), py::arg("targets"))
+      .def("forward_backward",
+           [](GPT& g, py::handle idx_obj, py::handle t_obj, double grad_scale) {
+             Tokens tk = checked_batch(g, idx_obj, "forward_backward");
+             Tokens tg = checked_targets(g, t_obj, tk, "forward_backward");
+             if (!std::isfinite(grad_scale))
+               value_error("forward_backward", "grad_scale must be finite");
+             py::gil_scoped_release nogil;
+             return g.forward_backward(tk.ids.data(), tg.ids.data(), tk.b, tk.t,
+                                       (float)grad_scale);
+           },
+           py::arg("idx"), py::arg("targets"), py::arg("grad_scale") = 1.0)
+      .def("zero_grad", &GPT::zero_grad)
+      .def("grad_norm", &GPT::grad_norm, py::call_guard<py::gil_scoped_release>())
+      .def("step",
+           [](GPT& g, double lr, double beta1, double beta2, double eps, double wd,
+              double grad_scale) {
+             const char* op = "step";
+             check_finite(lr, op, "lr", false);
+             check_finite(eps, op, "eps", true);
+             check_finite(wd, op, "weight_decay", false);
+             check_finite(grad_scale, op, "grad_scale", false);
+             if (!(beta1 >= 0 && beta1 < 1)) value_error(op, "beta1 must be in [0, 1)");
+             if (!(beta2 >= 0 && beta2 < 1)) value_error(op, "beta2 must be in [0, 1)");
+             py::gil_scoped_release nogil;
+             g.step((float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd,
+                    (float)grad_scale);
+           },
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("weight_decay"), py::arg("grad_scale") = 1.0)
+      .def("decode",
+           [](GPT& g, py::handle tok_obj, int64_t pos) {
+             Tokens tk = checked_batch(g, tok_obj, "decode");
+             if (pos < 0 || pos + tk.t > g.config().block_size)
+               value_error("decode", "positions [" + std::to_string(pos) + ", " +
+                                         std::to_string(pos + tk.t) + ") exceed block_size " +
+                                         std::to_string(g.config().block_size));
+             py::array_t<float> logits = new_array({tk.b, g.config().vocab_size});
+             float* out = logits.mutable_data();
+             py::gil_scoped_release nogil;
+             g.decode(tk.ids.data(), tk.b, tk.t, pos, out);
+             return logits;
+           },
+           py::arg("tokens"), py::arg("pos"));
+
+  py::class_<Sampler>(m, "Sampler")
+      .def(py::init([](uint64_t seed) { return new Sampler(seed); }), py::arg("seed"))
+      .def("sample",
+           [](Sampler& s, py::handle logits_obj, double temperature, int64_t top_k, double top_p,
+              bool do_sample) {
+             const char* op = "sample";
+             py::array logits = float_array(logits_obj, op, "logits", 2);
+             if (logits.shape(1) < 1) value_error(op, "logits must have at least one column");
+             if (do_sample && !(temperature > 0 && std::isfinite(temperature)))
+               value_error(op, "temperature must be > 0 when sampling");
+             if (top_k < 0) value_error(op, "top_k must be >= 0 (0 turns it off)");
+             if (!(top_p > 0 && top_p <= 1)) value_error(op, "top_p must be in (0, 1]");
+             SamplingOptions o{(float)temperature, top_k, (float)top_p, do_sample};
+             py::array_t<int64_t> out(std::vector<py::ssize_t>{logits.shape(0)});
+             const float* x = cptr(logits);
+             int64_t* y = out.mutable_data();
+             const int64_t rows = logits.shape(0), vocab = logits.shape(1);
+             py::gil_scoped_release nogil;
+             s.sample(x, rows, vocab, o, y);
+             return out;
+           },
+           py::arg("logits"), py::arg("temperature") = 1.0, py::arg("top_k") = 0,
+           py::arg("top_p") = 1.0, py::arg("do_sample") = true)
+      .def("get_state",
+           [](const Sampler& s) {
+             return py::bytes(reinterpret_cast<const char*>(s.state.data()), sizeof(s.state));
+           })
+      .def("set_state", [](Sampler& s, py::bytes b) {
+        std::string str = b;
+        if (str.size() != sizeof(s.state))
+          value_error("Sampler.set_state", "state must be " + std::to_string(sizeof(s.state)) +
+                                               " bytes, got " + std::to_string(str.size()));
+        std::memcpy(s.state.data(), str.data(), sizeof(s.state));
+      });
+}
+
+}  // namespace bindings
+}  // namespace fastlm

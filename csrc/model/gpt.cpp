@@ -1,0 +1,271 @@
+#include "model/gpt.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "model/linear.h"
+
+namespace fastlm {
+
+void validate(const GPTConfig& c) {
+  auto positive = [](int64_t v, const char* name) {
+    if (v < 1)
+      throw std::invalid_argument(std::string(name) + " must be >= 1, got " + std::to_string(v));
+  };
+  positive(c.vocab_size, "vocab_size");
+  positive(c.block_size, "block_size");
+  positive(c.n_layer, "n_layer");
+  positive(c.n_head, "n_head");
+  positive(c.n_embd, "n_embd");
+  if (c.n_embd % c.n_head != 0)
+    throw std::invalid_argument("n_embd (" + std::to_string(c.n_embd) +
+                                ") must be divisible by n_head (" + std::to_string(c.n_head) +
+                                ")");
+}
+
+GPT::GPT(const GPTConfig& config, const Kernels& kernels) : cfg_(config), k_(kernels) {
+  validate(cfg_);
+  const int64_t V = cfg_.vocab_size, C = cfg_.n_embd;
+  int64_t offset = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    info_.push_back({name, shape, offset, n});
+    offset += n;
+  };
+  add("transformer.wte.weight", {V, C});
+  add("transformer.wpe.weight", {cfg_.block_size, C});
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    const std::string p = "transformer.h." + std::to_string(l) + ".";
+    add(p + "ln_1.weight", {C});
+    add(p + "ln_1.bias", {C});
+    add(p + "attn.c_attn.weight", {3 * C, C});
+    add(p + "attn.c_attn.bias", {3 * C});
+    add(p + "attn.c_proj.weight", {C, C});
+    add(p + "attn.c_proj.bias", {C});
+    add(p + "ln_2.weight", {C});
+    add(p + "ln_2.bias", {C});
+    add(p + "mlp.c_fc.weight", {4 * C, C});
+    add(p + "mlp.c_fc.bias", {4 * C});
+    add(p + "mlp.c_proj.weight", {C, 4 * C});
+    add(p + "mlp.c_proj.bias", {C});
+  }
+  add("transformer.ln_f.weight", {C});
+  add("transformer.ln_f.bias", {C});
+  params_.assign(offset, 0.f);
+  grads_.assign(offset, 0.f);
+  m_.assign(offset, 0.f);
+  v_.assign(offset, 0.f);
+  w_ = view(params_.data());
+  g_ = view(grads_.data());
+}
+
+GPT::Weights GPT::view(float* base) const {
+  Weights w;
+  size_t i = 0;
+  auto next = [&]() { return base + info_[i++].offset; };
+  w.wte = next();
+  w.wpe = next();
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    Layer L;
+    L.ln1_w = next(), L.ln1_b = next(), L.attn_w = next(), L.attn_b = next();
+    L.proj_w = next(), L.proj_b = next(), L.ln2_w = next(), L.ln2_b = next();
+    L.fc_w = next(), L.fc_b = next(), L.fcproj_w = next(), L.fcproj_b = next();
+    w.layers.push_back(L);
+  }
+  w.lnf_w = next();
+  w.lnf_b = next();
+  return w;
+}
+
+void GPT::ensure_acts(int64_t b, int64_t t) {
+  if (b == acts_b_ && t == acts_t_) return;
+  // Every extent is a multiple of b * t: a buffer big enough for a larger
+  // b * t is re-carved, not reallocated (prefill and decode alternate).
+  const int64_t BT = b * t, C = cfg_.n_embd, V = cfg_.vocab_size, H = cfg_.n_head;
+  const int64_t per_layer = 5 * BT * C + 3 * BT * C + 2 * BT * 4 * C + 4 * BT + BT * H;
+  const int64_t total = BT * C + cfg_.n_layer * per_layer + BT * C + 2 * BT + BT * V +
+                        2 * BT * C + 2 * BT * 4 * C;
+  if ((int64_t)acts_.size() < total) acts_.assign(total, 0.f);
+  float* p = acts_.data();
+  auto take = [&](int64_t n) {
+    float* r = p;
+    p += n;
+    return r;
+  };
+  encoded_ = take(BT * C);
+  la_.resize(cfg_.n_layer);
+  for (LayerActs& a : la_) {
+    a.ln1 = take(BT * C), a.ln1_mean = take(BT), a.ln1_rstd = take(BT);
+    a.qkv = take(3 * BT * C), a.atty = take(BT * C), a.lse = take(BT * H);
+    a.res2 = take(BT * C), a.ln2 = take(BT * C), a.ln2_mean = take(BT), a.ln2_rstd = take(BT);
+    a.fch = take(4 * BT * C), a.fch_gelu = take(4 * BT * C), a.res3 = take(BT * C);
+  }
+  lnf_ = take(BT * C), lnf_mean_ = take(BT), lnf_rstd_ = take(BT);
+  logits_ = take(BT * V);
+  dres_ = take(BT * C), tmp_ = take(BT * C), d1_ = take(4 * BT * C), d2_ = take(4 * BT * C);
+  acts_b_ = b;
+  acts_t_ = t;
+}
+
+const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
+  const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, S = cfg_.block_size;
+  const float* residual = encoded_;
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    const Layer& L = w_.layers[l];
+    LayerActs& a = la_[l];
+    k_.layernorm_forward(residual, L.ln1_w, L.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, BT, C, 1e-5f);
+    // q, k and v are read in place from rows of 3C: the activations' qkv,
+    // or the KV cache, which keeps the qkv rows of every past position.
+    const float* qkv = a.qkv;
+    int64_t row0 = 0, batch_stride = t * 3 * C;
+    if (!cache) {
+      linear_forward(k_, a.ln1, L.attn_w, L.attn_b, a.qkv, BT, C, 3 * C);
+    } else {
+      float* layer_cache = cache_.data() + l * b * S * 3 * C;
+      GemmArgs g;
+      g.b = L.attn_w, g.bias = L.attn_b, g.n = 3 * C, g.k = C;
+      g.lda = C, g.ldb = C, g.trans_b = true;
+      if (t == 1) {  // one row per sequence: a single GEMM strided over the cache
+        g.a = a.ln1, g.c = layer_cache + pos * 3 * C, g.m = b, g.ldc = S * 3 * C;
+        k_.matmul(g);
+      } else {
+        for (int64_t i = 0; i < b; ++i) {
+          g.a = a.ln1 + i * t * C, g.c = layer_cache + (i * S + pos) * 3 * C;
+          g.m = t, g.ldc = 3 * C;
+          k_.matmul(g);
+        }
+      }
+      qkv = layer_cache, row0 = pos, batch_stride = S * 3 * C;
+    }
+    AttentionArgs att;
+    att.q = qkv + row0 * 3 * C;
+    att.k = qkv + C;
+    att.v = qkv + 2 * C;
+    att.sq = {batch_stride, D, 3 * C};
+    att.seq_k = row0 + t;
+    att.sk = att.sv = att.sq;
+    att.out = a.atty;
+    att.so = {t * C, D, C};
+    att.lse = a.lse;
+    att.batch = b, att.heads = H, att.seq_q = t, att.head_dim = D, att.causal = true;
+    k_.attention_forward(att);
+    linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C);
+    k_.residual_forward(residual, tmp_, a.res2, BT * C);
+    k_.layernorm_forward(a.res2, L.ln2_w, L.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, BT, C, 1e-5f);
+    linear_forward(k_, a.ln2, L.fc_w, L.fc_b, a.fch, BT, C, 4 * C);
+    k_.gelu_forward(a.fch, a.fch_gelu, BT * 4 * C);
+    linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, tmp_, BT, 4 * C, C);
+    k_.residual_forward(a.res2, tmp_, a.res3, BT * C);
+    residual = a.res3;
+  }
+  return residual;
+}
+
+void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {
+  const int64_t C = cfg_.n_embd, BT = b * t;
+  ensure_acts(b, t);
+  k_.embedding_forward(idx, w_.wte, w_.wpe, encoded_, b, t, C, 0);
+  const float* residual = run_blocks(b, t, 0, false);
+  k_.layernorm_forward(residual, w_.lnf_w, w_.lnf_b, lnf_, lnf_mean_, lnf_rstd_, BT, C, 1e-5f);
+  linear_forward(k_, lnf_, w_.wte, nullptr, logits ? logits : logits_, BT, C, cfg_.vocab_size);
+}
+
+float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t) {
+  forward(idx, b, t, nullptr);
+  return k_.cross_entropy(logits_, targets, nullptr, b * t, cfg_.vocab_size, -100, 1.f);
+}
+
+float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
+                            float grad_scale) {
+  const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, V = cfg_.vocab_size;
+  forward(idx, b, t, nullptr);
+  // The gradient overwrites the logits in place.
+  const float loss = k_.cross_entropy(logits_, targets, logits_, BT, V, -100, grad_scale);
+  const float* dlogits = logits_;
+
+  const float* residual = cfg_.n_layer ? la_.back().res3 : encoded_;
+  k_.zero(tmp_, BT * C);
+  linear_backward(k_, dlogits, lnf_, w_.wte, tmp_, g_.wte, nullptr, BT, C, V);
+  k_.zero(dres_, BT * C);
+  k_.layernorm_backward(tmp_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dres_, g_.lnf_w, g_.lnf_b,
+                        BT, C);
+  for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
+    const Layer& L = w_.layers[l];
+    Layer& G = g_.layers[l];
+    LayerActs& a = la_[l];
+    const float* res_in = l ? la_[l - 1].res3 : encoded_;
+    // res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3.
+    k_.zero(d1_, BT * 4 * C);
+    linear_backward(k_, dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b, BT, 4 * C, C);
+    k_.zero(d2_, BT * 4 * C);
+    k_.gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
+    k_.zero(tmp_, BT * C);
+    linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C);
+    k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w, G.ln2_b,
+                          BT, C);
+    // res2 = res_in + c_proj(attention(c_attn(ln_1(res_in)))); dres holds d res2.
+    k_.zero(tmp_, BT * C);
+    linear_backward(k_, dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C);
+    k_.zero(d1_, BT * 3 * C);
+    AttentionGradArgs ag;
+    ag.fwd.q = a.qkv, ag.fwd.k = a.qkv + C, ag.fwd.v = a.qkv + 2 * C;
+    ag.fwd.sq = ag.fwd.sk = ag.fwd.sv = {t * 3 * C, D, 3 * C};
+    ag.fwd.out = a.atty, ag.fwd.so = {t * C, D, C}, ag.fwd.lse = a.lse;
+    ag.fwd.batch = b, ag.fwd.heads = H, ag.fwd.seq_q = t, ag.fwd.seq_k = t, ag.fwd.head_dim = D;
+    ag.fwd.causal = true;
+    ag.dout = tmp_, ag.dq = d1_, ag.dk = d1_ + C, ag.dv = d1_ + 2 * C;
+    k_.attention_backward(ag);
+    k_.zero(tmp_, BT * C);
+    linear_backward(k_, d1_, a.ln1, L.attn_w, tmp_, G.attn_w, G.attn_b, BT, C, 3 * C);
+    k_.layernorm_backward(tmp_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dres_, G.ln1_w, G.ln1_b,
+                          BT, C);
+  }
+  k_.embedding_backward(dres_, idx, g_.wte, g_.wpe, b, t, C, 0);
+  return loss;
+}
+
+void GPT::zero_grad() { k_.zero(grads_.data(), (int64_t)grads_.size()); }
+
+double GPT::grad_norm() const {
+  return std::sqrt(k_.sum_squares(grads_.data(), (int64_t)grads_.size()));
+}
+
+void GPT::step(float lr, float beta1, float beta2, float eps, float weight_decay,
+               float grad_scale) {
+  ++step_count;
+  for (const ParamInfo& p : info_) {
+    AdamWArgs a;
+    a.lr = lr, a.beta1 = beta1, a.beta2 = beta2, a.eps = eps;
+    a.weight_decay = p.shape.size() >= 2 ? weight_decay : 0.f;
+    a.step = step_count;
+    a.grad_scale = grad_scale;
+    k_.adamw(params_.data() + p.offset, grads_.data() + p.offset, m_.data() + p.offset,
+             v_.data() + p.offset, p.numel, a);
+  }
+}
+
+void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits) {
+  const int64_t C = cfg_.n_embd, S = cfg_.block_size;
+  if (pos < 0 || tn < 1 || pos + tn > S)
+    throw std::invalid_argument("decode: positions [" + std::to_string(pos) + ", " +
+                                std::to_string(pos + tn) + ") exceed block_size " +
+                                std::to_string(S));
+  if (b != cache_b_) {
+    if (pos != 0) throw std::invalid_argument("decode: a new batch size must start at pos 0");
+    cache_.assign(cfg_.n_layer * b * S * 3 * C, 0.f);
+    cache_b_ = b;
+  }
+  ensure_acts(b, tn);
+  k_.embedding_forward(tokens, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
+  const float* residual = run_blocks(b, tn, pos, true);
+  // Only each row's last position is needed for the next token.
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t r = i * tn + tn - 1;
+    k_.layernorm_forward(residual + r * C, w_.lnf_w, w_.lnf_b, lnf_ + i * C, lnf_mean_ + i,
+                         lnf_rstd_ + i, 1, C, 1e-5f);
+  }
+  linear_forward(k_, lnf_, w_.wte, nullptr, logits, b, C, cfg_.vocab_size);
+}
+
+}  // namespace fastlm

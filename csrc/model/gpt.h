@@ -1,0 +1,95 @@
+// GPT-2 in C++ over the backend interface: forward, backward, AdamW and a
+// KV-cache decode. One buffer each for parameters, gradients, the two AdamW
+// moments and activations; the layout of the parameter buffer follows
+// nanoGPT's state_dict (PyTorch Linear layout, weight (out, in)).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fastlm {
+
+struct GPTConfig {
+  int64_t vocab_size = 0, block_size = 0, n_layer = 0, n_head = 0, n_embd = 0;
+};
+
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;
+};
+
+class GPT {
+ public:
+  // Parameters start at zero (the Python layer initialises them).
+  // std::invalid_argument on a bad configuration.
+  GPT(const GPTConfig& config, const Kernels& kernels);
+
+  const GPTConfig& config() const { return cfg_; }
+  const std::vector<ParamInfo>& params_info() const { return info_; }
+  int64_t num_params() const { return (int64_t)params_.size(); }
+  float* params() { return params_.data(); }
+  float* grads() { return grads_.data(); }
+  float* adam_m() { return m_.data(); }
+  float* adam_v() { return v_.data(); }
+  int64_t step_count = 0;
+
+  // idx (b, t) with 1 <= t <= block_size and ids in range (the caller checks).
+  // logits (b, t, vocab) is written when not null.
+  void forward(const int64_t* idx, int64_t b, int64_t t, float* logits);
+  // Mean cross-entropy over targets != -100 (NaN when none); forward only.
+  float loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t);
+  // Same loss; adds grad_scale * d loss / d params into the gradients.
+  float forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
+                         float grad_scale);
+  void zero_grad();
+  double grad_norm() const;
+  // AdamW over every tensor; weight decay on the 2-D weights only (nanoGPT's
+  // groups); gradients multiplied by grad_scale first.
+  void step(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale);
+
+  // Runs tokens (b, tn) at positions [pos, pos + tn) against the KV cache
+  // (reset when b changes or pos == 0) and writes the logits of each row's
+  // last position to logits (b, vocab). Requires pos + tn <= block_size.
+  void decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits);
+
+ private:
+  struct Layer {
+    float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b,
+        *fcproj_w, *fcproj_b;
+  };
+  struct Weights {
+    float *wte, *wpe, *lnf_w, *lnf_b;
+    std::vector<Layer> layers;
+  };
+  struct LayerActs {
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *lse, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch,
+        *fch_gelu, *res3;
+  };
+
+  Weights view(float* base) const;
+  void ensure_acts(int64_t b, int64_t t);
+  // Runs the blocks over acts_ for (b, t) tokens at positions [pos, pos + t);
+  // when `cache` is set, q/k/v live in the KV cache instead of acts' qkv.
+  const float* run_blocks(int64_t b, int64_t t, int64_t pos, bool cache);
+
+  GPTConfig cfg_;
+  const Kernels& k_;
+  std::vector<ParamInfo> info_;
+  std::vector<float> params_, grads_, m_, v_;
+  Weights w_, g_;
+
+  int64_t acts_b_ = 0, acts_t_ = 0;
+  std::vector<float> acts_;
+  float *encoded_, *lnf_, *lnf_mean_, *lnf_rstd_, *logits_, *dres_, *tmp_, *d1_, *d2_;
+  std::vector<LayerActs> la_;
+
+  int64_t cache_b_ = 0;
+  std::vector<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions
+};
+
+void validate(const GPTConfig& c);
+
+}  // namespace fastlm

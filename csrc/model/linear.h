@@ -1,0 +1,23 @@
+// Linear layers (PyTorch layout: weight (out, in)) over the backend's GEMM.
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace fastlm {
+
+// c (m, n) [+]= op(a) @ op(b) [+ bias] for contiguous row-major operands.
+void gemm(const Kernels& k, const float* a, const float* b, const float* bias, float* c,
+          int64_t m, int64_t n, int64_t kdim, bool trans_a, bool trans_b, bool accumulate);
+
+// out (rows, n_out) = inp (rows, n_in) @ weight^T + bias (bias may be null).
+void linear_forward(const Kernels& k, const float* inp, const float* weight, const float* bias,
+                    float* out, int64_t rows, int64_t n_in, int64_t n_out);
+
+// dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout.
+// dinp or dbias may be null when not wanted.
+void linear_backward(const Kernels& k, const float* dout, const float* inp, const float* weight,
+                     float* dinp, float* dweight, float* dbias, int64_t rows, int64_t n_in,
+                     int64_t n_out);
+
+}  // namespace fastlm
