@@ -11,66 +11,13 @@ input and one write of the output, 4 bytes each per element.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 import fastlm
 from fastlm import ops
 
-THREADS = 2
-ROUNDS = 5
-
-
-@pytest.fixture(autouse=True)
-def threads():
-    before = fastlm.get_num_threads()
-    fastlm.set_num_threads(THREADS)
-    try:
-        import torch
-        torch_before = torch.get_num_threads()
-        torch.set_num_threads(THREADS)
-    except ImportError:
-        torch = None
-    yield
-    fastlm.set_num_threads(before)
-    if torch is not None:
-        torch.set_num_threads(torch_before)
-
-
-def torch_or_none():
-    try:
-        import torch
-        return torch
-    except ImportError:
-        return None
-
-
-def medians(contenders: dict, rounds: int = ROUNDS) -> dict:
-    """Median seconds of each callable; a contender may be (setup, fn) where
-    setup runs untimed before every call."""
-    times = {k: [] for k in contenders}
-    for r in range(rounds + 1):  # round 0 warms up (page faults, caches, thread pools)
-        for k, c in contenders.items():
-            setup, fn = c if isinstance(c, tuple) else (None, c)
-            if setup is not None:
-                setup()
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if r:
-                times[k].append(dt)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
-def report(op: str, size: str, nbytes: int, t: dict) -> None:
-    """One line per op and size; ratio = reference time / fastlm time (speedup)."""
-    parts = [f"{k} {nbytes / v / 1e9:.1f} GB/s ({v * 1e3:.1f} ms)" for k, v in t.items()]
-    ours = [k for k in t if k.startswith("fastlm")]
-    refs = [k for k in t if not k.startswith("fastlm")]
-    ratios = [f"{r}/{o} {t[r] / t[o]:.1f}x" for r in refs for o in ours]
-    print(f"\n{op} {size}: " + ", ".join(parts) + "; ratio " + ", ".join(ratios))
+from conftest import ROUNDS, THREADS, medians, report, torch_or_none
 
 
 def ce_numpy(x, t):
@@ -117,7 +64,7 @@ def test_bench_cross_entropy(benchmark, rows, vocab):
         del gt
     contenders["numpy"] = lambda: ce_numpy(x, t)
     tm = medians(contenders, rounds=ROUNDS if rows * vocab < 60_000_000 else 3)
-    report(f"cross_entropy fwd+bwd [{fastlm.cpu_isa()}, {THREADS} threads]",
+    report("cross_entropy fwd+bwd",
            f"({rows}, {vocab})", 2 * x.nbytes, tm)
 
 
@@ -138,7 +85,7 @@ def test_bench_softmax(benchmark, rows, cols):
         xt = torch.from_numpy(x)
         contenders["torch"] = lambda: torch.softmax(xt, dim=-1)
     contenders["numpy"] = numpy_softmax
-    report(f"softmax [{fastlm.cpu_isa()}, {THREADS} threads]", f"({rows}, {cols})",
+    report("softmax", f"({rows}, {cols})",
            2 * x.nbytes, medians(contenders))
 
 
@@ -157,5 +104,5 @@ def test_bench_softmax_backward(benchmark, rows, cols):
         contenders["torch"] = lambda: torch._softmax_backward_data(dyt, yt, -1, yt.dtype)
     contenders["numpy"] = lambda: y * (dy - (dy * y).sum(axis=1, keepdims=True))
     # two reads (dy, y) and one write (dx)
-    report(f"softmax_backward [{fastlm.cpu_isa()}, {THREADS} threads]", f"({rows}, {cols})",
+    report("softmax_backward", f"({rows}, {cols})",
            3 * y.nbytes, medians(contenders))

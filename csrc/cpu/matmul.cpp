@@ -159,12 +159,77 @@ void fill_bias(const GemmArgs& g) {
   }
 }
 
+// A few rows (decoding one token per sequence): packing B would cost more
+// than the product itself, so B is streamed once, in place; threads split N.
+constexpr int64_t kSmallM = 4;
+
+void matmul_small_m(const GemmArgs& g) {
+  // op(A) rows gathered contiguous (a no-op copy unless trans_a).
+  float* arow = alloc_floats(g.m * g.k);
+  for (int64_t i = 0; i < g.m; ++i)
+    for (int64_t p = 0; p < g.k; ++p)
+      arow[i * g.k + p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
+  const int64_t chunk = 4 * kW, nchunks = ceil_div(g.n, chunk);
+#pragma omp parallel for schedule(static) if (g.m * g.n * g.k > (1 << 16))
+  for (int64_t cj = 0; cj < nchunks; ++cj) {
+    const int64_t j0 = cj * chunk, j1 = imin(g.n, j0 + chunk);
+    for (int64_t i = 0; i < g.m; ++i) {
+      const float* a = arow + i * g.k;
+      float* c = g.c + i * g.ldc;
+      if (g.trans_b) {  // c[j] = a . b[j, :], rows of b contiguous
+        for (int64_t j = j0; j < j1; ++j) {
+          const float* b = g.b + j * g.ldb;
+          V acc0 = vzero(), acc1 = vzero();
+          int64_t p = 0;
+          for (; p + 2 * kW <= g.k; p += 2 * kW) {
+            acc0 = vfma(vload(a + p), vload(b + p), acc0);
+            acc1 = vfma(vload(a + p + kW), vload(b + p + kW), acc1);
+          }
+          for (; p < g.k; p += kW) {
+            const int64_t left = imin(kW, g.k - p);
+            acc0 = vfma(vload_part(a + p, left), vload_part(b + p, left), acc0);
+          }
+          float r = vsum(acc0 + acc1);
+          if (g.bias) r += g.bias[j];
+          c[j] = g.accumulate ? c[j] + r : r;
+        }
+      } else {  // c[j0:j1] = sum_p a[p] * b[p, j0:j1]
+        const int64_t w = j1 - j0;
+        V acc[4] = {vzero(), vzero(), vzero(), vzero()};
+        for (int64_t p = 0; p < g.k; ++p) {
+          const V av = vset(a[p]);
+          const float* b = g.b + p * g.ldb + j0;
+          for (int v = 0; v < 4; ++v) {
+            const int64_t left = w - v * kW;
+            if (left <= 0) break;
+            acc[v] = vfma(av, left >= kW ? vload(b + v * kW) : vload_part(b + v * kW, left), acc[v]);
+          }
+        }
+        for (int v = 0; v < 4; ++v) {
+          const int64_t left = imin(kW, w - v * kW);
+          if (left <= 0) break;
+          float* cp = c + j0 + v * kW;
+          V r = acc[v];
+          if (g.bias) r = r + vload_part(g.bias + j0 + v * kW, left);
+          if (g.accumulate) r = r + vload_part(cp, left);
+          vstore_part(cp, r, left);
+        }
+      }
+    }
+  }
+  std::free(arow);
+}
+
 }  // namespace
 
 void matmul(const GemmArgs& g) {
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {
     fill_bias(g);
+    return;
+  }
+  if (g.m <= kSmallM) {
+    matmul_small_m(g);
     return;
   }
   const int nthreads = omp_get_max_threads();
