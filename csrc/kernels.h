@@ -126,6 +126,15 @@ struct Kernels {
                              const float* c_next, const float* gates, float* dpreact, float* dc,
                              int64_t n, int64_t hidden);
 
+  // GRU cell pointwise part (PyTorch gate order r, z, n).
+  //   gi, gh (n, 3h) = x W_ih^T + b_ih, h W_hh^T + b_hh
+  //   gates (n, 4h) = r, z, n and gh_n (kept for the backward); h_next (n, h)
+  void (*gru_cell_forward)(const float* gi, const float* gh, const float* h, float* gates,
+                           float* h_next, int64_t n, int64_t hidden);
+  // dh_next -> dgi, dgh (n, 3h) and dh (n, h), all accumulated.
+  void (*gru_cell_backward)(const float* dh_next, const float* h, const float* gates, float* dgi,
+                            float* dgh, float* dh, int64_t n, int64_t hidden);
+
   // In place over n contiguous floats.
   void (*adamw)(float* param, const float* grad, float* m, float* v, int64_t n,
                 const AdamWArgs& args);

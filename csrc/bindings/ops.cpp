@@ -8,7 +8,7 @@
 
 #include "bindings/arrays.h"
 #include "cpu/dispatch.h"
-#include "model/lstm_cell.h"
+#include "model/rnn_cell.h"
 
 namespace fastlm {
 namespace bindings {
@@ -276,36 +276,44 @@ py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t i
   return py::make_tuple(loss, grad);
 }
 
-struct LstmArrays {
+struct CellArrays {
   py::array x, h, c, w_ih, w_hh;
-  LstmCellSizes s;
+  CellSizes s;
 };
 
-LstmArrays lstm_arrays(const char* op, py::handle x_obj, py::handle h_obj, py::handle c_obj,
-                       py::handle w_ih_obj, py::handle w_hh_obj) {
-  LstmArrays a;
+// x (n, in), h (n, hidden), c (n, hidden) when c_obj is given, w_ih (G*hidden, in),
+// w_hh (G*hidden, hidden).
+CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::handle h_obj,
+                       py::handle c_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
+  CellArrays a;
   a.x = float_array(x_obj, op, "x", 2);
   a.h = float_array(h_obj, op, "h", 2);
-  a.c = float_array(c_obj, op, "c", 2);
   a.w_ih = float_array(w_ih_obj, op, "w_ih", 2);
   a.w_hh = float_array(w_hh_obj, op, "w_hh", 2);
   a.s = {a.x.shape(0), a.x.shape(1), a.h.shape(1)};
   require_shape(a.h, {a.s.n, a.s.hidden}, op, "h");
-  require_shape(a.c, {a.s.n, a.s.hidden}, op, "c");
-  require_shape(a.w_ih, {4 * a.s.hidden, a.s.input}, op, "w_ih");
-  require_shape(a.w_hh, {4 * a.s.hidden, a.s.hidden}, op, "w_hh");
+  if (!c_obj.is_none()) {
+    a.c = float_array(c_obj, op, "c", 2);
+    require_shape(a.c, {a.s.n, a.s.hidden}, op, "c");
+  }
+  require_shape(a.w_ih, {gates * a.s.hidden, a.s.input}, op, "w_ih");
+  require_shape(a.w_hh, {gates * a.s.hidden, a.s.hidden}, op, "w_hh");
   return a;
+}
+
+py::array bias_array(py::handle obj, const char* op, const char* name, int64_t n) {
+  py::array b = float_array(obj, op, name, 1);
+  require_shape(b, {n}, op, name);
+  return b;
 }
 
 py::tuple lstm_cell(py::handle x_obj, py::handle h_obj, py::handle c_obj, py::handle w_ih_obj,
                     py::handle w_hh_obj, py::handle b_ih_obj, py::handle b_hh_obj) {
   const char* op = "lstm_cell";
-  LstmArrays a = lstm_arrays(op, x_obj, h_obj, c_obj, w_ih_obj, w_hh_obj);
-  const LstmCellSizes s = a.s;
-  py::array b_ih = float_array(b_ih_obj, op, "b_ih", 1);
-  py::array b_hh = float_array(b_hh_obj, op, "b_hh", 1);
-  require_shape(b_ih, {4 * s.hidden}, op, "b_ih");
-  require_shape(b_hh, {4 * s.hidden}, op, "b_hh");
+  CellArrays a = cell_arrays(op, 4, x_obj, h_obj, c_obj, w_ih_obj, w_hh_obj);
+  const CellSizes s = a.s;
+  py::array b_ih = bias_array(b_ih_obj, op, "b_ih", 4 * s.hidden);
+  py::array b_hh = bias_array(b_hh_obj, op, "b_hh", 4 * s.hidden);
   py::array_t<float> h_next = new_array({s.n, s.hidden}), c_next = new_array({s.n, s.hidden}),
                      gates = new_array({s.n, 4 * s.hidden}), preact = new_array({s.n, 4 * s.hidden});
   {
@@ -321,8 +329,8 @@ py::tuple lstm_cell_backward(py::handle dh_obj, py::handle dc_obj, py::handle x_
                              py::handle h_obj, py::handle c_obj, py::handle c_next_obj,
                              py::handle gates_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
   const char* op = "lstm_cell_backward";
-  LstmArrays a = lstm_arrays(op, x_obj, h_obj, c_obj, w_ih_obj, w_hh_obj);
-  const LstmCellSizes s = a.s;
+  CellArrays a = cell_arrays(op, 4, x_obj, h_obj, c_obj, w_ih_obj, w_hh_obj);
+  const CellSizes s = a.s;
   py::array dh_next = float_array(dh_obj, op, "dh_next", 2);
   py::array dc_next = float_array(dc_obj, op, "dc_next", 2);
   py::array c_next = float_array(c_next_obj, op, "c_next", 2);
@@ -346,6 +354,49 @@ py::tuple lstm_cell_backward(py::handle dh_obj, py::handle dc_obj, py::handle x_
                             dw_hh.mutable_data(), db.mutable_data());
   }
   return py::make_tuple(dx, dh, dc, dw_ih, dw_hh, db);
+}
+
+py::tuple gru_cell(py::handle x_obj, py::handle h_obj, py::handle w_ih_obj, py::handle w_hh_obj,
+                   py::handle b_ih_obj, py::handle b_hh_obj) {
+  const char* op = "gru_cell";
+  CellArrays a = cell_arrays(op, 3, x_obj, h_obj, py::none(), w_ih_obj, w_hh_obj);
+  const CellSizes s = a.s;
+  py::array b_ih = bias_array(b_ih_obj, op, "b_ih", 3 * s.hidden);
+  py::array b_hh = bias_array(b_hh_obj, op, "b_hh", 3 * s.hidden);
+  py::array_t<float> h_next = new_array({s.n, s.hidden}), gates = new_array({s.n, 4 * s.hidden}),
+                     gi = new_array({s.n, 3 * s.hidden}), gh = new_array({s.n, 3 * s.hidden});
+  {
+    py::gil_scoped_release nogil;
+    gru_cell_step_forward(cpu::kernels(), s, cptr(a.x), cptr(a.h), cptr(a.w_ih), cptr(a.w_hh),
+                          cptr(b_ih), cptr(b_hh), gi.mutable_data(), gh.mutable_data(),
+                          gates.mutable_data(), h_next.mutable_data());
+  }
+  return py::make_tuple(h_next, gates);
+}
+
+py::tuple gru_cell_backward(py::handle dh_obj, py::handle x_obj, py::handle h_obj,
+                            py::handle gates_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
+  const char* op = "gru_cell_backward";
+  CellArrays a = cell_arrays(op, 3, x_obj, h_obj, py::none(), w_ih_obj, w_hh_obj);
+  const CellSizes s = a.s;
+  py::array dh_next = float_array(dh_obj, op, "dh_next", 2);
+  py::array gates = float_array(gates_obj, op, "gates", 2);
+  require_shape(dh_next, {s.n, s.hidden}, op, "dh_next");
+  require_shape(gates, {s.n, 4 * s.hidden}, op, "gates");
+  py::array_t<float> dx = new_array({s.n, s.input}, true), dh = new_array({s.n, s.hidden}, true),
+                     dw_ih = new_array({3 * s.hidden, s.input}, true),
+                     dw_hh = new_array({3 * s.hidden, s.hidden}, true),
+                     db_ih = new_array({3 * s.hidden}, true), db_hh = new_array({3 * s.hidden}, true),
+                     dgi = new_array({s.n, 3 * s.hidden}, true),
+                     dgh = new_array({s.n, 3 * s.hidden}, true);
+  {
+    py::gil_scoped_release nogil;
+    gru_cell_step_backward(cpu::kernels(), s, cptr(dh_next), cptr(a.x), cptr(a.h), cptr(gates),
+                           cptr(a.w_ih), cptr(a.w_hh), dgi.mutable_data(), dgh.mutable_data(),
+                           dx.mutable_data(), dh.mutable_data(), dw_ih.mutable_data(),
+                           dw_hh.mutable_data(), db_ih.mutable_data(), db_hh.mutable_data());
+  }
+  return py::make_tuple(dx, dh, dw_ih, dw_hh, db_ih, db_hh);
 }
 
 void adamw_step(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle v_obj, double lr,
@@ -394,6 +445,10 @@ void bind_ops(py::module_& m) {
         arg("b_ih"), arg("b_hh"));
   m.def("lstm_cell_backward", &lstm_cell_backward, arg("dh_next"), arg("dc_next"), arg("x"),
         arg("h"), arg("c"), arg("c_next"), arg("gates"), arg("w_ih"), arg("w_hh"));
+  m.def("gru_cell", &gru_cell, arg("x"), arg("h"), arg("w_ih"), arg("w_hh"), arg("b_ih"),
+        arg("b_hh"));
+  m.def("gru_cell_backward", &gru_cell_backward, arg("dh_next"), arg("x"), arg("h"),
+        arg("gates"), arg("w_ih"), arg("w_hh"));
   m.def("adamw_step", &adamw_step, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"),
         arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"));
 }

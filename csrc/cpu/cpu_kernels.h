@@ -35,6 +35,10 @@ void lstm_cell_forward(const float* preact, const float* c, float* gates, float*
 void lstm_cell_backward(const float* dh_next, const float* dc_next, const float* c,
                         const float* c_next, const float* gates, float* dpreact, float* dc,
                         int64_t n, int64_t hidden);
+void gru_cell_forward(const float* gi, const float* gh, const float* h, float* gates,
+                      float* h_next, int64_t n, int64_t hidden);
+void gru_cell_backward(const float* dh_next, const float* h, const float* gates, float* dgi,
+                       float* dgh, float* dh, int64_t n, int64_t hidden);
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& args);
 
 }  // namespace FASTLM_ISA

@@ -29,6 +29,8 @@ const Kernels* kernel_table() {
       cross_entropy,
       lstm_cell_forward,
       lstm_cell_backward,
+      gru_cell_forward,
+      gru_cell_backward,
       adamw,
   };
   return &table;

@@ -27,6 +27,8 @@ __all__ = [
     "cross_entropy",
     "lstm_cell",
     "lstm_cell_backward",
+    "gru_cell",
+    "gru_cell_backward",
     "adamw_step",
 ]
 
@@ -136,6 +138,30 @@ def lstm_cell_backward(dh_next: np.ndarray, dc_next: np.ndarray, x: np.ndarray, 
     dw_ih (4H, I), dw_hh (4H, H), db (4H,)); db is the gradient of either bias.
     """
     return _C.lstm_cell_backward(dh_next, dc_next, x, h, c, c_next, gates, w_ih, w_hh)
+
+
+def gru_cell(x: np.ndarray, h: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
+             b_ih: np.ndarray, b_hh: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """One GRU step in PyTorch's layout and gate order (r, z, n).
+
+    x: (N, I); h: (N, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,).
+    r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr), z likewise,
+    n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)), h_next = (1 - z) n + z h.
+    Returns (h_next (N, H), gates (N, 4H)): r, z, n and h W_hn^T + b_hn, kept
+    for the backward.
+    """
+    return _C.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell_backward(dh_next: np.ndarray, x: np.ndarray, h: np.ndarray, gates: np.ndarray,
+                      w_ih: np.ndarray, w_hh: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Gradients of :func:`gru_cell` given dh_next (N, H).
+
+    Returns (dx (N, I), dh (N, H), dw_ih (3H, I), dw_hh (3H, H), db_ih (3H,),
+    db_hh (3H,)); the two bias gradients differ in the n gate, where b_hn is
+    scaled by r.
+    """
+    return _C.gru_cell_backward(dh_next, x, h, gates, w_ih, w_hh)
 
 
 def adamw_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, *,
