@@ -66,6 +66,14 @@ struct AdamWArgs {
   float grad_scale = 1.0f;
 };
 
+// PyTorch's SGD with momentum (dampening 0, not Nesterov): g' = grad_scale g
+// + weight_decay p; buf = g' on the first step, momentum buf + g' after;
+// p -= lr buf.
+struct SgdArgs {
+  float lr = 1e-2f, momentum = 0.f, weight_decay = 0.f, grad_scale = 1.f;
+  bool first_step = true;
+};
+
 struct Kernels {
   const char* name;  // "generic", "avx2", "avx512", "cuda"
 
@@ -75,13 +83,15 @@ struct Kernels {
 
   // out (b, t, c) = wte[idx[b, t]] + wpe[pos0 + t]; the backward scatters dout
   // into dwte (vocab, c) and dwpe (block, c). Ids are in range (caller checks).
+  // wpe / dwpe may be null: no position embedding.
   void (*embedding_forward)(const int64_t* idx, const float* wte, const float* wpe, float* out,
                             int64_t b, int64_t t, int64_t c, int64_t pos0);
   void (*embedding_backward)(const float* dout, const int64_t* idx, float* dwte, float* dwpe,
                              int64_t b, int64_t t, int64_t c, int64_t pos0);
 
-  // x[0:n] = 0
+  // x[0:n] = 0; dst[0:n] = src[0:n]
   void (*zero)(float* x, int64_t n);
+  void (*copy)(float* dst, const float* src, int64_t n);
   // out = a + b over n floats (out may alias a or b).
   void (*residual_forward)(const float* a, const float* b, float* out, int64_t n);
   // Sum of squares of n floats in double, in an order fixed by n alone.
@@ -138,6 +148,8 @@ struct Kernels {
   // In place over n contiguous floats.
   void (*adamw)(float* param, const float* grad, float* m, float* v, int64_t n,
                 const AdamWArgs& args);
+  void (*sgd)(float* param, const float* grad, float* momentum_buf, int64_t n,
+              const SgdArgs& args);
 };
 
 }  // namespace fastlm

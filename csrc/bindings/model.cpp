@@ -59,12 +59,19 @@ py::array view(py::object owner, float* data, const std::vector<int64_t>& shape)
   return py::array_t<float>(s, data, owner);
 }
 
+template <class Model>
 py::dict tensor_views(py::object self, bool grads) {
-  GPT& g = self.cast<GPT&>();
-  float* base = grads ? g.grads() : g.params();
+  ParamStore& s = self.cast<Model&>().store;
+  float* base = grads ? s.grads() : s.params();
   py::dict d;
-  for (const ParamInfo& p : g.params_info()) d[py::str(p.name)] = view(self, base + p.offset, p.shape);
+  for (const ParamInfo& p : s.info()) d[py::str(p.name)] = view(self, base + p.offset, p.shape);
   return d;
+}
+
+template <class Model>
+py::array flat_view(py::object self, float* (ParamStore::*which)()) {
+  ParamStore& s = self.cast<Model&>().store;
+  return view(self, (s.*which)(), {s.size()});
 }
 
 void check_finite(double x, const char* op, const char* name, bool positive) {
@@ -73,10 +80,68 @@ void check_finite(double x, const char* op, const char* name, bool positive) {
                         ", got " + std::to_string(x));
 }
 
+void check_betas(const char* op, double beta1, double beta2) {
+  if (!(beta1 >= 0 && beta1 < 1)) value_error(op, "beta1 must be in [0, 1)");
+  if (!(beta2 >= 0 && beta2 < 1)) value_error(op, "beta2 must be in [0, 1)");
+}
+
+// What every model shares: its ParamStore (views of parameters, gradients and
+// optimizer state; optimizer steps).
+template <class Model>
+void bind_store(py::class_<Model>& c) {
+  c.def("num_parameters", [](Model& m) { return m.store.size(); })
+      .def("tensors", [](py::object self) { return tensor_views<Model>(self, false); })
+      .def("grad_tensors", [](py::object self) { return tensor_views<Model>(self, true); })
+      .def("flat_params", [](py::object self) { return flat_view<Model>(self, &ParamStore::params); })
+      .def("flat_grads", [](py::object self) { return flat_view<Model>(self, &ParamStore::grads); })
+      .def("adam_m", [](py::object self) { return flat_view<Model>(self, &ParamStore::moment1); })
+      .def("adam_v", [](py::object self) { return flat_view<Model>(self, &ParamStore::moment2); })
+      .def_property(
+          "step_count", [](Model& m) { return m.store.step_count; },
+          [](Model& m, int64_t v) {
+            if (v < 0) value_error("step_count", "must be >= 0");
+            m.store.step_count = v;
+          })
+      .def("zero_grad", [](Model& m) { m.store.zero_grad(); })
+      .def("grad_norm", [](Model& m) {
+        py::gil_scoped_release nogil;
+        return m.store.grad_norm();
+      })
+      .def("step",
+           [](Model& m, double lr, double beta1, double beta2, double eps, double wd,
+              double grad_scale) {
+             const char* op = "step";
+             check_finite(lr, op, "lr", false);
+             check_finite(eps, op, "eps", true);
+             check_finite(wd, op, "weight_decay", false);
+             check_finite(grad_scale, op, "grad_scale", false);
+             check_betas(op, beta1, beta2);
+             py::gil_scoped_release nogil;
+             m.store.adamw((float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd,
+                           (float)grad_scale);
+           },
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("weight_decay"), py::arg("grad_scale") = 1.0)
+      .def("sgd_step",
+           [](Model& m, double lr, double momentum, double wd, double grad_scale) {
+             const char* op = "sgd_step";
+             check_finite(lr, op, "lr", false);
+             check_finite(wd, op, "weight_decay", false);
+             check_finite(grad_scale, op, "grad_scale", false);
+             if (!(momentum >= 0 && momentum < 1)) value_error(op, "momentum must be in [0, 1)");
+             py::gil_scoped_release nogil;
+             m.store.sgd((float)lr, (float)momentum, (float)wd, (float)grad_scale);
+           },
+           py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"),
+           py::arg("grad_scale") = 1.0);
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
-  py::class_<GPT>(m, "GPT")
+  py::class_<GPT> gpt(m, "GPT");
+  bind_store(gpt);
+  gpt
       .def(py::init([](int64_t vocab, int64_t block, int64_t n_layer, int64_t n_head,
                        int64_t n_embd) {
              GPTConfig c{vocab, block, n_layer, n_head, n_embd};
@@ -84,26 +149,6 @@ void bind_model(py::module_& m) {
            }),
            py::arg("vocab_size"), py::arg("block_size"), py::arg("n_layer"), py::arg("n_head"),
            py::arg("n_embd"))
-      .def("num_parameters", &GPT::num_params)
-      .def("tensors", [](py::object self) { return tensor_views(self, false); })
-      .def("grad_tensors", [](py::object self) { return tensor_views(self, true); })
-      .def("flat_params", [](py::object self) {
-        GPT& g = self.cast<GPT&>();
-        return view(self, g.params(), {g.num_params()});
-      })
-      .def("flat_grads", [](py::object self) {
-        GPT& g = self.cast<GPT&>();
-        return view(self, g.grads(), {g.num_params()});
-      })
-      .def("adam_m", [](py::object self) {
-        GPT& g = self.cast<GPT&>();
-        return view(self, g.adam_m(), {g.num_params()});
-      })
-      .def("adam_v", [](py::object self) {
-        GPT& g = self.cast<GPT&>();
-        return view(self, g.adam_v(), {g.num_params()});
-      })
-      .def_readwrite("step_count", &GPT::step_count)
       .def("forward",
            [](GPT& g, py::handle idx_obj) {
              Tokens tk = checked_batch(g, idx_obj, "forward");
@@ -133,24 +178,6 @@ void bind_model(py::module_& m) {
                                        (float)grad_scale);
            },
            py::arg("idx"), py::arg("targets"), py::arg("grad_scale") = 1.0)
-      .def("zero_grad", &GPT::zero_grad)
-      .def("grad_norm", &GPT::grad_norm, py::call_guard<py::gil_scoped_release>())
-      .def("step",
-           [](GPT& g, double lr, double beta1, double beta2, double eps, double wd,
-              double grad_scale) {
-             const char* op = "step";
-             check_finite(lr, op, "lr", false);
-             check_finite(eps, op, "eps", true);
-             check_finite(wd, op, "weight_decay", false);
-             check_finite(grad_scale, op, "grad_scale", false);
-             if (!(beta1 >= 0 && beta1 < 1)) value_error(op, "beta1 must be in [0, 1)");
-             if (!(beta2 >= 0 && beta2 < 1)) value_error(op, "beta2 must be in [0, 1)");
-             py::gil_scoped_release nogil;
-             g.step((float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd,
-                    (float)grad_scale);
-           },
-           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-           py::arg("weight_decay"), py::arg("grad_scale") = 1.0)
       .def("decode",
            [](GPT& g, py::handle tok_obj, int64_t pos) {
              Tokens tk = checked_batch(g, tok_obj, "decode");

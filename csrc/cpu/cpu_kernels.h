@@ -15,6 +15,7 @@ void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, f
 void embedding_backward(const float* dout, const int64_t* idx, float* dwte, float* dwpe,
                         int64_t b, int64_t t, int64_t c, int64_t pos0);
 void zero(float* x, int64_t n);
+void copy(float* dst, const float* src, int64_t n);
 void residual_forward(const float* a, const float* b, float* out, int64_t n);
 double sum_squares(const float* x, int64_t n);
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
@@ -40,6 +41,7 @@ void gru_cell_forward(const float* gi, const float* gh, const float* h, float* g
 void gru_cell_backward(const float* dh_next, const float* h, const float* gates, float* dgi,
                        float* dgh, float* dh, int64_t n, int64_t hidden);
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& args);
+void sgd(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdArgs& args);
 
 }  // namespace FASTLM_ISA
 }  // namespace cpu

@@ -10,8 +10,12 @@ void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, f
 #pragma omp parallel for schedule(static) if (b * t * c > (1 << 15))
   for (int64_t r = 0; r < b * t; ++r) {
     const float* te = wte + idx[r] * c;
-    const float* pe = wpe + (pos0 + r % t) * c;
     float* o = out + r * c;
+    if (!wpe) {
+      std::memcpy(o, te, c * sizeof(float));
+      continue;
+    }
+    const float* pe = wpe + (pos0 + r % t) * c;
     int64_t j = 0;
     for (; j + kW <= c; j += kW) vstore(o + j, vload(te + j) + vload(pe + j));
     if (j < c) vstore_part(o + j, vload_part(te + j, c - j) + vload_part(pe + j, c - j), c - j);
@@ -30,11 +34,10 @@ void embedding_backward(const float* dout, const int64_t* idx, float* dwte, floa
     for (int64_t r = 0; r < b * t; ++r) {
       const float* d = dout + r * c;
       float* te = dwte + idx[r] * c;
+      for (int64_t j = j0; j < j1; ++j) te[j] += d[j];
+      if (!dwpe) continue;
       float* pe = dwpe + (pos0 + r % t) * c;
-      for (int64_t j = j0; j < j1; ++j) {
-        te[j] += d[j];
-        pe[j] += d[j];
-      }
+      for (int64_t j = j0; j < j1; ++j) pe[j] += d[j];
     }
   }
 }

@@ -1,4 +1,4 @@
-// Zero fill, residual add and a deterministic sum of squares (for gradient norms).
+// Zero fill, copy, residual add and a deterministic sum of squares (for gradient norms).
 #include "cpu/cpu_kernels.h"
 
 namespace fastlm {
@@ -8,6 +8,11 @@ namespace FASTLM_ISA {
 void zero(float* x, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > (1 << 18))
   for (int64_t i = 0; i < n; i += (1 << 16)) std::memset(x + i, 0, imin(1 << 16, n - i) * 4);
+}
+
+void copy(float* dst, const float* src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 18))
+  for (int64_t i = 0; i < n; i += (1 << 16)) std::memcpy(dst + i, src + i, imin(1 << 16, n - i) * 4);
 }
 
 void residual_forward(const float* a, const float* b, float* out, int64_t n) {

@@ -16,6 +16,7 @@ const Kernels* kernel_table() {
       embedding_forward,
       embedding_backward,
       zero,
+      copy,
       residual_forward,
       sum_squares,
       softmax_forward,
@@ -32,6 +33,7 @@ const Kernels* kernel_table() {
       gru_cell_forward,
       gru_cell_backward,
       adamw,
+      sgd,
   };
   return &table;
 }

@@ -23,16 +23,11 @@ void validate(const GPTConfig& c) {
                                 ")");
 }
 
-GPT::GPT(const GPTConfig& config, const Kernels& kernels) : cfg_(config), k_(kernels) {
+GPT::GPT(const GPTConfig& config, const Kernels& kernels)
+    : store(kernels), cfg_(config), k_(kernels) {
   validate(cfg_);
   const int64_t V = cfg_.vocab_size, C = cfg_.n_embd;
-  int64_t offset = 0;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    info_.push_back({name, shape, offset, n});
-    offset += n;
-  };
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) { store.add(name, shape); };
   add("transformer.wte.weight", {V, C});
   add("transformer.wpe.weight", {cfg_.block_size, C});
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
@@ -52,18 +47,15 @@ GPT::GPT(const GPTConfig& config, const Kernels& kernels) : cfg_(config), k_(ker
   }
   add("transformer.ln_f.weight", {C});
   add("transformer.ln_f.bias", {C});
-  params_.assign(offset, 0.f);
-  grads_.assign(offset, 0.f);
-  m_.assign(offset, 0.f);
-  v_.assign(offset, 0.f);
-  w_ = view(params_.data());
-  g_ = view(grads_.data());
+  store.allocate();
+  w_ = view(store.params());
+  g_ = view(store.grads());
 }
 
 GPT::Weights GPT::view(float* base) const {
   Weights w;
   size_t i = 0;
-  auto next = [&]() { return base + info_[i++].offset; };
+  auto next = [&]() { return base + store.info()[i++].offset; };
   w.wte = next();
   w.wpe = next();
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
@@ -223,26 +215,6 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   }
   k_.embedding_backward(dres_, idx, g_.wte, g_.wpe, b, t, C, 0);
   return loss;
-}
-
-void GPT::zero_grad() { k_.zero(grads_.data(), (int64_t)grads_.size()); }
-
-double GPT::grad_norm() const {
-  return std::sqrt(k_.sum_squares(grads_.data(), (int64_t)grads_.size()));
-}
-
-void GPT::step(float lr, float beta1, float beta2, float eps, float weight_decay,
-               float grad_scale) {
-  ++step_count;
-  for (const ParamInfo& p : info_) {
-    AdamWArgs a;
-    a.lr = lr, a.beta1 = beta1, a.beta2 = beta2, a.eps = eps;
-    a.weight_decay = p.shape.size() >= 2 ? weight_decay : 0.f;
-    a.step = step_count;
-    a.grad_scale = grad_scale;
-    k_.adamw(params_.data() + p.offset, grads_.data() + p.offset, m_.data() + p.offset,
-             v_.data() + p.offset, p.numel, a);
-  }
 }
 
 void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits) {

@@ -8,17 +8,12 @@
 #include <vector>
 
 #include "kernels.h"
+#include "model/params.h"
 
 namespace fastlm {
 
 struct GPTConfig {
   int64_t vocab_size = 0, block_size = 0, n_layer = 0, n_head = 0, n_embd = 0;
-};
-
-struct ParamInfo {
-  std::string name;
-  std::vector<int64_t> shape;
-  int64_t offset = 0, numel = 0;
 };
 
 class GPT {
@@ -28,13 +23,7 @@ class GPT {
   GPT(const GPTConfig& config, const Kernels& kernels);
 
   const GPTConfig& config() const { return cfg_; }
-  const std::vector<ParamInfo>& params_info() const { return info_; }
-  int64_t num_params() const { return (int64_t)params_.size(); }
-  float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
-  float* adam_m() { return m_.data(); }
-  float* adam_v() { return v_.data(); }
-  int64_t step_count = 0;
+  ParamStore store;  // parameters, gradients, optimizer state
 
   // idx (b, t) with 1 <= t <= block_size and ids in range (the caller checks).
   // logits (b, t, vocab) is written when not null.
@@ -44,11 +33,6 @@ class GPT {
   // Same loss; adds grad_scale * d loss / d params into the gradients.
   float forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
                          float grad_scale);
-  void zero_grad();
-  double grad_norm() const;
-  // AdamW over every tensor; weight decay on the 2-D weights only (nanoGPT's
-  // groups); gradients multiplied by grad_scale first.
-  void step(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale);
 
   // Runs tokens (b, tn) at positions [pos, pos + tn) against the KV cache
   // (reset when b changes or pos == 0) and writes the logits of each row's
@@ -77,8 +61,6 @@ class GPT {
 
   GPTConfig cfg_;
   const Kernels& k_;
-  std::vector<ParamInfo> info_;
-  std::vector<float> params_, grads_, m_, v_;
   Weights w_, g_;
 
   int64_t acts_b_ = 0, acts_t_ = 0;

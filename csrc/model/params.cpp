@@ -1,0 +1,52 @@
+#include "model/params.h"
+
+#include <cmath>
+
+namespace fastlm {
+
+void ParamStore::add(const std::string& name, std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  const int64_t offset = info_.empty() ? 0 : info_.back().offset + info_.back().numel;
+  info_.push_back({name, std::move(shape), offset, n});
+}
+
+void ParamStore::allocate() {
+  const int64_t n = info_.empty() ? 0 : info_.back().offset + info_.back().numel;
+  params_.assign(n, 0.f);
+  grads_.assign(n, 0.f);
+  m_.assign(n, 0.f);
+  v_.assign(n, 0.f);
+}
+
+void ParamStore::zero_grad() { k_.zero(grads_.data(), size()); }
+
+double ParamStore::grad_norm() const { return std::sqrt(k_.sum_squares(grads_.data(), size())); }
+
+void ParamStore::adamw(float lr, float beta1, float beta2, float eps, float weight_decay,
+                       float grad_scale) {
+  ++step_count;
+  for (const ParamInfo& p : info_) {
+    AdamWArgs a;
+    a.lr = lr, a.beta1 = beta1, a.beta2 = beta2, a.eps = eps;
+    a.weight_decay = p.shape.size() >= 2 ? weight_decay : 0.f;
+    a.step = step_count;
+    a.grad_scale = grad_scale;
+    k_.adamw(params_.data() + p.offset, grads_.data() + p.offset, m_.data() + p.offset,
+             v_.data() + p.offset, p.numel, a);
+  }
+}
+
+void ParamStore::sgd(float lr, float momentum, float weight_decay, float grad_scale) {
+  ++step_count;
+  for (const ParamInfo& p : info_) {
+    SgdArgs a;
+    a.lr = lr, a.momentum = momentum, a.grad_scale = grad_scale;
+    a.weight_decay = p.shape.size() >= 2 ? weight_decay : 0.f;
+    a.first_step = step_count == 1;
+    k_.sgd(params_.data() + p.offset, grads_.data() + p.offset, m_.data() + p.offset, p.numel,
+           a);
+  }
+}
+
+}  // namespace fastlm

@@ -1,0 +1,49 @@
+// The parameter store a model owns: one buffer each for parameters, gradients
+// and the two optimizer moments, a named (nanoGPT / PyTorch state_dict) view of
+// each tensor, and the optimizer steps over them.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fastlm {
+
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;
+};
+
+class ParamStore {
+ public:
+  explicit ParamStore(const Kernels& k) : k_(k) {}
+  // Declares the next tensor; call allocate() once all are declared.
+  void add(const std::string& name, std::vector<int64_t> shape);
+  void allocate();
+
+  const std::vector<ParamInfo>& info() const { return info_; }
+  int64_t size() const { return (int64_t)params_.size(); }
+  float* params() { return params_.data(); }
+  float* grads() { return grads_.data(); }
+  float* moment1() { return m_.data(); }
+  float* moment2() { return v_.data(); }
+  int64_t step_count = 0;
+
+  void zero_grad();
+  double grad_norm() const;
+  // AdamW with weight decay on tensors of 2 or more dimensions only (nanoGPT's
+  // groups); gradients multiplied by grad_scale first.
+  void adamw(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale);
+  // SGD with momentum (PyTorch's: buf = momentum buf + g; p -= lr buf), the
+  // momentum buffer kept in moment1; weight decay on 2-D tensors, as adamw.
+  void sgd(float lr, float momentum, float weight_decay, float grad_scale);
+
+ private:
+  const Kernels& k_;
+  std::vector<ParamInfo> info_;
+  std::vector<float> params_, grads_, m_, v_;
+};
+
+}  // namespace fastlm
