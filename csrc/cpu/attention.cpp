@@ -1,5 +1,408 @@
+// Flash attention on the CPU: FlashAttention-2 forward (online softmax) and
+// backward (probabilities recomputed from lse), in 64 x 64 tiles.
+//
+// Score tiles are kept transposed, S^T (keys x queries). Every product then
+// has the one shape a small register-blocked kernel does well, "broadcast a
+// scalar of A, FMA it into vector rows of B": S^T = K Q^T reads K rows in
+// place (any row stride, e.g. a fused qkv buffer) against Q^T transposed once
+// per (batch, head) rather than once per tile, and the softmax runs down the
+// key rows vectorized across queries, with no horizontal reductions.
+#include <omp.h>
+
+#include <cfloat>
+#include <cmath>
+
 #include "cpu/cpu_kernels.h"
-namespace fastlm { namespace cpu { namespace FASTLM_ISA {
-void attention_forward(const AttentionArgs&) {}
-void attention_backward(const AttentionGradArgs&) {}
-}}}
+
+namespace fastlm {
+namespace cpu {
+namespace FASTLM_ISA {
+namespace {
+
+constexpr int64_t kBq = 64, kBk = 64;  // queries x keys per tile
+// Accumulator registers of the micro-kernel and its widest column block:
+// leaves room for the B row and the broadcast (32 zmm, 16 ymm/xmm registers).
+#if defined(FASTLM_ISA_AVX512)
+constexpr int kAcc = 16, kMaxNV = 4;
+#else
+constexpr int kAcc = 8, kMaxNV = 2;
+#endif
+
+int64_t cdiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
+int64_t round_up(int64_t x, int64_t m) { return cdiv(x, m) * m; }
+
+// c[r][0, NV kW) (+)= sum_p a[r ars + p aks] * b[p ldb + (0, NV kW)] for r < R.
+template <int R, int NV>
+FASTLM_INLINE void micro(int64_t k, const float* a, int64_t ars, int64_t aks, const float* b,
+                         int64_t ldb, float* c, int64_t ldc, bool acc) {
+  V s[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) s[r][v] = acc ? vload(c + r * ldc + v * kW) : vzero();
+  for (int64_t p = 0; p < k; ++p) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = vload(b + p * ldb + v * kW);
+    for (int r = 0; r < R; ++r) {
+      const V ar = vset(a[r * ars + p * aks]);
+      for (int v = 0; v < NV; ++v) s[r][v] = vfma(ar, bv[v], s[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) vstore(c + r * ldc + v * kW, s[r][v]);
+}
+
+constexpr int64_t kAll = int64_t(1) << 60;  // "no causal limit" for gemm's lo / hi
+
+// Rows [r, r + R) of A need only p in [r + lo, r + R + hi) (clamped to [0, k)):
+// under a causal mask the rest of a diagonal tile's A is zero, and skipping it
+// halves the work of the products there. Callers pass lo = -kAll, hi = kAll
+// for a full product.
+template <int R, int NV>
+FASTLM_INLINE void micro_range(int64_t r, int64_t k, int64_t lo, int64_t hi, const float* a,
+                               int64_t ars, int64_t aks, const float* b, int64_t ldb, float* c,
+                               int64_t ldc, bool acc) {
+  const int64_t p0 = imax(0, imin(k, r + lo)), p1 = imax(p0, imin(k, r + R + hi));
+  micro<R, NV>(p1 - p0, a + r * ars + p0 * aks, ars, aks, b + p0 * ldb, ldb, c + r * ldc, ldc,
+               acc);
+}
+
+template <int NV>
+void gemm_cols(int64_t m, int64_t k, int64_t lo, int64_t hi, const float* a, int64_t ars,
+               int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc, bool acc) {
+  constexpr int R = kAcc / NV;
+  int64_t r = 0;
+  for (; r + R <= m; r += R) micro_range<R, NV>(r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
+  for (; r < m; ++r) micro_range<1, NV>(r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
+}
+
+// c (m x nv vectors, row stride ldc) (+)= A (m x k, element (r, p) at
+// a[r ars + p aks]) times B (k x nv vectors, row stride ldb); lo, hi as in
+// micro_range.
+void gemm(int64_t m, int64_t nv, int64_t k, const float* a, int64_t ars, int64_t aks,
+          const float* b, int64_t ldb, float* c, int64_t ldc, bool acc, int64_t lo = -kAll,
+          int64_t hi = kAll) {
+  for (int64_t v0 = 0; v0 < nv; v0 += kMaxNV) {
+    const float* bb = b + v0 * kW;
+    float* cc = c + v0 * kW;
+    switch (imin(kMaxNV, nv - v0)) {
+      case 1: gemm_cols<1>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      case 2: gemm_cols<2>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      case 3: gemm_cols<3>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      default: gemm_cols<4>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+    }
+  }
+}
+
+// dst[d ld + i] = src[i rs + d] for i < n, d < dim.
+void pack_t(const float* src, int64_t rs, int64_t n, int64_t dim, float* dst, int64_t ld) {
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {  // 16-row strips keep both sides in cache
+    const int64_t i1 = imin(n, i0 + 16);
+    for (int64_t d = 0; d < dim; ++d)
+      for (int64_t i = i0; i < i1; ++i) dst[d * ld + i] = src[i * rs + d];
+  }
+}
+
+// Zero the columns [n, ld) of a (dim x ld) matrix.
+void zero_cols(float* dst, int64_t n, int64_t ld, int64_t dim) {
+  if (n < ld)
+    for (int64_t d = 0; d < dim; ++d) memset(dst + d * ld + n, 0, (ld - n) * sizeof(float));
+}
+
+// dst (n x dp) = src rows, the columns past dim zero.
+void pack_rows(const float* src, int64_t rs, int64_t n, int64_t dim, int64_t dp, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    memcpy(dst + i * dp, src + i * rs, dim * sizeof(float));
+    if (dp > dim) memset(dst + i * dp + dim, 0, (dp - dim) * sizeof(float));
+  }
+}
+
+// dst rows (stride rs) += scale * sum over u < nsrc, in order, of the
+// (n x dp) matrices at src[u] + off.
+void add_rows(float* dst, int64_t rs, float* const* src, int nsrc, int64_t off, int64_t n,
+              int64_t dim, int64_t dp, float scale) {
+  const V vs = vset(scale);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t d = 0; d < dim; d += kW) {
+      V s = vload(src[0] + off + i * dp + d);
+      for (int u = 1; u < nsrc; ++u) s = s + vload(src[u] + off + i * dp + d);
+      float* o = dst + i * rs + d;
+      if (d + kW <= dim) vstore(o, vfma(s, vs, vload(o)));
+      else vstore_part(o, vfma(s, vs, vload_part(o, dim - d)), dim - d);
+    }
+  }
+}
+
+const float kIota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// Causal mask on a score tile s^T (nk x nqv vectors, row stride kBq): entry
+// (key j, query i) is hidden when i < j + lim.
+void mask_tile(float* st, int64_t nk, int64_t nqv, int64_t lim) {
+  const V iota = vload(kIota), ninf = vset(-INFINITY);
+  for (int64_t j = 0; j < nk; ++j) {
+    const int64_t t = j + lim;
+    for (int64_t v = 0; v < nqv && v * kW < t; ++v) {
+      float* p = st + j * kBq + v * kW;
+      vstore(p, vblend_lt(iota, vset((float)(t - v * kW)), ninf, vload(p)));
+    }
+  }
+}
+
+struct Head {  // pointers to row 0 of one (batch, head)
+  const float *q, *k, *v;
+  float* o;
+};
+
+Head head_at(const AttentionArgs& a, int64_t h) {
+  const int64_t b = h / a.heads, hh = h % a.heads;
+  return {a.q + b * a.sq.batch + hh * a.sq.head, a.k + b * a.sk.batch + hh * a.sk.head,
+          a.v + b * a.sv.batch + hh * a.sv.head, a.out + b * a.so.batch + hh * a.so.head};
+}
+
+// Forward of query rows [r0, r0 + rows) of head h. Scratch (floats): qt
+// D x rows_p, o rows_p x Dp, m, l rows_p, alpha kBq, vp kBk x Dp, st kBk x kBq
+// with rows_p = rows rounded up to kW.
+void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, float* scratch) {
+  const int64_t D = a.head_dim, Dp = round_up(D, kW), ldq = round_up(rows, kW);
+  const int64_t off = a.seq_k - a.seq_q;
+  const float scale = 1.f / sqrtf((float)D);
+  const V vscale = vset(scale);
+  float *qt = scratch, *o = qt + D * ldq, *m = o + ldq * Dp, *l = m + ldq, *alpha = l + ldq,
+        *vp = alpha + kBq, *st = vp + kBk * Dp;
+  const Head hd = head_at(a, h);
+  pack_t(hd.q + r0 * a.sq.row, a.sq.row, rows, D, qt, ldq);
+  zero_cols(qt, rows, ldq, D);
+  memset(o, 0, rows * Dp * sizeof(float));
+  for (int64_t i = 0; i < ldq; ++i) m[i] = -INFINITY, l[i] = 0.f;
+  const int64_t kend = a.causal ? imin(a.seq_k, r0 + rows + off) : a.seq_k;
+  for (int64_t k0 = 0; k0 < kend; k0 += kBk) {
+    const int64_t nk = imin(kBk, kend - k0);
+    pack_rows(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, vp);
+    for (int64_t q0 = 0; q0 < rows; q0 += kBq) {
+      const int64_t nq = imin(kBq, rows - q0), nqv = cdiv(nq, kW), gq0 = r0 + q0;
+      // Keys past the last query's horizon are hidden from the whole block.
+      const int64_t tnk = a.causal ? imin(nk, gq0 + nq + off - k0) : nk;
+      if (tnk <= 0) continue;
+      gemm(tnk, nqv, D, hd.k + k0 * a.sk.row, a.sk.row, 1, qt + q0, ldq, st, kBq, false);
+      if (a.causal && k0 + tnk - 1 > gq0 + off) mask_tile(st, tnk, nqv, k0 - off - gq0);
+      for (int64_t v = 0; v < nqv; ++v) {
+        float* col = st + v * kW;
+        V mx = vset(-INFINITY);
+        for (int64_t j = 0; j < tnk; ++j) mx = vmax(mx, vload(col + j * kBq));
+        const V mold = vload(m + q0 + v * kW), mnew = vmax(mold, mx);
+        // A query with no visible key yet keeps m = -inf; offset by 0 so its
+        // probabilities come out exp(-inf) = 0 rather than NaN.
+        const V msafe = vblend_lt(mnew, vset(-FLT_MAX), vzero(), mnew);
+        const V bias = vzero() - msafe * vscale;
+        V sum = vzero();
+        for (int64_t j = 0; j < tnk; ++j) {
+          const V p = vexp(vfma(vload(col + j * kBq), vscale, bias));
+          vstore(col + j * kBq, p);
+          sum = sum + p;
+        }
+        const V al = vexp((mold - msafe) * vscale);
+        vstore(l + q0 + v * kW, vfma(vload(l + q0 + v * kW), al, sum));
+        vstore(m + q0 + v * kW, mnew);
+        vstore(alpha + v * kW, al);
+      }
+      for (int64_t i = 0; i < nq; ++i) {
+        if (alpha[i] == 1.f) continue;
+        const V al = vset(alpha[i]);
+        float* orow = o + (q0 + i) * Dp;
+        for (int64_t d = 0; d < Dp; d += kW) vstore(orow + d, vload(orow + d) * al);
+      }
+      // Query i needs keys j <= i + gq0 + off - k0 only.
+      gemm(nq, Dp / kW, tnk, st, 1, kBq, vp, Dp, o + q0 * Dp, Dp, true, -kAll,
+           a.causal ? gq0 + off - k0 : kAll);
+    }
+  }
+  float* lse = a.lse + h * a.seq_q + r0;
+  for (int64_t i = 0; i < rows; ++i) {
+    float* out = hd.o + (r0 + i) * a.so.row;
+    // A row that sees no key (causal with seq_q > seq_k) gets out 0, lse -inf.
+    const V inv = vset(l[i] > 0.f ? 1.f / l[i] : 0.f);
+    for (int64_t d = 0; d < D; d += kW) {
+      const V y = vload(o + i * Dp + d) * inv;
+      if (d + kW <= D) vstore(out + d, y);
+      else vstore_part(out + d, y, D - d);
+    }
+    lse[i] = l[i] > 0.f ? m[i] * scale + logf(l[i]) : -INFINITY;
+  }
+}
+
+// What the backward of one (batch, head) reads many times, packed once:
+// Q^T and dO^T (D x ldt), Q and dO rows (T x Dp), lse and
+// delta = rowsum(dO * O) (ldt), with ldt = T rounded up to kW.
+struct Packed {
+  float *qt, *dot, *qp, *dop, *lse, *delta;
+};
+
+int64_t packed_floats(int64_t T, int64_t D) {
+  const int64_t ldt = round_up(T, kW), Dp = round_up(D, kW);
+  return 2 * D * ldt + 2 * T * Dp + 2 * ldt;
+}
+
+Packed packed_at(float* p, int64_t T, int64_t D) {
+  const int64_t ldt = round_up(T, kW), Dp = round_up(D, kW);
+  Packed k;
+  k.qt = p, k.dot = k.qt + D * ldt, k.qp = k.dot + D * ldt, k.dop = k.qp + T * Dp;
+  k.lse = k.dop + T * Dp, k.delta = k.lse + ldt;
+  return k;
+}
+
+void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, const Packed& pk) {
+  const AttentionArgs& a = g.fwd;
+  const int64_t T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW), ldt = round_up(T, kW);
+  const Head hd = head_at(a, h);
+  const float* dout = g.dout + (hd.o - a.out);  // dout shares out's strides
+  const float *q = hd.q + r0 * a.sq.row, *dor = dout + r0 * a.so.row;
+  pack_t(q, a.sq.row, r1 - r0, D, pk.qt + r0, ldt);
+  pack_t(dor, a.so.row, r1 - r0, D, pk.dot + r0, ldt);
+  pack_rows(q, a.sq.row, r1 - r0, D, Dp, pk.qp + r0 * Dp);
+  pack_rows(dor, a.so.row, r1 - r0, D, Dp, pk.dop + r0 * Dp);
+  for (int64_t i = r0; i < r1; ++i) {
+    const float *x = dout + i * a.so.row, *y = hd.o + i * a.so.row;
+    V s = vzero();
+    for (int64_t d = 0; d < D; d += kW)
+      s = d + kW <= D ? vfma(vload(x + d), vload(y + d), s)
+                      : vfma(vload_part(x + d, D - d), vload_part(y + d, D - d), s);
+    pk.delta[i] = vsum(s);
+    pk.lse[i] = a.lse[h * T + i];
+  }
+  if (r1 == T) {
+    zero_cols(pk.qt, T, ldt, D);
+    zero_cols(pk.dot, T, ldt, D);
+    for (int64_t i = T; i < ldt; ++i) pk.lse[i] = pk.delta[i] = 0.f;
+  }
+}
+
+// Backward of key block [k0, k0 + kBk) of head h against every query that
+// sees it: dk, dv rows += their full gradient; dqacc (T x Dp) += dS K, unscaled.
+// Scratch (floats): kp, dk, dv kBk x Dp; st, dpt kBk x kBq.
+void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Packed& pk,
+                   float* dqacc, float* scratch) {
+  const AttentionArgs& a = g.fwd;
+  const int64_t T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW), ldt = round_up(T, kW);
+  const int64_t nk = imin(kBk, T - k0);
+  const float scale = 1.f / sqrtf((float)D);
+  const V vscale = vset(scale);
+  float *kp = scratch, *dk = kp + kBk * Dp, *dv = dk + kBk * Dp, *st = dv + kBk * Dp,
+        *dpt = st + kBk * kBq;
+  const Head hd = head_at(a, h);
+  const float *kr = hd.k + k0 * a.sk.row, *vr = hd.v + k0 * a.sv.row;
+  pack_rows(kr, a.sk.row, nk, D, Dp, kp);
+  memset(dk, 0, 2 * kBk * Dp * sizeof(float));  // dk and dv
+  for (int64_t q0 = a.causal ? k0 / kBq * kBq : 0; q0 < T; q0 += kBq) {
+    const int64_t nq = imin(kBq, T - q0), nqv = cdiv(nq, kW);
+    const int64_t tnk = a.causal ? imin(nk, q0 + nq - k0) : nk;
+    gemm(tnk, nqv, D, kr, a.sk.row, 1, pk.qt + q0, ldt, st, kBq, false);
+    gemm(tnk, nqv, D, vr, a.sv.row, 1, pk.dot + q0, ldt, dpt, kBq, false);
+    if (a.causal && k0 + tnk - 1 > q0) mask_tile(st, tnk, nqv, k0 - q0);
+    for (int64_t v = 0; v < nqv; ++v) {
+      const V nlse = vzero() - vload(pk.lse + q0 + v * kW), delta = vload(pk.delta + q0 + v * kW);
+      for (int64_t j = 0; j < tnk; ++j) {
+        float *ps = st + j * kBq + v * kW, *pd = dpt + j * kBq + v * kW;
+        const V p = vexp(vfma(vload(ps), vscale, nlse));
+        vstore(ps, p);
+        vstore(pd, p * (vload(pd) - delta));  // dS, unscaled
+      }
+    }
+    // Key j is seen by queries i >= j + k0 - q0 only; query i sees j <= i + q0 - k0.
+    const int64_t lo = a.causal ? k0 - q0 : -kAll, hi = a.causal ? q0 - k0 : kAll;
+    gemm(tnk, Dp / kW, nq, st, kBq, 1, pk.dop + q0 * Dp, Dp, dv, Dp, true, lo);  // P^T dO
+    gemm(tnk, Dp / kW, nq, dpt, kBq, 1, pk.qp + q0 * Dp, Dp, dk, Dp, true, lo);  // dS^T Q
+    gemm(nq, Dp / kW, tnk, dpt, 1, kBq, kp, Dp, dqacc + q0 * Dp, Dp, true, -kAll, hi);  // dS K
+  }
+  const int64_t b = h / a.heads, hh = h % a.heads;
+  add_rows(g.dk + b * a.sk.batch + hh * a.sk.head + k0 * a.sk.row, a.sk.row, &dk, 1, 0, nk, D, Dp,
+           scale);
+  add_rows(g.dv + b * a.sv.batch + hh * a.sv.head + k0 * a.sv.row, a.sv.row, &dv, 1, 0, nk, D, Dp,
+           1.f);
+}
+
+}  // namespace
+
+void attention_forward(const AttentionArgs& a) {
+  const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
+  const int nth = omp_get_max_threads();
+  // Query blocks of one head share one Q^T: as many per work item as still
+  // leaves every thread a few items.
+  int64_t g = imin(nqb, 16);
+  while (g > 1 && bh * cdiv(nqb, g) < 4 * nth) g = cdiv(g, 2);
+  const int64_t ng = cdiv(nqb, g), items = bh * ng, span = g * kBq, Dp = round_up(D, kW);
+  const int64_t scratch = (D + Dp + 2) * span + kBq + kBk * Dp + kBk * kBq;
+#pragma omp parallel
+  {
+    float* buf = new float[scratch];
+    // Last query groups first: under a causal mask they cost the most.
+#pragma omp for schedule(dynamic)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t r0 = (ng - 1 - it / bh) * span;
+      forward_rows(a, it % bh, r0, imin(span, a.seq_q - r0), buf);
+    }
+    delete[] buf;
+  }
+}
+
+void attention_backward(const AttentionGradArgs& g) {
+  const AttentionArgs& a = g.fwd;
+  const int64_t bh = a.batch * a.heads, T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW);
+  const int64_t nkb = cdiv(T, kBk), tile_floats = 3 * kBk * Dp + 2 * kBk * kBq;
+  const float scale = 1.f / sqrtf((float)D);
+  const int nth = omp_get_max_threads();
+  if (nkb == 1 || bh % nth == 0 || bh >= 4 * nth) {
+    // Enough heads to go round: one thread per head, dq accumulated in order.
+#pragma omp parallel
+    {
+      float* buf = new float[packed_floats(T, D) + T * Dp + tile_floats];
+      const Packed pk = packed_at(buf, T, D);
+      float *dqacc = buf + packed_floats(T, D), *tile = dqacc + T * Dp;
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < bh; ++h) {
+        pack_head(g, h, 0, T, pk);
+        memset(dqacc, 0, T * Dp * sizeof(float));
+        for (int64_t kb = 0; kb < nkb; ++kb) backward_keys(g, h, kb * kBk, pk, dqacc, tile);
+        const int64_t b = h / a.heads, hh = h % a.heads;
+        add_rows(g.dq + b * a.sq.batch + hh * a.sq.head, a.sq.row, &dqacc, 1, 0, T, D, Dp, scale);
+      }
+      delete[] buf;
+    }
+    return;
+  }
+  // Few heads: the threads share each head by key blocks. Each keeps its own
+  // dq partial, summed in thread order afterwards, so the result does not
+  // depend on timing.
+  float* shared = new float[packed_floats(T, D) + nth * T * Dp];
+  const Packed pk = packed_at(shared, T, D);
+  float** dqacc = new float*[nth];
+  for (int t = 0; t < nth; ++t) dqacc[t] = shared + packed_floats(T, D) + t * T * Dp;
+#pragma omp parallel num_threads(nth)
+  {
+    float* tile = new float[tile_floats];
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t nchunk = cdiv(T, 64), rounds = cdiv(nkb, nt);
+    for (int64_t h = 0; h < bh; ++h) {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < nchunk; ++c) pack_head(g, h, c * 64, imin(T, c * 64 + 64), pk);
+      memset(dqacc[t], 0, T * Dp * sizeof(float));
+      // Snake order over key blocks: under a causal mask block kb costs
+      // ~ nkb - kb, and alternating direction per round evens threads out.
+#pragma omp for schedule(static, 1)
+      for (int64_t it = 0; it < rounds * nt; ++it) {
+        const int64_t r = it / nt, pos = it % nt, kb = r * nt + (r % 2 ? nt - 1 - pos : pos);
+        if (kb < nkb) backward_keys(g, h, kb * kBk, pk, dqacc[t], tile);
+      }
+      const int64_t b = h / a.heads, hh = h % a.heads;
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < nchunk; ++c) {
+        add_rows(g.dq + b * a.sq.batch + hh * a.sq.head + c * 64 * a.sq.row, a.sq.row, dqacc, nt,
+                 c * 64 * Dp, imin(64, T - c * 64), D, Dp, scale);
+      }
+    }
+    delete[] tile;
+  }
+  delete[] dqacc;
+  delete[] shared;
+}
+
+}  // namespace FASTLM_ISA
+}  // namespace cpu
+}  // namespace fastlm

@@ -1,0 +1,264 @@
+"""fastlm.ops.attention / attention_backward against float64 NumPy references.
+
+The references materialise the full (T, Tk) probability matrix, which the
+flash kernels never do; the naive float32 error of that same formula sets the
+error bound (see conftest.assert_error_bound).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import ops
+from conftest import assert_error_bound, finite_difference, torch_or_skip
+
+# (B, H, T, D): not multiples of the 64 x 64 tiles nor of any vector width,
+# plus one sequence long enough for many key blocks.
+SHAPES = [(1, 1, 1, 1), (2, 3, 17, 31), (1, 2, 33, 64), (1, 1, 127, 17), (2, 1, 1000, 8)]
+
+
+def ref_forward(q, k, v, causal, dtype=np.float64):
+    """(out, lse, p) of softmax(q k^T / sqrt(D)) v, query i seeing keys j <= i + Tk - T."""
+    q, k, v = (np.asarray(x, dtype) for x in (q, k, v))
+    T, Tk, D = q.shape[2], k.shape[2], q.shape[3]
+    s = q @ np.swapaxes(k, -1, -2) * dtype(1 / np.sqrt(D))
+    if causal:
+        hidden = np.arange(Tk)[None, :] > np.arange(T)[:, None] + (Tk - T)
+        s = np.where(hidden, dtype(-np.inf), s)
+    m = s.max(-1, keepdims=True)
+    e = np.exp(s - m)
+    l = e.sum(-1, keepdims=True)
+    return (e / l) @ v, (m + np.log(l))[..., 0], e / l
+
+
+def ref_backward(dout, q, k, v, causal, dtype=np.float64):
+    """Analytic gradients (dq, dk, dv) of <dout, attention(q, k, v)>."""
+    _, _, p = ref_forward(q, k, v, causal, dtype)
+    dout, q, k, v = (np.asarray(x, dtype) for x in (dout, q, k, v))
+    scale = dtype(1 / np.sqrt(q.shape[3]))
+    dv = np.swapaxes(p, -1, -2) @ dout
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - np.sum(dp * p, -1, keepdims=True)) * scale
+    return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
+
+
+def inputs(rng, B, H, T, D, Tk=None, scale=1.0):
+    Tk = T if Tk is None else Tk
+    q = (rng.standard_normal((B, H, T, D)) * scale).astype(np.float32)
+    k = (rng.standard_normal((B, H, Tk, D)) * scale).astype(np.float32)
+    v = rng.standard_normal((B, H, Tk, D)).astype(np.float32)
+    return q, k, v
+
+
+def check_forward(q, k, v, causal):
+    out, lse = ops.attention(q, k, v, causal=causal)
+    r_out, r_lse, _ = ref_forward(q, k, v, causal)
+    n_out, n_lse, _ = ref_forward(q, k, v, causal, np.float32)
+    assert out.dtype == np.float32 and out.shape == q.shape
+    assert lse.dtype == np.float32 and lse.shape == q.shape[:3]
+    assert_error_bound(out, r_out, n_out, name="out")
+    assert_error_bound(lse, r_lse, n_lse, name="lse")
+    return out, lse
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward(isa, rng, shape, causal):
+    check_forward(*inputs(rng, *shape), causal)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,Tk,D", [(2, 2, 5, 77, 13), (1, 3, 1, 100, 64),
+                                         (1, 1, 70, 130, 33), (1, 1, 1, 1, 7)])
+def test_forward_fewer_queries_than_keys(isa, rng, B, H, T, Tk, D, causal):
+    # The KV-cache shape: the queries are the last T of Tk positions.
+    check_forward(*inputs(rng, B, H, T, D, Tk), causal)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_forward_large_scores_stay_finite(isa, rng, causal):
+    # Scores of several thousand: exp overflows unless the running max is subtracted.
+    q, k, v = inputs(rng, 1, 2, 150, 16, scale=30.0)
+    check_forward(q, k, v, causal)
+
+
+def test_forward_rows_without_keys(isa, rng):
+    # Causal with T > Tk: the first T - Tk queries see no key; they get 0 and
+    # lse -inf rather than NaN, the others as usual.
+    q, k, v = inputs(rng, 1, 1, 9, 5, Tk=4)
+    out, lse = ops.attention(q, k, v, causal=True)
+    assert np.all(out[:, :, :5] == 0) and np.all(lse[:, :, :5] == -np.inf)
+    r_out, r_lse, _ = ref_forward(q[:, :, 5:], k, v, True)
+    np.testing.assert_allclose(out[:, :, 5:], r_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lse[:, :, 5:], r_lse, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward(isa, rng, shape, causal):
+    q, k, v = inputs(rng, *shape)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    out, lse = ops.attention(q, k, v, causal=causal)
+    grads = ops.attention_backward(dout, q, k, v, out, lse, causal=causal)
+    ref = ref_backward(dout, q, k, v, causal)
+    naive = ref_backward(dout, q, k, v, causal, np.float32)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref, naive):
+        assert g.dtype == np.float32
+        assert_error_bound(g, r, n, name=name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_backward_reference_matches_finite_differences(causal):
+    rng = np.random.default_rng(7)
+    q, k, v = (x.astype(np.float64) for x in inputs(rng, 1, 2, 6, 5))
+    dout = rng.standard_normal(q.shape)
+    dq, dk, dv = ref_backward(dout, q, k, v, causal)
+    fns = {"q": (lambda x: ref_forward(x, k, v, causal)[0], q, dq),
+           "k": (lambda x: ref_forward(q, x, v, causal)[0], k, dk),
+           "v": (lambda x: ref_forward(q, k, x, causal)[0], v, dv)}
+    for name, (f, x, analytic) in fns.items():
+        numeric, idx = finite_difference(f, x, dout, rng=rng)
+        np.testing.assert_allclose([analytic[i] for i in idx], numeric, rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+
+
+def ref_backward_from_lse(dout, q, k, v, causal, lse):
+    """ref_backward in float64, but with the probabilities recomputed from a given
+    lse as the flash backward does: what the float32 lse itself permits."""
+    dout, q, k, v, lse = (np.asarray(x, np.float64) for x in (dout, q, k, v, lse))
+    T, D = q.shape[2], q.shape[3]
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(D)
+    if causal:
+        s = np.where(np.arange(T)[None, :] > np.arange(T)[:, None], -np.inf, s)
+    p = np.exp(s - lse[..., None])
+    dv = np.swapaxes(p, -1, -2) @ dout
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - np.sum(dout * (p @ v), -1, keepdims=True)) / np.sqrt(D)
+    return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_backward_large_scores(isa, rng, causal):
+    # Scores of several thousand: P = exp(s - lse) then hangs on a float32 lse
+    # whose ulp is ~2e-4, an error no float32-lse backward (FlashAttention,
+    # PyTorch's) avoids; the bound takes the larger of the naive error and
+    # that of an exact backward fed the correctly rounded lse.
+    q, k, v = inputs(rng, 1, 1, 70, 9, scale=30.0)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    out, lse = ops.attention(q, k, v, causal=causal)
+    grads = ops.attention_backward(dout, q, k, v, out, lse, causal=causal)
+    ref = ref_backward(dout, q, k, v, causal)
+    naive = ref_backward(dout, q, k, v, causal, np.float32)
+    lse32 = ref_forward(q, k, v, causal)[1].astype(np.float32)
+    from_lse = ref_backward_from_lse(dout, q, k, v, causal, lse32)
+    for name, g, r, n, f in zip(("dq", "dk", "dv"), grads, ref, naive, from_lse):
+        worse = n if np.abs(n - r).max() > np.abs(f - r).max() else f
+        assert_error_bound(g, r, worse, name=name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_matches_torch(isa, rng, causal):
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    q, k, v = inputs(rng, 2, 3, 70, 24)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    out, lse = ops.attention(q, k, v, causal=causal)
+    dq, dk, dv = ops.attention_backward(dout, q, k, v, out, lse, causal=causal)
+    tq, tk, tv = (torch.from_numpy(x.copy()).requires_grad_() for x in (q, k, v))
+    t_out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+    t_out.backward(torch.from_numpy(dout))
+    for ours, theirs in ((out, t_out), (dq, tq.grad), (dk, tk.grad), (dv, tv.grad)):
+        theirs = theirs.detach().numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+    # Fewer queries than keys: torch's is_causal aligns the mask top-left, ours
+    # bottom-right (KV cache), so pass the mask explicitly.
+    q2 = q[:, :, -9:].copy()
+    mask = torch.from_numpy(np.tril(np.ones((9, 70), bool), 70 - 9))
+    t_out2 = F.scaled_dot_product_attention(torch.from_numpy(q2), torch.from_numpy(k),
+                                            torch.from_numpy(v), attn_mask=mask)
+    np.testing.assert_allclose(ops.attention(q2, k, v, causal=True)[0], t_out2.numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("shape", [(1, 1, 300, 40), (3, 1, 130, 8)])
+def test_threads_share_heads(isa, rng, shape, threads):
+    # Fewer heads than threads (or not a multiple): the backward splits each
+    # head's key blocks over the threads and sums per-thread dq partials.
+    before = fastlm.get_num_threads()
+    fastlm.set_num_threads(threads)
+    try:
+        q, k, v = inputs(rng, *shape)
+        dout = rng.standard_normal(q.shape).astype(np.float32)
+        out, lse = check_forward(q, k, v, True)
+        grads = ops.attention_backward(dout, q, k, v, out, lse, causal=True)
+    finally:
+        fastlm.set_num_threads(before)
+    ref = ref_backward(dout, q, k, v, True)
+    naive = ref_backward(dout, q, k, v, True, np.float32)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref, naive):
+        assert_error_bound(g, r, n, name=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 1, 300, 40), (3, 4, 90, 16)])
+def test_deterministic(isa, rng, shape, threads):
+    # (1, 1, ...) makes the threads share one head's key blocks in the backward.
+    before = fastlm.get_num_threads()
+    fastlm.set_num_threads(threads)
+    try:
+        q, k, v = inputs(rng, *shape)
+        dout = rng.standard_normal(q.shape).astype(np.float32)
+        a = ops.attention(q, k, v, causal=True)
+        b = ops.attention(q, k, v, causal=True)
+        ga = ops.attention_backward(dout, q, k, v, *a, causal=True)
+        gb = ops.attention_backward(dout, q, k, v, *a, causal=True)
+    finally:
+        fastlm.set_num_threads(before)
+    for x, y in zip(a + ga, b + gb):
+        assert np.array_equal(x, y)
+
+
+def test_empty_sequence(isa):
+    q = np.zeros((2, 3, 0, 8), np.float32)
+    out, lse = ops.attention(q, q, q)
+    assert out.shape == (2, 3, 0, 8) and lse.shape == (2, 3, 0)
+    grads = ops.attention_backward(q, q, q, q, out, lse)
+    assert all(g.shape == q.shape for g in grads)
+
+
+def test_bad_inputs(rng):
+    q, k, v = inputs(rng, 1, 2, 5, 4)
+    with pytest.raises(TypeError, match="q"):
+        ops.attention(q.astype(np.float64), k, v)
+    with pytest.raises(TypeError, match="v"):
+        ops.attention(q, k, v.astype(np.float16))
+    with pytest.raises(ValueError, match="q"):
+        ops.attention(q[0], k, v)
+    with pytest.raises(ValueError, match="k"):
+        ops.attention(q, k[..., :3].copy(), v[..., :3].copy())
+    with pytest.raises(ValueError, match="v"):
+        ops.attention(q, k, v[:, :, :4].copy())
+    with pytest.raises(ValueError, match="q"):
+        ops.attention(np.asfortranarray(q), k, v)
+    with pytest.raises(ValueError, match="k"):
+        ops.attention(q, k[:, :, :0].copy(), v[:, :, :0].copy())
+
+    out, lse = ops.attention(q, k, v)
+    dout = np.ones_like(out)
+    with pytest.raises(ValueError, match="lse"):
+        ops.attention_backward(dout, q, k, v, out, lse[:, :, :4].copy())
+    with pytest.raises(ValueError, match="lse"):
+        ops.attention_backward(dout, q, k, v, out, lse[..., None].copy())
+    with pytest.raises(TypeError, match="lse"):
+        ops.attention_backward(dout, q, k, v, out, lse.astype(np.float64))
+    with pytest.raises(ValueError, match="dout"):
+        ops.attention_backward(dout[:, :1].copy(), q, k, v, out, lse)
+    with pytest.raises(ValueError, match="out"):
+        ops.attention_backward(dout, q, k, v, out[:, :, ::2], lse)
+    with pytest.raises(TypeError, match="dout"):
+        ops.attention_backward(dout.tolist(), q, k, v, out, lse)
+    k_long, v_long = inputs(rng, 1, 2, 7, 4)[1:]
+    with pytest.raises(ValueError, match="k"):
+        ops.attention_backward(dout, q, k_long, v_long, out, lse)
