@@ -1,0 +1,199 @@
+#include "model/rnn.h"
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "model/linear.h"
+
+namespace fastlm {
+
+void validate(const RNNConfig& c) {
+  auto positive = [](int64_t v, const char* name) {
+    if (v < 1)
+      throw std::invalid_argument(std::string(name) + " must be >= 1, got " + std::to_string(v));
+  };
+  positive(c.vocab_size, "vocab_size");
+  positive(c.embed_dim, "embed_dim");
+  positive(c.hidden_size, "hidden_size");
+  positive(c.num_layers, "num_layers");
+}
+
+RNNLM::RNNLM(const RNNConfig& config, const Kernels& kernels)
+    : store(kernels), cfg_(config), k_(kernels) {
+  validate(cfg_);
+  const int64_t V = cfg_.vocab_size, E = cfg_.embed_dim, H = cfg_.hidden_size;
+  const int64_t GH = gate_count() * H;
+  store.add("embedding.weight", {V, E});
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const std::string s = std::to_string(l);
+    store.add("rnn.weight_ih_l" + s, {GH, l ? H : E});
+    store.add("rnn.weight_hh_l" + s, {GH, H});
+    store.add("rnn.bias_ih_l" + s, {GH});
+    store.add("rnn.bias_hh_l" + s, {GH});
+  }
+  store.add("fc.weight", {V, H});
+  store.add("fc.bias", {V});
+  store.allocate();
+  w_ = view(store.params());
+  g_ = view(store.grads());
+}
+
+RNNLM::Weights RNNLM::view(float* base) const {
+  Weights w;
+  size_t i = 0;
+  auto next = [&]() { return base + store.info()[i++].offset; };
+  w.emb = next();
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    Layer L;
+    L.w_ih = next(), L.w_hh = next(), L.b_ih = next(), L.b_hh = next();
+    w.layers.push_back(L);
+  }
+  w.fc_w = next();
+  w.fc_b = next();
+  return w;
+}
+
+void RNNLM::ensure_acts(int64_t t, int64_t b) {
+  if (t == acts_t_ && b == acts_b_) return;
+  const int64_t TB = t * b, H = cfg_.hidden_size, E = cfg_.embed_dim, V = cfg_.vocab_size;
+  const int64_t GH = gate_count() * H, wide = E > H ? E : H;
+  const bool lstm = cfg_.kind == CellKind::kLSTM;
+  const int64_t per_layer = TB * GH + TB * 4 * H + (t + 1) * b * H * (lstm ? 2 : 1);
+  const int64_t total = TB * E + cfg_.num_layers * per_layer + TB * V + b * 3 * H + TB * GH +
+                        TB * 3 * H + 4 * b * H + 2 * TB * wide;
+  acts_.assign(total, 0.f);
+  float* p = acts_.data();
+  auto take = [&](int64_t n) {
+    float* r = p;
+    p += n;
+    return r;
+  };
+  emb_ = take(TB * E);
+  la_.resize(cfg_.num_layers);
+  for (LayerActs& a : la_) {
+    a.pre = take(TB * GH), a.gates = take(TB * 4 * H), a.h = take((t + 1) * b * H);
+    a.c = lstm ? take((t + 1) * b * H) : nullptr;
+  }
+  logits_ = take(TB * V);
+  gh_ = take(b * 3 * H), dpre_ = take(TB * GH), dgh_ = take(TB * 3 * H);
+  dh_a_ = take(b * H), dh_b_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
+  dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
+  acts_t_ = t, acts_b_ = b;
+}
+
+const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
+  const int64_t H = cfg_.hidden_size, E = cfg_.embed_dim, GH = gate_count() * H, BH = b * H;
+  const bool lstm = cfg_.kind == CellKind::kLSTM;
+  ensure_acts(t, b);
+  carry = carry && state_b_ == b;
+  k_.embedding_forward(idx, w_.emb, nullptr, emb_, t, b, E, 0);
+  const float* x = emb_;
+  int64_t in = E;
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const Layer& L = w_.layers[l];
+    LayerActs& a = la_[l];
+    if (carry) {
+      k_.copy(a.h, state_h_.data() + l * BH, BH);
+      if (lstm) k_.copy(a.c, state_c_.data() + l * BH, BH);
+    } else {
+      k_.zero(a.h, BH);
+      if (lstm) k_.zero(a.c, BH);
+    }
+    // The input projection of the whole sequence is one GEMM; each step adds
+    // the recurrent GEMM of its b rows, then the fused cell kernel.
+    linear_forward(k_, x, L.w_ih, L.b_ih, a.pre, t * b, in, GH);
+    for (int64_t s = 0; s < t; ++s) {
+      float* pre = a.pre + s * b * GH;
+      const float* h = a.h + s * BH;
+      if (lstm) {
+        gemm(k_, h, L.w_hh, L.b_hh, pre, b, GH, H, false, true, /*accumulate=*/true);
+        k_.lstm_cell_forward(pre, a.c + s * BH, a.gates + s * b * 4 * H, a.c + (s + 1) * BH,
+                             a.h + (s + 1) * BH, b, H);
+      } else {
+        linear_forward(k_, h, L.w_hh, L.b_hh, gh_, b, H, GH);
+        k_.gru_cell_forward(pre, gh_, h, a.gates + s * b * 4 * H, a.h + (s + 1) * BH, b, H);
+      }
+    }
+    x = a.h + BH;
+    in = H;
+  }
+  state_h_.resize(cfg_.num_layers * BH);
+  state_c_.resize(lstm ? cfg_.num_layers * BH : 0);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    k_.copy(state_h_.data() + l * BH, la_[l].h + t * BH, BH);
+    if (lstm) k_.copy(state_c_.data() + l * BH, la_[l].c + t * BH, BH);
+  }
+  state_b_ = b;
+  return x;
+}
+
+void RNNLM::forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits) {
+  const float* x = run(idx, t, b, carry);
+  linear_forward(k_, x, w_.fc_w, w_.fc_b, logits ? logits : logits_, t * b, cfg_.hidden_size,
+                 cfg_.vocab_size);
+}
+
+float RNNLM::loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b, bool carry) {
+  forward(idx, t, b, carry, nullptr);
+  return k_.cross_entropy(logits_, targets, nullptr, t * b, cfg_.vocab_size, -100, 1.f);
+}
+
+float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,
+                              bool carry, float grad_scale) {
+  const int64_t TB = t * b, H = cfg_.hidden_size, E = cfg_.embed_dim, V = cfg_.vocab_size;
+  forward(idx, t, b, carry, nullptr);
+  const float loss = k_.cross_entropy(logits_, targets, logits_, TB, V, -100, grad_scale);
+  const float* top = cfg_.num_layers ? la_.back().h + b * H : emb_;
+  float *dout = dseq_a_, *dx = dseq_b_;
+  k_.zero(dout, TB * H);
+  linear_backward(k_, logits_, top, w_.fc_w, dout, g_.fc_w, g_.fc_b, TB, H, V);
+  for (int64_t l = cfg_.num_layers - 1; l >= 0; --l) {
+    const float* x = l ? la_[l - 1].h + b * H : emb_;
+    const int64_t in = l ? H : E;
+    k_.zero(dx, TB * in);
+    layer_backward(l, t, b, x, in, dout, dx);
+    std::swap(dout, dx);
+  }
+  k_.embedding_backward(dout, idx, g_.emb, nullptr, t, b, E, 0);
+  return loss;
+}
+
+// dout_h (t, b, h): gradient of the layer's outputs; adds the input gradient into dx.
+void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int64_t in,
+                           float* dout_h, float* dx) {
+  const int64_t H = cfg_.hidden_size, GH = gate_count() * H, BH = b * H, TB = t * b;
+  const bool lstm = cfg_.kind == CellKind::kLSTM;
+  const Layer& L = w_.layers[l];
+  Layer& G = g_.layers[l];
+  const LayerActs& a = la_[l];
+  k_.zero(dpre_, TB * GH);
+  if (!lstm) k_.zero(dgh_, TB * GH);
+  float *dh = dh_a_, *dh_prev = dh_b_, *dc = dc_a_, *dc_prev = dc_b_;
+  k_.zero(dh, BH);
+  k_.zero(dc, BH);
+  for (int64_t s = t - 1; s >= 0; --s) {
+    k_.residual_forward(dh, dout_h + s * BH, dh, BH);  // + the output's own gradient
+    float* dpre = dpre_ + s * b * GH;
+    const float* gates = a.gates + s * b * 4 * H;
+    k_.zero(dh_prev, BH);
+    if (lstm) {
+      k_.zero(dc_prev, BH);
+      k_.lstm_cell_backward(dh, dc, a.c + s * BH, a.c + (s + 1) * BH, gates, dpre, dc_prev, b, H);
+      gemm(k_, dpre, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true);
+      std::swap(dc, dc_prev);
+    } else {
+      float* dgh = dgh_ + s * b * GH;
+      k_.gru_cell_backward(dh, a.h + s * BH, gates, dpre, dgh, dh_prev, b, H);
+      gemm(k_, dgh, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true);
+    }
+    std::swap(dh, dh_prev);
+  }
+  // Weight gradients of all steps at once: the h rows 0..t-1 are the inputs
+  // of the recurrent GEMMs.
+  const float* drec = lstm ? dpre_ : dgh_;
+  linear_backward(k_, drec, a.h, L.w_hh, nullptr, G.w_hh, G.b_hh, TB, H, GH);
+  linear_backward(k_, dpre_, x, L.w_ih, dx, G.w_ih, G.b_ih, TB, in, GH);
+}
+
+}  // namespace fastlm

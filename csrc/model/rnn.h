@@ -1,0 +1,84 @@
+// Recurrent language models: Embedding -> num_layers LSTM or GRU layers ->
+// Linear head, with PyTorch's parameter names and layouts (nn.Embedding
+// `embedding`, nn.LSTM / nn.GRU `rnn`, nn.Linear `fc`).
+//
+// Sequences are processed time-major, (t, b, ...), so each step's rows are
+// contiguous for the step GEMM and the fused cell kernel; the bindings
+// transpose ids and logits from and to the batch-first layout users see.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels.h"
+#include "model/params.h"
+
+namespace fastlm {
+
+enum class CellKind { kLSTM, kGRU };
+
+struct RNNConfig {
+  CellKind kind = CellKind::kLSTM;
+  int64_t vocab_size = 0, embed_dim = 0, hidden_size = 0, num_layers = 0;
+};
+
+void validate(const RNNConfig& c);
+
+class RNNLM {
+ public:
+  RNNLM(const RNNConfig& config, const Kernels& kernels);
+
+  const RNNConfig& config() const { return cfg_; }
+  ParamStore store;
+
+  // idx (t, b) time-major ids in range (the caller checks). The recurrence
+  // starts from the state the previous call left when `carry` is set and the
+  // batch size is unchanged, from zeros otherwise; the final state is kept.
+  // logits (t, b, vocab) written when not null.
+  void forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits);
+  float loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b, bool carry);
+  // Backpropagation through the whole window (the carried-in state is a
+  // constant: truncated BPTT); adds grad_scale * d loss / d params.
+  float forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,
+                         bool carry, float grad_scale);
+  void reset_state() { state_b_ = 0; }
+  int64_t state_batch() const { return state_b_; }
+  // (num_layers, b, hidden) views of the last final state (c is LSTM only).
+  const float* state_h() const { return state_h_.data(); }
+  const float* state_c() const { return state_c_.data(); }
+
+ private:
+  struct Layer {
+    float *w_ih, *w_hh, *b_ih, *b_hh;
+  };
+  struct Weights {
+    float *emb, *fc_w, *fc_b;
+    std::vector<Layer> layers;
+  };
+  struct LayerActs {
+    float *pre;    // (t, b, G*h): input projections (+ recurrent part for LSTM)
+    float *gates;  // (t, b, 4h)
+    float *h;      // (t + 1, b, h): h[0] the initial state
+    float *c;      // (t + 1, b, h), LSTM only
+  };
+
+  Weights view(float* base) const;
+  int64_t gate_count() const { return cfg_.kind == CellKind::kLSTM ? 4 : 3; }
+  void ensure_acts(int64_t t, int64_t b);
+  const float* run(const int64_t* idx, int64_t t, int64_t b, bool carry);
+  void layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int64_t in,
+                      float* dout_h, float* dx);
+
+  RNNConfig cfg_;
+  const Kernels& k_;
+  Weights w_, g_;
+
+  int64_t acts_t_ = 0, acts_b_ = 0;
+  std::vector<float> acts_;
+  float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_a_, *dh_b_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
+  std::vector<LayerActs> la_;
+
+  int64_t state_b_ = 0;
+  std::vector<float> state_h_, state_c_;
+};
+
+}  // namespace fastlm
