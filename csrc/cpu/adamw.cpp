@@ -1,4 +1,102 @@
+// AdamW in place, following torch.optim.AdamW's single-tensor CPU path step
+// by step (same operation order, scalars formed in double then rounded to
+// float) so results track PyTorch to within a few ulps.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
 #include "cpu/cpu_kernels.h"
-namespace fastlm { namespace cpu { namespace FASTLM_ISA {
-void adamw(float*, const float*, float*, float*, int64_t, const AdamWArgs&) {}
-}}}
+
+namespace fastlm {
+namespace cpu {
+namespace FASTLM_ISA {
+
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 15;
+constexpr int64_t kBlock = 1 << 13;
+
+struct Coeffs {
+  V decay, w1, b2, w2, bc2_sqrt, eps, neg_step;
+};
+
+// Torch runs each line as its own kernel, so each result is rounded; the
+// build allows FMA contraction, which an opaque register copy prevents.
+FASTLM_INLINE V rounded(V a) {
+  __asm__("" : "+v"(a.r));
+  return a;
+}
+
+// param *= decay; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
+// param += -step_size m / (sqrt(v) / sqrt(bc2) + eps).
+FASTLM_INLINE void update(V& p, V g, V& m, V& v, const Coeffs& k) {
+  p = rounded(p * k.decay);
+  m = vfma(k.w1, g - m, m);
+  v = v * k.b2 + (k.w2 * g) * g;
+  const V denom = vsqrt(v) / k.bc2_sqrt + k.eps;
+  p = p + (k.neg_step * m) / denom;
+}
+
+void range(float* param, const float* grad, float* m, float* v, int64_t n, const Coeffs& k) {
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    V p = vload(param + i), mm = vload(m + i), vv = vload(v + i);
+    update(p, vload(grad + i), mm, vv, k);
+    vstore(param + i, p);
+    vstore(m + i, mm);
+    vstore(v + i, vv);
+  }
+  if (i < n) {
+    const int64_t r = n - i;
+    V p = vload_part(param + i, r), mm = vload_part(m + i, r), vv = vload_part(v + i, r);
+    update(p, vload_part(grad + i, r), mm, vv, k);
+    vstore_part(param + i, p, r);
+    vstore_part(m + i, mm, r);
+    vstore_part(v + i, vv, r);
+  }
+}
+
+// AdamWArgs carries floats, but torch computes 1 - beta2, 1 - beta1^step and
+// lr / bc1 from Python doubles: 1 - 0.999f is 1.3e-5 (relative) away from
+// 1 - 0.999, which would show directly in v. The value the caller wrote is
+// recovered as the shortest decimal that rounds to the float ("0.999").
+// A double field (if the interface widens) is taken as is.
+[[maybe_unused]] double as_written(double x) { return x; }
+double as_written(float x) {
+  char buf[32];
+  for (int digits = 1; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
+    const double d = std::strtod(buf, nullptr);
+    if ((float)d == x) return d;
+  }
+  return x;
+}
+
+}  // namespace
+
+void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& a) {
+  if (n <= 0) return;
+  // As PyTorch: Python floats (double) for lr, betas and the bias corrections,
+  // rounded to float when they meet the float tensors.
+  const double lr = as_written(a.lr), b1 = as_written(a.beta1), b2 = as_written(a.beta2);
+  const double wd = as_written(a.weight_decay), step = (double)a.step;
+  const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
+  Coeffs k;
+  k.decay = vset((float)(1.0 - lr * wd));
+  k.w1 = vset((float)(1.0 - b1));
+  k.b2 = vset((float)b2);
+  k.w2 = vset((float)(1.0 - b2));
+  k.bc2_sqrt = vset((float)std::sqrt(bc2));  // divided by, as torch does
+  k.eps = vset((float)a.eps);
+  k.neg_step = vset((float)(-lr / bc1));
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i = b * kBlock;
+    range(param + i, grad + i, m + i, v + i, imin(kBlock, n - i), k);
+  }
+}
+
+}  // namespace FASTLM_ISA
+}  // namespace cpu
+}  // namespace fastlm

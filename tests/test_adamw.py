@@ -1,0 +1,153 @@
+"""AdamW against a float64 NumPy reference and torch.optim.AdamW; bad arguments."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastlm import ops
+from conftest import assert_error_bound, torch_or_skip
+
+SIZES = [1, 3, 17, 31, 33, 127, 1000, 100_003]  # the last one runs threaded
+HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
+
+
+def adamw_ref(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, dtype=np.float64):
+    """torch.optim.AdamW's update, in `dtype`; returns new (p, m, v)."""
+    p, g, m, v = (np.asarray(a, dtype=dtype) for a in (p, g, m, v))
+    c = lambda s: dtype(s)  # noqa: E731  (scalars rounded to dtype, as torch does)
+    p = p * c(1 - lr * weight_decay)
+    m = m + c(1 - beta1) * (g - m)
+    v = v * c(beta2) + c(1 - beta2) * g * g
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    denom = np.sqrt(v) / c(np.sqrt(bc2)) + c(eps)
+    p = p - c(lr / bc1) * m / denom
+    return p, m, v
+
+
+def run_steps(rng, shape, steps, hp, *, start_step=1):
+    """Run `steps` updates with ours, the float64 reference and the float32 reference."""
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    grads = [(rng.standard_normal(shape) * 10 ** rng.uniform(-3, 1)).astype(np.float32)
+             for _ in range(steps)]
+    ours = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    ref64 = [p0.astype(np.float64), np.zeros(shape), np.zeros(shape)]
+    ref32 = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    for k, g in enumerate(grads):
+        step = start_step + k
+        assert ops.adamw_step(ours[0], g, ours[1], ours[2], step=step, **hp) is None
+        ref64 = list(adamw_ref(*ref64[:1], g, *ref64[1:], step, **hp))
+        ref32 = list(adamw_ref(*ref32[:1], g, *ref32[1:], step, **hp, dtype=np.float32))
+    return p0, grads, ours, ref64, ref32
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_matches_reference(isa, rng, n):
+    _, _, ours, ref64, ref32 = run_steps(rng, n, 5, HP)
+    for name, a, r, q in zip(("param", "m", "v"), ours, ref64, ref32):
+        assert_error_bound(a, r, q, name=name)
+
+
+@pytest.mark.parametrize("hp", [
+    dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0),
+    dict(lr=3e-4, beta1=0.0, beta2=0.0, eps=1e-6, weight_decay=1.0),
+    dict(lr=0.0, beta1=0.5, beta2=0.99, eps=1e-8, weight_decay=0.5),
+])
+def test_hyperparameters(isa, rng, hp):
+    _, _, ours, ref64, ref32 = run_steps(rng, (3, 33), 4, hp, start_step=7)
+    for name, a, r, q in zip(("param", "m", "v"), ours, ref64, ref32):
+        assert_error_bound(a, r, q, name=name)
+
+
+def test_in_place(isa, rng):
+    p = rng.standard_normal((5, 7)).astype(np.float32)
+    g = rng.standard_normal((5, 7)).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    g_before, p_before = g.copy(), p.copy()
+    p_id, m_id, v_id = id(p), id(m), id(v)
+    ops.adamw_step(p, g, m, v, lr=0.1, step=1)
+    assert (id(p), id(m), id(v)) == (p_id, m_id, v_id)
+    np.testing.assert_array_equal(g, g_before)
+    assert np.all(p != p_before) and np.all(m != 0) and np.all(v != 0)
+    # The first bias-corrected step moves every parameter by about lr.
+    np.testing.assert_allclose(np.abs(p - p_before), 0.1, rtol=1e-4)
+
+
+def test_zero_grad_only_decays(isa):
+    p = np.linspace(-1, 1, 33).astype(np.float32)
+    z = np.zeros_like(p)
+    expected = p * np.float32(1 - 0.1 * 0.5)
+    ops.adamw_step(p, z, z.copy(), z.copy(), lr=0.1, weight_decay=0.5, step=3)
+    np.testing.assert_array_equal(p, expected)
+
+
+@pytest.mark.parametrize("n", [33, 100_003])
+def test_torch_parity(isa, rng, n):
+    """Several steps with weight decay agree with torch.optim.AdamW to a few ulps."""
+    torch = torch_or_skip()
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
+    p0, grads, ours, ref64, _ = run_steps(rng, n, 6, hp)
+    pt = torch.nn.Parameter(torch.tensor(p0))
+    opt = torch.optim.AdamW([pt], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                            weight_decay=hp["weight_decay"], foreach=False)
+    for g in grads:
+        pt.grad = torch.tensor(g)
+        opt.step()
+    st = opt.state[pt]
+    for name, a, t in zip(("param", "m", "v"), ours,
+                          (pt.detach(), st["exp_avg"], st["exp_avg_sq"])):
+        t = t.numpy()
+        np.testing.assert_allclose(a, t, rtol=4e-6, atol=1e-6 * np.abs(t).max(), err_msg=name)
+    assert_error_bound(ours[0], ref64[0], pt.detach().numpy(), name="param vs torch error")
+
+
+def test_deterministic(isa, rng):
+    p = rng.standard_normal(100_003).astype(np.float32)
+    g = rng.standard_normal(p.shape).astype(np.float32)
+    state = [p.copy(), np.zeros_like(p), np.zeros_like(p)]
+    again = [a.copy() for a in state]
+    for s in (1, 2):
+        ops.adamw_step(state[0], g, state[1], state[2], lr=1e-3, weight_decay=0.1, step=s)
+        ops.adamw_step(again[0], g, again[1], again[2], lr=1e-3, weight_decay=0.1, step=s)
+    for a, b in zip(state, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_inputs(rng):
+    p = rng.standard_normal((4, 5)).astype(np.float32)
+    g, m, v = np.ones_like(p), np.zeros_like(p), np.zeros_like(p)
+    kw = dict(lr=1e-3, step=1)
+    with pytest.raises(ValueError, match="step"):
+        ops.adamw_step(p, g, m, v, lr=1e-3, step=0)
+    with pytest.raises(ValueError, match="lr"):
+        ops.adamw_step(p, g, m, v, lr=-1e-3, step=1)
+    with pytest.raises(ValueError, match="lr"):
+        ops.adamw_step(p, g, m, v, lr=float("nan"), step=1)
+    with pytest.raises(ValueError, match="beta1"):
+        ops.adamw_step(p, g, m, v, beta1=1.0, **kw)
+    with pytest.raises(ValueError, match="beta2"):
+        ops.adamw_step(p, g, m, v, beta2=-0.1, **kw)
+    with pytest.raises(ValueError, match="eps"):
+        ops.adamw_step(p, g, m, v, eps=0.0, **kw)
+    with pytest.raises(ValueError, match="weight_decay"):
+        ops.adamw_step(p, g, m, v, weight_decay=-1.0, **kw)
+    with pytest.raises(TypeError, match="param"):
+        ops.adamw_step(p.astype(np.float64), g, m, v, **kw)
+    with pytest.raises(TypeError, match="grad"):
+        ops.adamw_step(p, g.astype(np.float64), m, v, **kw)
+    with pytest.raises(ValueError, match="grad"):
+        ops.adamw_step(p, g[:3].copy(), m, v, **kw)
+    with pytest.raises(ValueError, match="m"):
+        ops.adamw_step(p, g, m.reshape(-1), v, **kw)
+    with pytest.raises(ValueError, match="v"):
+        ops.adamw_step(p, g, m, np.zeros((5, 4), np.float32).T, **kw)
+    ro = p.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="param"):
+        ops.adamw_step(ro, g, m, v, **kw)
+    ro_m = m.copy()
+    ro_m.flags.writeable = False
+    with pytest.raises(ValueError, match="m"):
+        ops.adamw_step(p, g, ro_m, v, **kw)
+    with pytest.raises(ValueError, match="param"):
+        ops.adamw_step(np.zeros((5, 8), np.float32)[:, ::2], g, m, v, **kw)
+    np.testing.assert_array_equal(m, 0)  # nothing ran

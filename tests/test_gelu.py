@@ -1,0 +1,112 @@
+"""Tanh GELU forward/backward against float64 NumPy, PyTorch, and bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastlm import ops
+from conftest import assert_error_bound, finite_difference, torch_or_skip
+
+SIZES = [1, 3, 17, 31, 33, 127, 1000, 100_003]  # the last one runs threaded
+
+
+def gelu_ref(x, dtype=np.float64):
+    x = np.asarray(x, dtype=dtype)
+    s, c = dtype(np.sqrt(2 / np.pi)), dtype(0.044715)
+    return dtype(0.5) * x * (1 + np.tanh(s * (x + c * x ** 3)))
+
+
+def gelu_grad_ref(dy, x, dtype=np.float64):
+    dy, x = np.asarray(dy, dtype=dtype), np.asarray(x, dtype=dtype)
+    s, c = dtype(np.sqrt(2 / np.pi)), dtype(0.044715)
+    t = np.tanh(s * (x + c * x ** 3))
+    return dy * (dtype(0.5) * (1 + t) + dtype(0.5) * x * (1 - t * t) * s * (1 + 3 * c * x * x))
+
+
+def make(rng, shape, scale=3.0):
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    return x, dy
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_forward_backward(isa, rng, n):
+    x, dy = make(rng, n)
+    assert_error_bound(ops.gelu(x), gelu_ref(x), gelu_ref(x, np.float32), name="y")
+    assert_error_bound(ops.gelu_backward(dy, x), gelu_grad_ref(dy, x),
+                       gelu_grad_ref(dy, x, np.float32), name="dx")
+
+
+@pytest.mark.parametrize("shape", [(3, 17), (2, 31, 33), (0, 4)])
+def test_shapes(isa, rng, shape):
+    x, dy = make(rng, shape)
+    y, dx = ops.gelu(x), ops.gelu_backward(dy, x)
+    assert y.shape == shape and dx.shape == shape
+    assert_error_bound(y, gelu_ref(x), gelu_ref(x, np.float32))
+    assert_error_bound(dx, gelu_grad_ref(dy, x), gelu_grad_ref(dy, x, np.float32))
+
+
+def test_large_magnitude(isa):
+    """Saturated inputs give x (or ~0) and slope 1 (or ~0), never NaN."""
+    x = np.concatenate([np.linspace(-20, 20, 4001), [-1e4, -300, 300, 1e4]]).astype(np.float32)
+    dy = np.ones_like(x)
+    y, dx = ops.gelu(x), ops.gelu_backward(dy, x)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    assert_error_bound(y, gelu_ref(x), gelu_ref(x, np.float32), name="y")
+    assert_error_bound(dx, gelu_grad_ref(dy, x), gelu_grad_ref(dy, x, np.float32), name="dx")
+    pos, neg = x >= 10, x <= -10  # x exactly; or ~0 (the true values are below 1e-37)
+    np.testing.assert_array_equal(y[pos], x[pos])
+    np.testing.assert_array_equal(dx[pos], 1)
+    assert np.all(np.abs(y[neg]) < 1e-20) and np.all(np.abs(dx[neg]) < 1e-20)
+
+
+def test_special_values(isa):
+    x = np.array([0.0, -0.0, np.inf, np.nan, -np.inf], np.float32)
+    y = ops.gelu(x)
+    assert y[0] == 0 and y[1] == 0 and y[2] == np.inf and np.isnan(y[3]) and y[4] == 0
+    dx = ops.gelu_backward(np.ones_like(x), x)
+    assert dx[0] == 0.5 and dx[1] == 0.5 and dx[2] == 1 and np.isnan(dx[3]) and dx[4] == 0
+
+
+def test_backward_reference_matches_finite_differences(rng):
+    x = rng.standard_normal(9) * 3
+    dy = rng.standard_normal(9)
+    num, idx = finite_difference(gelu_ref, x, dy)
+    np.testing.assert_allclose(num, [gelu_grad_ref(dy, x)[i] for i in idx], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1000, 100_003])
+def test_torch_parity(isa, rng, n):
+    """Ours is as close to float64 as PyTorch's float32 tanh GELU (within 4x)."""
+    torch = torch_or_skip()
+    x, dy = make(rng, n)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.gelu(xt, approximate="tanh")
+    yt.backward(torch.tensor(dy))
+    assert_error_bound(ops.gelu(x), gelu_ref(x), yt.detach().numpy(), name="y")
+    assert_error_bound(ops.gelu_backward(dy, x), gelu_grad_ref(dy, x), xt.grad.numpy(),
+                       name="dx")
+
+
+def test_deterministic(isa, rng):
+    x, dy = make(rng, 100_003)
+    np.testing.assert_array_equal(ops.gelu(x), ops.gelu(x))
+    np.testing.assert_array_equal(ops.gelu_backward(dy, x), ops.gelu_backward(dy, x))
+
+
+def test_bad_inputs(rng):
+    x, dy = make(rng, (4, 6))
+    with pytest.raises(TypeError, match="x"):
+        ops.gelu(x.astype(np.float64))
+    with pytest.raises(TypeError, match="x"):
+        ops.gelu([1.0, 2.0])
+    with pytest.raises(ValueError, match="x"):
+        ops.gelu(x.T)
+    with pytest.raises(TypeError, match="dy"):
+        ops.gelu_backward(dy.astype(np.int32), x)
+    with pytest.raises(ValueError, match="dy"):
+        ops.gelu_backward(dy[:3].copy(), x)
+    with pytest.raises(ValueError, match="dy"):
+        ops.gelu_backward(dy[:, ::-1], x)
+    with pytest.raises(ValueError, match="x"):
+        ops.gelu_backward(dy, np.asfortranarray(x))
