@@ -60,8 +60,10 @@ struct AttentionGradArgs {
 
 // PyTorch's AdamW (decoupled weight decay, bias correction), step >= 1.
 // grad_scale multiplies the gradient first (gradient clipping, accumulation).
+// Hyperparameters are doubles, as PyTorch's Python floats: 1 - 0.999f is
+// 1.3e-5 (relative) away from 1 - 0.999, which would show directly in v.
 struct AdamWArgs {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   int64_t step = 1;
   float grad_scale = 1.0f;
 };

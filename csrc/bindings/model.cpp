@@ -117,7 +117,7 @@ void bind_store(py::class_<Model>& c) {
              check_finite(grad_scale, op, "grad_scale", false);
              check_betas(op, beta1, beta2);
              py::gil_scoped_release nogil;
-             m.store.adamw((float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd,
+             m.store.adamw(lr, beta1, beta2, eps, wd,
                            (float)grad_scale);
            },
            py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),

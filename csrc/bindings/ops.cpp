@@ -419,7 +419,7 @@ void adamw_step(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle
   check(eps, "eps", eps > 0, "finite and > 0");
   check(weight_decay, "weight_decay", weight_decay >= 0, "finite and >= 0");
   if (step < 1) value_error(op, "step must be >= 1 (the count of updates including this one)");
-  AdamWArgs args{(float)lr, (float)beta1, (float)beta2, (float)eps, (float)weight_decay, step};
+  AdamWArgs args{lr, beta1, beta2, eps, weight_decay, step, 1.0f};
   py::gil_scoped_release nogil;
   cpu::kernels().adamw(mptr(p), cptr(g), mptr(m), mptr(v), p.size(), args);
 }

@@ -2,8 +2,6 @@
 // by step (same operation order, scalars formed in double then rounded to
 // float) so results track PyTorch to within a few ulps.
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 
 #include "cpu/cpu_kernels.h"
 
@@ -17,7 +15,8 @@ constexpr int64_t kParallelMin = 1 << 15;
 constexpr int64_t kBlock = 1 << 13;
 
 struct Coeffs {
-  V decay, w1, b2, w2, bc2_sqrt, eps, neg_step;
+  V decay, w1, b2, w2, bc2_sqrt, eps, neg_step, grad_scale;
+  bool scaled;
 };
 
 // Torch runs each line as its own kernel, so each result is rounded; the
@@ -30,6 +29,7 @@ FASTLM_INLINE V rounded(V a) {
 // param *= decay; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
 // param += -step_size m / (sqrt(v) / sqrt(bc2) + eps).
 FASTLM_INLINE void update(V& p, V g, V& m, V& v, const Coeffs& k) {
+  if (k.scaled) g = rounded(g * k.grad_scale);
   p = rounded(p * k.decay);
   m = vfma(k.w1, g - m, m);
   v = v * k.b2 + (k.w2 * g) * g;
@@ -56,30 +56,14 @@ void range(float* param, const float* grad, float* m, float* v, int64_t n, const
   }
 }
 
-// AdamWArgs carries floats, but torch computes 1 - beta2, 1 - beta1^step and
-// lr / bc1 from Python doubles: 1 - 0.999f is 1.3e-5 (relative) away from
-// 1 - 0.999, which would show directly in v. The value the caller wrote is
-// recovered as the shortest decimal that rounds to the float ("0.999").
-// A double field (if the interface widens) is taken as is.
-[[maybe_unused]] double as_written(double x) { return x; }
-double as_written(float x) {
-  char buf[32];
-  for (int digits = 1; digits <= 9; ++digits) {
-    std::snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
-    const double d = std::strtod(buf, nullptr);
-    if ((float)d == x) return d;
-  }
-  return x;
-}
-
 }  // namespace
 
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& a) {
   if (n <= 0) return;
   // As PyTorch: Python floats (double) for lr, betas and the bias corrections,
   // rounded to float when they meet the float tensors.
-  const double lr = as_written(a.lr), b1 = as_written(a.beta1), b2 = as_written(a.beta2);
-  const double wd = as_written(a.weight_decay), step = (double)a.step;
+  const double lr = a.lr, b1 = a.beta1, b2 = a.beta2, wd = a.weight_decay;
+  const double step = (double)a.step;
   const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
   Coeffs k;
   k.decay = vset((float)(1.0 - lr * wd));
@@ -89,6 +73,8 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const
   k.bc2_sqrt = vset((float)std::sqrt(bc2));  // divided by, as torch does
   k.eps = vset((float)a.eps);
   k.neg_step = vset((float)(-lr / bc1));
+  k.grad_scale = vset(a.grad_scale);
+  k.scaled = a.grad_scale != 1.f;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t b = 0; b < blocks; ++b) {

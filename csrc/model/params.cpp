@@ -23,7 +23,7 @@ void ParamStore::zero_grad() { k_.zero(grads_.data(), size()); }
 
 double ParamStore::grad_norm() const { return std::sqrt(k_.sum_squares(grads_.data(), size())); }
 
-void ParamStore::adamw(float lr, float beta1, float beta2, float eps, float weight_decay,
+void ParamStore::adamw(double lr, double beta1, double beta2, double eps, double weight_decay,
                        float grad_scale) {
   ++step_count;
   for (const ParamInfo& p : info_) {

@@ -35,7 +35,8 @@ class ParamStore {
   double grad_norm() const;
   // AdamW with weight decay on tensors of 2 or more dimensions only (nanoGPT's
   // groups); gradients multiplied by grad_scale first.
-  void adamw(float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale);
+  void adamw(double lr, double beta1, double beta2, double eps, double weight_decay,
+             float grad_scale);
   // SGD with momentum (PyTorch's: buf = momentum buf + g; p -= lr buf), the
   // momentum buffer kept in moment1; weight decay on 2-D tensors, as adamw.
   void sgd(float lr, float momentum, float weight_decay, float grad_scale);
