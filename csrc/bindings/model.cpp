@@ -8,6 +8,7 @@
 #include "bindings/arrays.h"
 #include "cpu/dispatch.h"
 #include "model/gpt.h"
+#include "model/rnn.h"
 #include "model/sampler.h"
 
 namespace fastlm {
@@ -136,6 +137,43 @@ void bind_store(py::class_<Model>& c) {
            py::arg("grad_scale") = 1.0);
 }
 
+// (b, t) batch-first ids -> (t, b) time-major, as RNNLM runs.
+std::vector<int64_t> time_major(const Tokens& tk) {
+  std::vector<int64_t> out(tk.ids.size());
+  for (int64_t i = 0; i < tk.b; ++i)
+    for (int64_t s = 0; s < tk.t; ++s) out[s * tk.b + i] = tk.ids[i * tk.t + s];
+  return out;
+}
+
+Tokens checked_rnn_batch(RNNLM& r, py::handle idx_obj, const char* op) {
+  Tokens tk = token_array(idx_obj, op, "idx", r.config().vocab_size);
+  if (tk.b < 1 || tk.t < 1) value_error(op, "idx must hold at least one token per row");
+  return tk;
+}
+
+Tokens checked_rnn_targets(RNNLM& r, py::handle t_obj, const Tokens& idx, const char* op) {
+  Tokens tg = token_array(t_obj, op, "targets", r.config().vocab_size, true);
+  if (tg.b != idx.b || tg.t != idx.t)
+    value_error(op, "targets must have the shape of idx " + shape_str({idx.b, idx.t}) + ", got " +
+                        shape_str({tg.b, tg.t}));
+  return tg;
+}
+
+// logits (b, t, vocab) batch-first from the model's time-major run.
+py::array_t<float> rnn_logits(RNNLM& r, const Tokens& tk, bool carry) {
+  const int64_t V = r.config().vocab_size;
+  std::vector<int64_t> ids = time_major(tk);
+  std::vector<float> tm(tk.t * tk.b * V);
+  py::array_t<float> out = new_array({tk.b, tk.t, V});
+  float* o = out.mutable_data();
+  py::gil_scoped_release nogil;
+  r.forward(ids.data(), tk.t, tk.b, carry, tm.data());
+  for (int64_t s = 0; s < tk.t; ++s)
+    for (int64_t i = 0; i < tk.b; ++i)
+      std::memcpy(o + (i * tk.t + s) * V, tm.data() + (s * tk.b + i) * V, V * sizeof(float));
+  return out;
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -192,6 +230,72 @@ void bind_model(py::module_& m) {
              return logits;
            },
            py::arg("tokens"), py::arg("pos"));
+
+  py::class_<RNNLM> rnn(m, "RNNLM");
+  bind_store(rnn);
+  rnn.def(py::init([](const std::string& kind, int64_t vocab, int64_t embed, int64_t hidden,
+                      int64_t layers) {
+             RNNConfig c;
+             if (kind == "lstm") c.kind = CellKind::kLSTM;
+             else if (kind == "gru") c.kind = CellKind::kGRU;
+             else value_error("RNNLM", "kind must be 'lstm' or 'gru', got '" + kind + "'");
+             c.vocab_size = vocab, c.embed_dim = embed, c.hidden_size = hidden;
+             c.num_layers = layers;
+             return new RNNLM(c, cpu::kernels());
+           }),
+           py::arg("kind"), py::arg("vocab_size"), py::arg("embed_dim"), py::arg("hidden_size"),
+           py::arg("num_layers"))
+      .def("forward",
+           [](RNNLM& r, py::handle idx_obj, bool carry) {
+             return rnn_logits(r, checked_rnn_batch(r, idx_obj, "forward"), carry);
+           },
+           py::arg("idx"), py::arg("carry") = false)
+      .def("decode",
+           [](RNNLM& r, py::handle idx_obj, bool carry) {
+             Tokens tk = checked_rnn_batch(r, idx_obj, "decode");
+             py::array_t<float> all = rnn_logits(r, tk, carry);
+             const int64_t V = r.config().vocab_size;
+             py::array_t<float> last = new_array({tk.b, V});
+             for (int64_t i = 0; i < tk.b; ++i)
+               std::memcpy(last.mutable_data() + i * V, all.data() + (i * tk.t + tk.t - 1) * V,
+                           V * sizeof(float));
+             return last;
+           },
+           py::arg("tokens"), py::arg("carry"))
+      .def("loss",
+           [](RNNLM& r, py::handle idx_obj, py::handle t_obj, bool carry) {
+             Tokens tk = checked_rnn_batch(r, idx_obj, "loss");
+             Tokens tg = checked_rnn_targets(r, t_obj, tk, "loss");
+             std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
+             py::gil_scoped_release nogil;
+             return r.loss(ids.data(), tgt.data(), tk.t, tk.b, carry);
+           },
+           py::arg("idx"), py::arg("targets"), py::arg("carry") = false)
+      .def("forward_backward",
+           [](RNNLM& r, py::handle idx_obj, py::handle t_obj, bool carry, double grad_scale) {
+             Tokens tk = checked_rnn_batch(r, idx_obj, "forward_backward");
+             Tokens tg = checked_rnn_targets(r, t_obj, tk, "forward_backward");
+             if (!std::isfinite(grad_scale))
+               value_error("forward_backward", "grad_scale must be finite");
+             std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
+             py::gil_scoped_release nogil;
+             return r.forward_backward(ids.data(), tgt.data(), tk.t, tk.b, carry,
+                                       (float)grad_scale);
+           },
+           py::arg("idx"), py::arg("targets"), py::arg("carry") = false,
+           py::arg("grad_scale") = 1.0)
+      .def("reset_state", &RNNLM::reset_state)
+      .def("state", [](RNNLM& r) -> py::tuple {
+        // Copies of the final (h, c) of the last call, (num_layers, b, hidden); c is None for GRU.
+        const int64_t L = r.config().num_layers, b = r.state_batch(), H = r.config().hidden_size;
+        if (b == 0) return py::make_tuple(py::none(), py::none());
+        py::array_t<float> h = new_array({L, b, H});
+        std::memcpy(h.mutable_data(), r.state_h(), L * b * H * sizeof(float));
+        if (r.config().kind == CellKind::kGRU) return py::make_tuple(h, py::none());
+        py::array_t<float> c = new_array({L, b, H});
+        std::memcpy(c.mutable_data(), r.state_c(), L * b * H * sizeof(float));
+        return py::make_tuple(h, c);
+      });
 
   py::class_<Sampler>(m, "Sampler")
       .def(py::init([](uint64_t seed) { return new Sampler(seed); }), py::arg("seed"))
