@@ -38,17 +38,22 @@ Tokens token_array(py::handle obj, const char* op, const char* name, int64_t voc
   return tk;
 }
 
-Tokens checked_batch(GPT& g, py::handle idx_obj, const char* op) {
-  Tokens tk = token_array(idx_obj, op, "idx", g.config().vocab_size);
+// idx (b, t) with b, t >= 1 and t <= max_t (0: no limit).
+Tokens checked_batch(int64_t vocab, int64_t max_t, py::handle idx_obj, const char* op) {
+  Tokens tk = token_array(idx_obj, op, "idx", vocab);
   if (tk.b < 1 || tk.t < 1) value_error(op, "idx must hold at least one token per row");
-  if (tk.t > g.config().block_size)
+  if (max_t && tk.t > max_t)
     value_error(op, "sequence length " + std::to_string(tk.t) + " exceeds block_size " +
-                        std::to_string(g.config().block_size));
+                        std::to_string(max_t));
   return tk;
 }
 
-Tokens checked_targets(GPT& g, py::handle t_obj, const Tokens& idx, const char* op) {
-  Tokens tg = token_array(t_obj, op, "targets", g.config().vocab_size, true);
+Tokens checked_batch(GPT& g, py::handle idx_obj, const char* op) {
+  return checked_batch(g.config().vocab_size, g.config().block_size, idx_obj, op);
+}
+
+Tokens checked_targets(int64_t vocab, py::handle t_obj, const Tokens& idx, const char* op) {
+  Tokens tg = token_array(t_obj, op, "targets", vocab, true);
   if (tg.b != idx.b || tg.t != idx.t)
     value_error(op, "targets must have the shape of idx " + shape_str({idx.b, idx.t}) + ", got " +
                         shape_str({tg.b, tg.t}));
@@ -146,17 +151,7 @@ std::vector<int64_t> time_major(const Tokens& tk) {
 }
 
 Tokens checked_rnn_batch(RNNLM& r, py::handle idx_obj, const char* op) {
-  Tokens tk = token_array(idx_obj, op, "idx", r.config().vocab_size);
-  if (tk.b < 1 || tk.t < 1) value_error(op, "idx must hold at least one token per row");
-  return tk;
-}
-
-Tokens checked_rnn_targets(RNNLM& r, py::handle t_obj, const Tokens& idx, const char* op) {
-  Tokens tg = token_array(t_obj, op, "targets", r.config().vocab_size, true);
-  if (tg.b != idx.b || tg.t != idx.t)
-    value_error(op, "targets must have the shape of idx " + shape_str({idx.b, idx.t}) + ", got " +
-                        shape_str({tg.b, tg.t}));
-  return tg;
+  return checked_batch(r.config().vocab_size, 0, idx_obj, op);
 }
 
 // logits (b, t, vocab) batch-first from the model's time-major run.
@@ -200,7 +195,7 @@ void bind_model(py::module_& m) {
       .def("loss",
            [](GPT& g, py::handle idx_obj, py::handle t_obj) {
              Tokens tk = checked_batch(g, idx_obj, "loss");
-             Tokens tg = checked_targets(g, t_obj, tk, "loss");
+             Tokens tg = checked_targets(g.config().vocab_size, t_obj, tk, "loss");
              py::gil_scoped_release nogil;
              return g.loss(tk.ids.data(), tg.ids.data(), tk.b, tk.t);
            },
@@ -208,7 +203,7 @@ void bind_model(py::module_& m) {
       .def("forward_backward",
            [](GPT& g, py::handle idx_obj, py::handle t_obj, double grad_scale) {
              Tokens tk = checked_batch(g, idx_obj, "forward_backward");
-             Tokens tg = checked_targets(g, t_obj, tk, "forward_backward");
+             Tokens tg = checked_targets(g.config().vocab_size, t_obj, tk, "forward_backward");
              if (!std::isfinite(grad_scale))
                value_error("forward_backward", "grad_scale must be finite");
              py::gil_scoped_release nogil;
@@ -265,7 +260,7 @@ void bind_model(py::module_& m) {
       .def("loss",
            [](RNNLM& r, py::handle idx_obj, py::handle t_obj, bool carry) {
              Tokens tk = checked_rnn_batch(r, idx_obj, "loss");
-             Tokens tg = checked_rnn_targets(r, t_obj, tk, "loss");
+             Tokens tg = checked_targets(r.config().vocab_size, t_obj, tk, "loss");
              std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
              py::gil_scoped_release nogil;
              return r.loss(ids.data(), tgt.data(), tk.t, tk.b, carry);
@@ -274,7 +269,7 @@ void bind_model(py::module_& m) {
       .def("forward_backward",
            [](RNNLM& r, py::handle idx_obj, py::handle t_obj, bool carry, double grad_scale) {
              Tokens tk = checked_rnn_batch(r, idx_obj, "forward_backward");
-             Tokens tg = checked_rnn_targets(r, t_obj, tk, "forward_backward");
+             Tokens tg = checked_targets(r.config().vocab_size, t_obj, tk, "forward_backward");
              if (!std::isfinite(grad_scale))
                value_error("forward_backward", "grad_scale must be finite");
              std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);

@@ -11,20 +11,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "cpu/cpu_kernels.h"
+#include "cpu/softmax_rows.h"
 
 namespace fastlm {
 namespace cpu {
 namespace FASTLM_ISA {
 
 namespace {
-
-// Rows are independent, so threading never changes results; tiny problems
-// stay serial because waking the team costs more than the work.
-constexpr int64_t kParallelMinElems = 1 << 14;
-
-// Elements per partial sum (a multiple of every 4 * kW).
-constexpr int64_t kSumBlock = 1024;
 
 #if defined(FASTLM_ISA_AVX512)
 FASTLM_INLINE bool any_gt(V a, V b) { return _mm512_cmp_ps_mask(a.r, b.r, _CMP_GT_OQ) != 0; }
@@ -81,66 +74,6 @@ MaxSum online_max_sum(const float* x, int64_t n) {
   return {mx, vsum(total * vexp(m - vset(mx)))};
 }
 
-float row_max(const float* x, int64_t n) {
-  V m0 = vset(-3.402823466e38f), m1 = m0, m2 = m0, m3 = m0;
-  int64_t j = 0;
-  for (; j + 4 * kW <= n; j += 4 * kW) {
-    m0 = vmax(m0, vload(x + j));
-    m1 = vmax(m1, vload(x + j + kW));
-    m2 = vmax(m2, vload(x + j + 2 * kW));
-    m3 = vmax(m3, vload(x + j + 3 * kW));
-  }
-  for (; j + kW <= n; j += kW) m0 = vmax(m0, vload(x + j));
-  if (j < n) m1 = vmax(m1, vload_part(x + j, n - j, -INFINITY));
-  return vhmax(vmax(vmax(m0, m1), vmax(m2, m3)));
-}
-
-// g = exp(x - m), returns its sum (g may be x).
-float exp_store_sum_block(const float* x, float* g, float m, int64_t n) {
-  const V vm = vset(m);
-  V s0 = vzero(), s1 = s0, s2 = s0, s3 = s0;
-  int64_t j = 0;
-  for (; j + 4 * kW <= n; j += 4 * kW) {
-    V e0 = vexp(vload(x + j) - vm), e1 = vexp(vload(x + j + kW) - vm);
-    V e2 = vexp(vload(x + j + 2 * kW) - vm), e3 = vexp(vload(x + j + 3 * kW) - vm);
-    vstore(g + j, e0);
-    vstore(g + j + kW, e1);
-    vstore(g + j + 2 * kW, e2);
-    vstore(g + j + 3 * kW, e3);
-    s0 = s0 + e0;
-    s1 = s1 + e1;
-    s2 = s2 + e2;
-    s3 = s3 + e3;
-  }
-  for (; j + kW <= n; j += kW) {
-    V e = vexp(vload(x + j) - vm);
-    vstore(g + j, e);
-    s0 = s0 + e;
-  }
-  if (j < n) {
-    V e = vexp(vload_part(x + j, n - j, -INFINITY) - vm);
-    vstore_part(g + j, e, n - j);
-    s1 = s1 + e;
-  }
-  return vsum((s0 + s1) + (s2 + s3));
-}
-
-// Summed in blocks folded into a double: one float accumulator per lane over
-// a whole 50k row drifts by ~1e-6 relative, more than a pairwise float sum.
-float exp_store_sum(const float* x, float* g, float m, int64_t n) {
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kSumBlock)
-    total += exp_store_sum_block(x + b, g + b, m, imin(kSumBlock, n - b));
-  return (float)total;
-}
-
-void scale_row(float* g, float c, int64_t n) {
-  const V vc = vset(c);
-  int64_t j = 0;
-  for (; j + kW <= n; j += kW) vstore(g + j, vload(g + j) * vc);
-  if (j < n) vstore_part(g + j, vload_part(g + j, n - j) * vc, n - j);
-}
-
 }  // namespace
 
 float cross_entropy(const float* logits, const int64_t* targets, float* dlogits, int64_t rows,
@@ -151,7 +84,7 @@ float cross_entropy(const float* logits, const int64_t* targets, float* dlogits,
   // Per-row losses summed serially afterwards: the result does not depend on
   // the thread count or schedule.
   double* losses = new double[rows > 0 ? rows : 1];
-#pragma omp parallel for schedule(static) if (rows > 1 && rows * vocab >= kParallelMinElems)
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * vocab >= kRowsParallelMinElems)
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = logits + r * vocab;
     float* g = dlogits ? dlogits + r * vocab : nullptr;
@@ -164,7 +97,7 @@ float cross_entropy(const float* logits, const int64_t* targets, float* dlogits,
     const float xt = x[t];  // before g (possibly x itself) is overwritten
     float m, s;
     if (g) {
-      m = row_max(x, vocab);
+      m = row_max(x, vocab, -3.402823466e38f);
       s = exp_store_sum(x, g, m, vocab);
       // exp(x - max) scaled by 1/sum rather than exp(x - lse): x - max is
       // exact near the max, lse is not (it is rounded at the logits' scale).
