@@ -1,0 +1,300 @@
+"""Checkpoint directories: what a model needs to be loaded, sampled and resumed.
+
+A checkpoint is a directory holding::
+
+    config.json             {"model_type": "transformer", "vocab_size": ..., "block_size": ..., ...}
+    model.safetensors       the parameters by nanoGPT name, float32, PyTorch Linear layout
+                            (the tied lm_head.weight is not stored twice: it equals
+                            transformer.wte.weight, as in Hugging Face checkpoints)
+    tokenizer.json          when the model has a tokenizer (fastlm.tokenizers JSON)
+    optimizer.safetensors   AdamW state: "exp_avg.<name>" and "exp_avg_sq.<name>" per
+                            parameter, the step count in the metadata ("step")
+    trainer_state.json      fit progress: step, data RNG state, history (optional)
+
+Only ``safetensors`` and JSON are read or written: no pickle, so loading a
+checkpoint from someone else cannot run code. To use the weights in
+PyTorch/nanoGPT::
+
+    sd = safetensors.torch.load_file("ckpt/model.safetensors")
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd)
+
+Writes are crash-safe: every file goes into a fresh hidden directory beside
+the target, which then replaces the target in one rename
+(:func:`fastlm._io.atomic_replace_dir`). Files in an existing target that are
+not checkpoint files (say a run's ``metrics.jsonl``) are carried over. A
+missing, truncated or corrupt file raises ``FileNotFoundError`` or
+``ValueError`` naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+
+from ._io import _UMASK, atomic_replace_dir
+from .tokenizers import Tokenizer, tokenizer_from_json
+
+__all__ = [
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "TOKENIZER_FILE",
+    "OPTIMIZER_FILE",
+    "TRAINER_STATE_FILE",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_config",
+    "is_checkpoint",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """The content of a checkpoint directory, as :func:`load_checkpoint` returns it.
+
+    config: the ``config.json`` object. tensors: parameter name -> float32
+    array. optimizer: ``{"step": int, "exp_avg": {name: array},
+    "exp_avg_sq": {name: array}}`` or None. trainer_state: the
+    ``trainer_state.json`` object or None. tokenizer: a Tokenizer or None.
+    """
+
+    config: Dict[str, Any]
+    tensors: Dict[str, np.ndarray]
+    optimizer: Optional[Dict[str, Any]] = None
+    trainer_state: Optional[Dict[str, Any]] = None
+    tokenizer: Optional[Tokenizer] = None
+    path: str = field(default="")
+
+
+def _fspath(path: Any, name: str = "path") -> str:
+    if isinstance(path, bytes):
+        return os.fsdecode(path)
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
+    if p == "":
+        raise ValueError(f"{name} must not be empty")
+    return p
+
+
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy as stn
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError("fastlm checkpoints need the 'safetensors' package (pip install safetensors)") from None
+    return stn
+
+
+def _json_dumps(obj: Any) -> str:
+    # Python's json writes floats with repr(), so they round-trip exactly.
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def _link_or_copy_tree(src: str, dst: str) -> None:
+    """Carry a non-checkpoint entry of the old directory into the new one:
+    hard links where the file system allows (no data copied), copies otherwise."""
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+    elif os.path.isdir(src):
+        def link(s: str, d: str) -> None:
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copy2(s, d)
+        shutil.copytree(src, dst, symlinks=True, copy_function=link)
+    else:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                    optimizer: Optional[Mapping[str, Any]] = None,
+                    trainer_state: Optional[Mapping[str, Any]] = None,
+                    tokenizer: Optional[Tokenizer] = None) -> None:
+    """Write a checkpoint directory at ``path`` atomically (see the module docstring).
+
+    config: JSON-serialisable dict (``format_version`` is added). tensors:
+    name -> float32 array. optimizer: ``{"step": int, "exp_avg": {name:
+    array}, "exp_avg_sq": {name: array}}`` or None. trainer_state:
+    JSON-serialisable dict or None. tokenizer: a Tokenizer or None. Parent
+    directories are created. Raises ``NotADirectoryError`` if ``path`` is an
+    existing file.
+    """
+    stn = _safetensors_numpy()
+    final = os.path.abspath(_fspath(path))
+    if os.path.lexists(final) and not os.path.isdir(final):
+        raise NotADirectoryError(f"save: {final!r} exists and is not a directory")
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
+    os.mkdir(tmp)
+    try:
+        cfg = dict(config)
+        cfg["format_version"] = FORMAT_VERSION
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(_json_dumps(cfg))
+        stn.save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
+                      os.path.join(tmp, MODEL_FILE), metadata={"format": "np", "model_type": str(cfg.get("model_type", ""))})
+        if tokenizer is not None:
+            with open(os.path.join(tmp, TOKENIZER_FILE), "w", encoding="utf-8") as f:
+                f.write(tokenizer.to_json() + "\n")
+        if optimizer is not None:
+            flat: Dict[str, np.ndarray] = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                for name, arr in optimizer[key].items():
+                    flat[f"{key}.{name}"] = np.ascontiguousarray(arr, dtype=np.float32)
+            stn.save_file(flat, os.path.join(tmp, OPTIMIZER_FILE),
+                          metadata={"format": "np", "optimizer": "AdamW", "step": str(int(optimizer["step"]))})
+        if trainer_state is not None:
+            state = dict(trainer_state)
+            state["format_version"] = FORMAT_VERSION
+            with open(os.path.join(tmp, TRAINER_STATE_FILE), "w", encoding="utf-8") as f:
+                f.write(_json_dumps(state))
+        for entry in os.listdir(tmp):  # safetensors creates its files 0600
+            os.chmod(os.path.join(tmp, entry), 0o666 & ~_UMASK)
+        if os.path.isdir(final):
+            for entry in os.listdir(final):
+                if entry not in CHECKPOINT_FILES:
+                    _link_or_copy_tree(os.path.join(final, entry), os.path.join(tmp, entry))
+        atomic_replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_dir(path: PathLike, who: str) -> str:
+    p = _fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"{who}: no checkpoint directory {p!r}")
+    if not os.path.isdir(p):
+        raise NotADirectoryError(f"{who}: {p!r} is not a directory (a checkpoint is a directory)")
+    return p
+
+
+def _read_json(path: str, required: bool = True) -> Optional[Any]:
+    if not os.path.exists(path):
+        if required:
+            raise FileNotFoundError(f"checkpoint file {path!r} is missing")
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint file {path!r} is corrupt or truncated (not valid JSON: {e})") from None
+
+
+def _read_safetensors(path: str, required: bool = True):
+    """(tensors, metadata) of a safetensors file, or (None, None) when absent
+    and not required. Every parse failure becomes a ValueError naming the file."""
+    if not os.path.exists(path):
+        if required:
+            raise FileNotFoundError(f"checkpoint file {path!r} is missing")
+        return None, None
+    _safetensors_numpy()
+    from safetensors import safe_open
+    try:
+        tensors = {}
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = np.array(f.get_tensor(k))  # own the memory, whatever the backend
+    except Exception as e:  # SafetensorError, OSError from a short read, ...
+        raise ValueError(f"checkpoint file {path!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    for k, v in tensors.items():
+        if v.dtype != np.float32:
+            raise ValueError(f"checkpoint file {path!r}: tensor {k!r} has dtype {v.dtype}, expected float32")
+    return tensors, metadata
+
+
+def read_config(path: PathLike) -> Dict[str, Any]:
+    """The ``config.json`` object of the checkpoint directory ``path``.
+
+    Raises ``FileNotFoundError`` (missing directory or file),
+    ``NotADirectoryError``, or ``ValueError`` naming the file when it is not a
+    JSON object or comes from a newer format.
+    """
+    p = _check_dir(path, "load")
+    cpath = os.path.join(p, CONFIG_FILE)
+    cfg = _read_json(cpath)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"checkpoint file {cpath!r} must hold a JSON object, got {type(cfg).__name__}")
+    version = cfg.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"checkpoint file {cpath!r} has unsupported format_version {version!r} "
+                         f"(this fastlm reads <= {FORMAT_VERSION})")
+    return cfg
+
+
+def is_checkpoint(path: PathLike) -> bool:
+    """Whether ``path`` is a directory holding ``config.json`` and ``model.safetensors``."""
+    try:
+        p = _fspath(path)
+    except (TypeError, ValueError):
+        return False
+    return os.path.isfile(os.path.join(p, CONFIG_FILE)) and os.path.isfile(os.path.join(p, MODEL_FILE))
+
+
+def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
+    """Read the checkpoint directory ``path`` (see the module docstring).
+
+    With ``optimizer=False`` the optimizer state and trainer state are not
+    read (enough for sampling). Raises ``FileNotFoundError`` for a missing
+    directory, ``config.json`` or ``model.safetensors``; ``ValueError`` naming
+    the file for one that is truncated or corrupt. Shapes and names are not
+    checked here (the model's ``load_state_dict`` does that).
+    """
+    p = _check_dir(path, "load")
+    cfg = read_config(p)
+    tensors, _ = _read_safetensors(os.path.join(p, MODEL_FILE))
+    tok = None
+    tpath = os.path.join(p, TOKENIZER_FILE)
+    if os.path.exists(tpath):
+        with open(tpath, "rb") as f:
+            data = f.read()
+        try:
+            tok = tokenizer_from_json(data)
+        except ValueError as e:
+            raise ValueError(f"checkpoint file {tpath!r} is corrupt: {e}") from None
+    opt = None
+    state = None
+    if optimizer:
+        opath = os.path.join(p, OPTIMIZER_FILE)
+        flat, meta = _read_safetensors(opath, required=False)
+        if flat is not None:
+            try:
+                step = int(meta["step"])
+                if step < 0:
+                    raise ValueError
+            except (KeyError, ValueError, TypeError):
+                raise ValueError(f"checkpoint file {opath!r} is corrupt: no valid 'step' in its metadata") from None
+            opt = {"step": step, "exp_avg": {}, "exp_avg_sq": {}}
+            for k, v in flat.items():
+                key, _, name = k.partition(".")
+                if key not in ("exp_avg", "exp_avg_sq") or not name:
+                    raise ValueError(f"checkpoint file {opath!r} is corrupt: unexpected tensor {k!r}")
+                opt[key][name] = v
+        spath = os.path.join(p, TRAINER_STATE_FILE)
+        state = _read_json(spath, required=False)
+        if state is not None and not isinstance(state, dict):
+            raise ValueError(f"checkpoint file {spath!r} must hold a JSON object, got {type(state).__name__}")
+    return Checkpoint(config=cfg, tensors=tensors, optimizer=opt, trainer_state=state, tokenizer=tok, path=p)

@@ -1,0 +1,413 @@
+"""The ``fastlm`` command (also ``python -m fastlm``).
+
+::
+
+    fastlm train [CORPUS.txt] --out DIR [--steps N --batch-size B --block-size T ...]
+    fastlm sample DIR --prompt TEXT --max-new-tokens N [--temperature --top-k --top-p --seed --num-samples]
+    fastlm info
+    fastlm bench [ARGS...]
+
+User mistakes (a missing file or checkpoint, a bad flag or value) print one
+line ``fastlm: error: ...`` on stderr and exit with status 2; set
+``FASTLM_DEBUG=1`` to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["main"]
+
+_ARCH_DEFAULTS = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128}
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class CLIError(Exception):
+    """A user mistake: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _float(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(prog="fastlm", description="Train and sample small language models on fastlm's kernels.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on a text file", description=(
+        "Train a character-level model on CORPUS (UTF-8 text; default: the source of Python's standard "
+        "library), first 90%% for training, last 10%% for validation. Writes the checkpoint, metrics.jsonl "
+        "and (with matplotlib) loss.png into --out."))
+    t.add_argument("corpus", nargs="?", help="UTF-8 text file (default: Python's standard library source)")
+    t.add_argument("--out", required=True, help="output directory (checkpoint, metrics.jsonl, loss.png)")
+    t.add_argument("--model", default="transformer", choices=["transformer"], help="model family")
+    t.add_argument("--tokenizer", default="char", choices=["char", "byte"],
+                   help="char: one id per character of the corpus (default); byte: UTF-8 bytes")
+    t.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
+    t.add_argument("--batch-size", type=_positive_int, default=12, help="sequences per micro-batch (default 12)")
+    t.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per step (default 1)")
+    t.add_argument("--block-size", type=_positive_int, default=None, help="context length (default 64)")
+    t.add_argument("--n-layer", type=_positive_int, default=None, help="layers (default 4)")
+    t.add_argument("--n-head", type=_positive_int, default=None, help="attention heads (default 4)")
+    t.add_argument("--n-embd", type=_positive_int, default=None, help="width (default 128)")
+    t.add_argument("--lr", type=_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--min-lr", type=_float, default=None, help="final learning rate (default lr/10)")
+    t.add_argument("--warmup-steps", type=_nonneg_int, default=None,
+                   help="linear warmup steps (default min(100, steps/10))")
+    t.add_argument("--beta1", type=_float, default=0.9, help="AdamW beta1 (default 0.9)")
+    t.add_argument("--beta2", type=_float, default=0.99, help="AdamW beta2 (default 0.99)")
+    t.add_argument("--weight-decay", type=_float, default=0.1, help="AdamW weight decay (default 0.1)")
+    t.add_argument("--grad-clip", type=_float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
+    t.add_argument("--val-fraction", type=_float, default=0.1, help="validation share (default 0.1)")
+    t.add_argument("--eval-interval", type=_positive_int, default=250, help="evaluate every N steps (default 250)")
+    t.add_argument("--eval-batches", type=_positive_int, default=20, help="batches per evaluation (default 20)")
+    t.add_argument("--checkpoint-interval", type=_positive_int, default=None,
+                   help="save every N steps (default: --eval-interval)")
+    t.add_argument("--seed", type=_nonneg_int, default=1337, help="initialisation and batch seed (default 1337)")
+    t.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
+    t.add_argument("--device", default="cpu", help="cpu (default)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: all cores)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Print the prompt followed by a sample from the model in DIR.")
+    s.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (fastlm train --out)")
+    s.add_argument("--prompt", default="\n", help="start text (default: a newline)")
+    s.add_argument("--max-new-tokens", type=_nonneg_int, default=500, help="tokens to generate (default 500)")
+    s.add_argument("--temperature", type=_float, default=0.8, help="sampling temperature (default 0.8)")
+    s.add_argument("--top-k", type=_positive_int, default=200, help="keep the k most likely tokens (default 200)")
+    s.add_argument("--top-p", type=_float, default=None, help="nucleus sampling threshold in (0, 1]")
+    s.add_argument("--greedy", action="store_true", help="take the most likely token (no sampling)")
+    s.add_argument("--seed", type=_nonneg_int, default=1337, help="sampling seed (default 1337)")
+    s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
+    s.add_argument("--device", default="cpu", help="cpu (default)")
+    s.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: all cores)")
+
+    sub.add_parser("info", help="version, CPU ISA, threads, build and CUDA information")
+
+    b = sub.add_parser("bench", help="benchmarks against NumPy and PyTorch", add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark runner")
+    return p
+
+
+# ------------------------------------------------------------------------ train
+
+def _append_metrics(out: str, entry: Dict[str, Any]) -> None:
+    # Reopened per line: the checkpoint directory is swapped under us on each save.
+    with open(os.path.join(out, METRICS_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _rewrite_metrics(out: str, history: Sequence[Dict[str, Any]]) -> None:
+    from ._io import atomic_write
+    atomic_write(os.path.join(out, METRICS_FILE), "".join(json.dumps(e) + "\n" for e in history))
+
+
+def _plot(out: str, history: Sequence[Dict[str, Any]]) -> bool:
+    """loss.png when matplotlib imports; a plotting failure never stops training."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return False
+    from ._io import atomic_open
+    try:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([e["step"] for e in history], [e["loss"] for e in history], label="train", lw=1)
+        ev = [(e["step"], e["val_loss"]) for e in history if e.get("val_loss") is not None]
+        if ev:
+            ax.plot(*zip(*ev), "o-", label="val")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_open(os.path.join(out, PLOT_FILE), "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+        return True
+    except Exception as e:  # pragma: no cover - depends on the matplotlib install
+        print(f"fastlm: warning: could not write {PLOT_FILE}: {e}", file=sys.stderr)
+        return False
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    import fastlm
+    from .checkpoint import is_checkpoint
+    from .data import default_corpus, read_text, train_val_split
+    from .model import Transformer
+    from .tokenizers import ByteTokenizer, CharTokenizer
+
+    _device(a.device)
+    if a.threads is not None:
+        fastlm.set_num_threads(a.threads)
+    out = a.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out {out!r} exists and is not a directory")
+    if a.resume and not is_checkpoint(out):
+        raise CLIError(f"--resume: no checkpoint in {out!r} to resume from")
+    if not a.resume and is_checkpoint(out) and not a.overwrite:
+        raise CLIError(f"{out!r} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
+    if not 0.0 <= a.val_fraction < 1.0:
+        raise CLIError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+
+    if a.corpus is None:
+        text = default_corpus()
+        source = "the Python standard library source"
+    else:
+        if not os.path.exists(a.corpus):
+            raise CLIError(f"corpus file {a.corpus!r} not found")
+        text = read_text(a.corpus)
+        source = repr(a.corpus)
+    if not text:
+        raise CLIError(f"corpus {source} is empty")
+
+    if a.resume:
+        model = Transformer.load(out, device=a.device)
+        cfg = model.config
+        for key in _ARCH_DEFAULTS:
+            given = getattr(a, key)
+            if given is not None and given != cfg[key]:
+                raise CLIError(f"--{key.replace('_', '-')} {given} differs from the checkpoint's {cfg[key]}")
+        tok = model.tokenizer
+        if tok is None:
+            raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
+    else:
+        tok = CharTokenizer.from_text(text) if a.tokenizer == "char" else ByteTokenizer()
+        arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS.items()}
+        model = Transformer(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
+    ids = tok.encode(text)
+    train, val = train_val_split(ids, a.val_fraction)
+    if len(train) < model.block_size + 1:
+        raise CLIError(f"corpus {source} is too short: {len(train)} training tokens, need at least "
+                       f"block_size + 1 = {model.block_size + 1}")
+    if len(val) < 2:
+        val = None
+    warmup = a.warmup_steps if a.warmup_steps is not None else min(100, a.steps // 10)
+
+    os.makedirs(out, exist_ok=True)
+    if a.resume:
+        _rewrite_metrics(out, model.history)
+    else:
+        _rewrite_metrics(out, [])
+    print(f"fastlm: training {model!r} on {source}: {len(train):,} train / {len(val) if val is not None else 0:,} "
+          f"val tokens, vocab {tok.vocab_size}", file=sys.stderr)
+
+    checkpoint_interval = a.checkpoint_interval or a.eval_interval
+
+    def callback(step: int, metrics: Dict[str, Any]) -> None:
+        _append_metrics(out, metrics)
+        if step % checkpoint_interval == 0:
+            _plot(out, model.history)
+
+    history = model.fit(train, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
+                        min_lr=a.min_lr, warmup_steps=warmup, betas=(a.beta1, a.beta2),
+                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, val=val,
+                        eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
+                        checkpoint_interval=checkpoint_interval, resume=a.resume, seed=a.seed,
+                        progress=not a.no_progress, callback=callback)
+    if not os.path.exists(os.path.join(out, METRICS_FILE)):
+        _rewrite_metrics(out, history)
+    plotted = _plot(out, history)
+    last = history[-1] if history else None
+    msg = f"fastlm: saved checkpoint to {out}"
+    if last is not None:
+        msg += f" (step {last['step']}, train loss {last['loss']:.4f}"
+        vals = history.val_losses
+        msg += f", val loss {vals[-1][1]:.4f})" if vals else ")"
+    if plotted:
+        msg += f"; plot in {os.path.join(out, PLOT_FILE)}"
+    print(msg)
+    return 0
+
+
+# ----------------------------------------------------------------------- sample
+
+def _cmd_sample(a: argparse.Namespace) -> int:
+    import fastlm
+    from .checkpoint import is_checkpoint
+    from .model import Transformer
+
+    _device(a.device)
+    if a.threads is not None:
+        fastlm.set_num_threads(a.threads)
+    if not os.path.isdir(a.checkpoint):
+        raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")
+    if not is_checkpoint(a.checkpoint):
+        raise CLIError(f"{a.checkpoint!r} is not a fastlm checkpoint (no config.json and model.safetensors)")
+    if a.top_p is not None and not 0.0 < a.top_p <= 1.0:
+        raise CLIError(f"--top-p must be in (0, 1], got {a.top_p}")
+    if not a.greedy and not a.temperature > 0:
+        raise CLIError(f"--temperature must be > 0, got {a.temperature} (use --greedy for argmax decoding)")
+    model = Transformer.load(a.checkpoint, device=a.device)
+    tok = model.tokenizer
+    if tok is None:
+        raise CLIError(f"the checkpoint in {a.checkpoint!r} has no tokenizer.json; cannot encode --prompt")
+    if a.prompt == "":
+        raise CLIError("--prompt must not be empty")
+    try:
+        prompt = tok.encode(a.prompt)
+    except ValueError as e:
+        raise CLIError(f"--prompt: {e}") from None
+    kw = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, do_sample=not a.greedy, seed=a.seed)
+    outw = sys.stdout
+    if a.num_samples == 1:
+        # Stream: print each piece as it comes (decoding the whole tail keeps
+        # multi-byte characters of a byte tokenizer intact).
+        outw.write(a.prompt)
+        outw.flush()
+        ids: List[int] = []
+        shown = 0
+        for t in model.generate(prompt, a.max_new_tokens, stream=True, **kw):
+            ids.append(t)
+            text = tok.decode(ids)
+            if not text.endswith("\ufffd"):
+                outw.write(text[shown:])
+                outw.flush()
+                shown = len(text)
+        text = tok.decode(ids)
+        outw.write(text[shown:] + "\n")
+    else:
+        batch = model.generate(prompt[None, :].repeat(a.num_samples, axis=0), a.max_new_tokens, **kw)
+        for i, row in enumerate(batch):
+            if i:
+                outw.write("---------------\n")
+            outw.write(a.prompt + tok.decode(row[len(prompt):]) + "\n")
+    outw.flush()
+    return 0
+
+
+# -------------------------------------------------------------------- info, bench
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    import platform
+
+    import numpy as np
+
+    import fastlm
+    info = fastlm.build_info()
+    lines = [
+        f"fastlm {fastlm.__version__}",
+        f"python {platform.python_version()} ({sys.executable}), numpy {np.__version__}",
+        f"platform: {platform.platform()}",
+        f"cpu isa: {info['cpu_isa']} (this machine can run: {', '.join(fastlm.available_cpu_isas())}; "
+        f"compiled: {', '.join(info.get('cpu_isas', []))})",
+        f"threads: {info['num_threads']}",
+        f"compiler: {info.get('compiler', 'unknown')}, openmp: {info.get('openmp', False)}",
+    ]
+    if info.get("cuda"):
+        from . import _C
+        devices = getattr(_C, "cuda_devices", lambda: [])()
+        lines.append(f"cuda: compiled in; devices: {', '.join(map(str, devices)) if devices else 'none'}")
+    else:
+        lines.append("cuda: not compiled in; devices: none")
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    import importlib
+    try:
+        bench = importlib.import_module("fastlm.bench")
+    except ModuleNotFoundError as e:
+        if e.name not in ("fastlm.bench",):
+            raise
+        print("fastlm: benchmarks are unavailable in this build (no fastlm.bench module)", file=sys.stderr)
+        return 1
+    run = getattr(bench, "main", None)
+    if not callable(run):
+        print("fastlm: benchmarks are unavailable in this build (fastlm.bench has no main())", file=sys.stderr)
+        return 1
+    rc = run(list(a.args))
+    return int(rc) if isinstance(rc, int) else 0
+
+
+def _device(device: str) -> None:
+    from .model import _check_device
+    try:
+        _check_device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CLIError(f"--device: {e}") from None
+
+
+_COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "info": _cmd_info, "bench": _cmd_bench}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``fastlm`` command line with ``argv`` (default ``sys.argv[1:]``);
+    returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("FASTLM_DEBUG", "") not in ("", "0")
+    try:
+        a = _build_parser().parse_args(argv)
+        if a.version:
+            import fastlm
+            print(f"fastlm {fastlm.__version__}")
+            return 0
+        if a.command is None:
+            raise CLIError("a command is required: train, sample, info or bench (see 'fastlm --help')")
+        return _COMMANDS[a.command](a)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except CLIError as e:
+        if debug:
+            raise
+        print(f"fastlm: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, TypeError) as e:
+        if debug:
+            raise
+        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        if debug:
+            raise
+        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastlm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg or type(e).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Autoregressive generation with the C++ KV cache and sampler.
+
+The prompt (its last ``block_size`` tokens) is run through the model once
+(the *prefill*), which fills the key/value cache; then each new token costs
+one ``decode`` call over a single position attending to the cache: O(T)
+attention per token instead of nanoGPT's full O(T^2) recompute.
+
+Past ``block_size`` tokens the model conditions on the last ``block_size``
+tokens at positions ``0 .. block_size-1``, exactly as nanoGPT's ``generate``
+crops ``idx[:, -block_size:]``. Learned position embeddings shift with the
+window, so the cached keys and values no longer apply: once the window is
+full, every further token re-runs the prefill over the window (as costly as
+nanoGPT per token). Generation beyond ``block_size`` is therefore correct but
+slower.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, List, Optional, Union
+
+import numpy as np
+
+from . import _C
+from .model import _as_ids, _check_float, _check_int
+
+__all__ = ["generate"]
+
+
+def _check_prompt(model: Any, prompt: Any) -> tuple:
+    """(ids (B, T0) int64, was_1d)."""
+    if isinstance(prompt, str):
+        if model.tokenizer is None:
+            raise TypeError("prompt is a str but the model has no tokenizer; pass token ids "
+                            "(or build the model with tokenizer=...)")
+        prompt = model.tokenizer.encode(prompt)
+    ids = _as_ids(prompt, "prompt", model.vocab_size, ndim=None)
+    if ids.ndim not in (1, 2):
+        raise ValueError(f"prompt must be 1-D ids or a 2-D batch (B, T), got shape {ids.shape}")
+    one = ids.ndim == 1
+    if one:
+        ids = ids[None, :]
+    if ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError(f"prompt must hold at least one token, got shape {ids.shape if not one else ids.shape[1:]}")
+    return np.ascontiguousarray(ids), one
+
+
+def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = True,
+             seed: Optional[int] = None, eos_token_id: Optional[int] = None,
+             stream: bool = False) -> Union[np.ndarray, Iterator[Any]]:
+    """Continue ``prompt`` by up to ``max_new_tokens`` tokens (Hugging Face's names).
+
+    prompt: 1-D integer ids (T0,), a 2-D batch (B, T0), or a str when the
+        model has a tokenizer (encoded with it; the result is still ids).
+        Non-empty, every id in [0, vocab_size). Longer than block_size is
+        fine: the model sees the last block_size tokens.
+    max_new_tokens: >= 0.
+    temperature: > 0, divides the logits (only used when sampling).
+    top_k: keep the k most likely tokens (>= 1; None: all); clamped to vocab_size.
+    top_p: nucleus sampling, keep the smallest set with probability >= top_p
+        (0 < top_p <= 1; None: off).
+    do_sample: False picks the argmax (greedy; temperature, top_k, top_p unused).
+    seed: seeds the C++ sampler (an int in [0, 2**64)); the same seed, prompt
+        and settings give the same tokens. None draws a fresh seed.
+    eos_token_id: a sequence that emits it is finished; in a batch, finished
+        rows keep emitting it, and generation stops once every row is finished.
+    stream: return an iterator yielding each new token as it is made (an int
+        for a 1-D prompt, an int64 array (B,) for a batch) instead of the array.
+
+    Returns the prompt followed by the new ids, int64: (T0 + n,) for a 1-D
+    prompt, (B, T0 + n) for a batch, n <= max_new_tokens (less only on eos).
+    Arguments are checked at the call, also with ``stream=True``.
+    """
+    ids, one = _check_prompt(model, prompt)
+    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
+    if not isinstance(do_sample, (bool, np.bool_)):
+        raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
+    temperature = _check_float(temperature, "temperature")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature} (use do_sample=False for greedy)")
+    V = model.vocab_size
+    k = 0 if top_k is None else min(_check_int(top_k, "top_k", 1), V)
+    p = 1.0 if top_p is None else _check_float(top_p, "top_p")
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy) % (1 << 64)
+    else:
+        seed = _check_int(seed, "seed", 0, (1 << 64) - 1)
+    if eos_token_id is not None:
+        eos_token_id = _check_int(eos_token_id, "eos_token_id", 0, V - 1)
+    if not isinstance(stream, (bool, np.bool_)):
+        raise TypeError(f"stream must be a bool, got {type(stream).__name__}")
+
+    it = _decode_loop(model, ids, max_new_tokens, float(temperature) if do_sample else 1.0, k, p,
+                      bool(do_sample), seed, eos_token_id)
+    if stream:
+        return (int(t[0]) for t in it) if one else it
+    new: List[np.ndarray] = list(it)
+    out = np.concatenate([ids] + [t[:, None] for t in new], axis=1) if new else ids.copy()
+    return out[0] if one else out
+
+
+def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, temperature: float, top_k: int,
+                 top_p: float, do_sample: bool, seed: int, eos: Optional[int]) -> Iterator[np.ndarray]:
+    """Yield the new tokens (B,) one step at a time."""
+    g = model._g
+    block = model.block_size
+    B = ids.shape[0]
+    sampler = _C.Sampler(seed)
+    me = object()  # this call's claim on the model's KV cache
+    # Only the last `block` tokens can ever be attended to again.
+    window = ids[:, -block:].copy()
+    finished = np.zeros(B, dtype=bool)
+    logits = None
+    for i in range(max_new_tokens):
+        if logits is None:
+            logits = g.decode(np.ascontiguousarray(window), 0)
+            model._cache_owner = me
+        nxt = np.asarray(sampler.sample(logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
+        if eos is not None:
+            nxt = np.where(finished, eos, nxt)
+            finished |= nxt == eos
+        yield nxt.copy()
+        if i + 1 == max_new_tokens or (eos is not None and finished.all()):
+            return
+        cur = window.shape[1]
+        if cur < block and model._cache_owner is me:
+            # The cache holds positions [0, cur); append the new token at cur.
+            window = np.concatenate([window, nxt[:, None]], axis=1)
+            logits = g.decode(np.ascontiguousarray(nxt[:, None]), cur)
+        else:
+            # Window full (positions shift) or the cache was used by someone
+            # else since: prefill the last `block` tokens again.
+            window = np.concatenate([window, nxt[:, None]], axis=1)[:, -block:]
+            logits = None

@@ -1,0 +1,334 @@
+"""The training loop: nanoGPT's ``train.py`` as a function.
+
+:func:`fit` draws random windows (:func:`fastlm.data.get_batch`) with a
+seeded ``np.random.Generator``, accumulates gradients over ``grad_accum``
+micro-batches, clips by global norm, steps AdamW with a linear-warmup +
+cosine learning rate (:func:`get_lr`), evaluates, checkpoints and reports
+progress. A run resumed from its checkpoint continues with exactly the losses
+the uninterrupted run would have had (same CPU, same thread count), because
+the checkpoint holds everything the next step depends on: weights, AdamW
+moments and step count, the batch sampler's RNG state and the step.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .data import get_batch, iter_eval_batches, open_tokens
+
+__all__ = ["History", "fit", "evaluate", "get_lr"]
+
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+class History(list):
+    """The log of a :func:`fit` run: a list with one dict per optimizer step::
+
+        {"step": 1, "loss": 4.19, "lr": 1e-3, "grad_norm": 0.93,
+         "tokens_per_sec": 51234.0, "val_loss": None}
+
+    ``step`` counts completed steps (1-based); ``loss`` is the mean training
+    loss of the step's micro-batches; ``val_loss`` is set on evaluation steps
+    and None otherwise. Plain JSON-serialisable data.
+    """
+
+    def as_dict(self) -> Dict[str, List[Any]]:
+        """Columns: ``{"step": [...], "loss": [...], ...}`` (keys of the first entry)."""
+        keys: List[str] = []
+        for e in self:
+            for k in e:
+                if k not in keys:
+                    keys.append(k)
+        return {k: [e.get(k) for e in self] for k in keys}
+
+    @property
+    def losses(self) -> List[float]:
+        """The training loss of every step."""
+        return [e["loss"] for e in self]
+
+    @property
+    def val_losses(self) -> List[Tuple[int, float]]:
+        """``(step, val_loss)`` of every evaluation."""
+        return [(e["step"], e["val_loss"]) for e in self if e.get("val_loss") is not None]
+
+
+def get_lr(it: int, *, lr: float, warmup_steps: int, decay_steps: int, min_lr: float) -> float:
+    """nanoGPT's schedule: the learning rate of step ``it`` (0-based).
+
+    Linear warmup ``lr * (it + 1) / (warmup_steps + 1)`` for ``it <
+    warmup_steps``; then cosine decay from ``lr`` to ``min_lr`` until
+    ``decay_steps``; ``min_lr`` after.
+    """
+    if it < warmup_steps:
+        return lr * (it + 1) / (warmup_steps + 1)
+    if it > decay_steps or decay_steps <= warmup_steps:
+        return min_lr
+    ratio = (it - warmup_steps) / (decay_steps - warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return min_lr + coeff * (lr - min_lr)
+
+
+# -------------------------------------------------------------------- arguments
+
+def _int(v: Any, name: str, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _float(v: Any, name: str, minimum: float = 0.0, *, strict: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f) or f < minimum or (strict and f == minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {v!r}")
+    return f
+
+
+def _tokens(tokens: Any, name: str, vocab_size: int, min_len: int) -> np.ndarray:
+    """A 1-D integer array (memmaps stay memmaps) with ids in range; a str or
+    path opens a token file."""
+    if isinstance(tokens, (str, os.PathLike)):
+        tokens = open_tokens(tokens)
+    elif hasattr(tokens, "detach") and hasattr(tokens, "cpu"):
+        tokens = tokens.detach().cpu().numpy()
+    elif not isinstance(tokens, np.ndarray):
+        if isinstance(tokens, (bytes, bytearray)):
+            raise TypeError(f"{name} must be a 1-D integer array, got {type(tokens).__name__}")
+        tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"{name} must be 1-D token ids, got shape {tokens.shape}")
+    if tokens.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {tokens.dtype}")
+    n = int(tokens.shape[0])
+    if n < min_len:
+        raise ValueError(f"{name} has {n} tokens; need at least {min_len}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        pos = int(np.argmax(tokens == bad))
+        raise ValueError(f"{name}[{pos}] = {bad} is out of range [0, {vocab_size}) (vocab_size of the model)")
+    return tokens
+
+
+def _rng_from_state(state: Any, where: str) -> np.random.Generator:
+    try:
+        name = state["bit_generator"]
+        if name not in _BIT_GENERATORS:
+            raise ValueError(name)
+        bg = getattr(np.random, name)()
+        bg.state = state
+    except Exception:
+        raise ValueError(f"{where}: corrupt data RNG state {str(state)[:80]!r}") from None
+    return np.random.Generator(bg)
+
+
+# ------------------------------------------------------------------------- eval
+
+def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Mean next-token cross-entropy of ``model`` over ``tokens``.
+
+    tokens: 1-D integer ids (array, memmap, or a token file path), at least 2.
+    They are cut into consecutive windows of ``block_size`` (or ``len - 1``
+    when shorter) and grouped into batches of ``batch_size`` windows
+    (:func:`fastlm.data.iter_eval_batches`), at most ``max_batches`` of them.
+    Every predicted token weighs the same. Returns ``{"loss": float,
+    "perplexity": exp(loss)}``; deterministic, no gradients.
+    """
+    batch_size = _int(batch_size, "batch_size", 1)
+    if max_batches is not None:
+        max_batches = _int(max_batches, "max_batches", 1)
+    arr = _tokens(tokens, "tokens", model.vocab_size, 2)
+    T = min(model.block_size, int(arr.shape[0]) - 1)
+    g = model._g
+    model._cache_owner = None
+    total = 0.0
+    rows = 0
+    for x, y in iter_eval_batches(arr, batch_size, T, max_batches):
+        total += float(g.loss(x, y)) * x.shape[0]
+        rows += x.shape[0]
+    loss = total / rows
+    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf")}
+
+
+# -------------------------------------------------------------------------- fit
+
+class _Progress:
+    """tqdm when it imports, otherwise a line on stderr now and then."""
+
+    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+        self.bar = None
+        self.enabled = enabled
+        self.every = max(1, total // 20)
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, entry: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
+                                 tok_s=f"{entry['tokens_per_sec']:,.0f}", refresh=False)
+            self.bar.update(1)
+        elif entry["step"] % self.every == 0:
+            self.write(f"step {entry['step']}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
+                       f"{entry['tokens_per_sec']:,.0f} tok/s")
+
+    def write(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3, warmup_steps: int = 0,
+        min_lr: Optional[float] = None, betas: Tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
+        grad_clip: Optional[float] = 1.0, grad_accum: int = 1, val: Any = None, eval_interval: int = 250,
+        eval_batches: Optional[int] = 50, checkpoint_dir: Any = None, checkpoint_interval: Optional[int] = None,
+        resume: bool = False, seed: Optional[int] = None, progress: bool = True,
+        callback: Optional[Callable[[int, Dict[str, Any]], Any]] = None) -> History:
+    """Train ``model`` (a :class:`fastlm.Transformer`) with AdamW, nanoGPT-style.
+
+    train, val: 1-D integer token ids (array, ``np.memmap`` from
+        :func:`fastlm.data.open_tokens`, or a token file path); ``train``
+        needs at least block_size + 1 tokens, ``val`` (optional) at least 2.
+    steps: total optimizer steps of the run (a resumed run continues up to
+        ``steps``); the cosine schedule decays over them.
+    batch_size: windows per micro-batch; each step uses ``grad_accum``
+        micro-batches of ``batch_size`` windows of block_size + 1 tokens, drawn
+        uniformly (:func:`fastlm.data.get_batch`), their gradients averaged.
+    lr, warmup_steps, min_lr: :func:`get_lr` (``min_lr`` defaults to lr / 10).
+    betas, weight_decay: AdamW, decay on 2-D weights only.
+    grad_clip: clip the global gradient norm to this (None or 0: off), as
+        ``torch.nn.utils.clip_grad_norm_``.
+    eval_interval, eval_batches: evaluate ``val`` every ``eval_interval`` steps
+        and at the end, over at most ``eval_batches`` batches (None: all of it).
+    checkpoint_dir, checkpoint_interval: save a checkpoint (:meth:`save`) every
+        ``checkpoint_interval`` steps (default: ``eval_interval``), at the end
+        and when stopped by ``callback``.
+    resume: continue from the checkpoint in ``checkpoint_dir`` (weights,
+        optimizer, step, batch RNG, history); ``FileNotFoundError`` if none.
+    seed: seeds the batch sampler (default: the model's seed); ignored on resume.
+    progress: show a tqdm bar (loss, lr, tokens/s) when tqdm imports.
+    callback: ``callback(step, metrics)`` after every step, metrics being that
+        step's history entry; returning ``False`` stops training.
+
+    Returns the :class:`History` of the whole run (including the steps before
+    a resume). Raises ``FloatingPointError`` if the loss becomes NaN or inf.
+    """
+    steps = _int(steps, "steps", 1)
+    batch_size = _int(batch_size, "batch_size", 1)
+    grad_accum = _int(grad_accum, "grad_accum", 1)
+    warmup_steps = _int(warmup_steps, "warmup_steps", 0)
+    lr = _float(lr, "lr", 0.0, strict=True)
+    min_lr = lr / 10 if min_lr is None else _float(min_lr, "min_lr", 0.0)
+    if min_lr > lr:
+        raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+    from .model import _check_betas
+    b1, b2 = _check_betas(betas)
+    weight_decay = _float(weight_decay, "weight_decay", 0.0)
+    grad_clip = 0.0 if grad_clip is None else _float(grad_clip, "grad_clip", 0.0)
+    eval_interval = _int(eval_interval, "eval_interval", 1)
+    if eval_batches is not None:
+        eval_batches = _int(eval_batches, "eval_batches", 1)
+    checkpoint_interval = eval_interval if checkpoint_interval is None else _int(checkpoint_interval,
+                                                                                 "checkpoint_interval", 1)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the directory to resume from)")
+    if checkpoint_dir is not None:
+        checkpoint_dir = os.fspath(checkpoint_dir)
+    if seed is not None:
+        seed = _int(seed, "seed", 0)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    block = model.block_size
+    V = model.vocab_size
+    train = _tokens(train, "train", V, block + 1)
+    if val is not None:
+        val = _tokens(val, "val", V, 2)
+
+    fit_args = {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
+                "warmup_steps": warmup_steps, "min_lr": min_lr, "betas": [b1, b2], "weight_decay": weight_decay,
+                "grad_clip": grad_clip}
+    if resume:
+        from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
+        model._restore(load_checkpoint(checkpoint_dir))
+        state = model._train_state
+        where = os.path.join(checkpoint_dir, TRAINER_STATE_FILE)
+        if state is None or state.get("data_rng") is None:
+            raise ValueError(f"cannot resume from {checkpoint_dir!r}: {where!r} is missing or has no data RNG state "
+                             "(the checkpoint was not written by fit)")
+        rng = _rng_from_state(state["data_rng"], where)
+        start = int(state["step"])
+        history = History(state.get("history", []))
+        seed = state.get("seed", seed)
+    else:
+        seed = model.config["seed"] if seed is None else seed
+        rng = np.random.default_rng(seed)
+        start = 0
+        history = History()
+
+    g = model._g
+    model._cache_owner = None
+    tokens_per_step = batch_size * block * grad_accum
+    bar = _Progress(bool(progress), steps, start)
+    saved_at = -1
+    try:
+        for it in range(start, steps):
+            lr_t = get_lr(it, lr=lr, warmup_steps=warmup_steps, decay_steps=steps, min_lr=min_lr)
+            t0 = time.perf_counter()
+            g.zero_grad()
+            loss_sum = 0.0
+            for _ in range(grad_accum):
+                x, y = get_batch(train, batch_size, block, rng)
+                loss_sum += float(g.forward_backward(x, y, 1.0 / grad_accum))
+            loss = loss_sum / grad_accum
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training diverged: loss is {loss} at step {it + 1} (try a lower lr "
+                                         "or a smaller grad_clip)")
+            norm = float(g.grad_norm())
+            scale = min(1.0, grad_clip / (norm + 1e-6)) if grad_clip > 0 else 1.0
+            g.step(lr_t, b1, b2, 1e-8, weight_decay, scale)
+            dt = time.perf_counter() - t0
+            step = it + 1
+            entry: Dict[str, Any] = {"step": step, "loss": loss, "lr": lr_t, "grad_norm": norm,
+                                     "tokens_per_sec": tokens_per_step / dt if dt > 0 else float("inf"),
+                                     "val_loss": None}
+            if val is not None and (step % eval_interval == 0 or step == steps):
+                entry["val_loss"] = evaluate(model, val, batch_size=batch_size, max_batches=eval_batches)["loss"]
+                bar.write(f"step {step}: train loss {loss:.4f}, val loss {entry['val_loss']:.4f}")
+            history.append(entry)
+            model._train_state = {"step": step, "seed": seed, "data_rng": rng.bit_generator.state,
+                                  "history": history, "fit": fit_args}
+            bar.update(entry)
+            if checkpoint_dir is not None and (step % checkpoint_interval == 0 or step == steps):
+                model.save(checkpoint_dir)
+                saved_at = step
+            if callback is not None and callback(step, dict(entry)) is False:
+                if checkpoint_dir is not None and saved_at != step:
+                    model.save(checkpoint_dir)
+                break
+    finally:
+        bar.close()
+    return history

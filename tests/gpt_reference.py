@@ -1,0 +1,335 @@
+"""Independent GPT-2 references for the Transformer tests.
+
+Two implementations that share nothing with fastlm but the parameter names:
+
+* a NumPy GPT (:func:`np_forward_backward`, :func:`np_adamw_step`) written
+  out by hand, forward and backward, in any float dtype: float64 is the
+  reference, float32 the "naive" computation whose own error sets the
+  tolerance (the way the kernel tests judge ops);
+* a nanoGPT-style PyTorch module (:func:`make_torch_gpt`) used when torch
+  imports, with attention written out (masked softmax) rather than through
+  ``scaled_dot_product_attention`` so it runs in float64 too.
+
+Both take a nanoGPT state dict (``transformer.wte.weight`` ... ``lm_head.weight``
+tied to ``wte``) as a dict of NumPy arrays.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+GELU_K = math.sqrt(2.0 / math.pi)
+LN_EPS = 1e-5
+
+
+def param_names(n_layer: int) -> List[str]:
+    """Parameter names in nanoGPT's order, without the tied ``lm_head.weight``."""
+    names = ["transformer.wte.weight", "transformer.wpe.weight"]
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        names += [p + "ln_1.weight", p + "ln_1.bias", p + "attn.c_attn.weight", p + "attn.c_attn.bias",
+                  p + "attn.c_proj.weight", p + "attn.c_proj.bias", p + "ln_2.weight", p + "ln_2.bias",
+                  p + "mlp.c_fc.weight", p + "mlp.c_fc.bias", p + "mlp.c_proj.weight", p + "mlp.c_proj.bias"]
+    names += ["transformer.ln_f.weight", "transformer.ln_f.bias"]
+    return names
+
+
+def param_shapes(vocab_size: int, block_size: int, n_layer: int, n_embd: int) -> Dict[str, Tuple[int, ...]]:
+    C = n_embd
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for name in param_names(n_layer):
+        leaf = name.split(".", 3)[-1] if name.startswith("transformer.h.") else name
+        if name == "transformer.wte.weight":
+            s: Tuple[int, ...] = (vocab_size, C)
+        elif name == "transformer.wpe.weight":
+            s = (block_size, C)
+        elif leaf.endswith("c_attn.weight"):
+            s = (3 * C, C)
+        elif leaf.endswith("c_attn.bias"):
+            s = (3 * C,)
+        elif leaf.endswith("mlp.c_fc.weight"):
+            s = (4 * C, C)
+        elif leaf.endswith("mlp.c_fc.bias"):
+            s = (4 * C,)
+        elif leaf.endswith("mlp.c_proj.weight"):
+            s = (C, 4 * C)
+        elif leaf.endswith("attn.c_proj.weight"):
+            s = (C, C)
+        else:  # LayerNorm weights/biases and the c_proj biases
+            s = (C,)
+        shapes[name] = s
+    return shapes
+
+
+def random_state_dict(vocab_size: int, block_size: int, n_layer: int, n_embd: int, seed: int = 0,
+                      std: float = 0.1) -> Dict[str, np.ndarray]:
+    """float32 random weights, every entry non-trivial (LayerNorm weights around 1,
+    biases non-zero) so that every gradient path is exercised."""
+    rng = np.random.default_rng(seed)
+    sd: Dict[str, np.ndarray] = {}
+    for name, shape in param_shapes(vocab_size, block_size, n_layer, n_embd).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            a = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith("bias"):
+            a = 0.02 * rng.standard_normal(shape)
+        else:
+            a = std * rng.standard_normal(shape)
+        sd[name] = a.astype(np.float32)
+    sd["lm_head.weight"] = sd["transformer.wte.weight"].copy()
+    return sd
+
+
+def decay_mask(name: str, shape: Tuple[int, ...]) -> bool:
+    """nanoGPT's optimizer groups: weight decay on every tensor with >= 2 dims."""
+    return len(shape) >= 2
+
+
+# ----------------------------------------------------------------------------- NumPy
+
+def _layernorm(x, w, b):
+    mean = x.mean(-1, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + LN_EPS)
+    xhat = xc * rstd
+    return xhat * w + b, (xhat, rstd)
+
+
+def _layernorm_backward(dy, w, cache):
+    xhat, rstd = cache
+    C = xhat.shape[-1]
+    dw = (dy * xhat).reshape(-1, C).sum(0)
+    db = dy.reshape(-1, C).sum(0)
+    dxhat = dy * w
+    dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True) - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+    return dx, dw, db
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(GELU_K * (x + 0.044715 * x ** 3)))
+
+
+def _gelu_grad(x):
+    t = np.tanh(GELU_K * (x + 0.044715 * x ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3 * 0.044715 * x * x)
+
+
+def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Optional[np.ndarray],
+                        n_head: int, dtype=np.float64,
+                        ) -> Tuple[np.ndarray, Optional[float], Optional[Dict[str, np.ndarray]]]:
+    """GPT-2 forward (and backward when targets are given) in ``dtype``.
+
+    sd: nanoGPT state dict (lm_head.weight is ignored: tied to wte); idx,
+    targets: (B, T) integer, targets == -100 ignored. Returns (logits (B, T, V),
+    mean loss or None, grads or None) with grads named as ``param_names``
+    (wte's gradient includes the lm_head contribution).
+    """
+    p = {k: np.asarray(v, dtype=dtype) for k, v in sd.items() if k != "lm_head.weight"}
+    n_layer = sum(1 for k in p if k.endswith(".ln_1.weight"))
+    B, T = idx.shape
+    wte, wpe = p["transformer.wte.weight"], p["transformer.wpe.weight"]
+    V, C = wte.shape
+    H = n_head
+    D = C // H
+    scale = dtype(1.0 / math.sqrt(D))
+    mask = np.triu(np.ones((T, T), dtype=bool), 1)
+
+    x = wte[idx] + wpe[:T]
+    caches = []
+    for i in range(n_layer):
+        pre = f"transformer.h.{i}."
+        ln1, c1 = _layernorm(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"])
+        qkv = ln1 @ p[pre + "attn.c_attn.weight"].T + p[pre + "attn.c_attn.bias"]
+        q, k, v = (a.reshape(B, T, H, D).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, axis=-1))
+        att = (q @ k.transpose(0, 1, 3, 2)) * scale
+        att = np.where(mask, -np.inf, att)
+        att = att - att.max(-1, keepdims=True)
+        P = np.exp(att)
+        P = P / P.sum(-1, keepdims=True)
+        yh = P @ v
+        y = yh.transpose(0, 2, 1, 3).reshape(B, T, C)
+        x = x + y @ p[pre + "attn.c_proj.weight"].T + p[pre + "attn.c_proj.bias"]
+        ln2, c2 = _layernorm(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"])
+        h = ln2 @ p[pre + "mlp.c_fc.weight"].T + p[pre + "mlp.c_fc.bias"]
+        g = _gelu(h)
+        x = x + g @ p[pre + "mlp.c_proj.weight"].T + p[pre + "mlp.c_proj.bias"]
+        caches.append((ln1, c1, q, k, v, P, y, ln2, c2, h, g))
+    lnf, cf = _layernorm(x, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"])
+    logits = lnf @ wte.T
+    if targets is None:
+        return logits, None, None
+
+    tflat = targets.reshape(-1)
+    lflat = logits.reshape(-1, V)
+    valid = tflat != -100
+    n = int(valid.sum())
+    m = lflat.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(lflat - m).sum(-1, keepdims=True)))[:, 0]
+    safe_t = np.where(valid, tflat, 0)
+    nll = lse - lflat[np.arange(lflat.shape[0]), safe_t]
+    loss = float(nll[valid].sum() / n) if n else float("nan")
+
+    probs = np.exp(lflat - lse[:, None])
+    probs[np.arange(lflat.shape[0]), safe_t] -= 1.0
+    dlogits = np.where(valid[:, None], probs / max(n, 1), 0.0).astype(dtype).reshape(B, T, V)
+
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    grads["transformer.wte.weight"] += dlogits.reshape(-1, V).T @ lnf.reshape(-1, C)
+    dlnf = dlogits @ wte
+    dx, dw, db = _layernorm_backward(dlnf, p["transformer.ln_f.weight"], cf)
+    grads["transformer.ln_f.weight"] += dw
+    grads["transformer.ln_f.bias"] += db
+    for i in reversed(range(n_layer)):
+        pre = f"transformer.h.{i}."
+        ln1, c1, q, k, v, P, y, ln2, c2, h, g = caches[i]
+        # MLP
+        grads[pre + "mlp.c_proj.weight"] += dx.reshape(-1, C).T @ g.reshape(-1, 4 * C)
+        grads[pre + "mlp.c_proj.bias"] += dx.reshape(-1, C).sum(0)
+        dg = dx @ p[pre + "mlp.c_proj.weight"]
+        dh = dg * _gelu_grad(h)
+        grads[pre + "mlp.c_fc.weight"] += dh.reshape(-1, 4 * C).T @ ln2.reshape(-1, C)
+        grads[pre + "mlp.c_fc.bias"] += dh.reshape(-1, 4 * C).sum(0)
+        dln2 = dh @ p[pre + "mlp.c_fc.weight"]
+        dxl, dw, db = _layernorm_backward(dln2, p[pre + "ln_2.weight"], c2)
+        grads[pre + "ln_2.weight"] += dw
+        grads[pre + "ln_2.bias"] += db
+        dx = dx + dxl
+        # attention
+        grads[pre + "attn.c_proj.weight"] += dx.reshape(-1, C).T @ y.reshape(-1, C)
+        grads[pre + "attn.c_proj.bias"] += dx.reshape(-1, C).sum(0)
+        dy = (dx @ p[pre + "attn.c_proj.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        dP = dy @ v.transpose(0, 1, 3, 2)
+        dv = P.transpose(0, 1, 3, 2) @ dy
+        datt = P * (dP - (dP * P).sum(-1, keepdims=True)) * scale
+        dq = datt @ k
+        dk = datt.transpose(0, 1, 3, 2) @ q
+        dqkv = np.concatenate([a.transpose(0, 2, 1, 3).reshape(B, T, C) for a in (dq, dk, dv)], axis=-1)
+        grads[pre + "attn.c_attn.weight"] += dqkv.reshape(-1, 3 * C).T @ ln1.reshape(-1, C)
+        grads[pre + "attn.c_attn.bias"] += dqkv.reshape(-1, 3 * C).sum(0)
+        dln1 = dqkv @ p[pre + "attn.c_attn.weight"]
+        dxl, dw, db = _layernorm_backward(dln1, p[pre + "ln_1.weight"], c1)
+        grads[pre + "ln_1.weight"] += dw
+        grads[pre + "ln_1.bias"] += db
+        dx = dx + dxl
+    np.add.at(grads["transformer.wte.weight"], idx.reshape(-1), dx.reshape(-1, C))
+    grads["transformer.wpe.weight"][:T] += dx.sum(0)
+    return logits, loss, grads
+
+
+def np_adamw_step(params: Dict[str, np.ndarray], grads: Dict[str, np.ndarray], state: Dict[str, list],
+                  step: int, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1) -> None:
+    """One ``torch.optim.AdamW`` update in place on float64 ``params`` (without
+    lm_head.weight), decay on 2-D tensors only. ``state`` maps name -> [m, v];
+    ``step`` counts this update (>= 1)."""
+    b1, b2 = betas
+    for name, w in params.items():
+        g = grads[name]
+        m, v = state.setdefault(name, [np.zeros_like(w), np.zeros_like(w)])
+        if decay_mask(name, w.shape):
+            w *= 1.0 - lr * weight_decay
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        denom = np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps
+        w -= (lr / (1 - b1 ** step)) * m / denom
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def make_torch_gpt(sd: Dict[str, np.ndarray], n_head: int, dtype: str = "float64"):
+    """A nanoGPT-style ``torch.nn.Module`` loaded with ``sd`` (torch must import).
+    ``model(idx, targets)`` returns (logits, loss) as nanoGPT's GPT.forward
+    (logits for every position)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    tdtype = getattr(torch, dtype)
+    V, C = sd["transformer.wte.weight"].shape
+    block_size = sd["transformer.wpe.weight"].shape[0]
+    n_layer = sum(1 for k in sd if k.endswith(".ln_1.weight"))
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = nn.Linear(C, 3 * C)
+            self.c_proj = nn.Linear(C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // n_head))
+            causal = torch.ones(T, T, dtype=torch.bool).tril()
+            att = att.masked_fill(~causal, float("-inf"))
+            y = F.softmax(att, dim=-1) @ v
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc = nn.Linear(C, 4 * C)
+            self.gelu = nn.GELU(approximate="tanh")
+            self.c_proj = nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            return self.c_proj(self.gelu(self.c_fc(x)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(C, eps=LN_EPS)
+            self.attn = CausalSelfAttention()
+            self.ln_2 = nn.LayerNorm(C, eps=LN_EPS)
+            self.mlp = MLP()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(V, C), wpe=nn.Embedding(block_size, C),
+                h=nn.ModuleList([Block() for _ in range(n_layer)]), ln_f=nn.LayerNorm(C, eps=LN_EPS)))
+            self.lm_head = nn.Linear(C, V, bias=False)
+            self.transformer.wte.weight = self.lm_head.weight
+
+        def forward(self, idx, targets=None):
+            T = idx.shape[1]
+            pos = torch.arange(T, dtype=torch.long)
+            x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+            for block in self.transformer.h:
+                x = block(x)
+            logits = self.lm_head(self.transformer.ln_f(x))
+            loss = None
+            if targets is not None:
+                loss = F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100)
+            return logits, loss
+
+        def configure_optimizer(self, lr, betas, eps, weight_decay):
+            params = {n: p for n, p in self.named_parameters()}
+            decay = [p for p in params.values() if p.dim() >= 2]
+            no_decay = [p for p in params.values() if p.dim() < 2]
+            groups = [{"params": decay, "weight_decay": weight_decay},
+                      {"params": no_decay, "weight_decay": 0.0}]
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+    model = GPT().to(tdtype)
+    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float64)).to(tdtype) for k, v in sd.items()})
+    return model
+
+
+def torch_grads(model) -> Dict[str, np.ndarray]:
+    """Gradients of a :func:`make_torch_gpt` module by nanoGPT name (float64
+    NumPy), without the tied lm_head.weight."""
+    out = {}
+    for name, p in model.named_parameters():
+        if name == "lm_head.weight":
+            name = "transformer.wte.weight"
+        out[name] = p.grad.detach().to("cpu").double().numpy().copy()
+    return out
