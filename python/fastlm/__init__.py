@@ -9,12 +9,21 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from . import _C
-from . import ops
+from . import data, ops
+from .model import Transformer
+from .tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from .train import History
 
 __version__: str = _C.build_info()["version"]
 
 __all__ = [
     "__version__",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "History",
+    "Transformer",
+    "data",
+    "load_tokenizer",
     "available_cpu_isas",
     "build_info",
     "cpu_isa",
