@@ -135,8 +135,15 @@ void RNNLM::forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float*
 }
 
 float RNNLM::loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b, bool carry) {
+  // Evaluation between training windows must not disturb the carried state.
+  const int64_t saved_b = state_b_;
+  std::vector<float> saved_h = state_h_, saved_c = state_c_;
   forward(idx, t, b, carry, nullptr);
-  return k_.cross_entropy(logits_, targets, nullptr, t * b, cfg_.vocab_size, -100, 1.f);
+  const float loss = k_.cross_entropy(logits_, targets, nullptr, t * b, cfg_.vocab_size, -100, 1.f);
+  state_b_ = saved_b;
+  state_h_.swap(saved_h);
+  state_c_.swap(saved_c);
+  return loss;
 }
 
 float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,

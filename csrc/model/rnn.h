@@ -35,6 +35,7 @@ class RNNLM {
   // batch size is unchanged, from zeros otherwise; the final state is kept.
   // logits (t, b, vocab) written when not null.
   void forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits);
+  // Forward only; leaves the carried state as it was.
   float loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b, bool carry);
   // Backpropagation through the whole window (the carried-in state is a
   // constant: truncated BPTT); adds grad_scale * d loss / d params.

@@ -10,7 +10,9 @@ from typing import Any, Dict, List
 
 from . import _C
 from . import data, ops
+from .lm import LanguageModel
 from .model import Transformer
+from .rnn import GRULM, LSTMLM
 from .tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
 from .train import History
 
@@ -20,7 +22,10 @@ __all__ = [
     "__version__",
     "ByteTokenizer",
     "CharTokenizer",
+    "GRULM",
     "History",
+    "LSTMLM",
+    "LanguageModel",
     "Transformer",
     "data",
     "load_tokenizer",

@@ -21,7 +21,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["main"]
 
-_ARCH_DEFAULTS = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128}
+# Architecture flags per --model (the Transformer's block_size is part of its
+# architecture; a recurrent model's --block-size is only its training window).
+_ARCH_DEFAULTS = {
+    "transformer": {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128},
+    "lstm": {"embed_dim": 128, "hidden_size": 256, "num_layers": 2},
+    "gru": {"embed_dim": 128, "hidden_size": 256, "num_layers": 2},
+}
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
@@ -73,23 +79,32 @@ def _build_parser() -> _Parser:
         "and (with matplotlib) loss.png into --out."))
     t.add_argument("corpus", nargs="?", help="UTF-8 text file (default: Python's standard library source)")
     t.add_argument("--out", required=True, help="output directory (checkpoint, metrics.jsonl, loss.png)")
-    t.add_argument("--model", default="transformer", choices=["transformer"], help="model family")
+    t.add_argument("--model", default=None, choices=sorted(_ARCH_DEFAULTS),
+                   help="model family (default transformer, or the checkpoint's with --resume)")
     t.add_argument("--tokenizer", default="char", choices=["char", "byte"],
                    help="char: one id per character of the corpus (default); byte: UTF-8 bytes")
     t.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
     t.add_argument("--batch-size", type=_positive_int, default=12, help="sequences per micro-batch (default 12)")
     t.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per step (default 1)")
-    t.add_argument("--block-size", type=_positive_int, default=None, help="context length (default 64)")
-    t.add_argument("--n-layer", type=_positive_int, default=None, help="layers (default 4)")
-    t.add_argument("--n-head", type=_positive_int, default=None, help="attention heads (default 4)")
-    t.add_argument("--n-embd", type=_positive_int, default=None, help="width (default 128)")
+    t.add_argument("--block-size", type=_positive_int, default=None,
+                   help="context length (transformer) or training window (lstm, gru); default 64")
+    t.add_argument("--n-layer", type=_positive_int, default=None, help="transformer layers (default 4)")
+    t.add_argument("--n-head", type=_positive_int, default=None, help="transformer attention heads (default 4)")
+    t.add_argument("--n-embd", type=_positive_int, default=None, help="transformer width (default 128)")
+    t.add_argument("--embed-dim", type=_positive_int, default=None, help="lstm/gru embedding size (default 128)")
+    t.add_argument("--hidden-size", type=_positive_int, default=None, help="lstm/gru state size (default 256)")
+    t.add_argument("--num-layers", type=_positive_int, default=None, help="lstm/gru layers (default 2)")
+    t.add_argument("--optimizer", default=None, choices=["adamw", "adam", "sgd"],
+                   help="default adamw (transformer) or adam (lstm, gru)")
+    t.add_argument("--momentum", type=_float, default=0.9, help="SGD momentum (default 0.9)")
     t.add_argument("--lr", type=_float, default=1e-3, help="peak learning rate (default 1e-3)")
     t.add_argument("--min-lr", type=_float, default=None, help="final learning rate (default lr/10)")
     t.add_argument("--warmup-steps", type=_nonneg_int, default=None,
                    help="linear warmup steps (default min(100, steps/10))")
     t.add_argument("--beta1", type=_float, default=0.9, help="AdamW beta1 (default 0.9)")
     t.add_argument("--beta2", type=_float, default=0.99, help="AdamW beta2 (default 0.99)")
-    t.add_argument("--weight-decay", type=_float, default=0.1, help="AdamW weight decay (default 0.1)")
+    t.add_argument("--weight-decay", type=_float, default=None,
+                   help="AdamW/SGD weight decay on 2-D weights (default 0.1, 0 for lstm/gru)")
     t.add_argument("--grad-clip", type=_float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
     t.add_argument("--val-fraction", type=_float, default=0.1, help="validation share (default 0.1)")
     t.add_argument("--eval-interval", type=_positive_int, default=250, help="evaluate every N steps (default 250)")
@@ -170,7 +185,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
     import fastlm
     from .checkpoint import is_checkpoint
     from .data import default_corpus, read_text, train_val_split
+    from .lm import LanguageModel
     from .model import Transformer
+    from .rnn import GRULM, LSTMLM
     from .tokenizers import ByteTokenizer, CharTokenizer
 
     _device(a.device)
@@ -198,9 +215,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise CLIError(f"corpus {source} is empty")
 
     if a.resume:
-        model = Transformer.load(out, device=a.device)
+        model = LanguageModel.load(out, device=a.device)
+        kind = model.MODEL_TYPE
+        if a.model is not None and a.model != kind:
+            raise CLIError(f"--model {a.model} differs from the checkpoint's {kind}")
         cfg = model.config
-        for key in _ARCH_DEFAULTS:
+        for key in _ARCH_DEFAULTS[kind]:
             given = getattr(a, key)
             if given is not None and given != cfg[key]:
                 raise CLIError(f"--{key.replace('_', '-')} {given} differs from the checkpoint's {cfg[key]}")
@@ -208,14 +228,17 @@ def _cmd_train(a: argparse.Namespace) -> int:
         if tok is None:
             raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
     else:
+        kind = a.model or "transformer"
         tok = CharTokenizer.from_text(text) if a.tokenizer == "char" else ByteTokenizer()
-        arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS.items()}
-        model = Transformer(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
+        arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
+        cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
+        model = cls(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
+    window = model._train_window(a.block_size if kind != "transformer" else None)
     ids = tok.encode(text)
     train, val = train_val_split(ids, a.val_fraction)
-    if len(train) < model.block_size + 1:
+    if len(train) < window + 1:
         raise CLIError(f"corpus {source} is too short: {len(train)} training tokens, need at least "
-                       f"block_size + 1 = {model.block_size + 1}")
+                       f"block_size + 1 = {window + 1}")
     if len(val) < 2:
         val = None
     warmup = a.warmup_steps if a.warmup_steps is not None else min(100, a.steps // 10)
@@ -229,6 +252,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
           f"val tokens, vocab {tok.vocab_size}", file=sys.stderr)
 
     checkpoint_interval = a.checkpoint_interval or a.eval_interval
+    recurrent = kind != "transformer"
+    optimizer = a.optimizer or ("adam" if recurrent else "adamw")
+    weight_decay = a.weight_decay if a.weight_decay is not None else (0.0 if recurrent else 0.1)
 
     def callback(step: int, metrics: Dict[str, Any]) -> None:
         _append_metrics(out, metrics)
@@ -237,7 +263,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     history = model.fit(train, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                         min_lr=a.min_lr, warmup_steps=warmup, betas=(a.beta1, a.beta2),
-                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, val=val,
+                        weight_decay=weight_decay, grad_clip=a.grad_clip, val=val, optimizer=optimizer,
+                        momentum=a.momentum, block_size=window,
                         eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
                         checkpoint_interval=checkpoint_interval, resume=a.resume, seed=a.seed,
                         progress=not a.no_progress, callback=callback)
@@ -261,7 +288,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def _cmd_sample(a: argparse.Namespace) -> int:
     import fastlm
     from .checkpoint import is_checkpoint
-    from .model import Transformer
+    from .lm import LanguageModel
 
     _device(a.device)
     if a.threads is not None:
@@ -274,7 +301,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         raise CLIError(f"--top-p must be in (0, 1], got {a.top_p}")
     if not a.greedy and not a.temperature > 0:
         raise CLIError(f"--temperature must be > 0, got {a.temperature} (use --greedy for argmax decoding)")
-    model = Transformer.load(a.checkpoint, device=a.device)
+    model = LanguageModel.load(a.checkpoint, device=a.device)
     tok = model.tokenizer
     if tok is None:
         raise CLIError(f"the checkpoint in {a.checkpoint!r} has no tokenizer.json; cannot encode --prompt")
@@ -358,7 +385,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _device(device: str) -> None:
-    from .model import _check_device
+    from .lm import _check_device
     try:
         _check_device(device)
     except (RuntimeError, ValueError, TypeError) as e:

@@ -1,17 +1,10 @@
-"""Autoregressive generation with the C++ KV cache and sampler.
+"""Autoregressive generation: the decoding loop and the C++ sampler.
 
-The prompt (its last ``block_size`` tokens) is run through the model once
-(the *prefill*), which fills the key/value cache; then each new token costs
-one ``decode`` call over a single position attending to the cache: O(T)
-attention per token instead of nanoGPT's full O(T^2) recompute.
-
-Past ``block_size`` tokens the model conditions on the last ``block_size``
-tokens at positions ``0 .. block_size-1``, exactly as nanoGPT's ``generate``
-crops ``idx[:, -block_size:]``. Learned position embeddings shift with the
-window, so the cached keys and values no longer apply: once the window is
-full, every further token re-runs the prefill over the window (as costly as
-nanoGPT per token). Generation beyond ``block_size`` is therefore correct but
-slower.
+Each model supplies a decoding session (``model._decoder(ids)``): the
+Transformer's keeps a KV cache, the recurrent models' the recurrent state, so
+each new token costs one incremental step of the C++ model. Sampling
+(temperature, top-k, top-p, greedy) runs in C++ (``fastlm._C.Sampler``) with a
+seeded generator: the same seed gives the same tokens.
 """
 from __future__ import annotations
 
@@ -20,7 +13,7 @@ from typing import Any, Iterator, List, Optional, Union
 import numpy as np
 
 from . import _C
-from .model import _as_ids, _check_float, _check_int
+from .lm import _as_ids, _check_float, _check_int
 
 __all__ = ["generate"]
 
@@ -103,33 +96,17 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
 def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, temperature: float, top_k: int,
                  top_p: float, do_sample: bool, seed: int, eos: Optional[int]) -> Iterator[np.ndarray]:
     """Yield the new tokens (B,) one step at a time."""
-    g = model._g
-    block = model.block_size
-    B = ids.shape[0]
+    if max_new_tokens == 0:
+        return
     sampler = _C.Sampler(seed)
-    me = object()  # this call's claim on the model's KV cache
-    # Only the last `block` tokens can ever be attended to again.
-    window = ids[:, -block:].copy()
-    finished = np.zeros(B, dtype=bool)
-    logits = None
+    session = model._decoder(ids)
+    finished = np.zeros(ids.shape[0], dtype=bool)
     for i in range(max_new_tokens):
-        if logits is None:
-            logits = g.decode(np.ascontiguousarray(window), 0)
-            model._cache_owner = me
-        nxt = np.asarray(sampler.sample(logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
+        nxt = np.asarray(sampler.sample(session.logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
         if eos is not None:
             nxt = np.where(finished, eos, nxt)
             finished |= nxt == eos
         yield nxt.copy()
         if i + 1 == max_new_tokens or (eos is not None and finished.all()):
             return
-        cur = window.shape[1]
-        if cur < block and model._cache_owner is me:
-            # The cache holds positions [0, cur); append the new token at cur.
-            window = np.concatenate([window, nxt[:, None]], axis=1)
-            logits = g.decode(np.ascontiguousarray(nxt[:, None]), cur)
-        else:
-            # Window full (positions shift) or the cache was used by someone
-            # else since: prefill the last `block` tokens again.
-            window = np.concatenate([window, nxt[:, None]], axis=1)[:, -block:]
-            logits = None
+        session.push(nxt)

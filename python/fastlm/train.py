@@ -137,8 +137,9 @@ def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Opti
     """Mean next-token cross-entropy of ``model`` over ``tokens``.
 
     tokens: 1-D integer ids (array, memmap, or a token file path), at least 2.
-    They are cut into consecutive windows of ``block_size`` (or ``len - 1``
-    when shorter) and grouped into batches of ``batch_size`` windows
+    They are cut into consecutive windows of the model's training window
+    (the Transformer's ``block_size``; 64 for the recurrent models, each window
+    from a zero state), or ``len - 1`` when shorter, and grouped into batches of ``batch_size`` windows
     (:func:`fastlm.data.iter_eval_batches`), at most ``max_batches`` of them.
     Every predicted token weighs the same. Returns ``{"loss": float,
     "perplexity": exp(loss)}``; deterministic, no gradients.
@@ -147,13 +148,12 @@ def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Opti
     if max_batches is not None:
         max_batches = _int(max_batches, "max_batches", 1)
     arr = _tokens(tokens, "tokens", model.vocab_size, 2)
-    T = min(model.block_size, int(arr.shape[0]) - 1)
-    g = model._g
+    T = min(model._train_window(None), int(arr.shape[0]) - 1)
     model._cache_owner = None
     total = 0.0
     rows = 0
     for x, y in iter_eval_batches(arr, batch_size, T, max_batches):
-        total += float(g.loss(x, y)) * x.shape[0]
+        total += model._loss(x, y) * x.shape[0]
         rows += x.shape[0]
     loss = total / rows
     return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf")}
@@ -205,8 +205,9 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         grad_clip: Optional[float] = 1.0, grad_accum: int = 1, val: Any = None, eval_interval: int = 250,
         eval_batches: Optional[int] = 50, checkpoint_dir: Any = None, checkpoint_interval: Optional[int] = None,
         resume: bool = False, seed: Optional[int] = None, progress: bool = True,
-        callback: Optional[Callable[[int, Dict[str, Any]], Any]] = None) -> History:
-    """Train ``model`` (a :class:`fastlm.Transformer`) with AdamW, nanoGPT-style.
+        callback: Optional[Callable[[int, Dict[str, Any]], Any]] = None, block_size: Optional[int] = None,
+        stateful: bool = False, optimizer: str = "adamw", momentum: float = 0.9) -> History:
+    """Train ``model`` (any :class:`fastlm.lm.LanguageModel`), nanoGPT-style.
 
     train, val: 1-D integer token ids (array, ``np.memmap`` from
         :func:`fastlm.data.open_tokens`, or a token file path); ``train``
@@ -243,7 +244,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     min_lr = lr / 10 if min_lr is None else _float(min_lr, "min_lr", 0.0)
     if min_lr > lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
-    from .model import _check_betas
+    from .lm import _check_betas
     b1, b2 = _check_betas(betas)
     weight_decay = _float(weight_decay, "weight_decay", 0.0)
     grad_clip = 0.0 if grad_clip is None else _float(grad_clip, "grad_clip", 0.0)
@@ -262,15 +263,24 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         seed = _int(seed, "seed", 0)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    block = model.block_size
+    if not isinstance(stateful, bool):
+        raise TypeError(f"stateful must be a bool, got {type(stateful).__name__}")
+    if stateful and not model.STATEFUL:
+        raise ValueError(f"stateful=True needs a recurrent model; {type(model).__name__} has no state to carry")
+    from .lm import OPTIMIZERS
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    momentum = _float(momentum, "momentum", 0.0)
+    block = model._train_window(block_size)
     V = model.vocab_size
-    train = _tokens(train, "train", V, block + 1)
+    train = _tokens(train, "train", V, (block * batch_size if stateful else block) + 1)
     if val is not None:
         val = _tokens(val, "val", V, 2)
 
     fit_args = {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
                 "warmup_steps": warmup_steps, "min_lr": min_lr, "betas": [b1, b2], "weight_decay": weight_decay,
-                "grad_clip": grad_clip}
+                "grad_clip": grad_clip, "block_size": block, "stateful": stateful, "optimizer": optimizer,
+                "momentum": momentum}
     if resume:
         from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
         model._restore(load_checkpoint(checkpoint_dir))
@@ -281,13 +291,33 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                              "(the checkpoint was not written by fit)")
         rng = _rng_from_state(state["data_rng"], where)
         start = int(state["step"])
+        stream_pos = int(state.get("stream_pos", 0))
         history = History(state.get("history", []))
         seed = state.get("seed", seed)
     else:
         seed = model.config["seed"] if seed is None else seed
         rng = np.random.default_rng(seed)
         start = 0
+        stream_pos = 0
         history = History()
+
+    if stateful:
+        # batch_size contiguous streams side by side, walked window by window.
+        stream_len = int(train.shape[0]) // batch_size
+        streams = np.asarray(train[:stream_len * batch_size]).reshape(batch_size, stream_len)
+
+    def next_batch() -> Tuple[np.ndarray, np.ndarray, bool]:
+        nonlocal stream_pos
+        if not stateful:
+            x, y = get_batch(train, batch_size, block, rng)
+            return x, y, False
+        if stream_pos + block + 1 > stream_len:
+            stream_pos = 0
+        carry = stream_pos > 0
+        x = np.ascontiguousarray(streams[:, stream_pos:stream_pos + block], dtype=np.int64)
+        y = np.ascontiguousarray(streams[:, stream_pos + 1:stream_pos + block + 1], dtype=np.int64)
+        stream_pos += block
+        return x, y, carry
 
     g = model._g
     model._cache_owner = None
@@ -301,15 +331,16 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
             g.zero_grad()
             loss_sum = 0.0
             for _ in range(grad_accum):
-                x, y = get_batch(train, batch_size, block, rng)
-                loss_sum += float(g.forward_backward(x, y, 1.0 / grad_accum))
+                x, y, carry = next_batch()
+                loss_sum += model._forward_backward(x, y, 1.0 / grad_accum, carry)
             loss = loss_sum / grad_accum
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged: loss is {loss} at step {it + 1} (try a lower lr "
                                          "or a smaller grad_clip)")
             norm = float(g.grad_norm())
             scale = min(1.0, grad_clip / (norm + 1e-6)) if grad_clip > 0 else 1.0
-            g.step(lr_t, b1, b2, 1e-8, weight_decay, scale)
+            model._apply_step(lr_t, {"optimizer": optimizer, "betas": (b1, b2), "eps": 1e-8,
+                                     "weight_decay": weight_decay, "momentum": momentum, "grad_scale": scale})
             dt = time.perf_counter() - t0
             step = it + 1
             entry: Dict[str, Any] = {"step": step, "loss": loss, "lr": lr_t, "grad_norm": norm,
@@ -320,7 +351,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 bar.write(f"step {step}: train loss {loss:.4f}, val loss {entry['val_loss']:.4f}")
             history.append(entry)
             model._train_state = {"step": step, "seed": seed, "data_rng": rng.bit_generator.state,
-                                  "history": history, "fit": fit_args}
+                                  "stream_pos": stream_pos, "history": history, "fit": fit_args}
             bar.update(entry)
             if checkpoint_dir is not None and (step % checkpoint_interval == 0 or step == steps):
                 model.save(checkpoint_dir)

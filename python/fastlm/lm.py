@@ -1,0 +1,584 @@
+"""``LanguageModel``: what every fastlm model shares.
+
+A model wraps one C++ core (``fastlm._C.GPT`` or ``fastlm._C.RNNLM``) that
+owns one contiguous float32 buffer each for the parameters, the gradients and
+the two optimizer moments; this class exposes them by PyTorch name as NumPy
+views, and implements the API users know from nanoGPT and Hugging Face on
+top: ``state_dict``/``load_state_dict``, ``forward``, ``forward_backward``,
+``step``, ``fit``, ``evaluate``, ``generate``, ``save``/``load``. Subclasses
+(:class:`fastlm.Transformer`, :class:`fastlm.LSTMLM`, :class:`fastlm.GRULM`)
+say how to build the core, name and initialise the parameters, and decode.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _C
+from .tokenizers import Tokenizer
+
+__all__ = ["LanguageModel"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+IdsLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+# ----------------------------------------------------------------------- checks
+
+def _check_int(v: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def _check_float(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    return f
+
+
+def _check_device(device: Any) -> str:
+    """The canonical device name; ``RuntimeError`` for CUDA (not available yet),
+    ``ValueError`` for anything else that is not ``"cpu"``."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'cpu', got {type(device).__name__}")
+    d = device.strip().lower()
+    if d == "cpu":
+        return "cpu"
+    if d == "cuda" or d.startswith("cuda:"):
+        if not _C.build_info().get("cuda", False):
+            raise RuntimeError(f"device {device!r}: CUDA is not compiled into this fastlm build "
+                               "(fastlm.build_info()['cuda'] is False); use device='cpu'")
+        raise RuntimeError(f"device {device!r}: fastlm's models have no CUDA backend yet; use device='cpu'")
+    raise ValueError(f"unknown device {device!r}; expected 'cpu' (or 'cuda' where compiled in)")
+
+
+def _as_ids(x: Any, name: str, vocab_size: int, *, ndim: Optional[int] = 2,
+            ignore_index: Optional[int] = None) -> np.ndarray:
+    """``x`` as a C-contiguous int64 array with every entry in ``[0, vocab_size)``
+    (or equal to ``ignore_index``). Lists and CPU tensors are accepted."""
+    if isinstance(x, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be an integer array, got {type(x).__name__}")
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"{name} must be a rectangular integer array ({e})") from None
+        if x.dtype == object:
+            raise TypeError(f"{name} must be a rectangular integer array, got ragged or non-integer data")
+        if x.size == 0 and x.dtype.kind == "f":
+            x = x.astype(np.int64)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (int32/int64), got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        hint = " (a batch of sequences (B, T); use x[None] for one sequence)" if ndim == 2 and x.ndim == 1 else ""
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}{hint}")
+    if x.size:
+        bad = (x < 0) | (x >= vocab_size)
+        if ignore_index is not None:
+            bad &= x != ignore_index
+        if bad.any():
+            pos = tuple(int(i) for i in np.argwhere(bad)[0])
+            allowed = f"[0, {vocab_size})" + (f" or {ignore_index}" if ignore_index is not None else "")
+            raise ValueError(f"{name}{list(pos)} = {int(x[pos])} is out of range {allowed}")
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _to_float32(v: Any, name: str) -> np.ndarray:
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensors, any float dtype
+        v = v.detach().cpu().float().numpy()
+    try:
+        arr = np.asarray(v)
+    except Exception as e:
+        raise TypeError(f"state_dict[{name!r}] is not an array ({type(e).__name__}: {e})") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"state_dict[{name!r}] must be a numeric array, got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=np.float32)
+
+
+def _buffer_views(g: Any, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """Views of the AdamW moment buffers shaped and named like the parameters,
+    found from each parameter's offset in the flat parameter buffer (so the
+    checkpoint format does not depend on the C++ buffer layout)."""
+    flat = g.flat_params()
+    base = flat.__array_interface__["data"][0]
+    m, v = g.adam_m(), g.adam_v()
+    mv: Dict[str, np.ndarray] = {}
+    vv: Dict[str, np.ndarray] = {}
+    for name, t in tensors.items():
+        off_bytes = t.__array_interface__["data"][0] - base
+        off = off_bytes // 4
+        if off_bytes % 4 or off < 0 or off + t.size > flat.size or not t.flags.c_contiguous:
+            raise RuntimeError(f"C++ model: tensor {name!r} is not a contiguous view of flat_params()")
+        mv[name] = m[off:off + t.size].reshape(t.shape)
+        vv[name] = v[off:off + t.size].reshape(t.shape)
+    return mv, vv
+
+
+def _check_betas(betas: Any) -> Tuple[float, float]:
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    b1 = _check_float(b1, "betas[0]")
+    b2 = _check_float(b2, "betas[1]")
+    for i, b in enumerate((b1, b2)):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+    return b1, b2
+
+
+# ---------------------------------------------------------------------- the base
+
+class LanguageModel:
+    """Base of fastlm's models; see the subclasses for the architectures.
+
+    Subclasses set ``MODEL_TYPE`` (the checkpoint's ``model_type``),
+    ``ARCH_KEYS`` (the constructor arguments that fix the architecture),
+    ``TIED`` (names that alias another parameter, e.g. GPT-2's
+    ``lm_head.weight``), ``DEFAULT_STEP`` (the keyword defaults of
+    :meth:`step`) and implement ``_check_arch``, ``_make_core``,
+    ``_param_names``, ``_init_weights``, ``_train_window``, ``_decoder``.
+    """
+
+    MODEL_TYPE = ""
+    ARCH_KEYS: Tuple[str, ...] = ()
+    TIED: Dict[str, str] = {}
+    DEFAULT_STEP: Dict[str, Any] = {"optimizer": "adamw", "betas": (0.9, 0.95), "eps": 1e-8,
+                                    "weight_decay": 0.1, "momentum": 0.9}
+    STATEFUL = False  # whether the recurrence can carry state across calls
+
+    # -- construction
+
+    def _build(self, arch: Dict[str, Any], seed: Any, device: Any, tokenizer: Any) -> None:
+        arch = self._check_arch(**arch)
+        seed = _check_int(seed, "seed", 0)
+        device = _check_device(device)
+        vocab_size = arch["vocab_size"]
+        if tokenizer is not None:
+            if not isinstance(tokenizer, Tokenizer):
+                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer) "
+                                f"or None, got {type(tokenizer).__name__}")
+            if tokenizer.vocab_size > vocab_size:
+                raise ValueError(f"tokenizer.vocab_size ({tokenizer.vocab_size}) exceeds vocab_size ({vocab_size})")
+        self._config: Dict[str, Any] = dict(arch, seed=seed, device=device)
+        self.tokenizer: Optional[Tokenizer] = tokenizer
+        self._g = self._make_core(arch)
+        self._names = self._param_names(arch)
+        self._params = dict(self._g.tensors())
+        self._grads = dict(self._g.grad_tensors())
+        if set(self._params) != set(self._names) or set(self._grads) != set(self._names):
+            raise RuntimeError("C++ model tensor names do not match the expected ones: "
+                               f"{sorted(set(self._params) ^ set(self._names))}")
+        self._m, self._v = _buffer_views(self._g, self._params)
+        self._shapes = {n: tuple(self._params[n].shape) for n in self._names}
+        # Fit progress: {"step", "data_rng", "history", "fit"} (see fastlm.train), or None.
+        self._train_state: Optional[Dict[str, Any]] = None
+        # Who last filled the decoding state (KV cache or recurrent state): a
+        # generate() call; any other use of the core may overwrite that state,
+        # so it resets this to None.
+        self._cache_owner: Optional[object] = None
+
+    def _check_arch(self, **arch: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def _make_core(self, arch: Dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _param_names(self, arch: Dict[str, Any]) -> List[str]:
+        raise NotImplementedError
+
+    def _init_weights(self) -> None:
+        raise NotImplementedError
+
+    # -- description
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The architecture arguments plus ``seed`` and ``device`` (a copy);
+        ``type(model)(**model.config)`` builds the same architecture."""
+        return dict(self._config)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids."""
+        return self._config["vocab_size"]
+
+    def num_parameters(self) -> int:
+        """Number of parameters (tied tensors counted once)."""
+        return int(self._g.num_parameters())
+
+    @property
+    def history(self) -> "Any":
+        """The :class:`fastlm.train.History` of the last :meth:`fit` (restored by
+        :meth:`load` and ``fit(resume=True)``); empty before any training."""
+        from .train import History
+        if self._train_state is None:
+            return History()
+        return History(self._train_state.get("history", []))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={self._config[k]}" for k in self.ARCH_KEYS)
+        return f"{type(self).__name__}({args}; {self.num_parameters() / 1e6:.2f}M parameters)"
+
+    # -- weights
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of the parameters by PyTorch name, float32, PyTorch layouts
+        (Linear weights (out, in)), in the reference module's order; tied
+        names (``TIED``) repeat their source."""
+        sd = {n: self._params[n].copy() for n in self._names}
+        for alias, source in self.TIED.items():
+            sd[alias] = sd[source].copy()
+        return sd
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Copy parameters in from ``state_dict`` (NumPy arrays or CPU torch
+        tensors by PyTorch name; converted to float32).
+
+        Every name of :meth:`state_dict` must be present except tied aliases
+        (GPT-2's ``lm_head.weight``), which may be left out but, when given,
+        must equal their source. Raises ``ValueError`` listing every missing,
+        unexpected and mis-shaped entry, or naming entries with NaN/inf;
+        ``TypeError`` for a non-mapping or a non-numeric entry. Nothing is
+        changed unless everything is valid. The optimizer state is left as is.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of name -> array, got {type(state_dict).__name__}")
+        missing = [n for n in self._names if n not in state_dict]
+        unexpected = [repr(k) for k in state_dict if k not in self._shapes and k not in self.TIED]
+        arrays: Dict[str, np.ndarray] = {}
+        shapes: List[str] = []
+        for name in self._names + list(self.TIED):
+            if name not in state_dict:
+                continue
+            arr = _to_float32(state_dict[name], name)
+            want = self._shapes[self.TIED.get(name, name)]
+            if arr.shape != want:
+                shapes.append(f"{name}: got {arr.shape}, expected {want}")
+            arrays[name] = arr
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        if shapes:
+            problems.append(f"shape mismatches: {'; '.join(shapes)}")
+        if problems:
+            raise ValueError("load_state_dict: " + " | ".join(problems))
+        nonfinite = [n for n, a in arrays.items() if not np.isfinite(a).all()]
+        if nonfinite:
+            raise ValueError(f"load_state_dict: non-finite values (NaN or inf) in {', '.join(nonfinite)}")
+        for alias, source in self.TIED.items():
+            if alias in arrays and not np.array_equal(arrays[alias], arrays[source]):
+                raise ValueError(f"load_state_dict: {alias} differs from {source}, but the two are one tied "
+                                 f"tensor (leave {alias} out or make them equal)")
+        for name in self._names:
+            self._params[name][...] = arrays[name]
+        self._cache_owner = None
+
+    # -- training primitives
+
+    def _max_len(self) -> Optional[int]:
+        """Longest sequence the model takes (None: no limit)."""
+        return None
+
+    def _ids(self, idx: Any, name: str = "idx", ignore_index: Optional[int] = None) -> np.ndarray:
+        x = _as_ids(idx, name, self._config["vocab_size"], ndim=2, ignore_index=ignore_index)
+        B, T = x.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"{name} must have at least one row and one column, got shape {x.shape}")
+        limit = self._max_len()
+        if limit is not None and T > limit:
+            raise ValueError(f"{name} has T = {T} tokens per row, more than block_size = {limit}")
+        return x
+
+    def _pair(self, idx: Any, targets: Any) -> Tuple[np.ndarray, np.ndarray]:
+        x = self._ids(idx)
+        y = self._ids(targets, "targets", ignore_index=-100)
+        if y.shape != x.shape:
+            raise ValueError(f"targets shape {y.shape} must equal idx shape {x.shape}")
+        return x, y
+
+    def forward(self, idx: IdsLike) -> np.ndarray:
+        """Logits for every position.
+
+        idx: integer ids (B, T), each in [0, vocab_size) (T <= block_size for
+        the Transformer). Returns float32 (B, T, vocab_size): row ``[b, t]``
+        scores the token after ``idx[b, :t+1]``. No gradients are kept.
+        """
+        x = self._ids(idx)
+        self._cache_owner = None
+        return self._g.forward(x)
+
+    def forward_backward(self, idx: IdsLike, targets: IdsLike) -> float:
+        """Mean cross-entropy of ``targets`` given ``idx`` and its gradient.
+
+        idx: integer ids (B, T); targets: integer (B, T), each in [0,
+        vocab_size) or -100 (ignored, as PyTorch's ``ignore_index``). Returns
+        the mean loss over the targets not ignored (NaN if all are). The
+        gradients are *added* to the gradient buffer, as ``loss.backward()``
+        does in PyTorch: call :meth:`zero_grad` first.
+        """
+        x, y = self._pair(idx, targets)
+        self._cache_owner = None
+        return self._forward_backward(x, y, 1.0, carry=False)
+
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
+        return float(self._g.forward_backward(x, y, grad_scale))
+
+    def _loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(self._g.loss(x, y))
+
+    def gradients(self) -> Dict[str, np.ndarray]:
+        """Copies of the accumulated gradients, named as :meth:`state_dict`
+        (float32); a tied alias repeats the gradient of its source (the sum
+        of both uses)."""
+        gd = {n: self._grads[n].copy() for n in self._names}
+        for alias, source in self.TIED.items():
+            gd[alias] = gd[source].copy()
+        return gd
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero."""
+        self._g.zero_grad()
+
+    def grad_norm(self) -> float:
+        """Global L2 norm of the gradients (every parameter once)."""
+        return float(self._g.grad_norm())
+
+    def step(self, lr: float, *, optimizer: Optional[str] = None, betas: Optional[Tuple[float, float]] = None,
+             eps: Optional[float] = None, weight_decay: Optional[float] = None, momentum: Optional[float] = None,
+             grad_scale: float = 1.0) -> None:
+        """One optimizer update of every parameter from the current gradients.
+
+        Keywords left None take the model's defaults (``DEFAULT_STEP``:
+        AdamW, betas (0.9, 0.95), weight decay 0.1 for the Transformer, as
+        nanoGPT; Adam, betas (0.9, 0.999), no decay for the recurrent models,
+        as PyTorch). ``optimizer`` ``"adamw"``
+        (``torch.optim.AdamW`` with nanoGPT's groups: weight decay on the
+        weights of 2 or more dimensions only), ``"adam"`` (the same without
+        weight decay) or ``"sgd"`` (``torch.optim.SGD`` with ``momentum``,
+        decay on 2-D weights as AdamW); ``betas``, ``eps``, ``weight_decay``,
+        ``momentum``; ``grad_scale`` multiplies the gradients first (clipping
+        by global norm: ``min(1, clip / (grad_norm() + 1e-6))``). The
+        gradients are left in place.
+        """
+        given = {"optimizer": optimizer, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                 "momentum": momentum}
+        opts = dict(self.DEFAULT_STEP, grad_scale=grad_scale)
+        opts.update({k: v for k, v in given.items() if v is not None})
+        self._apply_step(lr, opts)
+
+    def _apply_step(self, lr: Any, opts: Mapping[str, Any]) -> None:
+        lr = _check_float(lr, "lr")
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        optimizer = opts["optimizer"]
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        weight_decay = _check_float(opts["weight_decay"], "weight_decay")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        grad_scale = _check_float(opts["grad_scale"], "grad_scale")
+        self._cache_owner = None
+        if optimizer == "sgd":
+            momentum = _check_float(opts["momentum"], "momentum")
+            if not 0.0 <= momentum < 1.0:
+                raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+            self._g.sgd_step(lr, momentum, weight_decay, grad_scale)
+            return
+        b1, b2 = _check_betas(opts["betas"])
+        eps = _check_float(opts["eps"], "eps")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if optimizer == "adam":
+            weight_decay = 0.0
+        self._g.step(lr, b1, b2, eps, weight_decay, grad_scale)
+
+    @property
+    def optimizer_step(self) -> int:
+        """Number of optimizer updates applied so far (the bias-correction count)."""
+        return int(self._g.step_count)
+
+    # -- high level (fastlm.train, fastlm.sampling)
+
+    def _train_window(self, block_size: Optional[int]) -> int:
+        """Tokens per training window: ``block_size`` as given to ``fit``, or
+        the model's default."""
+        raise NotImplementedError
+
+    def fit(self, train: Any, **kwargs: Any) -> Any:
+        """Train on ``train`` (1-D token ids); returns the
+        :class:`fastlm.train.History`. See :func:`fastlm.train.fit` for every
+        argument."""
+        from .train import fit
+        return fit(self, train, **kwargs)
+
+    def evaluate(self, tokens: Any, *, batch_size: int = 16, max_batches: Optional[int] = None) -> Dict[str, float]:
+        """Mean next-token loss over ``tokens`` (1-D ids, array, memmap or token
+        file path): ``{"loss": float, "perplexity": float}``. See
+        :func:`fastlm.train.evaluate`."""
+        from .train import evaluate
+        return evaluate(self, tokens, batch_size=batch_size, max_batches=max_batches)
+
+    def generate(self, prompt: Union[IdsLike, str], max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = True,
+                 seed: Optional[int] = None, eos_token_id: Optional[int] = None,
+                 stream: bool = False) -> Union[np.ndarray, Iterator[Any]]:
+        """Continue ``prompt`` by ``max_new_tokens`` tokens, each costing one
+        incremental step of the C++ model (KV cache or recurrent state).
+
+        Returns the prompt followed by the new ids (int64; 1-D for a 1-D
+        prompt, (B, T0 + n) for a (B, T0) batch), or with ``stream=True`` an
+        iterator over the new ids as they are made. See
+        :func:`fastlm.sampling.generate` for every argument.
+        """
+        from .sampling import generate
+        return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        do_sample=do_sample, seed=seed, eos_token_id=eos_token_id, stream=stream)
+
+    def _decoder(self, ids: np.ndarray) -> Any:
+        """A decoding session over the batch ``ids`` (B, T0): an object with
+        ``logits`` (B, V) for the next token and ``push(tokens (B,))``."""
+        raise NotImplementedError
+
+    # -- checkpoints
+
+    def _optimizer_state(self) -> Dict[str, Any]:
+        return {"step": int(self._g.step_count), "exp_avg": self._m, "exp_avg_sq": self._v}
+
+    def save(self, path: PathLike) -> None:
+        """Write a checkpoint directory (see :mod:`fastlm.checkpoint`):
+        ``config.json``, ``model.safetensors``, ``tokenizer.json`` when a
+        tokenizer is attached, ``optimizer.safetensors`` once the model has
+        taken an optimizer step, and ``trainer_state.json`` after :meth:`fit`.
+        The directory is replaced atomically; other files in it are kept.
+        :meth:`load` gives back a bit-identical model.
+        """
+        from .checkpoint import save_checkpoint
+        cfg: Dict[str, Any] = {"model_type": self.MODEL_TYPE}
+        cfg.update({k: self._config[k] for k in self.ARCH_KEYS})
+        cfg["seed"] = self._config["seed"]
+        cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
+        opt = self._optimizer_state() if self._g.step_count > 0 else None
+        state = None
+        if self._train_state is not None:
+            state = {k: (list(v) if k == "history" else v) for k, v in self._train_state.items()}
+        save_checkpoint(path, config=cfg, tensors={n: self._params[n] for n in self._names}, optimizer=opt,
+                        trainer_state=state, tokenizer=self.tokenizer)
+
+    @classmethod
+    def load(cls, path: PathLike, *, device: str = "cpu") -> "LanguageModel":
+        """Load a checkpoint directory written by :meth:`save` (or by ``fit``):
+        weights, tokenizer, optimizer state and training progress. Called on
+        :class:`LanguageModel` it builds whichever model the checkpoint holds.
+
+        Raises ``FileNotFoundError`` for a missing directory, ``config.json`` or
+        ``model.safetensors``; ``ValueError`` naming the file for a truncated,
+        corrupt or mismatched one.
+        """
+        from .checkpoint import CONFIG_FILE, load_checkpoint
+        device = _check_device(device)
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.config
+        cpath = os.path.join(ckpt.path, CONFIG_FILE)
+        mt = cfg.get("model_type", "transformer")
+        kinds = {k.MODEL_TYPE: k for k in _model_classes()}
+        if mt not in kinds:
+            raise ValueError(f"checkpoint file {cpath!r}: unknown model_type {mt!r} (expected one of "
+                             f"{sorted(kinds)})")
+        if cls is not LanguageModel and kinds[mt] is not cls:
+            raise ValueError(f"checkpoint file {cpath!r}: model_type {mt!r} is not {cls.MODEL_TYPE!r}")
+        kind = kinds[mt]
+        try:
+            arch = {k: cfg[k] for k in kind.ARCH_KEYS}
+        except KeyError as e:
+            raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
+        model = kind.__new__(kind)
+        try:
+            model._build(arch, cfg.get("seed", 0), device, None)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
+        model._restore(ckpt)
+        return model
+
+    def _restore(self, ckpt: Any) -> None:
+        """Load weights, tokenizer, optimizer and trainer state from a
+        :class:`fastlm.checkpoint.Checkpoint` of the same architecture."""
+        from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
+        cfg = ckpt.config
+        diff = [f"{k}: checkpoint {cfg.get(k)!r}, model {self._config[k]!r}"
+                for k in self.ARCH_KEYS if cfg.get(k) != self._config[k]]
+        if cfg.get("model_type", "transformer") != self.MODEL_TYPE:
+            diff.insert(0, f"model_type: checkpoint {cfg.get('model_type')!r}, model {self.MODEL_TYPE!r}")
+        if diff:
+            raise ValueError(f"checkpoint {ckpt.path!r} has another architecture than this model ({'; '.join(diff)})")
+        tok = ckpt.tokenizer
+        if tok is not None and tok.vocab_size > self._config["vocab_size"]:
+            raise ValueError(f"checkpoint file {os.path.join(ckpt.path, TOKENIZER_FILE)!r}: tokenizer vocab_size "
+                             f"{tok.vocab_size} exceeds the model's {self._config['vocab_size']}")
+        state = ckpt.trainer_state
+        spath = os.path.join(ckpt.path, TRAINER_STATE_FILE)
+        if state is not None:
+            step = state.get("step", 0)
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0 \
+                    or not isinstance(state.get("history", []), list) \
+                    or not isinstance(state.get("data_rng"), (dict, type(None))):
+                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'history' or 'data_rng'")
+        opt = ckpt.optimizer
+        if opt is not None:
+            opath = os.path.join(ckpt.path, OPTIMIZER_FILE)
+            for key in ("exp_avg", "exp_avg_sq"):
+                names = opt[key]
+                if set(names) != set(self._names):
+                    raise ValueError(f"checkpoint file {opath!r} does not match the model: "
+                                     f"{key} entries differ in {sorted(set(names) ^ set(self._names))[:5]}")
+                bad = [n for n in self._names if names[n].shape != self._shapes[n]]
+                if bad:
+                    raise ValueError(f"checkpoint file {opath!r}: {key} has wrong shapes for {bad[:5]}")
+        try:
+            self.load_state_dict(ckpt.tensors)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint file {os.path.join(ckpt.path, MODEL_FILE)!r}: {e}") from None
+        if opt is not None:
+            for n in self._names:
+                self._m[n][...] = opt["exp_avg"][n]
+                self._v[n][...] = opt["exp_avg_sq"][n]
+            self._g.step_count = int(opt["step"])
+        else:
+            self._m_v_zero()
+        if tok is not None:
+            self.tokenizer = tok
+        self._train_state = dict(state) if state is not None else None
+        if self._train_state is not None:
+            self._train_state.pop("format_version", None)
+        self._cache_owner = None
+
+    def _m_v_zero(self) -> None:
+        for n in self._names:
+            self._m[n][...] = 0.0
+            self._v[n][...] = 0.0
+        self._g.step_count = 0
+
+
+def _model_classes() -> List[type]:
+    """Every concrete model class (for :meth:`LanguageModel.load`)."""
+    from .model import Transformer
+    from .rnn import GRULM, LSTMLM
+    return [Transformer, LSTMLM, GRULM]

@@ -1,0 +1,149 @@
+"""``fastlm.LSTMLM`` and ``fastlm.GRULM``: the classic recurrent language model.
+
+Embedding -> ``num_layers`` LSTM or GRU layers (batch first) -> Linear head,
+exactly the PyTorch module every tutorial writes::
+
+    class RNNLM(nn.Module):
+        def __init__(self):
+            self.embedding = nn.Embedding(vocab_size, embed_dim)
+            self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True)  # or nn.GRU
+            self.fc = nn.Linear(hidden_size, vocab_size)
+
+so ``state_dict`` names and layouts (gate order LSTM i, f, g, o; GRU r, z, n)
+move to and from PyTorch unchanged. Training and sampling run in C++
+(``fastlm._C.RNNLM``): the input projection of a whole sequence is one GEMM,
+each time step one GEMM plus one fused cell kernel; backpropagation runs
+through the whole window. The recurrent state can be carried across
+consecutive windows (``fit(..., stateful=True)``), and generation carries it
+from token to token, O(1) work per new token.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import _C
+from .lm import LanguageModel, _check_int
+from .tokenizers import Tokenizer
+
+__all__ = ["LSTMLM", "GRULM", "RecurrentLM"]
+
+
+class RecurrentLM(LanguageModel):
+    """Shared by :class:`LSTMLM` and :class:`GRULM`.
+
+    Parameters
+    ----------
+    vocab_size: number of token ids (>= 1).
+    embed_dim, hidden_size, num_layers: sizes of the embedding, of each
+        recurrent layer's state, and the number of stacked layers (all >= 1).
+    seed: seeds the initialisation (``np.random.default_rng(seed)``), as
+        PyTorch's: every recurrent weight and bias uniform(-k, k) with
+        k = 1/sqrt(hidden_size), the embedding normal(0, 1), the head's weight
+        and bias uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)). Also the
+        default seed of :meth:`fit`'s batch sampler.
+    device: ``"cpu"`` (see :class:`fastlm.Transformer`).
+    tokenizer: optional, as for :class:`fastlm.Transformer`.
+
+    Ids are integer arrays (B, T) of any length T >= 1; logits float32
+    (B, T, vocab_size). :meth:`step` defaults to Adam (betas (0.9, 0.999),
+    no weight decay), as ``torch.optim.Adam``; ``optimizer="adamw"`` or
+    ``"sgd"`` (with ``momentum``) choose the others.
+    """
+
+    CELL = ""
+    ARCH_KEYS = ("vocab_size", "embed_dim", "hidden_size", "num_layers")
+    DEFAULT_STEP = {"optimizer": "adam", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                    "momentum": 0.9}
+    STATEFUL = True
+    DEFAULT_WINDOW = 64
+
+    def __init__(self, vocab_size: int, *, embed_dim: int = 128, hidden_size: int = 256, num_layers: int = 2,
+                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None) -> None:
+        self._build({"vocab_size": vocab_size, "embed_dim": embed_dim, "hidden_size": hidden_size,
+                     "num_layers": num_layers}, seed, device, tokenizer)
+        self._init_weights()
+
+    def _check_arch(self, **arch: Any) -> Dict[str, Any]:
+        return {k: _check_int(arch[k], k, 1) for k in self.ARCH_KEYS}
+
+    def _make_core(self, arch: Dict[str, Any]) -> Any:
+        return _C.RNNLM(self.CELL, arch["vocab_size"], arch["embed_dim"], arch["hidden_size"],
+                        arch["num_layers"])
+
+    def _param_names(self, arch: Dict[str, Any]) -> List[str]:
+        names = ["embedding.weight"]
+        for k in range(arch["num_layers"]):
+            names += [f"rnn.weight_ih_l{k}", f"rnn.weight_hh_l{k}", f"rnn.bias_ih_l{k}", f"rnn.bias_hh_l{k}"]
+        return names + ["fc.weight", "fc.bias"]
+
+    def _init_weights(self) -> None:
+        rng = np.random.default_rng(self._config["seed"])
+        k = np.float32(1.0 / math.sqrt(self._config["hidden_size"]))
+        for name in self._names:
+            p = self._params[name]
+            if name == "embedding.weight":
+                p[...] = rng.standard_normal(p.shape, dtype=np.float32)
+            else:
+                p[...] = rng.uniform(-k, k, p.shape).astype(np.float32)
+
+    def _train_window(self, block_size: Optional[int]) -> int:
+        return self.DEFAULT_WINDOW if block_size is None else _check_int(block_size, "block_size", 1)
+
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
+        return float(self._g.forward_backward(x, y, carry, grad_scale))
+
+    def forward(self, idx: Any, *, carry: bool = False) -> np.ndarray:
+        """Logits (B, T, vocab_size) float32 for ids (B, T). With ``carry`` the
+        recurrence starts from the state the previous call left (when the
+        batch size matches), otherwise from zeros; the final state is kept
+        (:meth:`state`)."""
+        x = self._ids(idx)
+        self._cache_owner = None
+        return self._g.forward(x, bool(carry))
+
+    def state(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """Copies of the final recurrent state of the last call: ``(h, c)``,
+        each (num_layers, B, hidden_size) float32 as PyTorch returns them;
+        ``c`` is None for a GRU; both None before any call."""
+        return self._g.state()
+
+    def _decoder(self, ids: np.ndarray) -> "_RecurrentDecoder":
+        return _RecurrentDecoder(self, ids)
+
+
+class LSTMLM(RecurrentLM):
+    __doc__ = "An LSTM language model (PyTorch ``nn.LSTM`` layout, gates i, f, g, o).\n" + \
+        (RecurrentLM.__doc__ or "").split("\n", 1)[1]
+    MODEL_TYPE = "lstm"
+    CELL = "lstm"
+
+
+class GRULM(RecurrentLM):
+    __doc__ = "A GRU language model (PyTorch ``nn.GRU`` layout, gates r, z, n).\n" + \
+        (RecurrentLM.__doc__ or "").split("\n", 1)[1]
+    MODEL_TYPE = "gru"
+    CELL = "gru"
+
+
+class _RecurrentDecoder:
+    """Decoding with the carried recurrent state: the prompt runs once, then
+    each new token is one step of every layer, O(1) in the length so far."""
+
+    def __init__(self, model: RecurrentLM, ids: np.ndarray) -> None:
+        self.model = model
+        self.seq = np.ascontiguousarray(ids)
+        self._prefill()
+
+    def _prefill(self) -> None:
+        self.logits = self.model._g.decode(self.seq, False)
+        self.model._cache_owner = self
+
+    def push(self, tokens: np.ndarray) -> None:
+        self.seq = np.concatenate([self.seq, tokens[:, None]], axis=1)
+        if self.model._cache_owner is self:
+            self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), True)
+        else:  # another call replaced the state: run the whole sequence again
+            self._prefill()
