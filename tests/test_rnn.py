@@ -500,10 +500,9 @@ def test_adam_is_the_default_step(cell):
         np.testing.assert_allclose(tl, ref, rtol=0, atol=1e-10)  # the NumPy Adam is torch's
         np.testing.assert_allclose(ours, tl, rtol=0, atol=2e-4)
         _check_params(m.state_dict(), tparams, 2e-4)
-    # optimizer="adam" ignores weight_decay, as torch.optim.Adam(weight_decay=0)
-    m2, ours2 = _run_ours(cell, sd, batches[:3], lr, optimizer="adam", weight_decay=0.5)
-    m3, ours3 = _run_ours(cell, sd, batches[:3], lr)
-    assert ours2 == ours3
+    # optimizer="adam" has no (coupled, L2) weight decay: asking for one is an error, not a no-op
+    with pytest.raises(ValueError, match="optimizer='adam' has no weight decay"):
+        _run_ours(cell, sd, batches[:3], lr, optimizer="adam", weight_decay=0.5)
 
 
 def test_sgd_momentum_matches_torch(cell):
@@ -963,3 +962,33 @@ def test_cli_train_and_sample(cell, corpus, tmp_path, capsys):
                      "64", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastlm: error:") and "--hidden-size 64 differs" in err
+
+
+def test_switching_optimizer_starts_it_empty():
+    """A new optimizer starts from empty state, as a new torch.optim object would."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 11, (2, 5))
+    y = rng.integers(0, 11, (2, 5))
+
+    def run(first_adam: bool):
+        m = fastlm.LSTMLM(11, embed_dim=4, hidden_size=6, num_layers=1, seed=0)
+        if first_adam:
+            m.zero_grad(); m.forward_backward(x, y); m.step(1e-3)
+            m.load_state_dict(fastlm.LSTMLM(11, embed_dim=4, hidden_size=6, num_layers=1, seed=0).state_dict())
+        m.zero_grad(); m.forward_backward(x, y); m.step(0.1, optimizer="sgd", momentum=0.9)
+        m.zero_grad(); m.forward_backward(x, y); m.step(0.1, optimizer="sgd", momentum=0.9)
+        return m.state_dict()
+
+    a, b = run(True), run(False)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_cli_rejects_flags_of_another_model(tmp_path):
+    from fastlm.cli import main
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabcabd " * 200)
+    assert main(["train", str(corpus), "--model", "lstm", "--n-layer", "2", "--out", str(tmp_path / "o"),
+                 "--steps", "1", "--no-progress"]) != 0
+    assert main(["train", str(corpus), "--hidden-size", "8", "--out", str(tmp_path / "o2"),
+                 "--steps", "1", "--no-progress"]) != 0

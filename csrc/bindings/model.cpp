@@ -280,6 +280,24 @@ void bind_model(py::module_& m) {
            py::arg("idx"), py::arg("targets"), py::arg("carry") = false,
            py::arg("grad_scale") = 1.0)
       .def("reset_state", &RNNLM::reset_state)
+      .def("set_state",
+           [](RNNLM& r, py::handle h_obj, py::handle c_obj) {
+             const char* op = "set_state";
+             py::array h = float_array(h_obj, op, "h", 3);
+             const int64_t L = r.config().num_layers, H = r.config().hidden_size, b = h.shape(1);
+             require_shape(h, {L, b, H}, op, "h");
+             if (b < 1) value_error(op, "h must hold at least one sequence");
+             const bool lstm = r.config().kind == CellKind::kLSTM;
+             py::array c;
+             if (lstm) {
+               c = float_array(c_obj, op, "c", 3);
+               require_shape(c, {L, b, H}, op, "c");
+             } else if (!c_obj.is_none()) {
+               value_error(op, "a GRU has no cell state: c must be None");
+             }
+             r.set_state(cptr(h), lstm ? cptr(c) : nullptr, b);
+           },
+           py::arg("h"), py::arg("c") = py::none())
       .def("state", [](RNNLM& r) -> py::tuple {
         // Copies of the final (h, c) of the last call, (num_layers, b, hidden); c is None for GRU.
         const int64_t L = r.config().num_layers, b = r.state_batch(), H = r.config().hidden_size;

@@ -232,7 +232,10 @@ void matmul(const GemmArgs& g) {
     matmul_small_m(g);
     return;
   }
-  const int nthreads = omp_get_max_threads();
+  // Waking a thread team costs more than a small product (and far more when
+  // the cores are shared), so small GEMMs stay on the calling thread.
+  constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
+  const int nthreads = g.m * g.n * g.k < kMinParallelMacs ? 1 : omp_get_max_threads();
   // Split M into equal blocks (a multiple of MR, at most MC_MAX) so that the
   // blocks spread evenly over the threads; split N into slices when M alone
   // gives too few units.
@@ -246,7 +249,7 @@ void matmul(const GemmArgs& g) {
   const int64_t kc_max = imin(KC, g.k);
   float* bpack = alloc_floats(kc_max * nc);
 
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
   {
     float* apack = alloc_floats(mc * kc_max);
     for (int64_t jc = 0; jc < g.n; jc += nc) {

@@ -128,6 +128,13 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
   return x;
 }
 
+void RNNLM::set_state(const float* h, const float* c, int64_t b) {
+  const int64_t n = cfg_.num_layers * b * cfg_.hidden_size;
+  state_h_.assign(h, h + n);
+  if (cfg_.kind == CellKind::kLSTM) state_c_.assign(c, c + n);
+  state_b_ = b;
+}
+
 void RNNLM::forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits) {
   const float* x = run(idx, t, b, carry);
   linear_forward(k_, x, w_.fc_w, w_.fc_b, logits ? logits : logits_, t * b, cfg_.hidden_size,

@@ -42,6 +42,8 @@ class RNNLM {
   float forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,
                          bool carry, float grad_scale);
   void reset_state() { state_b_ = 0; }
+  // Sets the carried state: h, c (num_layers, b, hidden); c is ignored for a GRU.
+  void set_state(const float* h, const float* c, int64_t b);
   int64_t state_batch() const { return state_b_; }
   // (num_layers, b, hidden) views of the last final state (c is LSTM only).
   const float* state_h() const { return state_h_.data(); }

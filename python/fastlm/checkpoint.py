@@ -134,7 +134,9 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
 
     config: JSON-serialisable dict (``format_version`` is added). tensors:
     name -> float32 array. optimizer: ``{"step": int, "exp_avg": {name:
-    array}, "exp_avg_sq": {name: array}}`` or None. trainer_state:
+    array}, "exp_avg_sq": {name: array}}`` or None, optionally with
+    ``"recurrent_state": {"h": array, "c": array}`` (a stateful fit's carried
+    state, needed to resume it exactly). trainer_state:
     JSON-serialisable dict or None. tokenizer: a Tokenizer or None. Parent
     directories are created. Raises ``NotADirectoryError`` if ``path`` is an
     existing file.
@@ -159,11 +161,12 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
                 f.write(tokenizer.to_json() + "\n")
         if optimizer is not None:
             flat: Dict[str, np.ndarray] = {}
-            for key in ("exp_avg", "exp_avg_sq"):
-                for name, arr in optimizer[key].items():
+            for key in ("exp_avg", "exp_avg_sq", "recurrent_state"):
+                for name, arr in optimizer.get(key, {}).items():
                     flat[f"{key}.{name}"] = np.ascontiguousarray(arr, dtype=np.float32)
             stn.save_file(flat, os.path.join(tmp, OPTIMIZER_FILE),
-                          metadata={"format": "np", "optimizer": "AdamW", "step": str(int(optimizer["step"]))})
+                          metadata={"format": "np", "optimizer": str(optimizer.get("optimizer", "adam")),
+                                    "step": str(int(optimizer["step"]))})
         if trainer_state is not None:
             state = dict(trainer_state)
             state["format_version"] = FORMAT_VERSION
@@ -287,10 +290,13 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
                     raise ValueError
             except (KeyError, ValueError, TypeError):
                 raise ValueError(f"checkpoint file {opath!r} is corrupt: no valid 'step' in its metadata") from None
-            opt = {"step": step, "exp_avg": {}, "exp_avg_sq": {}}
+            family = {"AdamW": "adam"}.get(meta.get("optimizer"), meta.get("optimizer", "adam"))
+            if family not in ("adam", "sgd"):
+                raise ValueError(f"checkpoint file {opath!r} is corrupt: unknown optimizer {family!r}")
+            opt = {"step": step, "optimizer": family, "exp_avg": {}, "exp_avg_sq": {}, "recurrent_state": {}}
             for k, v in flat.items():
                 key, _, name = k.partition(".")
-                if key not in ("exp_avg", "exp_avg_sq") or not name:
+                if key not in ("exp_avg", "exp_avg_sq", "recurrent_state") or not name:
                     raise ValueError(f"checkpoint file {opath!r} is corrupt: unexpected tensor {k!r}")
                 opt[key][name] = v
         spath = os.path.join(p, TRAINER_STATE_FILE)

@@ -181,6 +181,15 @@ def _plot(out: str, history: Sequence[Dict[str, Any]]) -> bool:
         return False
 
 
+def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
+    """Architecture flags of another model family are a mistake, not a no-op."""
+    ours = set(_ARCH_DEFAULTS[kind]) | {"block_size"}
+    for other in _ARCH_DEFAULTS.values():
+        for key in set(other) - ours:
+            if getattr(a, key) is not None:
+                raise CLIError(f"--{key.replace('_', '-')} does not apply to --model {kind}")
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     import fastlm
     from .checkpoint import is_checkpoint
@@ -217,6 +226,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if a.resume:
         model = LanguageModel.load(out, device=a.device)
         kind = model.MODEL_TYPE
+        _reject_foreign_flags(a, kind)
         if a.model is not None and a.model != kind:
             raise CLIError(f"--model {a.model} differs from the checkpoint's {kind}")
         cfg = model.config
@@ -229,6 +239,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
             raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
     else:
         kind = a.model or "transformer"
+        _reject_foreign_flags(a, kind)
         tok = CharTokenizer.from_text(text) if a.tokenizer == "char" else ByteTokenizer()
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]

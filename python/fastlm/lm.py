@@ -379,10 +379,9 @@ class LanguageModel:
         by global norm: ``min(1, clip / (grad_norm() + 1e-6))``). The
         gradients are left in place.
         """
-        given = {"optimizer": optimizer, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                 "momentum": momentum}
-        opts = dict(self.DEFAULT_STEP, grad_scale=grad_scale)
-        opts.update({k: v for k, v in given.items() if v is not None})
+        opts = _step_options(self, optimizer=optimizer, betas=betas, eps=eps, weight_decay=weight_decay,
+                             momentum=momentum)
+        opts["grad_scale"] = grad_scale
         self._apply_step(lr, opts)
 
     def _apply_step(self, lr: Any, opts: Mapping[str, Any]) -> None:
@@ -395,21 +394,28 @@ class LanguageModel:
         weight_decay = _check_float(opts["weight_decay"], "weight_decay")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if optimizer == "adam" and weight_decay > 0:
+            raise ValueError("optimizer='adam' has no weight decay; use optimizer='adamw' for decoupled decay")
         grad_scale = _check_float(opts["grad_scale"], "grad_scale")
-        self._cache_owner = None
         if optimizer == "sgd":
             momentum = _check_float(opts["momentum"], "momentum")
             if not 0.0 <= momentum < 1.0:
                 raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        else:
+            b1, b2 = _check_betas(opts["betas"])
+            eps = _check_float(opts["eps"], "eps")
+            if eps <= 0:
+                raise ValueError(f"eps must be > 0, got {eps}")
+        self._cache_owner = None
+        family = "sgd" if optimizer == "sgd" else "adam"  # adam and adamw share their moments
+        if family != self._optimizer_family():
+            # A new optimizer starts empty, as a new torch.optim object does.
+            self._m_v_zero()
+            self._opt_family = family
+        if optimizer == "sgd":
             self._g.sgd_step(lr, momentum, weight_decay, grad_scale)
-            return
-        b1, b2 = _check_betas(opts["betas"])
-        eps = _check_float(opts["eps"], "eps")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if optimizer == "adam":
-            weight_decay = 0.0
-        self._g.step(lr, b1, b2, eps, weight_decay, grad_scale)
+        else:
+            self._g.step(lr, b1, b2, eps, weight_decay, grad_scale)
 
     @property
     def optimizer_step(self) -> int:
@@ -460,8 +466,14 @@ class LanguageModel:
 
     # -- checkpoints
 
+    def _optimizer_family(self) -> str:
+        """``"adam"`` (Adam and AdamW: moments in exp_avg, exp_avg_sq) or
+        ``"sgd"`` (momentum buffer in exp_avg), whichever last stepped."""
+        return getattr(self, "_opt_family", "adam")
+
     def _optimizer_state(self) -> Dict[str, Any]:
-        return {"step": int(self._g.step_count), "exp_avg": self._m, "exp_avg_sq": self._v}
+        return {"step": int(self._g.step_count), "optimizer": self._optimizer_family(), "exp_avg": self._m,
+                "exp_avg_sq": self._v}
 
     def save(self, path: PathLike) -> None:
         """Write a checkpoint directory (see :mod:`fastlm.checkpoint`):
@@ -561,6 +573,8 @@ class LanguageModel:
                 self._m[n][...] = opt["exp_avg"][n]
                 self._v[n][...] = opt["exp_avg_sq"][n]
             self._g.step_count = int(opt["step"])
+            self._opt_family = opt.get("optimizer", "adam")
+            self._restore_optimizer_extras(opt)
         else:
             self._m_v_zero()
         if tok is not None:
@@ -570,11 +584,24 @@ class LanguageModel:
             self._train_state.pop("format_version", None)
         self._cache_owner = None
 
+    def _restore_optimizer_extras(self, opt: Dict[str, Any]) -> None:
+        """Subclasses restore what they added to :meth:`_optimizer_state`."""
+
     def _m_v_zero(self) -> None:
         for n in self._names:
             self._m[n][...] = 0.0
             self._v[n][...] = 0.0
         self._g.step_count = 0
+
+
+def _step_options(model: "LanguageModel", **given: Any) -> Dict[str, Any]:
+    """The model's ``DEFAULT_STEP`` overridden by the keywords given (not
+    None). Choosing ``"adam"`` without a weight decay means none."""
+    opts = dict(model.DEFAULT_STEP)
+    opts.update({k: v for k, v in given.items() if v is not None})
+    if opts["optimizer"] == "adam" and given.get("weight_decay") is None:
+        opts["weight_decay"] = 0.0
+    return opts
 
 
 def _model_classes() -> List[type]:

@@ -110,6 +110,25 @@ class RecurrentLM(LanguageModel):
         ``c`` is None for a GRU; both None before any call."""
         return self._g.state()
 
+    def _optimizer_state(self) -> Dict[str, Any]:
+        opt = super()._optimizer_state()
+        fit_args = (self._train_state or {}).get("fit", {})
+        if fit_args.get("stateful"):  # the state the next window starts from
+            h, c = self._g.state()
+            if h is not None:
+                opt["recurrent_state"] = {"h": h} if c is None else {"h": h, "c": c}
+        return opt
+
+    def _restore_optimizer_extras(self, opt: Dict[str, Any]) -> None:
+        st = opt.get("recurrent_state") or {}
+        if "h" in st:
+            try:
+                self._g.set_state(np.ascontiguousarray(st["h"]), st.get("c"))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"optimizer state: bad recurrent_state ({e})") from None
+        else:
+            self._g.reset_state()
+
     def _decoder(self, ids: np.ndarray) -> "_RecurrentDecoder":
         return _RecurrentDecoder(self, ids)
 

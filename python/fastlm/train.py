@@ -201,12 +201,13 @@ class _Progress:
 
 
 def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3, warmup_steps: int = 0,
-        min_lr: Optional[float] = None, betas: Tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
+        min_lr: Optional[float] = None, betas: Optional[Tuple[float, float]] = None,
+        weight_decay: Optional[float] = None,
         grad_clip: Optional[float] = 1.0, grad_accum: int = 1, val: Any = None, eval_interval: int = 250,
         eval_batches: Optional[int] = 50, checkpoint_dir: Any = None, checkpoint_interval: Optional[int] = None,
         resume: bool = False, seed: Optional[int] = None, progress: bool = True,
         callback: Optional[Callable[[int, Dict[str, Any]], Any]] = None, block_size: Optional[int] = None,
-        stateful: bool = False, optimizer: str = "adamw", momentum: float = 0.9) -> History:
+        stateful: bool = False, optimizer: Optional[str] = None, momentum: Optional[float] = None) -> History:
     """Train ``model`` (any :class:`fastlm.lm.LanguageModel`), nanoGPT-style.
 
     train, val: 1-D integer token ids (array, ``np.memmap`` from
@@ -218,7 +219,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         micro-batches of ``batch_size`` windows of block_size + 1 tokens, drawn
         uniformly (:func:`fastlm.data.get_batch`), their gradients averaged.
     lr, warmup_steps, min_lr: :func:`get_lr` (``min_lr`` defaults to lr / 10).
-    betas, weight_decay: AdamW, decay on 2-D weights only.
+    optimizer, betas, weight_decay, momentum: as :meth:`LanguageModel.step`;
+        None takes the model's defaults (the Transformer: nanoGPT's AdamW,
+        betas (0.9, 0.95), decay 0.1 on 2-D weights; the recurrent models:
+        Adam, betas (0.9, 0.999), no decay).
     grad_clip: clip the global gradient norm to this (None or 0: off), as
         ``torch.nn.utils.clip_grad_norm_``.
     eval_interval, eval_batches: evaluate ``val`` every ``eval_interval`` steps
@@ -244,9 +248,11 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     min_lr = lr / 10 if min_lr is None else _float(min_lr, "min_lr", 0.0)
     if min_lr > lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
-    from .lm import _check_betas
-    b1, b2 = _check_betas(betas)
-    weight_decay = _float(weight_decay, "weight_decay", 0.0)
+    from .lm import _check_betas, _step_options
+    opts = _step_options(model, optimizer=optimizer, betas=betas, weight_decay=weight_decay, momentum=momentum)
+    optimizer, momentum = opts["optimizer"], _float(opts["momentum"], "momentum", 0.0)
+    b1, b2 = _check_betas(opts["betas"])
+    weight_decay = _float(opts["weight_decay"], "weight_decay", 0.0)
     grad_clip = 0.0 if grad_clip is None else _float(grad_clip, "grad_clip", 0.0)
     eval_interval = _int(eval_interval, "eval_interval", 1)
     if eval_batches is not None:
@@ -267,13 +273,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         raise TypeError(f"stateful must be a bool, got {type(stateful).__name__}")
     if stateful and not model.STATEFUL:
         raise ValueError(f"stateful=True needs a recurrent model; {type(model).__name__} has no state to carry")
-    from .lm import OPTIMIZERS
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    momentum = _float(momentum, "momentum", 0.0)
     block = model._train_window(block_size)
     V = model.vocab_size
-    train = _tokens(train, "train", V, (block * batch_size if stateful else block) + 1)
+    # Stateful: each of the batch_size streams needs a window plus its target.
+    train = _tokens(train, "train", V, batch_size * (block + 1) if stateful else block + 1)
     if val is not None:
         val = _tokens(val, "val", V, 2)
 
