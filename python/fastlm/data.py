@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
+from ._checks import check_int as _check_int
 from ._io import atomic_open
 
 __all__ = [
@@ -58,15 +59,6 @@ def _fspath(path: Any, name: str = "path") -> str:
     except TypeError:
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(path).__name__}") from None
     return os.fsdecode(p)
-
-
-def _check_int(v: Any, name: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
 
 
 def _check_tokens_1d(tokens: Any, who: str) -> np.ndarray:

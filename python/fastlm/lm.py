@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _C
+from ._checks import check_float as _check_float, check_int as _check_int
 from .tokenizers import Tokenizer
 
 __all__ = ["LanguageModel"]
@@ -29,26 +30,6 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 # ----------------------------------------------------------------------- checks
-
-def _check_int(v: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
-    if minimum is not None and v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    if maximum is not None and v > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {v}")
-    return v
-
-
-def _check_float(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise ValueError(f"{name} must be finite, got {v!r}")
-    return f
-
 
 def _check_device(device: Any) -> str:
     """The canonical device name; ``RuntimeError`` for CUDA (not available yet),

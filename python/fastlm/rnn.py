@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _C
-from .lm import LanguageModel, _check_int
+from ._checks import check_int as _check_int
+from .lm import LanguageModel
 from .tokenizers import Tokenizer
 
 __all__ = ["LSTMLM", "GRULM", "RecurrentLM"]

@@ -13,7 +13,8 @@ from typing import Any, Iterator, List, Optional, Union
 import numpy as np
 
 from . import _C
-from .lm import _as_ids, _check_float, _check_int
+from ._checks import check_float as _check_float, check_int as _check_int
+from .lm import _as_ids
 
 __all__ = ["generate"]
 

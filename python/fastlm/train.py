@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ._checks import check_float, check_int as _int
 from .data import get_batch, iter_eval_batches, open_tokens
 
 __all__ = ["History", "fit", "evaluate", "get_lr"]
@@ -74,24 +75,6 @@ def get_lr(it: int, *, lr: float, warmup_steps: int, decay_steps: int, min_lr: f
 
 
 # -------------------------------------------------------------------- arguments
-
-def _int(v: Any, name: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
-
-
-def _float(v: Any, name: str, minimum: float = 0.0, *, strict: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    f = float(v)
-    if not math.isfinite(f) or f < minimum or (strict and f == minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {v!r}")
-    return f
-
 
 def _tokens(tokens: Any, name: str, vocab_size: int, min_len: int) -> np.ndarray:
     """A 1-D integer array (memmaps stay memmaps) with ids in range; a str or
@@ -244,16 +227,16 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     batch_size = _int(batch_size, "batch_size", 1)
     grad_accum = _int(grad_accum, "grad_accum", 1)
     warmup_steps = _int(warmup_steps, "warmup_steps", 0)
-    lr = _float(lr, "lr", 0.0, strict=True)
-    min_lr = lr / 10 if min_lr is None else _float(min_lr, "min_lr", 0.0)
+    lr = check_float(lr, "lr", 0.0, strict=True)
+    min_lr = lr / 10 if min_lr is None else check_float(min_lr, "min_lr", 0.0)
     if min_lr > lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
     from .lm import _check_betas, _step_options
     opts = _step_options(model, optimizer=optimizer, betas=betas, weight_decay=weight_decay, momentum=momentum)
-    optimizer, momentum = opts["optimizer"], _float(opts["momentum"], "momentum", 0.0)
+    optimizer, momentum = opts["optimizer"], check_float(opts["momentum"], "momentum", 0.0)
     b1, b2 = _check_betas(opts["betas"])
-    weight_decay = _float(opts["weight_decay"], "weight_decay", 0.0)
-    grad_clip = 0.0 if grad_clip is None else _float(grad_clip, "grad_clip", 0.0)
+    weight_decay = check_float(opts["weight_decay"], "weight_decay", 0.0)
+    grad_clip = 0.0 if grad_clip is None else check_float(grad_clip, "grad_clip", 0.0)
     eval_interval = _int(eval_interval, "eval_interval", 1)
     if eval_batches is not None:
         eval_batches = _int(eval_batches, "eval_batches", 1)

@@ -1,0 +1,32 @@
+"""Argument checks shared by the Python layer: each raises ``TypeError`` for a
+wrong type and ``ValueError`` for a wrong value, naming the argument."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+
+def check_int(v: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """``v`` as an int (bools rejected) within [minimum, maximum]."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def check_float(v: Any, name: str, minimum: Optional[float] = None, *, strict: bool = False) -> float:
+    """``v`` as a finite float, >= minimum (> minimum when ``strict``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    if minimum is not None and (f < minimum or (strict and f == minimum)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {v!r}")
+    return f
