@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from loss_reference import cross_entropy_ref
+
 GELU_K = math.sqrt(2.0 / math.pi)
 LN_EPS = 1e-5
 
@@ -161,19 +163,7 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     if targets is None:
         return logits, None, None
 
-    tflat = targets.reshape(-1)
-    lflat = logits.reshape(-1, V)
-    valid = tflat != -100
-    n = int(valid.sum())
-    m = lflat.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(lflat - m).sum(-1, keepdims=True)))[:, 0]
-    safe_t = np.where(valid, tflat, 0)
-    nll = lse - lflat[np.arange(lflat.shape[0]), safe_t]
-    loss = float(nll[valid].sum() / n) if n else float("nan")
-
-    probs = np.exp(lflat - lse[:, None])
-    probs[np.arange(lflat.shape[0]), safe_t] -= 1.0
-    dlogits = np.where(valid[:, None], probs / max(n, 1), 0.0).astype(dtype).reshape(B, T, V)
+    loss, dlogits = cross_entropy_ref(logits, targets, dtype)
 
     grads = {k: np.zeros_like(v) for k, v in p.items()}
     grads["transformer.wte.weight"] += dlogits.reshape(-1, V).T @ lnf.reshape(-1, C)

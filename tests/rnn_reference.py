@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from loss_reference import cross_entropy_ref
+
 GATES = {"lstm": 4, "gru": 3}
 
 
@@ -159,19 +161,7 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     if targets is None:
         return logits, None, None, state
 
-    targets = np.asarray(targets)
-    tflat = targets.reshape(-1)
-    lflat = logits.reshape(-1, V)
-    valid = tflat != -100
-    n_valid = int(valid.sum())
-    m = lflat.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(lflat - m).sum(-1, keepdims=True)))[:, 0]
-    safe_t = np.where(valid, tflat, 0)
-    nll = lse - lflat[np.arange(lflat.shape[0]), safe_t]
-    loss = float(nll[valid].sum() / n_valid) if n_valid else float("nan")
-    probs = np.exp(lflat - lse[:, None])
-    probs[np.arange(lflat.shape[0]), safe_t] -= one
-    dlogits = np.where(valid[:, None], probs / dtype(max(n_valid, 1)), dtype(0)).astype(dtype).reshape(B, T, V)
+    loss, dlogits = cross_entropy_ref(logits, targets, dtype)
 
     grads = {k: np.zeros_like(v) for k, v in p.items()}
     grads["fc.weight"] += dlogits.reshape(-1, V).T @ top.reshape(-1, H)
