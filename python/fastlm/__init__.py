@@ -2,7 +2,9 @@
 
 The compiled core (``fastlm._C``) holds CPU kernels built three times
 (generic x86-64, AVX2+FMA, AVX-512), one of which is chosen at import;
-``FASTLM_CPU_ISA=generic|avx2|avx512`` forces a lower one.
+``FASTLM_CPU_ISA=generic|avx2|avx512`` forces a lower one. Builds with CUDA
+also hold GPU kernels, used by :mod:`fastlm.ops` for device arrays (see
+:mod:`fastlm.cuda`); ``cuda_available()`` tells whether a GPU can run them.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any, Dict, List
 
 from . import _C
 from . import data, ops
+from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
 from .model import Transformer
 from .rnn import GRULM, LSTMLM
@@ -22,6 +25,7 @@ __all__ = [
     "__version__",
     "ByteTokenizer",
     "CharTokenizer",
+    "DeviceArray",
     "GRULM",
     "History",
     "LSTMLM",
@@ -32,9 +36,11 @@ __all__ = [
     "available_cpu_isas",
     "build_info",
     "cpu_isa",
+    "cuda_available",
     "get_num_threads",
     "ops",
     "set_num_threads",
+    "to_device",
 ]
 
 
@@ -64,8 +70,9 @@ def get_num_threads() -> int:
 
 def build_info() -> Dict[str, Any]:
     """How this build was made: ``version``, ``compiler``, ``cpu_isas`` (compiled in),
-    ``cuda`` (whether CUDA kernels are compiled in), ``openmp``; plus the active
-    ``cpu_isa`` and ``num_threads``."""
+    ``cuda`` (whether CUDA kernels are compiled in), ``cuda_archs`` (the GPU
+    architectures they were compiled for, CMake style, e.g. ``"80-real"``; empty
+    without CUDA), ``openmp``; plus the active ``cpu_isa`` and ``num_threads``."""
     info = dict(_C.build_info())
     info["cpu_isa"] = cpu_isa()
     info["num_threads"] = get_num_threads()

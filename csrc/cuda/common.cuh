@@ -1,0 +1,238 @@
+// Device-side helpers shared by the kernels: element types, deterministic warp
+// and block reductions, and the PTX wrappers (cp.async, ldmatrix, mma.sync)
+// the tiled kernels are built from.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/cuda_kernels.h"
+#include "cuda/runtime.h"
+
+namespace fastlm {
+namespace cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Every launch goes through this: the kernel's name reaches the error message.
+#define FASTLM_CHECK_LAUNCH(name) ::fastlm::cuda::check_launch(name)
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over n items: enough to fill the GPU, never
+// more than there is work for.
+inline unsigned grid_for(int64_t n, int threads) {
+  const int64_t want = cdiv(n, threads);
+  static const int sms = multiprocessor_count();
+  const int64_t cap = int64_t(sms) * 32;
+  return (unsigned)(want < 1 ? 1 : (want < cap ? want : cap));
+}
+
+// One block per row: grid.x is limited to 2^31 - 1.
+inline unsigned row_grid(int64_t rows, const char* op) {
+  if (rows > 0x7fffffffLL) throw std::invalid_argument(std::string(op) + ": more than 2^31 - 1 rows");
+  return (unsigned)rows;
+}
+
+// Kernels that need more than the 48 KB of static shared memory opt in.
+template <typename Kernel>
+void allow_shared_bytes(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
+          "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+}
+
+// ---- element types -------------------------------------------------------
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Two floats as a bfloat16x2 register: `lo` in the low half, which is where
+// mma.sync expects the element of lower column index.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// ---- reductions (fixed shuffle trees: results are identical run to run) ----
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024), returned to
+// every thread. `red` is shared scratch of at least 33 elements; every thread
+// of the block must call this (it holds __syncthreads).
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // a previous call's readers of red[32] are done
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < nwarps ? red[lane] : T(0);
+    w = warp_sum(w);
+    if (lane == 0) red[32] = w;
+  }
+  __syncthreads();
+  return red[32];
+}
+
+__device__ __forceinline__ float block_max(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < nwarps ? red[lane] : -INFINITY;
+    w = warp_max(w);
+    if (lane == 0) red[32] = w;
+  }
+  __syncthreads();
+  return red[32];
+}
+
+// Threads for a one-block-per-row kernel: a multiple of 32, at most `cap`.
+inline int row_threads(int64_t cols, int cap) {
+  int64_t t = cdiv(cols < 1 ? 1 : cols, 32) * 32;
+  return (int)(t < cap ? t : cap);
+}
+
+// ---- PTX wrappers (sm_80+) -------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous global -> shared copy; bytes past src_bytes (0..16) are
+// zero-filled and not read. Both addresses must be 16-byte aligned.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the row
+// addresses (16 bytes each, 16-byte aligned) of matrix i, which lands in r[i].
+// Lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 of each matrix; with
+// .trans, of each matrix transposed (column l/4, rows 2(l%4), 2(l%4)+1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(smem))
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(smem))
+               : "memory");
+}
+
+// D = A B + D on tensor cores, one warp. Fragment layouts (g = lane / 4,
+// t = lane % 4), from the PTX ISA:
+//   m16n8k16 bf16: A regs {(g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)}
+//                  B regs {(k 2t..2t+1, n g), (k 2t+8..2t+9, n g)}
+//   m16n8k8 tf32:  A regs {(g, t), (g+8, t), (g, t+4), (g+8, t+4)}
+//                  B regs {(k t, n g), (k t+4, n g)}
+//   C/D (both):    {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// float32 -> TF32, rounded to nearest (ties away), as the tensor cores want it.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// ---- tile loads ------------------------------------------------------------
+// Copies the ROWS x COLS tile at (r0, c0) of a row-major global matrix (row
+// stride ldg, valid extent nrows x ncols) into shared memory with row stride
+// LDS, zero-filling everything outside the matrix. THREADS threads share the
+// work in 16-byte chunks. With `vec` (g and ldg 16-byte aligned) each chunk is
+// one cp.async, to be completed by cp_async_commit/wait + __syncthreads;
+// without it, plain loads and stores (complete after __syncthreads).
+template <typename T, int ROWS, int COLS, int LDS, int THREADS>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ldg, int64_t r0, int64_t c0,
+                                          int64_t nrows, int64_t ncols, bool vec) {
+  constexpr int kChunk = 16 / (int)sizeof(T);  // elements per 16 bytes
+  static_assert(COLS % kChunk == 0, "tile width must be whole 16-byte chunks");
+  static_assert(LDS % kChunk == 0, "shared rows must stay 16-byte aligned");
+  constexpr int kPerRow = COLS / kChunk;
+  constexpr int kTotal = ROWS * kPerRow;
+  static_assert(kTotal % THREADS == 0, "chunks must divide evenly among the threads");
+#pragma unroll
+  for (int it = 0; it < kTotal / THREADS; ++it) {
+    const int idx = (int)threadIdx.x + it * THREADS;
+    const int r = idx / kPerRow, c = (idx % kPerRow) * kChunk;
+    const int64_t gr = r0 + r, gc = c0 + c;
+    T* dst = s + r * LDS + c;
+    if (vec) {
+      int valid = 0;
+      if (gr < nrows && gc < ncols) valid = (int)(ncols - gc < kChunk ? ncols - gc : kChunk);
+      const T* src = valid > 0 ? g + gr * ldg + gc : g;
+      cp_async16(dst, src, valid * (int)sizeof(T));
+    } else {
+#pragma unroll
+      for (int e = 0; e < kChunk; ++e)
+        dst[e] = (gr < nrows && gc + e < ncols) ? g[gr * ldg + gc + e] : from_f32<T>(0.f);
+    }
+  }
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace cuda
+}  // namespace fastlm

@@ -1,0 +1,129 @@
+// The CUDA kernels, host side: the float32 entries of the `Kernels` table
+// (csrc/kernels.h; same names, contracts and accumulation rules as the CPU's,
+// every pointer a device pointer) plus the entry points the table has no room
+// for (bfloat16 and TF32 GEMM, bfloat16 attention, int32 targets), which
+// csrc/bindings/device.cpp calls directly. Plain C++: bfloat16 data travel as
+// void pointers, so the host compiler never sees a CUDA header.
+//
+// All work is queued on the default stream; functions return before it
+// finishes except where a value comes back to the host (cross_entropy,
+// sum_squares). Launch errors throw std::runtime_error naming the kernel;
+// arguments the kernels cannot honour throw std::invalid_argument.
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace fastlm {
+namespace cuda {
+
+enum class DType { kFloat32, kBFloat16 };
+
+// The CUDA `Kernels` table (name "cuda").
+const Kernels* kernel_table();
+
+// ---- The table's entries (float32) -------------------------------------
+void matmul(const GemmArgs& args);  // exact float32 (FMA tiles, no TF32)
+void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols);
+void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, float* out,
+                       int64_t b, int64_t t, int64_t c, int64_t pos0);
+void embedding_backward(const float* dout, const int64_t* idx, float* dwte, float* dwpe,
+                        int64_t b, int64_t t, int64_t c, int64_t pos0);
+void zero(float* x, int64_t n);
+void copy(float* dst, const float* src, int64_t n);
+void residual_forward(const float* a, const float* b, float* out, int64_t n);
+double sum_squares(const float* x, int64_t n);
+void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
+void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols);
+void layernorm_forward(const float* x, const float* weight, const float* bias, float* y,
+                       float* mean, float* rstd, int64_t rows, int64_t cols, float eps);
+void layernorm_backward(const float* dy, const float* x, const float* weight, const float* mean,
+                        const float* rstd, float* dx, float* dweight, float* dbias, int64_t rows,
+                        int64_t cols);
+void gelu_forward(const float* x, float* y, int64_t n);
+void gelu_backward(const float* dy, const float* x, float* dx, int64_t n);
+void attention_forward(const AttentionArgs& args);
+void attention_backward(const AttentionGradArgs& args);
+float cross_entropy(const float* logits, const int64_t* targets, float* dlogits, int64_t rows,
+                    int64_t vocab, int64_t ignore_index, float dloss);
+void lstm_cell_forward(const float* preact, const float* c, float* gates, float* c_next,
+                       float* h_next, int64_t n, int64_t hidden);
+void lstm_cell_backward(const float* dh_next, const float* dc_next, const float* c,
+                        const float* c_next, const float* gates, float* dpreact, float* dc,
+                        int64_t n, int64_t hidden);
+void gru_cell_forward(const float* gi, const float* gh, const float* h, float* gates,
+                      float* h_next, int64_t n, int64_t hidden);
+void gru_cell_backward(const float* dh_next, const float* h, const float* gates, float* dgi,
+                       float* dgh, float* dh, int64_t n, int64_t hidden);
+void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& args);
+void sgd(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdArgs& args);
+
+// ---- GEMM in every precision --------------------------------------------
+// kExact: float32 operands, FMA in float32 (the table's matmul).
+// kTF32: float32 operands rounded to TF32 (10-bit mantissa) on tensor cores,
+//        float32 accumulation; as torch with allow_tf32.
+// kBF16: bfloat16 operands on tensor cores, float32 accumulation; c and bias
+//        are bfloat16 too (c rounded once, after bias and accumulate).
+enum class GemmPrecision { kExact, kTF32, kBF16 };
+
+// Same meaning as GemmArgs, with untyped pointers (float or bfloat16 per precision).
+struct GemmDesc {
+  GemmPrecision precision = GemmPrecision::kExact;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  const void* bias = nullptr;
+  void* c = nullptr;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  bool trans_a = false, trans_b = false, accumulate = false;
+};
+void gemm(const GemmDesc& d);
+
+// ---- Attention in float32 or bfloat16 ------------------------------------
+// As AttentionArgs, with q, k, v, out (and dout, dq, dk, dv) of `dtype`; lse
+// is float32 in both. head_dim <= kMaxHeadDim (std::invalid_argument above).
+constexpr int64_t kMaxHeadDim = 128;
+struct AttentionDesc {
+  DType dtype = DType::kFloat32;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+  Strides sq, sk, sv, so;
+  int64_t batch = 0, heads = 0, seq_q = 0, seq_k = 0, head_dim = 0;
+  bool causal = true;
+};
+struct AttentionGradDesc {
+  AttentionDesc fwd;  // out and lse as the forward produced them (read only)
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+};
+void attention_forward_ex(const AttentionDesc& d);
+void attention_backward_ex(const AttentionGradDesc& d);
+
+// ---- Cross-entropy with a range check ------------------------------------
+// As the table's cross_entropy, with int32 or int64 targets (targets_are_int32).
+// A target outside [0, vocab) that is not ignore_index is not read through: the
+// row counts as ignored and *bad_row receives the first such row (else -1).
+float cross_entropy_ex(const float* logits, const void* targets, bool targets_are_int32,
+                       float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
+                       float dloss, int64_t* bad_row);
+
+// ---- Backward kernels that may overwrite ----------------------------------
+// As the table's, but with accumulate == false dx is written rather than
+// added to, which spares a fresh output its zero fill and a read (the ops
+// use this; dweight and dbias are still accumulated).
+void gelu_backward_ex(const float* dy, const float* x, float* dx, int64_t n, bool accumulate);
+void layernorm_backward_ex(const float* dy, const float* x, const float* weight,
+                           const float* mean, const float* rstd, float* dx, float* dweight,
+                           float* dbias, int64_t rows, int64_t cols, bool accumulate);
+
+// ---- bfloat16 <-> float32 on the device ----------------------------------
+void bf16_to_float(const void* src, float* dst, int64_t n);
+void float_to_bf16(const float* src, void* dst, int64_t n);
+
+}  // namespace cuda
+}  // namespace fastlm

@@ -1,0 +1,102 @@
+// GPT-2's tanh GELU and its derivative, elementwise (the CPU's formulas).
+// Bandwidth bound: float4 accesses when every pointer is 16-byte aligned.
+#include "cuda/common.cuh"
+
+namespace fastlm {
+namespace cuda {
+
+namespace {
+
+constexpr float kS = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kC = 0.044715f;
+// Below this gelu and gelu' are under 1e-40; taking them as 0 also gives
+// gelu(-inf) = 0.
+constexpr float kZeroBelow = -11.f;
+constexpr int kThreads = 256;
+
+// e = exp(-2u), u = sqrt(2/pi) (x + 0.044715 x^3) written as s x (1 + c x^2);
+// the exponent is capped so e stays finite (no inf * 0 below).
+__device__ __forceinline__ float exp_m2u(float x) {
+  const float u = kS * x * fmaf(kC * x, x, 1.f);
+  return expf(fminf(-2.f * u, 88.f));
+}
+
+// 0.5 x (1 + tanh(u)) = x sigmoid(2u) = x / (1 + e).
+__device__ __forceinline__ float gelu(float x) {
+  return x < kZeroBelow ? 0.f : x / (1.f + exp_m2u(x));
+}
+
+// gelu'(x) = sg + x sg (1 - sg) 2 du, sg = sigmoid(2u), du = s (1 + 3 c x^2);
+// 1 - sg formed as e sg.
+__device__ __forceinline__ float gelu_grad(float x) {
+  if (x < kZeroBelow) return 0.f;
+  if (x > -kZeroBelow) return 1.f;
+  const float e = exp_m2u(x);
+  const float sg = 1.f / (1.f + e);
+  const float du2 = 2.f * kS * fmaf(3.f * kC * x, x, 1.f);
+  return sg * fmaf(x * (e * sg), du2, 1.f);
+}
+
+__global__ void gelu_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n,
+                                    bool vec) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  int64_t tail = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t i = i0; i < n4; i += stride) {
+      const float4 v = reinterpret_cast<const float4*>(x)[i];
+      reinterpret_cast<float4*>(y)[i] = make_float4(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w));
+    }
+    tail = n4 * 4;
+  }
+  for (int64_t i = tail + i0; i < n; i += stride) y[i] = gelu(x[i]);
+}
+
+// dx (+)= dy * gelu'(x)
+__global__ void gelu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                     float* __restrict__ dx, int64_t n, bool vec, bool acc) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  int64_t tail = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t i = i0; i < n4; i += stride) {
+      const float4 g = reinterpret_cast<const float4*>(dy)[i];
+      const float4 v = reinterpret_cast<const float4*>(x)[i];
+      float4 d = acc ? reinterpret_cast<float4*>(dx)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+      d.x = fmaf(g.x, gelu_grad(v.x), d.x);
+      d.y = fmaf(g.y, gelu_grad(v.y), d.y);
+      d.z = fmaf(g.z, gelu_grad(v.z), d.z);
+      d.w = fmaf(g.w, gelu_grad(v.w), d.w);
+      reinterpret_cast<float4*>(dx)[i] = d;
+    }
+    tail = n4 * 4;
+  }
+  for (int64_t i = tail + i0; i < n; i += stride)
+    dx[i] = fmaf(dy[i], gelu_grad(x[i]), acc ? dx[i] : 0.f);
+}
+
+}  // namespace
+
+void gelu_forward(const float* x, float* y, int64_t n) {
+  if (n <= 0) return;
+  const bool vec = aligned16(x) && aligned16(y);
+  gelu_forward_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(x, y, n, vec);
+  FASTLM_CHECK_LAUNCH("gelu_forward_kernel");
+}
+
+void gelu_backward_ex(const float* dy, const float* x, float* dx, int64_t n, bool accumulate) {
+  if (n <= 0) return;
+  const bool vec = aligned16(dy) && aligned16(x) && aligned16(dx);
+  gelu_backward_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec,
+                                                                              accumulate);
+  FASTLM_CHECK_LAUNCH("gelu_backward_kernel");
+}
+
+void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
+  gelu_backward_ex(dy, x, dx, n, true);
+}
+
+}  // namespace cuda
+}  // namespace fastlm

@@ -1,0 +1,189 @@
+#include "cuda/runtime.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+
+namespace fastlm {
+namespace cuda {
+
+namespace {
+
+struct Probe {
+  bool ok = false;
+  bool pools = false;  // stream-ordered allocator supported
+  std::string reason;
+};
+
+const Probe& probe() {
+  static Probe p;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      p.reason = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
+      (void)cudaGetLastError();  // not sticky, but leave a clean slate
+      return;
+    }
+    if (n == 0) {
+      p.reason = "no CUDA device found";
+      return;
+    }
+    int dev = 0, pools = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess) {
+      p.reason = "cannot query the current CUDA device";
+      (void)cudaGetLastError();
+      return;
+    }
+    p.pools = pools != 0;
+    if (p.pools) {
+      // Keep freed blocks in the pool (as PyTorch's caching allocator does)
+      // rather than returning them to the driver at every synchronisation.
+      cudaMemPool_t pool;
+      if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+        uint64_t threshold = UINT64_MAX;
+        (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+      }
+      (void)cudaGetLastError();
+    }
+    p.ok = true;
+  });
+  return p;
+}
+
+bool sync_after_launch() {
+  static const bool on = [] {
+    const char* s = std::getenv("FASTLM_CUDA_SYNC");
+    return s && *s && std::strcmp(s, "0") != 0;
+  }();
+  return on;
+}
+
+}  // namespace
+
+bool available() { return probe().ok; }
+
+std::string unavailable_reason() { return probe().ok ? std::string() : probe().reason; }
+
+void require() {
+  if (!available())
+    throw std::runtime_error("fastlm: CUDA is not available (" + unavailable_reason() +
+                             "); use NumPy arrays to run on the CPU");
+}
+
+void check(int err, const char* what) {
+  if (err != cudaSuccess) {
+    const cudaError_t e = static_cast<cudaError_t>(err);
+    throw std::runtime_error(std::string("fastlm CUDA error in ") + what + ": " +
+                             cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ")");
+  }
+}
+
+void check_launch(const char* kernel) {
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && sync_after_launch()) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("fastlm CUDA kernel ") + kernel +
+                             " failed: " + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) +
+                             ")");
+}
+
+int device_count() {
+  if (!available()) return 0;
+  int n = 0;
+  check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+  return n;
+}
+
+int current_device() {
+  require();
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
+
+std::string device_name() {
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, current_device()), "cudaGetDeviceProperties");
+  return prop.name;
+}
+
+std::string compute_capability() {
+  const int dev = current_device();
+  int major = 0, minor = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),
+        "cudaDeviceGetAttribute");
+  return std::to_string(major) + "." + std::to_string(minor);
+}
+
+int multiprocessor_count() {
+  const int dev = current_device();
+  int n = 0;
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return n;
+}
+
+void* malloc_device(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  require();
+  void* p = nullptr;
+  const cudaError_t e = probe().pools ? cudaMallocAsync(&p, bytes, 0) : cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // out of memory is not sticky; keep it from the next check
+    throw std::runtime_error("fastlm: cannot allocate " + std::to_string(bytes) +
+                             " bytes of GPU memory: " + cudaGetErrorString(e));
+  }
+  return p;
+}
+
+void free_device(void* p) noexcept {
+  if (!p) return;
+  if (probe().pools)
+    (void)cudaFreeAsync(p, 0);
+  else
+    (void)cudaFree(p);
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+}
+
+void copy_device(void* dst, const void* src, size_t bytes) {
+  if (bytes)
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0), "device-to-device copy");
+}
+
+void zero_device(void* p, size_t bytes) {
+  if (bytes) check(cudaMemsetAsync(p, 0, bytes, 0), "cudaMemsetAsync");
+}
+
+void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+
+void wait_stream(uintptr_t stream) {
+  check(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+}
+
+int pointer_device(const void* p) {
+  cudaPointerAttributes attr;
+  const cudaError_t e = cudaPointerGetAttributes(&attr, p);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return attr.device;
+  return -1;
+}
+
+}  // namespace cuda
+}  // namespace fastlm

@@ -1,0 +1,81 @@
+// The CUDA runtime as fastlm uses it: device query, memory, errors. Plain C++
+// (no CUDA headers) so that the bindings, compiled by the host compiler, can
+// include it.
+//
+// Everything runs on the legacy default stream of the current device (device
+// 0 unless the process chose another): kernels, copies and the stream-ordered
+// allocations below, so consecutive ops are ordered without events, and work
+// on other blocking streams (PyTorch's and CuPy's default streams) is ordered
+// with ours by the legacy stream's implicit synchronisation.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace fastlm {
+namespace cuda {
+
+// Whether a CUDA device and a driver recent enough for this build are present.
+// Never throws; the answer is computed once per process.
+bool available();
+// Why available() is false ("" when it is true).
+std::string unavailable_reason();
+// Throws std::runtime_error naming the reason unless available().
+void require();
+
+int device_count();
+std::string device_name();
+// "major.minor" of the current device.
+std::string compute_capability();
+int multiprocessor_count();
+
+// Throws std::runtime_error "<what>: <cudaGetErrorString>" when err != 0
+// (err is a cudaError_t).
+void check(int err, const char* what);
+// Called after every kernel launch: a launch error (bad configuration, a
+// fault of an earlier kernel) becomes std::runtime_error naming `kernel`.
+// With FASTLM_CUDA_SYNC=1 in the environment it also synchronises, so that an
+// asynchronous fault is reported by the kernel that caused it (debugging,
+// compute-sanitizer runs).
+void check_launch(const char* kernel);
+
+// Device memory, allocated and freed in order on the default stream (a
+// caching pool: no device-wide synchronisation per allocation). malloc of 0
+// bytes returns nullptr; free of nullptr does nothing.
+void* malloc_device(size_t bytes);
+void free_device(void* p) noexcept;
+// Blocking copies (they wait for earlier work on the default stream; a fault
+// of an earlier kernel surfaces here as std::runtime_error).
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+// Ordered on the default stream, asynchronous to the host.
+void copy_device(void* dst, const void* src, size_t bytes);
+void zero_device(void* p, size_t bytes);
+void synchronize();
+// Blocks the host until a foreign stream (a cudaStream_t given as an integer,
+// as __cuda_array_interface__ v3 does) has finished its queued work.
+void wait_stream(uintptr_t stream);
+// The device ordinal a pointer's memory lives on, or -1 when the GPU cannot
+// address it (host memory that is not registered or managed).
+int pointer_device(const void* p);
+int current_device();
+
+// Scratch memory for one op, released in stream order when it goes out of
+// scope (the kernels that use it are already queued before it).
+class Scratch {
+ public:
+  explicit Scratch(size_t bytes) : p_(malloc_device(bytes)) {}
+  ~Scratch() { free_device(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_;
+};
+
+}  // namespace cuda
+}  // namespace fastlm

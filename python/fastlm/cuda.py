@@ -1,0 +1,190 @@
+"""GPU arrays for :mod:`fastlm.ops`.
+
+Every op in :mod:`fastlm.ops` runs on the GPU when its arrays are device
+arrays: :class:`DeviceArray` (``fastlm.to_device(np_array)``) or any object
+exporting ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors;
+PyTorch bfloat16 tensors are taken directly, as the interface has no bfloat16
+type). Foreign arrays are borrowed, never copied; outputs are new
+:class:`DeviceArray` objects, which export the interface in turn
+(``torch.as_tensor(out, device="cuda")`` views them).
+
+fastlm queues all its GPU work on the legacy default stream. A foreign array
+that names another stream in its interface is waited for before use.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _C
+
+__all__ = ["DeviceArray", "cuda_available", "to_device", "is_device_array", "as_device_array",
+           "synchronize", "device_name"]
+
+DeviceArray = _C.DeviceArray
+
+_TYPESTRS = {"<f4": "float32", "<i4": "int32", "<i8": "int64"}
+_TORCH_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16",
+                 "torch.int32": "int32", "torch.int64": "int64"}
+_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "int32": "int32", "int64": "int64"}
+
+
+def cuda_available() -> bool:
+    """True when this build has CUDA kernels and a usable NVIDIA GPU and driver are present."""
+    return bool(_C.cuda_available())
+
+
+def _require(what: str) -> None:
+    if not _C.cuda_available():
+        raise RuntimeError(f"{what}: CUDA is not available ({_C.cuda_unavailable_reason()})")
+
+
+def device_name() -> str:
+    """Name of the GPU fastlm runs on (RuntimeError without one)."""
+    _require("device_name")
+    return _C.cuda_device_name()
+
+
+def synchronize() -> None:
+    """Wait until all GPU work fastlm has queued is done (for timing)."""
+    _require("synchronize")
+    _C.cuda_synchronize()
+
+
+def _dtype_name(dtype: Any) -> str:
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return dtype
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in _DTYPE_NAMES:
+        raise TypeError(f"dtype must be float32, bfloat16, int32 or int64, got {dtype!r}")
+    return name
+
+
+def to_device(x: Any, dtype: Optional[Any] = None) -> DeviceArray:
+    """Copy an array to the GPU as a :class:`DeviceArray`.
+
+    x: a NumPy array (or anything ``numpy.asarray`` takes) of float32, int32 or
+    int64, or a device array. dtype: ``"float32"``, ``"bfloat16"`` (rounded to
+    nearest even), ``"int32"`` or ``"int64"``; by default the dtype of x, which
+    must then be one of float32, int32, int64 (float64 data needs an explicit
+    ``dtype="float32"``). Raises RuntimeError when CUDA is not available.
+    """
+    _require("to_device")
+    want = None if dtype is None else _dtype_name(dtype)
+    if is_device_array(x):
+        d = as_device_array(x, "to_device", "x")
+        return d if want is None or want == d.dtype else d.astype(want)
+    a = np.asarray(x)
+    if want is None:
+        if a.dtype.name not in ("float32", "int32", "int64"):
+            raise TypeError(f"to_device: dtype {a.dtype} is not supported on the GPU; pass "
+                            "dtype='float32' (or 'bfloat16', 'int32', 'int64') to convert")
+        want = a.dtype.name
+    src = np.float32 if want in ("float32", "bfloat16") else np.dtype(want)
+    a = np.ascontiguousarray(a, dtype=src)
+    return DeviceArray._from_numpy(a, want)
+
+
+def _is_torch_tensor(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "torch" and hasattr(obj, "is_cuda")
+
+
+def is_device_array(obj: Any) -> bool:
+    """True for a DeviceArray, a CUDA torch tensor, or an object exporting
+    ``__cuda_array_interface__``."""
+    if obj is None:
+        return False
+    if isinstance(obj, DeviceArray):
+        return True
+    if _is_torch_tensor(obj):
+        return bool(obj.is_cuda)
+    try:
+        obj.__cuda_array_interface__
+    except AttributeError:
+        return False
+    return True
+
+
+def _c_contiguous(shape, strides, itemsize: int) -> bool:
+    if strides is None or any(d == 0 for d in shape):
+        return True
+    want = itemsize
+    for d, s in zip(reversed(shape), reversed(strides)):
+        if d != 1 and s != want:
+            return False
+        want *= d
+    return True
+
+
+def _from_torch(t: Any, op: str, name: str) -> DeviceArray:
+    dtype = _TORCH_DTYPES.get(str(t.dtype))
+    if dtype is None:
+        raise TypeError(f"{op}: {name} has dtype {t.dtype}, which fastlm does not take on the GPU "
+                        "(float32, bfloat16, int32, int64)")
+    if not t.is_contiguous():
+        raise ValueError(f"{op}: {name} must be C-contiguous (use .contiguous())")
+    import torch  # present: t is a torch tensor
+
+    if t.device.index is not None and t.device.index != torch.cuda.current_device():
+        raise ValueError(f"{op}: {name} is on cuda:{t.device.index}, fastlm runs on the current "
+                         f"device cuda:{torch.cuda.current_device()}")
+    stream = torch.cuda.current_stream(t.device)
+    if stream.cuda_stream not in (0, 1, 2):
+        stream.synchronize()  # our work goes on the legacy default stream
+    return DeviceArray._borrow(t.data_ptr(), tuple(t.shape), dtype, t, False, f"{op}: {name}")
+
+
+def as_device_array(obj: Any, op: str = "as_device_array", name: str = "x") -> DeviceArray:
+    """View a device array as a DeviceArray without copying (a DeviceArray is
+    returned as is). Errors name ``op`` and the argument ``name``."""
+    if isinstance(obj, DeviceArray):
+        return obj
+    _require(op)
+    if _is_torch_tensor(obj):
+        return _from_torch(obj, op, name)
+    try:
+        cai: Dict[str, Any] = obj.__cuda_array_interface__
+    except AttributeError:
+        raise TypeError(f"{op}: {name} must be a device array (fastlm.DeviceArray or an object "
+                        f"exporting __cuda_array_interface__), got {type(obj).__name__}") from None
+    shape = tuple(int(d) for d in cai["shape"])
+    typestr = cai["typestr"]
+    dtype = _TYPESTRS.get(typestr)
+    if dtype is None:
+        raise TypeError(f"{op}: {name} has dtype {np.dtype(typestr)}, which fastlm does not take "
+                        "on the GPU (float32, int32, int64; bfloat16 through fastlm or torch)")
+    if cai.get("mask") is not None:
+        raise ValueError(f"{op}: {name} has a mask, which fastlm does not support")
+    if not _c_contiguous(shape, cai.get("strides"), np.dtype(typestr).itemsize):
+        raise ValueError(f"{op}: {name} must be C-contiguous")
+    ptr, readonly = cai["data"]
+    stream = cai.get("stream")
+    if stream not in (None, 1, 2):
+        _C._cuda_wait_stream(int(stream))
+    return DeviceArray._borrow(int(ptr or 0), shape, dtype, obj, bool(readonly), f"{op}: {name}")
+
+
+def device_args(op: str, **arrays: Any) -> Optional[Dict[str, Any]]:
+    """Route one op call: None when no argument is a device array (run on the
+    CPU); otherwise every non-None argument as a DeviceArray. Mixing host and
+    device arrays is a ValueError naming both groups; with device arrays but no
+    usable GPU, a RuntimeError."""
+    on_device = [k for k, v in arrays.items() if v is not None and is_device_array(v)]
+    if not on_device:
+        return None
+    on_host = [k for k, v in arrays.items() if v is not None and k not in on_device]
+    if on_host:
+        raise ValueError(
+            f"{op}: {_names(on_device)} {'is' if len(on_device) == 1 else 'are'} on the GPU but "
+            f"{_names(on_host)} {'is' if len(on_host) == 1 else 'are'} on the host; move all "
+            "arrays of one call to the same place (fastlm.to_device or .numpy())")
+    _require(op)
+    return {k: (None if v is None else as_device_array(v, op, k)) for k, v in arrays.items()}
+
+
+def _names(names) -> str:
+    return ", ".join(names)

@@ -1,0 +1,124 @@
+"""What the CUDA side of the build promises on every machine, GPU or not:
+build_info reports it, cuda_available() is an honest bool, and asking for the
+GPU without one fails with a clear RuntimeError (never a crash). Routing host
+and device arrays into one op is a ValueError everywhere."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import fastlm
+from fastlm import _C, ops
+from fastlm import cuda as fcuda
+
+no_gpu = pytest.mark.skipif(fastlm.cuda_available(), reason="a GPU is present")
+
+
+class FakeDeviceArray:
+    """Exports __cuda_array_interface__ for a made-up pointer: ops must refuse it
+    (no GPU, or a mix with host arrays) before anything reads the memory."""
+
+    def __init__(self, shape, typestr="<f4"):
+        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr,
+                                         "data": (0xDEAD0000, False), "version": 3,
+                                         "strides": None}
+
+
+def test_exports():
+    for name in ("cuda_available", "DeviceArray", "to_device"):
+        assert name in fastlm.__all__ and hasattr(fastlm, name)
+    assert fastlm.DeviceArray is _C.DeviceArray is fcuda.DeviceArray
+
+
+def test_cuda_available_is_bool():
+    assert isinstance(fastlm.cuda_available(), bool)
+    if not fastlm.build_info()["cuda"]:
+        assert fastlm.cuda_available() is False
+    if not fastlm.cuda_available():
+        reason = _C.cuda_unavailable_reason()
+        assert isinstance(reason, str) and reason
+
+
+def test_build_info_reports_cuda():
+    info = fastlm.build_info()
+    assert isinstance(info["cuda"], bool)
+    archs = info["cuda_archs"]
+    assert isinstance(archs, list)
+    if info["cuda"]:
+        assert archs and all(re.fullmatch(r"\d+[a-z]?(-real|-virtual)?", a) for a in archs), archs
+    else:
+        assert archs == []
+    # _C's own dict agrees with the public one.
+    assert _C.build_info()["cuda"] == info["cuda"]
+
+
+@no_gpu
+def test_to_device_without_gpu_raises():
+    with pytest.raises(RuntimeError, match="CUDA is not available|without CUDA"):
+        fastlm.to_device(np.zeros(3, np.float32))
+
+
+@no_gpu
+def test_device_array_without_gpu_raises():
+    with pytest.raises(RuntimeError, match="CUDA is not available|without CUDA"):
+        fastlm.DeviceArray((2, 3))
+    with pytest.raises(RuntimeError, match="CUDA is not available|without CUDA"):
+        fastlm.DeviceArray((0,))
+
+
+@no_gpu
+@pytest.mark.parametrize("call", [
+    lambda x: ops.gelu(x),
+    lambda x: ops.softmax(x),
+    lambda x: ops.matmul(x, x, trans_b=True),
+    lambda x: ops.layernorm(x, FakeDeviceArray((4,)), FakeDeviceArray((4,))),
+    lambda x: ops.adamw_step(x, x, x, x, lr=1e-3, step=1),
+])
+def test_ops_on_device_arrays_without_gpu_raise(call):
+    with pytest.raises(RuntimeError, match="CUDA is not available|without CUDA"):
+        call(FakeDeviceArray((3, 4)))
+
+
+def test_mixing_host_and_device_is_value_error():
+    dev = FakeDeviceArray((3, 4))
+    host = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"matmul: a is on the GPU but b is on the host"):
+        ops.matmul(dev, host, trans_b=True)
+    with pytest.raises(ValueError, match=r"bias is on the host"):
+        ops.matmul(dev, dev, trans_b=True, bias=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"dy is on the GPU but x is on the host"):
+        ops.gelu_backward(dev, host)
+    with pytest.raises(ValueError, match=r"targets is on the host"):
+        ops.cross_entropy(dev, np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"param, m are on the GPU but grad, v are on the host"):
+        ops.adamw_step(dev, host, dev, host, lr=1e-3, step=1)
+
+
+def test_is_device_array():
+    assert not fcuda.is_device_array(np.zeros(3))
+    assert not fcuda.is_device_array(None)
+    assert not fcuda.is_device_array([1.0, 2.0])
+    assert fcuda.is_device_array(FakeDeviceArray((3,)))
+
+
+def test_torch_cpu_tensors_are_host_arrays():
+    torch = pytest.importorskip("torch")
+    assert not fcuda.is_device_array(torch.zeros(3))
+
+
+def test_host_ops_unaffected():
+    # The NumPy path still works (and still rejects what it rejected).
+    x = np.linspace(-3, 3, 7, dtype=np.float32)
+    assert ops.gelu(x).shape == (7,)
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        ops.gelu(x.astype(np.float64))
+
+
+def test_matmul_precision_argument():
+    a = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(ops.matmul(a, a, trans_b=True, precision="tf32"),
+                                  ops.matmul(a, a, trans_b=True))
+    with pytest.raises(ValueError, match="precision"):
+        ops.matmul(a, a, trans_b=True, precision="fp8")
