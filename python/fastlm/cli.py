@@ -369,9 +369,13 @@ def _cmd_info(a: argparse.Namespace) -> int:
         f"compiler: {info.get('compiler', 'unknown')}, openmp: {info.get('openmp', False)}",
     ]
     if info.get("cuda"):
-        from . import _C
-        devices = getattr(_C, "cuda_devices", lambda: [])()
-        lines.append(f"cuda: compiled in; devices: {', '.join(map(str, devices)) if devices else 'none'}")
+        from . import _C, cuda
+        if cuda.cuda_available():
+            lines.append(f"cuda: compiled in ({', '.join(info.get('cuda_archs', []))}); device: "
+                         f"{cuda.device_name()} (compute capability {_C.cuda_compute_capability()})")
+        else:
+            lines.append(f"cuda: compiled in ({', '.join(info.get('cuda_archs', []))}); no usable device: "
+                         f"{_C.cuda_unavailable_reason()}")
     else:
         lines.append("cuda: not compiled in; devices: none")
     print("\n".join(lines))
