@@ -8,6 +8,7 @@ FASTLM_BENCH_THREADS sets the thread count of fastlm and PyTorch alike
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import pytest
 
@@ -22,7 +23,7 @@ def threads():
         yield
 
 
-def run(benchmark, case: Case, rounds: int = None) -> Result:
+def run(benchmark, case: Case, rounds: Optional[int] = None) -> Result:
     """Times every contender of the case interleaved, prints the line (rates and
     ratios), then hands fastlm to pytest-benchmark (fewer rounds when it is slow)."""
     if case.check is not None:
