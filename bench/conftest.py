@@ -1,66 +1,39 @@
-"""Shared benchmark helpers: every contender timed side by side, interleaved
-round by round (so load from other processes hits all alike), medians reported
-with ratios. Run: ``python -m pytest bench -q -s``."""
+"""Shared benchmark plumbing; the workloads, reference models and the
+interleaved timer live in ``fastlm.bench`` (one copy for these benchmarks and
+``fastlm bench``). Run: ``PYTHONPATH=python python3 -m pytest bench -q -s``.
+
+FASTLM_BENCH_THREADS sets the thread count of fastlm and PyTorch alike
+(default 2; NumPy's BLAS keeps its own).
+"""
 from __future__ import annotations
 
-import time
+import os
+from typing import Optional
 
-import numpy as np
 import pytest
 
-import fastlm
+from fastlm.bench import Case, Result, use_threads
 
-THREADS = 2
-ROUNDS = 5
-
-
-def torch_or_none():
-    try:
-        import torch
-        return torch
-    except ImportError:
-        return None
+THREADS = int(os.environ.get("FASTLM_BENCH_THREADS", "2"))
 
 
 @pytest.fixture(autouse=True)
 def threads():
-    """fastlm and PyTorch both on THREADS threads (NumPy's BLAS uses its own default)."""
-    before = fastlm.get_num_threads()
-    fastlm.set_num_threads(THREADS)
-    torch = torch_or_none()
-    torch_before = torch.get_num_threads() if torch else None
-    if torch:
-        torch.set_num_threads(THREADS)
-    yield
-    fastlm.set_num_threads(before)
-    if torch:
-        torch.set_num_threads(torch_before)
+    with use_threads(THREADS):
+        yield
 
 
-def medians(contenders: dict, rounds: int = ROUNDS) -> dict:
-    """Median seconds of each callable; a contender may be (setup, fn) where
-    setup runs untimed before every call. Round 0 only warms up."""
-    times = {k: [] for k in contenders}
-    for r in range(rounds + 1):
-        for k, c in contenders.items():
-            setup, fn = c if isinstance(c, tuple) else (None, c)
-            if setup is not None:
-                setup()
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if r:
-                times[k].append(dt)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
-def report(op: str, size: str, work: float, t: dict, unit: str = "GB/s") -> dict:
-    """Print one line per op and size: throughput of each contender (work is
-    bytes for GB/s, flops for GFLOP/s) and ratio = reference time / fastlm time."""
-    parts = [f"{k} {work / v / 1e9:.1f} {unit} ({v * 1e3:.2f} ms)" for k, v in t.items()]
-    ours = [k for k in t if k.startswith("fastlm")]
-    refs = [k for k in t if not k.startswith("fastlm")]
-    ratios = {f"{r}/{o}": t[r] / t[o] for r in refs for o in ours}
-    print(f"\n{op} {size} [{fastlm.cpu_isa()}, {THREADS} threads]: " + ", ".join(parts) +
-          "; speedup " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    return ratios
+def run(benchmark, case: Case, rounds: Optional[int] = None) -> Result:
+    """Times every contender of the case interleaved, prints the line (rates and
+    ratios), then hands fastlm to pytest-benchmark (fewer rounds when it is slow)."""
+    if case.check is not None:
+        print("\n" + case.check(), end="")
+    res = case.run(rounds)
+    print("\n" + res.line())
+    ours = case.contenders["fastlm"]
+    setup, fn = ours if isinstance(ours, tuple) else (None, ours)
+    benchmark.pedantic(fn, setup=setup, rounds=3 if res.median("fastlm") < 0.2 else 1,
+                       iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update(unit=case.unit, work=case.work, **res.ratios(),
+                                **{f"{k} rate": res.rate(k) for k in res.times})
+    return res

@@ -1,0 +1,705 @@
+"""``fastlm bench``: fastlm against PyTorch (NumPy where PyTorch is absent) on this machine.
+
+Also the one copy of what the pytest benchmarks in ``bench/`` share: the
+interleaved timer, the workloads ("cases": the kernels at model sizes, and
+whole training steps and sampling loops) and the PyTorch reference models
+they run against: nanoGPT's GPT (eager, ``scaled_dot_product_attention``,
+tied head) with nanoGPT's ``generate`` and a KV-cache decode, and the
+Embedding -> LSTM/GRU -> Linear language model.
+
+Every contender of a case is timed in turn, in blocks, round by round, so that
+load from other processes on a shared machine hits all alike; a block starts
+after a pause and untimed calls, which absorb the hand-over from the library
+before (its threads still spinning on the same cores). Rates are of median
+times; a ratio is the median over rounds of reference time / fastlm time in
+the same round: above 1, fastlm is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+import fastlm
+from fastlm import _C, ops
+
+try:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+except ImportError:  # fastlm alone, or against NumPy
+    torch = nn = F = None
+
+__all__ = ["Case", "Result", "interleaved_times", "use_threads", "TorchGPT", "TorchRNNLM",
+           "fastlm_generate", "main"]
+
+Fn = Callable[[], object]
+Contender = Union[Fn, Tuple[Fn, Fn]]  # fn, or (setup run untimed before each call, fn)
+SCALE = {"GFLOP/s": 1e9, "GB/s": 1e9, "tokens/s": 1.0}
+F32 = 4
+
+
+# ----------------------------------------------------------------------------- timing
+
+def interleaved_times(contenders: Dict[str, Contender], rounds: int = 5, block: int = 1,
+                      warmup: int = 1, first: int = 1,
+                      pause: float = 0.1) -> Dict[str, List[List[float]]]:
+    """Seconds per call of each contender, per round: `first` untimed calls each, then
+    `rounds` rounds in which every contender in turn sleeps `pause` seconds
+    (long enough for the library before to park its threads: OpenBLAS's spin
+    for some 2^28 cycles and slow whoever runs next on the same cores) and runs
+    `warmup` untimed calls (waking its own threads) and `block` timed ones."""
+    def call(c: Contender) -> float:
+        setup, fn = c if isinstance(c, tuple) else (None, c)
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    for c in contenders.values():
+        for _ in range(first):
+            call(c)
+    times: Dict[str, List[List[float]]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for k, c in contenders.items():
+            time.sleep(pause)
+            for _ in range(warmup):
+                call(c)
+            times[k].append([call(c) for _ in range(block)])
+    return times
+
+
+@contextlib.contextmanager
+def use_threads(n: int) -> Iterator[None]:
+    """fastlm and PyTorch both on n threads for the block (NumPy's BLAS keeps its own)."""
+    before = fastlm.get_num_threads()
+    torch_before = torch.get_num_threads() if torch is not None else None
+    fastlm.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fastlm.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+
+
+@dataclass
+class Case:
+    """One workload: `work` units (flops, bytes or tokens) per call of every contender.
+    Contender "fastlm" comes first; names starting "fastlm" are ours, the rest references."""
+    name: str
+    unit: str
+    work: float
+    contenders: Dict[str, Contender]
+    rounds: int = 5
+    block: int = 1
+    warmup: int = 1
+    first: int = 1
+    pause: float = 0.1
+    check: Optional[Callable[[], str]] = None  # asserts fastlm agrees with the reference
+
+    def run(self, rounds: Optional[int] = None, keep: Optional[Sequence[str]] = None) -> "Result":
+        cs = {k: c for k, c in self.contenders.items() if keep is None or k in keep}
+        return Result(self, interleaved_times(cs, rounds or self.rounds, self.block,
+                                              self.warmup, self.first, self.pause))
+
+
+@dataclass
+class Result:
+    case: Case
+    times: Dict[str, List[List[float]]] = field(default_factory=dict)  # per round, per call
+
+    def median(self, k: str) -> float:
+        return float(np.median(self.times[k]))
+
+    def best(self, k: str) -> float:
+        return float(np.min(self.times[k]))
+
+    def ratio(self, ref: str, ours: str = "fastlm") -> float:
+        """Median over rounds of ref's time / ours' time in the same round: load
+        that comes and goes between rounds cancels out."""
+        return float(np.median([np.median(a) / np.median(b)
+                                for a, b in zip(self.times[ref], self.times[ours])]))
+
+    def rate(self, k: str) -> float:
+        return self.case.work / self.median(k) / SCALE[self.case.unit]
+
+    def ours(self) -> List[str]:
+        return [k for k in self.times if k.startswith("fastlm")]
+
+    def refs(self) -> List[str]:
+        return [k for k in self.times if not k.startswith("fastlm")]
+
+    def ratios(self) -> Dict[str, float]:
+        """ratio() for every (reference, fastlm variant)."""
+        return {f"{r}/{o}": self.ratio(r, o) for r in self.refs() for o in self.ours()}
+
+    def line(self) -> str:
+        """Every contender's rate (median and best-call times) and the ratios (per
+        round, and of the best calls)."""
+        u = self.case.unit
+        parts = [f"{k} {self.rate(k):,.1f} {u} ({self.median(k) * 1e3:.2f} ms, best "
+                 f"{self.best(k) * 1e3:.2f})" for k in self.times]
+        rs = [f"{r}/{o} {self.ratio(r, o):.2f}x (best {self.best(r) / self.best(o):.2f}x)"
+              for r in self.refs() for o in self.ours()]
+        return (f"{self.case.name} [{fastlm.cpu_isa()}, {fastlm.get_num_threads()} threads]: "
+                + ", ".join(parts) + ("; speedup " + ", ".join(rs) if rs else ""))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def matmul_case(m: int, k: int, n: int, trans_b: bool = False) -> Case:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
+    bb = b.T if trans_b else b
+    cs: Dict[str, Contender] = {"fastlm": lambda: ops.matmul(a, b, trans_b=trans_b),
+                                "numpy": lambda: a @ bb}
+    if torch is not None:
+        at, bt = torch.from_numpy(a), torch.from_numpy(b)
+        cs["torch"] = (lambda: F.linear(at, bt)) if trans_b else (lambda: at @ bt)
+    size = m * n * k
+    return Case(f"matmul{' (x @ W^T)' if trans_b else ''} {m}x{k} @ {k}x{n}", "GFLOP/s",
+                2.0 * size, cs, rounds=3 if size >= 1 << 33 else 5,
+                block=2 if size >= 1 << 33 else 3 if size >= 1 << 30 else 10)
+
+
+def numpy_attention(q, k, v, dout):
+    """Naive float32 causal attention with the (T, T) matrix, forward and backward."""
+    T, D = q.shape[2], q.shape[3]
+    scale = np.float32(1 / np.sqrt(D))
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    s = np.where(np.triu(np.ones((T, T), bool), 1), np.float32(-np.inf), s)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = p @ v
+    dv = np.swapaxes(p, -1, -2) @ dout
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - np.sum(dp * p, -1, keepdims=True)) * scale
+    return out, ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
+
+
+def attention_case(B: int, H: int, T: int, D: int) -> Case:
+    """Causal; GFLOP/s count useful work: 4 B H T^2 D for the forward's two products, about
+    halved by the mask, and 2.5 times that for the backward's five."""
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(4))
+
+    def ours():
+        out, lse = ops.attention(q, k, v, causal=True)
+        return ops.attention_backward(dout, q, k, v, out, lse, causal=True)
+
+    cs: Dict[str, Contender] = {"fastlm": ours, "numpy": lambda: numpy_attention(q, k, v, dout)}
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+        tdout = torch.from_numpy(dout)
+
+        def ref():
+            tq.grad = tk.grad = tv.grad = None
+            F.scaled_dot_product_attention(tq, tk, tv, is_causal=True).backward(tdout)
+
+        cs["torch"] = ref
+    return Case(f"attention fwd+bwd causal (B,H,T,D)=({B},{H},{T},{D})", "GFLOP/s",
+                3.5 * 4 * B * H * T * T * D * (T + 1) / (2 * T), cs, rounds=5,
+                block=4 if T >= 256 else 40)
+
+
+def numpy_cross_entropy(x, t):
+    m = x.max(axis=1, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(x.shape[0])
+    loss = float(np.mean(np.log(s[:, 0]) + m[:, 0] - x[rows, t]))
+    g = e / s
+    g[rows, t] -= 1
+    g /= x.shape[0]
+    return loss, g
+
+
+def cross_entropy_case(rows: int, vocab: int) -> Case:
+    """Bytes: one read of the logits and one write of the gradient. fastlm also
+    writing the gradient over the logits, and computing the loss alone."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, vocab), dtype=np.float32) * 2
+    t = rng.integers(0, vocab, rows)
+    buf = np.empty_like(x)
+    cs: Dict[str, Contender] = {
+        "fastlm": lambda: ops.cross_entropy(x, t),
+        "fastlm(in place)": (lambda: np.copyto(buf, x), lambda: ops.cross_entropy(buf, t, out=buf)),
+        "fastlm(loss only)": lambda: ops.cross_entropy(x, t, compute_grad=False),
+        "numpy": lambda: numpy_cross_entropy(x, t)}
+    check = None
+    if torch is not None:
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+
+        def ref():
+            a = xt.detach().requires_grad_(True)
+            F.cross_entropy(a, tt).backward()
+            return a.grad
+
+        def check():
+            loss, g = ops.cross_entropy(x, t)
+            np.testing.assert_allclose(g, ref().numpy(), rtol=1e-4, atol=1e-9)
+            return _agree("loss", loss, F.cross_entropy(xt, tt).item(), rtol=1e-5)
+
+        cs["torch"] = ref
+    return Case(f"cross_entropy fwd+bwd ({rows}, {vocab})", "GB/s", 2 * x.nbytes, cs,
+                rounds=5 if rows * vocab < 60_000_000 else 3, block=3, check=check)
+
+
+def numpy_layernorm(x, w, b, dy, eps=np.float32(1e-5)):
+    mean = x.mean(-1, keepdims=True)
+    xc = x - mean
+    rstd = 1 / np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    norm = xc * rstd
+    dnorm = dy * w
+    dx = (dnorm - dnorm.mean(-1, keepdims=True)
+          - norm * (dnorm * norm).mean(-1, keepdims=True)) * rstd
+    return norm * w + b, dx, (dy * norm).sum(0), dy.sum(0)
+
+
+def layernorm_case(rows: int, cols: int) -> Case:
+    """Bytes: forward x in, y out; backward dy, x in, dx out (weights, stats negligible).
+    PyTorch runs its ATen kernels directly, without autograd bookkeeping."""
+    rng = np.random.default_rng(0)
+    x, dy = (rng.standard_normal((rows, cols)).astype(np.float32) for _ in range(2))
+    w, b = (rng.standard_normal(cols).astype(np.float32) for _ in range(2))
+
+    def ours():
+        _, mean, rstd = ops.layernorm(x, w, b)
+        return ops.layernorm_backward(dy, x, w, mean, rstd)
+
+    cs: Dict[str, Contender] = {"fastlm": ours, "numpy": lambda: numpy_layernorm(x, w, b, dy)}
+    if torch is not None:
+        tx, tdy, tw, tb = (torch.from_numpy(a) for a in (x, dy, w, b))
+        aten = torch.ops.aten
+
+        def ref():
+            _, mean, rstd = aten.native_layer_norm(tx, [cols], tw, tb, 1e-5)
+            return aten.native_layer_norm_backward(tdy, tx, [cols], mean, rstd, tw, tb,
+                                                   [True, True, True])
+
+        cs["torch"] = ref
+    return Case(f"layernorm fwd+bwd {rows}x{cols}", "GB/s", 5 * rows * cols * F32, cs,
+                rounds=5, block=10 if rows * cols < 10 ** 6 else 3)
+
+
+def numpy_gelu(x, dy):
+    s, c = np.float32(np.sqrt(2 / np.pi)), np.float32(0.044715)
+    t = np.tanh(s * (x + c * x * x * x))
+    dx = dy * (np.float32(0.5) * (1 + t)
+               + np.float32(0.5) * x * (1 - t * t) * s * (1 + 3 * c * x * x))
+    return np.float32(0.5) * x * (1 + t), dx
+
+
+def gelu_case(rows: int, cols: int) -> Case:
+    """Bytes: forward x in, y out; backward dy, x in, dx out. NumPy's temporaries make
+    sizes past 10^7 take seconds, so it sits those out."""
+    rng = np.random.default_rng(0)
+    x, dy = (rng.standard_normal((rows, cols)).astype(np.float32) for _ in range(2))
+    big = rows * cols > 10 ** 7
+    cs: Dict[str, Contender] = {"fastlm": lambda: (ops.gelu(x), ops.gelu_backward(dy, x))}
+    if not big:
+        cs["numpy"] = lambda: numpy_gelu(x, dy)
+    if torch is not None:
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+        cs["torch"] = lambda: (F.gelu(tx, approximate="tanh"),
+                               torch.ops.aten.gelu_backward(tdy, tx, approximate="tanh"))
+    return Case(f"gelu fwd+bwd {rows}x{cols}", "GB/s", 5 * rows * cols * F32, cs,
+                rounds=3 if big else 5, block=2 if big else 10)
+
+
+def adamw_case(n: int) -> Case:
+    """Bytes: param, m, v read and written, grad read. PyTorch's foreach and fused variants."""
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 1e-2).astype(np.float32)
+    lr, b1, b2, eps, wd = 1e-3, 0.9, 0.999, 1e-8, 0.1
+
+    def state():
+        return {"p": p0.copy(), "m": np.zeros(n, np.float32), "v": np.zeros(n, np.float32),
+                "step": 0}
+
+    ours_s, np_s = state(), state()
+
+    def ours():
+        ours_s["step"] += 1
+        ops.adamw_step(ours_s["p"], g, ours_s["m"], ours_s["v"], step=ours_s["step"], lr=lr,
+                       beta1=b1, beta2=b2, eps=eps, weight_decay=wd)
+
+    def numpy_adamw():  # in place, as few temporaries as NumPy allows
+        np_s["step"] += 1
+        p, m, v = np_s["p"], np_s["m"], np_s["v"]
+        p *= np.float32(1 - lr * wd)
+        m += np.float32(1 - b1) * (g - m)
+        v *= np.float32(b2)
+        v += np.float32(1 - b2) * g * g
+        denom = np.sqrt(v)
+        denom /= np.float32(np.sqrt(1 - b2 ** np_s["step"]))
+        denom += np.float32(eps)
+        p -= np.float32(lr / (1 - b1 ** np_s["step"])) * m / denom
+
+    cs: Dict[str, Contender] = {"fastlm": ours, "numpy": numpy_adamw}
+    if torch is not None:
+        for variant in ("foreach", "fused"):
+            pt = nn.Parameter(torch.from_numpy(p0.copy()))
+            pt.grad = torch.from_numpy(g)
+            cs[f"torch-{variant}"] = torch.optim.AdamW(
+                [pt], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, **{variant: True}).step
+    return Case(f"adamw {n / 1e6:g}M params", "GB/s", 7 * n * F32, cs, rounds=5, block=3)
+
+
+# ----------------------------------------------------------------------------- reference models
+
+_Module = nn.Module if nn is not None else object
+
+
+class TorchBlock(_Module):
+    """nanoGPT's pre-LN block (tanh GELU, no dropout) with an optional KV cache."""
+
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.attn, self.mlp = nn.Module(), nn.Module()  # containers for nanoGPT's names
+        self.attn.c_attn, self.attn.c_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+        self.mlp.c_fc, self.mlp.c_proj = nn.Linear(n_embd, 4 * n_embd), nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x, cache=None, pos: int = 0):
+        """cache: (k, v) of shape (B, n_head, block_size, head_size) for positions
+        [pos, pos + T); with a cache, T > 1 only at pos 0 (prefill)."""
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.attn.c_attn(self.ln_1(x)).split(C, dim=2))
+        if cache is not None:
+            cache[0][:, :, pos:pos + T], cache[1][:, :, pos:pos + T] = k, v
+            k, v = cache[0][:, :, :pos + T], cache[1][:, :, :pos + T]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None or pos == 0)
+        x = x + self.attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class TorchGPT(_Module):
+    """nanoGPT's GPT in PyTorch eager (GPT-2 init, tied head), with nanoGPT's
+    optimizer groups and generate, and a minimal KV-cache generate."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int):
+        super().__init__()
+        self.block_size, self.n_head = block_size, n_head
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd),
+            h=nn.ModuleList(TorchBlock(n_embd, n_head) for _ in range(n_layer)),
+            ln_f=nn.LayerNorm(n_embd)))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx, targets=None, cache=None, pos: int = 0):
+        """Mean cross-entropy with targets; else the last position's logits (B, V)."""
+        tr = self.transformer
+        x = tr.wte(idx) + tr.wpe(torch.arange(pos, pos + idx.shape[1]))
+        for i, block in enumerate(tr.h):
+            x = block(x, None if cache is None else cache[i], pos)
+        x = tr.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, -1, :])
+        logits = self.lm_head(x)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    def configure_optimizers(self, weight_decay: float, lr: float, betas, fused: bool = False):
+        """AdamW, decay on the 2-D tensors only (nanoGPT's groups)."""
+        ps = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
+
+    @staticmethod
+    def _pick(logits, temperature, top_k, do_sample):
+        if not do_sample:
+            return logits.argmax(-1, keepdim=True)
+        logits = logits / temperature
+        if top_k:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+            logits = logits.masked_fill(logits < kth, -float("inf"))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1)
+
+    def generate(self, idx, max_new_tokens: int, temperature=1.0, top_k=None, do_sample=True):
+        """nanoGPT's: the whole (cropped) context recomputed for every new token."""
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                logits = self(idx[:, -self.block_size:])
+                idx = torch.cat((idx, self._pick(logits, temperature, top_k, do_sample)), dim=1)
+        return idx
+
+    def generate_kv(self, idx, max_new_tokens: int, temperature=1.0, top_k=None, do_sample=True):
+        """Keys and values of past positions cached: each new token runs one position.
+        Needs prompt + max_new_tokens - 1 <= block_size (no sliding window)."""
+        B, T = idx.shape
+        if T + max_new_tokens - 1 > self.block_size:
+            raise ValueError("generate_kv: the sequence would exceed block_size")
+        C = self.transformer.wte.weight.shape[1]
+        shape = (B, self.n_head, self.block_size, C // self.n_head)
+        cache = [(torch.empty(shape), torch.empty(shape)) for _ in self.transformer.h]
+        with torch.no_grad():
+            logits, out = self(idx, cache=cache), [idx]
+            for i in range(max_new_tokens):
+                out.append(self._pick(logits, temperature, top_k, do_sample))
+                if i + 1 < max_new_tokens:
+                    logits = self(out[-1], cache=cache, pos=T + i)
+        return torch.cat(out, dim=1)
+
+
+class TorchRNNLM(_Module):
+    """The tutorial language model: Embedding -> nn.LSTM / nn.GRU (batch first) -> Linear."""
+
+    def __init__(self, kind: str, vocab_size: int, embed_dim: int, hidden_size: int,
+                 num_layers: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
+        self.rnn = rnn(embed_dim, hidden_size, num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, idx, targets):
+        logits = self.fc(self.rnn(self.embedding(idx))[0])
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def fastlm_generate(g, sampler, prompt: np.ndarray, max_new_tokens: int, temperature=1.0,
+                    top_k=0, top_p=1.0, do_sample=False) -> np.ndarray:
+    """_C.GPT's KV-cache decode: the prompt (B, T) at position 0, then one call per token."""
+    B, T = prompt.shape
+    out = np.empty((B, T + max_new_tokens), np.int64)
+    out[:, :T] = prompt
+    logits = g.decode(prompt, 0)
+    for i in range(max_new_tokens):
+        nxt = sampler.sample(logits, temperature, top_k, top_p, do_sample)
+        out[:, T + i] = nxt
+        if i + 1 < max_new_tokens:
+            logits = g.decode(nxt[:, None], T + i)
+    return out
+
+
+def _same_weights(store, module, seed: int) -> None:
+    """Copies the reference's weights into a fastlm model (same names); without
+    PyTorch, GPT-2-style values (normal 0.02, LayerNorm weights 1, biases 0)."""
+    if module is not None:
+        sd = module.state_dict()
+        for name, a in store.tensors().items():
+            a[...] = sd[name].numpy()
+        return
+    rng = np.random.default_rng(seed)
+    for name, a in store.tensors().items():
+        ln = ".ln_" in name and name.endswith("weight")
+        a[...] = 1.0 if ln else 0.0 if name.endswith("bias") else 0.02 * rng.standard_normal(a.shape)
+
+
+def _agree(name: str, ours: float, ref: float, rtol: float = 1e-4) -> str:
+    assert abs(ours - ref) <= rtol * abs(ref) + 1e-6, f"{name}: fastlm {ours} vs torch {ref}"
+    return f"{name} fastlm {ours:.6f} torch {ref:.6f}"
+
+
+# ----------------------------------------------------------------------------- models
+
+GPT_SMALL = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)  # batch 12
+GPT_MEDIUM = dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)  # batch 8
+RNN_SMALL = dict(vocab_size=65, embed_dim=128, hidden_size=256, num_layers=2)  # 32 x 64
+RNN_LARGE = dict(vocab_size=10000, embed_dim=256, hidden_size=1024, num_layers=1)  # 32 x 35
+
+
+def _training(name: str, ours, step: Fn, make_ref, vocab_size: int, batch: int, length: int,
+              flops_per_token: float, seed: int) -> Case:
+    """A training iteration, zero_grad, forward + backward over a (batch, length)
+    window of random ids, optimizer step, of fastlm's model `ours` and of the
+    (module, optimizer) from make_ref(), given the same weights."""
+    rng = np.random.default_rng(seed)
+    x, y = (rng.integers(0, vocab_size, (batch, length)) for _ in range(2))
+
+    def fastlm_step():
+        ours.zero_grad()
+        ours.forward_backward(x, y)
+        step()
+
+    cs: Dict[str, Contender] = {"fastlm": fastlm_step}
+    check = model = None
+    if torch is not None:
+        torch.manual_seed(seed)
+        model, opt = make_ref()
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def ref():
+            opt.zero_grad(set_to_none=True)
+            model(xt, yt).backward()
+            opt.step()
+
+        def check():  # before any step: same weights, same loss
+            with torch.no_grad():
+                return _agree("loss", ours.loss(x, y), model(xt, yt).item())
+
+        cs["torch"] = ref
+    _same_weights(ours, model, seed)
+    slow = flops_per_token * x.size > 3e10  # a step of 0.3 s or more: hand-over cost is noise
+    return Case(name, "tokens/s", x.size, cs, rounds=5, block=1 if slow else 3,
+                warmup=0 if slow else 1, first=2 if slow else 3, check=check)
+
+
+def gpt_train_case(vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                   batch: int, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, seed=0) -> Case:
+    """_C.GPT vs TorchGPT, AdamW with nanoGPT's shakespeare_char hyperparameters."""
+    cfg = (vocab_size, block_size, n_layer, n_head, n_embd)
+    g = _C.GPT(*cfg)
+
+    def make_ref():
+        model = TorchGPT(*cfg)
+        return model, model.configure_optimizers(weight_decay, lr, betas)
+
+    return _training(f"train GPT {n_layer}L {n_head}H {n_embd}d T{block_size} B{batch}", g,
+                     lambda: g.step(lr, betas[0], betas[1], 1e-8, weight_decay), make_ref,
+                     vocab_size, batch, block_size, 72.0 * n_layer * n_embd ** 2, seed)
+
+
+def gpt_sample_case(vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                    new_tokens: int = 63, seed=0) -> Case:
+    """Greedy decoding at batch 1 from a 1-token prompt; tokens/s of new tokens."""
+    cfg = (vocab_size, block_size, n_layer, n_head, n_embd)
+    g, sampler = _C.GPT(*cfg), _C.Sampler(seed)
+    prompt = np.zeros((1, 1), np.int64)
+    cs: Dict[str, Contender] = {"fastlm": lambda: fastlm_generate(g, sampler, prompt, new_tokens)}
+    check = model = None
+    if torch is not None:
+        torch.manual_seed(seed)
+        model = TorchGPT(*cfg).eval()
+        pt = torch.from_numpy(prompt)
+        cs["nanoGPT generate"] = lambda: model.generate(pt, new_tokens, do_sample=False)
+        cs["torch KV cache"] = lambda: model.generate_kv(pt, new_tokens, do_sample=False)
+
+        def check():  # the same logits on one sequence, cached and recomputed
+            seq = model.generate_kv(pt, new_tokens, do_sample=False)
+            ours = g.decode(seq[:, :-1].numpy(), 0)
+            with torch.no_grad():
+                ref = model(seq[:, :-1])
+            np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-3, atol=1e-4)
+            same = float(np.mean(fastlm_generate(g, sampler, prompt, new_tokens) == seq.numpy()))
+            return f"last logits agree; greedy tokens equal to torch's: {same:.0%}"
+    _same_weights(g, model, seed)
+    return Case(f"sample GPT {n_layer}L {n_embd}d batch 1, {new_tokens} tokens", "tokens/s",
+                new_tokens, cs, rounds=5, block=3, warmup=1, first=2, check=check)
+
+
+def rnn_train_case(kind: str, vocab_size: int, embed_dim: int, hidden_size: int, num_layers: int,
+                   batch: int, length: int, lr=1e-3, seed=0) -> Case:
+    """_C.RNNLM vs TorchRNNLM, Adam (no decay), backpropagation through the whole window."""
+    cfg = (vocab_size, embed_dim, hidden_size, num_layers)
+    r = _C.RNNLM(kind, *cfg)
+
+    def make_ref():
+        model = TorchRNNLM(kind, *cfg)
+        return model, torch.optim.Adam(model.parameters(), lr=lr)
+
+    gates = 4 if kind == "lstm" else 3
+    flops = 6.0 * hidden_size * (gates * (embed_dim + hidden_size * (2 * num_layers - 1)) + vocab_size)
+    return _training(f"train {kind.upper()} {num_layers}x{hidden_size} V{vocab_size} B{batch} "
+                     f"T{length}", r, lambda: r.step(lr, 0.9, 0.999, 1e-8, 0.0), make_ref,
+                     vocab_size, batch, length, flops, seed)
+
+
+# ----------------------------------------------------------------------------- fastlm bench
+
+Entry = Tuple[Callable[..., Case], tuple, dict]
+
+
+def _suite(full: bool) -> List[Entry]:
+    """(builder, args, kwargs) of each case, built one at a time as the table runs."""
+    def entry(builder, *args, **kw) -> Entry:
+        return builder, args, kw
+
+    rows = [entry(matmul_case, 1024, 1024, 1024), entry(matmul_case, 768, 128, 384)]
+    if full:
+        rows += [entry(matmul_case, 2048, 2048, 2048), entry(matmul_case, 768, 512, 128)]
+    rows += [entry(attention_case, 8, 6, 256, 64), entry(cross_entropy_case, 4096, 8192)]
+    if full:
+        rows.append(entry(cross_entropy_case, 1024, 50304))
+    rows += [entry(layernorm_case, 2048, 384), entry(gelu_case, 2048, 1536),
+             entry(adamw_case, 10_000_000),
+             entry(gpt_train_case, **GPT_SMALL, batch=12), entry(gpt_train_case, **GPT_MEDIUM, batch=8),
+             entry(gpt_sample_case, **GPT_SMALL)]
+    for kind in ("lstm", "gru"):
+        rows.append(entry(rnn_train_case, kind, **RNN_SMALL, batch=32, length=64))
+        if full:
+            rows.append(entry(rnn_train_case, kind, **RNN_LARGE, batch=32, length=35))
+    return rows
+
+
+def _names(builder, args, kw) -> str:
+    """A case's searchable name without building it: its builder and arguments."""
+    return " ".join([builder.__name__.replace("_case", "")] + [str(a) for a in args]
+                    + [f"{k}={v}" for k, v in kw.items()])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fastlm bench [--quick | --full] [--threads N] [--only SUBSTRING]``; returns the exit code."""
+    p = argparse.ArgumentParser(prog="fastlm bench", description=(
+        "Time fastlm's kernels and models beside PyTorch (NumPy without it) on this machine; "
+        "ratio = reference time / fastlm time, above 1 is faster."))
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="full", action="store_false", help="few rounds (default)")
+    mode.add_argument("--full", dest="full", action="store_true",
+                      help="more rounds and sizes (several minutes)")
+    p.set_defaults(full=False)
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for fastlm and PyTorch (default: fastlm's current count)")
+    p.add_argument("--only", default=None, metavar="SUBSTRING",
+                   help="run the benchmarks whose name contains SUBSTRING (e.g. matmul, gpt, lstm)")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (argparse printed why)
+        return e.code if isinstance(e.code, int) else 2
+    if args.threads is not None and args.threads < 1:
+        print(f"fastlm bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    suite = [s for s in _suite(args.full)
+             if args.only is None or args.only.lower() in _names(*s).lower()]
+    if not suite:
+        print(f"fastlm bench: no benchmark matches --only {args.only!r}", file=sys.stderr)
+        return 2
+    threads = args.threads or fastlm.get_num_threads()
+    ref_lib = f"torch {torch.__version__}" if torch is not None else f"numpy {np.__version__}"
+    print(f"fastlm {fastlm.__version__} bench ({'full' if args.full else 'quick'}): "
+          f"{fastlm.cpu_isa()}, {threads} threads; reference {ref_lib}; ratio = "
+          "reference time / fastlm time (median over rounds)")
+    w = 50
+    print(f"{'benchmark':<{w}} {'fastlm':>10} {'reference':>26} {'ratio':>7}  units")
+    with use_threads(threads):
+        for builder, a, kw in suite:
+            case = builder(*a, **kw)
+            refs = [k for k in case.contenders if k.startswith("torch") or k.startswith("nanoGPT")]
+            refs = refs or [k for k in case.contenders if k == "numpy"]
+            res = case.run(rounds=None if args.full else min(3, case.rounds),
+                           keep=["fastlm"] + refs)
+            ours = f"{res.rate('fastlm'):>10,.1f}"
+            if not refs:
+                print(f"{case.name:<{w}} {ours} {'-':>26} {'-':>7}  {case.unit}", flush=True)
+            for i, r in enumerate(refs):
+                name = case.name if i == 0 else ""
+                ref = f"{res.rate(r):,.1f} ({r})"
+                print(f"{name:<{w}} {ours if i == 0 else '':>10} {ref:>26} "
+                      f"{res.ratio(r):>6.2f}x  {case.unit}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
