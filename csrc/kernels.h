@@ -18,9 +18,12 @@ namespace fastlm {
 //   op(a) is (m, k): a is (m, k) with row stride lda, or (k, m) when trans_a.
 //   op(b) is (k, n): b is (k, n) with row stride ldb, or (n, k) when trans_b.
 //   bias (n) or null, added to every row; accumulate adds the old c.
+//   b_packed: op(b) already packed by matmul_pack_b (a B used for many
+//   products, as an RNN's recurrent weights); b must still be valid.
 struct GemmArgs {
   const float* a = nullptr;
   const float* b = nullptr;
+  const float* b_packed = nullptr;
   const float* bias = nullptr;
   float* c = nullptr;
   int64_t m = 0, n = 0, k = 0;
@@ -80,6 +83,10 @@ struct Kernels {
   const char* name;  // "generic", "avx2", "avx512", "cuda"
 
   void (*matmul)(const GemmArgs& args);
+  // Floats matmul_pack_b writes for an op(b) of (k, n); packs args' b, ldb,
+  // trans_b, n, k for GemmArgs::b_packed (layout specific to this table).
+  int64_t (*matmul_packed_size)(int64_t n, int64_t k);
+  void (*matmul_pack_b)(const GemmArgs& args, float* packed);
   // dbias (cols) += column sums of dout (rows, cols): the bias gradient of a Linear layer.
   void (*bias_backward)(const float* dout, float* dbias, int64_t rows, int64_t cols);
 

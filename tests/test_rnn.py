@@ -30,7 +30,9 @@ from rnn_reference import (make_torch_rnn, np_adam_step, np_forward_backward, np
 V, E, H, L, B, T = 67, 13, 29, 2, 3, 17
 CLASSES = {"lstm": LSTMLM, "gru": GRULM}
 # (embed_dim, hidden_size, num_layers, batch, length)
-SIZES = {"odd": (E, H, L, B, T), "t1": (E, H, L, B, 1), "h1": (E, 1, 1, B, T), "t1h1": (E, 1, 1, B, 1)}
+# "b9": a batch above the GEMM's few-rows path, so the step GEMMs use the pre-packed W_hh.
+SIZES = {"odd": (E, H, L, B, T), "t1": (E, H, L, B, 1), "h1": (E, 1, 1, B, T), "t1h1": (E, 1, 1, B, 1),
+         "b9": (E, H, L, 9, 11)}
 
 
 def _torch():
@@ -330,7 +332,7 @@ def test_parity_with_pytorch(cell, size):
                            name=name + " vs torch")
 
 
-@pytest.mark.parametrize("size", ["odd", "h1"])
+@pytest.mark.parametrize("size", ["odd", "h1", "b9"])
 def test_parity_on_every_isa(cell, isa, size):
     """The model's kernels on each ISA this CPU runs (a model binds the kernel
     table active when it is built)."""

@@ -9,6 +9,8 @@ namespace cpu {
 namespace FASTLM_ISA {
 
 void matmul(const GemmArgs& args);
+int64_t matmul_packed_size(int64_t n, int64_t k);
+void matmul_pack_b(const GemmArgs& args, float* packed);
 void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols);
 void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, float* out,
                        int64_t b, int64_t t, int64_t c, int64_t pos0);

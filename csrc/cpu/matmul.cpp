@@ -236,18 +236,20 @@ void matmul(const GemmArgs& g) {
   // the cores are shared), so small GEMMs stay on the calling thread.
   constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
   const int nthreads = g.m * g.n * g.k < kMinParallelMacs ? 1 : omp_get_max_threads();
-  // Split M into equal blocks (a multiple of MR, at most MC_MAX) so that the
-  // blocks spread evenly over the threads; split N into slices when M alone
-  // gives too few units.
-  int64_t nic = ceil_div(g.m, MC_MAX);
-  if (nic < nthreads) nic = imin(nthreads, ceil_div(g.m, MR));
-  else nic = round_up(nic, nthreads);
+  // A large M splits into equal blocks (a multiple of MR, at most MC_MAX),
+  // as many as a multiple of the threads; an M that fits one block is not
+  // split (rounding rows up to MR would unbalance the threads: 32 rows give
+  // 24 + 8) and the threads split N instead.
+  int64_t nic = 1;
+  if (g.m > MC_MAX) nic = round_up(ceil_div(g.m, MC_MAX), nthreads);
   const int64_t mc = round_up(ceil_div(g.m, nic), MR);
   nic = ceil_div(g.m, mc);
 
   const int64_t nc = imin(NC, round_up(g.n, NR));
   const int64_t kc_max = imin(KC, g.k);
-  float* bpack = alloc_floats(kc_max * nc);
+  // B packed by the caller beforehand (matmul_pack_b), or here per block.
+  const int64_t npad = round_up(g.n, NR);
+  float* bpack = g.b_packed ? nullptr : alloc_floats(kc_max * nc);
 
 #pragma omp parallel num_threads(nthreads)
   {
@@ -260,9 +262,12 @@ void matmul(const GemmArgs& g) {
       for (int64_t pc = 0; pc < g.k; pc += kc_max) {
         const int64_t kc = imin(kc_max, g.k - pc);
         const bool first = pc == 0;
+        const float* bblock = g.b_packed ? g.b_packed + pc * npad + jc * kc : bpack;
+        if (!g.b_packed) {
 #pragma omp for schedule(static)
-        for (int64_t jp = 0; jp < npanels; ++jp)
-          pack_b_panel(g, jc + jp * NR, imin(NR, ncur - jp * NR), pc, kc, bpack + jp * NR * kc);
+          for (int64_t jp = 0; jp < npanels; ++jp)
+            pack_b_panel(g, jc + jp * NR, imin(NR, ncur - jp * NR), pc, kc, bpack + jp * NR * kc);
+        }
 
         int64_t packed_ic = -1;
 #pragma omp for schedule(static)
@@ -279,7 +284,7 @@ void matmul(const GemmArgs& g) {
             const int64_t j = jc + jp * NR, nr = imin(NR, ncur - jp * NR);
             const float* bias = first && g.bias ? g.bias + j : nullptr;
             for (int64_t ir = 0; ir < mcur; ir += MR) {
-              microkernel(kc, apack + ir * kc, bpack + jp * NR * kc, g.c + (ic + ir) * g.ldc + j,
+              microkernel(kc, apack + ir * kc, bblock + jp * NR * kc, g.c + (ic + ir) * g.ldc + j,
                           g.ldc, imin(MR, mcur - ir), nr, !first || g.accumulate, bias);
             }
           }
@@ -289,6 +294,20 @@ void matmul(const GemmArgs& g) {
     std::free(apack);
   }
   std::free(bpack);
+}
+
+// Layout: for each K block of KC rows, the NR-column panels of all of N
+// (zero padded to a multiple of NR), each panel kc x NR, as matmul reads them.
+int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
+
+void matmul_pack_b(const GemmArgs& g, float* packed) {
+  const int64_t kc_max = imin(KC, g.k), npad = round_up(g.n, NR), npanels = npad / NR;
+  for (int64_t pc = 0; pc < g.k; pc += kc_max) {
+    const int64_t kc = imin(kc_max, g.k - pc);
+#pragma omp parallel for schedule(static) if (g.n * g.k > (1 << 16))
+    for (int64_t jp = 0; jp < npanels; ++jp)
+      pack_b_panel(g, jp * NR, imin(NR, g.n - jp * NR), pc, kc, packed + pc * npad + jp * NR * kc);
+  }
 }
 
 // Rows split in fixed blocks whose partial sums are added in block order.

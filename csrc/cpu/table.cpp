@@ -12,6 +12,8 @@ const Kernels* kernel_table() {
   static const Kernels table = {
       FASTLM_STR(FASTLM_ISA),
       matmul,
+      matmul_packed_size,
+      matmul_pack_b,
       bias_backward,
       embedding_forward,
       embedding_backward,

@@ -5,10 +5,19 @@
 namespace fastlm {
 namespace cuda {
 
+namespace {
+// The GPU GEMM stages B through shared memory on every call: there is
+// nothing to pre-pack, so callers get size 0 and leave b_packed null.
+int64_t matmul_packed_size(int64_t, int64_t) { return 0; }
+void matmul_pack_b(const GemmArgs&, float*) {}
+}  // namespace
+
 const Kernels* kernel_table() {
   static const Kernels table = {
       "cuda",
       matmul,
+      matmul_packed_size,
+      matmul_pack_b,
       bias_backward,
       embedding_forward,
       embedding_backward,

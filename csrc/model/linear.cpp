@@ -2,8 +2,8 @@
 
 namespace fastlm {
 
-void gemm(const Kernels& k, const float* a, const float* b, const float* bias, float* c,
-          int64_t m, int64_t n, int64_t kdim, bool trans_a, bool trans_b, bool accumulate) {
+static GemmArgs gemm_args(const float* a, const float* b, const float* bias, float* c, int64_t m,
+                          int64_t n, int64_t kdim, bool trans_a, bool trans_b, bool accumulate) {
   GemmArgs g;
   g.a = a;
   g.b = b;
@@ -18,7 +18,26 @@ void gemm(const Kernels& k, const float* a, const float* b, const float* bias, f
   g.trans_a = trans_a;
   g.trans_b = trans_b;
   g.accumulate = accumulate;
+  return g;
+}
+
+void gemm(const Kernels& k, const float* a, const float* b, const float* bias, float* c,
+          int64_t m, int64_t n, int64_t kdim, bool trans_a, bool trans_b, bool accumulate,
+          const float* b_packed) {
+  GemmArgs g = gemm_args(a, b, bias, c, m, n, kdim, trans_a, trans_b, accumulate);
+  g.b_packed = b_packed;
   k.matmul(g);
+}
+
+int64_t packed_b_size(const Kernels& k, int64_t n, int64_t kdim) {
+  return k.matmul_packed_size(n, kdim);
+}
+
+const float* pack_b(const Kernels& k, const float* b, int64_t n, int64_t kdim, bool trans_b,
+                    float* packed) {
+  if (k.matmul_packed_size(n, kdim) == 0) return nullptr;
+  k.matmul_pack_b(gemm_args(nullptr, b, nullptr, nullptr, 0, n, kdim, false, trans_b, false), packed);
+  return packed;
 }
 
 void linear_forward(const Kernels& k, const float* inp, const float* weight, const float* bias,

@@ -6,9 +6,19 @@
 
 namespace fastlm {
 
-// c (m, n) [+]= op(a) @ op(b) [+ bias] for contiguous row-major operands.
+// c (m, n) [+]= op(a) @ op(b) [+ bias] for contiguous row-major operands;
+// b_packed, when not null, is op(b) packed by pack_b.
 void gemm(const Kernels& k, const float* a, const float* b, const float* bias, float* c,
-          int64_t m, int64_t n, int64_t kdim, bool trans_a, bool trans_b, bool accumulate);
+          int64_t m, int64_t n, int64_t kdim, bool trans_a, bool trans_b, bool accumulate,
+          const float* b_packed = nullptr);
+
+// Floats pack_b needs for an op(b) of (kdim, n) (0 when the backend does not pre-pack).
+int64_t packed_b_size(const Kernels& k, int64_t n, int64_t kdim);
+// Packs op(b) into `packed` once for many gemm calls with the same b (an
+// RNN's recurrent weights, once per sequence); returns the pointer to pass
+// as b_packed, or null when the backend does not pre-pack.
+const float* pack_b(const Kernels& k, const float* b, int64_t n, int64_t kdim, bool trans_b,
+                    float* packed);
 
 // out (rows, n_out) = inp (rows, n_in) @ weight^T + bias (bias may be null).
 void linear_forward(const Kernels& k, const float* inp, const float* weight, const float* bias,

@@ -1,5 +1,6 @@
 #include "model/rnn.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -80,6 +81,7 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   dh_a_ = take(b * H), dh_b_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
   dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
   acts_t_ = t, acts_b_ = b;
+  wpack_.resize(std::max(packed_b_size(k_, GH, H), packed_b_size(k_, H, GH)));
 }
 
 const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
@@ -103,15 +105,16 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
     // The input projection of the whole sequence is one GEMM; each step adds
     // the recurrent GEMM of its b rows, then the fused cell kernel.
     linear_forward(k_, x, L.w_ih, L.b_ih, a.pre, t * b, in, GH);
+    const float* whh = pack_b(k_, L.w_hh, GH, H, /*trans_b=*/true, wpack_.data());
     for (int64_t s = 0; s < t; ++s) {
       float* pre = a.pre + s * b * GH;
       const float* h = a.h + s * BH;
       if (lstm) {
-        gemm(k_, h, L.w_hh, L.b_hh, pre, b, GH, H, false, true, /*accumulate=*/true);
+        gemm(k_, h, L.w_hh, L.b_hh, pre, b, GH, H, false, true, /*accumulate=*/true, whh);
         k_.lstm_cell_forward(pre, a.c + s * BH, a.gates + s * b * 4 * H, a.c + (s + 1) * BH,
                              a.h + (s + 1) * BH, b, H);
       } else {
-        linear_forward(k_, h, L.w_hh, L.b_hh, gh_, b, H, GH);
+        gemm(k_, h, L.w_hh, L.b_hh, gh_, b, GH, H, false, true, false, whh);
         k_.gru_cell_forward(pre, gh_, h, a.gates + s * b * 4 * H, a.h + (s + 1) * BH, b, H);
       }
     }
@@ -184,6 +187,7 @@ void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int6
   k_.zero(dpre_, TB * GH);
   if (!lstm) k_.zero(dgh_, TB * GH);
   float *dh = dh_a_, *dh_prev = dh_b_, *dc = dc_a_, *dc_prev = dc_b_;
+  const float* whh = pack_b(k_, L.w_hh, H, GH, /*trans_b=*/false, wpack_.data());
   k_.zero(dh, BH);
   k_.zero(dc, BH);
   for (int64_t s = t - 1; s >= 0; --s) {
@@ -194,12 +198,12 @@ void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int6
     if (lstm) {
       k_.zero(dc_prev, BH);
       k_.lstm_cell_backward(dh, dc, a.c + s * BH, a.c + (s + 1) * BH, gates, dpre, dc_prev, b, H);
-      gemm(k_, dpre, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true);
+      gemm(k_, dpre, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
       std::swap(dc, dc_prev);
     } else {
       float* dgh = dgh_ + s * b * GH;
       k_.gru_cell_backward(dh, a.h + s * BH, gates, dpre, dgh, dh_prev, b, H);
-      gemm(k_, dgh, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true);
+      gemm(k_, dgh, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
     }
     std::swap(dh, dh_prev);
   }

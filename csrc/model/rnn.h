@@ -79,6 +79,7 @@ class RNNLM {
   std::vector<float> acts_;
   float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_a_, *dh_b_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
   std::vector<LayerActs> la_;
+  std::vector<float> wpack_;  // W_hh packed once per sequence for the step GEMMs
 
   int64_t state_b_ = 0;
   std::vector<float> state_h_, state_c_;
