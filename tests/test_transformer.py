@@ -775,3 +775,19 @@ def test_fit_bad_args(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         m.fit(data, checkpoint_dir=tmp_path / "other", resume=True, **ok)
     assert m.optimizer_step == 0
+
+
+def test_decoding_follows_weight_changes(model, batch):
+    """Decoding packs the weights once per prefill; a step or a load_state_dict
+    in between must be seen by the next generate()."""
+    prompt = np.array([[3, 1, 4, 1, 5]])
+    model.generate(prompt, 4, do_sample=False)  # packs the current weights
+    idx, tgt = batch
+    model.zero_grad()
+    model.forward_backward(idx, tgt)
+    model.step(5e-2)
+    np.testing.assert_array_equal(model.generate(prompt, 6, do_sample=False),
+                                  _greedy_by_recompute(model, prompt, 6))
+    model.load_state_dict(random_state_dict(V, BLOCK, N_LAYER, N_EMBD, seed=99))
+    np.testing.assert_array_equal(model.generate(prompt, 6, do_sample=False),
+                                  _greedy_by_recompute(model, prompt, 6))

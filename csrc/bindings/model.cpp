@@ -108,6 +108,8 @@ void bind_store(py::class_<Model>& c) {
             if (v < 0) value_error("step_count", "must be >= 0");
             m.store.step_count = v;
           })
+      .def("weights_changed", [](Model& m) { m.store.mark_changed(); },
+           "Call after writing parameters through tensors() or flat_params() views.")
       .def("zero_grad", [](Model& m) { m.store.zero_grad(); })
       .def("grad_norm", [](Model& m) {
         py::gil_scoped_release nogil;

@@ -320,8 +320,58 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
 
 }  // namespace
 
+// One query per head (decoding a token against the KV cache): the tiles
+// would be 1/kW full, so scores, softmax and the weighted sum of V run as
+// plain vector loops over D; exact two-pass softmax (scores kept, seq_k floats).
+void forward_one_query(const AttentionArgs& a, int64_t h, float* scores) {
+  const Head hd = head_at(a, h);
+  const int64_t D = a.head_dim, nk = a.causal ? imin(a.seq_k, a.seq_k - a.seq_q + 1) : a.seq_k;
+  const float scale = 1.f / sqrtf((float)D);
+  const float* q = hd.q;
+  float* out = hd.o;
+  if (nk <= 0) {  // no visible key: out 0, lse -inf (as forward_rows)
+    for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+    a.lse[h * a.seq_q] = -INFINITY;
+    return;
+  }
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < nk; ++j) {
+    const float* kj = hd.k + j * a.sk.row;
+    V acc = vzero();
+    for (int64_t d = 0; d < D; d += kW) {
+      const int64_t w = imin(kW, D - d);
+      acc = vfma(vload_part(q + d, w), vload_part(kj + d, w), acc);
+    }
+    scores[j] = vsum(acc) * scale;
+    mx = fmaxs(mx, scores[j]);
+  }
+  double sum = 0;
+  for (int64_t j = 0; j < nk; ++j) {
+    scores[j] = expf(scores[j] - mx);
+    sum += scores[j];
+  }
+  const float inv = (float)(1.0 / sum);
+  for (int64_t d = 0; d < D; d += kW) {
+    const int64_t w = imin(kW, D - d);
+    V acc = vzero();
+    for (int64_t j = 0; j < nk; ++j) acc = vfma(vset(scores[j]), vload_part(hd.v + j * a.sv.row + d, w), acc);
+    vstore_part(out + d, acc * vset(inv), w);
+  }
+  a.lse[h * a.seq_q] = mx + (float)std::log(sum);
+}
+
 void attention_forward(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
+  if (a.seq_q == 1) {
+#pragma omp parallel if (bh * a.seq_k * D > (1 << 15))
+    {
+      float* scores = new float[a.seq_k];
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < bh; ++h) forward_one_query(a, h, scores);
+      delete[] scores;
+    }
+    return;
+  }
   const int nth = omp_get_max_threads();
   // Query blocks of one head share one Q^T: as many per work item as still
   // leaves every thread a few items.

@@ -220,6 +220,76 @@ void matmul_small_m(const GemmArgs& g) {
   std::free(arow);
 }
 
+// A few rows against a pre-packed B (decoding with weights packed once per
+// prompt): each B panel is read once for all M rows (M a compile-time
+// constant so the accumulators stay in registers), and no row padding is
+// computed.
+template <int M>
+void small_m_packed_panel(const GemmArgs& g, int64_t jp, int64_t npad, int64_t kc_max) {
+  // With M * NV accumulators alone each FMA waits on the previous one (4
+  // cycles); U interleaved partial sums over k keep 8 chains in flight.
+  constexpr int U = M * NV >= 8 ? 1 : 8 / (M * NV);
+  V acc[U][M][NV];
+  for (int u = 0; u < U; ++u)
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < NV; ++v) acc[u][i][v] = vzero();
+  auto a_at = [&](int i, int64_t k) {
+    return vset(g.trans_a ? g.a[k * g.lda + i] : g.a[i * g.lda + k]);
+  };
+  for (int64_t pc = 0; pc < g.k; pc += kc_max) {
+    const int64_t kc = imin(kc_max, g.k - pc);
+    const float* panel = g.b_packed + pc * npad + jp * NR * kc;
+    int64_t k = 0;
+    for (; k + U <= kc; k += U) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bv[v] = vload(panel + (k + u) * NR + v * kW);
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i) {
+          const V av = a_at(i, pc + k + u);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[u][i][v] = vfma(av, bv[v], acc[u][i][v]);
+        }
+      }
+    }
+    for (; k < kc; ++k)
+      for (int i = 0; i < M; ++i) {
+        const V av = a_at(i, pc + k);
+        for (int v = 0; v < NV; ++v)
+          acc[0][i][v] = vfma(av, vload(panel + k * NR + v * kW), acc[0][i][v]);
+      }
+  }
+  const int64_t j0 = jp * NR;
+  for (int i = 0; i < M; ++i)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t cols = imin(kW, g.n - j0 - v * kW);
+      if (cols <= 0) break;
+      float* p = g.c + i * g.ldc + j0 + v * kW;
+      V r = acc[0][i][v];
+      for (int u = 1; u < U; ++u) r = r + acc[u][i][v];
+      if (g.accumulate) r = r + vload_part(p, cols);
+      if (g.bias) r = r + vload_part(g.bias + j0 + v * kW, cols);
+      vstore_part(p, r, cols);
+    }
+}
+
+void matmul_small_m_packed(const GemmArgs& g) {
+  const int64_t kc_max = imin(KC, g.k), npad = round_up(g.n, NR), npanels = npad / NR;
+  // Bound by reading B (from L3 once the weights outgrow L2): a second core
+  // adds bandwidth from fairly small sizes on.
+#pragma omp parallel for schedule(static) if (g.n * g.k >= (1 << 15))
+  for (int64_t jp = 0; jp < npanels; ++jp) {
+    switch (g.m) {
+      case 1: small_m_packed_panel<1>(g, jp, npad, kc_max); break;
+      case 2: small_m_packed_panel<2>(g, jp, npad, kc_max); break;
+      case 3: small_m_packed_panel<3>(g, jp, npad, kc_max); break;
+      default: small_m_packed_panel<4>(g, jp, npad, kc_max); break;
+    }
+  }
+}
+
 }  // namespace
 
 void matmul(const GemmArgs& g) {
@@ -229,7 +299,8 @@ void matmul(const GemmArgs& g) {
     return;
   }
   if (g.m <= kSmallM) {
-    matmul_small_m(g);
+    if (g.b_packed) matmul_small_m_packed(g);
+    else matmul_small_m(g);
     return;
   }
   // Waking a thread team costs more than a small product (and far more when

@@ -116,7 +116,7 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
     } else {
       float* layer_cache = cache_.data() + l * b * S * 3 * C;
       GemmArgs g;
-      g.b = L.attn_w, g.bias = L.attn_b, g.n = 3 * C, g.k = C;
+      g.b = L.attn_w, g.b_packed = packed_layers_[l].attn, g.bias = L.attn_b, g.n = 3 * C, g.k = C;
       g.lda = C, g.ldb = C, g.trans_b = true;
       if (t == 1) {  // one row per sequence: a single GEMM strided over the cache
         g.a = a.ln1, g.c = layer_cache + pos * 3 * C, g.m = b, g.ldc = S * 3 * C;
@@ -142,12 +142,13 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
     att.lse = a.lse;
     att.batch = b, att.heads = H, att.seq_q = t, att.head_dim = D, att.causal = true;
     k_.attention_forward(att);
-    linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C);
+    const Packed p = cache ? packed_layers_[l] : Packed{};
+    linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C, p.proj);
     k_.residual_forward(residual, tmp_, a.res2, BT * C);
     k_.layernorm_forward(a.res2, L.ln2_w, L.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, BT, C, 1e-5f);
-    linear_forward(k_, a.ln2, L.fc_w, L.fc_b, a.fch, BT, C, 4 * C);
+    linear_forward(k_, a.ln2, L.fc_w, L.fc_b, a.fch, BT, C, 4 * C, p.fc);
     k_.gelu_forward(a.fch, a.fch_gelu, BT * 4 * C);
-    linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, tmp_, BT, 4 * C, C);
+    linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, tmp_, BT, 4 * C, C, p.fcproj);
     k_.residual_forward(a.res2, tmp_, a.res3, BT * C);
     residual = a.res3;
   }
@@ -228,6 +229,7 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
     cache_.assign(cfg_.n_layer * b * S * 3 * C, 0.f);
     cache_b_ = b;
   }
+  if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
   k_.embedding_forward(tokens, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
   const float* residual = run_blocks(b, tn, pos, true);
@@ -237,7 +239,31 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
     k_.layernorm_forward(residual + r * C, w_.lnf_w, w_.lnf_b, lnf_ + i * C, lnf_mean_ + i,
                          lnf_rstd_ + i, 1, C, 1e-5f);
   }
-  linear_forward(k_, lnf_, w_.wte, nullptr, logits, b, C, cfg_.vocab_size);
+  linear_forward(k_, lnf_, w_.wte, nullptr, logits, b, C, cfg_.vocab_size, packed_wte_);
+}
+
+void GPT::pack_for_decode() {
+  const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
+  const int64_t per_layer = packed_b_size(k_, 3 * C, C) + packed_b_size(k_, C, C) +
+                            packed_b_size(k_, 4 * C, C) + packed_b_size(k_, C, 4 * C);
+  packed_.resize(cfg_.n_layer * per_layer + packed_b_size(k_, V, C));
+  float* p = packed_.data();
+  auto pack = [&](const float* w, int64_t n_out, int64_t n_in) {
+    const float* r = pack_b(k_, w, n_out, n_in, /*trans_b=*/true, p);
+    p += packed_b_size(k_, n_out, n_in);
+    return r;
+  };
+  packed_layers_.resize(cfg_.n_layer);
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    const Layer& L = w_.layers[l];
+    Packed& P = packed_layers_[l];
+    P.attn = pack(L.attn_w, 3 * C, C);
+    P.proj = pack(L.proj_w, C, C);
+    P.fc = pack(L.fc_w, 4 * C, C);
+    P.fcproj = pack(L.fcproj_w, C, 4 * C);
+  }
+  packed_wte_ = pack(w_.wte, V, C);
+  packed_version_ = store.version;
 }
 
 }  // namespace fastlm

@@ -53,7 +53,15 @@ class GPT {
         *fch_gelu, *res3;
   };
 
+  // Decoding's weights packed for the GEMM (null where the backend does not
+  // pre-pack); a prefill (decode at pos 0) packs them again when the
+  // parameters changed since (store.version).
+  struct Packed {
+    const float *attn = nullptr, *proj = nullptr, *fc = nullptr, *fcproj = nullptr;
+  };
+
   Weights view(float* base) const;
+  void pack_for_decode();
   void ensure_acts(int64_t b, int64_t t);
   // Runs the blocks over acts_ for (b, t) tokens at positions [pos, pos + t);
   // when `cache` is set, q/k/v live in the KV cache instead of acts' qkv.
@@ -67,6 +75,11 @@ class GPT {
   std::vector<float> acts_;
   float *encoded_, *lnf_, *lnf_mean_, *lnf_rstd_, *logits_, *dres_, *tmp_, *d1_, *d2_;
   std::vector<LayerActs> la_;
+
+  std::vector<Packed> packed_layers_;
+  const float* packed_wte_ = nullptr;
+  int64_t packed_version_ = -1;
+  std::vector<float> packed_;
 
   int64_t cache_b_ = 0;
   std::vector<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions

@@ -41,8 +41,9 @@ const float* pack_b(const Kernels& k, const float* b, int64_t n, int64_t kdim, b
 }
 
 void linear_forward(const Kernels& k, const float* inp, const float* weight, const float* bias,
-                    float* out, int64_t rows, int64_t n_in, int64_t n_out) {
-  gemm(k, inp, weight, bias, out, rows, n_out, n_in, false, true, false);
+                    float* out, int64_t rows, int64_t n_in, int64_t n_out,
+                    const float* weight_packed) {
+  gemm(k, inp, weight, bias, out, rows, n_out, n_in, false, true, false, weight_packed);
 }
 
 void linear_backward(const Kernels& k, const float* dout, const float* inp, const float* weight,

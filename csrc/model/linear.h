@@ -20,9 +20,11 @@ int64_t packed_b_size(const Kernels& k, int64_t n, int64_t kdim);
 const float* pack_b(const Kernels& k, const float* b, int64_t n, int64_t kdim, bool trans_b,
                     float* packed);
 
-// out (rows, n_out) = inp (rows, n_in) @ weight^T + bias (bias may be null).
+// out (rows, n_out) = inp (rows, n_in) @ weight^T + bias (bias may be null);
+// weight_packed, when not null, is weight^T packed by pack_b.
 void linear_forward(const Kernels& k, const float* inp, const float* weight, const float* bias,
-                    float* out, int64_t rows, int64_t n_in, int64_t n_out);
+                    float* out, int64_t rows, int64_t n_in, int64_t n_out,
+                    const float* weight_packed = nullptr);
 
 // dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout.
 // dinp or dbias may be null when not wanted.

@@ -26,6 +26,7 @@ double ParamStore::grad_norm() const { return std::sqrt(k_.sum_squares(grads_.da
 void ParamStore::adamw(double lr, double beta1, double beta2, double eps, double weight_decay,
                        float grad_scale) {
   ++step_count;
+  mark_changed();
   for (const ParamInfo& p : info_) {
     AdamWArgs a;
     a.lr = lr, a.beta1 = beta1, a.beta2 = beta2, a.eps = eps;
@@ -39,6 +40,7 @@ void ParamStore::adamw(double lr, double beta1, double beta2, double eps, double
 
 void ParamStore::sgd(float lr, float momentum, float weight_decay, float grad_scale) {
   ++step_count;
+  mark_changed();
   for (const ParamInfo& p : info_) {
     SgdArgs a;
     a.lr = lr, a.momentum = momentum, a.grad_scale = grad_scale;

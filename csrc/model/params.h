@@ -30,6 +30,11 @@ class ParamStore {
   float* moment1() { return m_.data(); }
   float* moment2() { return v_.data(); }
   int64_t step_count = 0;
+  // Bumped whenever the parameters change (optimizer steps; writers of the
+  // params() buffer call mark_changed), so derived data (decode's packed
+  // weights) knows when to rebuild.
+  int64_t version = 0;
+  void mark_changed() { ++version; }
 
   void zero_grad();
   double grad_norm() const;

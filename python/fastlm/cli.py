@@ -416,6 +416,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("FASTLM_DEBUG", "") not in ("", "0")
     try:
+        if argv[:1] == ["bench"]:
+            # The benchmark runner parses its own flags (argparse's REMAINDER
+            # would refuse ones that start with "--").
+            return _cmd_bench(argparse.Namespace(args=argv[1:]))
         a = _build_parser().parse_args(argv)
         if a.version:
             import fastlm

@@ -271,6 +271,7 @@ class LanguageModel:
                                  f"tensor (leave {alias} out or make them equal)")
         for name in self._names:
             self._params[name][...] = arrays[name]
+        self._g.weights_changed()
         self._cache_owner = None
 
     # -- training primitives

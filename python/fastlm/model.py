@@ -80,6 +80,7 @@ class Transformer(LanguageModel):
         self._build({"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer, "n_head": n_head,
                      "n_embd": n_embd}, seed, device, tokenizer)
         self._init_weights()
+        self._g.weights_changed()
 
     def _check_arch(self, *, vocab_size: Any, block_size: Any, n_layer: Any, n_head: Any,
                     n_embd: Any) -> Dict[str, Any]:
