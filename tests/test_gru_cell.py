@@ -25,7 +25,6 @@ def gru_ref(x, h, w_ih, w_hh, b_ih, b_hh):
 
 
 def gru_ref_backward(dy, x, h, w_ih, w_hh, b_ih, b_hh):
-    H = h.shape[1]
     _, (r, z, n, hn) = gru_ref(x, h, w_ih, w_hh, b_ih, b_hh)
     dn = dy * (1 - z) * (1 - n * n)
     dz = dy * (h - n) * z * (1 - z)

@@ -11,7 +11,6 @@ say how to build the core, name and initialise the parameters, and decode.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
