@@ -11,6 +11,7 @@
 // streams, tied weights) sum naturally; the caller zeroes them first.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace fastlm {
 
@@ -160,5 +161,22 @@ struct Kernels {
   void (*sgd)(float* param, const float* grad, float* momentum_buf, int64_t n,
               const SgdArgs& args);
 };
+
+// Every entry of Kernels but `name`, once: each backend declares its kernels
+// (FASTLM_DECLARE_KERNEL, with the entry's exact type) and fills its table
+// from this list, so the three never drift apart.
+#define FASTLM_KERNELS(X)                                                                  \
+  X(matmul) X(matmul_packed_size) X(matmul_pack_b) X(bias_backward) X(embedding_forward)  \
+  X(embedding_backward) X(zero) X(copy) X(residual_forward) X(sum_squares)                \
+  X(softmax_forward) X(softmax_backward) X(layernorm_forward) X(layernorm_backward)       \
+  X(gelu_forward) X(gelu_backward) X(attention_forward) X(attention_backward)             \
+  X(cross_entropy) X(lstm_cell_forward) X(lstm_cell_backward) X(gru_cell_forward)         \
+  X(gru_cell_backward) X(adamw) X(sgd)
+
+#define FASTLM_DECLARE_KERNEL(entry) std::remove_pointer_t<decltype(Kernels::entry)> entry;
+#define FASTLM_COUNT_KERNEL(entry) +1
+static_assert(sizeof(Kernels) == sizeof(const char*) + (0 FASTLM_KERNELS(FASTLM_COUNT_KERNEL)) *
+                                                           sizeof(void (*)()),
+              "FASTLM_KERNELS must list every function entry of Kernels");
 
 }  // namespace fastlm

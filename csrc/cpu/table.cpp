@@ -8,35 +8,17 @@ namespace fastlm {
 namespace cpu {
 namespace FASTLM_ISA {
 
+static Kernels make_table() {
+  Kernels t{};
+  t.name = FASTLM_STR(FASTLM_ISA);
+#define FASTLM_SET_KERNEL(entry) t.entry = entry;
+  FASTLM_KERNELS(FASTLM_SET_KERNEL)
+#undef FASTLM_SET_KERNEL
+  return t;
+}
+
 const Kernels* kernel_table() {
-  static const Kernels table = {
-      FASTLM_STR(FASTLM_ISA),
-      matmul,
-      matmul_packed_size,
-      matmul_pack_b,
-      bias_backward,
-      embedding_forward,
-      embedding_backward,
-      zero,
-      copy,
-      residual_forward,
-      sum_squares,
-      softmax_forward,
-      softmax_backward,
-      layernorm_forward,
-      layernorm_backward,
-      gelu_forward,
-      gelu_backward,
-      attention_forward,
-      attention_backward,
-      cross_entropy,
-      lstm_cell_forward,
-      lstm_cell_backward,
-      gru_cell_forward,
-      gru_cell_backward,
-      adamw,
-      sgd,
-  };
+  static const Kernels table = make_table();
   return &table;
 }
 
