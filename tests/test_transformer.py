@@ -791,3 +791,28 @@ def test_decoding_follows_weight_changes(model, batch):
     model.load_state_dict(random_state_dict(V, BLOCK, N_LAYER, N_EMBD, seed=99))
     np.testing.assert_array_equal(model.generate(prompt, 6, do_sample=False),
                                   _greedy_by_recompute(model, prompt, 6))
+
+
+def test_one_model_from_two_threads_does_not_corrupt_it(model, batch):
+    """Calls release the GIL; concurrent calls on one model must serialise."""
+    import threading
+    idx, tgt = batch
+    want = model.forward(idx)
+    errors = []
+
+    def hammer():
+        try:
+            for _ in range(20):
+                model.zero_grad()
+                model.forward_backward(idx, tgt)
+                model.generate([1, 2, 3], 3, do_sample=False)
+                np.testing.assert_array_equal(model.forward(idx), want)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]

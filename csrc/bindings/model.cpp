@@ -60,6 +60,14 @@ Tokens checked_targets(int64_t vocab, py::handle t_obj, const Tokens& idx, const
   return tg;
 }
 
+// Releases the GIL, then takes the model's lock (in that order, so a thread
+// waiting for the model never holds the GIL).
+struct Exclusive {
+  py::gil_scoped_release nogil;
+  std::lock_guard<std::mutex> lock;
+  explicit Exclusive(std::mutex& m) : nogil(), lock(m) {}
+};
+
 py::array view(py::object owner, float* data, const std::vector<int64_t>& shape) {
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   return py::array_t<float>(s, data, owner);
@@ -110,9 +118,12 @@ void bind_store(py::class_<Model>& c) {
           })
       .def("weights_changed", [](Model& m) { m.store.mark_changed(); },
            "Call after writing parameters through tensors() or flat_params() views.")
-      .def("zero_grad", [](Model& m) { m.store.zero_grad(); })
+      .def("zero_grad", [](Model& m) {
+        Exclusive exclusive(m.store.busy);
+        m.store.zero_grad();
+      })
       .def("grad_norm", [](Model& m) {
-        py::gil_scoped_release nogil;
+        Exclusive exclusive(m.store.busy);
         return m.store.grad_norm();
       })
       .def("step",
@@ -124,7 +135,7 @@ void bind_store(py::class_<Model>& c) {
              check_finite(wd, op, "weight_decay", false);
              check_finite(grad_scale, op, "grad_scale", false);
              check_betas(op, beta1, beta2);
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(m.store.busy);
              m.store.adamw(lr, beta1, beta2, eps, wd,
                            (float)grad_scale);
            },
@@ -137,7 +148,7 @@ void bind_store(py::class_<Model>& c) {
              check_finite(wd, op, "weight_decay", false);
              check_finite(grad_scale, op, "grad_scale", false);
              if (!(momentum >= 0 && momentum < 1)) value_error(op, "momentum must be in [0, 1)");
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(m.store.busy);
              m.store.sgd((float)lr, (float)momentum, (float)wd, (float)grad_scale);
            },
            py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"),
@@ -163,7 +174,7 @@ py::array_t<float> rnn_logits(RNNLM& r, const Tokens& tk, bool carry) {
   std::vector<float> tm(tk.t * tk.b * V);
   py::array_t<float> out = new_array({tk.b, tk.t, V});
   float* o = out.mutable_data();
-  py::gil_scoped_release nogil;
+  Exclusive exclusive(r.store.busy);
   r.forward(ids.data(), tk.t, tk.b, carry, tm.data());
   for (int64_t s = 0; s < tk.t; ++s)
     for (int64_t i = 0; i < tk.b; ++i)
@@ -189,7 +200,7 @@ void bind_model(py::module_& m) {
              Tokens tk = checked_batch(g, idx_obj, "forward");
              py::array_t<float> logits = new_array({tk.b, tk.t, g.config().vocab_size});
              float* out = logits.mutable_data();
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(g.store.busy);
              g.forward(tk.ids.data(), tk.b, tk.t, out);
              return logits;
            },
@@ -198,7 +209,7 @@ void bind_model(py::module_& m) {
            [](GPT& g, py::handle idx_obj, py::handle t_obj) {
              Tokens tk = checked_batch(g, idx_obj, "loss");
              Tokens tg = checked_targets(g.config().vocab_size, t_obj, tk, "loss");
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(g.store.busy);
              return g.loss(tk.ids.data(), tg.ids.data(), tk.b, tk.t);
            },
            py::arg("idx"), py::arg("targets"))
@@ -208,7 +219,7 @@ void bind_model(py::module_& m) {
              Tokens tg = checked_targets(g.config().vocab_size, t_obj, tk, "forward_backward");
              if (!std::isfinite(grad_scale))
                value_error("forward_backward", "grad_scale must be finite");
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(g.store.busy);
              return g.forward_backward(tk.ids.data(), tg.ids.data(), tk.b, tk.t,
                                        (float)grad_scale);
            },
@@ -222,7 +233,7 @@ void bind_model(py::module_& m) {
                                          std::to_string(g.config().block_size));
              py::array_t<float> logits = new_array({tk.b, g.config().vocab_size});
              float* out = logits.mutable_data();
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(g.store.busy);
              g.decode(tk.ids.data(), tk.b, tk.t, pos, out);
              return logits;
            },
@@ -264,7 +275,7 @@ void bind_model(py::module_& m) {
              Tokens tk = checked_rnn_batch(r, idx_obj, "loss");
              Tokens tg = checked_targets(r.config().vocab_size, t_obj, tk, "loss");
              std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(r.store.busy);
              return r.loss(ids.data(), tgt.data(), tk.t, tk.b, carry);
            },
            py::arg("idx"), py::arg("targets"), py::arg("carry") = false)
@@ -275,13 +286,16 @@ void bind_model(py::module_& m) {
              if (!std::isfinite(grad_scale))
                value_error("forward_backward", "grad_scale must be finite");
              std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
-             py::gil_scoped_release nogil;
+             Exclusive exclusive(r.store.busy);
              return r.forward_backward(ids.data(), tgt.data(), tk.t, tk.b, carry,
                                        (float)grad_scale);
            },
            py::arg("idx"), py::arg("targets"), py::arg("carry") = false,
            py::arg("grad_scale") = 1.0)
-      .def("reset_state", &RNNLM::reset_state)
+      .def("reset_state", [](RNNLM& r) {
+        Exclusive exclusive(r.store.busy);
+        r.reset_state();
+      })
       .def("set_state",
            [](RNNLM& r, py::handle h_obj, py::handle c_obj) {
              const char* op = "set_state";
@@ -297,11 +311,13 @@ void bind_model(py::module_& m) {
              } else if (!c_obj.is_none()) {
                value_error(op, "a GRU has no cell state: c must be None");
              }
+             Exclusive exclusive(r.store.busy);
              r.set_state(cptr(h), lstm ? cptr(c) : nullptr, b);
            },
            py::arg("h"), py::arg("c") = py::none())
       .def("state", [](RNNLM& r) -> py::tuple {
         // Copies of the final (h, c) of the last call, (num_layers, b, hidden); c is None for GRU.
+        std::lock_guard<std::mutex> lock(r.store.busy);  // the GIL is kept: arrays are made here
         const int64_t L = r.config().num_layers, b = r.state_batch(), H = r.config().hidden_size;
         if (b == 0) return py::make_tuple(py::none(), py::none());
         py::array_t<float> h = new_array({L, b, H});

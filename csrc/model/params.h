@@ -3,6 +3,7 @@
 // each tensor, and the optimizer steps over them.
 #pragma once
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,10 @@ class ParamStore {
   // weights) knows when to rebuild.
   int64_t version = 0;
   void mark_changed() { ++version; }
+  // Held by every call into the model from Python (the bindings release the
+  // GIL): a model used from two threads at once runs the calls one by one
+  // instead of corrupting its buffers.
+  std::mutex busy;
 
   void zero_grad();
   double grad_norm() const;
