@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from loss_reference import cross_entropy_ref
+from train_reference import cross_entropy_ref, np_adamw_step  # noqa: F401 (np_adamw_step re-exported)
 
 GELU_K = math.sqrt(2.0 / math.pi)
 LN_EPS = 1e-5
@@ -81,11 +81,6 @@ def random_state_dict(vocab_size: int, block_size: int, n_layer: int, n_embd: in
         sd[name] = a.astype(np.float32)
     sd["lm_head.weight"] = sd["transformer.wte.weight"].copy()
     return sd
-
-
-def decay_mask(name: str, shape: Tuple[int, ...]) -> bool:
-    """nanoGPT's optimizer groups: weight decay on every tensor with >= 2 dims."""
-    return len(shape) >= 2
 
 
 # ----------------------------------------------------------------------------- NumPy
@@ -206,25 +201,6 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     np.add.at(grads["transformer.wte.weight"], idx.reshape(-1), dx.reshape(-1, C))
     grads["transformer.wpe.weight"][:T] += dx.sum(0)
     return logits, loss, grads
-
-
-def np_adamw_step(params: Dict[str, np.ndarray], grads: Dict[str, np.ndarray], state: Dict[str, list],
-                  step: int, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1) -> None:
-    """One ``torch.optim.AdamW`` update in place on float64 ``params`` (without
-    lm_head.weight), decay on 2-D tensors only. ``state`` maps name -> [m, v];
-    ``step`` counts this update (>= 1)."""
-    b1, b2 = betas
-    for name, w in params.items():
-        g = grads[name]
-        m, v = state.setdefault(name, [np.zeros_like(w), np.zeros_like(w)])
-        if decay_mask(name, w.shape):
-            w *= 1.0 - lr * weight_decay
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        denom = np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps
-        w -= (lr / (1 - b1 ** step)) * m / denom
 
 
 # ----------------------------------------------------------------------------- PyTorch

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from loss_reference import cross_entropy_ref
+from train_reference import cross_entropy_ref, decay_mask, np_adamw_step
 
 GATES = {"lstm": 4, "gru": 3}
 
@@ -74,11 +74,6 @@ def random_state_dict(cell: str, vocab_size: int, embed_dim: int, hidden_size: i
             a = rng.uniform(-1, 1, shape) * (scale * 2.0 / math.sqrt(max(fan_in, 1)) + 0.1)
         sd[name] = a.astype(np.float32)
     return sd
-
-
-def decay_mask(shape: Tuple[int, ...]) -> bool:
-    """Weight decay on tensors of 2 or more dimensions only (nanoGPT's groups)."""
-    return len(shape) >= 2
 
 
 # ----------------------------------------------------------------------- NumPy
@@ -210,21 +205,8 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
 
 def np_adam_step(params: Dict[str, np.ndarray], grads: Dict[str, np.ndarray], state: Dict[str, list], step: int,
                  lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-    """``torch.optim.AdamW`` (``torch.optim.Adam`` when weight_decay is 0) in
-    place on float64 ``params``, decay on 2-D tensors only; ``state`` maps
-    name -> [m, v]; ``step`` counts this update (>= 1)."""
-    b1, b2 = betas
-    for name, w in params.items():
-        g = grads[name]
-        m, v = state.setdefault(name, [np.zeros_like(w), np.zeros_like(w)])
-        if weight_decay and decay_mask(w.shape):
-            w *= 1.0 - lr * weight_decay
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        denom = np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps
-        w -= (lr / (1 - b1 ** step)) * m / denom
+    """``torch.optim.Adam`` defaults (``AdamW`` when weight_decay > 0)."""
+    np_adamw_step(params, grads, state, step, lr, betas, eps, weight_decay)
 
 
 def np_sgd_step(params: Dict[str, np.ndarray], grads: Dict[str, np.ndarray], bufs: Dict[str, np.ndarray],

@@ -52,11 +52,11 @@ def _check_path(path: PathLike, name: str = "path") -> str:
     return p
 
 
-def _fsync_dir(directory: str) -> None:
-    """fsync a directory so renames inside it are durable (best effort: not
-    every platform or file system lets a directory be opened or synced)."""
+def _fsync_path(path: str) -> None:
+    """fsync a file, or a directory so renames inside it are durable (best
+    effort: not every platform or file system lets it be opened or synced)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -124,7 +124,7 @@ def atomic_open(path: PathLike, mode: str = "wb", *, encoding: str = "utf-8") ->
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = ""
-        _fsync_dir(directory)
+        _fsync_path(directory)
     finally:
         if fd != -1:
             os.close(fd)
@@ -158,19 +158,9 @@ def _fsync_tree(root: str) -> None:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             p = os.path.join(dirpath, name)
-            if os.path.islink(p) or not os.path.isfile(p):
-                continue
-            try:
-                fd = os.open(p, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        _fsync_dir(dirpath)
+            if not os.path.islink(p) and os.path.isfile(p):
+                _fsync_path(p)
+        _fsync_path(dirpath)
 
 
 def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = True) -> None:
@@ -231,8 +221,8 @@ def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = 
         if old:
             os.rename(old, dst)
         raise
-    _fsync_dir(parent)
+    _fsync_path(parent)
     if os.path.dirname(src) != parent:
-        _fsync_dir(os.path.dirname(src))
+        _fsync_path(os.path.dirname(src))
     if old:
         shutil.rmtree(old, ignore_errors=True)
