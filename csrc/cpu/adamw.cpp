@@ -76,11 +76,10 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const
   k.grad_scale = vset(a.grad_scale);
   k.scaled = a.grad_scale != 1.f;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
     const int64_t i = b * kBlock;
     range(param + i, grad + i, m + i, v + i, imin(kBlock, n - i), k);
-  }
+  });
 }
 
 }  // namespace FASTLM_ISA

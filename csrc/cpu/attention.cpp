@@ -363,13 +363,10 @@ void forward_one_query(const AttentionArgs& a, int64_t h, float* scores) {
 void attention_forward(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
   if (a.seq_q == 1) {
-#pragma omp parallel if (bh * a.seq_k * D > (1 << 15))
-    {
-      float* scores = new float[a.seq_k];
-#pragma omp for schedule(static)
-      for (int64_t h = 0; h < bh; ++h) forward_one_query(a, h, scores);
-      delete[] scores;
-    }
+    float* scores = new float[bh * a.seq_k];
+    parallel_for(bh, bh * a.seq_k * D > (1 << 15),
+                 [&](int64_t h) { forward_one_query(a, h, scores + h * a.seq_k); });
+    delete[] scores;
     return;
   }
   const int nth = omp_get_max_threads();

@@ -2,7 +2,7 @@
 // one per entry of csrc/kernels.h, where each is documented; table.cpp collects them.
 #pragma once
 #include "kernels.h"
-#include "cpu/simd.h"
+#include "cpu/parallel.h"
 
 namespace fastlm {
 namespace cpu {

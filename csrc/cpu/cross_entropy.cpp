@@ -84,15 +84,14 @@ float cross_entropy(const float* logits, const int64_t* targets, float* dlogits,
   // Per-row losses summed serially afterwards: the result does not depend on
   // the thread count or schedule.
   double* losses = new double[rows > 0 ? rows : 1];
-#pragma omp parallel for schedule(static) if (rows > 1 && rows * vocab >= kRowsParallelMinElems)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * vocab >= kRowsParallelMinElems, [&](int64_t r) {
     const float* x = logits + r * vocab;
     float* g = dlogits ? dlogits + r * vocab : nullptr;
     const int64_t t = targets[r];
     if (t == ignore_index) {
       losses[r] = 0.0;
       if (g) memset(g, 0, vocab * sizeof(float));
-      continue;
+      return;
     }
     const float xt = x[t];  // before g (possibly x itself) is overwritten
     float m, s;
@@ -109,7 +108,7 @@ float cross_entropy(const float* logits, const int64_t* targets, float* dlogits,
       s = ms.sum;
     }
     losses[r] = ((double)m - (double)xt) + log((double)s);
-  }
+  });
   double total = 0.0;
   for (int64_t r = 0; r < rows; ++r) total += losses[r];
   delete[] losses;

@@ -66,21 +66,19 @@ void backward_range(const float* dy, const float* x, float* dx, int64_t n) {
 void gelu_forward(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
     const int64_t i = b * kBlock;
     forward_range(x + i, y + i, imin(kBlock, n - i));
-  }
+  });
 }
 
 void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
   if (n <= 0) return;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t b = 0; b < blocks; ++b) {
+  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
     const int64_t i = b * kBlock;
     backward_range(dy + i, x + i, dx + i, imin(kBlock, n - i));
-  }
+  });
 }
 
 }  // namespace FASTLM_ISA

@@ -12,8 +12,7 @@ namespace FASTLM_ISA {
 void gru_cell_forward(const float* gi, const float* gh, const float* h, float* gates,
                       float* h_next, int64_t n, int64_t hidden) {
   const int64_t H = hidden;
-#pragma omp parallel for schedule(static) if (n * H > (1 << 14))
-  for (int64_t row = 0; row < n; ++row) {
+  parallel_for(n, n * H > (1 << 14), [&](int64_t row) {
     const float* xi = gi + row * 3 * H;
     const float* xh = gh + row * 3 * H;
     const float* hp = h + row * H;
@@ -32,15 +31,14 @@ void gru_cell_forward(const float* gi, const float* gh, const float* h, float* g
       vstore_part(g + 3 * H + j, hn, w);
       vstore_part(ho + j, vfma(z, hv - nn, nn), w);  // n + z (h - n)
     }
-  }
+  });
 }
 
 void gru_cell_backward(const float* dh_next, const float* h, const float* gates, float* dgi,
                        float* dgh, float* dh, int64_t n, int64_t hidden) {
   const int64_t H = hidden;
   const V one = vset(1.f);
-#pragma omp parallel for schedule(static) if (n * H > (1 << 14))
-  for (int64_t row = 0; row < n; ++row) {
+  parallel_for(n, n * H > (1 << 14), [&](int64_t row) {
     const float* dy = dh_next + row * H;
     const float* hp = h + row * H;
     const float* g = gates + row * 4 * H;
@@ -63,7 +61,7 @@ void gru_cell_backward(const float* dh_next, const float* h, const float* gates,
       vstore_part(dhh + 2 * H + j, vload_part(dhh + 2 * H + j, w) + dn * r, w);
       vstore_part(dho + j, vfma(d, z, vload_part(dho + j, w)), w);
     }
-  }
+  });
 }
 
 }  // namespace FASTLM_ISA

@@ -127,9 +127,9 @@ void backward_row(const float* dy, const float* x, const float* w, float mean, f
 void layernorm_forward(const float* x, const float* weight, const float* bias, float* y,
                        float* mean, float* rstd, int64_t rows, int64_t cols, float eps) {
   if (rows <= 0 || cols <= 0) return;
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin && rows > 1)
-  for (int64_t r = 0; r < rows; ++r)
+  parallel_for(rows, rows * cols >= kParallelMin, [&](int64_t r) {
     forward_row(x + r * cols, weight, bias, y + r * cols, cols, eps, mean + r, rstd + r);
+  });
 }
 
 void layernorm_backward(const float* dy, const float* x, const float* weight, const float* mean,
@@ -137,31 +137,27 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
                         int64_t cols) {
   if (rows <= 0 || cols <= 0) return;
   const bool par = rows * cols >= kParallelMin && rows > 1;
-  const int max_threads = par ? (int)imin(omp_get_max_threads(), rows) : 1;
-  // Per thread: dweight partials then dbias partials, each cols long.
-  float* partial = new float[(size_t)max_threads * 2 * cols];
-#pragma omp parallel num_threads(max_threads) if (par)
-  {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+  // One contiguous row block per thread, each with its dweight and dbias
+  // partials (cols each), added in block order: the result depends only on
+  // the thread count.
+  const int64_t nb = par ? imin(omp_get_max_threads(), rows) : 1;
+  float* partial = new float[(size_t)nb * 2 * cols];
+  parallel_for(nb, par, [&](int64_t t) {
     float* dw_part = partial + (size_t)t * 2 * cols;
     float* db_part = dw_part + cols;
     for (int64_t j = 0; j < 2 * cols; ++j) dw_part[j] = 0.f;
-    // Contiguous row blocks: the partial sums depend only on the team size.
-    const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
-    for (int64_t r = r0; r < r1; ++r)
+    for (int64_t r = rows * t / nb; r < rows * (t + 1) / nb; ++r)
       backward_row(dy + r * cols, x + r * cols, weight, mean[r], rstd[r], dx + r * cols, dw_part,
                    db_part, cols);
-#pragma omp barrier
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < cols; ++j) {
-      float sw = partial[j], sb = partial[cols + j];
-      for (int u = 1; u < nt; ++u) {
-        sw += partial[(size_t)u * 2 * cols + j];
-        sb += partial[(size_t)u * 2 * cols + cols + j];
-      }
-      dweight[j] += sw;
-      dbias[j] += sb;
+  });
+  for (int64_t j = 0; j < cols; ++j) {
+    float sw = partial[j], sb = partial[cols + j];
+    for (int64_t u = 1; u < nb; ++u) {
+      sw += partial[(size_t)u * 2 * cols + j];
+      sb += partial[(size_t)u * 2 * cols + cols + j];
     }
+    dweight[j] += sw;
+    dbias[j] += sb;
   }
   delete[] partial;
 }

@@ -68,11 +68,10 @@ void lstm_cell_forward(const float* preact, const float* c, float* gates, float*
                        float* h_next, int64_t n, int64_t hidden) {
   if (n <= 0 || hidden <= 0) return;
   const int64_t g4 = 4 * hidden;
-#pragma omp parallel for schedule(static) if (n * g4 >= kParallelMin && n > 1)
-  for (int64_t row = 0; row < n; ++row) {
+  parallel_for(n, n * g4 >= kParallelMin, [&](int64_t row) {
     forward_row(preact + row * g4, c + row * hidden, gates + row * g4, c_next + row * hidden,
                 h_next + row * hidden, hidden);
-  }
+  });
 }
 
 void lstm_cell_backward(const float* dh_next, const float* dc_next, const float* c,
@@ -80,12 +79,11 @@ void lstm_cell_backward(const float* dh_next, const float* dc_next, const float*
                         int64_t n, int64_t hidden) {
   if (n <= 0 || hidden <= 0) return;
   const int64_t g4 = 4 * hidden;
-#pragma omp parallel for schedule(static) if (n * g4 >= kParallelMin && n > 1)
-  for (int64_t row = 0; row < n; ++row) {
+  parallel_for(n, n * g4 >= kParallelMin, [&](int64_t row) {
     const int64_t o = row * hidden;
     backward_row(dh_next ? dh_next + o : nullptr, dc_next ? dc_next + o : nullptr, c + o,
                  c_next + o, gates + row * g4, dpreact + row * g4, dc + o, hidden);
-  }
+  });
 }
 
 }  // namespace FASTLM_ISA

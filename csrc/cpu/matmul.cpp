@@ -170,8 +170,7 @@ void matmul_small_m(const GemmArgs& g) {
     for (int64_t p = 0; p < g.k; ++p)
       arow[i * g.k + p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
   const int64_t chunk = 4 * kW, nchunks = ceil_div(g.n, chunk);
-#pragma omp parallel for schedule(static) if (g.m * g.n * g.k > (1 << 16))
-  for (int64_t cj = 0; cj < nchunks; ++cj) {
+  parallel_for(nchunks, g.m * g.n * g.k > (1 << 16), [&](int64_t cj) {
     const int64_t j0 = cj * chunk, j1 = imin(g.n, j0 + chunk);
     for (int64_t i = 0; i < g.m; ++i) {
       const float* a = arow + i * g.k;
@@ -216,7 +215,7 @@ void matmul_small_m(const GemmArgs& g) {
         }
       }
     }
-  }
+  });
   std::free(arow);
 }
 
@@ -279,15 +278,14 @@ void matmul_small_m_packed(const GemmArgs& g) {
   const int64_t kc_max = imin(KC, g.k), npad = round_up(g.n, NR), npanels = npad / NR;
   // Bound by reading B (from L3 once the weights outgrow L2): a second core
   // adds bandwidth from fairly small sizes on.
-#pragma omp parallel for schedule(static) if (g.n * g.k >= (1 << 15))
-  for (int64_t jp = 0; jp < npanels; ++jp) {
+  parallel_for(npanels, g.n * g.k >= (1 << 15), [&](int64_t jp) {
     switch (g.m) {
       case 1: small_m_packed_panel<1>(g, jp, npad, kc_max); break;
       case 2: small_m_packed_panel<2>(g, jp, npad, kc_max); break;
       case 3: small_m_packed_panel<3>(g, jp, npad, kc_max); break;
       default: small_m_packed_panel<4>(g, jp, npad, kc_max); break;
     }
-  }
+  });
 }
 
 }  // namespace
@@ -322,8 +320,9 @@ void matmul(const GemmArgs& g) {
   const int64_t npad = round_up(g.n, NR);
   float* bpack = g.b_packed ? nullptr : alloc_floats(kc_max * nc);
 
-#pragma omp parallel num_threads(nthreads)
-  {
+  // Run by each thread of the team; the `omp for` loops inside split the work
+  // (outside a parallel region they run whole on the calling thread).
+  auto team_work = [&]() {
     float* apack = alloc_floats(mc * kc_max);
     for (int64_t jc = 0; jc < g.n; jc += nc) {
       const int64_t ncur = imin(nc, g.n - jc);
@@ -363,6 +362,12 @@ void matmul(const GemmArgs& g) {
       }
     }
     std::free(apack);
+  };
+  if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads)
+    team_work();
+  } else {
+    team_work();
   }
   std::free(bpack);
 }
@@ -375,9 +380,9 @@ void matmul_pack_b(const GemmArgs& g, float* packed) {
   const int64_t kc_max = imin(KC, g.k), npad = round_up(g.n, NR), npanels = npad / NR;
   for (int64_t pc = 0; pc < g.k; pc += kc_max) {
     const int64_t kc = imin(kc_max, g.k - pc);
-#pragma omp parallel for schedule(static) if (g.n * g.k > (1 << 16))
-    for (int64_t jp = 0; jp < npanels; ++jp)
+    parallel_for(npanels, g.n * g.k > (1 << 16), [&](int64_t jp) {
       pack_b_panel(g, jp * NR, imin(NR, g.n - jp * NR), pc, kc, packed + pc * npad + jp * NR * kc);
+    });
   }
 }
 

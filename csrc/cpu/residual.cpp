@@ -6,19 +6,24 @@ namespace cpu {
 namespace FASTLM_ISA {
 
 void zero(float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > (1 << 18))
-  for (int64_t i = 0; i < n; i += (1 << 16)) std::memset(x + i, 0, imin(1 << 16, n - i) * 4);
+  constexpr int64_t kChunk = 1 << 16;
+  parallel_for((n + kChunk - 1) / kChunk, n > (1 << 18), [&](int64_t c) {
+    std::memset(x + c * kChunk, 0, imin(kChunk, n - c * kChunk) * 4);
+  });
 }
 
 void copy(float* dst, const float* src, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > (1 << 18))
-  for (int64_t i = 0; i < n; i += (1 << 16)) std::memcpy(dst + i, src + i, imin(1 << 16, n - i) * 4);
+  constexpr int64_t kChunk = 1 << 16;
+  parallel_for((n + kChunk - 1) / kChunk, n > (1 << 18), [&](int64_t c) {
+    std::memcpy(dst + c * kChunk, src + c * kChunk, imin(kChunk, n - c * kChunk) * 4);
+  });
 }
 
 void residual_forward(const float* a, const float* b, float* out, int64_t n) {
   const int64_t nv = n / kW * kW;
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < nv; i += kW) vstore(out + i, vload(a + i) + vload(b + i));
+  parallel_for(nv / kW, n > (1 << 16), [&](int64_t v) {
+    vstore(out + v * kW, vload(a + v * kW) + vload(b + v * kW));
+  });
   for (int64_t i = nv; i < n; ++i) out[i] = a[i] + b[i];
 }
 
@@ -27,8 +32,7 @@ double sum_squares(const float* x, int64_t n) {
   constexpr int64_t kBlock = 1 << 14;
   const int64_t nblocks = (n + kBlock - 1) / kBlock;
   double* partial = new double[nblocks > 0 ? nblocks : 1];
-#pragma omp parallel for schedule(static) if (nblocks > 4)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
+  parallel_for(nblocks, nblocks > 4, [&](int64_t blk) {
     const int64_t i0 = blk * kBlock, i1 = imin(n, i0 + kBlock);
     V acc = vzero();
     int64_t i = i0;
@@ -39,7 +43,7 @@ double sum_squares(const float* x, int64_t n) {
     double s = vsum(acc);
     for (; i < i1; ++i) s += (double)x[i] * x[i];
     partial[blk] = s;
-  }
+  });
   double total = 0;
   for (int64_t blk = 0; blk < nblocks; ++blk) total += partial[blk];
   delete[] partial;

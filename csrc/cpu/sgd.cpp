@@ -9,15 +9,14 @@ void sgd(float* param, const float* grad, float* buf, int64_t n, const SgdArgs& 
   const V lr = vset(a.lr), mom = vset(a.momentum), wd = vset(a.weight_decay),
           scale = vset(a.grad_scale);
   const bool first = a.first_step || a.momentum == 0.f;
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; i += kW) {
-    const int64_t w = imin(kW, n - i);
+  parallel_for((n + kW - 1) / kW, n > (1 << 16), [&](int64_t v) {
+    const int64_t i = v * kW, w = imin(kW, n - i);
     const V p = vload_part(param + i, w);
     const V g = vfma(wd, p, vload_part(grad + i, w) * scale);
     const V b = first ? g : vfma(mom, vload_part(buf + i, w), g);
     vstore_part(buf + i, b, w);
     vstore_part(param + i, vfnma(lr, b, p), w);
-  }
+  });
 }
 
 }  // namespace FASTLM_ISA

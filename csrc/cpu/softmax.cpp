@@ -30,19 +30,17 @@ float row_dot(const float* a, const float* b, int64_t n) {
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) {
   // Max first (cheap, no exp), then one exp per element: an online max/sum
   // would need a second exp in the normalizing pass, and exp is the bottleneck.
-#pragma omp parallel for schedule(static) if (rows > 1 && rows * cols >= kRowsParallelMinElems)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * cols >= kRowsParallelMinElems, [&](int64_t r) {
     const float* xr = x + r * cols;
     float* yr = y + r * cols;
     const float m = row_max(xr, cols, -INFINITY);
     const float s = exp_store_sum(xr, yr, m, cols);
     scale_row(yr, 1.f / s, cols);
-  }
+  });
 }
 
 void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static) if (rows > 1 && rows * cols >= kRowsParallelMinElems)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * cols >= kRowsParallelMinElems, [&](int64_t r) {
     const float* dyr = dy + r * cols;
     const float* yr = y + r * cols;
     float* dxr = dx + r * cols;
@@ -56,7 +54,7 @@ void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, 
                   vfma(vload_part(yr + j, k), vload_part(dyr + j, k) - d, vload_part(dxr + j, k)),
                   k);
     }
-  }
+  });
 }
 
 }  // namespace FASTLM_ISA
