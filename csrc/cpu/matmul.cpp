@@ -44,7 +44,7 @@ float* alloc_floats(int64_t n) {
 
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as MR-row panels:
 // panel p holds, for each k, MR consecutive values; short panels are zero padded.
-void pack_a(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+__attribute__((noinline)) void pack_a(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
   for (int64_t ib = 0; ib < mc; ib += MR) {
     const int64_t mr = imin(MR, mc - ib);
     float* panel = dst + ib * kc;

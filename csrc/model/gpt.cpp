@@ -178,8 +178,7 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   const float* dlogits = logits_;
 
   const float* residual = cfg_.n_layer ? la_.back().res3 : encoded_;
-  k_.zero(tmp_, BT * C);
-  linear_backward(k_, dlogits, lnf_, w_.wte, tmp_, g_.wte, nullptr, BT, C, V);
+  linear_backward(k_, dlogits, lnf_, w_.wte, tmp_, g_.wte, nullptr, BT, C, V, false);
   k_.zero(dres_, BT * C);
   k_.layernorm_backward(tmp_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dres_, g_.lnf_w, g_.lnf_b,
                         BT, C);
@@ -189,17 +188,15 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     LayerActs& a = la_[l];
     const float* res_in = l ? la_[l - 1].res3 : encoded_;
     // res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3.
-    k_.zero(d1_, BT * 4 * C);
-    linear_backward(k_, dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b, BT, 4 * C, C);
+    linear_backward(k_, dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b, BT, 4 * C, C,
+                    false);
     k_.zero(d2_, BT * 4 * C);
     k_.gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
-    k_.zero(tmp_, BT * C);
-    linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C);
+    linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C, false);
     k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w, G.ln2_b,
                           BT, C);
     // res2 = res_in + c_proj(attention(c_attn(ln_1(res_in)))); dres holds d res2.
-    k_.zero(tmp_, BT * C);
-    linear_backward(k_, dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C);
+    linear_backward(k_, dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C, false);
     k_.zero(d1_, BT * 3 * C);
     AttentionGradArgs ag;
     ag.fwd.q = a.qkv, ag.fwd.k = a.qkv + C, ag.fwd.v = a.qkv + 2 * C;
@@ -209,8 +206,7 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     ag.fwd.causal = true;
     ag.dout = tmp_, ag.dq = d1_, ag.dk = d1_ + C, ag.dv = d1_ + 2 * C;
     k_.attention_backward(ag);
-    k_.zero(tmp_, BT * C);
-    linear_backward(k_, d1_, a.ln1, L.attn_w, tmp_, G.attn_w, G.attn_b, BT, C, 3 * C);
+    linear_backward(k_, d1_, a.ln1, L.attn_w, tmp_, G.attn_w, G.attn_b, BT, C, 3 * C, false);
     k_.layernorm_backward(tmp_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dres_, G.ln1_w, G.ln1_b,
                           BT, C);
   }

@@ -48,8 +48,8 @@ void linear_forward(const Kernels& k, const float* inp, const float* weight, con
 
 void linear_backward(const Kernels& k, const float* dout, const float* inp, const float* weight,
                      float* dinp, float* dweight, float* dbias, int64_t rows, int64_t n_in,
-                     int64_t n_out) {
-  if (dinp) gemm(k, dout, weight, nullptr, dinp, rows, n_in, n_out, false, false, true);
+                     int64_t n_out, bool add_to_dinp) {
+  if (dinp) gemm(k, dout, weight, nullptr, dinp, rows, n_in, n_out, false, false, add_to_dinp);
   gemm(k, dout, inp, nullptr, dweight, n_out, n_in, rows, true, false, true);
   if (dbias) k.bias_backward(dout, dbias, rows, n_out);
 }

@@ -26,10 +26,11 @@ void linear_forward(const Kernels& k, const float* inp, const float* weight, con
                     float* out, int64_t rows, int64_t n_in, int64_t n_out,
                     const float* weight_packed = nullptr);
 
-// dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout.
+// dinp += dout @ weight (dinp = ..., skipping a zeroing pass, when not
+// add_to_dinp); dweight += dout^T @ inp; dbias += column sums of dout.
 // dinp or dbias may be null when not wanted.
 void linear_backward(const Kernels& k, const float* dout, const float* inp, const float* weight,
                      float* dinp, float* dweight, float* dbias, int64_t rows, int64_t n_in,
-                     int64_t n_out);
+                     int64_t n_out, bool add_to_dinp = true);
 
 }  // namespace fastlm

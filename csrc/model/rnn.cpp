@@ -163,12 +163,10 @@ float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_
   const float loss = k_.cross_entropy(logits_, targets, logits_, TB, V, -100, grad_scale);
   const float* top = cfg_.num_layers ? la_.back().h + b * H : emb_;
   float *dout = dseq_a_, *dx = dseq_b_;
-  k_.zero(dout, TB * H);
-  linear_backward(k_, logits_, top, w_.fc_w, dout, g_.fc_w, g_.fc_b, TB, H, V);
+  linear_backward(k_, logits_, top, w_.fc_w, dout, g_.fc_w, g_.fc_b, TB, H, V, false);
   for (int64_t l = cfg_.num_layers - 1; l >= 0; --l) {
     const float* x = l ? la_[l - 1].h + b * H : emb_;
     const int64_t in = l ? H : E;
-    k_.zero(dx, TB * in);
     layer_backward(l, t, b, x, in, dout, dx);
     std::swap(dout, dx);
   }
@@ -176,7 +174,7 @@ float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_
   return loss;
 }
 
-// dout_h (t, b, h): gradient of the layer's outputs; adds the input gradient into dx.
+// dout_h (t, b, h): gradient of the layer's outputs; writes the input gradient to dx.
 void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int64_t in,
                            float* dout_h, float* dx) {
   const int64_t H = cfg_.hidden_size, GH = gate_count() * H, BH = b * H, TB = t * b;
@@ -211,7 +209,7 @@ void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int6
   // of the recurrent GEMMs.
   const float* drec = lstm ? dpre_ : dgh_;
   linear_backward(k_, drec, a.h, L.w_hh, nullptr, G.w_hh, G.b_hh, TB, H, GH);
-  linear_backward(k_, dpre_, x, L.w_ih, dx, G.w_ih, G.b_ih, TB, in, GH);
+  linear_backward(k_, dpre_, x, L.w_ih, dx, G.w_ih, G.b_ih, TB, in, GH, false);
 }
 
 }  // namespace fastlm
