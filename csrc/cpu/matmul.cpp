@@ -44,25 +44,25 @@ float* alloc_floats(int64_t n) {
 
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as MR-row panels:
 // panel p holds, for each k, MR consecutive values; short panels are zero padded.
-__attribute__((noinline)) void pack_a(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+static_assert(MR <= kW, "an MR-row column of a panel is written as one vector");
+void pack_a(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
   for (int64_t ib = 0; ib < mc; ib += MR) {
     const int64_t mr = imin(MR, mc - ib);
     float* panel = dst + ib * kc;
     if (!g.trans_a) {
-      // A row-major (m, k): gather MR rows, one k at a time.
+      // A row-major (m, k): kW-long pieces of the MR rows, transposed in registers.
       const float* src = g.a + (i0 + ib) * g.lda + p0;
-      for (int64_t k = 0; k < kc; ++k) {
-        for (int64_t i = 0; i < mr; ++i) panel[k * MR + i] = src[i * g.lda + k];
-        for (int64_t i = mr; i < MR; ++i) panel[k * MR + i] = 0.f;
+      for (int64_t k0 = 0; k0 < kc; k0 += kW) {
+        const int64_t kw = imin(kW, kc - k0);
+        V r[kW];
+        for (int i = 0; i < kW; ++i) r[i] = i < mr ? vload_part(src + i * g.lda + k0, kw) : vzero();
+        vtranspose(r);
+        for (int64_t k = 0; k < kw; ++k) vstore_part(panel + (k0 + k) * MR, r[k], MR);
       }
     } else {
       // A stored (k, m): each k gives MR contiguous values.
       const float* src = g.a + p0 * g.lda + i0 + ib;
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* s = src + k * g.lda;
-        for (int64_t i = 0; i < mr; ++i) panel[k * MR + i] = s[i];
-        for (int64_t i = mr; i < MR; ++i) panel[k * MR + i] = 0.f;
-      }
+      for (int64_t k = 0; k < kc; ++k) vstore_part(panel + k * MR, vload_part(src + k * g.lda, mr), MR);
     }
   }
 }
@@ -85,13 +85,17 @@ void pack_b_panel(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t
       }
     }
   } else {
-    // B stored (n, k): column j of op(B) is the contiguous row j of b.
-    for (int64_t j = 0; j < NR; ++j) {
-      if (j < nr) {
-        const float* s = g.b + (j0 + j) * g.ldb + p0;
-        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = s[k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = 0.f;
+    // B stored (n, k): column j of op(B) is the contiguous row j of b; kW x kW
+    // blocks are transposed in registers.
+    for (int v = 0; v < NV; ++v) {
+      const float* src = g.b + (j0 + v * kW) * g.ldb + p0;
+      const int64_t rows = imin(kW, nr - v * kW);
+      for (int64_t k0 = 0; k0 < kc; k0 += kW) {
+        const int64_t kw = imin(kW, kc - k0);
+        V r[kW];
+        for (int j = 0; j < kW; ++j) r[j] = j < rows ? vload_part(src + j * g.ldb + k0, kw) : vzero();
+        vtranspose(r);
+        for (int64_t k = 0; k < kw; ++k) vstore(panel + (k0 + k) * NR + v * kW, r[k]);
       }
     }
   }

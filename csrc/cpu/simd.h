@@ -76,6 +76,30 @@ FASTLM_INLINE V vcopysign(V mag, V sign) {
   const __m512 s = _mm512_set1_ps(-0.f);
   return {_mm512_or_ps(_mm512_and_ps(sign.r, s), _mm512_andnot_ps(s, mag.r))};
 }
+// The kW x kW matrix in r[0..kW) (r[i] = row i) transposed in place.
+FASTLM_INLINE void vtranspose(V* r) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: pairs of rows interleaved
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i].r, r[2 * i + 1].r);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i].r, r[2 * i + 1].r);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + j], lane L: column 4L + j of rows 4i .. 4i+3
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {  // gather lane L of u[j], u[4+j], u[8+j], u[12+j]
+    const __m512 even01 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 odd01 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    const __m512 even23 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 odd23 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j].r = _mm512_shuffle_f32x4(even01, even23, 0x88);
+    r[4 + j].r = _mm512_shuffle_f32x4(odd01, odd23, 0x88);
+    r[8 + j].r = _mm512_shuffle_f32x4(even01, even23, 0xDD);
+    r[12 + j].r = _mm512_shuffle_f32x4(odd01, odd23, 0xDD);
+  }
+}
 
 #elif defined(FASTLM_ISA_AVX2)
 constexpr int kW = 8;
@@ -126,6 +150,24 @@ FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
 FASTLM_INLINE V vcopysign(V mag, V sign) {
   const __m256 s = _mm256_set1_ps(-0.f);
   return {_mm256_or_ps(_mm256_and_ps(sign.r, s), _mm256_andnot_ps(s, mag.r))};
+}
+// The kW x kW matrix in r[0..kW) (r[i] = row i) transposed in place.
+FASTLM_INLINE void vtranspose(V* r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i].r, r[2 * i + 1].r);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i].r, r[2 * i + 1].r);
+  }
+  for (int i = 0; i < 2; ++i) {  // u[4i + j], lane L: column 4L + j of rows 4i .. 4i+3
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j].r = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j].r = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
 }
 
 #else  // generic: SSE2, which every x86-64 CPU has
@@ -183,6 +225,8 @@ FASTLM_INLINE V vcopysign(V mag, V sign) {
   const __m128 s = _mm_set1_ps(-0.f);
   return {_mm_or_ps(_mm_and_ps(sign.r, s), _mm_andnot_ps(s, mag.r))};
 }
+// The kW x kW matrix in r[0..kW) (r[i] = row i) transposed in place.
+FASTLM_INLINE void vtranspose(V* r) { _MM_TRANSPOSE4_PS(r[0].r, r[1].r, r[2].r, r[3].r); }
 #endif
 
 // exp(x), relative error ~2 ulp; exactly 0 below -87.33 (and for -inf); NaN stays NaN.
