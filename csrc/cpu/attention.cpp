@@ -65,39 +65,72 @@ FASTLM_INLINE void micro_range(int64_t r, int64_t k, int64_t lo, int64_t hi, con
                acc);
 }
 
+// micro_range on the column vectors [skip, NV) of an NV-vector block (the
+// first skip vectors are left unwritten).
+template <int R, int NV>
+FASTLM_INLINE void micro_skip(int skip, int64_t r, int64_t k, int64_t lo, int64_t hi,
+                              const float* a, int64_t ars, int64_t aks, const float* b,
+                              int64_t ldb, float* c, int64_t ldc, bool acc) {
+  if constexpr (NV > 1) {
+    if (skip > 0) {
+      micro_skip<R, NV - 1>(skip - 1, r, k, lo, hi, a, ars, aks, b + kW, ldb, c + kW, ldc, acc);
+      return;
+    }
+  }
+  micro_range<R, NV>(r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
+}
+
+// Rows [r, r + R) of C need only the columns j >= r + cols_from: the column
+// vectors wholly before that (a causal score tile's hidden part) are skipped
+// and left unwritten. cols_from = -kAll for every column.
 template <int NV>
-void gemm_cols(int64_t m, int64_t k, int64_t lo, int64_t hi, const float* a, int64_t ars,
-               int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc, bool acc) {
+void gemm_cols(int64_t m, int64_t k, int64_t lo, int64_t hi, int64_t cols_from, const float* a,
+               int64_t ars, int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc,
+               bool acc) {
   constexpr int R = kAcc / NV;
+  auto skip = [&](int64_t r) { return (int)imax(0, imin(NV, (r + cols_from) / kW)); };
   int64_t r = 0;
-  for (; r + R <= m; r += R) micro_range<R, NV>(r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
-  for (; r < m; ++r) micro_range<1, NV>(r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
+  for (; r + R <= m; r += R) {
+    const int s = skip(r);
+    if (s < NV) micro_skip<R, NV>(s, r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
+  }
+  for (; r < m; ++r) {
+    const int s = skip(r);
+    if (s < NV) micro_skip<1, NV>(s, r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
+  }
 }
 
 // c (m x nv vectors, row stride ldc) (+)= A (m x k, element (r, p) at
 // a[r ars + p aks]) times B (k x nv vectors, row stride ldb); lo, hi as in
-// micro_range.
+// micro_range, cols_from as in gemm_cols.
 void gemm(int64_t m, int64_t nv, int64_t k, const float* a, int64_t ars, int64_t aks,
           const float* b, int64_t ldb, float* c, int64_t ldc, bool acc, int64_t lo = -kAll,
-          int64_t hi = kAll) {
+          int64_t hi = kAll, int64_t cols_from = -kAll) {
   for (int64_t v0 = 0; v0 < nv; v0 += kMaxNV) {
     const float* bb = b + v0 * kW;
     float* cc = c + v0 * kW;
+    const int64_t cf = cols_from - v0 * kW;
     switch (imin(kMaxNV, nv - v0)) {
-      case 1: gemm_cols<1>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-      case 2: gemm_cols<2>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-      case 3: gemm_cols<3>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-      default: gemm_cols<4>(m, k, lo, hi, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      case 1: gemm_cols<1>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      case 2: gemm_cols<2>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      case 3: gemm_cols<3>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
+      default: gemm_cols<4>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
     }
   }
 }
 
-// dst[d ld + i] = src[i rs + d] for i < n, d < dim.
+// dst[d ld + i] = src[i rs + d] for i < n, d < dim: kW x kW blocks
+// transposed in registers.
 void pack_t(const float* src, int64_t rs, int64_t n, int64_t dim, float* dst, int64_t ld) {
-  for (int64_t i0 = 0; i0 < n; i0 += 16) {  // 16-row strips keep both sides in cache
-    const int64_t i1 = imin(n, i0 + 16);
-    for (int64_t d = 0; d < dim; ++d)
-      for (int64_t i = i0; i < i1; ++i) dst[d * ld + i] = src[i * rs + d];
+  for (int64_t i0 = 0; i0 < n; i0 += kW) {
+    const int64_t ni = imin(kW, n - i0);
+    for (int64_t d0 = 0; d0 < dim; d0 += kW) {
+      const int64_t nd = imin(kW, dim - d0);
+      V r[kW];
+      for (int i = 0; i < kW; ++i) r[i] = i < ni ? vload_part(src + (i0 + i) * rs + d0, nd) : vzero();
+      vtranspose(r);
+      for (int64_t d = 0; d < nd; ++d) vstore_part(dst + (d0 + d) * ld + i0, r[d], ni);
+    }
   }
 }
 
@@ -134,16 +167,24 @@ void add_rows(float* dst, int64_t rs, float* const* src, int nsrc, int64_t off, 
 const float kIota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 // Causal mask on a score tile s^T (nk x nqv vectors, row stride kBq): entry
-// (key j, query i) is hidden when i < j + lim.
+// (key j, query i) is hidden when i < j + lim. Only the vector that is
+// partly hidden is masked here; the wholly hidden ones, which the score
+// product skips (gemm's cols_from = lim), are for the caller to zero:
+// in column vector v the rows from hidden_from(v, lim) on.
 void mask_tile(float* st, int64_t nk, int64_t nqv, int64_t lim) {
   const V iota = vload(kIota), ninf = vset(-INFINITY);
   for (int64_t j = 0; j < nk; ++j) {
-    const int64_t t = j + lim;
-    for (int64_t v = 0; v < nqv && v * kW < t; ++v) {
-      float* p = st + j * kBq + v * kW;
-      vstore(p, vblend_lt(iota, vset((float)(t - v * kW)), ninf, vload(p)));
-    }
+    const int64_t t = j + lim, v = t / kW;
+    if (t <= 0 || v >= nqv || t % kW == 0) continue;
+    float* p = st + j * kBq + v * kW;
+    vstore(p, vblend_lt(iota, vset((float)(t - v * kW)), ninf, vload(p)));
   }
+}
+
+// The first row of a score tile whose column vector v is wholly hidden by
+// the causal mask of mask_tile (clamped to [0, nk]).
+int64_t hidden_from(int64_t v, int64_t lim, int64_t nk) {
+  return imax(0, imin(nk, (v + 1) * kW - lim));
 }
 
 struct Head {  // pointers to row 0 of one (batch, head)
@@ -181,19 +222,23 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
       // Keys past the last query's horizon are hidden from the whole block.
       const int64_t tnk = a.causal ? imin(nk, gq0 + nq + off - k0) : nk;
       if (tnk <= 0) continue;
-      gemm(tnk, nqv, D, hd.k + k0 * a.sk.row, a.sk.row, 1, qt + q0, ldq, st, kBq, false);
-      if (a.causal && k0 + tnk - 1 > gq0 + off) mask_tile(st, tnk, nqv, k0 - off - gq0);
+      const int64_t lim = a.causal ? k0 - off - gq0 : -kAll;
+      gemm(tnk, nqv, D, hd.k + k0 * a.sk.row, a.sk.row, 1, qt + q0, ldq, st, kBq, false, -kAll,
+           kAll, lim);
+      if (a.causal && k0 + tnk - 1 > gq0 + off) mask_tile(st, tnk, nqv, lim);
       for (int64_t v = 0; v < nqv; ++v) {
         float* col = st + v * kW;
+        const int64_t live = hidden_from(v, lim, tnk);
+        for (int64_t j = live; j < tnk; ++j) vstore(col + j * kBq, vzero());
         V mx = vset(-INFINITY);
-        for (int64_t j = 0; j < tnk; ++j) mx = vmax(mx, vload(col + j * kBq));
+        for (int64_t j = 0; j < live; ++j) mx = vmax(mx, vload(col + j * kBq));
         const V mold = vload(m + q0 + v * kW), mnew = vmax(mold, mx);
         // A query with no visible key yet keeps m = -inf; offset by 0 so its
         // probabilities come out exp(-inf) = 0 rather than NaN.
         const V msafe = vblend_lt(mnew, vset(-FLT_MAX), vzero(), mnew);
         const V bias = vzero() - msafe * vscale;
         V sum = vzero();
-        for (int64_t j = 0; j < tnk; ++j) {
+        for (int64_t j = 0; j < live; ++j) {
           const V p = vexp(vfma(vload(col + j * kBq), vscale, bias));
           vstore(col + j * kBq, p);
           sum = sum + p;
@@ -293,12 +338,18 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
   for (int64_t q0 = a.causal ? k0 / kBq * kBq : 0; q0 < T; q0 += kBq) {
     const int64_t nq = imin(kBq, T - q0), nqv = cdiv(nq, kW);
     const int64_t tnk = a.causal ? imin(nk, q0 + nq - k0) : nk;
-    gemm(tnk, nqv, D, kr, a.sk.row, 1, pk.qt + q0, ldt, st, kBq, false);
-    gemm(tnk, nqv, D, vr, a.sv.row, 1, pk.dot + q0, ldt, dpt, kBq, false);
-    if (a.causal && k0 + tnk - 1 > q0) mask_tile(st, tnk, nqv, k0 - q0);
+    const int64_t lim = a.causal ? k0 - q0 : -kAll;
+    gemm(tnk, nqv, D, kr, a.sk.row, 1, pk.qt + q0, ldt, st, kBq, false, -kAll, kAll, lim);
+    gemm(tnk, nqv, D, vr, a.sv.row, 1, pk.dot + q0, ldt, dpt, kBq, false, -kAll, kAll, lim);
+    if (a.causal && k0 + tnk - 1 > q0) mask_tile(st, tnk, nqv, lim);
     for (int64_t v = 0; v < nqv; ++v) {
       const V nlse = vzero() - vload(pk.lse + q0 + v * kW), delta = vload(pk.delta + q0 + v * kW);
-      for (int64_t j = 0; j < tnk; ++j) {
+      const int64_t live = hidden_from(v, lim, tnk);
+      for (int64_t j = live; j < tnk; ++j) {
+        vstore(st + j * kBq + v * kW, vzero());
+        vstore(dpt + j * kBq + v * kW, vzero());
+      }
+      for (int64_t j = 0; j < live; ++j) {
         float *ps = st + j * kBq + v * kW, *pd = dpt + j * kBq + v * kW;
         const V p = vexp(vfma(vload(ps), vscale, nlse));
         vstore(ps, p);

@@ -33,7 +33,7 @@ constexpr int kMrMain = 6, kMrShort = 6, NV = 2;
 constexpr int kMrMain = 4, kMrShort = 4, NV = 2;
 #endif
 constexpr int NR = NV * kW;
-constexpr int64_t KC = 256;     // B micro-panel KC x NR fits L1
+constexpr int64_t KC = 192;     // B micro-panel KC x NR fits L1
 constexpr int64_t MC_MAX = 192; // A block MC x KC fits L2
 constexpr int64_t NC = 4096;    // B block KC x NC fits L3
 
