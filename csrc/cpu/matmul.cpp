@@ -6,7 +6,7 @@
 //     for pc over K by KC                    packed by all threads together
 //       for each (ic over M by MC, N slice)  one work unit per thread at a time
 //         pack A block (MC x KC)             lives in L2
-//         for jr over the slice by NR        B micro-panel stays in L1
+//         for jr over the slice by NR        B micro-panel, from L2
 //           for ir over MC by MR: microkernel
 #include <omp.h>
 
@@ -33,12 +33,18 @@ constexpr int kMrMain = 6, kMrShort = 6, NV = 2;
 constexpr int kMrMain = 4, kMrShort = 4, NV = 2;
 #endif
 constexpr int NR = NV * kW;
-constexpr int64_t KC = 192;     // B micro-panel KC x NR fits L1
-constexpr int64_t MC_MAX = 192; // A block MC x KC fits L2
+// K runs in blocks of equal depth, at most KC: every further block reads
+// and writes all of C again (from L3 or memory once C outgrows L2), which
+// costs more than a B micro-panel (KC x NR, 64 KB with AVX-512) streaming
+// from L2 instead of sitting in L1. The A block (MC x KC, 384 KB) stays in L2.
+constexpr int64_t KC = 512;
+constexpr int64_t MC_MAX = 192;
 constexpr int64_t NC = 4096;    // B block KC x NC fits L3
 
 FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+// K splits into blocks of equal depth, at most KC.
+FASTLM_INLINE int64_t kc_block(int64_t k) { return ceil_div(k, ceil_div(k, KC)); }
 
 float* alloc_floats(int64_t n) {
   const size_t bytes = (size_t)round_up(n * (int64_t)sizeof(float), 64);
@@ -284,7 +290,7 @@ void small_m_packed_panel(const GemmArgs& g, int64_t jp, int64_t npad, int64_t k
 }
 
 void matmul_small_m_packed(const GemmArgs& g) {
-  const int64_t kc_max = imin(KC, g.k), npad = round_up(g.n, NR), npanels = npad / NR;
+  const int64_t kc_max = kc_block(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
   // Bound by reading B (from L3 once the weights outgrow L2): a second core
   // adds bandwidth from fairly small sizes on.
   parallel_for(npanels, g.n * g.k >= (1 << 15), [&](int64_t jp) {
@@ -316,7 +322,7 @@ void matmul_blocked(const GemmArgs& g) {
   auto block_row = [&](int64_t ib) { return imin(g.m, mpanels * ib / nic * MR); };
 
   const int64_t nc = imin(NC, round_up(g.n, NR));
-  const int64_t kc_max = imin(KC, g.k);
+  const int64_t kc_max = kc_block(g.k);
   // B packed by the caller beforehand (matmul_pack_b), or here per block.
   const int64_t npad = round_up(g.n, NR);
   float* bpack = g.b_packed ? nullptr : alloc_floats(kc_max * nc);
@@ -396,7 +402,7 @@ void matmul(const GemmArgs& g) {
 int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
 
 void matmul_pack_b(const GemmArgs& g, float* packed) {
-  const int64_t kc_max = imin(KC, g.k), npad = round_up(g.n, NR), npanels = npad / NR;
+  const int64_t kc_max = kc_block(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
   for (int64_t pc = 0; pc < g.k; pc += kc_max) {
     const int64_t kc = imin(kc_max, g.k - pc);
     parallel_for(npanels, g.n * g.k > (1 << 16), [&](int64_t jp) {
