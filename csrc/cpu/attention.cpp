@@ -6,7 +6,9 @@
 // scalar of A, FMA it into vector rows of B": S^T = K Q^T reads K rows in
 // place (any row stride, e.g. a fused qkv buffer) against Q^T transposed once
 // per (batch, head) rather than once per tile, and the softmax runs down the
-// key rows vectorized across queries, with no horizontal reductions.
+// key rows vectorized across queries, with no horizontal reductions. On a
+// diagonal tile of a causal mask the score vectors hidden entirely are
+// neither computed nor exponentiated, only zeroed.
 #include <omp.h>
 
 #include <cfloat>
