@@ -49,6 +49,26 @@ def test_matmul_deterministic(rng):
     assert np.array_equal(ops.matmul(a, b), ops.matmul(a, b))
 
 
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_matmul_same_bits_on_any_thread_count(isa, rng, trans_a):
+    # M splits into panel-balanced blocks (and N into slices) differently per
+    # thread count; K blocks do not, so every element sums in the same order.
+    import fastlm
+    before = fastlm.get_num_threads()
+    outs = []
+    try:
+        for m, n, k in [(2048 + 5, 97, 600), (40, 300, 1100)]:
+            a, b = operands(rng, m, n, k, trans_a, False)
+            for threads in (1, 2, 3):
+                fastlm.set_num_threads(threads)
+                outs.append((threads, ops.matmul(a, b, trans_a=trans_a)))
+            for threads, c in outs[1:]:
+                assert np.array_equal(c, outs[0][1]), f"{m}x{n}x{k}: {threads} threads differ"
+            outs.clear()
+    finally:
+        fastlm.set_num_threads(before)
+
+
 def test_matmul_isas_agree_closely(rng):
     a, b = operands(rng, 50, 60, 70, False, False)
     ref = a.astype(np.float64) @ b.astype(np.float64)
