@@ -120,6 +120,8 @@ struct Kernels {
                              float* dbias, int64_t rows, int64_t cols);
 
   // GPT-2's tanh GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+  // The one backward that writes rather than adds: dx = dy * gelu'(x), since
+  // its input gradient is never shared and zeroing it first cost a pass.
   void (*gelu_forward)(const float* x, float* y, int64_t n);
   void (*gelu_backward)(const float* dy, const float* x, float* dx, int64_t n);
 

@@ -491,7 +491,7 @@ py::object gelu_backward(py::handle dy_obj, py::handle x_obj) {
   DevPtr dx = new_device(x.shape, ElemType::kFloat32);
   {
     py::gil_scoped_release nogil;
-    cuda::gelu_backward_ex(dy.f32(), x.f32(), dx->f32(), x.size(), false);
+    cuda::gelu_backward(dy.f32(), x.f32(), dx->f32(), x.size());
   }
   return wrap(dx);
 }

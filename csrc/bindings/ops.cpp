@@ -152,7 +152,7 @@ py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj) {
   py::array x = float_array(x_obj, op, "x");
   py::array dy = float_array(dy_obj, op, "dy");
   require_shape(dy, shape_of(x), op, "dy");
-  py::array_t<float> dx = new_array(shape_of(x), true);
+  py::array_t<float> dx = new_array(shape_of(x));
   {
     py::gil_scoped_release nogil;
     cpu::kernels().gelu_backward(cptr(dy), cptr(x), dx.mutable_data(), x.size());

@@ -50,14 +50,10 @@ void forward_range(const float* x, float* y, int64_t n) {
 
 void backward_range(const float* dy, const float* x, float* dx, int64_t n) {
   int64_t i = 0;
-  for (; i + kW <= n; i += kW)
-    vstore(dx + i, vfma(vload(dy + i), gelu_grad_v(vload(x + i)), vload(dx + i)));
+  for (; i + kW <= n; i += kW) vstore(dx + i, vload(dy + i) * gelu_grad_v(vload(x + i)));
   if (i < n) {
     const int64_t r = n - i;
-    vstore_part(dx + i,
-                vfma(vload_part(dy + i, r), gelu_grad_v(vload_part(x + i, r)),
-                     vload_part(dx + i, r)),
-                r);
+    vstore_part(dx + i, vload_part(dy + i, r) * gelu_grad_v(vload_part(x + i, r)), r);
   }
 }
 

@@ -80,11 +80,10 @@ float cross_entropy_ex(const float* logits, const void* targets, bool targets_ar
                        float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
                        float dloss, int64_t* bad_row);
 
-// ---- Backward kernels that may overwrite ----------------------------------
+// ---- Backward kernel that may overwrite -----------------------------------
 // As the table's, but with accumulate == false dx is written rather than
 // added to, which spares a fresh output its zero fill and a read (the ops
 // use this; dweight and dbias are still accumulated).
-void gelu_backward_ex(const float* dy, const float* x, float* dx, int64_t n, bool accumulate);
 void layernorm_backward_ex(const float* dy, const float* x, const float* weight,
                            const float* mean, const float* rstd, float* dx, float* dweight,
                            float* dbias, int64_t rows, int64_t cols, bool accumulate);

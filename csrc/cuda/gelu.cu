@@ -53,9 +53,9 @@ __global__ void gelu_forward_kernel(const float* __restrict__ x, float* __restri
   for (int64_t i = tail + i0; i < n; i += stride) y[i] = gelu(x[i]);
 }
 
-// dx (+)= dy * gelu'(x)
+// dx = dy * gelu'(x)
 __global__ void gelu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ x,
-                                     float* __restrict__ dx, int64_t n, bool vec, bool acc) {
+                                     float* __restrict__ dx, int64_t n, bool vec) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   int64_t tail = 0;
@@ -64,17 +64,13 @@ __global__ void gelu_backward_kernel(const float* __restrict__ dy, const float* 
     for (int64_t i = i0; i < n4; i += stride) {
       const float4 g = reinterpret_cast<const float4*>(dy)[i];
       const float4 v = reinterpret_cast<const float4*>(x)[i];
-      float4 d = acc ? reinterpret_cast<float4*>(dx)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-      d.x = fmaf(g.x, gelu_grad(v.x), d.x);
-      d.y = fmaf(g.y, gelu_grad(v.y), d.y);
-      d.z = fmaf(g.z, gelu_grad(v.z), d.z);
-      d.w = fmaf(g.w, gelu_grad(v.w), d.w);
-      reinterpret_cast<float4*>(dx)[i] = d;
+      reinterpret_cast<float4*>(dx)[i] = make_float4(g.x * gelu_grad(v.x), g.y * gelu_grad(v.y),
+                                                     g.z * gelu_grad(v.z), g.w * gelu_grad(v.w));
     }
     tail = n4 * 4;
   }
   for (int64_t i = tail + i0; i < n; i += stride)
-    dx[i] = fmaf(dy[i], gelu_grad(x[i]), acc ? dx[i] : 0.f);
+    dx[i] = dy[i] * gelu_grad(x[i]);
 }
 
 }  // namespace
@@ -86,16 +82,11 @@ void gelu_forward(const float* x, float* y, int64_t n) {
   FASTLM_CHECK_LAUNCH("gelu_forward_kernel");
 }
 
-void gelu_backward_ex(const float* dy, const float* x, float* dx, int64_t n, bool accumulate) {
+void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
   if (n <= 0) return;
   const bool vec = aligned16(dy) && aligned16(x) && aligned16(dx);
-  gelu_backward_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec,
-                                                                              accumulate);
+  gelu_backward_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec);
   FASTLM_CHECK_LAUNCH("gelu_backward_kernel");
-}
-
-void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
-  gelu_backward_ex(dy, x, dx, n, true);
 }
 
 }  // namespace cuda

@@ -190,7 +190,6 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     // res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3.
     linear_backward(k_, dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b, BT, 4 * C, C,
                     false);
-    k_.zero(d2_, BT * 4 * C);
     k_.gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
     linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C, false);
     k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w, G.ln2_b,
