@@ -69,6 +69,34 @@ def test_matmul_same_bits_on_any_thread_count(isa, rng, trans_a):
         fastlm.set_num_threads(before)
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 17), (1000, 33), (5000, 7), (257, 100)])
+def test_bias_backward_adds_column_sums(isa, rng, rows, cols):
+    from fastlm import _C
+    d = rng.standard_normal((rows, cols)).astype(np.float32)
+    db0 = rng.standard_normal(cols).astype(np.float32)
+    db = db0.copy()
+    _C._bias_backward(d, db)
+    naive = db0 + np.cumsum(d, axis=0, dtype=np.float32)[-1]
+    assert_error_bound(db, db0 + d.astype(np.float64).sum(0), naive, name=isa)
+
+
+def test_bias_backward_same_bits_on_any_thread_count(isa, rng):
+    import fastlm
+    from fastlm import _C
+    d = rng.standard_normal((3001, 77)).astype(np.float32)
+    before = fastlm.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            fastlm.set_num_threads(threads)
+            db = np.zeros(77, np.float32)
+            _C._bias_backward(d, db)
+            outs.append(db)
+    finally:
+        fastlm.set_num_threads(before)
+    assert all(np.array_equal(o, outs[0]) for o in outs[1:])
+
+
 def test_matmul_isas_agree_closely(rng):
     a, b = operands(rng, 50, 60, 70, False, False)
     ref = a.astype(np.float64) @ b.astype(np.float64)

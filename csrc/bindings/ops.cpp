@@ -428,6 +428,15 @@ void adamw_step(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle
 
 void bind_ops(py::module_& m) {
   using py::arg;
+  // The GEMM's bias gradient, for the tests: dbias (cols) += column sums of dout (rows, cols).
+  m.def("_bias_backward", [](py::handle dout_obj, py::handle dbias_obj) {
+    const char* op = "_bias_backward";
+    py::array dout = float_array(dout_obj, op, "dout", 2);
+    py::array db = float_array(dbias_obj, op, "dbias", 1, true);
+    require_shape(db, {dout.shape(1)}, op, "dbias");
+    py::gil_scoped_release nogil;
+    cpu::kernels().bias_backward(cptr(dout), mptr(db), dout.shape(0), dout.shape(1));
+  }, arg("dout"), arg("dbias"));
   m.def("matmul", &matmul, arg("a"), arg("b"), arg("trans_a"), arg("trans_b"), arg("bias"));
   m.def("softmax", &softmax, arg("x"));
   m.def("softmax_backward", &softmax_backward, arg("dy"), arg("y"));

@@ -411,34 +411,32 @@ void matmul_pack_b(const GemmArgs& g, float* packed) {
   }
 }
 
-// Rows split in fixed blocks whose partial sums are added in block order.
+// Threads split the columns, 2 vectors at a time; each column sums its rows
+// in one order (four interleaved partial sums) whatever the thread count.
 void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols) {
-  constexpr int64_t kRows = 256;
-  const int64_t nblocks = ceil_div(rows, kRows);
-  if (nblocks <= 1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* d = dout + r * cols;
-      int64_t j = 0;
-      for (; j + kW <= cols; j += kW) vstore(dbias + j, vload(dbias + j) + vload(d + j));
-      for (; j < cols; ++j) dbias[j] += d[j];
+  constexpr int kV = 2, kU = 4;
+  const int64_t chunk = kV * kW;
+  parallel_for(ceil_div(cols, chunk), rows * cols >= (1 << 15), [&](int64_t c) {
+    const int64_t j0 = c * chunk;
+    int64_t w[kV];
+    for (int v = 0; v < kV; ++v) w[v] = imax(0, imin(kW, cols - j0 - v * kW));
+    V s[kU][kV];
+    for (int u = 0; u < kU; ++u)
+      for (int v = 0; v < kV; ++v) s[u][v] = vzero();
+    int64_t r = 0;
+    for (; r + kU <= rows; r += kU)
+      for (int u = 0; u < kU; ++u)
+        for (int v = 0; v < kV; ++v)
+          if (w[v]) s[u][v] = s[u][v] + vload_part(dout + (r + u) * cols + j0 + v * kW, w[v]);
+    for (; r < rows; ++r)
+      for (int v = 0; v < kV; ++v)
+        if (w[v]) s[0][v] = s[0][v] + vload_part(dout + r * cols + j0 + v * kW, w[v]);
+    for (int v = 0; v < kV; ++v) {
+      if (!w[v]) continue;
+      float* d = dbias + j0 + v * kW;
+      vstore_part(d, vload_part(d, w[v]) + ((s[0][v] + s[1][v]) + (s[2][v] + s[3][v])), w[v]);
     }
-    return;
-  }
-  float* partial = alloc_floats(nblocks * cols);
-#pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    float* p = partial + blk * cols;
-    for (int64_t j = 0; j < cols; ++j) p[j] = 0.f;
-    for (int64_t r = blk * kRows; r < imin(rows, (blk + 1) * kRows); ++r) {
-      const float* d = dout + r * cols;
-      int64_t j = 0;
-      for (; j + kW <= cols; j += kW) vstore(p + j, vload(p + j) + vload(d + j));
-      for (; j < cols; ++j) p[j] += d[j];
-    }
-  }
-  for (int64_t blk = 0; blk < nblocks; ++blk)
-    for (int64_t j = 0; j < cols; ++j) dbias[j] += partial[blk * cols + j];
-  std::free(partial);
+  });
 }
 
 }  // namespace FASTLM_ISA
