@@ -121,18 +121,12 @@ void gemm(int64_t m, int64_t nv, int64_t k, const float* a, int64_t ars, int64_t
   }
 }
 
-// dst[d ld + i] = src[i rs + d] for i < n, d < dim: kW x kW blocks
-// transposed in registers.
+// dst[d ld + i] = src[i rs + d] for i < n, d < dim.
 void pack_t(const float* src, int64_t rs, int64_t n, int64_t dim, float* dst, int64_t ld) {
   for (int64_t i0 = 0; i0 < n; i0 += kW) {
     const int64_t ni = imin(kW, n - i0);
-    for (int64_t d0 = 0; d0 < dim; d0 += kW) {
-      const int64_t nd = imin(kW, dim - d0);
-      V r[kW];
-      for (int i = 0; i < kW; ++i) r[i] = i < ni ? vload_part(src + (i0 + i) * rs + d0, nd) : vzero();
-      vtranspose(r);
-      for (int64_t d = 0; d < nd; ++d) vstore_part(dst + (d0 + d) * ld + i0, r[d], ni);
-    }
+    for (int64_t d0 = 0; d0 < dim; d0 += kW)
+      transpose_block(src + i0 * rs + d0, rs, ni, imin(kW, dim - d0), dst + d0 * ld + i0, ld, ni);
   }
 }
 

@@ -62,13 +62,8 @@ void pack_a(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, f
     if (!g.trans_a) {
       // A row-major (m, k): kW-long pieces of the MR rows, transposed in registers.
       const float* src = g.a + (i0 + ib) * g.lda + p0;
-      for (int64_t k0 = 0; k0 < kc; k0 += kW) {
-        const int64_t kw = imin(kW, kc - k0);
-        V r[kW];
-        for (int i = 0; i < kW; ++i) r[i] = i < mr ? vload_part(src + i * g.lda + k0, kw) : vzero();
-        vtranspose(r);
-        for (int64_t k = 0; k < kw; ++k) vstore_part(panel + (k0 + k) * MR, r[k], MR);
-      }
+      for (int64_t k0 = 0; k0 < kc; k0 += kW)
+        transpose_block(src + k0, g.lda, mr, imin(kW, kc - k0), panel + k0 * MR, MR, MR);
     } else {
       // A stored (k, m): each k gives MR contiguous values.
       const float* src = g.a + p0 * g.lda + i0 + ib;
@@ -100,13 +95,9 @@ void pack_b_panel(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t
     for (int v = 0; v < NV; ++v) {
       const float* src = g.b + (j0 + v * kW) * g.ldb + p0;
       const int64_t rows = imin(kW, nr - v * kW);
-      for (int64_t k0 = 0; k0 < kc; k0 += kW) {
-        const int64_t kw = imin(kW, kc - k0);
-        V r[kW];
-        for (int j = 0; j < kW; ++j) r[j] = j < rows ? vload_part(src + j * g.ldb + k0, kw) : vzero();
-        vtranspose(r);
-        for (int64_t k = 0; k < kw; ++k) vstore(panel + (k0 + k) * NR + v * kW, r[k]);
-      }
+      for (int64_t k0 = 0; k0 < kc; k0 += kW)
+        transpose_block(src + k0, g.ldb, rows, imin(kW, kc - k0), panel + k0 * NR + v * kW, NR,
+                        kW);
     }
   }
 }

@@ -229,6 +229,20 @@ FASTLM_INLINE V vcopysign(V mag, V sign) {
 FASTLM_INLINE void vtranspose(V* r) { _MM_TRANSPOSE4_PS(r[0].r, r[1].r, r[2].r, r[3].r); }
 #endif
 
+// dst[d * ld + i] = src[i * rs + d] for i < ni, d < nd (ni, nd <= kW): one
+// block through vtranspose. Each of the nd rows written is `width` floats
+// (<= kW), zero from ni on.
+FASTLM_INLINE void transpose_block(const float* src, int64_t rs, int64_t ni, int64_t nd,
+                                   float* dst, int64_t ld, int64_t width) {
+  V r[kW];
+  for (int i = 0; i < kW; ++i) r[i] = i < ni ? vload_part(src + i * rs, nd) : vzero();
+  vtranspose(r);
+  for (int64_t d = 0; d < nd; ++d) {
+    if (width == kW) vstore(dst + d * ld, r[d]);
+    else vstore_part(dst + d * ld, r[d], width);
+  }
+}
+
 // exp(x), relative error ~2 ulp; exactly 0 below -87.33 (and for -inf); NaN stays NaN.
 FASTLM_INLINE V vexp(V x) {
   const V lo = vset(-87.33654f);
