@@ -62,3 +62,17 @@ def finite_difference(f, x: np.ndarray, dy: np.ndarray, h: float = 1e-6, n_probe
 
 def torch_or_skip():
     return pytest.importorskip("torch")
+
+
+def same_on_thread_counts(f, counts=(1, 2, 3)) -> bool:
+    """Whether f() returns the same bits (an array) on each of these fastlm thread counts."""
+    before = fastlm.get_num_threads()
+    outs = []
+    try:
+        for n in counts:
+            fastlm.set_num_threads(n)
+            outs.append(f())
+    finally:
+        fastlm.set_num_threads(before)
+    return all(np.array_equal(o, outs[0]) for o in outs[1:])
+

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastlm import ops
-from conftest import assert_error_bound, torch_or_skip
+from conftest import assert_error_bound, same_on_thread_counts, torch_or_skip
 
 SIZES = [(1, 1, 1), (3, 17, 31), (17, 33, 3), (31, 1, 127), (33, 127, 17), (127, 31, 1000),
          (1000, 3, 33), (64, 64, 0), (13, 45, 300), (200, 70, 520)]
@@ -53,20 +53,9 @@ def test_matmul_deterministic(rng):
 def test_matmul_same_bits_on_any_thread_count(isa, rng, trans_a):
     # M splits into panel-balanced blocks (and N into slices) differently per
     # thread count; K blocks do not, so every element sums in the same order.
-    import fastlm
-    before = fastlm.get_num_threads()
-    outs = []
-    try:
-        for m, n, k in [(2048 + 5, 97, 600), (40, 300, 1100)]:
-            a, b = operands(rng, m, n, k, trans_a, False)
-            for threads in (1, 2, 3):
-                fastlm.set_num_threads(threads)
-                outs.append((threads, ops.matmul(a, b, trans_a=trans_a)))
-            for threads, c in outs[1:]:
-                assert np.array_equal(c, outs[0][1]), f"{m}x{n}x{k}: {threads} threads differ"
-            outs.clear()
-    finally:
-        fastlm.set_num_threads(before)
+    for m, n, k in [(2048 + 5, 97, 600), (40, 300, 1100)]:
+        a, b = operands(rng, m, n, k, trans_a, False)
+        assert same_on_thread_counts(lambda: ops.matmul(a, b, trans_a=trans_a)), f"{m}x{n}x{k}"
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (3, 17), (1000, 33), (5000, 7), (257, 100)])
@@ -81,20 +70,14 @@ def test_bias_backward_adds_column_sums(isa, rng, rows, cols):
 
 
 def test_bias_backward_same_bits_on_any_thread_count(isa, rng):
-    import fastlm
     from fastlm import _C
     d = rng.standard_normal((3001, 77)).astype(np.float32)
-    before = fastlm.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            fastlm.set_num_threads(threads)
-            db = np.zeros(77, np.float32)
-            _C._bias_backward(d, db)
-            outs.append(db)
-    finally:
-        fastlm.set_num_threads(before)
-    assert all(np.array_equal(o, outs[0]) for o in outs[1:])
+
+    def column_sums():
+        db = np.zeros(77, np.float32)
+        _C._bias_backward(d, db)
+        return db
+    assert same_on_thread_counts(column_sums)
 
 
 def test_matmul_isas_agree_closely(rng):
