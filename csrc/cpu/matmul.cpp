@@ -107,6 +107,10 @@ template <int MR>
 FASTLM_INLINE void microkernel(int64_t kc, const float* __restrict__ a,
                                const float* __restrict__ b, float* c, int64_t ldc, int64_t mr,
                                int64_t nr, bool load_c, const float* bias) {
+  // The C tile is read (when load_c) and written only after the k loop, by
+  // which time its lines, often in L3 or memory, have arrived.
+  for (int64_t i = 0; i < mr; ++i)
+    for (int v = 0; v < NV; ++v) __builtin_prefetch(c + i * ldc + v * kW, 1, 3);
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
