@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastlm
-from conftest import assert_error_bound
+from conftest import assert_error_bound, assert_streams_independent
 from fastlm.checkpoint import CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
 from fastlm.cli import main as cli_main
 from fastlm.lm import LanguageModel
@@ -167,6 +167,8 @@ def test_config_init_and_num_parameters(cell):
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(embed_dim=0), ValueError, "embed_dim"),
     (dict(hidden_size=-1), ValueError, "hidden_size"),
+    (dict(hidden_size=2**31), ValueError, "hidden_size must be <= 2147483647"),
+    (dict(hidden_size=2**31 - 1), ValueError, "weight_hh_l0 is too large"),  # 3H x H > 2^63
     (dict(num_layers=0), ValueError, "num_layers"),
     (dict(num_layers=2.0), TypeError, "num_layers"),
     (dict(hidden_size=True), TypeError, "hidden_size"),
@@ -776,19 +778,7 @@ def test_generate_seed_stream_and_eos(cell):
 
 
 def test_interleaved_streams_do_not_share_the_state(cell):
-    m = _model(cell, _sd(cell))
-    p1, p2 = [1, 2, 3], [[9, 8], [7, 6]]
-    ref1 = m.generate(p1, 12, do_sample=False)
-    ref2 = m.generate(p2, 12, do_sample=False)
-    s1 = m.generate(p1, 12, do_sample=False, stream=True)
-    s2 = m.generate(p2, 12, do_sample=False, stream=True)
-    out1, out2 = [], []
-    for _ in range(12):
-        out1.append(next(s1))
-        out2.append(next(s2))
-        m.forward(np.array([[0, 1]]))  # any other use of the model in between
-    assert out1 == ref1[3:].tolist()
-    np.testing.assert_array_equal(np.stack(out2, 1), ref2[:, 2:])
+    assert_streams_independent(_model(cell, _sd(cell)))
 
 
 def test_generate_bad_args(cell):

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_error_bound
+from conftest import assert_error_bound, assert_streams_independent
 from gpt_reference import (make_torch_gpt, np_adamw_step, np_forward_backward, param_names, param_shapes,
                            random_state_dict, torch_grads)
 from fastlm.checkpoint import CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
@@ -93,6 +93,8 @@ def test_gpt2_init():
     (dict(block_size=0), ValueError, "block_size"),
     (dict(n_head=0), ValueError, "n_head"),
     (dict(n_embd=-3), ValueError, "n_embd"),
+    (dict(n_embd=2**31, n_head=1), ValueError, "n_embd must be <= 2147483647"),
+    (dict(n_embd=2**31 - 1, n_head=1), ValueError, "c_attn.weight is too large"),  # 3C x C > 2^63
     (dict(block_size=4.0), TypeError, "block_size"),
     (dict(seed=-1), ValueError, "seed"),
     (dict(device="tpu"), ValueError, "unknown device"),
@@ -106,6 +108,14 @@ def test_bad_config(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         Transformer(V, **args)
+
+
+def test_out_of_memory_names_the_model(monkeypatch):
+    def no_memory(self, arch):
+        raise MemoryError()
+    monkeypatch.setattr(Transformer, "_make_core", no_memory)
+    with pytest.raises(MemoryError, match=r"Transformer\(vocab_size=67, .*n_embd=48\): not enough memory"):
+        Transformer(V, **ARCH)
 
 
 def test_bad_vocab_size():
@@ -454,18 +464,7 @@ def test_generate_seed_stream_and_eos(model):
 
 
 def test_interleaved_streams_do_not_share_the_cache(model):
-    p1, p2 = [1, 2, 3], [[9, 8], [7, 6]]
-    ref1 = model.generate(p1, 12, do_sample=False)
-    ref2 = model.generate(p2, 12, do_sample=False)
-    s1 = model.generate(p1, 12, do_sample=False, stream=True)
-    s2 = model.generate(p2, 12, do_sample=False, stream=True)
-    out1, out2 = [], []
-    for _ in range(12):
-        out1.append(next(s1))
-        out2.append(next(s2))
-        model.forward(np.array([[0, 1]]))  # any other use of the model in between
-    assert out1 == ref1[3:].tolist()
-    np.testing.assert_array_equal(np.stack(out2, 1), ref2[:, 2:])
+    assert_streams_independent(model)
 
 
 def test_generate_with_tokenizer_prompt():

@@ -1,18 +1,27 @@
 #include "model/params.h"
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace fastlm {
 
 void ParamStore::add(const std::string& name, std::vector<int64_t> shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  const int64_t offset = info_.empty() ? 0 : info_.back().offset + info_.back().numel;
+  // Sizes come from user arguments: an overflow must be an error, not a
+  // silently wrapped (small) buffer.
+  int64_t n = 1, offset = info_.empty() ? 0 : info_.back().offset + info_.back().numel;
+  bool overflow = false;
+  for (int64_t d : shape) overflow |= __builtin_mul_overflow(n, d, &n);
+  int64_t end;
+  overflow |= __builtin_add_overflow(offset, n, &end);
+  if (overflow) throw std::length_error("parameter tensor " + name + " is too large to address");
   info_.push_back({name, std::move(shape), offset, n});
 }
 
 void ParamStore::allocate() {
   const int64_t n = info_.empty() ? 0 : info_.back().offset + info_.back().numel;
+  if ((uint64_t)n > params_.max_size())
+    throw std::length_error(std::to_string(n) + " parameters are too many to allocate");
   params_.assign(n, 0.f);
   grads_.assign(n, 0.f);
   m_.assign(n, 0.f);

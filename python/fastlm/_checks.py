@@ -8,6 +8,11 @@ from typing import Any, Optional
 import numpy as np
 
 
+# The largest size a model argument may take: every tensor extent then fits
+# int32, and the C++ core's sizes (int64) cannot overflow from one product.
+MAX_SIZE = 2**31 - 1
+
+
 def check_int(v: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     """``v`` as an int (bools rejected) within [minimum, maximum]."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):

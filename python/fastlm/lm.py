@@ -158,7 +158,12 @@ class LanguageModel:
                 raise ValueError(f"tokenizer.vocab_size ({tokenizer.vocab_size}) exceeds vocab_size ({vocab_size})")
         self._config: Dict[str, Any] = dict(arch, seed=seed, device=device)
         self.tokenizer: Optional[Tokenizer] = tokenizer
-        self._g = self._make_core(arch)
+        try:
+            self._g = self._make_core(arch)
+        except MemoryError:
+            raise MemoryError(f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in arch.items())}): "
+                              "not enough memory for its parameters, gradients and optimizer "
+                              "state (four float32 copies of every weight)") from None
         self._names = self._param_names(arch)
         self._params = dict(self._g.tensors())
         self._grads = dict(self._g.grad_tensors())

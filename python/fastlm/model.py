@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _C
-from ._checks import check_int as _check_int
+from ._checks import MAX_SIZE, check_int as _check_int
 from .lm import LanguageModel
 from .tokenizers import Tokenizer
 
@@ -84,11 +84,11 @@ class Transformer(LanguageModel):
 
     def _check_arch(self, *, vocab_size: Any, block_size: Any, n_layer: Any, n_head: Any,
                     n_embd: Any) -> Dict[str, Any]:
-        arch = {"vocab_size": _check_int(vocab_size, "vocab_size", 1),
-                "block_size": _check_int(block_size, "block_size", 1),
-                "n_layer": _check_int(n_layer, "n_layer", 1),
-                "n_head": _check_int(n_head, "n_head", 1),
-                "n_embd": _check_int(n_embd, "n_embd", 1)}
+        arch = {"vocab_size": _check_int(vocab_size, "vocab_size", 1, MAX_SIZE),
+                "block_size": _check_int(block_size, "block_size", 1, MAX_SIZE),
+                "n_layer": _check_int(n_layer, "n_layer", 1, MAX_SIZE),
+                "n_head": _check_int(n_head, "n_head", 1, MAX_SIZE),
+                "n_embd": _check_int(n_embd, "n_embd", 1, MAX_SIZE)}
         if arch["n_embd"] % arch["n_head"]:
             raise ValueError(f"n_embd ({arch['n_embd']}) must be divisible by n_head ({arch['n_head']})")
         return arch
@@ -133,7 +133,7 @@ class Transformer(LanguageModel):
     def _train_window(self, block_size: Optional[int]) -> int:
         if block_size is None:
             return self.block_size
-        block_size = _check_int(block_size, "block_size", 1)
+        block_size = _check_int(block_size, "block_size", 1, MAX_SIZE)
         if block_size > self.block_size:
             raise ValueError(f"block_size {block_size} exceeds the model's block_size {self.block_size}")
         return block_size

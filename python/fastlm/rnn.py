@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _C
-from ._checks import check_int as _check_int
+from ._checks import MAX_SIZE, check_int as _check_int
 from .lm import LanguageModel
 from .tokenizers import Tokenizer
 
@@ -68,7 +68,7 @@ class RecurrentLM(LanguageModel):
         self._init_weights()
 
     def _check_arch(self, **arch: Any) -> Dict[str, Any]:
-        return {k: _check_int(arch[k], k, 1) for k in self.ARCH_KEYS}
+        return {k: _check_int(arch[k], k, 1, MAX_SIZE) for k in self.ARCH_KEYS}
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         return _C.RNNLM(self.CELL, arch["vocab_size"], arch["embed_dim"], arch["hidden_size"],
