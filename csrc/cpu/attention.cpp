@@ -144,6 +144,18 @@ void pack_rows(const float* src, int64_t rs, int64_t n, int64_t dim, int64_t dp,
   }
 }
 
+// n rows of dim floats (row stride rs) as a B operand of dp-float rows: read
+// in place when dim is whole vectors (dp == dim), else copied to dst, padded.
+struct Rows {
+  const float* p;
+  int64_t ld;
+};
+Rows rows_view(const float* src, int64_t rs, int64_t n, int64_t dim, int64_t dp, float* dst) {
+  if (dim == dp) return {src, rs};
+  pack_rows(src, rs, n, dim, dp, dst);
+  return {dst, dp};
+}
+
 // dst rows (stride rs) += scale * sum over u < nsrc, in order, of the
 // (n x dp) matrices at src[u] + off.
 void add_rows(float* dst, int64_t rs, float* const* src, int nsrc, int64_t off, int64_t n,
@@ -212,7 +224,7 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
   const int64_t kend = a.causal ? imin(a.seq_k, r0 + rows + off) : a.seq_k;
   for (int64_t k0 = 0; k0 < kend; k0 += kBk) {
     const int64_t nk = imin(kBk, kend - k0);
-    pack_rows(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, vp);
+    const Rows vr = rows_view(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, vp);
     for (int64_t q0 = 0; q0 < rows; q0 += kBq) {
       const int64_t nq = imin(kBq, rows - q0), nqv = cdiv(nq, kW), gq0 = r0 + q0;
       // Keys past the last query's horizon are hidden from the whole block.
@@ -251,7 +263,7 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
         for (int64_t d = 0; d < Dp; d += kW) vstore(orow + d, vload(orow + d) * al);
       }
       // Query i needs keys j <= i + gq0 + off - k0 only.
-      gemm(nq, Dp / kW, tnk, st, 1, kBq, vp, Dp, o + q0 * Dp, Dp, true, -kAll,
+      gemm(nq, Dp / kW, tnk, st, 1, kBq, vr.p, vr.ld, o + q0 * Dp, Dp, true, -kAll,
            a.causal ? gq0 + off - k0 : kAll);
     }
   }
@@ -297,8 +309,10 @@ void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, co
   const float *q = hd.q + r0 * a.sq.row, *dor = dout + r0 * a.so.row;
   pack_t(q, a.sq.row, r1 - r0, D, pk.qt + r0, ldt);
   pack_t(dor, a.so.row, r1 - r0, D, pk.dot + r0, ldt);
-  pack_rows(q, a.sq.row, r1 - r0, D, Dp, pk.qp + r0 * Dp);
-  pack_rows(dor, a.so.row, r1 - r0, D, Dp, pk.dop + r0 * Dp);
+  if (D < Dp) {  // else the rows are read in place (head_rows)
+    pack_rows(q, a.sq.row, r1 - r0, D, Dp, pk.qp + r0 * Dp);
+    pack_rows(dor, a.so.row, r1 - r0, D, Dp, pk.dop + r0 * Dp);
+  }
   for (int64_t i = r0; i < r1; ++i) {
     const float *x = dout + i * a.so.row, *y = hd.o + i * a.so.row;
     V s = vzero();
@@ -329,7 +343,11 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
         *dpt = st + kBk * kBq;
   const Head hd = head_at(a, h);
   const float *kr = hd.k + k0 * a.sk.row, *vr = hd.v + k0 * a.sv.row;
-  pack_rows(kr, a.sk.row, nk, D, Dp, kp);
+  const Rows krows = rows_view(kr, a.sk.row, nk, D, Dp, kp);
+  // Q and dO rows: packed by pack_head, or in place when D is whole vectors.
+  const float* dout = g.dout + (hd.o - a.out);
+  const Rows qrows = D == Dp ? Rows{hd.q, a.sq.row} : Rows{pk.qp, Dp};
+  const Rows dorows = D == Dp ? Rows{dout, a.so.row} : Rows{pk.dop, Dp};
   memset(dk, 0, 2 * kBk * Dp * sizeof(float));  // dk and dv
   for (int64_t q0 = a.causal ? k0 / kBq * kBq : 0; q0 < T; q0 += kBq) {
     const int64_t nq = imin(kBq, T - q0), nqv = cdiv(nq, kW);
@@ -354,9 +372,12 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
     }
     // Key j is seen by queries i >= j + k0 - q0 only; query i sees j <= i + q0 - k0.
     const int64_t lo = a.causal ? k0 - q0 : -kAll, hi = a.causal ? q0 - k0 : kAll;
-    gemm(tnk, Dp / kW, nq, st, kBq, 1, pk.dop + q0 * Dp, Dp, dv, Dp, true, lo);  // P^T dO
-    gemm(tnk, Dp / kW, nq, dpt, kBq, 1, pk.qp + q0 * Dp, Dp, dk, Dp, true, lo);  // dS^T Q
-    gemm(nq, Dp / kW, tnk, dpt, 1, kBq, kp, Dp, dqacc + q0 * Dp, Dp, true, -kAll, hi);  // dS K
+    gemm(tnk, Dp / kW, nq, st, kBq, 1, dorows.p + q0 * dorows.ld, dorows.ld, dv, Dp, true,
+         lo);  // P^T dO
+    gemm(tnk, Dp / kW, nq, dpt, kBq, 1, qrows.p + q0 * qrows.ld, qrows.ld, dk, Dp, true,
+         lo);  // dS^T Q
+    gemm(nq, Dp / kW, tnk, dpt, 1, kBq, krows.p, krows.ld, dqacc + q0 * Dp, Dp, true, -kAll,
+         hi);  // dS K
   }
   const int64_t b = h / a.heads, hh = h % a.heads;
   add_rows(g.dk + b * a.sk.batch + hh * a.sk.head + k0 * a.sk.row, a.sk.row, &dk, 1, 0, nk, D, Dp,
