@@ -93,3 +93,26 @@ def assert_streams_independent(model) -> None:
         model.forward(np.array([[0, 1]]))  # any other use of the model in between
     assert out1 == ref1[3:].tolist()
     np.testing.assert_array_equal(np.stack(out2, 1), ref2[:, 2:])
+
+
+def assert_restored(m, loaded, idx, tgt) -> None:
+    """``loaded`` (read back from ``m.save``) is ``m`` bit for bit: config,
+    tokenizer, weights in order, logits on ``idx``, AdamW moments, step count
+    and history."""
+    assert loaded.config == m.config and loaded.tokenizer == m.tokenizer
+    a, b = m.state_dict(), loaded.state_dict()
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(m.forward(idx), loaded.forward(idx))
+    for n in m._names:
+        assert np.array_equal(m._m[n], loaded._m[n]) and np.array_equal(m._v[n], loaded._v[n])
+    assert loaded.optimizer_step == m.optimizer_step and loaded.history == m.history
+
+
+def assert_same_next_step(m1, m2, idx, tgt) -> None:
+    """One training step (lr 1e-3) of each model leaves the same weights."""
+    for x in (m1, m2):
+        x.zero_grad()
+        x.forward_backward(idx, tgt)
+        x.step(1e-3)
+    a, b = m1.state_dict(), m2.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)

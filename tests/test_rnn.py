@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastlm
-from conftest import assert_error_bound, assert_streams_independent
+from conftest import assert_error_bound, assert_restored, assert_same_next_step, assert_streams_independent
 from fastlm.checkpoint import CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
 from fastlm.cli import main as cli_main
 from fastlm.lm import LanguageModel
@@ -829,21 +829,9 @@ def test_save_load_bit_exact(cell, tmp_path):
     idx, tgt = _batch()
     for loaded in (CLASSES[cell].load(path), LanguageModel.load(path), fastlm.LanguageModel.load(str(path))):
         assert type(loaded) is CLASSES[cell]
-        assert loaded.config == m.config and loaded.tokenizer == m.tokenizer
-        a, b = m.state_dict(), loaded.state_dict()
-        assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
-        np.testing.assert_array_equal(m.forward(idx), loaded.forward(idx))
-        for n in m._names:
-            assert np.array_equal(m._m[n], loaded._m[n]) and np.array_equal(m._v[n], loaded._v[n])
-        assert loaded.optimizer_step == 2 and loaded.history == m.history
-    # both take the same next step
-    m2 = CLASSES[cell].load(path)
-    for x in (m, m2):
-        x.zero_grad()
-        x.forward_backward(idx, tgt)
-        x.step(1e-3)
-    a, b = m.state_dict(), m2.state_dict()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert_restored(m, loaded, idx, tgt)
+        assert loaded.optimizer_step == 2
+    assert_same_next_step(m, CLASSES[cell].load(path), idx, tgt)
 
 
 def test_load_the_wrong_class_raises(cell, tmp_path):

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_error_bound, assert_streams_independent
+from conftest import assert_error_bound, assert_restored, assert_same_next_step, assert_streams_independent
 from gpt_reference import (make_torch_gpt, np_adamw_step, np_forward_backward, param_names, param_shapes,
                            random_state_dict, torch_grads)
 from fastlm.checkpoint import CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
@@ -538,22 +538,10 @@ def test_save_load_bit_exact(tmp_path, sd, batch):
     assert set(stored) == set(param_names(N_LAYER))  # lm_head is tied, not stored twice
 
     m2 = Transformer.load(path)
-    assert m2.config == m.config and m2.tokenizer == m.tokenizer
-    a, b = m.state_dict(), m2.state_dict()
-    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
     idx, tgt = batch
-    np.testing.assert_array_equal(m.forward(idx), m2.forward(idx))
-    for n in m._names:
-        assert np.array_equal(m._m[n], m2._m[n]) and np.array_equal(m._v[n], m2._v[n])
-    assert m2.optimizer_step == m.optimizer_step == 2
-    assert m2.history == m.history and len(m2.history) == 2
-    # both take the same next step
-    for x in (m, m2):
-        x.zero_grad()
-        x.forward_backward(idx, tgt)
-        x.step(1e-3)
-    a, b = m.state_dict(), m2.state_dict()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert_restored(m, m2, idx, tgt)
+    assert m2.optimizer_step == 2 and len(m2.history) == 2
+    assert_same_next_step(m, m2, idx, tgt)
 
 
 def test_save_fresh_model_and_no_tokenizer(tmp_path, sd):
