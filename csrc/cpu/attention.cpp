@@ -309,7 +309,7 @@ void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, co
   const float *q = hd.q + r0 * a.sq.row, *dor = dout + r0 * a.so.row;
   pack_t(q, a.sq.row, r1 - r0, D, pk.qt + r0, ldt);
   pack_t(dor, a.so.row, r1 - r0, D, pk.dot + r0, ldt);
-  if (D < Dp) {  // else the rows are read in place (head_rows)
+  if (D < Dp) {  // else backward_keys reads the rows in place
     pack_rows(q, a.sq.row, r1 - r0, D, Dp, pk.qp + r0 * Dp);
     pack_rows(dor, a.so.row, r1 - r0, D, Dp, pk.dop + r0 * Dp);
   }

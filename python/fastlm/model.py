@@ -133,7 +133,7 @@ class Transformer(LanguageModel):
     def _train_window(self, block_size: Optional[int]) -> int:
         if block_size is None:
             return self.block_size
-        block_size = _check_int(block_size, "block_size", 1, MAX_SIZE)
+        block_size = _check_int(block_size, "block_size", 1)
         if block_size > self.block_size:
             raise ValueError(f"block_size {block_size} exceeds the model's block_size {self.block_size}")
         return block_size
