@@ -61,8 +61,9 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   const int64_t GH = gate_count() * H, wide = E > H ? E : H;
   const bool lstm = cfg_.kind == CellKind::kLSTM;
   const int64_t per_layer = TB * GH + TB * 4 * H + (t + 1) * b * H * (lstm ? 2 : 1);
+  const int64_t table = token_table(t, b) ? V * GH : 0;
   const int64_t total = TB * E + cfg_.num_layers * per_layer + TB * V + b * 3 * H + TB * GH +
-                        TB * 3 * H + 4 * b * H + 2 * TB * wide;
+                        TB * 3 * H + 4 * b * H + 2 * TB * wide + table + GH;
   acts_.assign(total, 0.f);
   float* p = acts_.data();
   auto take = [&](int64_t n) {
@@ -80,6 +81,7 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   gh_ = take(b * 3 * H), dpre_ = take(TB * GH), dgh_ = take(TB * 3 * H);
   dh_a_ = take(b * H), dh_b_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
   dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
+  table_ = take(table), dbias_ = take(GH);
   acts_t_ = t, acts_b_ = b;
   wpack_.resize(std::max(packed_b_size(k_, GH, H), packed_b_size(k_, H, GH)));
 }
@@ -89,7 +91,8 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
   const bool lstm = cfg_.kind == CellKind::kLSTM;
   ensure_acts(t, b);
   carry = carry && state_b_ == b;
-  k_.embedding_forward(idx, w_.emb, nullptr, emb_, t, b, E, 0);
+  const bool table = token_table(t, b);
+  if (!table) k_.embedding_forward(idx, w_.emb, nullptr, emb_, t, b, E, 0);
   const float* x = emb_;
   int64_t in = E;
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
@@ -104,7 +107,15 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
     }
     // The input projection of the whole sequence is one GEMM; each step adds
     // the recurrent GEMM of its b rows, then the fused cell kernel.
-    linear_forward(k_, x, L.w_ih, L.b_ih, a.pre, t * b, in, GH);
+    if (l == 0 && table) {
+      // The first layer's input projection depends on the token alone: with
+      // fewer vocabulary entries than tokens, project the vocabulary and
+      // gather a row per token.
+      linear_forward(k_, w_.emb, L.w_ih, L.b_ih, table_, cfg_.vocab_size, E, GH);
+      k_.embedding_forward(idx, table_, nullptr, a.pre, t, b, GH, 0);
+    } else {
+      linear_forward(k_, x, L.w_ih, L.b_ih, a.pre, t * b, in, GH);
+    }
     const float* whh = pack_b(k_, L.w_hh, GH, H, /*trans_b=*/true, wpack_.data());
     for (int64_t s = 0; s < t; ++s) {
       float* pre = a.pre + s * b * GH;
@@ -165,19 +176,20 @@ float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_
   float *dout = dseq_a_, *dx = dseq_b_;
   linear_backward(k_, logits_, top, w_.fc_w, dout, g_.fc_w, g_.fc_b, TB, H, V, false);
   for (int64_t l = cfg_.num_layers - 1; l >= 0; --l) {
-    const float* x = l ? la_[l - 1].h + b * H : emb_;
-    const int64_t in = l ? H : E;
-    layer_backward(l, t, b, x, in, dout, dx);
+    layer_backward(l, idx, t, b, dout, dx);
     std::swap(dout, dx);
   }
-  k_.embedding_backward(dout, idx, g_.emb, nullptr, t, b, E, 0);
+  if (!token_table(t, b)) k_.embedding_backward(dout, idx, g_.emb, nullptr, t, b, E, 0);
   return loss;
 }
 
-// dout_h (t, b, h): gradient of the layer's outputs; writes the input gradient to dx.
-void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int64_t in,
-                           float* dout_h, float* dx) {
+// dout_h (t, b, h): gradient of the layer's outputs; writes the gradient of
+// its inputs to dx (for layer 0 on the token-table path, adds the embedding's
+// gradient to g_.emb instead).
+void RNNLM::layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, float* dout_h,
+                           float* dx) {
   const int64_t H = cfg_.hidden_size, GH = gate_count() * H, BH = b * H, TB = t * b;
+  const int64_t V = cfg_.vocab_size, E = cfg_.embed_dim;
   const bool lstm = cfg_.kind == CellKind::kLSTM;
   const Layer& L = w_.layers[l];
   Layer& G = g_.layers[l];
@@ -207,9 +219,26 @@ void RNNLM::layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int6
   }
   // Weight gradients of all steps at once: the h rows 0..t-1 are the inputs
   // of the recurrent GEMMs.
-  const float* drec = lstm ? dpre_ : dgh_;
-  linear_backward(k_, drec, a.h, L.w_hh, nullptr, G.w_hh, G.b_hh, TB, H, GH);
-  linear_backward(k_, dpre_, x, L.w_ih, dx, G.w_ih, G.b_ih, TB, in, GH, false);
+  // An LSTM's two biases add to the same pre-activations, so their gradients
+  // are one column sum, taken once and added to both.
+  float* db_ih = lstm ? dbias_ : G.b_ih;
+  if (lstm) k_.zero(dbias_, GH);
+  linear_backward(k_, lstm ? dpre_ : dgh_, a.h, L.w_hh, nullptr, G.w_hh, lstm ? nullptr : G.b_hh,
+                  TB, H, GH);
+  if (l == 0 && token_table(t, b)) {
+    // Inputs are embedding rows: sum dpre per token, then the products
+    // (vocab, ...) stand for the (t*b, ...) ones, and d emb comes out directly.
+    k_.zero(table_, V * GH);
+    k_.embedding_backward(dpre_, idx, table_, nullptr, t, b, GH, 0);
+    linear_backward(k_, table_, w_.emb, L.w_ih, g_.emb, G.w_ih, db_ih, V, E, GH);
+  } else {
+    const float* x = l ? la_[l - 1].h + b * H : emb_;
+    linear_backward(k_, dpre_, x, L.w_ih, dx, G.w_ih, db_ih, TB, l ? H : E, GH, false);
+  }
+  if (lstm) {
+    k_.residual_forward(G.b_ih, dbias_, G.b_ih, GH);
+    k_.residual_forward(G.b_hh, dbias_, G.b_hh, GH);
+  }
 }
 
 }  // namespace fastlm

@@ -68,8 +68,11 @@ class RNNLM {
   int64_t gate_count() const { return cfg_.kind == CellKind::kLSTM ? 4 : 3; }
   void ensure_acts(int64_t t, int64_t b);
   const float* run(const int64_t* idx, int64_t t, int64_t b, bool carry);
-  void layer_backward(int64_t l, int64_t t, int64_t b, const float* x, int64_t in,
-                      float* dout_h, float* dx);
+  void layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, float* dout_h,
+                      float* dx);
+  // Whether layer 0's input projection goes through a (vocab, G*h) table of
+  // projected embeddings: when the vocabulary is smaller than the batch.
+  bool token_table(int64_t t, int64_t b) const { return cfg_.vocab_size < t * b; }
 
   RNNConfig cfg_;
   const Kernels& k_;
@@ -78,6 +81,8 @@ class RNNLM {
   int64_t acts_t_ = 0, acts_b_ = 0;
   std::vector<float> acts_;
   float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_a_, *dh_b_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
+  float *table_;  // (vocab, G*h): projected embeddings, then their gradient
+  float *dbias_;  // (G*h): an LSTM layer's bias gradient
   std::vector<LayerActs> la_;
   std::vector<float> wpack_;  // W_hh packed once per sequence for the step GEMMs
 
