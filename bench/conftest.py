@@ -12,9 +12,10 @@ from typing import Optional
 
 import pytest
 
-from fastlm.bench import Case, Result, use_threads
+from fastlm.bench import Case, Result, steady_allocator, use_threads
 
 THREADS = int(os.environ.get("FASTLM_BENCH_THREADS", "2"))
+steady_allocator()  # every contender timed in its steady state, whatever ran before
 
 
 @pytest.fixture(autouse=True)

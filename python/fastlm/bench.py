@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ try:
 except ImportError:  # fastlm alone, or against NumPy
     torch = nn = F = None
 
-__all__ = ["Case", "Result", "interleaved_times", "use_threads", "TorchGPT", "TorchRNNLM",
-           "fastlm_generate", "main"]
+__all__ = ["Case", "Result", "interleaved_times", "steady_allocator", "use_threads", "TorchGPT",
+           "TorchRNNLM", "fastlm_generate", "main"]
 
 Fn = Callable[[], object]
 Contender = Union[Fn, Tuple[Fn, Fn]]  # fn, or (setup run untimed before each call, fn)
@@ -73,6 +74,27 @@ def interleaved_times(contenders: Dict[str, Contender], rounds: int = 5, block: 
                 call(c)
             times[k].append([call(c) for _ in range(block)])
     return times
+
+
+def steady_allocator() -> bool:
+    """Sets glibc's malloc to the state a long-running process settles in; returns
+    whether it could (False elsewhere than glibc, where nothing changes).
+
+    glibc serves a block above its mmap threshold with fresh pages, a page fault
+    per 4 KiB on every allocation, and raises the threshold (up to 32 MiB) each
+    time such a block is freed. A library that allocates large temporaries every
+    call, as PyTorch does, so runs slower until some earlier workload has raised
+    it (PyTorch's LSTM at the small RNN size: 20,000 page faults a step, a third
+    of its time), and a benchmark would depend on what ran before it. Set up
+    front to that maximum, with the trim threshold at twice it as glibc would
+    have it, every contender is timed in its steady state. fastlm allocates its
+    buffers once and is not affected."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold, mmap_max = -1, -3, 32 << 20
+    return bool(mallopt(m_mmap_threshold, mmap_max)) and bool(mallopt(m_trim_threshold, 2 * mmap_max))
 
 
 @contextlib.contextmanager
@@ -560,6 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fastlm bench: no benchmark matches --only {args.only!r}", file=sys.stderr)
         return 2
     threads = args.threads or fastlm.get_num_threads()
+    steady_allocator()
     ref_lib = f"torch {torch.__version__}" if torch is not None else f"numpy {np.__version__}"
     print(f"fastlm {fastlm.__version__} bench ({'full' if args.full else 'quick'}): "
           f"{fastlm.cpu_isa()}, {threads} threads; reference {ref_lib}; ratio = "
