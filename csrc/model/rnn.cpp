@@ -63,7 +63,7 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   const int64_t per_layer = TB * GH + TB * 4 * H + (t + 1) * b * H * (lstm ? 2 : 1);
   const int64_t table = token_table(t, b) ? V * GH : 0;
   const int64_t total = TB * E + cfg_.num_layers * per_layer + TB * V + b * 3 * H + TB * GH +
-                        TB * 3 * H + 4 * b * H + 2 * TB * wide + table + GH;
+                        TB * 3 * H + 3 * b * H + 2 * TB * wide + table + GH;
   acts_.assign(total, 0.f);
   float* p = acts_.data();
   auto take = [&](int64_t n) {
@@ -79,7 +79,7 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   }
   logits_ = take(TB * V);
   gh_ = take(b * 3 * H), dpre_ = take(TB * GH), dgh_ = take(TB * 3 * H);
-  dh_a_ = take(b * H), dh_b_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
+  dh_sink_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
   dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
   table_ = take(table), dbias_ = take(GH);
   acts_t_ = t, acts_b_ = b;
@@ -183,7 +183,8 @@ float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_
   return loss;
 }
 
-// dout_h (t, b, h): gradient of the layer's outputs; writes the gradient of
+// dout_h (t, b, h): gradient of the layer's outputs, which the recurrent
+// gradients are added to in place (so it is overwritten); writes the gradient of
 // its inputs to dx (for layer 0 on the token-table path, adds the embedding's
 // gradient to g_.emb instead).
 void RNNLM::layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, float* dout_h,
@@ -196,26 +197,30 @@ void RNNLM::layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, 
   const LayerActs& a = la_[l];
   k_.zero(dpre_, TB * GH);
   if (!lstm) k_.zero(dgh_, TB * GH);
-  float *dh = dh_a_, *dh_prev = dh_b_, *dc = dc_a_, *dc_prev = dc_b_;
+  float *dc = dc_a_, *dc_prev = dc_b_;
   const float* whh = pack_b(k_, L.w_hh, H, GH, /*trans_b=*/false, wpack_.data());
-  k_.zero(dh, BH);
   k_.zero(dc, BH);
   for (int64_t s = t - 1; s >= 0; --s) {
-    k_.residual_forward(dh, dout_h + s * BH, dh, BH);  // + the output's own gradient
+    // The gradient reaching h[s+1]: the output's own, to which step s+1 added
+    // the recurrent one in place. Step s adds its own to row s-1 in turn; the
+    // one reaching the initial state (s = 0) is not wanted (the carried state
+    // is a constant), so the GRU's direct part goes to a scratch row and the
+    // GEMM is skipped.
+    const float* dh = dout_h + s * BH;
+    float* dh_prev = s ? dout_h + (s - 1) * BH : dh_sink_;
     float* dpre = dpre_ + s * b * GH;
     const float* gates = a.gates + s * b * 4 * H;
-    k_.zero(dh_prev, BH);
     if (lstm) {
       k_.zero(dc_prev, BH);
       k_.lstm_cell_backward(dh, dc, a.c + s * BH, a.c + (s + 1) * BH, gates, dpre, dc_prev, b, H);
-      gemm(k_, dpre, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
+      if (s) gemm(k_, dpre, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
       std::swap(dc, dc_prev);
     } else {
       float* dgh = dgh_ + s * b * GH;
+      if (!s) k_.zero(dh_sink_, BH);
       k_.gru_cell_backward(dh, a.h + s * BH, gates, dpre, dgh, dh_prev, b, H);
-      gemm(k_, dgh, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
+      if (s) gemm(k_, dgh, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
     }
-    std::swap(dh, dh_prev);
   }
   // Weight gradients of all steps at once: the h rows 0..t-1 are the inputs
   // of the recurrent GEMMs.

@@ -80,7 +80,7 @@ class RNNLM {
 
   int64_t acts_t_ = 0, acts_b_ = 0;
   std::vector<float> acts_;
-  float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_a_, *dh_b_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
+  float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_sink_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
   float *table_;  // (vocab, G*h): projected embeddings, then their gradient
   float *dbias_;  // (G*h): an LSTM layer's bias gradient
   std::vector<LayerActs> la_;
