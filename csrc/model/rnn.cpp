@@ -222,12 +222,12 @@ void RNNLM::layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, 
       if (s) gemm(k_, dgh, L.w_hh, nullptr, dh_prev, b, H, GH, false, false, true, whh);
     }
   }
-  // Weight gradients of all steps at once: the h rows 0..t-1 are the inputs
-  // of the recurrent GEMMs.
   // An LSTM's two biases add to the same pre-activations, so their gradients
   // are one column sum, taken once and added to both.
   float* db_ih = lstm ? dbias_ : G.b_ih;
   if (lstm) k_.zero(dbias_, GH);
+  // Weight gradients of all steps at once: the h rows 0..t-1 are the inputs
+  // of the recurrent GEMMs.
   linear_backward(k_, lstm ? dpre_ : dgh_, a.h, L.w_hh, nullptr, G.w_hh, lstm ? nullptr : G.b_hh,
                   TB, H, GH);
   if (l == 0 && token_table(t, b)) {

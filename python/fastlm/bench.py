@@ -80,9 +80,9 @@ def steady_allocator() -> bool:
     """Sets glibc's malloc to the state a long-running process settles in; returns
     whether it could (False elsewhere than glibc, where nothing changes).
 
-    glibc serves a block above its mmap threshold with fresh pages, a page fault
-    per 4 KiB on every allocation, and raises the threshold (up to 32 MiB) each
-    time such a block is freed. A library that allocates large temporaries every
+    glibc serves a block above its mmap threshold with fresh pages, faulted in
+    on first touch at every allocation, and raises the threshold (up to 32 MiB)
+    each time such a block is freed. A library that allocates large temporaries every
     call, as PyTorch does, so runs slower until some earlier workload has raised
     it (PyTorch's LSTM at the small RNN size: 20,000 page faults a step, a third
     of its time), and a benchmark would depend on what ran before it. Set up
@@ -91,7 +91,7 @@ def steady_allocator() -> bool:
     buffers once and is not affected."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library by that name, or no mallopt
         return False
     m_trim_threshold, m_mmap_threshold, mmap_max = -1, -3, 32 << 20
     return bool(mallopt(m_mmap_threshold, mmap_max)) and bool(mallopt(m_trim_threshold, 2 * mmap_max))
