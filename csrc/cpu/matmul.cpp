@@ -102,11 +102,13 @@ void pack_b_panel(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t
   }
 }
 
-// C tile (mr x nr valid of MR x NR) = [C +] A_panel B_panel [+ bias].
+// C tile (mr x nr valid of MR x NR) = [C +] A_panel B_panel [+ bias]; the
+// first pf_lines cache lines from pf are prefetched into L2 on the way.
 template <int MR>
 FASTLM_INLINE void microkernel(int64_t kc, const float* __restrict__ a,
                                const float* __restrict__ b, float* c, int64_t ldc, int64_t mr,
-                               int64_t nr, bool load_c, const float* bias) {
+                               int64_t nr, bool load_c, const float* bias, const float* pf,
+                               int64_t pf_lines) {
   // The C tile is read (when load_c) and written only after the k loop, by
   // which time its lines, often in L3 or memory, have arrived.
   for (int64_t i = 0; i < mr; ++i)
@@ -118,6 +120,7 @@ FASTLM_INLINE void microkernel(int64_t kc, const float* __restrict__ a,
     for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
 
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < pf_lines) __builtin_prefetch(pf + k * 16, 0, 2);
     V bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * NR + v * kW);
@@ -352,12 +355,21 @@ void matmul_blocked(const GemmArgs& g) {
             packed_ic = ic;
           }
           const int64_t jp_end = imin(npanels, (slice + 1) * panels_per_slice);
+          // A B micro-panel's first row panel waits on L3 or memory (an RNN's
+          // packed recurrent weights, 16 MB at hidden 1024, stream in every
+          // step) and the others find it in L2: each microkernel call prefetches
+          // its share of the next micro-panel, so the stream never stops.
+          const int64_t rpanels = ceil_div(mcur, MR);
+          const int64_t pf_lines = ceil_div(NR * kc / 16, rpanels);
           for (int64_t jp = slice * panels_per_slice; jp < jp_end; ++jp) {
             const int64_t j = jc + jp * NR, nr = imin(NR, ncur - jp * NR);
             const float* bias = first && g.bias ? g.bias + j : nullptr;
+            const float* next = bblock + (jp + 1) * NR * kc;
+            const bool pf = jp + 1 < jp_end;
             for (int64_t ir = 0; ir < mcur; ir += MR) {
               microkernel<MR>(kc, apack + ir * kc, bblock + jp * NR * kc, g.c + (ic + ir) * g.ldc + j,
-                          g.ldc, imin(MR, mcur - ir), nr, !first || g.accumulate, bias);
+                          g.ldc, imin(MR, mcur - ir), nr, !first || g.accumulate, bias,
+                          next + ir / MR * pf_lines * 16, pf ? pf_lines : 0);
             }
           }
         }
