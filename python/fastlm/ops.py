@@ -17,11 +17,13 @@ usable GPU raise ``RuntimeError``. See :mod:`fastlm.cuda`.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _C
+from ._checks import INT64_MAX, INT64_MIN, check_float, check_int
 from .cuda import device_args as _device_args
 
 __all__ = [
@@ -43,6 +45,64 @@ __all__ = [
 ]
 
 
+# ---- argument checks --------------------------------------------------------------
+# Scalar arguments are checked here, before the call is routed, so that the CPU and
+# the CUDA route reject a bad value alike and the C++ signatures (int64_t, double)
+# never see a value they would reject with pybind11's "incompatible function
+# arguments" message or silently convert.
+
+def _flag_arg(op: str, name: str, value: Any) -> bool:
+    """A bool (or NumPy bool) flag; anything else is a TypeError rather than
+    being read by its truth value (``trans_a="False"`` would transpose)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two arrays of one call share memory: NumPy arrays exactly
+    (``numpy.shares_memory``), device arrays (``DeviceArray``) by byte range.
+    Anything else is left to the C++ checks, which reject it."""
+    if a is None or b is None:
+        return False
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.shares_memory(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return False
+    try:
+        pa, na, pb, nb = int(a.ptr), int(a.nbytes), int(b.ptr), int(b.nbytes)
+    except (AttributeError, TypeError):
+        return False
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+def _check_no_overlap(op: str, written: Tuple[str, ...], arrays: dict) -> None:
+    """ValueError when an array the op writes in place (a name in ``written``)
+    shares memory with another of ``arrays`` (name -> array, None for absent):
+    a kernel reading or writing it would see half-updated values."""
+    names = [n for n, a in arrays.items() if a is not None]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if (a in written or b in written) and _overlap(arrays[a], arrays[b]):
+                out = [n for n in (a, b) if n in written]
+                raise ValueError(
+                    f"{op}: {a} and {b} share memory, but {' and '.join(out)} "
+                    f"{'is' if len(out) == 1 else 'are'} written in place; pass separate arrays")
+
+
+def _check_norm_axis(op: str, x: Any) -> None:
+    """LayerNorm normalises x's last axis: it must hold at least one element
+    whenever there is a row to normalise (else mean and rstd are undefined)."""
+    shape = getattr(x, "shape", None)
+    if not isinstance(x, np.ndarray) and not hasattr(x, "ptr"):
+        return  # not an array: the C++ checks reject it
+    if shape is None or len(shape) < 1 or shape[-1] != 0:
+        return
+    if math.prod(int(d) for d in shape[:-1]) > 0:
+        raise ValueError(f"{op}: x's last axis (the one normalised over) must have size >= 1, "
+                         f"got x of shape {tuple(int(d) for d in shape)}")
+
+
 def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False,
            bias: Optional[np.ndarray] = None, precision: str = "highest") -> np.ndarray:
     """``op(a) @ op(b) (+ bias)``.
@@ -56,13 +116,17 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
     ``allow_tf32``); the CPU always computes in float32. bfloat16 GPU operands
     (a, b and bias all bfloat16) give a bfloat16 c, accumulated in float32.
     """
+    if not isinstance(precision, str):
+        raise TypeError(f"matmul: precision must be a str ('highest' or 'tf32'), got "
+                        f"{type(precision).__name__}")
     if precision not in ("highest", "tf32"):
         raise ValueError(f"matmul: precision must be 'highest' or 'tf32', got {precision!r}")
+    trans_a = _flag_arg("matmul", "trans_a", trans_a)
+    trans_b = _flag_arg("matmul", "trans_b", trans_b)
     dev = _device_args("matmul", a=a, b=b, bias=bias)
     if dev is not None:
-        return _C.cuda_matmul(dev["a"], dev["b"], bool(trans_a), bool(trans_b), dev["bias"],
-                              precision)
-    return _C.matmul(a, b, bool(trans_a), bool(trans_b), bias)
+        return _C.cuda_matmul(dev["a"], dev["b"], trans_a, trans_b, dev["bias"], precision)
+    return _C.matmul(a, b, trans_a, trans_b, bias)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -85,13 +149,17 @@ def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
               eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LayerNorm over the last axis.
 
-    x: (..., C); weight, bias: (C,). Returns (y, mean, rstd): y like x, and
-    mean, rstd of shape x.shape[:-1] (rstd = 1/sqrt(var + eps)) for the backward.
+    x: (..., C) with C >= 1 (unless x has no rows); weight, bias: (C,); eps:
+    finite and >= 0. Returns (y, mean, rstd): y like x, and mean, rstd of shape
+    x.shape[:-1] (rstd = 1/sqrt(var + eps)) for the backward.
     """
+    eps = check_float(eps, "layernorm: eps", 0.0)
     dev = _device_args("layernorm", x=x, weight=weight, bias=bias)
     if dev is not None:
-        return _C.cuda_layernorm(dev["x"], dev["weight"], dev["bias"], float(eps))
-    return _C.layernorm(x, weight, bias, float(eps))
+        _check_norm_axis("layernorm", dev["x"])
+        return _C.cuda_layernorm(dev["x"], dev["weight"], dev["bias"], eps)
+    _check_norm_axis("layernorm", x)
+    return _C.layernorm(x, weight, bias, eps)
 
 
 def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray,
@@ -99,8 +167,10 @@ def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: 
     """Gradients of :func:`layernorm`: returns (dx like x, dweight (C,), dbias (C,))."""
     dev = _device_args("layernorm_backward", dy=dy, x=x, weight=weight, mean=mean, rstd=rstd)
     if dev is not None:
+        _check_norm_axis("layernorm_backward", dev["x"])
         return _C.cuda_layernorm_backward(dev["dy"], dev["x"], dev["weight"], dev["mean"],
                                           dev["rstd"])
+    _check_norm_axis("layernorm_backward", x)
     return _C.layernorm_backward(dy, x, weight, mean, rstd)
 
 
@@ -132,10 +202,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     On the GPU q, k, v may be float32 or bfloat16 (out then bfloat16, lse
     float32), with D <= 128.
     """
+    causal = _flag_arg("attention", "causal", causal)
     dev = _device_args("attention", q=q, k=k, v=v)
     if dev is not None:
-        return _C.cuda_attention(dev["q"], dev["k"], dev["v"], bool(causal))
-    return _C.attention(q, k, v, bool(causal))
+        return _C.cuda_attention(dev["q"], dev["k"], dev["v"], causal)
+    return _C.attention(q, k, v, causal)
 
 
 def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -145,11 +216,12 @@ def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
 
     Returns (dq, dk, dv), each (B, H, T, D).
     """
+    causal = _flag_arg("attention_backward", "causal", causal)
     dev = _device_args("attention_backward", dout=dout, q=q, k=k, v=v, out=out, lse=lse)
     if dev is not None:
         return _C.cuda_attention_backward(dev["dout"], dev["q"], dev["k"], dev["v"], dev["out"],
-                                          dev["lse"], bool(causal))
-    return _C.attention_backward(dout, q, k, v, out, lse, bool(causal))
+                                          dev["lse"], causal)
+    return _C.attention_backward(dout, q, k, v, out, lse, causal)
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int = -100,
@@ -161,16 +233,25 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int 
     equal to ``ignore_index``. Returns (loss, dlogits): the mean loss over rows
     not ignored (NaN when every row is ignored, as PyTorch) and d loss / d
     logits (N, V), zero on ignored rows. ``out`` receives dlogits and may be
-    ``logits`` itself (the gradient overwrites the logits in place). With
-    ``compute_grad=False`` only the loss is computed and dlogits is None.
+    ``logits`` itself (the gradient overwrites the logits in place), but must
+    not overlap logits otherwise, nor targets. ``ignore_index`` is an integer
+    in the int64 range. With ``compute_grad=False`` only the loss is computed
+    and dlogits is None.
     """
+    ignore_index = check_int(ignore_index, "cross_entropy: ignore_index", INT64_MIN, INT64_MAX)
+    compute_grad = _flag_arg("cross_entropy", "compute_grad", compute_grad)
     dev = _device_args("cross_entropy", logits=logits, targets=targets, out=out)
     if dev is not None:
-        loss, grad = _C.cuda_cross_entropy(dev["logits"], dev["targets"], int(ignore_index),
-                                           dev["out"], bool(compute_grad))
+        if compute_grad:
+            _check_no_overlap("cross_entropy", ("out",),
+                              {"out": dev["out"], "targets": dev["targets"]})
+        loss, grad = _C.cuda_cross_entropy(dev["logits"], dev["targets"], ignore_index,
+                                           dev["out"], compute_grad)
         # A given out comes back as the caller's own object (a torch tensor stays one).
         return loss, (out if out is not None and grad is not None else grad)
-    return _C.cross_entropy(logits, targets, int(ignore_index), out, bool(compute_grad))
+    if compute_grad:
+        _check_no_overlap("cross_entropy", ("out",), {"out": out, "targets": targets})
+    return _C.cross_entropy(logits, targets, ignore_index, out, compute_grad)
 
 
 def lstm_cell(x: np.ndarray, h: np.ndarray, c: np.ndarray, w_ih: np.ndarray,
@@ -239,13 +320,24 @@ def adamw_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray
                weight_decay: float = 0.0, step: int) -> None:
     """One AdamW update in place, as ``torch.optim.AdamW``.
 
-    param, m, v (updated in place) and grad: float32 arrays of one shape.
-    ``step`` counts updates including this one (>= 1) for the bias correction.
+    param, m, v (updated in place) and grad: float32 arrays of one shape, no two
+    of them sharing memory. lr, weight_decay: finite and >= 0; beta1, beta2 in
+    [0, 1); eps: finite and > 0. ``step`` counts updates including this one
+    (an integer >= 1) for the bias correction.
     """
-    dev = _device_args("adamw_step", param=param, grad=grad, m=m, v=v)
+    op = "adamw_step"
+    lr = check_float(lr, f"{op}: lr", 0.0)
+    beta1 = check_float(beta1, f"{op}: beta1", 0.0, below=1.0)
+    beta2 = check_float(beta2, f"{op}: beta2", 0.0, below=1.0)
+    eps = check_float(eps, f"{op}: eps", 0.0, strict=True)
+    weight_decay = check_float(weight_decay, f"{op}: weight_decay", 0.0)
+    step = check_int(step, f"{op}: step (updates including this one)", 1, INT64_MAX)
+    written = ("param", "m", "v")
+    dev = _device_args(op, param=param, grad=grad, m=m, v=v)
     if dev is not None:
-        _C.cuda_adamw_step(dev["param"], dev["grad"], dev["m"], dev["v"], float(lr), float(beta1),
-                           float(beta2), float(eps), float(weight_decay), int(step))
+        _check_no_overlap(op, written, dev)
+        _C.cuda_adamw_step(dev["param"], dev["grad"], dev["m"], dev["v"], lr, beta1, beta2, eps,
+                           weight_decay, step)
         return
-    _C.adamw_step(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                  float(weight_decay), int(step))
+    _check_no_overlap(op, written, {"param": param, "grad": grad, "m": m, "v": v})
+    _C.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
