@@ -53,10 +53,22 @@ def test_threads_roundtrip():
         assert fastlm.get_num_threads() == 3
     finally:
         fastlm.set_num_threads(before)
+    try:
+        fastlm.set_num_threads(np.int64(2))  # any integer type
+        assert fastlm.get_num_threads() == 2
+    finally:
+        fastlm.set_num_threads(before)
+    # Past some 30,000 threads libgomp ends the process (or it crashes):
+    # counts far above any core count are refused before they reach it.
     with pytest.raises(ValueError, match="n must be >= 1"):
         fastlm.set_num_threads(0)
-    with pytest.raises(TypeError, match="n must be an int"):
-        fastlm.set_num_threads(2.0)
+    for bad in (fastlm.MAX_THREADS + 1, 100_000, 2**31):
+        with pytest.raises(ValueError, match=f"n must be <= {fastlm.MAX_THREADS}"):
+            fastlm.set_num_threads(bad)
+    assert fastlm.get_num_threads() == before
+    for bad in (2.0, True, "2"):
+        with pytest.raises(TypeError, match="n must be an int"):
+            fastlm.set_num_threads(bad)
 
 
 def test_results_independent_of_thread_count_for_rowwise_ops():

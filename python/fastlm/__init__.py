@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from . import _C
+from ._checks import check_int
 from . import data, ops
 from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
@@ -23,6 +24,7 @@ __version__: str = _C.build_info()["version"]
 
 __all__ = [
     "__version__",
+    "MAX_THREADS",
     "ByteTokenizer",
     "CharTokenizer",
     "DeviceArray",
@@ -54,13 +56,14 @@ def available_cpu_isas() -> List[str]:
     return list(_C.available_cpu_isas())
 
 
+# Far above any core count, far below what the OpenMP runtime survives (it
+# fails to create a team of some 30,000 threads and ends the process).
+MAX_THREADS = 1024
+
+
 def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads the kernels use (``n >= 1``)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _C.set_num_threads(n)
+    """Set the number of OpenMP threads the kernels use (1 <= n <= ``MAX_THREADS``)."""
+    _C.set_num_threads(check_int(n, "set_num_threads: n", 1, MAX_THREADS))
 
 
 def get_num_threads() -> int:

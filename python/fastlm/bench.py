@@ -557,7 +557,12 @@ def _names(builder, args, kw) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``fastlm bench [--quick | --full] [--threads N] [--only SUBSTRING]``; returns the exit code."""
-    p = argparse.ArgumentParser(prog="fastlm bench", description=(
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            print(f"fastlm bench: error: {message} (see 'fastlm bench --help')", file=sys.stderr)
+            raise SystemExit(2)
+
+    p = Parser(prog="fastlm bench", description=(
         "Time fastlm's kernels and models beside PyTorch (NumPy without it) on this machine; "
         "ratio = reference time / fastlm time, above 1 is faster."))
     mode = p.add_mutually_exclusive_group()
@@ -573,13 +578,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:  # --help, or a bad flag (argparse printed why)
         return e.code if isinstance(e.code, int) else 2
-    if args.threads is not None and args.threads < 1:
-        print(f"fastlm bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+    if args.threads is not None and not 1 <= args.threads <= fastlm.MAX_THREADS:
+        print(f"fastlm bench: error: --threads must be between 1 and {fastlm.MAX_THREADS}, got {args.threads}",
+              file=sys.stderr)
         return 2
     suite = [s for s in _suite(args.full)
              if args.only is None or args.only.lower() in _names(*s).lower()]
     if not suite:
-        print(f"fastlm bench: no benchmark matches --only {args.only!r}", file=sys.stderr)
+        print(f"fastlm bench: error: no benchmark matches --only {args.only!r}", file=sys.stderr)
         return 2
     threads = args.threads or fastlm.get_num_threads()
     steady_allocator()
