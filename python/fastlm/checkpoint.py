@@ -22,7 +22,10 @@ PyTorch/nanoGPT::
 Writes are crash-safe: every file goes into a fresh hidden directory beside
 the target, which then replaces the target in one rename
 (:func:`fastlm._io.atomic_replace_dir`). Files in an existing target that are
-not checkpoint files (say a run's ``metrics.jsonl``) are carried over. A
+not checkpoint files (say a run's ``metrics.jsonl``) are carried over; since
+the whole directory is replaced, a target holding a subdirectory, a mount
+point (such as ``/``) and the current working directory or one holding it are
+refused with ``ValueError`` before anything is written. A
 missing, truncated or corrupt file raises ``FileNotFoundError`` or
 ``ValueError`` naming it.
 """
@@ -51,6 +54,7 @@ __all__ = [
     "load_checkpoint",
     "read_config",
     "is_checkpoint",
+    "check_save_target",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -107,23 +111,37 @@ def _json_dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False) + "\n"
 
 
-def _link_or_copy_tree(src: str, dst: str) -> None:
-    """Carry a non-checkpoint entry of the old directory into the new one:
-    hard links where the file system allows (no data copied), copies otherwise."""
+def _carry_over(src: str, dst: str) -> None:
+    """Carry a file (or symlink) of the old directory into the new one: a hard
+    link where the file system allows (no data copied), a copy otherwise."""
     if os.path.islink(src):
         os.symlink(os.readlink(src), dst)
-    elif os.path.isdir(src):
-        def link(s: str, d: str) -> None:
-            try:
-                os.link(s, d)
-            except OSError:
-                shutil.copy2(s, d)
-        shutil.copytree(src, dst, symlinks=True, copy_function=link)
-    else:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def check_save_target(path: PathLike) -> None:
+    """Raise ``ValueError`` for a directory :func:`save_checkpoint` refuses to
+    replace, since its replacement would take more than a checkpoint with it (see
+    the module docstring); a path that does not exist yet is fine."""
+    final = os.path.abspath(_fspath(path))
+    if not os.path.isdir(final):
+        return
+    real, cwd = os.path.realpath(final), os.path.realpath(os.getcwd())
+    if os.path.ismount(real):
+        raise ValueError(f"save: {final!r} is a mount point; a checkpoint replaces its whole directory, "
+                         "so save into a new subdirectory")
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise ValueError(f"save: {final!r} is the current working directory or holds it; a checkpoint replaces "
+                         "its whole directory, so save into a new subdirectory")
+    for entry in sorted(os.listdir(final)):
+        p = os.path.join(final, entry)
+        if entry not in CHECKPOINT_FILES and os.path.isdir(p) and not os.path.islink(p):
+            raise ValueError(f"save: {final!r} holds the subdirectory {entry!r}; a checkpoint replaces its whole "
+                             "directory and carries over only files, so save into a new directory")
 
 
 def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
@@ -139,12 +157,13 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
     state, needed to resume it exactly). trainer_state:
     JSON-serialisable dict or None. tokenizer: a Tokenizer or None. Parent
     directories are created. Raises ``NotADirectoryError`` if ``path`` is an
-    existing file.
+    existing file, ``ValueError`` for a target the module docstring refuses.
     """
     stn = _safetensors_numpy()
     final = os.path.abspath(_fspath(path))
     if os.path.lexists(final) and not os.path.isdir(final):
         raise NotADirectoryError(f"save: {final!r} exists and is not a directory")
+    check_save_target(final)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
@@ -177,7 +196,7 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
         if os.path.isdir(final):
             for entry in os.listdir(final):
                 if entry not in CHECKPOINT_FILES:
-                    _link_or_copy_tree(os.path.join(final, entry), os.path.join(tmp, entry))
+                    _carry_over(os.path.join(final, entry), os.path.join(tmp, entry))
         atomic_replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -110,6 +110,11 @@ def _buffer_views(g: Any, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, 
     return mv, vv
 
 
+def _nonfinite(arrays: Mapping[str, np.ndarray]) -> List[str]:
+    """Names of the arrays holding NaN or inf."""
+    return [n for n, a in arrays.items() if not np.isfinite(a).all()]
+
+
 def _check_betas(betas: Any) -> Tuple[float, float]:
     try:
         b1, b2 = betas
@@ -149,15 +154,8 @@ class LanguageModel:
         arch = self._check_arch(**arch)
         seed = _check_int(seed, "seed", 0)
         device = _check_device(device)
-        vocab_size = arch["vocab_size"]
-        if tokenizer is not None:
-            if not isinstance(tokenizer, Tokenizer):
-                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer) "
-                                f"or None, got {type(tokenizer).__name__}")
-            if tokenizer.vocab_size > vocab_size:
-                raise ValueError(f"tokenizer.vocab_size ({tokenizer.vocab_size}) exceeds vocab_size ({vocab_size})")
         self._config: Dict[str, Any] = dict(arch, seed=seed, device=device)
-        self.tokenizer: Optional[Tokenizer] = tokenizer
+        self.tokenizer = tokenizer
         try:
             self._g = self._make_core(arch)
         except MemoryError:
@@ -203,6 +201,23 @@ class LanguageModel:
     def vocab_size(self) -> int:
         """Number of token ids."""
         return self._config["vocab_size"]
+
+    @property
+    def tokenizer(self) -> Optional[Tokenizer]:
+        """The tokenizer saved and loaded with the model, or None. Assigning
+        checks it: a Tokenizer whose vocab_size does not exceed the model's."""
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Optional[Tokenizer]) -> None:
+        if tokenizer is not None:
+            if not isinstance(tokenizer, Tokenizer):
+                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer) "
+                                f"or None, got {type(tokenizer).__name__}")
+            if tokenizer.vocab_size > self.vocab_size:
+                raise ValueError(f"tokenizer.vocab_size ({tokenizer.vocab_size}) exceeds vocab_size "
+                                 f"({self.vocab_size})")
+        self._tokenizer = tokenizer
 
     def num_parameters(self) -> int:
         """Number of parameters (tied tensors counted once)."""
@@ -266,7 +281,7 @@ class LanguageModel:
             problems.append(f"shape mismatches: {'; '.join(shapes)}")
         if problems:
             raise ValueError("load_state_dict: " + " | ".join(problems))
-        nonfinite = [n for n, a in arrays.items() if not np.isfinite(a).all()]
+        nonfinite = _nonfinite(arrays)
         if nonfinite:
             raise ValueError(f"load_state_dict: non-finite values (NaN or inf) in {', '.join(nonfinite)}")
         for alias, source in self.TIED.items():
@@ -475,6 +490,16 @@ class LanguageModel:
         cfg["seed"] = self._config["seed"]
         cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
         opt = self._optimizer_state() if self._g.step_count > 0 else None
+        # What load would reject is not written: weights or optimizer state
+        # with NaN or inf (a run that diverged).
+        bad = _nonfinite({n: self._params[n] for n in self._names})
+        if opt is not None:
+            for key in ("exp_avg", "exp_avg_sq", "recurrent_state"):
+                bad += [f"{key}.{n}" for n in _nonfinite(opt.get(key) or {})]
+        if bad:
+            raise ValueError(f"save: non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+                             f"{' ...' if len(bad) > 5 else ''}; the training diverged, and such a checkpoint "
+                             "would not load")
         state = None
         if self._train_state is not None:
             state = {k: (list(v) if k == "history" else v) for k, v in self._train_state.items()}
@@ -550,6 +575,15 @@ class LanguageModel:
                 bad = [n for n in self._names if names[n].shape != self._shapes[n]]
                 if bad:
                     raise ValueError(f"checkpoint file {opath!r}: {key} has wrong shapes for {bad[:5]}")
+                bad = _nonfinite(names)
+                if key == "exp_avg_sq":  # Adam's second moments; SGD leaves them 0
+                    bad += [n for n in self._names if n not in bad and (names[n] < 0).any()]
+                if bad:
+                    raise ValueError(f"checkpoint file {opath!r} is corrupt: {key} holds NaN, inf"
+                                     f"{' or negative values' if key == 'exp_avg_sq' else ''} in {bad[:5]}")
+            bad = _nonfinite(opt.get("recurrent_state") or {})
+            if bad:
+                raise ValueError(f"checkpoint file {opath!r} is corrupt: recurrent_state holds NaN or inf in {bad}")
         try:
             self.load_state_dict(ckpt.tensors)
         except (TypeError, ValueError) as e:
@@ -563,6 +597,7 @@ class LanguageModel:
             self._restore_optimizer_extras(opt)
         else:
             self._m_v_zero()
+            self._restore_optimizer_extras({})
         if tok is not None:
             self.tokenizer = tok
         self._train_state = dict(state) if state is not None else None

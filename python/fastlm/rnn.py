@@ -93,8 +93,17 @@ class RecurrentLM(LanguageModel):
     def _train_window(self, block_size: Optional[int]) -> int:
         return self.DEFAULT_WINDOW if block_size is None else _check_int(block_size, "block_size", 1)
 
+    # The state the last training window left, (h, c), kept apart from the
+    # core's (which forward and generate replace): a stateful fit's next
+    # window starts from it and a checkpoint saves it.
+    _carried: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
+
     def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
-        return float(self._g.forward_backward(x, y, carry, grad_scale))
+        if carry and self._carried is not None:
+            self._g.set_state(*self._carried)
+        loss = float(self._g.forward_backward(x, y, carry, grad_scale))
+        self._carried = self._g.state()
+        return loss
 
     def forward(self, idx: Any, *, carry: bool = False) -> np.ndarray:
         """Logits (B, T, vocab_size) float32 for ids (B, T). With ``carry`` the
@@ -114,10 +123,9 @@ class RecurrentLM(LanguageModel):
     def _optimizer_state(self) -> Dict[str, Any]:
         opt = super()._optimizer_state()
         fit_args = (self._train_state or {}).get("fit", {})
-        if fit_args.get("stateful"):  # the state the next window starts from
-            h, c = self._g.state()
-            if h is not None:
-                opt["recurrent_state"] = {"h": h} if c is None else {"h": h, "c": c}
+        if fit_args.get("stateful") and self._carried is not None:  # the next window starts from it
+            h, c = self._carried
+            opt["recurrent_state"] = {"h": h} if c is None else {"h": h, "c": c}
         return opt
 
     def _restore_optimizer_extras(self, opt: Dict[str, Any]) -> None:
@@ -127,8 +135,10 @@ class RecurrentLM(LanguageModel):
                 self._g.set_state(np.ascontiguousarray(st["h"]), st.get("c"))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"optimizer state: bad recurrent_state ({e})") from None
+            self._carried = self._g.state()
         else:
             self._g.reset_state()
+            self._carried = None
 
     def _decoder(self, ids: np.ndarray) -> "_RecurrentDecoder":
         return _RecurrentDecoder(self, ids)

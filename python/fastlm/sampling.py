@@ -103,6 +103,9 @@ def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, temperature: 
     session = model._decoder(ids)
     finished = np.zeros(ids.shape[0], dtype=bool)
     for i in range(max_new_tokens):
+        if not np.isfinite(session.logits).all():
+            raise FloatingPointError(f"generate: the model's logits hold NaN or inf at new token {i + 1}; its "
+                                     "weights have likely diverged (a learning rate too high for them)")
         nxt = np.asarray(sampler.sample(session.logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
         if eos is not None:
             nxt = np.where(finished, eos, nxt)

@@ -139,7 +139,8 @@ def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Opti
         total += model._loss(x, y) * x.shape[0]
         rows += x.shape[0]
     loss = total / rows
-    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf")}
+    perplexity = math.exp(loss) if loss < 700 else (float("nan") if math.isnan(loss) else float("inf"))
+    return {"loss": loss, "perplexity": perplexity}
 
 
 # -------------------------------------------------------------------------- fit
@@ -247,7 +248,13 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (the directory to resume from)")
     if checkpoint_dir is not None:
-        checkpoint_dir = os.fspath(checkpoint_dir)
+        try:
+            checkpoint_dir = os.fspath(checkpoint_dir)
+        except TypeError:
+            raise TypeError("checkpoint_dir must be a str or os.PathLike, got "
+                            f"{type(checkpoint_dir).__name__}") from None
+        from .checkpoint import check_save_target
+        check_save_target(checkpoint_dir)  # refused now rather than at the first save
     if seed is not None:
         seed = _int(seed, "seed", 0)
     if callback is not None and not callable(callback):

@@ -1,0 +1,178 @@
+"""What a model refuses rather than doing harm: saving over more than a
+checkpoint directory, writing a checkpoint that would not load, loading
+corrupt optimizer state, sampling from NaN logits, and a stateful run's
+carried state lost to a call in between."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import fastlm
+from fastlm.checkpoint import OPTIMIZER_FILE, check_save_target
+from fastlm.tokenizers import ByteTokenizer, CharTokenizer
+
+V = 11
+
+
+def _gpt(**kw):
+    return fastlm.Transformer(V, block_size=8, n_layer=1, n_head=2, n_embd=8, seed=1, **kw)
+
+
+def _stepped(model):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, V, (2, 8)), rng.integers(0, V, (2, 8))
+    model.forward_backward(x, y)
+    model.step(1e-2)
+    return model
+
+
+# ----------------------------------------------------------------------- save targets
+
+def test_save_carries_files_over(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("{}\n")
+    (d / "notes.txt").symlink_to(d / "metrics.jsonl")
+    _gpt().save(d)
+    assert (d / "metrics.jsonl").read_text() == "{}\n"
+    assert os.path.islink(d / "notes.txt")
+    assert fastlm.Transformer.load(d).config["n_embd"] == 8
+
+
+def test_save_refuses_a_directory_with_subdirectories(tmp_path):
+    d = tmp_path / "project"
+    (d / "src").mkdir(parents=True)
+    (d / "src" / "keep.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="holds the subdirectory 'src'"):
+        _gpt().save(d)
+    assert sorted(os.listdir(d)) == ["src"] and (d / "src" / "keep.py").read_text() == "x = 1\n"
+    assert [e for e in os.listdir(tmp_path) if e.startswith(".")] == []  # no temporary left
+
+
+def test_save_refuses_the_working_directory_and_its_parents(tmp_path, monkeypatch):
+    d = tmp_path / "here"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    for target in (".", str(d), str(tmp_path)):
+        with pytest.raises(ValueError, match="current working directory"):
+            _gpt().save(target)
+    assert os.listdir(d) == []
+
+
+def test_save_refuses_a_mount_point():
+    with pytest.raises(ValueError, match="mount point"):
+        check_save_target("/")
+    check_save_target("/no/such/directory/yet")  # a new directory is fine
+
+
+def test_fit_checks_the_checkpoint_dir_up_front(tmp_path, monkeypatch):
+    m, train = _gpt(), np.arange(200) % V
+    with pytest.raises(TypeError, match="checkpoint_dir must be a str or os.PathLike, got int"):
+        m.fit(train, steps=1, batch_size=2, checkpoint_dir=5, progress=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="current working directory"):
+        m.fit(train, steps=1, batch_size=2, checkpoint_dir=".", progress=False)
+    assert m.optimizer_step == 0  # refused before the first step
+
+
+# ------------------------------------------------------- what save writes, load reads
+
+def _diverge(model):
+    """Steps with an absurd learning rate until the weights overflow."""
+    for _ in range(4):
+        _stepped(model)
+        model.step(1e38)
+    assert not all(np.isfinite(a).all() for a in model.state_dict().values())
+    return model
+
+
+def test_save_refuses_non_finite_weights(tmp_path):
+    m = _diverge(_gpt())
+    with pytest.raises(ValueError, match="save: non-finite values .*such a checkpoint would not load"):
+        m.save(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_generate_refuses_non_finite_logits():
+    m = _diverge(_gpt())
+    for do_sample in (True, False):
+        with pytest.raises(FloatingPointError, match="logits hold NaN or inf at new token 1"):
+            m.generate(np.array([1, 2]), 3, do_sample=do_sample)
+
+
+def test_evaluate_reports_nan_as_nan():
+    m = _diverge(_gpt())
+    r = m.evaluate(np.arange(40) % V, batch_size=2)
+    assert np.isnan(r["loss"])
+    assert np.isnan(r["perplexity"])  # not inf, which would read as merely very bad
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("exp_avg", np.nan, "exp_avg holds NaN, inf"),
+    ("exp_avg_sq", np.inf, "exp_avg_sq holds NaN, inf or negative"),
+    ("exp_avg_sq", -1.0, "exp_avg_sq holds NaN, inf or negative"),
+])
+def test_load_rejects_corrupt_optimizer_state(tmp_path, key, value, match):
+    d = tmp_path / "c"
+    _stepped(_gpt()).save(d)
+    path = str(d / OPTIMIZER_FILE)
+    with safetensors.safe_open(path, framework="np") as f:
+        meta = f.metadata()
+    flat = safetensors.numpy.load_file(path)
+    name = f"{key}.transformer.wpe.weight"
+    flat[name] = flat[name].copy()
+    flat[name][0, 0] = value
+    safetensors.numpy.save_file(flat, path, metadata=meta)
+    with pytest.raises(ValueError, match=match):
+        fastlm.Transformer.load(d)
+
+
+def test_tokenizer_is_checked_when_assigned(tmp_path):
+    m = _gpt()
+    with pytest.raises(ValueError, match=r"tokenizer.vocab_size \(256\) exceeds vocab_size \(11\)"):
+        m.tokenizer = ByteTokenizer()
+    with pytest.raises(TypeError, match="tokenizer must be a fastlm.tokenizers.Tokenizer"):
+        m.tokenizer = "junk"
+    assert m.tokenizer is None
+    m.tokenizer = CharTokenizer.from_text("abc")
+    m.save(tmp_path / "c")
+    assert fastlm.Transformer.load(tmp_path / "c").tokenizer.vocab_size == 3
+
+
+# ----------------------------------------------------------- a stateful run's state
+
+@pytest.mark.parametrize("cls", [fastlm.LSTMLM, fastlm.GRULM])
+def test_stateful_state_survives_calls_in_between(cls, tmp_path):
+    """What forward or generate do to the recurrent state between a stateful
+    fit and its checkpoint, or between two of its steps, changes neither."""
+    train = np.random.default_rng(0).integers(0, V, 600)
+    kw = dict(steps=6, batch_size=3, block_size=5, stateful=True, progress=False, seed=0)
+
+    def model():
+        return cls(V, embed_dim=4, hidden_size=6, num_layers=2, seed=2)
+
+    whole, busy = model(), model()
+    whole.fit(train, **kw)
+
+    def sample(step, metrics):  # between the steps, as a user's callback might
+        busy.generate(np.array([1]), 2, seed=0)
+
+    busy.fit(train, callback=sample, **kw)
+    assert busy.history.losses == whole.history.losses
+
+    # Stopped after step 4, then sampled before the checkpoint is written.
+    part = model()
+    part.fit(train, callback=lambda step, metrics: step < 4, **kw)
+    h_fit = part.state()
+    part.generate(np.array([1, 2]), 3, seed=0)
+    part.forward(np.zeros((1, 4), np.int64))
+    part.save(tmp_path / "c")
+    for a, b in zip(cls.load(tmp_path / "c").state(), h_fit):
+        np.testing.assert_array_equal(a, b)
+    # Resuming from that checkpoint continues as the uninterrupted run did.
+    resumed = model()
+    resumed.fit(train, checkpoint_dir=tmp_path / "c", resume=True, **kw)
+    assert resumed.history.losses == whole.history.losses
