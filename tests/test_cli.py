@@ -123,6 +123,16 @@ def test_default_corpus(tmp_path, capsys):
     (["sample", "{trained}", "--top-p", "2"], "--top-p"),
     (["sample", "{trained}", "--temperature", "0"], "--temperature"),
     (["sample", "{trained}", "--max-new-tokens", "-1"], "--max-new-tokens"),
+    (["sample", "{trained}", "--temperature", "inf"], "--temperature"),
+    (["sample", "{trained}", "--seed", str(2**64)], "seed"),
+    (["sample", "{trained}", "--threads", "100000"], "--threads"),
+    (["train", "{corpus}", "--out", "{tmp}/o", "--threads", "100000"], "--threads"),
+    (["train", "{corpus}", "--out", "{tmp}/o", "--lr", "-1"], "--lr"),
+    (["train", "{corpus}", "--out", "{tmp}/o", "--lr", "nan"], "--lr"),
+    (["train", "{corpus}", "--out", "{tmp}/o", "--beta2", "1"], "--beta2"),
+    (["train", "{corpus}", "--out", "{tmp}/o", "--val-fraction", "1"], "--val-fraction"),
+    (["train", "{corpus}", "--out", "{tmp}/o", "--min-lr", "0.1"], "--min-lr"),
+    (["train", "{corpus}", "--out", "{trained}/.."], "subdirectory"),
     ([], "command"),
     (["frobnicate"], "frobnicate"),
 ])
@@ -136,6 +146,21 @@ def test_user_mistakes_exit_2_with_one_line(argv, needle, corpus, trained, tmp_p
     capsys.readouterr()
     assert main(args) == 2
     assert needle in _error_line(capsys)
+    assert capsys.readouterr().out == ""  # sample prints no prompt before the error
+    assert not os.path.exists(tmp_path / "o")  # train writes nothing before it
+
+
+def test_a_mistake_keeps_the_runs_metrics(corpus, trained, tmp_path, capsys):
+    """--overwrite with a value fit refuses must not first empty metrics.jsonl."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "metrics.jsonl").read_text()
+    for bad in (["--min-lr", "0.5"], ["--lr", "-1"]):
+        capsys.readouterr()
+        assert main(["train", str(corpus), "--out", str(run), "--overwrite", "--steps", "2"] + TINY + bad) == 2
+        _error_line(capsys)
+        assert (run / "metrics.jsonl").read_text() == before
 
 
 def test_corrupt_checkpoint_is_a_clean_error(trained, tmp_path, capsys):
@@ -157,6 +182,16 @@ def test_info_and_help(capsys):
     assert capsys.readouterr().out.strip() == f"fastlm {fastlm.__version__}"
     assert main(["train", "--help"]) == 0
     assert "--block-size" in capsys.readouterr().out
+
+
+def test_bench_flag_mistakes_are_one_line(capsys):
+    pytest.importorskip("fastlm.bench")
+    for argv in (["bench", "--threads", "0"], ["bench", "--threads", "100000"], ["bench", "--bogus"],
+                 ["bench", "--only", "no-such-benchmark"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fastlm bench: error: "), err
 
 
 def test_bench_stub(capsys):

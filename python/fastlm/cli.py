@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -58,11 +59,40 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _threads(s: str) -> int:
+    from . import MAX_THREADS
+    v = _positive_int(s)
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {v}")
+    return v
+
+
 def _float(s: str) -> float:
     try:
         return float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _number(low: float, high: float = math.inf, *, above: bool = False, below: bool = False):
+    """An argparse type: a finite number >= low (> low when ``above``) and <=
+    high (< high when ``below``), so a bad value fails before any work."""
+    if high == math.inf:
+        want = f"{'>' if above else '>='} {low:g}"
+    else:
+        want = f"in {'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
+
+    def parse(s: str) -> float:
+        v = _float(s)
+        if not (math.isfinite(v) and (v > low if above else v >= low) and (v < high if below else v <= high)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {want}, got {s!r}")
+        return v
+    return parse
+
+
+_nonneg_float = _number(0.0)
+_positive_float = _number(0.0, above=True)
+_unit_float = _number(0.0, 1.0, below=True)  # betas, the validation share
 
 
 def _build_parser() -> _Parser:
@@ -93,17 +123,17 @@ def _build_parser() -> _Parser:
     t.add_argument("--num-layers", type=_positive_int, default=None, help="lstm/gru layers (default 2)")
     t.add_argument("--optimizer", default=None, choices=["adamw", "adam", "sgd"],
                    help="default adamw (transformer) or adam (lstm, gru)")
-    t.add_argument("--momentum", type=_float, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--lr", type=_float, default=1e-3, help="peak learning rate (default 1e-3)")
-    t.add_argument("--min-lr", type=_float, default=None, help="final learning rate (default lr/10)")
+    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--min-lr", type=_nonneg_float, default=None, help="final learning rate (default lr/10)")
     t.add_argument("--warmup-steps", type=_nonneg_int, default=None,
                    help="linear warmup steps (default min(100, steps/10))")
-    t.add_argument("--beta1", type=_float, default=0.9, help="AdamW beta1 (default 0.9)")
-    t.add_argument("--beta2", type=_float, default=0.99, help="AdamW beta2 (default 0.99)")
-    t.add_argument("--weight-decay", type=_float, default=None,
+    t.add_argument("--beta1", type=_unit_float, default=0.9, help="AdamW beta1 (default 0.9)")
+    t.add_argument("--beta2", type=_unit_float, default=0.99, help="AdamW beta2 (default 0.99)")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="AdamW/SGD weight decay on 2-D weights (default 0.1, 0 for lstm/gru)")
-    t.add_argument("--grad-clip", type=_float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
-    t.add_argument("--val-fraction", type=_float, default=0.1, help="validation share (default 0.1)")
+    t.add_argument("--grad-clip", type=_nonneg_float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
+    t.add_argument("--val-fraction", type=_unit_float, default=0.1, help="validation share (default 0.1)")
     t.add_argument("--eval-interval", type=_positive_int, default=250, help="evaluate every N steps (default 250)")
     t.add_argument("--eval-batches", type=_positive_int, default=20, help="batches per evaluation (default 20)")
     t.add_argument("--checkpoint-interval", type=_positive_int, default=None,
@@ -112,7 +142,7 @@ def _build_parser() -> _Parser:
     t.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     t.add_argument("--device", default="cpu", help="cpu (default)")
-    t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: all cores)")
+    t.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
@@ -122,12 +152,12 @@ def _build_parser() -> _Parser:
     s.add_argument("--max-new-tokens", type=_nonneg_int, default=500, help="tokens to generate (default 500)")
     s.add_argument("--temperature", type=_float, default=0.8, help="sampling temperature (default 0.8)")
     s.add_argument("--top-k", type=_positive_int, default=200, help="keep the k most likely tokens (default 200)")
-    s.add_argument("--top-p", type=_float, default=None, help="nucleus sampling threshold in (0, 1]")
+    s.add_argument("--top-p", type=_number(0.0, 1.0, above=True), default=None, help="nucleus sampling threshold in (0, 1]")
     s.add_argument("--greedy", action="store_true", help="take the most likely token (no sampling)")
     s.add_argument("--seed", type=_nonneg_int, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
     s.add_argument("--device", default="cpu", help="cpu (default)")
-    s.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: all cores)")
+    s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
 
     sub.add_parser("info", help="version, CPU ISA, threads, build and CUDA information")
 
@@ -189,7 +219,7 @@ def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
 
 def _cmd_train(a: argparse.Namespace) -> int:
     import fastlm
-    from .checkpoint import is_checkpoint
+    from .checkpoint import check_save_target, is_checkpoint
     from .data import default_corpus, read_text, train_val_split
     from .lm import LanguageModel
     from .model import Transformer
@@ -202,12 +232,17 @@ def _cmd_train(a: argparse.Namespace) -> int:
     out = a.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out!r} exists and is not a directory")
+    try:
+        check_save_target(out)
+    except ValueError as e:
+        raise CLIError(f"--out: {e}") from None
     if a.resume and not is_checkpoint(out):
         raise CLIError(f"--resume: no checkpoint in {out!r} to resume from")
     if not a.resume and is_checkpoint(out) and not a.overwrite:
         raise CLIError(f"{out!r} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
-    if not 0.0 <= a.val_fraction < 1.0:
-        raise CLIError(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+
+    if a.min_lr is not None and a.min_lr > a.lr:
+        raise CLIError(f"--min-lr ({a.min_lr}) must not exceed --lr ({a.lr})")
 
     if a.corpus is None:
         text = default_corpus()
@@ -251,11 +286,6 @@ def _cmd_train(a: argparse.Namespace) -> int:
         val = None
     warmup = a.warmup_steps if a.warmup_steps is not None else min(100, a.steps // 10)
 
-    os.makedirs(out, exist_ok=True)
-    if a.resume:
-        _rewrite_metrics(out, model.history)
-    else:
-        _rewrite_metrics(out, [])
     print(f"fastlm: training {model!r} on {source}: {len(train):,} train / {len(val) if val is not None else 0:,} "
           f"val tokens, vocab {tok.vocab_size}", file=sys.stderr)
 
@@ -264,7 +294,17 @@ def _cmd_train(a: argparse.Namespace) -> int:
     optimizer = a.optimizer or ("adam" if recurrent else "adamw")
     weight_decay = a.weight_decay if a.weight_decay is not None else (0.0 if recurrent else 0.1)
 
+    # Nothing is written into --out before fit has checked its arguments and
+    # made its first step: a mistake costs no earlier run its metrics.
+    started = False
+
     def callback(step: int, metrics: Dict[str, Any]) -> None:
+        nonlocal started
+        if not started:
+            os.makedirs(out, exist_ok=True)
+            # A resumed run's history up to the checkpoint, without this step.
+            _rewrite_metrics(out, model.history[:-1])
+            started = True
         _append_metrics(out, metrics)
         if step % checkpoint_interval == 0:
             _plot(out, model.history)
@@ -305,10 +345,8 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")
     if not is_checkpoint(a.checkpoint):
         raise CLIError(f"{a.checkpoint!r} is not a fastlm checkpoint (no config.json and model.safetensors)")
-    if a.top_p is not None and not 0.0 < a.top_p <= 1.0:
-        raise CLIError(f"--top-p must be in (0, 1], got {a.top_p}")
-    if not a.greedy and not a.temperature > 0:
-        raise CLIError(f"--temperature must be > 0, got {a.temperature} (use --greedy for argmax decoding)")
+    if not a.greedy and not 0 < a.temperature < math.inf:
+        raise CLIError(f"--temperature must be finite and > 0, got {a.temperature} (use --greedy for argmax decoding)")
     model = LanguageModel.load(a.checkpoint, device=a.device)
     tok = model.tokenizer
     if tok is None:
@@ -324,11 +362,12 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     if a.num_samples == 1:
         # Stream: print each piece as it comes (decoding the whole tail keeps
         # multi-byte characters of a byte tokenizer intact).
+        tokens = model.generate(prompt, a.max_new_tokens, stream=True, **kw)  # checks the arguments
         outw.write(a.prompt)
         outw.flush()
         ids: List[int] = []
         shown = 0
-        for t in model.generate(prompt, a.max_new_tokens, stream=True, **kw):
+        for t in tokens:
             ids.append(t)
             text = tok.decode(ids)
             if not text.endswith("\ufffd"):
