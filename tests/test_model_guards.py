@@ -176,3 +176,44 @@ def test_stateful_state_survives_calls_in_between(cls, tmp_path):
     resumed = model()
     resumed.fit(train, checkpoint_dir=tmp_path / "c", resume=True, **kw)
     assert resumed.history.losses == whole.history.losses
+
+
+# ----------------------------------------------------------- corrupt checkpoint files
+
+def _edit_json(path, edit):
+    import json
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("file, corrupt", [
+    ("config.json", lambda p: p.write_text("[" * 100_000 + "]" * 100_000)),  # nesting past the recursion limit
+    ("config.json", lambda p: p.write_text('{"vocab_size": ' + "9" * 5000 + "}")),  # past the digit limit
+    ("config.json", lambda p: _edit_json(p, lambda d: d.update(model_type=[1]))),
+    ("tokenizer.json", lambda p: p.write_text('{"type": [1]}')),
+    ("tokenizer.json", lambda p: p.write_text("[" * 100_000)),
+    ("trainer_state.json", lambda p: _edit_json(p, lambda d: d.update(stream_pos="abc"))),
+    ("trainer_state.json", lambda p: _edit_json(p, lambda d: d.update(stream_pos=-1000))),
+    ("trainer_state.json", lambda p: _edit_json(p, lambda d: d.update(step=2**63))),
+    ("optimizer.safetensors", "step"),
+])
+def test_corrupt_files_are_named(tmp_path, file, corrupt):
+    d = tmp_path / "c"
+    m = _gpt(tokenizer=CharTokenizer.from_text("abcdefghijk"))
+    m.fit(np.arange(100) % V, steps=1, batch_size=2, checkpoint_dir=d, progress=False)
+    path = d / file
+    if corrupt == "step":  # a step count past int64 in the metadata
+        flat = safetensors.numpy.load_file(str(path))
+        safetensors.numpy.save_file(flat, str(path), metadata={"format": "np", "optimizer": "adam",
+                                                               "step": str(2**63)})
+    else:
+        corrupt(path)
+    with pytest.raises(ValueError, match=file.replace(".", r"\.")):
+        fastlm.Transformer.load(d)
+
+
+def test_decode_names_a_scalar():
+    for tok in (ByteTokenizer(), CharTokenizer.from_text("ab")):
+        with pytest.raises(ValueError, match="ids must be 1-D, got shape"):
+            tok.decode(np.int64(1))

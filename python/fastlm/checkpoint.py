@@ -40,6 +40,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
+from ._checks import INT64_MAX
 from ._io import _UMASK, atomic_replace_dir
 from .tokenizers import Tokenizer, tokenizer_from_json
 
@@ -221,8 +222,9 @@ def _read_json(path: str, required: bool = True) -> Optional[Any]:
         data = f.read()
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint file {path!r} is corrupt or truncated (not valid JSON: {e})") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8 or JSON, an integer past Python's digit limit, nesting too deep
+        raise ValueError(f"checkpoint file {path!r} is corrupt or truncated (not valid JSON: {type(e).__name__}: "
+                         f"{e})") from None
 
 
 def _read_safetensors(path: str, required: bool = True):
@@ -295,7 +297,7 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
             data = f.read()
         try:
             tok = tokenizer_from_json(data)
-        except ValueError as e:
+        except ValueError as e:  # tokenizer_from_json turns every parse failure into one
             raise ValueError(f"checkpoint file {tpath!r} is corrupt: {e}") from None
     opt = None
     state = None
@@ -305,7 +307,7 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
         if flat is not None:
             try:
                 step = int(meta["step"])
-                if step < 0:
+                if not 0 <= step <= INT64_MAX:
                     raise ValueError
             except (KeyError, ValueError, TypeError):
                 raise ValueError(f"checkpoint file {opath!r} is corrupt: no valid 'step' in its metadata") from None

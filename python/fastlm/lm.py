@@ -523,7 +523,7 @@ class LanguageModel:
         cpath = os.path.join(ckpt.path, CONFIG_FILE)
         mt = cfg.get("model_type", "transformer")
         kinds = {k.MODEL_TYPE: k for k in _model_classes()}
-        if mt not in kinds:
+        if not isinstance(mt, str) or mt not in kinds:
             raise ValueError(f"checkpoint file {cpath!r}: unknown model_type {mt!r} (expected one of "
                              f"{sorted(kinds)})")
         if cls is not LanguageModel and kinds[mt] is not cls:
@@ -559,11 +559,14 @@ class LanguageModel:
         state = ckpt.trainer_state
         spath = os.path.join(ckpt.path, TRAINER_STATE_FILE)
         if state is not None:
-            step = state.get("step", 0)
-            if isinstance(step, bool) or not isinstance(step, int) or step < 0 \
+            def count(key: str) -> bool:  # absent, or an int in [0, 2**63)
+                v = state.get(key, 0)
+                return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**63
+            if not all(count(k) for k in ("step", "stream_pos", "seed")) \
                     or not isinstance(state.get("history", []), list) \
                     or not isinstance(state.get("data_rng"), (dict, type(None))):
-                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'history' or 'data_rng'")
+                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'stream_pos', 'seed', "
+                                 "'history' or 'data_rng'")
         opt = ckpt.optimizer
         if opt is not None:
             opath = os.path.join(ckpt.path, OPTIMIZER_FILE)

@@ -45,7 +45,7 @@ def _as_id_array(ids: Any, vocab_size: int, who: str) -> np.ndarray:
     else:
         if not isinstance(ids, (list, tuple, range)) and not hasattr(ids, "__array__"):
             raise TypeError(f"{who}: ids must be a list or 1-D integer array, got {type(ids).__name__}")
-        if len(ids) == 0:
+        if isinstance(ids, (list, tuple, range)) and len(ids) == 0:
             return np.zeros(0, dtype=np.int64)
         try:
             arr = np.asarray(ids)
@@ -289,7 +289,7 @@ def tokenizer_from_dict(d: Any) -> Tokenizer:
     if "type" not in d:
         raise ValueError("tokenizer JSON has no 'type' field")
     kind = d["type"]
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:
         raise ValueError(f"unknown tokenizer type {kind!r}; known types: {sorted(_TYPES)}")
     version = d.get("version", _FORMAT_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= _FORMAT_VERSION:
@@ -323,8 +323,8 @@ def tokenizer_from_json(s: Union[str, bytes]) -> Tokenizer:
         raise TypeError(f"tokenizer_from_json: s must be a str, got {type(s).__name__}")
     try:
         d = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"tokenizer JSON is corrupt: {e}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, an integer past Python's digit limit, nesting too deep
+        raise ValueError(f"tokenizer JSON is corrupt: {type(e).__name__}: {e}") from None
     return tokenizer_from_dict(d)
 
 
