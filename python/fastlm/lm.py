@@ -482,7 +482,11 @@ class LanguageModel:
         tokenizer is attached, ``optimizer.safetensors`` once the model has
         taken an optimizer step, and ``trainer_state.json`` after :meth:`fit`.
         The directory is replaced atomically; other files in it are kept.
-        :meth:`load` gives back a bit-identical model.
+        :meth:`load` gives back a bit-identical model. Raises ``ValueError``,
+        writing nothing, for a target :func:`fastlm.checkpoint.check_save_target`
+        refuses (a mount point, the working directory, a directory holding
+        subdirectories) and for weights or optimizer state holding NaN or inf,
+        which :meth:`load` would reject.
         """
         from .checkpoint import save_checkpoint
         cfg: Dict[str, Any] = {"model_type": self.MODEL_TYPE}
