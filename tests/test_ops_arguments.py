@@ -123,26 +123,16 @@ ADAM_REALS = ["lr", "beta1", "beta2", "eps", "weight_decay"]
 
 
 @pytest.mark.parametrize("name", ADAM_REALS)
-@pytest.mark.parametrize("value", ["0.1", None, True, np.bool_(True), 0.1 + 0j, [0.1],
-                                   np.array([0.1], np.float32)])
-def test_adamw_real_wrong_type(name, value):
+@pytest.mark.parametrize("value, exc", [(v, TypeError) for v in ("0.1", None, True, np.bool_(True), 0.1 + 0j, [0.1],
+                                                                  np.array([0.1], np.float32))]
+                         + [(v, ValueError) for v in (float("inf"), float("-inf"), float("nan"), 10**400)])
+def test_adamw_real_wrong_type_or_not_finite(name, value, exc):
     p, g, m, v = adam_state()
     kw = dict(lr=0.1, step=1)
     kw[name] = value
-    with raises(TypeError, name):
+    with raises(exc, name):
         ops.adamw_step(p, g, m, v, **kw)
-    np.testing.assert_array_equal(m, 0)
-
-
-@pytest.mark.parametrize("name", ADAM_REALS)
-@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400])
-def test_adamw_real_not_finite(name, value):
-    p, g, m, v = adam_state()
-    kw = dict(lr=0.1, step=1)
-    kw[name] = value
-    with raises(ValueError, name):
-        ops.adamw_step(p, g, m, v, **kw)
-    np.testing.assert_array_equal(m, 0)
+    np.testing.assert_array_equal(m, 0)  # nothing written
 
 
 @pytest.mark.parametrize("name,value", [("lr", -1e-3), ("beta1", 1.0), ("beta1", -0.1),
