@@ -217,3 +217,14 @@ def test_decode_names_a_scalar():
     for tok in (ByteTokenizer(), CharTokenizer.from_text("ab")):
         with pytest.raises(ValueError, match="ids must be 1-D, got shape"):
             tok.decode(np.int64(1))
+
+
+@pytest.mark.parametrize("train, exc, match", [
+    ([], ValueError, "train has 0 tokens; need at least 9"),
+    (None, ValueError, r"train must be 1-D token ids, got shape \(\)"),
+    (b"abc", TypeError, "train must be a 1-D integer array, got bytes"),
+    (np.zeros(20), TypeError, "train must be an integer array, got dtype float64"),
+])
+def test_fit_names_bad_tokens(train, exc, match):
+    with pytest.raises(exc, match=match):
+        _gpt().fit(train, steps=1, batch_size=1, progress=False)

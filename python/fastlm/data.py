@@ -61,20 +61,21 @@ def _fspath(path: Any, name: str = "path") -> str:
     return os.fsdecode(p)
 
 
-def _check_tokens_1d(tokens: Any, who: str) -> np.ndarray:
-    """1-D integer ndarray view of tokens (memmaps stay memmaps, no copy)."""
+def _check_tokens_1d(tokens: Any, name: str) -> np.ndarray:
+    """1-D integer ndarray view of tokens (memmaps stay memmaps, no copy); the
+    errors name them ``name`` (e.g. "get_batch: tokens")."""
     if isinstance(tokens, np.ndarray):
         arr = tokens
-    elif isinstance(tokens, (str, bytes)):
-        raise TypeError(f"{who}: tokens must be an integer array, got {type(tokens).__name__}")
+    elif isinstance(tokens, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be a 1-D integer array, got {type(tokens).__name__}")
     else:
         arr = np.asarray(tokens)
         if arr.size == 0 and arr.ndim == 1:
             arr = arr.astype(np.int64)
     if arr.ndim != 1:
-        raise ValueError(f"{who}: tokens must be 1-D, got shape {arr.shape}")
+        raise ValueError(f"{name} must be 1-D token ids, got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{who}: tokens must be an integer array, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
     return arr
 
 
@@ -286,7 +287,7 @@ def get_batch(tokens: Any, batch_size: int, block_size: int,
                         f"got {type(rng).__name__}")
     batch_size = _check_int(batch_size, "batch_size", 1)
     block_size = _check_int(block_size, "block_size", 1)
-    arr = _check_tokens_1d(tokens, "get_batch")
+    arr = _check_tokens_1d(tokens, "get_batch: tokens")
     n = int(arr.shape[0])
     if n < block_size + 1:
         raise ValueError(f"get_batch: need at least block_size + 1 = {block_size + 1} tokens, got {n}")
@@ -316,7 +317,7 @@ def iter_eval_batches(tokens: Any, batch_size: int, block_size: int,
     block_size = _check_int(block_size, "block_size", 1)
     if max_batches is not None:
         max_batches = _check_int(max_batches, "max_batches", 1)
-    arr = _check_tokens_1d(tokens, "iter_eval_batches")
+    arr = _check_tokens_1d(tokens, "iter_eval_batches: tokens")
     n = int(arr.shape[0])
     if n < block_size + 1:
         raise ValueError(f"iter_eval_batches: need at least block_size + 1 = {block_size + 1} tokens, got {n}")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ._checks import check_float, check_int as _int
-from .data import get_batch, iter_eval_batches, open_tokens
+from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 
 __all__ = ["History", "fit", "evaluate", "get_lr"]
 
@@ -83,14 +83,7 @@ def _tokens(tokens: Any, name: str, vocab_size: int, min_len: int) -> np.ndarray
         tokens = open_tokens(tokens)
     elif hasattr(tokens, "detach") and hasattr(tokens, "cpu"):
         tokens = tokens.detach().cpu().numpy()
-    elif not isinstance(tokens, np.ndarray):
-        if isinstance(tokens, (bytes, bytearray)):
-            raise TypeError(f"{name} must be a 1-D integer array, got {type(tokens).__name__}")
-        tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"{name} must be 1-D token ids, got shape {tokens.shape}")
-    if tokens.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {tokens.dtype}")
+    tokens = _check_tokens_1d(tokens, name)
     n = int(tokens.shape[0])
     if n < min_len:
         raise ValueError(f"{name} has {n} tokens; need at least {min_len}")
