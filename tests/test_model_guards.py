@@ -228,3 +228,67 @@ def test_decode_names_a_scalar():
 def test_fit_names_bad_tokens(train, exc, match):
     with pytest.raises(exc, match=match):
         _gpt().fit(train, steps=1, batch_size=1, progress=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _gpt(),
+    lambda: fastlm.LSTMLM(V, embed_dim=16, hidden_size=32, num_layers=2, seed=1),
+])
+def test_threads_sharing_a_model_get_the_single_threaded_results(make):
+    """Calls release the GIL: a decoder's 'is the cache still mine, then
+    extend it' must not interleave with another thread's use of the model."""
+    import threading
+    m = make()
+    prompts = [np.array([[1, 2, 3]]), np.array([[4, 5], [6, 7]])]  # two batch sizes
+    x = np.arange(32).reshape(4, 8) % V
+    want = [m.generate(p, 6, seed=i) for i, p in enumerate(prompts)] + [m.forward(x)]
+    calls = [lambda: m.generate(prompts[0], 6, seed=0), lambda: m.generate(prompts[1], 6, seed=1),
+             lambda: m.forward(x)]
+    wrong, errors = [0, 0, 0], []
+
+    def run(i):
+        try:
+            for _ in range(100):
+                wrong[i] += not np.array_equal(calls[i](), want[i])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert wrong == [0, 0, 0]
+
+
+def test_seed_fits_a_checkpoint(tmp_path):
+    for bad in (2**63, 2**64):
+        with pytest.raises(ValueError, match="seed must be <= 9223372036854775807"):
+            fastlm.Transformer(V, block_size=8, n_layer=1, n_head=1, n_embd=8, seed=bad)
+        with pytest.raises(ValueError, match="seed must be <="):
+            _gpt().fit(np.arange(100) % V, steps=1, batch_size=1, seed=bad, progress=False)
+    m = _gpt()
+    m.fit(np.arange(100) % V, steps=1, batch_size=1, seed=2**63 - 1, checkpoint_dir=tmp_path / "c", progress=False)
+    assert fastlm.Transformer.load(tmp_path / "c").optimizer_step == 1
+
+
+def test_a_refused_resume_leaves_the_model_as_it_was(tmp_path):
+    _gpt().save(tmp_path / "plain")  # not written by fit: nothing to resume
+    m = _stepped(_gpt())
+    before = m.state_dict()
+    with pytest.raises(ValueError, match="not written by fit"):
+        m.fit(np.arange(100) % V, steps=2, batch_size=1, checkpoint_dir=tmp_path / "plain", resume=True,
+              progress=False)
+    assert m.optimizer_step == 1
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("history", [[1, "x"], [{"step": 1}], [{"step": "1", "loss": 2.0}]])
+def test_history_entries_are_checked(tmp_path, history):
+    d = tmp_path / "c"
+    _gpt().fit(np.arange(100) % V, steps=1, batch_size=1, checkpoint_dir=d, progress=False)
+    _edit_json(d / "trainer_state.json", lambda s: s.update(history=history))
+    with pytest.raises(ValueError, match=r"trainer_state\.json' is corrupt"):
+        fastlm.Transformer.load(d)

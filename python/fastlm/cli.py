@@ -59,6 +59,13 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _model_seed(s: str) -> int:
+    v = _nonneg_int(s)
+    if v >= 2**63:  # a checkpoint stores it as an int64
+        raise argparse.ArgumentTypeError(f"expected an integer below 2**63, got {v}")
+    return v
+
+
 def _threads(s: str) -> int:
     from . import MAX_THREADS
     v = _positive_int(s)
@@ -138,7 +145,7 @@ def _build_parser() -> _Parser:
     t.add_argument("--eval-batches", type=_positive_int, default=20, help="batches per evaluation (default 20)")
     t.add_argument("--checkpoint-interval", type=_positive_int, default=None,
                    help="save every N steps (default: --eval-interval)")
-    t.add_argument("--seed", type=_nonneg_int, default=1337, help="initialisation and batch seed (default 1337)")
+    t.add_argument("--seed", type=_model_seed, default=1337, help="initialisation and batch seed (default 1337)")
     t.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     t.add_argument("--device", default="cpu", help="cpu (default)")

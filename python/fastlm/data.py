@@ -227,6 +227,11 @@ def open_tokens(path: PathLike) -> np.ndarray:
     header, a bad magic (not a token file), an unsupported version, an unknown
     dtype code, or a size that does not match the count (truncated or
     trailing bytes).
+
+    The map reads the file as it is when each token is touched: replace a
+    token file (:func:`write_tokens` writes a new one and renames it into
+    place, which is safe), never truncate it in place while a map is open,
+    which the operating system answers with SIGBUS, ending the process.
     """
     p = _fspath(path)
     if not os.path.exists(p):

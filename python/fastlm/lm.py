@@ -12,6 +12,7 @@ say how to build the core, name and initialise the parameters, and decode.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -115,6 +116,12 @@ def _nonfinite(arrays: Mapping[str, np.ndarray]) -> List[str]:
     return [n for n, a in arrays.items() if not np.isfinite(a).all()]
 
 
+def _history_entry(e: Any) -> bool:
+    """Whether ``e`` is a step of a :class:`fastlm.train.History` as fit writes it."""
+    return (isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e["step"], bool)
+            and isinstance(e.get("loss"), (int, float)) and isinstance(e.get("val_loss"), (int, float, type(None))))
+
+
 def _check_betas(betas: Any) -> Tuple[float, float]:
     try:
         b1, b2 = betas
@@ -152,7 +159,7 @@ class LanguageModel:
 
     def _build(self, arch: Dict[str, Any], seed: Any, device: Any, tokenizer: Any) -> None:
         arch = self._check_arch(**arch)
-        seed = _check_int(seed, "seed", 0)
+        seed = _check_int(seed, "seed", 0, 2**63 - 1)  # a checkpoint stores it as an int64
         device = _check_device(device)
         self._config: Dict[str, Any] = dict(arch, seed=seed, device=device)
         self.tokenizer = tokenizer
@@ -174,8 +181,11 @@ class LanguageModel:
         self._train_state: Optional[Dict[str, Any]] = None
         # Who last filled the decoding state (KV cache or recurrent state): a
         # generate() call; any other use of the core may overwrite that state,
-        # so it resets this to None.
+        # so it resets this to None. _lock makes "check the owner, then call the
+        # core" (and "reset it, then call") one step when threads share a model
+        # (each core call alone is already exclusive).
         self._cache_owner: Optional[object] = None
+        self._lock = threading.RLock()
 
     def _check_arch(self, **arch: Any) -> Dict[str, Any]:
         raise NotImplementedError
@@ -288,10 +298,11 @@ class LanguageModel:
             if alias in arrays and not np.array_equal(arrays[alias], arrays[source]):
                 raise ValueError(f"load_state_dict: {alias} differs from {source}, but the two are one tied "
                                  f"tensor (leave {alias} out or make them equal)")
-        for name in self._names:
-            self._params[name][...] = arrays[name]
-        self._g.weights_changed()
-        self._cache_owner = None
+        with self._lock:
+            for name in self._names:
+                self._params[name][...] = arrays[name]
+            self._g.weights_changed()
+            self._cache_owner = None
 
     # -- training primitives
 
@@ -324,8 +335,9 @@ class LanguageModel:
         scores the token after ``idx[b, :t+1]``. No gradients are kept.
         """
         x = self._ids(idx)
-        self._cache_owner = None
-        return self._g.forward(x)
+        with self._lock:
+            self._cache_owner = None
+            return self._g.forward(x)
 
     def forward_backward(self, idx: IdsLike, targets: IdsLike) -> float:
         """Mean cross-entropy of ``targets`` given ``idx`` and its gradient.
@@ -337,11 +349,12 @@ class LanguageModel:
         does in PyTorch: call :meth:`zero_grad` first.
         """
         x, y = self._pair(idx, targets)
-        self._cache_owner = None
         return self._forward_backward(x, y, 1.0, carry=False)
 
     def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
-        return float(self._g.forward_backward(x, y, grad_scale))
+        with self._lock:
+            self._cache_owner = None
+            return float(self._g.forward_backward(x, y, grad_scale))
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> float:
         return float(self._g.loss(x, y))
@@ -407,16 +420,17 @@ class LanguageModel:
             eps = _check_float(opts["eps"], "eps")
             if eps <= 0:
                 raise ValueError(f"eps must be > 0, got {eps}")
-        self._cache_owner = None
-        family = "sgd" if optimizer == "sgd" else "adam"  # adam and adamw share their moments
-        if family != self._optimizer_family():
-            # A new optimizer starts empty, as a new torch.optim object does.
-            self._m_v_zero()
-            self._opt_family = family
-        if optimizer == "sgd":
-            self._g.sgd_step(lr, momentum, weight_decay, grad_scale)
-        else:
-            self._g.step(lr, b1, b2, eps, weight_decay, grad_scale)
+        with self._lock:
+            self._cache_owner = None
+            family = "sgd" if optimizer == "sgd" else "adam"  # adam and adamw share their moments
+            if family != self._optimizer_family():
+                # A new optimizer starts empty, as a new torch.optim object does.
+                self._m_v_zero()
+                self._opt_family = family
+            if optimizer == "sgd":
+                self._g.sgd_step(lr, momentum, weight_decay, grad_scale)
+            else:
+                self._g.step(lr, b1, b2, eps, weight_decay, grad_scale)
 
     @property
     def optimizer_step(self) -> int:
@@ -566,11 +580,12 @@ class LanguageModel:
             def count(key: str) -> bool:  # absent, or an int in [0, 2**63)
                 v = state.get(key, 0)
                 return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**63
+            history = state.get("history", [])
             if not all(count(k) for k in ("step", "stream_pos", "seed")) \
-                    or not isinstance(state.get("history", []), list) \
+                    or not isinstance(history, list) or not all(_history_entry(e) for e in history) \
                     or not isinstance(state.get("data_rng"), (dict, type(None))):
                 raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'stream_pos', 'seed', "
-                                 "'history' or 'data_rng'")
+                                 "'history' (a list of steps with 'step' and 'loss') or 'data_rng'")
         opt = ckpt.optimizer
         if opt is not None:
             opath = os.path.join(ckpt.path, OPTIMIZER_FILE)

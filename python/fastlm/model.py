@@ -161,18 +161,20 @@ class _KVCacheDecoder:
         self._prefill()
 
     def _prefill(self) -> None:
-        self.logits = self.model._g.decode(self.window, 0)
-        self.model._cache_owner = self
+        with self.model._lock:
+            self.logits = self.model._g.decode(self.window, 0)
+            self.model._cache_owner = self
 
     def push(self, tokens: np.ndarray) -> None:
         block = self.model.block_size
         cur = self.window.shape[1]
         self.window = np.concatenate([self.window, tokens[:, None]], axis=1)
-        if cur < block and self.model._cache_owner is self:
-            # The cache holds positions [0, cur); the new token goes at cur.
-            self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), cur)
-        else:
-            # The window is full (positions shift) or another call used the
-            # cache since: run the prefill over the last block_size tokens.
-            self.window = np.ascontiguousarray(self.window[:, -block:])
-            self._prefill()
+        with self.model._lock:
+            if cur < block and self.model._cache_owner is self:
+                # The cache holds positions [0, cur); the new token goes at cur.
+                self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), cur)
+                return
+        # The window is full (positions shift) or another call used the
+        # cache since: run the prefill over the last block_size tokens.
+        self.window = np.ascontiguousarray(self.window[:, -block:])
+        self._prefill()

@@ -99,11 +99,13 @@ class RecurrentLM(LanguageModel):
     _carried: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
 
     def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
-        if carry and self._carried is not None:
-            self._g.set_state(*self._carried)
-        loss = float(self._g.forward_backward(x, y, carry, grad_scale))
-        self._carried = self._g.state()
-        return loss
+        with self._lock:
+            self._cache_owner = None
+            if carry and self._carried is not None:
+                self._g.set_state(*self._carried)
+            loss = float(self._g.forward_backward(x, y, carry, grad_scale))
+            self._carried = self._g.state()
+            return loss
 
     def forward(self, idx: Any, *, carry: bool = False) -> np.ndarray:
         """Logits (B, T, vocab_size) float32 for ids (B, T). With ``carry`` the
@@ -111,8 +113,11 @@ class RecurrentLM(LanguageModel):
         batch size matches), otherwise from zeros; the final state is kept
         (:meth:`state`)."""
         x = self._ids(idx)
-        self._cache_owner = None
-        return self._g.forward(x, bool(carry))
+        if not isinstance(carry, (bool, np.bool_)):
+            raise TypeError(f"forward: carry must be a bool, got {type(carry).__name__}")
+        with self._lock:
+            self._cache_owner = None
+            return self._g.forward(x, bool(carry))
 
     def state(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """Copies of the final recurrent state of the last call: ``(h, c)``,
@@ -168,12 +173,14 @@ class _RecurrentDecoder:
         self._prefill()
 
     def _prefill(self) -> None:
-        self.logits = self.model._g.decode(self.seq, False)
-        self.model._cache_owner = self
+        with self.model._lock:
+            self.logits = self.model._g.decode(self.seq, False)
+            self.model._cache_owner = self
 
     def push(self, tokens: np.ndarray) -> None:
         self.seq = np.concatenate([self.seq, tokens[:, None]], axis=1)
-        if self.model._cache_owner is self:
-            self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), True)
-        else:  # another call replaced the state: run the whole sequence again
-            self._prefill()
+        with self.model._lock:
+            if self.model._cache_owner is self:
+                self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), True)
+            else:  # another call replaced the state: run the whole sequence again
+                self._prefill()

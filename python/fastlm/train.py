@@ -249,7 +249,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         from .checkpoint import check_save_target
         check_save_target(checkpoint_dir)  # refused now rather than at the first save
     if seed is not None:
-        seed = _int(seed, "seed", 0)
+        seed = _int(seed, "seed", 0, 2**63 - 1)  # a checkpoint stores it as an int64
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if not isinstance(stateful, bool):
@@ -269,13 +269,15 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 "momentum": momentum}
     if resume:
         from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
-        model._restore(load_checkpoint(checkpoint_dir))
-        state = model._train_state
+        ckpt = load_checkpoint(checkpoint_dir)
+        state = ckpt.trainer_state
         where = os.path.join(checkpoint_dir, TRAINER_STATE_FILE)
         if state is None or state.get("data_rng") is None:
             raise ValueError(f"cannot resume from {checkpoint_dir!r}: {where!r} is missing or has no data RNG state "
                              "(the checkpoint was not written by fit)")
         rng = _rng_from_state(state["data_rng"], where)
+        model._restore(ckpt)  # only once the checkpoint can be resumed: a refusal leaves the model as it was
+        state = model._train_state
         start = int(state["step"])
         stream_pos = int(state.get("stream_pos", 0))
         history = History(state.get("history", []))
