@@ -97,6 +97,28 @@ def test_resume_and_overwrite(corpus, trained, tmp_path, capsys):
     assert fastlm.model.Transformer.load(out).optimizer_step == 3
 
 
+def test_resume_keeps_the_runs_training_flags(corpus, tmp_path, capsys):
+    """Flags not given on --resume keep the run's values: an LSTM's window
+    stays 8 (not the default 64), the batch 3, the learning rates and the SGD
+    optimizer as they were."""
+    out = tmp_path / "lstm"
+    first = ["--model", "lstm", "--embed-dim", "8", "--hidden-size", "8", "--num-layers", "1", "--block-size", "8",
+             "--batch-size", "3", "--lr", "0.02", "--optimizer", "sgd", "--momentum", "0.5", "--eval-interval", "2",
+             "--eval-batches", "1", "--no-progress"]
+    assert main(["train", str(corpus), "--out", str(out), "--steps", "2"] + first) == 0
+    fit_args = json.loads((out / "trainer_state.json").read_text())["fit"]
+    capsys.readouterr()
+    assert main(["train", str(corpus), "--out", str(out), "--steps", "2", "--resume"]) == 2
+    assert "has made 2 of its --steps 2" in _error_line(capsys)
+    assert main(["train", str(corpus), "--out", str(out), "--steps", "4", "--resume", "--no-progress"]) == 0
+    resumed = json.loads((out / "trainer_state.json").read_text())["fit"]
+    assert resumed == dict(fit_args, steps=4)
+    assert (resumed["block_size"], resumed["batch_size"], resumed["optimizer"]) == (8, 3, "sgd")
+    assert main(["train", str(corpus), "--out", str(out), "--steps", "5", "--resume", "--lr", "0.01",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["fit"]["lr"] == 0.01  # a given flag wins
+
+
 def test_default_corpus(tmp_path, capsys):
     out = tmp_path / "std"
     assert main(["train", "--out", str(out), "--steps", "2", "--block-size", "8", "--n-layer", "1", "--n-head", "1",

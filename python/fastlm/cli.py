@@ -117,9 +117,9 @@ def _build_parser() -> _Parser:
                    help="model family (default transformer, or the checkpoint's with --resume)")
     t.add_argument("--tokenizer", default="char", choices=["char", "byte"],
                    help="char: one id per character of the corpus (default); byte: UTF-8 bytes")
-    t.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
-    t.add_argument("--batch-size", type=_positive_int, default=12, help="sequences per micro-batch (default 12)")
-    t.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per step (default 1)")
+    t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in all (default 2000)")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per micro-batch (default 12)")
+    t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
     t.add_argument("--block-size", type=_positive_int, default=None,
                    help="context length (transformer) or training window (lstm, gru); default 64")
     t.add_argument("--n-layer", type=_positive_int, default=None, help="transformer layers (default 4)")
@@ -130,23 +130,25 @@ def _build_parser() -> _Parser:
     t.add_argument("--num-layers", type=_positive_int, default=None, help="lstm/gru layers (default 2)")
     t.add_argument("--optimizer", default=None, choices=["adamw", "adam", "sgd"],
                    help="default adamw (transformer) or adam (lstm, gru)")
-    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--momentum", type=_nonneg_float, default=None, help="SGD momentum (default 0.9)")
+    t.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default 1e-3)")
     t.add_argument("--min-lr", type=_nonneg_float, default=None, help="final learning rate (default lr/10)")
     t.add_argument("--warmup-steps", type=_nonneg_int, default=None,
                    help="linear warmup steps (default min(100, steps/10))")
-    t.add_argument("--beta1", type=_unit_float, default=0.9, help="AdamW beta1 (default 0.9)")
-    t.add_argument("--beta2", type=_unit_float, default=0.99, help="AdamW beta2 (default 0.99)")
+    t.add_argument("--beta1", type=_unit_float, default=None, help="AdamW beta1 (default 0.9)")
+    t.add_argument("--beta2", type=_unit_float, default=None, help="AdamW beta2 (default 0.99)")
     t.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="AdamW/SGD weight decay on 2-D weights (default 0.1, 0 for lstm/gru)")
-    t.add_argument("--grad-clip", type=_nonneg_float, default=1.0, help="clip the gradient norm (0: off; default 1.0)")
+    t.add_argument("--grad-clip", type=_nonneg_float, default=None, help="clip the gradient norm (0: off; default 1.0)")
     t.add_argument("--val-fraction", type=_unit_float, default=0.1, help="validation share (default 0.1)")
     t.add_argument("--eval-interval", type=_positive_int, default=250, help="evaluate every N steps (default 250)")
     t.add_argument("--eval-batches", type=_positive_int, default=20, help="batches per evaluation (default 20)")
     t.add_argument("--checkpoint-interval", type=_positive_int, default=None,
                    help="save every N steps (default: --eval-interval)")
     t.add_argument("--seed", type=_model_seed, default=1337, help="initialisation and batch seed (default 1337)")
-    t.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    t.add_argument("--resume", action="store_true", help=(
+        "continue the run whose checkpoint is in --out; the training flags above that are not given "
+        "(steps, batch size, block size, learning rates, optimizer settings) keep the run's values"))
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     t.add_argument("--device", default="cpu", help="cpu (default)")
     t.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
@@ -224,6 +226,26 @@ def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
                 raise CLIError(f"--{key.replace('_', '-')} does not apply to --model {kind}")
 
 
+# fit's options that the train flags set, with their defaults; --resume keeps
+# the checkpoint's for flags not given (see _fit_options).
+_FIT_DEFAULTS = {"steps": 2000, "batch_size": 12, "grad_accum": 1, "lr": 1e-3, "min_lr": None,
+                 "warmup_steps": None, "beta1": 0.9, "beta2": 0.99, "weight_decay": None, "grad_clip": 1.0,
+                 "optimizer": None, "momentum": 0.9, "block_size": None}
+
+
+def _fit_options(a: argparse.Namespace, previous: Dict[str, Any]) -> Dict[str, Any]:
+    """Each option of _FIT_DEFAULTS: the flag when given, else the resumed run's
+    value (``previous``, fit's record of its arguments), else the default."""
+    prev = dict(previous)
+    if "betas" in prev:
+        prev["beta1"], prev["beta2"] = prev.pop("betas")
+    opts = {}
+    for key, default in _FIT_DEFAULTS.items():
+        given = getattr(a, key)
+        opts[key] = given if given is not None else prev.get(key, default)
+    return opts
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     import fastlm
     from .checkpoint import check_save_target, is_checkpoint
@@ -247,9 +269,6 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise CLIError(f"--resume: no checkpoint in {out!r} to resume from")
     if not a.resume and is_checkpoint(out) and not a.overwrite:
         raise CLIError(f"{out!r} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
-
-    if a.min_lr is not None and a.min_lr > a.lr:
-        raise CLIError(f"--min-lr ({a.min_lr}) must not exceed --lr ({a.lr})")
 
     if a.corpus is None:
         text = default_corpus()
@@ -283,7 +302,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
         model = cls(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
-    window = model._train_window(a.block_size if kind != "transformer" else None)
+    o = _fit_options(a, (model._train_state or {}).get("fit", {}) if a.resume else {})
+    if o["min_lr"] is not None and o["min_lr"] > o["lr"]:
+        raise CLIError(f"--min-lr ({o['min_lr']}) must not exceed --lr ({o['lr']})")
+    if a.resume and o["steps"] <= model.optimizer_step:
+        raise CLIError(f"the run in {out!r} has made {model.optimizer_step} of its --steps {o['steps']}; "
+                       "pass a larger --steps to train further")
+    window = model._train_window(o["block_size"] if kind != "transformer" else None)
     ids = tok.encode(text)
     train, val = train_val_split(ids, a.val_fraction)
     if len(train) < window + 1:
@@ -291,15 +316,15 @@ def _cmd_train(a: argparse.Namespace) -> int:
                        f"block_size + 1 = {window + 1}")
     if len(val) < 2:
         val = None
-    warmup = a.warmup_steps if a.warmup_steps is not None else min(100, a.steps // 10)
+    warmup = o["warmup_steps"] if o["warmup_steps"] is not None else min(100, o["steps"] // 10)
 
     print(f"fastlm: training {model!r} on {source}: {len(train):,} train / {len(val) if val is not None else 0:,} "
           f"val tokens, vocab {tok.vocab_size}", file=sys.stderr)
 
     checkpoint_interval = a.checkpoint_interval or a.eval_interval
     recurrent = kind != "transformer"
-    optimizer = a.optimizer or ("adam" if recurrent else "adamw")
-    weight_decay = a.weight_decay if a.weight_decay is not None else (0.0 if recurrent else 0.1)
+    optimizer = o["optimizer"] or ("adam" if recurrent else "adamw")
+    weight_decay = o["weight_decay"] if o["weight_decay"] is not None else (0.0 if recurrent else 0.1)
 
     # Nothing is written into --out before fit has checked its arguments and
     # made its first step: a mistake costs no earlier run its metrics.
@@ -316,10 +341,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         if step % checkpoint_interval == 0:
             _plot(out, model.history)
 
-    history = model.fit(train, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
-                        min_lr=a.min_lr, warmup_steps=warmup, betas=(a.beta1, a.beta2),
-                        weight_decay=weight_decay, grad_clip=a.grad_clip, val=val, optimizer=optimizer,
-                        momentum=a.momentum, block_size=window,
+    history = model.fit(train, steps=o["steps"], batch_size=o["batch_size"], grad_accum=o["grad_accum"],
+                        lr=o["lr"], min_lr=o["min_lr"], warmup_steps=warmup, betas=(o["beta1"], o["beta2"]),
+                        weight_decay=weight_decay, grad_clip=o["grad_clip"], val=val, optimizer=optimizer,
+                        momentum=o["momentum"], block_size=window,
                         eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
                         checkpoint_interval=checkpoint_interval, resume=a.resume, seed=a.seed,
                         progress=not a.no_progress, callback=callback)
