@@ -292,3 +292,30 @@ def test_history_entries_are_checked(tmp_path, history):
     _edit_json(d / "trainer_state.json", lambda s: s.update(history=history))
     with pytest.raises(ValueError, match=r"trainer_state\.json' is corrupt"):
         fastlm.Transformer.load(d)
+
+
+def test_uint64_ids_past_int64_are_refused():
+    from fastlm.data import get_batch, iter_eval_batches
+    ids = np.full(20, 2**63, np.uint64)
+    with pytest.raises(ValueError, match="get_batch: token id 9223372036854775808 does not fit int64"):
+        get_batch(ids, 2, 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="iter_eval_batches: token id"):
+        next(iter(iter_eval_batches(ids, 2, 4)))
+    x, y = get_batch(np.arange(20, dtype=np.uint64), 2, 4, np.random.default_rng(0))  # in range: fine
+    assert x.dtype == np.int64 and (y == x + 1).all()
+
+
+def test_momentum_is_checked_whatever_the_optimizer():
+    m = _stepped(_gpt())
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.5"):
+        m.step(1e-3, optimizer="adamw", momentum=1.5)
+    assert m.optimizer_step == 1
+
+
+def test_complex_torch_tensors_are_refused():
+    torch = pytest.importorskip("torch")
+    m = _gpt()
+    sd = {k: torch.from_numpy(v) for k, v in m.state_dict().items()}
+    sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"].to(torch.complex64)
+    with pytest.raises(TypeError, match=r"state_dict\['transformer.wpe.weight'\] must be a real array"):
+        m.load_state_dict(sd)

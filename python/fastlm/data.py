@@ -61,6 +61,14 @@ def _fspath(path: Any, name: str = "path") -> str:
     return os.fsdecode(p)
 
 
+def _ids_int64(window: np.ndarray, who: str) -> np.ndarray:
+    """A window of token ids as int64; uint64 ids past int64's range (which a
+    cast would wrap to negative ids) raise ValueError."""
+    if window.dtype == np.uint64 and window.size and int(window.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{who}: token id {int(window.max())} does not fit int64")
+    return window.astype(np.int64)
+
+
 def _check_tokens_1d(tokens: Any, name: str) -> np.ndarray:
     """1-D integer ndarray view of tokens (memmaps stay memmaps, no copy); the
     errors name them ``name`` (e.g. "get_batch: tokens")."""
@@ -297,7 +305,7 @@ def get_batch(tokens: Any, batch_size: int, block_size: int,
     if n < block_size + 1:
         raise ValueError(f"get_batch: need at least block_size + 1 = {block_size + 1} tokens, got {n}")
     ix = rng.integers(0, n - block_size, size=batch_size)
-    win = arr[ix[:, None] + np.arange(block_size + 1)].astype(np.int64)
+    win = _ids_int64(arr[ix[:, None] + np.arange(block_size + 1)], "get_batch")
     return np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, 1:])
 
 
@@ -340,7 +348,7 @@ def _eval_batches(arr: np.ndarray, batch_size: int, block_size: int, n_windows: 
         rows = min(batch_size, n_windows - w0)
         start = w0 * block_size
         # rows windows of block_size tokens each, plus one token of lookahead.
-        flat = np.asarray(arr[start:start + rows * block_size + 1], dtype=np.int64)
+        flat = _ids_int64(np.asarray(arr[start:start + rows * block_size + 1]), "iter_eval_batches")
         x = flat[:-1].reshape(rows, block_size).copy()
         y = flat[1:].reshape(rows, block_size).copy()
         yield x, y

@@ -81,7 +81,9 @@ def _as_ids(x: Any, name: str, vocab_size: int, *, ndim: Optional[int] = 2,
 
 
 def _to_float32(v: Any, name: str) -> np.ndarray:
-    if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensors, any float dtype
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensors, any real dtype
+        if getattr(v, "is_complex", lambda: False)():
+            raise TypeError(f"state_dict[{name!r}] must be a real array, got dtype {v.dtype}")
         v = v.detach().cpu().float().numpy()
     try:
         arr = np.asarray(v)
@@ -411,11 +413,10 @@ class LanguageModel:
         if optimizer == "adam" and weight_decay > 0:
             raise ValueError("optimizer='adam' has no weight decay; use optimizer='adamw' for decoupled decay")
         grad_scale = _check_float(opts["grad_scale"], "grad_scale")
-        if optimizer == "sgd":
-            momentum = _check_float(opts["momentum"], "momentum")
-            if not 0.0 <= momentum < 1.0:
-                raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        else:
+        momentum = _check_float(opts["momentum"], "momentum")  # checked even when not SGD's
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if optimizer != "sgd":
             b1, b2 = _check_betas(opts["betas"])
             eps = _check_float(opts["eps"], "eps")
             if eps <= 0:
