@@ -122,3 +122,59 @@ def test_matmul_precision_argument():
                                   ops.matmul(a, a, trans_b=True))
     with pytest.raises(ValueError, match="precision"):
         ops.matmul(a, a, trans_b=True, precision="fp8")
+
+
+GOOD = {"shape": (2, 3), "typestr": "<f4", "data": (0xDEAD0000, False), "version": 3, "strides": None}
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    (None, TypeError, "__cuda_array_interface__ must be a dict"),
+    ({"shape": None}, ValueError, "'shape' must be a tuple"),
+    ({"shape": (-1, 4)}, ValueError, "a dimension of 'shape' must be an integer in"),
+    ({"shape": (2**33, 2**31)}, ValueError, "is too large"),
+    ({"shape": (2.0, 3)}, ValueError, "a dimension of 'shape'"),
+    ({"typestr": "zz"}, TypeError, "typestr 'zz'"),
+    ({"typestr": ["<f4"]}, TypeError, "typestr"),
+    ({"data": (0,)}, ValueError, "'data' must be \\(pointer, readonly\\)"),
+    ({"data": (0, False)}, ValueError, "null data pointer"),
+    ({"data": (-5, False)}, ValueError, "the data pointer"),
+    ({"stream": 0}, ValueError, "'stream'"),
+    ({"stream": -5}, ValueError, "'stream'"),
+    ({"strides": (4,)}, ValueError, "'strides' must be None or one int per dimension"),
+    ({"strides": (4, 8)}, ValueError, "must be C-contiguous"),
+    ({"mask": object()}, ValueError, "has a mask"),
+])
+def test_cuda_array_interface_is_checked_before_use(change, exc, match):
+    """Every field of a foreign device array is checked before its pointer is
+    handed to the core (here without a GPU, the parser alone)."""
+    cai = None if change is None else dict(GOOD, **change)
+    with pytest.raises(exc, match=f"^matmul: a.*{match}"):
+        fcuda._parse_interface(cai, "matmul: a")
+
+
+def test_cuda_array_interface_missing_fields():
+    for key in ("shape", "typestr", "data"):
+        cai = dict(GOOD)
+        del cai[key]
+        with pytest.raises(ValueError, match=f"matmul: a: __cuda_array_interface__ has no '{key}'"):
+            fcuda._parse_interface(cai, "matmul: a")
+    assert fcuda._parse_interface(GOOD, "x") == ((2, 3), "float32", 0xDEAD0000, False, None)
+
+
+@pytest.mark.skipif(not fastlm.build_info()["cuda"], reason="no CUDA in this build: DeviceArray is a stub")
+@pytest.mark.parametrize("args, exc, match", [
+    (((2.5,),), TypeError, "shape must hold ints, got float"),
+    ((("a",),), TypeError, "shape must hold ints, got str"),
+    (((True,),), TypeError, "shape must hold ints, got bool"),
+    (("ab",), TypeError, "shape must be an int or a tuple of ints, got str"),
+    (((-1, 4),), ValueError, "dimensions must be >= 0, got -1"),
+    (((2**70,),), ValueError, "does not fit int64"),
+    (((2**33, 2**31),), ValueError, "too many elements"),
+    (((2,), None), TypeError, "dtype must be float32, bfloat16, int32 or int64, got float64"),
+    (((2,), "float64"), TypeError, "dtype must be float32, bfloat16, int32 or int64, got float64"),
+])
+def test_device_array_arguments_are_checked_first(args, exc, match):
+    """Bad shapes and dtypes get a clear error before the GPU is even asked for."""
+    for make in (fastlm.DeviceArray, fastlm.DeviceArray.empty):
+        with pytest.raises(exc, match=match):
+            make(*args)

@@ -29,11 +29,35 @@ def test_env_forces_isa(isa):
     assert r.stdout.strip() == isa
 
 
-def test_env_unknown_isa_is_a_clear_error():
-    r = run_python("import fastlm", {"FASTLM_CPU_ISA": "avx9000"})
+@pytest.mark.parametrize("value, shown", [("avx9000", "avx9000"), ("AVX2", "AVX2"), ("avx512 ", "avx512 "),
+                                          ("\udcff\udcfe", "\\xff\\xfe")])  # bytes ff fe, not UTF-8
+def test_env_unknown_isa_is_a_clear_error(value, shown):
+    r = run_python("import fastlm", {"FASTLM_CPU_ISA": value})
     assert r.returncode != 0
-    assert "unknown CPU ISA 'avx9000'" in r.stderr
-    assert "Segmentation" not in r.stderr
+    assert f"ImportError: FASTLM_CPU_ISA='{shown}': unknown CPU ISA, expected generic, avx2 or avx512" in r.stderr
+    assert "Segmentation" not in r.stderr and "UnicodeDecodeError" not in r.stderr
+
+
+def test_thread_count_is_one_for_the_process():
+    """Set in one Python thread, seen in another (as torch.set_num_threads);
+    an OMP_NUM_THREADS beyond MAX_THREADS starts at MAX_THREADS instead of
+    ending the process when the first team is made."""
+    import threading
+    before = fastlm.get_num_threads()
+    seen = []
+    try:
+        fastlm.set_num_threads(1)
+        t = threading.Thread(target=lambda: seen.append(fastlm.get_num_threads()))
+        t.start()
+        t.join()
+    finally:
+        fastlm.set_num_threads(before)
+    assert seen == [1]
+    code = ("import fastlm, numpy as np; from fastlm import ops; a = np.ones((256, 256), np.float32); "
+            "print(fastlm.get_num_threads(), ops.matmul(a, a)[0, 0])")
+    r = run_python(code, {"OMP_NUM_THREADS": "99999999"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(fastlm.MAX_THREADS), "256.0"]
 
 
 def test_env_unsupported_isa_is_a_clear_error():

@@ -319,3 +319,19 @@ def test_complex_torch_tensors_are_refused():
     sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"].to(torch.complex64)
     with pytest.raises(TypeError, match=r"state_dict\['transformer.wpe.weight'\] must be a real array"):
         m.load_state_dict(sd)
+
+
+def test_load_tokenizer_names_a_directory(tmp_path):
+    with pytest.raises(IsADirectoryError, match="load_tokenizer: .* is a directory"):
+        fastlm.load_tokenizer(tmp_path)
+
+
+def test_bench_helpers_check_their_counts():
+    bench = pytest.importorskip("fastlm.bench")
+    for kw in (dict(rounds=0), dict(block=0), dict(warmup=-1), dict(rounds=1.5)):
+        with pytest.raises(ValueError, match=f"interleaved_times: {next(iter(kw))} must be an int"):
+            bench.interleaved_times({"f": lambda: None}, pause=0.0, **kw)
+    with pytest.raises(ValueError, match="unit must be one of"):
+        bench.Case("c", "zz", 1.0, {"fastlm": lambda: None})
+    with pytest.raises(ValueError, match="rounds must be an int >= 1, got 0"):
+        bench.Case("c", "GB/s", 1.0, {"fastlm": lambda: None}, pause=0.0).run(rounds=0)

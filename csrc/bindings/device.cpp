@@ -149,14 +149,56 @@ py::tuple shape_tuple(const Shape& s) {
   return t;
 }
 
+std::string type_name_of(py::handle obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
+}
+
+// A shape from an int or an iterable of ints (anything with __index__ but a
+// bool), every dimension >= 0 and the byte count within int64.
 Shape shape_from(py::handle obj) {
+  auto is_int = [](py::handle d) {
+    return PyIndex_Check(d.ptr()) && !py::isinstance<py::bool_>(d) &&
+           !py::isinstance(d, py::module_::import("numpy").attr("bool_"));
+  };
+  auto dim = [&](py::handle d) -> int64_t {
+    if (!is_int(d)) throw py::type_error("DeviceArray shape must hold ints, got " + type_name_of(d));
+    const py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(d.ptr()));
+    if (!i) throw py::error_already_set();
+    const long long v = PyLong_AsLongLong(i.ptr());
+    if (v == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      throw py::value_error("DeviceArray shape: dimension " + py::str(i).cast<std::string>() +
+                            " does not fit int64");
+    }
+    if (v < 0) throw py::value_error("DeviceArray shape: dimensions must be >= 0, got " + std::to_string(v));
+    return v;
+  };
   Shape s;
-  if (py::isinstance<py::int_>(obj)) {
-    s.push_back(obj.cast<int64_t>());
+  if (is_int(obj)) {
+    s.push_back(dim(obj));
+  } else if (py::isinstance<py::iterable>(obj) && !py::isinstance<py::str>(obj) &&
+             !py::isinstance<py::bytes>(obj)) {
+    for (py::handle d : obj) s.push_back(dim(d));
   } else {
-    for (py::handle d : obj) s.push_back(d.cast<int64_t>());
+    throw py::type_error("DeviceArray shape must be an int or a tuple of ints, got " + type_name_of(obj));
+  }
+  int64_t n = 8;  // bytes of the widest element
+  for (int64_t d : s) {
+    if (d != 0 && n > INT64_MAX / d) throw py::value_error("DeviceArray shape: too many elements");
+    n *= d;
   }
   return s;
+}
+
+// "float32" etc. from a name or anything numpy.dtype takes (np.float32, ...).
+std::string dtype_name(py::handle dtype) {
+  if (py::isinstance<py::str>(dtype)) return dtype.cast<std::string>();
+  try {
+    return py::str(py::module_::import("numpy").attr("dtype")(dtype).attr("name")).cast<std::string>();
+  } catch (py::error_already_set&) {
+    throw py::type_error("DeviceArray dtype must be float32, bfloat16, int32 or int64, got " +
+                         py::repr(dtype).cast<std::string>());
+  }
 }
 
 py::array to_numpy(const DeviceArray& a) {
@@ -910,14 +952,14 @@ inputs. It exports __cuda_array_interface__ (except bfloat16, which has no
 type string there), so torch.as_tensor(x, device="cuda") and cupy.asarray(x)
 view it without a copy. .numpy() copies it back (bfloat16 as float32).
 )doc")
-      .def(py::init([](py::handle shape, const std::string& dtype) {
-             return new_device(shape_from(shape), parse_type(dtype), true);
+      .def(py::init([](py::handle shape, py::handle dtype) {
+             return new_device(shape_from(shape), parse_type(dtype_name(dtype)), true);
            }),
            py::arg("shape"), py::arg("dtype") = "float32",
            "A zero-filled array of `shape` and `dtype` on the GPU.")
       .def_static("empty",
-                  [](py::handle shape, const std::string& dtype) {
-                    return new_device(shape_from(shape), parse_type(dtype), false);
+                  [](py::handle shape, py::handle dtype) {
+                    return new_device(shape_from(shape), parse_type(dtype_name(dtype)), false);
                   },
                   py::arg("shape"), py::arg("dtype") = "float32")
       .def_static("_from_numpy", &from_numpy, py::arg("array"), py::arg("dtype"))

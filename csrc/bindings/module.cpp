@@ -31,6 +31,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("available_cpu_isas", &cpu::available_isas);
   m.def("_set_cpu_isa", &cpu::set_isa, py::arg("name"));
   m.def("get_num_threads", &cpu::num_threads);
+  m.attr("MAX_THREADS") = cpu::kMaxThreads;
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));
   m.def("build_info", [] {
     py::dict d;

@@ -437,14 +437,14 @@ void attention_forward(const AttentionArgs& a) {
     delete[] scores;
     return;
   }
-  const int nth = omp_get_max_threads();
+  const int nth = num_threads();
   // Query blocks of one head share one Q^T: as many per work item as still
   // leaves every thread a few items.
   int64_t g = imin(nqb, 16);
   while (g > 1 && bh * cdiv(nqb, g) < 4 * nth) g = cdiv(g, 2);
   const int64_t ng = cdiv(nqb, g), items = bh * ng, span = g * kBq, Dp = round_up(D, kW);
   const int64_t scratch = (D + Dp + 2) * span + kBq + kBk * Dp + kBk * kBq;
-#pragma omp parallel
+#pragma omp parallel num_threads(nth)
   {
     float* buf = new float[scratch];
     // Last query groups first: under a causal mask they cost the most.
@@ -462,10 +462,10 @@ void attention_backward(const AttentionGradArgs& g) {
   const int64_t bh = a.batch * a.heads, T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW);
   const int64_t nkb = cdiv(T, kBk), tile_floats = 3 * kBk * Dp + 2 * kBk * kBq;
   const float scale = 1.f / sqrtf((float)D);
-  const int nth = omp_get_max_threads();
+  const int nth = num_threads();
   if (nkb == 1 || bh % nth == 0 || bh >= 4 * nth) {
     // Enough heads to go round: one thread per head, dq accumulated in order.
-#pragma omp parallel
+#pragma omp parallel num_threads(nth)
     {
       float* buf = new float[packed_floats(T, D) + T * Dp + tile_floats];
       const Packed pk = packed_at(buf, T, D);

@@ -5,6 +5,7 @@
 #include <cpuid.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -55,13 +56,33 @@ const Kernels* table_for(const std::string& name) {
   throw std::invalid_argument("unknown CPU ISA '" + name + "': expected generic, avx2 or avx512");
 }
 
+// The variable's value for a message: bytes outside printable ASCII as \xNN
+// (the message becomes a Python str, which must be valid UTF-8).
+std::string printable(const char* s) {
+  std::string out;
+  for (; *s; ++s) {
+    const unsigned char c = (unsigned char)*s;
+    if (c >= 0x20 && c < 0x7f) {
+      out += (char)c;
+    } else {
+      const char* hex = "0123456789abcdef";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
 const Kernels* initial_table() {
   const char* forced = std::getenv("FASTLM_CPU_ISA");
   if (forced && *forced) {
-    const Kernels* t = table_for(forced);
-    if (!t)
-      throw std::invalid_argument(std::string("FASTLM_CPU_ISA=") + forced +
-                                  ": this CPU (or its OS) cannot run that ISA");
+    const std::string shown = std::string("FASTLM_CPU_ISA='") + printable(forced) + "'";
+    const std::string name(forced);
+    if (name != "generic" && name != "avx2" && name != "avx512")
+      throw std::invalid_argument(shown + ": unknown CPU ISA, expected generic, avx2 or avx512");
+    const Kernels* t = table_for(name);
+    if (!t) throw std::invalid_argument(shown + ": this CPU (or its OS) cannot run that ISA");
     return t;
   }
   const std::vector<std::string> isas = available_isas();
@@ -95,11 +116,25 @@ void set_isa(const std::string& name) {
   g_table.store(t, std::memory_order_release);
 }
 
-int num_threads() { return omp_get_max_threads(); }
+namespace {
+std::atomic<int> g_threads{0};  // 0: not read from OpenMP's default yet
+}  // namespace
+
+int num_threads() {
+  int n = g_threads.load(std::memory_order_relaxed);
+  if (n == 0) {
+    const int dflt = std::min(std::max(omp_get_max_threads(), 1), kMaxThreads);
+    g_threads.compare_exchange_strong(n, dflt);  // leaves n as the value now stored
+    n = g_threads.load(std::memory_order_relaxed);
+  }
+  return n;
+}
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
-  omp_set_num_threads(n);
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " +
+                                std::to_string(n));
+  g_threads.store(n, std::memory_order_relaxed);
 }
 
 }  // namespace cpu

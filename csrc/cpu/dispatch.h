@@ -16,7 +16,13 @@ const Kernels& kernels();
 // Switch tables (tests use this to run every ISA in one process).
 void set_isa(const std::string& name);
 
+// The kernels' thread count, one for the whole process (as PyTorch's): set
+// from any thread, seen by all. It starts at OpenMP's default
+// (OMP_NUM_THREADS, else the cores), at most kMaxThreads: far above any core
+// count, far below a team libgomp fails to create (it then ends the process).
+constexpr int kMaxThreads = 1024;
 int num_threads();
+// std::invalid_argument unless 1 <= n <= kMaxThreads.
 void set_num_threads(int n);
 
 }  // namespace cpu

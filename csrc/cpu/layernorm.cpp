@@ -140,7 +140,7 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
   // One contiguous row block per thread, each with its dweight and dbias
   // partials (cols each), added in block order: the result depends only on
   // the thread count.
-  const int64_t nb = par ? imin(omp_get_max_threads(), rows) : 1;
+  const int64_t nb = par ? imin(num_threads(), rows) : 1;
   float* partial = new float[(size_t)nb * 2 * cols];
   parallel_for(nb, par, [&](int64_t t) {
     float* dw_part = partial + (size_t)t * 2 * cols;

@@ -306,7 +306,7 @@ void matmul_blocked(const GemmArgs& g) {
   // Waking a thread team costs more than a small product (and far more when
   // the cores are shared), so small GEMMs stay on the calling thread.
   constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
-  const int nthreads = g.m * g.n * g.k < kMinParallelMacs ? 1 : omp_get_max_threads();
+  const int nthreads = g.m * g.n * g.k < kMinParallelMacs ? 1 : num_threads();
   // A large M splits into blocks of whole MR-row panels, about MC_MAX rows,
   // as many as a multiple of the threads, with panel counts differing by at
   // most one (2048 rows: 171 panels in 12 blocks of 14 or 15, not 11 blocks

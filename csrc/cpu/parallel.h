@@ -7,6 +7,7 @@
 #pragma once
 #include <omp.h>
 
+#include "cpu/dispatch.h"
 #include "cpu/simd.h"
 
 namespace fastlm {
@@ -17,8 +18,9 @@ namespace FASTLM_ISA {
 // (and there is more than one item and more than one thread).
 template <class Body>
 FASTLM_INLINE void parallel_for(int64_t n, bool parallel, const Body& body) {
-  if (parallel && n > 1 && omp_get_max_threads() > 1) {
-#pragma omp parallel for schedule(static)
+  const int nt = parallel && n > 1 ? num_threads() : 1;
+  if (nt > 1) {
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t i = 0; i < n; ++i) body(i);
   } else {
     for (int64_t i = 0; i < n; ++i) body(i);

@@ -58,11 +58,12 @@ def available_cpu_isas() -> List[str]:
 
 # Far above any core count, far below what the OpenMP runtime survives (it
 # fails to create a team of some 30,000 threads and ends the process).
-MAX_THREADS = 1024
+MAX_THREADS: int = _C.MAX_THREADS
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads the kernels use (1 <= n <= ``MAX_THREADS``)."""
+    """Set the number of OpenMP threads the kernels use (1 <= n <= ``MAX_THREADS``),
+    for every Python thread of the process, as ``torch.set_num_threads``."""
     _C.set_num_threads(check_int(n, "set_num_threads: n", 1, MAX_THREADS))
 
 

@@ -55,6 +55,10 @@ def interleaved_times(contenders: Dict[str, Contender], rounds: int = 5, block: 
     (long enough for the library before to park its threads: OpenBLAS's spin
     for some 2^28 cycles and slow whoever runs next on the same cores) and runs
     `warmup` untimed calls (waking its own threads) and `block` timed ones."""
+    for name, v, low in (("rounds", rounds, 1), ("block", block, 1), ("warmup", warmup, 0), ("first", first, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"interleaved_times: {name} must be an int >= {low}, got {v!r}")
+
     def call(c: Contender) -> float:
         setup, fn = c if isinstance(c, tuple) else (None, c)
         if setup is not None:
@@ -128,9 +132,13 @@ class Case:
     pause: float = 0.1
     check: Optional[Callable[[], str]] = None  # asserts fastlm agrees with the reference
 
+    def __post_init__(self) -> None:
+        if self.unit not in SCALE:
+            raise ValueError(f"Case {self.name!r}: unit must be one of {sorted(SCALE)}, got {self.unit!r}")
+
     def run(self, rounds: Optional[int] = None, keep: Optional[Sequence[str]] = None) -> "Result":
         cs = {k: c for k, c in self.contenders.items() if keep is None or k in keep}
-        return Result(self, interleaved_times(cs, rounds or self.rounds, self.block,
+        return Result(self, interleaved_times(cs, self.rounds if rounds is None else rounds, self.block,
                                               self.warmup, self.first, self.pause))
 
 

@@ -151,21 +151,59 @@ def as_device_array(obj: Any, op: str = "as_device_array", name: str = "x") -> D
     except AttributeError:
         raise TypeError(f"{op}: {name} must be a device array (fastlm.DeviceArray or an object "
                         f"exporting __cuda_array_interface__), got {type(obj).__name__}") from None
-    shape = tuple(int(d) for d in cai["shape"])
-    typestr = cai["typestr"]
-    dtype = _TYPESTRS.get(typestr)
-    if dtype is None:
-        raise TypeError(f"{op}: {name} has dtype {np.dtype(typestr)}, which fastlm does not take "
-                        "on the GPU (float32, int32, int64; bfloat16 through fastlm or torch)")
-    if cai.get("mask") is not None:
-        raise ValueError(f"{op}: {name} has a mask, which fastlm does not support")
-    if not _c_contiguous(shape, cai.get("strides"), np.dtype(typestr).itemsize):
-        raise ValueError(f"{op}: {name} must be C-contiguous")
-    ptr, readonly = cai["data"]
-    stream = cai.get("stream")
+    shape, dtype, ptr, readonly, stream = _parse_interface(cai, f"{op}: {name}")
     if stream not in (None, 1, 2):
-        _C._cuda_wait_stream(int(stream))
-    return DeviceArray._borrow(int(ptr or 0), shape, dtype, obj, bool(readonly), f"{op}: {name}")
+        _C._cuda_wait_stream(stream)
+    return DeviceArray._borrow(ptr, shape, dtype, obj, readonly, f"{op}: {name}")
+
+
+def _interface_int(v: Any, what: str, low: int = 0) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not low <= v < 2**63:
+        raise ValueError(f"{what} must be an integer in [{low}, 2**63), got {v!r}")
+    return int(v)
+
+
+def _parse_interface(cai: Any, who: str) -> tuple:
+    """(shape, dtype name, pointer, readonly, stream) of a __cuda_array_interface__
+    dict (version 2 or 3), every field checked before the memory is touched:
+    ValueError or TypeError naming ``who`` and the field."""
+    if not isinstance(cai, dict):
+        raise TypeError(f"{who}: __cuda_array_interface__ must be a dict, got {type(cai).__name__}")
+    for key in ("shape", "typestr", "data"):
+        if key not in cai:
+            raise ValueError(f"{who}: __cuda_array_interface__ has no {key!r}")
+    if not isinstance(cai["shape"], (tuple, list)):
+        raise ValueError(f"{who}: __cuda_array_interface__ 'shape' must be a tuple, got {cai['shape']!r}")
+    shape = tuple(_interface_int(d, f"{who}: a dimension of 'shape'") for d in cai["shape"])
+    typestr = cai["typestr"]
+    dtype = _TYPESTRS.get(typestr) if isinstance(typestr, str) else None
+    if dtype is None:
+        raise TypeError(f"{who} has typestr {typestr!r}, which fastlm does not take on the GPU "
+                        f"({', '.join(_TYPESTRS)}: float32, int32, int64; bfloat16 through fastlm or torch)")
+    itemsize = np.dtype(typestr).itemsize
+    if int(np.prod(shape, dtype=object)) * itemsize >= 2**62:
+        raise ValueError(f"{who}: __cuda_array_interface__ 'shape' {shape} is too large")
+    if cai.get("mask") is not None:
+        raise ValueError(f"{who} has a mask, which fastlm does not support")
+    strides = cai.get("strides")
+    if strides is not None:
+        if not isinstance(strides, (tuple, list)) or len(strides) != len(shape):
+            raise ValueError(f"{who}: __cuda_array_interface__ 'strides' must be None or one int per dimension, "
+                             f"got {strides!r}")
+        strides = tuple(_interface_int(st, f"{who}: a stride", -2**62) for st in strides)
+    if not _c_contiguous(shape, strides, itemsize):
+        raise ValueError(f"{who} must be C-contiguous")
+    data = cai["data"]
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{who}: __cuda_array_interface__ 'data' must be (pointer, readonly), got {data!r}")
+    ptr = _interface_int(data[0] or 0, f"{who}: the data pointer")
+    if ptr == 0 and 0 not in shape:
+        raise ValueError(f"{who}: __cuda_array_interface__ has a null data pointer for a non-empty array")
+    stream = cai.get("stream")
+    if stream is not None:
+        # Version 3 of the interface: 1 and 2 are the default streams, 0 is forbidden.
+        stream = _interface_int(stream, f"{who}: __cuda_array_interface__ 'stream'", 1)
+    return shape, dtype, ptr, bool(data[1]), stream
 
 
 def device_args(op: str, **arrays: Any) -> Optional[Dict[str, Any]]:

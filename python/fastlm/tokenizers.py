@@ -337,6 +337,8 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"load_tokenizer: no such file {p!r}")
+    if os.path.isdir(p):
+        raise IsADirectoryError(f"load_tokenizer: {p!r} is a directory (a tokenizer is a JSON file)")
     with open(p, "rb") as f:
         data = f.read()
     try:
