@@ -78,10 +78,12 @@ const Kernels* initial_table() {
   const char* forced = std::getenv("FASTLM_CPU_ISA");
   if (forced && *forced) {
     const std::string shown = std::string("FASTLM_CPU_ISA='") + printable(forced) + "'";
-    const std::string name(forced);
-    if (name != "generic" && name != "avx2" && name != "avx512")
+    const Kernels* t = nullptr;
+    try {
+      t = table_for(forced);
+    } catch (const std::invalid_argument&) {  // its message would show the raw bytes
       throw std::invalid_argument(shown + ": unknown CPU ISA, expected generic, avx2 or avx512");
-    const Kernels* t = table_for(name);
+    }
     if (!t) throw std::invalid_argument(shown + ": this CPU (or its OS) cannot run that ISA");
     return t;
   }
