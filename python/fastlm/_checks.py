@@ -29,6 +29,14 @@ def check_int(v: Any, name: str, minimum: Optional[int] = None, maximum: Optiona
     return v
 
 
+def check_bool(v: Any, name: str) -> bool:
+    """``v`` as a bool: a bool or NumPy bool only, never read by its truth value
+    (``trans_a="False"`` would transpose)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
 def check_float(v: Any, name: str, minimum: Optional[float] = None, *, strict: bool = False,
                 below: Optional[float] = None) -> float:
     """``v`` as a finite float (bools and strings rejected), >= minimum (> minimum

@@ -23,7 +23,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _C
-from ._checks import INT64_MAX, INT64_MIN, check_float, check_int
+from ._checks import INT64_MAX, INT64_MIN, check_bool, check_float, check_int
 from .cuda import device_args as _device_args
 
 __all__ = [
@@ -46,18 +46,10 @@ __all__ = [
 
 
 # ---- argument checks --------------------------------------------------------------
-# Scalar arguments are checked here, before the call is routed, so that the CPU and
-# the CUDA route reject a bad value alike and the C++ signatures (int64_t, double)
-# never see a value they would reject with pybind11's "incompatible function
-# arguments" message or silently convert.
-
-def _flag_arg(op: str, name: str, value: Any) -> bool:
-    """A bool (or NumPy bool) flag; anything else is a TypeError rather than
-    being read by its truth value (``trans_a="False"`` would transpose)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
+# Scalar arguments go through fastlm._checks before the call is routed, so that the
+# CPU and the CUDA route reject a bad value alike and the C++ signatures (int64_t,
+# double) never see a value they would reject with pybind11's "incompatible function
+# arguments" message or silently convert. Array overlaps are checked here.
 
 def _overlap(a: Any, b: Any) -> bool:
     """Whether two arrays of one call share memory: NumPy arrays exactly
@@ -121,8 +113,8 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
                         f"{type(precision).__name__}")
     if precision not in ("highest", "tf32"):
         raise ValueError(f"matmul: precision must be 'highest' or 'tf32', got {precision!r}")
-    trans_a = _flag_arg("matmul", "trans_a", trans_a)
-    trans_b = _flag_arg("matmul", "trans_b", trans_b)
+    trans_a = check_bool(trans_a, "matmul: trans_a")
+    trans_b = check_bool(trans_b, "matmul: trans_b")
     dev = _device_args("matmul", a=a, b=b, bias=bias)
     if dev is not None:
         return _C.cuda_matmul(dev["a"], dev["b"], trans_a, trans_b, dev["bias"], precision)
@@ -202,7 +194,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     On the GPU q, k, v may be float32 or bfloat16 (out then bfloat16, lse
     float32), with D <= 128.
     """
-    causal = _flag_arg("attention", "causal", causal)
+    causal = check_bool(causal, "attention: causal")
     dev = _device_args("attention", q=q, k=k, v=v)
     if dev is not None:
         return _C.cuda_attention(dev["q"], dev["k"], dev["v"], causal)
@@ -216,7 +208,7 @@ def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
 
     Returns (dq, dk, dv), each (B, H, T, D).
     """
-    causal = _flag_arg("attention_backward", "causal", causal)
+    causal = check_bool(causal, "attention_backward: causal")
     dev = _device_args("attention_backward", dout=dout, q=q, k=k, v=v, out=out, lse=lse)
     if dev is not None:
         return _C.cuda_attention_backward(dev["dout"], dev["q"], dev["k"], dev["v"], dev["out"],
@@ -239,7 +231,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int 
     and dlogits is None.
     """
     ignore_index = check_int(ignore_index, "cross_entropy: ignore_index", INT64_MIN, INT64_MAX)
-    compute_grad = _flag_arg("cross_entropy", "compute_grad", compute_grad)
+    compute_grad = check_bool(compute_grad, "cross_entropy: compute_grad")
     dev = _device_args("cross_entropy", logits=logits, targets=targets, out=out)
     if dev is not None:
         if compute_grad:

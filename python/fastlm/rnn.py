@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _C
-from ._checks import MAX_SIZE, check_int as _check_int
+from ._checks import MAX_SIZE, check_bool, check_int as _check_int
 from .lm import LanguageModel
 from .tokenizers import Tokenizer
 
@@ -113,11 +113,10 @@ class RecurrentLM(LanguageModel):
         batch size matches), otherwise from zeros; the final state is kept
         (:meth:`state`)."""
         x = self._ids(idx)
-        if not isinstance(carry, (bool, np.bool_)):
-            raise TypeError(f"forward: carry must be a bool, got {type(carry).__name__}")
+        carry = check_bool(carry, "forward: carry")
         with self._lock:
             self._cache_owner = None
-            return self._g.forward(x, bool(carry))
+            return self._g.forward(x, carry)
 
     def state(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """Copies of the final recurrent state of the last call: ``(h, c)``,

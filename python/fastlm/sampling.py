@@ -13,7 +13,7 @@ from typing import Any, Iterator, List, Optional, Union
 import numpy as np
 
 from . import _C
-from ._checks import check_float as _check_float, check_int as _check_int
+from ._checks import check_bool, check_float as _check_float, check_int as _check_int
 from .lm import _as_ids
 
 __all__ = ["generate"]
@@ -66,8 +66,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
     """
     ids, one = _check_prompt(model, prompt)
     max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
-    if not isinstance(do_sample, (bool, np.bool_)):
-        raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
+    do_sample = check_bool(do_sample, "do_sample")
     temperature = _check_float(temperature, "temperature")
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature} (use do_sample=False for greedy)")
@@ -82,8 +81,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
         seed = _check_int(seed, "seed", 0, (1 << 64) - 1)
     if eos_token_id is not None:
         eos_token_id = _check_int(eos_token_id, "eos_token_id", 0, V - 1)
-    if not isinstance(stream, (bool, np.bool_)):
-        raise TypeError(f"stream must be a bool, got {type(stream).__name__}")
+    stream = check_bool(stream, "stream")
 
     it = _decode_loop(model, ids, max_new_tokens, float(temperature) if do_sample else 1.0, k, p,
                       bool(do_sample), seed, eos_token_id)
