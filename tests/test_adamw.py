@@ -100,6 +100,34 @@ def test_torch_parity(isa, rng, n):
     assert_error_bound(ours[0], ref64[0], pt.detach().numpy(), name="param vs torch error")
 
 
+def test_beta1_zero_first_moment_is_the_gradient(isa):
+    # At beta1 = 0, torch's lerp makes m the gradient exactly; m + 1 * (g - m)
+    # would round g to the ulp of a much larger previous m (here to 0).
+    p, m, v = np.zeros(33, np.float32), np.zeros(33, np.float32), np.zeros(33, np.float32)
+    for step, g in ((1, 1.0), (2, 1e-9)):
+        grad = np.full(33, g, np.float32)
+        ops.adamw_step(p, grad, m, v, lr=1.0, beta1=0.0, beta2=0.0, weight_decay=0.0, step=step)
+        np.testing.assert_array_equal(m, grad)
+    # Steps of lr * m / (sqrt(v) + eps): 1 / (1 + 1e-8), then 1e-9 / (1e-9 + 1e-8).
+    np.testing.assert_allclose(p, -(1 + 1 / 11), rtol=1e-6)
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.3, 0.5])
+def test_torch_parity_large_lerp_weight(isa, rng, beta1):
+    """1 - beta1 >= 0.5 takes torch's other lerp branch; ours follows it."""
+    torch = torch_or_skip()
+    hp = dict(lr=1e-2, beta1=beta1, beta2=0.99, eps=1e-8, weight_decay=0.1)
+    p0, grads, ours, _, _ = run_steps(rng, 1000, 5, hp)
+    pt = torch.nn.Parameter(torch.tensor(p0))
+    opt = torch.optim.AdamW([pt], lr=hp["lr"], betas=(beta1, hp["beta2"]), eps=hp["eps"],
+                            weight_decay=hp["weight_decay"], foreach=False)
+    for g in grads:
+        pt.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(ours[1], opt.state[pt]["exp_avg"].numpy(), rtol=5e-7, atol=0)
+    np.testing.assert_allclose(ours[0], pt.detach().numpy(), rtol=4e-6, atol=1e-6)
+
+
 def test_deterministic(isa, rng):
     p = rng.standard_normal(100_003).astype(np.float32)
     g = rng.standard_normal(p.shape).astype(np.float32)

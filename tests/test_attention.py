@@ -95,6 +95,19 @@ def test_forward_rows_without_keys(isa, rng):
 
 
 @pytest.mark.parametrize("causal", [True, False])
+def test_forward_nan_query_gives_nan_lse(isa, rng, causal):
+    # A NaN query row is NaN through and through: its lse too, not the -inf of
+    # a row that saw no keys; the other rows are untouched.
+    q, k, v = inputs(rng, 1, 2, 70, 8)
+    q[0, 1, 40, 3] = np.nan
+    out, lse = ops.attention(q, k, v, causal=causal)
+    assert np.all(np.isnan(out[0, 1, 40])) and np.isnan(lse[0, 1, 40])
+    keep = np.ones(lse.shape, bool)
+    keep[0, 1, 40] = False
+    assert np.all(np.isfinite(lse[keep])) and np.all(np.isfinite(out[keep]))
+
+
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_backward(isa, rng, shape, causal):
     q, k, v = inputs(rng, *shape)

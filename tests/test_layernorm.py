@@ -104,6 +104,20 @@ def test_constant_rows(isa):
     np.testing.assert_array_equal(y, np.broadcast_to(b, y.shape))
 
 
+def test_squares_past_float_range(isa):
+    # Row variance beyond float's range: rstd is 0 and y the bias, as in torch,
+    # on every ISA; never the 1/sqrt(eps) of a variance clamped to 0 (which
+    # scaled such a row up 316-fold). A NaN row stays NaN.
+    n = 37
+    x = np.stack([np.r_[1e30, np.linspace(-1, 1, n - 1)], np.r_[-3e25, np.linspace(-1, 1, n - 1)],
+                  np.r_[np.nan, np.linspace(-1, 1, n - 1)]]).astype(np.float32)
+    w, b = np.ones(n, np.float32), np.linspace(-0.5, 0.5, n).astype(np.float32)
+    y, mean, rstd = ops.layernorm(x, w, b, 1e-5)
+    assert np.all(np.isfinite(y[:2])) and np.all(np.abs(y[:2] - b) <= np.sqrt(n))
+    np.testing.assert_array_equal(rstd[0], 0.0)
+    assert np.isnan(rstd[2]) and np.all(np.isnan(y[2]))
+
+
 def test_backward_reference_matches_finite_differences(rng):
     x = rng.standard_normal((3, 7))
     w = 1 + 0.5 * rng.standard_normal(7)

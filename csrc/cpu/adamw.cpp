@@ -16,7 +16,7 @@ constexpr int64_t kBlock = 1 << 13;
 
 struct Coeffs {
   V decay, w1, b2, w2, bc2_sqrt, eps, neg_step, grad_scale;
-  bool scaled;
+  bool scaled, lerp_from_g;
 };
 
 // Torch runs each line as its own kernel, so each result is rounded; the
@@ -28,10 +28,12 @@ FASTLM_INLINE V rounded(V a) {
 
 // param *= decay; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
 // param += -step_size m / (sqrt(v) / sqrt(bc2) + eps).
+// The lerp is torch's: m + w (g - m) for a weight w < 0.5, else g + (w - 1) (g - m)
+// (k.w1 holds w - 1 then), which gives m = g exactly at beta1 = 0.
 FASTLM_INLINE void update(V& p, V g, V& m, V& v, const Coeffs& k) {
   if (k.scaled) g = rounded(g * k.grad_scale);
   p = rounded(p * k.decay);
-  m = vfma(k.w1, g - m, m);
+  m = vfma(k.w1, g - m, k.lerp_from_g ? g : m);
   v = v * k.b2 + (k.w2 * g) * g;
   const V denom = vsqrt(v) / k.bc2_sqrt + k.eps;
   p = p + (k.neg_step * m) / denom;
@@ -67,7 +69,9 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const
   const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
   Coeffs k;
   k.decay = vset((float)(1.0 - lr * wd));
-  k.w1 = vset((float)(1.0 - b1));
+  const float w1 = (float)(1.0 - b1);
+  k.lerp_from_g = w1 >= 0.5f;
+  k.w1 = vset(k.lerp_from_g ? w1 - 1.f : w1);
   k.b2 = vset((float)b2);
   k.w2 = vset((float)(1.0 - b2));
   k.bc2_sqrt = vset((float)std::sqrt(bc2));  // divided by, as torch does

@@ -277,7 +277,7 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
       if (d + kW <= D) vstore(out + d, y);
       else vstore_part(out + d, y, D - d);
     }
-    lse[i] = l[i] > 0.f ? m[i] * scale + logf(l[i]) : -INFINITY;
+    lse[i] = l[i] == 0.f ? -INFINITY : m[i] * scale + logf(l[i]);  // NaN stays NaN
   }
 }
 

@@ -52,9 +52,13 @@ void row_stats(const float* x, int64_t n, float* mean_out, float* var_out) {
     q0 = vfma(d, d, q0);
   }
   const float sd = vsum(s0 + s1) / (float)n;
-  const float var = vsum(q0 + q1) / (float)n - sd * sd;
+  const float msq = vsum(q0 + q1) / (float)n;
+  // Squares past float's range make msq inf, and sd * sd may follow (inf - inf):
+  // the variance is then inf (rstd 0), never NaN clamped to 0, which would
+  // scale the row by 1/sqrt(eps). NaN from a NaN input passes through.
+  const float var = std::isinf(msq) ? msq : msq - sd * sd;
   *mean_out = mean0 + sd;
-  *var_out = fmaxs(var, 0.f);
+  *var_out = var < 0.f ? 0.f : var;
 }
 
 void forward_row(const float* x, const float* w, const float* b, float* y, int64_t n, float eps,

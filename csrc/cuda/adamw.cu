@@ -15,7 +15,7 @@ constexpr int kThreads = 256;
 
 struct Coeffs {
   float decay, w1, b2, w2, bc2_sqrt, eps, neg_step, grad_scale;
-  bool scaled;
+  bool scaled, lerp_from_g;
 };
 
 // param *= decay; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
@@ -23,7 +23,7 @@ struct Coeffs {
 __device__ __forceinline__ void update(float& p, float g, float& m, float& v, const Coeffs& k) {
   if (k.scaled) g = __fmul_rn(g, k.grad_scale);
   p = __fmul_rn(p, k.decay);
-  m = fmaf(k.w1, g - m, m);
+  m = fmaf(k.w1, g - m, k.lerp_from_g ? g : m);  // torch's lerp, as the CPU's
   v = __fadd_rn(__fmul_rn(v, k.b2), __fmul_rn(__fmul_rn(k.w2, g), g));
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), k.bc2_sqrt), k.eps);
   p = __fadd_rn(p, __fdiv_rn(__fmul_rn(k.neg_step, m), denom));
@@ -64,7 +64,9 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const
   const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
   Coeffs k;
   k.decay = (float)(1.0 - lr * wd);
-  k.w1 = (float)(1.0 - b1);
+  const float w1 = (float)(1.0 - b1);
+  k.lerp_from_g = w1 >= 0.5f;
+  k.w1 = k.lerp_from_g ? w1 - 1.f : w1;
   k.b2 = (float)b2;
   k.w2 = (float)(1.0 - b2);
   k.bc2_sqrt = (float)std::sqrt(bc2);

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) fwd_f32_kernel(const FwdParams p) {
 #pragma unroll
     for (int u = 0; u < NU; ++u)
       if (c + 4 * u < D) orow[c + 4 * u] = o[u] * inv;
-    if (c == 0) p.lse[(b * p.heads + h) * p.seq_q + i] = l > 0.f ? m + logf(l) : -INFINITY;
+    if (c == 0) p.lse[(b * p.heads + h) * p.seq_q + i] = l == 0.f ? -INFINITY : m + logf(l);
   }
 }
 

@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
         const int d = 8 * dt + 2 * L.t + e;
         if (d < D) orow[d] = __float2bfloat16_rn(o[dt][2 * hr + e] * inv);
       }
-    if (L.t == 0) lse[i] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
+    if (L.t == 0) lse[i] = lt == 0.f ? -INFINITY : (m[hr] + log2f(lt)) * kLn2;
   }
 }
 

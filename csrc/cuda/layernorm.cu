@@ -36,7 +36,9 @@ __global__ void layernorm_forward_kernel(const float* __restrict__ x, const floa
     q = fmaf(d, d, q);
   }
   const float dm = block_sum(sd, red) / (float)cols;
-  const float var = fmaxf(block_sum(q, red) / (float)cols - dm * dm, 0.f);
+  const float msq = block_sum(q, red) / (float)cols;
+  const float v = isinf(msq) ? msq : msq - dm * dm;  // as the CPU's row_stats
+  const float var = v < 0.f ? 0.f : v;
   const float mu = mean0 + dm;
   const float r = 1.f / sqrtf(var + eps);
   if (threadIdx.x == 0) {
