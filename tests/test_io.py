@@ -1,10 +1,17 @@
-"""Atomic writes: the target holds the old or the new content, never a mix."""
+"""Atomic writes: the target holds the old or the new content, never a mix;
+checkpoint directories survive killed saves and overlapping loads."""
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
+from fastlm import _io as fio
+from fastlm import checkpoint as ck
 from fastlm._io import atomic_open, atomic_replace_dir, atomic_write
 
 
@@ -139,9 +146,102 @@ def test_atomic_replace_dir_failed_rename_restores_old(tmp_path, monkeypatch):
         return real_rename(a, b)
 
     monkeypatch.setattr(os, "rename", flaky)
+    monkeypatch.setattr(fio, "_exchange", lambda a, b: False)  # the two-rename fallback
     with pytest.raises(OSError, match="simulated"):
         atomic_replace_dir(tmp, final)
     monkeypatch.undo()
     assert (final / "model.bin").read_bytes() == b"old"
     assert (tmp / "model.bin").read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "new"]
+
+
+def _dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_atomic_replace_dir_swaps_in_one_step_where_it_can(tmp_path, monkeypatch):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "model.bin").write_bytes(b"old")
+    tmp = tmp_path / "new"
+    tmp.mkdir()
+    (tmp / "model.bin").write_bytes(b"new")
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: renames.append((a, b)) or real_rename(a, b))
+    atomic_replace_dir(tmp, final)
+    assert (final / "model.bin").read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["ckpt"]
+    if hasattr(fio._LIBC, "renameat2"):
+        assert renames == []  # renameat2's exchange: no moment without a checkpoint
+
+
+def test_tidy_siblings_restores_and_removes_what_a_killed_save_left(tmp_path):
+    final = tmp_path / "ckpt"
+    dead, live = _dead_pid(), os.getpid()
+    for name, content in ((f".ckpt.old-{dead}-0a", b"old"), (f".ckpt.tmp-{dead}-0b", b"half"),
+                          (f".ckpt.tmp-{live}-0c", b"mine"), (".other.tmp-1-0d", b"x")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.bin").write_bytes(content)
+    fio.tidy_siblings(str(final))
+    assert (final / "model.bin").read_bytes() == b"old"  # killed between the fallback's renames
+    assert sorted(os.listdir(tmp_path)) == [f".ckpt.tmp-{live}-0c", ".other.tmp-1-0d", "ckpt"]
+
+
+def _tiny_checkpoint(path, value, **kw):
+    ck.save_checkpoint(path, config={"model_type": "toy", "value": value},
+                       tensors={"w": np.full((4, 3), value, np.float32)},
+                       trainer_state={"step": value}, **kw)
+
+
+def test_load_restores_a_checkpoint_left_between_renames(tmp_path):
+    _tiny_checkpoint(tmp_path / "ckpt", 1)
+    os.rename(tmp_path / "ckpt", tmp_path / f".ckpt.old-{_dead_pid()}-0a")
+    got = ck.load_checkpoint(tmp_path / "ckpt")
+    assert got.config["value"] == 1 and sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_load_overlapping_a_save_reads_one_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt"
+    _tiny_checkpoint(path, 1)
+    real = ck._read_safetensors
+    saves = iter([2, 3])
+
+    def save_meanwhile(p, required=True):  # another process replaces the directory mid-read
+        out = real(p, required)
+        value = next(saves, None)
+        if value is not None:
+            _tiny_checkpoint(path, value)
+        return out
+
+    monkeypatch.setattr(ck, "_read_safetensors", save_meanwhile)
+    got = ck.load_checkpoint(path)
+    assert got.config["value"] == got.trainer_state["step"] == 3
+    np.testing.assert_array_equal(got.tensors["w"], 3)
+
+
+def test_save_through_a_symlink_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink("real", tmp_path / "latest")
+    _tiny_checkpoint(tmp_path / "latest", 1)
+    _tiny_checkpoint(tmp_path / "latest", 2)
+    assert os.path.islink(tmp_path / "latest")
+    assert ck.load_checkpoint(tmp_path / "real").config["value"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["latest", "real"]
+    (tmp_path / "file.txt").write_text("a")
+    os.symlink("file.txt", tmp_path / "link.txt")
+    atomic_write(tmp_path / "link.txt", "b")
+    assert os.path.islink(tmp_path / "link.txt") and (tmp_path / "file.txt").read_text() == "b"
+
+
+def test_save_keeps_the_directory_and_file_permissions(tmp_path):
+    path = tmp_path / "ckpt"
+    _tiny_checkpoint(path, 1)
+    os.chmod(path / ck.CONFIG_FILE, 0o600)
+    os.chmod(path, 0o700)
+    _tiny_checkpoint(path, 2)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path / ck.CONFIG_FILE).st_mode) == 0o600
+    assert ck.load_checkpoint(path).config["value"] == 2

@@ -10,18 +10,24 @@ the target, flushes and ``fsync``s it, and ``os.replace``s it over the target
 * :func:`atomic_write` -- write a whole ``bytes``/``str`` payload.
 * :func:`atomic_open` -- a context manager giving a file object to write into.
 * :func:`atomic_replace_dir` -- move a fully written directory (a checkpoint)
-  into place.
+  into place; :func:`sibling_dir` names the hidden directories beside it,
+  :func:`tidy_siblings` restores or removes those a killed process left.
+
+A symlink is written through: its target is replaced, the link stays.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, Optional, Union
 
-__all__ = ["atomic_write", "atomic_open", "atomic_replace_dir"]
+__all__ = ["atomic_write", "atomic_open", "atomic_replace_dir", "sibling_dir", "tidy_siblings"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -91,6 +97,8 @@ def atomic_open(path: PathLike, mode: str = "wb", *, encoding: str = "utf-8") ->
     The parent directory must exist (``FileNotFoundError`` otherwise).
     """
     path = _check_path(path)
+    if os.path.islink(path):  # written through: the target is replaced, the link stays
+        path = os.path.realpath(path)
     if not isinstance(mode, str):
         raise TypeError(f"mode must be a str, got {type(mode).__name__}")
     if mode not in _WRITE_MODES:
@@ -163,6 +171,79 @@ def _fsync_tree(root: str) -> None:
         _fsync_path(dirpath)
 
 
+def sibling_dir(final_dir: str, kind: str) -> str:
+    """A fresh hidden name beside ``final_dir`` for a directory of this process:
+    ``.<name>.<kind>-<pid>-<random>``, kind ``"tmp"`` (being written) or ``"old"``
+    (the replaced copy, deleted once the new one is in place)."""
+    parent, name = os.path.split(final_dir)
+    return os.path.join(parent, f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def tidy_siblings(final_dir: str) -> None:
+    """Clean up after a process killed while replacing ``final_dir``: restore the
+    newest ``old`` copy when ``final_dir`` is missing (the kill fell between the
+    two renames of the fallback swap), and delete the ``tmp`` and ``old``
+    directories of processes no longer running on this machine. Best effort:
+    what cannot be listed, renamed or removed is left as it is."""
+    parent, name = os.path.split(final_dir)
+    pattern = re.compile(r"\." + re.escape(name) + r"\.(tmp|old)-(\d+)-[0-9a-f]+")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    dead = []
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if m and not _pid_alive(int(m.group(2))):
+            dead.append((m.group(1), os.path.join(parent, entry)))
+    if not os.path.lexists(final_dir):
+        olds = sorted((p for kind, p in dead if kind == "old"), key=os.path.getmtime)
+        if olds:
+            try:
+                os.rename(olds[-1], final_dir)
+                dead.remove(("old", olds[-1]))
+            except OSError:
+                pass
+    for _, p in dead:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the directory entries ``a`` and ``b`` in one atomic step (Linux's
+    renameat2 with RENAME_EXCHANGE); False where the C library or the file
+    system cannot, so the caller falls back to two renames."""
+    fn = getattr(_LIBC, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _load_libc() -> Optional[ctypes.CDLL]:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = True) -> None:
     """Move the fully written directory ``tmp_dir`` to ``final_dir``, replacing
     any existing ``final_dir``.
@@ -173,17 +254,18 @@ def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = 
     1. with ``fsync=True`` (default), ``fsync`` every file in ``tmp_dir`` and
        the directory itself, so its content is durable before it becomes
        visible;
-    2. if ``final_dir`` exists, rename it aside to a hidden sibling
-       ``.<name>.old-<random>``;
-    3. rename ``tmp_dir`` to ``final_dir`` (if this fails the old directory is
-       renamed back and the error propagates, so nothing is lost);
-    4. ``fsync`` the parent directory, then delete the old directory.
+    2. if ``final_dir`` exists, exchange the two in one atomic step (Linux), so
+       that ``tmp_dir`` now holds the old copy; where the system cannot, rename
+       ``final_dir`` aside to a hidden sibling (:func:`sibling_dir`, kind
+       ``old``), then ``tmp_dir`` to ``final_dir`` (if this fails the old
+       directory is renamed back and the error propagates, so nothing is lost);
+    3. ``fsync`` the parent directory, then delete the old copy.
 
     A crash leaves either the old or the new complete directory under
-    ``final_dir``, except in the short window between steps 2 and 3, where
-    ``final_dir`` is missing and the old copy sits complete under its
-    ``.<name>.old-*`` name (POSIX has no portable atomic directory swap), and
-    after step 3 a leftover ``.old-*`` directory may remain and can be deleted.
+    ``final_dir``, except, on the fallback, in the short window between its two
+    renames, where ``final_dir`` is missing and the old copy sits complete
+    under its ``old`` name; :func:`tidy_siblings` restores it, and removes a
+    leftover old copy or unfinished ``tmp_dir`` of a killed process.
 
     ``tmp_dir`` and ``final_dir`` must be on the same file system (best: the
     same parent directory), otherwise the rename fails with ``OSError``.
@@ -194,6 +276,8 @@ def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = 
     """
     src = os.path.abspath(_check_path(tmp_dir, "tmp_dir"))
     dst = os.path.abspath(_check_path(final_dir, "final_dir"))
+    if os.path.islink(dst):
+        dst = os.path.realpath(dst)
     if not os.path.exists(src):
         raise FileNotFoundError(f"atomic_replace_dir: tmp_dir {src!r} does not exist")
     if not os.path.isdir(src):
@@ -212,15 +296,18 @@ def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = 
         _fsync_tree(src)
 
     old = ""
-    if os.path.lexists(dst):
-        old = os.path.join(parent, f".{os.path.basename(dst)}.old-{uuid.uuid4().hex[:12]}")
-        os.rename(dst, old)
-    try:
-        os.rename(src, dst)
-    except BaseException:
-        if old:
-            os.rename(old, dst)
-        raise
+    if os.path.lexists(dst) and _exchange(src, dst):
+        old = src  # the old copy, now under tmp_dir's name
+    else:
+        if os.path.lexists(dst):
+            old = sibling_dir(dst, "old")
+            os.rename(dst, old)
+        try:
+            os.rename(src, dst)
+        except BaseException:
+            if old:
+                os.rename(old, dst)
+            raise
     _fsync_path(parent)
     if os.path.dirname(src) != parent:
         _fsync_path(os.path.dirname(src))

@@ -20,8 +20,12 @@ PyTorch/nanoGPT::
     model.load_state_dict(sd)
 
 Writes are crash-safe: every file goes into a fresh hidden directory beside
-the target, which then replaces the target in one rename
-(:func:`fastlm._io.atomic_replace_dir`). Files in an existing target that are
+the target, which then replaces the target in one atomic step
+(:func:`fastlm._io.atomic_replace_dir`); the hidden directories a killed save
+left are cleaned up by the next save or load. The new directory keeps the
+permissions and group of the one it replaces, a symlinked target is written
+through, and a load that overlaps a save in another process reads one
+checkpoint whole, never parts of two. Files in an existing target that are
 not checkpoint files (say a run's ``metrics.jsonl``) are carried over; since
 the whole directory is replaced, a target holding a subdirectory, a mount
 point (such as ``/``) and the current working directory or one holding it are
@@ -34,14 +38,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
 from ._checks import INT64_MAX
-from ._io import _UMASK, atomic_replace_dir
+from ._io import _UMASK, atomic_replace_dir, sibling_dir, tidy_siblings
 from .tokenizers import Tokenizer, tokenizer_from_json
 
 __all__ = [
@@ -124,6 +127,27 @@ def _carry_over(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _keep_permissions(final: str, tmp: str) -> None:
+    """Give the new checkpoint files in ``tmp`` the permissions of the files they
+    replace in ``final`` (the usual ``0o666 & ~umask`` for new ones: safetensors
+    creates its files 0600), and ``tmp`` those and the group of ``final``."""
+    for entry in os.listdir(tmp):
+        try:
+            mode = os.stat(os.path.join(final, entry)).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(os.path.join(tmp, entry), mode)
+    try:
+        st = os.stat(final)
+    except OSError:
+        return
+    try:
+        os.chown(tmp, -1, st.st_gid)
+    except OSError:
+        pass
+    os.chmod(tmp, st.st_mode & 0o7777)
+
+
 def check_save_target(path: PathLike) -> None:
     """Raise ``ValueError`` for a directory :func:`save_checkpoint` refuses to
     replace, since its replacement would take more than a checkpoint with it (see
@@ -162,12 +186,15 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
     """
     stn = _safetensors_numpy()
     final = os.path.abspath(_fspath(path))
+    if os.path.islink(final):  # written through: the link stays
+        final = os.path.realpath(final)
     if os.path.lexists(final) and not os.path.isdir(final):
         raise NotADirectoryError(f"save: {final!r} exists and is not a directory")
     check_save_target(final)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
+    tidy_siblings(final)
+    tmp = sibling_dir(final, "tmp")
     os.mkdir(tmp)
     try:
         cfg = dict(config)
@@ -192,12 +219,11 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
             state["format_version"] = FORMAT_VERSION
             with open(os.path.join(tmp, TRAINER_STATE_FILE), "w", encoding="utf-8") as f:
                 f.write(_json_dumps(state))
-        for entry in os.listdir(tmp):  # safetensors creates its files 0600
-            os.chmod(os.path.join(tmp, entry), 0o666 & ~_UMASK)
         if os.path.isdir(final):
             for entry in os.listdir(final):
                 if entry not in CHECKPOINT_FILES:
                     _carry_over(os.path.join(final, entry), os.path.join(tmp, entry))
+        _keep_permissions(final, tmp)
         atomic_replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -278,6 +304,19 @@ def is_checkpoint(path: PathLike) -> bool:
     return os.path.isfile(os.path.join(p, CONFIG_FILE)) and os.path.isfile(os.path.join(p, MODEL_FILE))
 
 
+def _identity(path: str) -> Optional[tuple]:
+    """Which directory ``path`` names now: a save replaces it with a new one (whose
+    inode number may be the one just freed, but not its change time)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+_LOAD_ATTEMPTS = 5
+
+
 def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
     """Read the checkpoint directory ``path`` (see the module docstring).
 
@@ -285,8 +324,28 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
     read (enough for sampling). Raises ``FileNotFoundError`` for a missing
     directory, ``config.json`` or ``model.safetensors``; ``ValueError`` naming
     the file for one that is truncated or corrupt. Shapes and names are not
-    checked here (the model's ``load_state_dict`` does that).
+    checked here (the model's ``load_state_dict`` does that). A checkpoint
+    that another process replaces while it is read is read again, whole.
     """
+    p = _fspath(path)
+    for _ in range(_LOAD_ATTEMPTS):
+        before = _identity(p)
+        if before is None:  # a save killed between the fallback swap's renames?
+            tidy_siblings(os.path.abspath(p))
+            before = _identity(p)
+        try:
+            ckpt = _load_once(p, optimizer)
+        except (FileNotFoundError, ValueError):
+            if _identity(p) == before:
+                raise
+            continue
+        if _identity(p) == before:
+            return ckpt
+    raise ValueError(f"load: checkpoint {p!r} was replaced {_LOAD_ATTEMPTS} times while it was read "
+                     "(another process saving into it?)")
+
+
+def _load_once(path: str, optimizer: bool) -> Checkpoint:
     p = _check_dir(path, "load")
     cfg = read_config(p)
     tensors, _ = _read_safetensors(os.path.join(p, MODEL_FILE))
