@@ -35,6 +35,14 @@ def trained(corpus, tmp_path_factory):
     return out
 
 
+def _env():
+    """The environment of a ``python -m fastlm`` subprocess that imports this fastlm."""
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlm.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
 def _error_line(capsys):
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
@@ -97,6 +105,17 @@ def test_resume_and_overwrite(corpus, trained, tmp_path, capsys):
     assert fastlm.model.Transformer.load(out).optimizer_step == 3
 
 
+def test_out_through_a_symlink(corpus, tmp_path):
+    # --out a symlink, dangling at first: the run lives in its target, the link stays.
+    os.symlink("real", tmp_path / "latest")
+    for steps in ("3", "5"):
+        extra = ["--resume"] if steps == "5" else []
+        assert main(["train", str(corpus), "--out", str(tmp_path / "latest"), "--steps", steps] + TINY + extra) == 0
+    assert os.path.islink(tmp_path / "latest") and sorted(os.listdir(tmp_path)) == ["latest", "real"]
+    rows = (tmp_path / "real" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5]
+
+
 def test_resume_keeps_the_runs_training_flags(corpus, tmp_path, capsys):
     """Flags not given on --resume keep the run's values: an LSTM's window
     stays 8 (not the default 64), the batch 3, the learning rates and the SGD
@@ -117,6 +136,23 @@ def test_resume_keeps_the_runs_training_flags(corpus, tmp_path, capsys):
     assert main(["train", str(corpus), "--out", str(out), "--steps", "5", "--resume", "--lr", "0.01",
                  "--no-progress"]) == 0
     assert json.loads((out / "trainer_state.json").read_text())["fit"]["lr"] == 0.01  # a given flag wins
+
+
+def test_resume_refuses_another_tokenizer_and_corpus(corpus, trained, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    capsys.readouterr()
+    assert main(["train", str(corpus), "--out", str(out), "--steps", "22", "--resume", "--tokenizer", "byte"]) == 2
+    assert "--tokenizer byte differs from the checkpoint's char" in _error_line(capsys)
+    other = tmp_path / "other.txt"
+    other.write_text("The Zebra " * 300, encoding="utf-8")
+    assert main(["train", str(other), "--out", str(out), "--steps", "22", "--resume"]) == 2
+    line = _error_line(capsys)
+    assert f"corpus {str(other)!r} does not fit the tokenizer of the checkpoint in {str(out)!r}" in line, line
+    assert main(["train", str(corpus), "--out", str(out), "--steps", "22", "--resume", "--tokenizer", "char",
+                 "--no-progress"]) == 0
+    assert fastlm.model.Transformer.load(out).optimizer_step == 22
 
 
 def test_default_corpus(tmp_path, capsys):
@@ -146,7 +182,7 @@ def test_default_corpus(tmp_path, capsys):
     (["sample", "{trained}", "--temperature", "0"], "--temperature"),
     (["sample", "{trained}", "--max-new-tokens", "-1"], "--max-new-tokens"),
     (["sample", "{trained}", "--temperature", "inf"], "--temperature"),
-    (["sample", "{trained}", "--seed", str(2**64)], "seed"),
+    (["sample", "{trained}", "--seed", str(2**64)], "argument --seed: expected an integer below 2**64"),
     (["sample", "{trained}", "--threads", "100000"], "--threads"),
     (["train", "{corpus}", "--out", "{tmp}/o", "--threads", "100000"], "--threads"),
     (["train", "{corpus}", "--out", "{tmp}/o", "--lr", "-1"], "--lr"),
@@ -194,6 +230,60 @@ def test_corrupt_checkpoint_is_a_clean_error(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(bad), "--prompt", "the"]) == 2
     assert "model.safetensors" in _error_line(capsys)
+
+
+def test_sample_a_padded_vocabulary(trained, tmp_path, capsys):
+    """A model of more ids than its tokenizer (the docs allow it) samples only
+    ids the tokenizer decodes, even when the padded ones are the likeliest."""
+    m = fastlm.model.Transformer.load(trained)
+    V, C = m.tokenizer.vocab_size, m.config["n_embd"]
+    arch = {k: m.config[k] for k in ("block_size", "n_layer", "n_head", "n_embd")}
+    padded = fastlm.model.Transformer(V + 5, tokenizer=m.tokenizer, **arch)
+    sd = padded.state_dict()
+    sd.pop("lm_head.weight")
+    sd["transformer.ln_f.weight"][:] = 0.0  # ln_f's output is all ones: a logit is the sum of a wte row
+    sd["transformer.ln_f.bias"][:] = 1.0
+    sd["transformer.wte.weight"][V:] = 20.0 / C  # the padded ids' logits are 20
+    padded.load_state_dict(sd)
+    padded.save(tmp_path / "padded")
+    for extra in ([], ["--greedy"], ["--num-samples", "3"]):
+        capsys.readouterr()
+        assert main(["sample", str(tmp_path / "padded"), "--prompt", "the", "--max-new-tokens", "20"] + extra) == 0
+        out = capsys.readouterr()
+        assert out.err == "" and out.out.startswith("the")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "{corpus}", "--out", "{tmp}/o", "--n-layer", "1", "--n-head", "1", "--n-embd", "2000000"],
+    ["train", "{corpus}", "--out", "{tmp}/o", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size",
+     "16", "--batch-size", "100000000", "--no-progress"],
+    ["sample", "{trained}", "--prompt", "the", "--max-new-tokens", "5", "--num-samples", "100000000"],
+])
+def test_out_of_memory_is_one_line(argv, corpus, trained, tmp_path):
+    """A model, batch or sample count too large for the machine (here: a 4 GiB
+    address space) is a user mistake like any other."""
+    import resource
+    args = [a.replace("{corpus}", str(corpus)).replace("{tmp}", str(tmp_path)).replace("{trained}", str(trained))
+            for a in argv]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "fastlm"] + args, capture_output=True, text=True, env=_env(),
+                       timeout=300, preexec_fn=limit)
+    err = [line for line in r.stderr.splitlines() if not line.startswith("fastlm: training")]
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("fastlm: error: out of memory: "), r.stderr
+
+
+def test_sample_into_a_closed_pipe_exits_quietly(trained):
+    """`fastlm sample ... | head -c 10`: no error once the reader has gone."""
+    with subprocess.Popen([sys.executable, "-m", "fastlm", "sample", str(trained), "--prompt", "the",
+                           "--max-new-tokens", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=_env()) as p:
+        assert len(p.stdout.read(10)) == 10
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141 and err == ""
 
 
 def test_info_and_help(capsys):
@@ -257,9 +347,7 @@ def test_bench_allocator_reuses_freed_blocks():
 
 
 def test_python_dash_m(tmp_path):
-    env = dict(os.environ)
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlm.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = _env()
     r = subprocess.run([sys.executable, "-m", "fastlm", "info"], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 0 and "fastlm" in r.stdout

@@ -2,6 +2,7 @@
 checkpoint directories survive killed saves and overlapping loads."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -245,3 +246,13 @@ def test_save_keeps_the_directory_and_file_permissions(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path / ck.CONFIG_FILE).st_mode) == 0o600
     assert ck.load_checkpoint(path).config["value"] == 2
+
+
+@pytest.mark.parametrize("version, match", [("1", "must be an integer"), (True, "must be an integer"),
+                                            (99, "unsupported format_version 99")])
+def test_read_config_format_version(tmp_path, version, match):
+    _tiny_checkpoint(tmp_path / "ckpt", 1)
+    cfg = tmp_path / "ckpt" / ck.CONFIG_FILE
+    cfg.write_text(f'{{"model_type": "toy", "format_version": {json.dumps(version)}}}')
+    with pytest.raises(ValueError, match=match):
+        ck.read_config(tmp_path / "ckpt")

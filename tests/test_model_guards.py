@@ -335,3 +335,78 @@ def test_bench_helpers_check_their_counts():
         bench.Case("c", "zz", 1.0, {"fastlm": lambda: None})
     with pytest.raises(ValueError, match="rounds must be an int >= 1, got 0"):
         bench.Case("c", "GB/s", 1.0, {"fastlm": lambda: None}, pause=0.0).run(rounds=0)
+
+
+@pytest.mark.parametrize("make, edit", [
+    (_gpt, {"vocab_size": 2**31 - 1}),  # built first, this was a MemoryError
+    (_gpt, {"vocab_size": V + 1}),  # built first, this blamed model.safetensors alone
+    (_gpt, {"n_layer": 3}),
+    (_gpt, {"block_size": 9}),
+    (_gpt, {"n_embd": 16}),
+    (lambda: fastlm.LSTMLM(V, embed_dim=4, hidden_size=6, num_layers=2), {"num_layers": 3}),
+    (lambda: fastlm.GRULM(V, embed_dim=4, hidden_size=6, num_layers=2), {"hidden_size": 7}),
+    (lambda: fastlm.GRULM(V, embed_dim=4, hidden_size=6, num_layers=2), {"embed_dim": 5}),
+])
+def test_load_checks_config_sizes_against_the_weights(tmp_path, make, edit):
+    """A config.json whose sizes are not those of model.safetensors is refused
+    naming both, before the model it describes is allocated."""
+    make().save(tmp_path / "c")
+    _edit_json(tmp_path / "c" / "config.json", lambda d: d.update(edit))
+    key = next(iter(edit))
+    with pytest.raises(ValueError, match=rf"config\.json' does not match '.*model\.safetensors': {key} {edit[key]}, "
+                                         r"but (\S+ has shape|the weights have [12]$)"):
+        fastlm.LanguageModel.load(tmp_path / "c")
+
+
+def _padded(make, tokenizer):
+    """A model of V ids with a tokenizer of 6, whose padded ids 6..V-1 have the largest logits."""
+    m = make()
+    sd = m.state_dict()
+    if "fc.bias" in sd:
+        sd["fc.bias"][6:] = 100.0
+    else:  # ln_f's output is all ones, so a token's logit is the sum of its wte row
+        sd.pop("lm_head.weight")
+        sd["transformer.ln_f.weight"][:] = 0.0
+        sd["transformer.ln_f.bias"][:] = 1.0
+        sd["transformer.wte.weight"][6:] = 1.0
+    m.load_state_dict(sd)
+    m.tokenizer = tokenizer
+    return m
+
+
+@pytest.mark.parametrize("make", [_gpt, lambda: fastlm.LSTMLM(V, embed_dim=4, hidden_size=6, num_layers=1)])
+def test_generate_draws_only_ids_the_tokenizer_decodes(make):
+    tok = CharTokenizer.from_text("abcdef")
+    m = _padded(make, tok)
+    prompt = np.array([[0, 1], [2, 3]])
+    for kw in (dict(do_sample=False), dict(seed=0), dict(seed=1, top_k=50, temperature=2.0)):
+        new = m.generate(prompt, 20, **kw)[:, 2:]
+        assert (new < 6).all(), (kw, new)
+        tok.decode(new[0])
+    assert all(t < 6 for t in m.generate(np.array([1]), 10, seed=0, stream=True))
+    m.tokenizer = None  # without one every id is drawn
+    assert (m.generate(prompt, 6, do_sample=False)[:, 2:] >= 6).all()
+
+
+@pytest.mark.parametrize("fit, match", [
+    ([1, 2], "must be an object, got list"),
+    ({"betas": 5}, r"betas must be a pair"),
+    ({"batch_size": -4}, "batch_size must be >= 1"),
+    ({"batch_size": 2**31}, "batch_size must be <= 2147483647"),
+    ({"lr": "abc"}, "lr must be a number, got str"),
+    ({"min_lr": 1.0}, r"min_lr \(1.0\) must not exceed lr"),
+    ({"momentum": 1.0}, "momentum must be < 1.0"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+    ({"stateful": "no"}, "stateful must be a bool"),
+    ({"steps": 2**63}, "steps must be <="),
+])
+def test_fit_settings_are_checked(tmp_path, fit, match):
+    """trainer_state.json's 'fit' entry, which `fastlm train --resume` reuses."""
+    d = tmp_path / "c"
+    _gpt().fit(np.arange(100) % V, steps=1, batch_size=1, checkpoint_dir=d, progress=False)
+    _edit_json(d / "trainer_state.json",
+               lambda s: s.update(fit=fit if isinstance(fit, list) else dict(s["fit"], **fit)))
+    with pytest.raises(ValueError, match=r"trainer_state\.json' is corrupt: bad 'fit' settings \(.*" + match):
+        fastlm.Transformer.load(d)
+    with pytest.raises(ValueError, match=r"trainer_state\.json' is corrupt: bad 'fit' settings"):
+        _gpt().fit(np.arange(100) % V, steps=2, batch_size=1, checkpoint_dir=d, resume=True, progress=False)

@@ -289,7 +289,9 @@ def read_config(path: PathLike) -> Dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ValueError(f"checkpoint file {cpath!r} must hold a JSON object, got {type(cfg).__name__}")
     version = cfg.get("format_version", FORMAT_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"checkpoint file {cpath!r} is corrupt: format_version must be an integer, got {version!r}")
+    if not 1 <= version <= FORMAT_VERSION:
         raise ValueError(f"checkpoint file {cpath!r} has unsupported format_version {version!r} "
                          f"(this fastlm reads <= {FORMAT_VERSION})")
     return cfg

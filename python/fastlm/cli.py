@@ -9,7 +9,8 @@
 
 User mistakes (a missing file or checkpoint, a bad flag or value) print one
 line ``fastlm: error: ...`` on stderr and exit with status 2; set
-``FASTLM_DEBUG=1`` to see the traceback instead.
+``FASTLM_DEBUG=1`` to see the traceback instead. A reader of stdout that
+goes away (``fastlm sample ... | head``) ends it quietly with status 141.
 """
 from __future__ import annotations
 
@@ -59,11 +60,18 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
-def _model_seed(s: str) -> int:
-    v = _nonneg_int(s)
-    if v >= 2**63:  # a checkpoint stores it as an int64
-        raise argparse.ArgumentTypeError(f"expected an integer below 2**63, got {v}")
-    return v
+def _int_below_2_to(bits: int):
+    """An argparse type: an integer in [0, 2**bits)."""
+    def parse(s: str) -> int:
+        v = _nonneg_int(s)
+        if v >= 2**bits:
+            raise argparse.ArgumentTypeError(f"expected an integer below 2**{bits}, got {v}")
+        return v
+    return parse
+
+
+_model_seed = _int_below_2_to(63)  # a checkpoint stores it as an int64
+_sampler_seed = _int_below_2_to(64)
 
 
 def _threads(s: str) -> int:
@@ -115,8 +123,9 @@ def _build_parser() -> _Parser:
     t.add_argument("--out", required=True, help="output directory (checkpoint, metrics.jsonl, loss.png)")
     t.add_argument("--model", default=None, choices=sorted(_ARCH_DEFAULTS),
                    help="model family (default transformer, or the checkpoint's with --resume)")
-    t.add_argument("--tokenizer", default="char", choices=["char", "byte"],
-                   help="char: one id per character of the corpus (default); byte: UTF-8 bytes")
+    t.add_argument("--tokenizer", default=None, choices=["char", "byte"],
+                   help="char: one id per character of the corpus (default, or the checkpoint's with --resume); "
+                        "byte: UTF-8 bytes")
     t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in all (default 2000)")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per micro-batch (default 12)")
     t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
@@ -163,7 +172,7 @@ def _build_parser() -> _Parser:
     s.add_argument("--top-k", type=_positive_int, default=200, help="keep the k most likely tokens (default 200)")
     s.add_argument("--top-p", type=_number(0.0, 1.0, above=True), default=None, help="nucleus sampling threshold in (0, 1]")
     s.add_argument("--greedy", action="store_true", help="take the most likely token (no sampling)")
-    s.add_argument("--seed", type=_nonneg_int, default=1337, help="sampling seed (default 1337)")
+    s.add_argument("--seed", type=_sampler_seed, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
     s.add_argument("--device", default="cpu", help="cpu (default)")
     s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
@@ -295,10 +304,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
         tok = model.tokenizer
         if tok is None:
             raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
+        if a.tokenizer is not None and a.tokenizer != tok.type_name:
+            raise CLIError(f"--tokenizer {a.tokenizer} differs from the checkpoint's {tok.type_name}")
     else:
         kind = a.model or "transformer"
         _reject_foreign_flags(a, kind)
-        tok = CharTokenizer.from_text(text) if a.tokenizer == "char" else ByteTokenizer()
+        tok = ByteTokenizer() if a.tokenizer == "byte" else CharTokenizer.from_text(text)
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
         model = cls(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
@@ -309,7 +320,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise CLIError(f"the run in {out!r} has made {model.optimizer_step} of its --steps {o['steps']}; "
                        "pass a larger --steps to train further")
     window = model._train_window(o["block_size"] if kind != "transformer" else None)
-    ids = tok.encode(text)
+    try:
+        ids = tok.encode(text)
+    except ValueError as e:  # a resumed run's tokenizer
+        raise CLIError(f"corpus {source} does not fit the tokenizer of the checkpoint in {out!r}: {e}") from None
     train, val = train_val_split(ids, a.val_fraction)
     if len(train) < window + 1:
         raise CLIError(f"corpus {source} is too short: {len(train)} training tokens, need at least "
@@ -333,7 +347,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     def callback(step: int, metrics: Dict[str, Any]) -> None:
         nonlocal started
         if not started:
-            os.makedirs(out, exist_ok=True)
+            os.makedirs(os.path.realpath(out), exist_ok=True)  # a dangling symlink: its target
             # A resumed run's history up to the checkpoint, without this step.
             _rewrite_metrics(out, model.history[:-1])
             started = True
@@ -503,10 +517,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"fastlm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout has gone (`fastlm sample ... | head`): stop
+        # quietly, with stdout on /dev/null for the flush at exit (Python's recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (OSError, ValueError, TypeError) as e:
         if debug:
             raise
         print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except MemoryError as e:  # a model, batch or sample count too large for this machine
+        if debug:
+            raise
+        print(f"fastlm: error: out of memory: {_one_line(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         if debug:

@@ -12,6 +12,7 @@ say how to build the core, name and initialise the parameters, and decode.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -137,6 +138,22 @@ def _check_betas(betas: Any) -> Tuple[float, float]:
     return b1, b2
 
 
+def _sizes_disagree(kind: type, arch: Mapping[str, int], tensors: Mapping[str, np.ndarray]) -> List[str]:
+    """The sizes of ``arch`` (checked by ``_check_arch``) that the shapes of
+    ``tensors`` (name -> array, as read from a checkpoint) contradict, per
+    ``kind.SIZE_AXES`` and ``kind.LAYERS``; found without building the model."""
+    diff = []
+    for key, (name, axis) in kind.SIZE_AXES.items():
+        shape = tensors[name].shape if name in tensors else None
+        if shape is None or len(shape) <= axis or shape[axis] != arch[key]:
+            diff.append(f"{key} {arch[key]}, but {name} " + ("is missing" if shape is None else f"has shape {shape}"))
+    key, pattern = kind.LAYERS
+    n = len({m.group(1) for m in map(re.compile(pattern).fullmatch, tensors) if m})
+    if n != arch[key]:
+        diff.append(f"{key} {arch[key]}, but the weights have {n}")
+    return diff
+
+
 # ---------------------------------------------------------------------- the base
 
 class LanguageModel:
@@ -146,8 +163,10 @@ class LanguageModel:
     ``ARCH_KEYS`` (the constructor arguments that fix the architecture),
     ``TIED`` (names that alias another parameter, e.g. GPT-2's
     ``lm_head.weight``), ``DEFAULT_STEP`` (the keyword defaults of
-    :meth:`step`) and implement ``_check_arch``, ``_make_core``,
-    ``_param_names``, ``_init_weights``, ``_train_window``, ``_decoder``.
+    :meth:`step`), ``SIZE_AXES`` and ``LAYERS`` (the sizes the weights'
+    shapes fix, which :meth:`load` checks before building) and implement
+    ``_check_arch``, ``_make_core``, ``_param_names``, ``_init_weights``,
+    ``_train_window``, ``_decoder``.
     """
 
     MODEL_TYPE = ""
@@ -156,6 +175,10 @@ class LanguageModel:
     DEFAULT_STEP: Dict[str, Any] = {"optimizer": "adamw", "betas": (0.9, 0.95), "eps": 1e-8,
                                     "weight_decay": 0.1, "momentum": 0.9}
     STATEFUL = False  # whether the recurrence can carry state across calls
+    # The sizes the weights fix: size -> (tensor, axis), and (size, a pattern
+    # of the layers' tensor names whose group 1 is the layer index).
+    SIZE_AXES: Dict[str, Tuple[str, int]] = {}
+    LAYERS: Tuple[str, str] = ("", "")
 
     # -- construction
 
@@ -468,7 +491,9 @@ class LanguageModel:
 
         Returns the prompt followed by the new ids (int64; 1-D for a 1-D
         prompt, (B, T0 + n) for a (B, T0) batch), or with ``stream=True`` an
-        iterator over the new ids as they are made. See
+        iterator over the new ids as they are made. With a tokenizer of fewer
+        ids than ``vocab_size`` (a padded vocabulary), only ids it can decode
+        are drawn. See
         :func:`fastlm.sampling.generate` for every argument.
         """
         from .sampling import generate
@@ -535,7 +560,7 @@ class LanguageModel:
         ``model.safetensors``; ``ValueError`` naming the file for a truncated,
         corrupt or mismatched one.
         """
-        from .checkpoint import CONFIG_FILE, load_checkpoint
+        from .checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
         device = _check_device(device)
         ckpt = load_checkpoint(path)
         cfg = ckpt.config
@@ -554,9 +579,16 @@ class LanguageModel:
             raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
         model = kind.__new__(kind)
         try:
-            model._build(arch, cfg.get("seed", 0), device, None)
+            arch = model._check_arch(**arch)
+            # config.json's sizes must be those of the weights before _build allocates them.
+            diff = _sizes_disagree(kind, arch, ckpt.tensors)
+            if not diff:
+                model._build(arch, cfg.get("seed", 0), device, None)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
+        if diff:
+            raise ValueError(f"checkpoint file {cpath!r} does not match {os.path.join(ckpt.path, MODEL_FILE)!r}: "
+                             f"{'; '.join(diff)}")
         model._restore(ckpt)
         return model
 
@@ -564,6 +596,7 @@ class LanguageModel:
         """Load weights, tokenizer, optimizer and trainer state from a
         :class:`fastlm.checkpoint.Checkpoint` of the same architecture."""
         from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
+        from .train import _check_fit_record
         cfg = ckpt.config
         diff = [f"{k}: checkpoint {cfg.get(k)!r}, model {self._config[k]!r}"
                 for k in self.ARCH_KEYS if cfg.get(k) != self._config[k]]
@@ -587,6 +620,10 @@ class LanguageModel:
                     or not isinstance(state.get("data_rng"), (dict, type(None))):
                 raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'stream_pos', 'seed', "
                                  "'history' (a list of steps with 'step' and 'loss') or 'data_rng'")
+            try:
+                _check_fit_record(state.get("fit", {}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'fit' settings ({e})") from None
         opt = ckpt.optimizer
         if opt is not None:
             opath = os.path.join(ckpt.path, OPTIMIZER_FILE)

@@ -73,6 +73,9 @@ class Transformer(LanguageModel):
     MODEL_TYPE = "transformer"
     ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
     TIED = {"lm_head.weight": "transformer.wte.weight"}
+    SIZE_AXES = {"vocab_size": ("transformer.wte.weight", 0), "n_embd": ("transformer.wte.weight", 1),
+                 "block_size": ("transformer.wpe.weight", 0)}
+    LAYERS = ("n_layer", r"transformer\.h\.(\d+)\..+")
 
     def __init__(self, vocab_size: int, *, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
                  n_embd: int = 384, seed: int = 0, device: str = "cpu",

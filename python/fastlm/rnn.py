@@ -56,6 +56,9 @@ class RecurrentLM(LanguageModel):
 
     CELL = ""
     ARCH_KEYS = ("vocab_size", "embed_dim", "hidden_size", "num_layers")
+    SIZE_AXES = {"vocab_size": ("embedding.weight", 0), "embed_dim": ("embedding.weight", 1),
+                 "hidden_size": ("rnn.weight_hh_l0", 1)}
+    LAYERS = ("num_layers", r"rnn\.\w+_l(\d+)")
     DEFAULT_STEP = {"optimizer": "adam", "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
                     "momentum": 0.9}
     STATEFUL = True

@@ -49,7 +49,8 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
         fine: the model sees the last block_size tokens.
     max_new_tokens: >= 0.
     temperature: > 0, divides the logits (only used when sampling).
-    top_k: keep the k most likely tokens (>= 1; None: all); clamped to vocab_size.
+    top_k: keep the k most likely tokens (>= 1; None: all); clamped to the
+        number of ids drawn from (below).
     top_p: nucleus sampling, keep the smallest set with probability >= top_p
         (0 < top_p <= 1; None: off).
     do_sample: False picks the argmax (greedy; temperature, top_k, top_p unused).
@@ -59,6 +60,11 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
         rows keep emitting it, and generation stops once every row is finished.
     stream: return an iterator yielding each new token as it is made (an int
         for a 1-D prompt, an int64 array (B,) for a batch) instead of the array.
+
+    New ids are drawn from [0, vocab_size), or from [0, tokenizer.vocab_size)
+    when the model has a tokenizer with fewer ids (a padded vocabulary): the
+    logits (B, vocab_size) float32 are cut to the ids it can decode before
+    sampling or the argmax.
 
     Returns the prompt followed by the new ids, int64: (T0 + n,) for a 1-D
     prompt, (B, T0 + n) for a batch, n <= max_new_tokens (less only on eos).
@@ -71,7 +77,8 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature} (use do_sample=False for greedy)")
     V = model.vocab_size
-    k = 0 if top_k is None else min(_check_int(top_k, "top_k", 1), V)
+    n_ids = V if model.tokenizer is None else model.tokenizer.vocab_size  # <= V
+    k = 0 if top_k is None else min(_check_int(top_k, "top_k", 1), n_ids)
     p = 1.0 if top_p is None else _check_float(top_p, "top_p")
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
@@ -83,7 +90,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
         eos_token_id = _check_int(eos_token_id, "eos_token_id", 0, V - 1)
     stream = check_bool(stream, "stream")
 
-    it = _decode_loop(model, ids, max_new_tokens, float(temperature) if do_sample else 1.0, k, p,
+    it = _decode_loop(model, ids, max_new_tokens, n_ids, float(temperature) if do_sample else 1.0, k, p,
                       bool(do_sample), seed, eos_token_id)
     if stream:
         return (int(t[0]) for t in it) if one else it
@@ -92,9 +99,10 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
     return out[0] if one else out
 
 
-def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, temperature: float, top_k: int,
+def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, n_ids: int, temperature: float, top_k: int,
                  top_p: float, do_sample: bool, seed: int, eos: Optional[int]) -> Iterator[np.ndarray]:
-    """Yield the new tokens (B,) one step at a time."""
+    """Yield the new tokens (B,) one step at a time, each drawn from the ids
+    [0, n_ids)."""
     if max_new_tokens == 0:
         return
     sampler = _C.Sampler(seed)
@@ -104,7 +112,8 @@ def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, temperature: 
         if not np.isfinite(session.logits).all():
             raise FloatingPointError(f"generate: the model's logits hold NaN or inf at new token {i + 1}; its "
                                      "weights have likely diverged (a learning rate too high for them)")
-        nxt = np.asarray(sampler.sample(session.logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
+        logits = np.ascontiguousarray(session.logits[:, :n_ids])
+        nxt = np.asarray(sampler.sample(logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
         if eos is not None:
             nxt = np.where(finished, eos, nxt)
             finished |= nxt == eos

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._checks import check_float, check_int as _int
+from ._checks import INT64_MAX, MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 
 __all__ = ["History", "fit", "evaluate", "get_lr"]
@@ -105,6 +105,31 @@ def _rng_from_state(state: Any, where: str) -> np.random.Generator:
     except Exception:
         raise ValueError(f"{where}: corrupt data RNG state {str(state)[:80]!r}") from None
     return np.random.Generator(bg)
+
+
+def _check_fit_record(rec: Any) -> None:
+    """Check ``rec``, fit's record of its settings (``fit_args`` in :func:`fit`,
+    kept as trainer_state.json's ``"fit"`` entry and reused by ``fastlm train
+    --resume``), as fit checks its arguments; settings it lacks are fine.
+    Raises ``TypeError`` or ``ValueError`` naming the first bad one."""
+    from .lm import OPTIMIZERS, _check_betas
+    if not isinstance(rec, dict):
+        raise TypeError(f"fit's settings must be an object, got {type(rec).__name__}")
+    for key, low, high in (("steps", 1, INT64_MAX), ("warmup_steps", 0, INT64_MAX), ("batch_size", 1, MAX_SIZE),
+                           ("grad_accum", 1, MAX_SIZE), ("block_size", 1, MAX_SIZE)):
+        if key in rec:
+            _int(rec[key], key, low, high)
+    for key in ("lr", "min_lr", "weight_decay", "grad_clip", "momentum"):
+        if key in rec:
+            check_float(rec[key], key, 0.0, strict=key == "lr", below=1.0 if key == "momentum" else None)
+    if "lr" in rec and rec.get("min_lr", 0.0) > rec["lr"]:
+        raise ValueError(f"min_lr ({rec['min_lr']}) must not exceed lr ({rec['lr']})")
+    if "betas" in rec:
+        _check_betas(rec["betas"])
+    if "stateful" in rec:
+        check_bool(rec["stateful"], "stateful")
+    if rec.get("optimizer", "adamw") not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {rec['optimizer']!r}")
 
 
 # ------------------------------------------------------------------------- eval
