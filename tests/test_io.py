@@ -132,13 +132,19 @@ def test_atomic_replace_dir_errors(tmp_path):
     assert (final / "model.bin").read_bytes() == b"old"
 
 
-def test_atomic_replace_dir_failed_rename_restores_old(tmp_path, monkeypatch):
+def _old_and_new(tmp_path):
+    """A directory "ckpt" holding model.bin b"old", and a replacement "new" holding b"new"."""
     final = tmp_path / "ckpt"
     final.mkdir()
     (final / "model.bin").write_bytes(b"old")
     tmp = tmp_path / "new"
     tmp.mkdir()
     (tmp / "model.bin").write_bytes(b"new")
+    return final, tmp
+
+
+def test_atomic_replace_dir_failed_rename_restores_old(tmp_path, monkeypatch):
+    final, tmp = _old_and_new(tmp_path)
     real_rename = os.rename
 
     def flaky(a, b):
@@ -164,12 +170,7 @@ def _dead_pid():
 
 
 def test_atomic_replace_dir_swaps_in_one_step_where_it_can(tmp_path, monkeypatch):
-    final = tmp_path / "ckpt"
-    final.mkdir()
-    (final / "model.bin").write_bytes(b"old")
-    tmp = tmp_path / "new"
-    tmp.mkdir()
-    (tmp / "model.bin").write_bytes(b"new")
+    final, tmp = _old_and_new(tmp_path)
     renames = []
     real_rename = os.rename
     monkeypatch.setattr(os, "rename", lambda a, b: renames.append((a, b)) or real_rename(a, b))
