@@ -232,6 +232,20 @@ def test_corrupt_checkpoint_is_a_clean_error(trained, tmp_path, capsys):
     assert "model.safetensors" in _error_line(capsys)
 
 
+def test_sample_streams_what_a_whole_decode_gives(tmp_path, capsys):
+    # A byte model with random weights draws bytes that are often no UTF-8 at
+    # all: the streamed text must still be the whole sample decoded at once.
+    model = fastlm.Transformer(256, block_size=32, n_layer=1, n_head=2, n_embd=16, seed=5,
+                               tokenizer=fastlm.ByteTokenizer())
+    model.save(tmp_path / "ck")
+    flags = ["--temperature", "1.5", "--top-k", "256", "--seed", "7"]
+    assert main(["sample", str(tmp_path / "ck"), "--prompt", "h\u00e9\u20ac", "--max-new-tokens", "300"]
+                + flags) == 0
+    prompt = model.tokenizer.encode("h\u00e9\u20ac")
+    ids = model.generate(prompt, 300, temperature=1.5, top_k=256, seed=7)
+    assert capsys.readouterr().out == "h\u00e9\u20ac" + model.tokenizer.decode(ids[len(prompt):]) + "\n"
+
+
 def test_sample_a_padded_vocabulary(trained, tmp_path, capsys):
     """A model of more ids than its tokenizer (the docs allow it) samples only
     ids the tokenizer decodes, even when the padded ones are the likeliest."""

@@ -406,22 +406,21 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     kw = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, do_sample=not a.greedy, seed=a.seed)
     outw = sys.stdout
     if a.num_samples == 1:
-        # Stream: print each piece as it comes (decoding the whole tail keeps
-        # multi-byte characters of a byte tokenizer intact).
+        # Stream: print each piece as it comes. The ids not shown yet are held
+        # while they decode to a partial character (a byte tokenizer's first
+        # bytes of a multi-byte one), then shown and dropped: linear time.
         tokens = model.generate(prompt, a.max_new_tokens, stream=True, **kw)  # checks the arguments
         outw.write(a.prompt)
         outw.flush()
-        ids: List[int] = []
-        shown = 0
+        pending: List[int] = []
         for t in tokens:
-            ids.append(t)
-            text = tok.decode(ids)
+            pending.append(t)
+            text = tok.decode(pending)
             if not text.endswith("\ufffd"):
-                outw.write(text[shown:])
+                outw.write(text)
                 outw.flush()
-                shown = len(text)
-        text = tok.decode(ids)
-        outw.write(text[shown:] + "\n")
+                pending = []
+        outw.write(tok.decode(pending) + "\n")
     else:
         batch = model.generate(prompt[None, :].repeat(a.num_samples, axis=0), a.max_new_tokens, **kw)
         for i, row in enumerate(batch):
