@@ -16,7 +16,7 @@ constexpr int64_t kBlock = 1 << 13;
 
 struct Coeffs {
   V decay, w1, b2, w2, bc2_sqrt, eps, neg_step, grad_scale;
-  bool scaled, lerp_from_g;
+  bool scaled, lerp_from_g;  // lerp_from_g picks update<true>
 };
 
 // Torch runs each line as its own kernel, so each result is rounded; the
@@ -29,21 +29,23 @@ FASTLM_INLINE V rounded(V a) {
 // param *= decay; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
 // param += -step_size m / (sqrt(v) / sqrt(bc2) + eps).
 // The lerp is torch's: m + w (g - m) for a weight w < 0.5, else g + (w - 1) (g - m)
-// (k.w1 holds w - 1 then), which gives m = g exactly at beta1 = 0.
+// (FromG; k.w1 holds w - 1 then), which gives m = g exactly at beta1 = 0.
+template <bool FromG>
 FASTLM_INLINE void update(V& p, V g, V& m, V& v, const Coeffs& k) {
   if (k.scaled) g = rounded(g * k.grad_scale);
   p = rounded(p * k.decay);
-  m = vfma(k.w1, g - m, k.lerp_from_g ? g : m);
+  m = vfma(k.w1, g - m, FromG ? g : m);
   v = v * k.b2 + (k.w2 * g) * g;
   const V denom = vsqrt(v) / k.bc2_sqrt + k.eps;
   p = p + (k.neg_step * m) / denom;
 }
 
+template <bool FromG>
 void range(float* param, const float* grad, float* m, float* v, int64_t n, const Coeffs& k) {
   int64_t i = 0;
   for (; i + kW <= n; i += kW) {
     V p = vload(param + i), mm = vload(m + i), vv = vload(v + i);
-    update(p, vload(grad + i), mm, vv, k);
+    update<FromG>(p, vload(grad + i), mm, vv, k);
     vstore(param + i, p);
     vstore(m + i, mm);
     vstore(v + i, vv);
@@ -51,7 +53,7 @@ void range(float* param, const float* grad, float* m, float* v, int64_t n, const
   if (i < n) {
     const int64_t r = n - i;
     V p = vload_part(param + i, r), mm = vload_part(m + i, r), vv = vload_part(v + i, r);
-    update(p, vload_part(grad + i, r), mm, vv, k);
+    update<FromG>(p, vload_part(grad + i, r), mm, vv, k);
     vstore_part(param + i, p, r);
     vstore_part(m + i, mm, r);
     vstore_part(v + i, vv, r);
@@ -82,7 +84,9 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
     const int64_t i = b * kBlock;
-    range(param + i, grad + i, m + i, v + i, imin(kBlock, n - i), k);
+    const int64_t len = imin(kBlock, n - i);
+    if (k.lerp_from_g) range<true>(param + i, grad + i, m + i, v + i, len, k);
+    else range<false>(param + i, grad + i, m + i, v + i, len, k);
   });
 }
 
