@@ -170,26 +170,35 @@ def _dead_pid():
 
 
 def test_atomic_replace_dir_swaps_in_one_step_where_it_can(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    exchanges = fio._exchange(str(tmp_path / "a"), str(tmp_path / "b"))  # this file system can?
+    os.rmdir(tmp_path / "a"), os.rmdir(tmp_path / "b")
     final, tmp = _old_and_new(tmp_path)
     renames = []
     real_rename = os.rename
     monkeypatch.setattr(os, "rename", lambda a, b: renames.append((a, b)) or real_rename(a, b))
     atomic_replace_dir(tmp, final)
     assert (final / "model.bin").read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["ckpt"]
-    if hasattr(fio._LIBC, "renameat2"):
+    if exchanges:
         assert renames == []  # renameat2's exchange: no moment without a checkpoint
 
 
-def test_tidy_siblings_restores_and_removes_what_a_killed_save_left(tmp_path):
-    final = tmp_path / "ckpt"
-    dead, live = _dead_pid(), os.getpid()
-    for name, content in ((f".ckpt.old-{dead}-0a", b"old"), (f".ckpt.tmp-{dead}-0b", b"half"),
-                          (f".ckpt.tmp-{live}-0c", b"mine"), (".other.tmp-1-0d", b"x")):
+def test_tidy_siblings_restores_and_removes_what_a_killed_save_left(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative path works too
+    host, dead, live = fio._HOST, _dead_pid(), os.getppid()
+    mine = os.path.basename(fio.sibling_dir(str(tmp_path / "ckpt"), "tmp"))
+    keep = [f".ckpt.tmp-{host}-{live}-0c",  # a live process's
+            ".ckpt.tmp-otherhost-1-0d",  # another machine's: its pids mean nothing here
+            f".other.tmp-{host}-1-0e", mine,  # another directory's; one this process is writing
+            f".ckpt.tmp-{host}-99999999999-0f"]  # no pid at all
+    gone = [f".ckpt.tmp-{host}-{dead}-0b",
+            f".ckpt.tmp-{host}-{os.getpid()}-0a"]  # our pid, not our name: a restarted container's
+    for name in keep + gone + [f".ckpt.old-{host}-{dead}-0a"]:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "model.bin").write_bytes(content)
-    fio.tidy_siblings(str(final))
-    assert (final / "model.bin").read_bytes() == b"old"  # killed between the fallback's renames
-    assert sorted(os.listdir(tmp_path)) == [f".ckpt.tmp-{live}-0c", ".other.tmp-1-0d", "ckpt"]
+        (tmp_path / name / "model.bin").write_bytes(b"old" if ".old-" in name else b"x")
+    fio.tidy_siblings("ckpt")
+    assert (tmp_path / "ckpt" / "model.bin").read_bytes() == b"old"  # killed between the fallback's renames
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["ckpt"])
 
 
 def _tiny_checkpoint(path, value, **kw):
@@ -200,7 +209,7 @@ def _tiny_checkpoint(path, value, **kw):
 
 def test_load_restores_a_checkpoint_left_between_renames(tmp_path):
     _tiny_checkpoint(tmp_path / "ckpt", 1)
-    os.rename(tmp_path / "ckpt", tmp_path / f".ckpt.old-{_dead_pid()}-0a")
+    os.rename(tmp_path / "ckpt", tmp_path / f".ckpt.old-{fio._HOST}-{_dead_pid()}-0a")
     got = ck.load_checkpoint(tmp_path / "ckpt")
     assert got.config["value"] == 1 and sorted(os.listdir(tmp_path)) == ["ckpt"]
 
@@ -236,6 +245,20 @@ def test_save_through_a_symlink_keeps_the_link(tmp_path):
     os.symlink("file.txt", tmp_path / "link.txt")
     atomic_write(tmp_path / "link.txt", "b")
     assert os.path.islink(tmp_path / "link.txt") and (tmp_path / "file.txt").read_text() == "b"
+
+
+def test_save_carries_symlinks_and_replaces_a_read_only_directory(tmp_path):
+    path = tmp_path / "ckpt"
+    _tiny_checkpoint(path, 1)
+    os.symlink("does-not-exist", path / "latest.log")  # carried over as a link, never followed
+    os.chmod(path, 0o555)
+    _tiny_checkpoint(path, 2)
+    _tiny_checkpoint(path, 3)
+    assert os.readlink(path / "latest.log") == "does-not-exist"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o555
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # the replaced read-only copies are gone
+    assert ck.load_checkpoint(path).config["value"] == 3
+    os.chmod(path, 0o755)
 
 
 def test_save_keeps_the_directory_and_file_permissions(tmp_path):

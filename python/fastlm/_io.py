@@ -23,6 +23,9 @@ import errno
 import os
 import re
 import shutil
+import socket
+import stat
+import sys
 import tempfile
 import uuid
 from typing import IO, Iterator, Optional, Union
@@ -171,32 +174,47 @@ def _fsync_tree(root: str) -> None:
         _fsync_path(dirpath)
 
 
+# This machine, as sibling names record it: a directory left by a process of
+# another machine sharing the file system is never taken for one of ours.
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_MINE: set = set()  # the sibling names this process made
+
+
 def sibling_dir(final_dir: str, kind: str) -> str:
     """A fresh hidden name beside ``final_dir`` for a directory of this process:
-    ``.<name>.<kind>-<pid>-<random>``, kind ``"tmp"`` (being written) or ``"old"``
-    (the replaced copy, deleted once the new one is in place)."""
+    ``.<name>.<kind>-<host>-<pid>-<random>``, kind ``"tmp"`` (being written) or
+    ``"old"`` (the replaced copy, deleted once the new one is in place)."""
     parent, name = os.path.split(final_dir)
-    return os.path.join(parent, f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    entry = f".{name}.{kind}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    _MINE.add(entry)
+    return os.path.join(parent, entry)
 
 
-def _pid_alive(pid: int) -> bool:
+def _left_by_a_dead_process(entry: str, pid: int) -> bool:
+    """Whether the process that named ``entry`` (on this machine) is gone. Our
+    own pid counts as gone for a name this process did not make (a restarted
+    container reuses pids); off POSIX nothing is judged gone."""
+    if os.name != "posix":
+        return False
+    if pid == os.getpid():
+        return entry not in _MINE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
         return True
-    return True
+    except (OSError, OverflowError):  # alive under another owner, or no pid at all
+        return False
+    return False
 
 
 def tidy_siblings(final_dir: str) -> None:
-    """Clean up after a process killed while replacing ``final_dir``: restore the
-    newest ``old`` copy when ``final_dir`` is missing (the kill fell between the
-    two renames of the fallback swap), and delete the ``tmp`` and ``old``
-    directories of processes no longer running on this machine. Best effort:
-    what cannot be listed, renamed or removed is left as it is."""
-    parent, name = os.path.split(final_dir)
-    pattern = re.compile(r"\." + re.escape(name) + r"\.(tmp|old)-(\d+)-[0-9a-f]+")
+    """Clean up after a process of this machine killed while replacing
+    ``final_dir``: restore the newest ``old`` copy when ``final_dir`` is missing
+    (the kill fell between the two renames of the fallback swap), and delete
+    the ``tmp`` and ``old`` directories of processes no longer running. Best
+    effort: what cannot be listed, renamed or removed is left as it is."""
+    parent, name = os.path.split(os.path.abspath(final_dir))
+    pattern = re.compile(r"\." + re.escape(name) + r"\.(tmp|old)-" + _HOST + r"-(\d{1,10})-[0-9a-f]+")
     try:
         entries = os.listdir(parent)
     except OSError:
@@ -204,7 +222,7 @@ def tidy_siblings(final_dir: str) -> None:
     dead = []
     for entry in entries:
         m = pattern.fullmatch(entry)
-        if m and not _pid_alive(int(m.group(2))):
+        if m and _left_by_a_dead_process(entry, int(m.group(2))):
             dead.append((m.group(1), os.path.join(parent, entry)))
     if not os.path.lexists(final_dir):
         olds = sorted((p for kind, p in dead if kind == "old"), key=os.path.getmtime)
@@ -215,7 +233,17 @@ def tidy_siblings(final_dir: str) -> None:
             except OSError:
                 pass
     for _, p in dead:
-        shutil.rmtree(p, ignore_errors=True)
+        _remove_tree(p)
+
+
+def _remove_tree(path: str) -> None:
+    """Delete a replaced or abandoned copy, even one whose mode (copied from a
+    read-only checkpoint) lacks owner write; best effort."""
+    try:
+        os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -235,9 +263,11 @@ def _exchange(a: str, b: str) -> bool:
 
 
 def _load_libc() -> Optional[ctypes.CDLL]:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         return ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    except (OSError, TypeError):
         return None
 
 
@@ -312,4 +342,4 @@ def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = 
     if os.path.dirname(src) != parent:
         _fsync_path(os.path.dirname(src))
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_tree(old)

@@ -21,8 +21,8 @@ PyTorch/nanoGPT::
 
 Writes are crash-safe: every file goes into a fresh hidden directory beside
 the target, which then replaces the target in one atomic step
-(:func:`fastlm._io.atomic_replace_dir`); the hidden directories a killed save
-left are cleaned up by the next save or load. The new directory keeps the
+(:func:`fastlm._io.atomic_replace_dir`); the next save on the same machine
+removes the hidden directories a killed save left. The new directory keeps the
 permissions and group of the one it replaces, a symlinked target is written
 through, and a load that overlaps a save in another process reads one
 checkpoint whole, never parts of two. Files in an existing target that are
@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -128,24 +129,37 @@ def _carry_over(src: str, dst: str) -> None:
 
 
 def _keep_permissions(final: str, tmp: str) -> None:
-    """Give the new checkpoint files in ``tmp`` the permissions of the files they
-    replace in ``final`` (the usual ``0o666 & ~umask`` for new ones: safetensors
-    creates its files 0600), and ``tmp`` those and the group of ``final``."""
-    for entry in os.listdir(tmp):
+    """Give the checkpoint files this save wrote into ``tmp`` the mode of the
+    files they replace in ``final`` (the usual ``0o666 & ~umask`` for new ones:
+    safetensors creates its files 0600) and the group of ``final``, and ``tmp``
+    the mode and group of ``final`` (carried-over files keep their own)."""
+    try:
+        st = os.stat(final)
+    except OSError:
+        st = None
+    for entry in CHECKPOINT_FILES:
+        path = os.path.join(tmp, entry)
+        if not os.path.exists(path):
+            continue
         try:
             mode = os.stat(os.path.join(final, entry)).st_mode & 0o7777
         except OSError:
             mode = 0o666 & ~_UMASK
-        os.chmod(os.path.join(tmp, entry), mode)
-    try:
-        st = os.stat(final)
-    except OSError:
-        return
-    try:
-        os.chown(tmp, -1, st.st_gid)
-    except OSError:
-        pass
-    os.chmod(tmp, st.st_mode & 0o7777)
+        _chown_group(path, st)
+        os.chmod(path, mode)
+    if st is not None:
+        _chown_group(tmp, st)
+        os.chmod(tmp, st.st_mode & 0o7777)
+
+
+def _chown_group(path: str, st: Optional[os.stat_result]) -> None:
+    """Best effort: the group of ``st`` for ``path`` (only its owner may, and
+    only to a group of theirs)."""
+    if st is not None and hasattr(os, "chown"):
+        try:
+            os.chown(path, -1, st.st_gid)
+        except OSError:
+            pass
 
 
 def check_save_target(path: PathLike) -> None:
@@ -319,6 +333,15 @@ def _identity(path: str) -> Optional[tuple]:
 _LOAD_ATTEMPTS = 5
 
 
+def _old_copy_beside(path: str) -> bool:
+    """Whether a save's ``old`` copy of ``path`` sits beside it (a swap underway)."""
+    parent, name = os.path.split(os.path.realpath(path))
+    try:
+        return any(e.startswith(f".{name}.old-") for e in os.listdir(parent))
+    except OSError:
+        return False
+
+
 def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
     """Read the checkpoint directory ``path`` (see the module docstring).
 
@@ -330,11 +353,14 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
     that another process replaces while it is read is read again, whole.
     """
     p = _fspath(path)
-    for _ in range(_LOAD_ATTEMPTS):
+    for attempt in range(_LOAD_ATTEMPTS):
         before = _identity(p)
-        if before is None:  # a save killed between the fallback swap's renames?
-            tidy_siblings(os.path.abspath(p))
+        if before is None:  # between the fallback swap's two renames, or a save killed there
+            tidy_siblings(os.path.realpath(p))
             before = _identity(p)
+            if before is None and attempt + 1 < _LOAD_ATTEMPTS and _old_copy_beside(p):
+                time.sleep(0.05 * (attempt + 1))  # another process is mid-swap
+                continue
         try:
             ckpt = _load_once(p, optimizer)
         except (FileNotFoundError, ValueError):

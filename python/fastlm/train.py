@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._checks import INT64_MAX, MAX_SIZE, check_bool, check_float, check_int as _int
+from ._checks import MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 
 __all__ = ["History", "fit", "evaluate", "get_lr"]
@@ -115,7 +115,7 @@ def _check_fit_record(rec: Any) -> None:
     from .lm import OPTIMIZERS, _check_betas
     if not isinstance(rec, dict):
         raise TypeError(f"fit's settings must be an object, got {type(rec).__name__}")
-    for key, low, high in (("steps", 1, INT64_MAX), ("warmup_steps", 0, INT64_MAX), ("batch_size", 1, MAX_SIZE),
+    for key, low, high in (("steps", 1, None), ("warmup_steps", 0, None), ("batch_size", 1, MAX_SIZE),
                            ("grad_accum", 1, MAX_SIZE), ("block_size", 1, MAX_SIZE)):
         if key in rec:
             _int(rec[key], key, low, high)
