@@ -125,6 +125,41 @@ def test_write_tokens_errors_keep_old_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["t.bin"]
 
 
+def test_open_tokens_while_the_file_is_replaced(tmp_path, monkeypatch):
+    # A writer renames a new token file (another dtype and length) into place
+    # right after the header was read: the map must still be the file whose
+    # header it read, never the new bytes under the old header.
+    from fastlm import data
+    path = tmp_path / "t.bin"
+    write_tokens(path, np.arange(6), dtype=np.uint16)
+    write_tokens(tmp_path / "new.bin", np.arange(4464, 4470), dtype=np.uint32)
+    real_open = open
+
+    class ReplacedAfterHeader:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n):
+            out = self.f.read(n)
+            os.replace(tmp_path / "new.bin", path)
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(data, "open", lambda *a, **k: ReplacedAfterHeader(real_open(*a, **k)), raising=False)
+    tokens = open_tokens(path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(tokens, np.arange(6))
+    np.testing.assert_array_equal(open_tokens(path), np.arange(4464, 4470))
+
+
 def test_open_tokens_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.bin"):
         open_tokens(tmp_path / "missing.bin")

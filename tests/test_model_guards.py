@@ -5,6 +5,7 @@ carried state lost to a call in between."""
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -418,3 +419,19 @@ def test_a_run_of_unbounded_steps_loads(tmp_path):
     _gpt().fit(np.arange(100) % V, steps=10**19, batch_size=1, checkpoint_dir=d, progress=False,
                callback=lambda step, metrics: False)
     assert fastlm.Transformer.load(d).optimizer_step == 1
+
+
+@pytest.mark.parametrize("read", ["state_dict", "gradients", "save"])
+def test_snapshots_wait_for_a_step_in_another_thread(tmp_path, read):
+    # state_dict, gradients and save take the model's lock, as step does, so
+    # a snapshot holds one step's weights, never parts of two.
+    model = _gpt()
+    call = {"state_dict": model.state_dict, "gradients": model.gradients,
+            "save": lambda: model.save(tmp_path / "c")}[read]
+    with model._lock:  # what a step in progress holds
+        t = threading.Thread(target=call)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()
+    t.join(10)
+    assert not t.is_alive()

@@ -246,35 +246,37 @@ def open_tokens(path: PathLike) -> np.ndarray:
         raise FileNotFoundError(f"open_tokens: no such file {p!r}")
     if os.path.isdir(p):
         raise IsADirectoryError(f"open_tokens: {p!r} is a directory")
-    size = os.path.getsize(p)
+    # Size, header and map all come from one open file: a writer that renames a
+    # new file into place meanwhile cannot pair this header with that file.
     with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(TOKEN_FILE_HEADER_SIZE)
-    if len(head) >= len(TOKEN_FILE_MAGIC) and head[:len(TOKEN_FILE_MAGIC)] != TOKEN_FILE_MAGIC:
-        raise ValueError(f"open_tokens: {p!r} is not a fastlm token file "
-                         f"(bad magic {head[:8]!r}, expected {TOKEN_FILE_MAGIC!r})")
-    if len(head) < TOKEN_FILE_HEADER_SIZE:
-        raise ValueError(f"open_tokens: {p!r} is truncated: {size} bytes, "
-                         f"shorter than the {TOKEN_FILE_HEADER_SIZE}-byte header")
-    magic, version, code, count = _HEADER.unpack(head)
-    if version != TOKEN_FILE_VERSION:
-        raise ValueError(f"open_tokens: {p!r} has unsupported format version {version} "
-                         f"(this fastlm reads version {TOKEN_FILE_VERSION})")
-    if code not in _DTYPE_CODES:
-        raise ValueError(f"open_tokens: {p!r} has unknown dtype code {code} "
-                         f"(known: 1 = uint16, 2 = uint32)")
-    dt = _DTYPE_CODES[code]
-    expected = TOKEN_FILE_HEADER_SIZE + count * dt.itemsize
-    if size < expected:
-        raise ValueError(f"open_tokens: {p!r} is truncated: header says {count} {dt.name} ids "
-                         f"({expected} bytes in all) but the file is {size} bytes")
-    if size > expected:
-        raise ValueError(f"open_tokens: {p!r} has {size - expected} unexpected trailing bytes "
-                         f"after {count} {dt.name} ids (file corrupt?)")
-    if count == 0:
-        empty = np.zeros(0, dtype=dt)
-        empty.flags.writeable = False
-        return empty
-    return np.memmap(p, dtype=dt, mode="r", offset=TOKEN_FILE_HEADER_SIZE, shape=(count,))
+        if len(head) >= len(TOKEN_FILE_MAGIC) and head[:len(TOKEN_FILE_MAGIC)] != TOKEN_FILE_MAGIC:
+            raise ValueError(f"open_tokens: {p!r} is not a fastlm token file "
+                             f"(bad magic {head[:8]!r}, expected {TOKEN_FILE_MAGIC!r})")
+        if len(head) < TOKEN_FILE_HEADER_SIZE:
+            raise ValueError(f"open_tokens: {p!r} is truncated: {size} bytes, "
+                             f"shorter than the {TOKEN_FILE_HEADER_SIZE}-byte header")
+        magic, version, code, count = _HEADER.unpack(head)
+        if version != TOKEN_FILE_VERSION:
+            raise ValueError(f"open_tokens: {p!r} has unsupported format version {version} "
+                             f"(this fastlm reads version {TOKEN_FILE_VERSION})")
+        if code not in _DTYPE_CODES:
+            raise ValueError(f"open_tokens: {p!r} has unknown dtype code {code} "
+                             f"(known: 1 = uint16, 2 = uint32)")
+        dt = _DTYPE_CODES[code]
+        expected = TOKEN_FILE_HEADER_SIZE + count * dt.itemsize
+        if size < expected:
+            raise ValueError(f"open_tokens: {p!r} is truncated: header says {count} {dt.name} ids "
+                             f"({expected} bytes in all) but the file is {size} bytes")
+        if size > expected:
+            raise ValueError(f"open_tokens: {p!r} has {size - expected} unexpected trailing bytes "
+                             f"after {count} {dt.name} ids (file corrupt?)")
+        if count == 0:
+            empty = np.zeros(0, dtype=dt)
+            empty.flags.writeable = False
+            return empty
+        return np.memmap(f, dtype=dt, mode="r", offset=TOKEN_FILE_HEADER_SIZE, shape=(count,))
 
 
 # ------------------------------------------------------------------------ batches

@@ -277,7 +277,8 @@ class LanguageModel:
         """Copies of the parameters by PyTorch name, float32, PyTorch layouts
         (Linear weights (out, in)), in the reference module's order; tied
         names (``TIED``) repeat their source."""
-        sd = {n: self._params[n].copy() for n in self._names}
+        with self._lock:  # one step's weights, not parts of two
+            sd = {n: self._params[n].copy() for n in self._names}
         for alias, source in self.TIED.items():
             sd[alias] = sd[source].copy()
         return sd
@@ -388,7 +389,8 @@ class LanguageModel:
         """Copies of the accumulated gradients, named as :meth:`state_dict`
         (float32); a tied alias repeats the gradient of its source (the sum
         of both uses)."""
-        gd = {n: self._grads[n].copy() for n in self._names}
+        with self._lock:
+            gd = {n: self._grads[n].copy() for n in self._names}
         for alias, source in self.TIED.items():
             gd[alias] = gd[source].copy()
         return gd
@@ -533,22 +535,23 @@ class LanguageModel:
         cfg.update({k: self._config[k] for k in self.ARCH_KEYS})
         cfg["seed"] = self._config["seed"]
         cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
-        opt = self._optimizer_state() if self._g.step_count > 0 else None
-        # What load would reject is not written: weights or optimizer state
-        # with NaN or inf (a run that diverged).
-        bad = _nonfinite({n: self._params[n] for n in self._names})
-        if opt is not None:
-            for key in ("exp_avg", "exp_avg_sq", "recurrent_state"):
-                bad += [f"{key}.{n}" for n in _nonfinite(opt.get(key) or {})]
-        if bad:
-            raise ValueError(f"save: non-finite values (NaN or inf) in {', '.join(bad[:5])}"
-                             f"{' ...' if len(bad) > 5 else ''}; the training diverged, and such a checkpoint "
-                             "would not load")
-        state = None
-        if self._train_state is not None:
-            state = {k: (list(v) if k == "history" else v) for k, v in self._train_state.items()}
-        save_checkpoint(path, config=cfg, tensors={n: self._params[n] for n in self._names}, optimizer=opt,
-                        trainer_state=state, tokenizer=self.tokenizer)
+        with self._lock:  # a training step in another thread waits: one step's state
+            opt = self._optimizer_state() if self._g.step_count > 0 else None
+            # What load would reject is not written: weights or optimizer state
+            # with NaN or inf (a run that diverged).
+            bad = _nonfinite({n: self._params[n] for n in self._names})
+            if opt is not None:
+                for key in ("exp_avg", "exp_avg_sq", "recurrent_state"):
+                    bad += [f"{key}.{n}" for n in _nonfinite(opt.get(key) or {})]
+            if bad:
+                raise ValueError(f"save: non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+                                 f"{' ...' if len(bad) > 5 else ''}; the training diverged, and such a checkpoint "
+                                 "would not load")
+            state = None
+            if self._train_state is not None:
+                state = {k: (list(v) if k == "history" else v) for k, v in self._train_state.items()}
+            save_checkpoint(path, config=cfg, tensors={n: self._params[n] for n in self._names}, optimizer=opt,
+                            trainer_state=state, tokenizer=self.tokenizer)
 
     @classmethod
     def load(cls, path: PathLike, *, device: str = "cpu") -> "LanguageModel":
