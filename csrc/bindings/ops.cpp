@@ -25,12 +25,12 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool
   if (ka != kb)
     value_error(op, "inner dimensions differ: op(a) is " + shape_str({m, ka}) + ", op(b) is " +
                         shape_str({kb, n}));
-  const float* bias = nullptr;
+  py::array bias_arr;  // held for the call: it may be an aligned copy
   if (!bias_obj.is_none()) {
-    py::array bias_arr = float_array(bias_obj, op, "bias", 1);
+    bias_arr = float_array(bias_obj, op, "bias", 1);
     require_shape(bias_arr, {n}, op, "bias");
-    bias = cptr(bias_arr);  // bias_obj keeps the array alive
   }
+  const float* bias = bias_obj.is_none() ? nullptr : cptr(bias_arr);
   py::array_t<float> c = new_array({m, n});
   GemmArgs g;
   g.a = cptr(a);
@@ -260,9 +260,13 @@ py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t i
     } else {
       out = float_array(out_obj, op, "out", 2, true);
       require_shape(out, {rows, vocab}, op, "out");
-      if (out.ptr() != logits.ptr() &&
+      // Both C-contiguous of one shape: the same start is the same memory
+      // (logits itself, or a full view such as logits[:]), which the kernel
+      // may overwrite in place; any other overlap would mix inputs and outputs.
+      if (out.data() != logits.data() &&
           py::module_::import("numpy").attr("shares_memory")(out, logits).cast<bool>())
-        value_error(op, "out overlaps logits partially; pass logits itself or a separate array");
+        value_error(op, "out overlaps logits partially; pass logits itself (or a full view of "
+                        "it) or a separate array");
     }
     dlogits = mptr(out);
     grad = out;
@@ -281,8 +285,8 @@ struct CellArrays {
   CellSizes s;
 };
 
-// x (n, in), h (n, hidden), c (n, hidden) when c_obj is given, w_ih (G*hidden, in),
-// w_hh (G*hidden, hidden).
+// x (n, in), h (n, hidden), w_ih (G*hidden, in), w_hh (G*hidden, hidden), and
+// for the LSTM (gates == 4) its cell state c (n, hidden); the GRU has none.
 CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::handle h_obj,
                        py::handle c_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
   CellArrays a;
@@ -292,7 +296,7 @@ CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::hand
   a.w_hh = float_array(w_hh_obj, op, "w_hh", 2);
   a.s = {a.x.shape(0), a.x.shape(1), a.h.shape(1)};
   require_shape(a.h, {a.s.n, a.s.hidden}, op, "h");
-  if (!c_obj.is_none()) {
+  if (gates == 4) {
     a.c = float_array(c_obj, op, "c", 2);
     require_shape(a.c, {a.s.n, a.s.hidden}, op, "c");
   }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/memory.h"
 
 namespace fastlm {
 namespace cpu {
@@ -45,11 +46,6 @@ FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // K splits into blocks of equal depth, at most KC.
 FASTLM_INLINE int64_t kc_block(int64_t k) { return ceil_div(k, ceil_div(k, KC)); }
-
-float* alloc_floats(int64_t n) {
-  const size_t bytes = (size_t)round_up(n * (int64_t)sizeof(float), 64);
-  return static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-}
 
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as MR-row panels:
 // panel p holds, for each k, MR consecutive values; short panels are zero padded.
@@ -178,7 +174,8 @@ constexpr int64_t kSmallM = 4;
 
 void matmul_small_m(const GemmArgs& g) {
   // op(A) rows gathered contiguous (a no-op copy unless trans_a).
-  float* arow = alloc_floats(g.m * g.k);
+  ScratchFloats arow_buf(g.m * g.k, "matmul: the rows of op(a)");
+  float* arow = arow_buf.data;
   for (int64_t i = 0; i < g.m; ++i)
     for (int64_t p = 0; p < g.k; ++p)
       arow[i * g.k + p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
@@ -229,7 +226,6 @@ void matmul_small_m(const GemmArgs& g) {
       }
     }
   });
-  std::free(arow);
 }
 
 // A few rows against a pre-packed B (decoding with weights packed once per
@@ -323,12 +319,17 @@ void matmul_blocked(const GemmArgs& g) {
   const int64_t kc_max = kc_block(g.k);
   // B packed by the caller beforehand (matmul_pack_b), or here per block.
   const int64_t npad = round_up(g.n, NR);
-  float* bpack = g.b_packed ? nullptr : alloc_floats(kc_max * nc);
+  ScratchFloats bpack_buf(g.b_packed ? 0 : kc_max * nc, "matmul: a packed block of b");
+  float* bpack = bpack_buf.data;
+  // One packed A block per thread, allocated here: inside the region a failed
+  // allocation could not be reported.
+  const int64_t apack_floats = per_thread_floats(mc * kc_max);
+  ScratchFloats apacks(apack_floats * nthreads, "matmul: packed blocks of a");
 
   // Run by each thread of the team; the `omp for` loops inside split the work
   // (outside a parallel region they run whole on the calling thread).
   auto team_work = [&]() {
-    float* apack = alloc_floats(mc * kc_max);
+    float* apack = apacks.data + apack_floats * omp_get_thread_num();
     for (int64_t jc = 0; jc < g.n; jc += nc) {
       const int64_t ncur = imin(nc, g.n - jc);
       const int64_t npanels = ceil_div(ncur, NR);
@@ -375,7 +376,6 @@ void matmul_blocked(const GemmArgs& g) {
         }
       }
     }
-    std::free(apack);
   };
   if (nthreads > 1) {
 #pragma omp parallel num_threads(nthreads)
@@ -383,7 +383,6 @@ void matmul_blocked(const GemmArgs& g) {
   } else {
     team_work();
   }
-  std::free(bpack);
 }
 
 }  // namespace
