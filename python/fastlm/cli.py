@@ -387,8 +387,10 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     _device(a.device)
     if a.threads is not None:
         fastlm.set_num_threads(a.threads)
-    if not os.path.isdir(a.checkpoint):
+    if not os.path.exists(a.checkpoint):
         raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")
+    if not os.path.isdir(a.checkpoint):
+        raise CLIError(f"{a.checkpoint!r} is not a directory (a checkpoint is the directory fastlm train --out writes)")
     if not is_checkpoint(a.checkpoint):
         raise CLIError(f"{a.checkpoint!r} is not a fastlm checkpoint (no config.json and model.safetensors)")
     if not a.greedy and not 0 < a.temperature < math.inf:
