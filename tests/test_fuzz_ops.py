@@ -123,9 +123,11 @@ def call(data, fn, args: dict, arrays: list, writable=()):
     return out
 
 
-def close(ours, ref64, naive32, mask=None, name=""):
+def close(ours, ref64, naive32, mask=None, name="", scale=0.0):
     """ours == ref64 within the flash-attention bound where ``mask`` (default
-    all) holds, the reference is finite and inside the float32 range."""
+    all) holds, the reference is finite and inside the float32 range. ``scale``:
+    the magnitude of the terms that cancel into the result (a gradient that is
+    exactly 0 in float64 is a few ulps of them in float32), for the ulp floor."""
     ours = np.asarray(ours, np.float64)
     ref64 = np.asarray(ref64, np.float64)
     assert ours.shape == ref64.shape, f"{name}: shape {ours.shape} != {ref64.shape}"
@@ -134,6 +136,8 @@ def close(ours, ref64, naive32, mask=None, name=""):
     if mask is not None:
         keep &= np.broadcast_to(mask, keep.shape)
     if keep.any():
+        if np.max(np.abs(ours[keep] - ref64[keep])) <= 8 * np.finfo(np.float32).eps * scale:
+            return
         assert_error_bound(ours[keep], ref64[keep], np.asarray(naive32, np.float64)[keep], factor=8, name=name)
 
 
@@ -273,8 +277,11 @@ def test_attention_and_backward(data):
     with np.errstate(all="ignore"):
         r64 = attention_backward_ref(dout, q, k, v, causal)
         r32 = attention_backward_ref(dout, q, k, v, causal, np.float32)
+    with np.errstate(all="ignore"):  # dq, dk sum products of dout, v and k or q
+        terms = float(np.nan_to_num(np.max(np.abs(dout)) * np.max(np.abs(v)) * max(np.max(np.abs(q)),
+                                                                                  np.max(np.abs(k)))))
     for ours, a, b, name in zip(grads, r64, r32, ("dq", "dk", "dv")):
-        close(ours, a, b, ok[:, :, None, None], f"attention_backward {name}")
+        close(ours, a, b, ok[:, :, None, None], f"attention_backward {name}", scale=terms)
 
 
 @fuzz

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/memory.h"
 
 namespace fastlm {
 namespace cpu {
@@ -145,7 +146,8 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
   // partials (cols each), added in block order: the result depends only on
   // the thread count.
   const int64_t nb = par ? imin(num_threads(), rows) : 1;
-  float* partial = new float[(size_t)nb * 2 * cols];
+  ScratchFloats partials(nb * 2 * cols, "layernorm_backward: per-thread dweight and dbias partials");
+  float* partial = partials.data;
   parallel_for(nb, par, [&](int64_t t) {
     float* dw_part = partial + (size_t)t * 2 * cols;
     float* db_part = dw_part + cols;
@@ -163,7 +165,6 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
     dweight[j] += sw;
     dbias[j] += sb;
   }
-  delete[] partial;
 }
 
 }  // namespace FASTLM_ISA
