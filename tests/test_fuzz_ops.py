@@ -277,9 +277,8 @@ def test_attention_and_backward(data):
     with np.errstate(all="ignore"):
         r64 = attention_backward_ref(dout, q, k, v, causal)
         r32 = attention_backward_ref(dout, q, k, v, causal, np.float32)
-    with np.errstate(all="ignore"):  # dq, dk sum products of dout, v and k or q
-        terms = float(np.nan_to_num(np.max(np.abs(dout)) * np.max(np.abs(v)) * max(np.max(np.abs(q)),
-                                                                                  np.max(np.abs(k)))))
+    fmax = lambda x: float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0))  # noqa: E731
+    terms = fmax(dout) * fmax(v) * max(fmax(q), fmax(k))  # dq, dk sum products of these
     for ours, a, b, name in zip(grads, r64, r32, ("dq", "dk", "dv")):
         close(ours, a, b, ok[:, :, None, None], f"attention_backward {name}", scale=terms)
 
@@ -336,33 +335,38 @@ def all_finite(arrs):
     return all(np.isfinite(a).all() for a in arrs.values())
 
 
+def compare_all(op, names, ours, refs, ok):
+    """close() for each output of a cell op; refs is a function of the dtype."""
+    with np.errstate(all="ignore"):
+        r64, r32 = refs(np.float64), refs(np.float32)
+    for o, x64, x32, name in zip(ours, r64, r32, names):
+        close(o, x64, x32, ok, f"{op} {name}")
+
+
+def cell_backward(data, op, args: dict, refs, names, ok):
+    """Fuzz a cell's backward given its arguments (the upstream gradients first)."""
+    grads = call(data, op, dict(args), list(args))
+    if grads is not RAISED:
+        ok = ok and all(np.isfinite(args[k]).all() for k in args if k.startswith("d"))
+        compare_all(op.__name__, names, grads, refs, ok)
+
+
 @fuzz
 @FUZZ
 @given(data=st.data())
 def test_lstm_cell_and_backward(data):
     a = cell_inputs(data, 4, True)
-    got = call(data, ops.lstm_cell, dict(a), list(a))
-    if got is RAISED:
+    if call(data, ops.lstm_cell, dict(a), list(a)) is RAISED:
         return
     ok = all_finite(a)
-    with np.errstate(all="ignore"):
-        r64, r32 = lstm_ref(**a), lstm_ref(**a, dtype=np.float32)
-    for ours, x64, x32, name in zip(got, r64, r32, ("h_next", "c_next", "gates")):
-        close(ours, x64, x32, ok, f"lstm_cell {name}")
-    h_next, c_next, gates = ops.lstm_cell(**a)
-    n, h = a["h"].shape
-    dh, dc = values(data, (n, h), scale=1.0), values(data, (n, h), scale=1.0)
+    compare_all("lstm_cell", ("h_next", "c_next", "gates"), ops.lstm_cell(**a),
+                lambda t: lstm_ref(**a, dtype=t), ok)
+    _, c_next, gates = ops.lstm_cell(**a)
+    dh, dc = values(data, a["h"].shape, scale=1.0), values(data, a["h"].shape, scale=1.0)
     args = dict(dh_next=dh, dc_next=dc, x=a["x"], h=a["h"], c=a["c"], c_next=c_next, gates=gates,
                 w_ih=a["w_ih"], w_hh=a["w_hh"])
-    grads = call(data, ops.lstm_cell_backward, dict(args), list(args))
-    if grads is RAISED:
-        return
-    ok = ok and np.isfinite(dh).all() and np.isfinite(dc).all()
-    with np.errstate(all="ignore"):
-        r64 = lstm_backward_ref(dh, dc, **a)
-        r32 = lstm_backward_ref(dh, dc, **a, dtype=np.float32)
-    for ours, x64, x32, name in zip(grads, r64, r32, ("dx", "dh", "dc", "dw_ih", "dw_hh", "db")):
-        close(ours, x64, x32, ok, f"lstm_cell_backward {name}")
+    cell_backward(data, ops.lstm_cell_backward, args, lambda t: lstm_backward_ref(dh, dc, **a, dtype=t),
+                  ("dx", "dh", "dc", "dw_ih", "dw_hh", "db"), ok)
 
 
 @fuzz
@@ -370,27 +374,21 @@ def test_lstm_cell_and_backward(data):
 @given(data=st.data())
 def test_gru_cell_and_backward(data):
     a = cell_inputs(data, 3, False)
-    got = call(data, ops.gru_cell, dict(a), list(a))
-    if got is RAISED:
+    if call(data, ops.gru_cell, dict(a), list(a)) is RAISED:
         return
     ok = all_finite(a)
-    a64 = {k: v.astype(np.float64) for k, v in a.items()}
-    with np.errstate(all="ignore"):
-        h64, (r, z, nn, hn) = gru_ref(**a64)
-        h32, _ = gru_ref(**a)
-    close(got[0], h64, h32, ok, "gru_cell h_next")
+    as_t = lambda t: {k: v.astype(t) for k, v in a.items()}  # noqa: E731 (gru_ref computes in its inputs' dtype)
+
+    def forward_ref(t):
+        h_next, gates = gru_ref(**as_t(t))
+        return h_next, np.concatenate(gates, axis=1)
+
+    compare_all("gru_cell", ("h_next", "gates"), ops.gru_cell(**a), forward_ref, ok)
     h_next, gates = ops.gru_cell(**a)
     dh = values(data, h_next.shape, scale=1.0)
     args = dict(dh_next=dh, x=a["x"], h=a["h"], gates=gates, w_ih=a["w_ih"], w_hh=a["w_hh"])
-    grads = call(data, ops.gru_cell_backward, dict(args), list(args))
-    if grads is RAISED:
-        return
-    ok = ok and np.isfinite(dh).all()
-    with np.errstate(all="ignore"):
-        r64 = gru_ref_backward(dh.astype(np.float64), **a64)
-        r32 = gru_ref_backward(dh, **a)
-    for ours, x64, x32, name in zip(grads, r64, r32, ("dx", "dh", "dw_ih", "dw_hh", "db_ih", "db_hh")):
-        close(ours, x64, x32, ok, f"gru_cell_backward {name}")
+    cell_backward(data, ops.gru_cell_backward, args, lambda t: gru_ref_backward(dh.astype(t), **as_t(t)),
+                  ("dx", "dh", "dw_ih", "dw_hh", "db_ih", "db_hh"), ok)
 
 
 @fuzz
