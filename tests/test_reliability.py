@@ -37,10 +37,18 @@ def limit(headroom):
 """
 
 
+def child_env() -> dict:
+    """The environment of a child interpreter that imports this fastlm."""
+    env = dict(os.environ)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlm.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
 def run_child(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter; a hang fails the test via the timeout."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ))
+                          timeout=timeout, env=child_env())
 
 
 def assert_ok(r: subprocess.CompletedProcess, *expected: str) -> None:
@@ -189,6 +197,24 @@ print("matmul", ops.matmul(a, a)[0, 0])
 """)
     assert_ok(r, "RuntimeError: set_num_threads(1024): the system refused thread", "the thread count stays 2",
               "threads 2", "matmul 300.0")
+
+
+@needs_rlimit
+def test_cli_threads_beyond_the_limit_is_an_error_line(tmp_path):
+    import resource
+
+    def limit():  # the issue's case: 4 GiB; 8 MiB stacks (the usual default) for every thread
+        resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world\n" * 50)
+    r = subprocess.run([sys.executable, "-m", "fastlm", "train", str(corpus), "--out", str(tmp_path / "o"),
+                        "--steps", "1", "--threads", "1024"], capture_output=True, text=True, timeout=120,
+                       preexec_fn=limit, env=child_env())
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("fastlm: error: --threads: set_num_threads(1024): the system refused thread"), r.stderr
+    assert "Traceback" not in r.stderr
 
 
 # ---- 7: misaligned float32 arrays -------------------------------------------------

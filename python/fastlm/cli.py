@@ -265,8 +265,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .tokenizers import ByteTokenizer, CharTokenizer
 
     _device(a.device)
-    if a.threads is not None:
-        fastlm.set_num_threads(a.threads)
+    _set_threads(a.threads)
     out = a.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out!r} exists and is not a directory")
@@ -385,8 +384,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .lm import LanguageModel
 
     _device(a.device)
-    if a.threads is not None:
-        fastlm.set_num_threads(a.threads)
+    _set_threads(a.threads)
     if not os.path.exists(a.checkpoint):
         raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")
     if not os.path.isdir(a.checkpoint):
@@ -488,6 +486,16 @@ def _device(device: str) -> None:
         _check_device(device)
     except (RuntimeError, ValueError, TypeError) as e:
         raise CLIError(f"--device: {e}") from None
+
+
+def _set_threads(n: Optional[int]) -> None:
+    import fastlm
+    if n is None:
+        return
+    try:
+        fastlm.set_num_threads(n)
+    except RuntimeError as e:  # the system refused a thread
+        raise CLIError(f"--threads: {e}") from None
 
 
 _COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "info": _cmd_info, "bench": _cmd_bench}
