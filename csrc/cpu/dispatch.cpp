@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <stdexcept>
 
 namespace fastlm {
@@ -134,7 +133,11 @@ std::atomic<bool> g_forked_child{false};
 // after the team started runs the kernels on one thread (regions of one
 // thread never touch the worker pool). pthread_atfork covers os.fork,
 // multiprocessing's fork start method and any fork from C.
+pthread_mutex_t g_team_lock = PTHREAD_MUTEX_INITIALIZER;  // guards g_team_ready (start_team)
+
 void after_fork_in_child() {
+  // Only the forking thread lives on: a lock another thread held is free.
+  g_team_lock = PTHREAD_MUTEX_INITIALIZER;
   if (g_team_started.load(std::memory_order_relaxed)) {
     g_forked_child.store(true, std::memory_order_relaxed);
     g_threads.store(1, std::memory_order_relaxed);
@@ -150,8 +153,7 @@ struct ForkHandler {
 // attributes (stack size included, as libgomp's) are started and held at once:
 // if the system refuses one, the caller gets an exception instead. Then the
 // team itself is started, so that it is made under the conditions just tried.
-std::mutex g_team_mutex;
-int g_team_ready = 1;  // the largest team started so far (guarded by g_team_mutex)
+int g_team_ready = 1;  // the largest team started so far
 
 struct Probe {
   pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
@@ -167,8 +169,13 @@ void* probe_thread(void* arg) {
   return nullptr;
 }
 
+struct TeamLock {
+  TeamLock() { pthread_mutex_lock(&g_team_lock); }
+  ~TeamLock() { pthread_mutex_unlock(&g_team_lock); }
+};
+
 void start_team(int n) {
-  std::lock_guard<std::mutex> guard(g_team_mutex);
+  TeamLock lock;
   if (n <= g_team_ready) return;
   Probe probe;
   std::vector<pthread_t> ids(n - 1);
