@@ -39,8 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["World", "world", "collective", "launched_by_mpi", "rank", "world_size", "local_rank", "all_reduce", "broadcast",
-           "barrier", "mpi_runtime", "raised_alike", "is_collective"]
+__all__ = ["World", "world", "collective", "launched_by_mpi", "rank", "world_size", "local_rank", "all_reduce",
+           "broadcast", "barrier", "mpi_runtime", "raised_alike", "is_collective", "per_rank_batch"]
 
 # What launchers set in each process they start: MPICH/Hydra and Intel MPI
 # (PMI_*), Open MPI (OMPI_*), PMIx, MVAPICH, Slurm's srun with PMI.
@@ -110,7 +110,8 @@ class World:
         self.rank, self.size = 0, 1
         self.local_rank, self.local_size = 0, 1
         self._nccl: Any = None
-        self.fit_started = False  # fit has agreed on its start (see collective)
+        self.fit_started = False  # a fit has agreed on its start and not yet ended (see collective)
+        self.fit_done = False  # a fit has ended on every rank
         if not launched_by_mpi():
             return
         _install_excepthook(self)
@@ -338,6 +339,33 @@ def broadcast(buf: Any, root: int = 0) -> Any:
 def barrier() -> None:
     """:meth:`World.barrier` on the job's world."""
     world().barrier()
+
+
+def per_rank_batch(global_batch: int, nranks: int, what: str) -> int:
+    """``global_batch`` split evenly over ``nranks`` ranks; ``ValueError``
+    (saying what ``what`` is) when it cannot be."""
+    if nranks > global_batch:
+        raise ValueError(f"{what} is {global_batch} rows, fewer than the {nranks} ranks of this job: "
+                         "every rank needs at least one row")
+    if global_batch % nranks:
+        raise ValueError(f"{what} is {global_batch} rows, which {nranks} ranks cannot share evenly")
+    return global_batch // nranks
+
+
+def settle(e: BaseException, what: str) -> BaseException:
+    """The error to report for ``e``, raised on this rank outside any
+    collective call (a command line's checks before training): in a job of
+    several ranks that has not begun training, the ranks agree on it
+    (:meth:`World.agree`; the others meet this in ``fit``'s agreement), so
+    that it is reported once and no rank waits for one that has given up."""
+    w = _WORLD
+    if w is None or w.size == 1 or is_collective(e) or w.fit_started or w.fit_done:
+        return e
+    try:
+        w.agree(what, e, {})
+    except BaseException as agreed:  # always: e is an error
+        return agreed
+    return e
 
 
 def data_fingerprint(tokens: Any) -> Optional[tuple]:
