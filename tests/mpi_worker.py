@@ -91,6 +91,11 @@ def main() -> None:
         make("transformer", seed=1 + dist.rank()).fit(**fit_args(2, 3))
     elif scenario == "bad-batch":  # a bad argument on every rank: reported once
         make("transformer").fit(**dict(fit_args(2, 3), batch_size=0))
+    elif scenario == "raise-outside-fit":  # rank 1 raises while rank 0 waits in a barrier
+        dist.world()
+        if dist.rank() == 1:
+            raise KeyError("raised outside fit on rank 1")
+        dist.barrier()
     elif scenario == "collectives":
         w = dist.world()
         x = np.full(5, float(w.rank + 1), dtype=np.float32)

@@ -236,6 +236,13 @@ def test_a_failing_rank_ends_the_job(tmp_path, how):
 
 
 @needs_mpi
+def test_an_uncaught_exception_outside_fit_ends_the_job(tmp_path):
+    rc, out, secs = worker(2, "raise-outside-fit", tmp_path, timeout=60)
+    assert rc != 0 and secs < 30
+    assert "rank 1 of 2 failed" in out and "raised outside fit on rank 1" in out
+
+
+@needs_mpi
 def test_ranks_that_disagree_are_refused_once(tmp_path):
     rc, out, secs = worker(2, "seeds", tmp_path, timeout=60)
     assert rc != 0 and secs < 30
