@@ -23,16 +23,17 @@ def corpus() -> np.ndarray:
 
 
 def make(kind: str, seed: int = 1) -> fastlm.LanguageModel:
+    """``kind``: transformer, lstm, or lstm-stateful (trained with stateful=True)."""
     if kind == "transformer":
         return fastlm.Transformer(V, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=seed)
     return fastlm.LSTMLM(V, embed_dim=16, hidden_size=24, num_layers=2, seed=seed)
 
 
-def fit_args(batch_size: int, steps: int) -> dict:
+def fit_args(batch_size: int, steps: int, kind: str = "") -> dict:
     """The settings every scenario trains with (the test's one-process run too)."""
     data = corpus()
     return dict(train=data, steps=steps, batch_size=batch_size, lr=1e-3, block_size=16, val=data[:700],
-                eval_interval=2, eval_batches=3, progress=False, seed=3)
+                eval_interval=2, eval_batches=3, progress=False, seed=3, stateful=kind.endswith("stateful"))
 
 
 def count_saves(out: str) -> None:
@@ -78,7 +79,7 @@ def main() -> None:
         count_saves(out)
         model = make(kind)
         ckpt = os.path.join(out, "ckpt")
-        hist = model.fit(checkpoint_dir=ckpt, checkpoint_interval=2, resume=resume, **fit_args(b, steps),
+        hist = model.fit(checkpoint_dir=ckpt, checkpoint_interval=2, resume=resume, **fit_args(b, steps, kind),
                          callback=None if stop_at is None else (lambda step, m: step < stop_at))
         if dist.rank() == 0:
             np.save(os.path.join(out, "params.npy"), model._g.flat_params().copy())

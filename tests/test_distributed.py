@@ -167,7 +167,7 @@ def one_process(kind, batch_size, steps, ckpt=None, resume=False, stop_at=None):
     extra = {} if ckpt is None else {"checkpoint_dir": ckpt, "checkpoint_interval": 2, "resume": resume}
     if stop_at is not None:
         extra["callback"] = lambda step, m: step < stop_at
-    hist = model.fit(**mpi_worker.fit_args(batch_size, steps), **extra)
+    hist = model.fit(**mpi_worker.fit_args(batch_size, steps, kind), **extra)
     return model._g.flat_params().copy(), hist
 
 
@@ -188,7 +188,7 @@ def test_collectives(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "lstm-stateful"])
 def test_two_ranks_equal_one_process_at_twice_the_batch(tmp_path, kind):
     rc, out, _ = worker(2, "train", tmp_path, kind, 4, 5)
     assert rc == 0, out
@@ -202,20 +202,21 @@ def test_two_ranks_equal_one_process_at_twice_the_batch(tmp_path, kind):
 
 
 @needs_mpi
-def test_resume_with_another_number_of_ranks(tmp_path):
-    ref, _ = one_process("transformer", 8, 5)
+@pytest.mark.parametrize("kind", ["transformer", "lstm-stateful"])
+def test_resume_with_another_number_of_ranks(tmp_path, kind):
+    ref, _ = one_process(kind, 8, 5)
     # Two ranks stopped at step 3 (saved there), then one process on: the global batch (8) is kept.
-    rc, out, _ = worker(2, "train", tmp_path, "transformer", 4, 5, 3)
+    rc, out, _ = worker(2, "train", tmp_path, kind, 4, 5, 3)
     assert rc == 0, out
     assert (tmp_path / "saves.txt").read_text().split() == ["0", "0"]  # steps 2 and 3
-    got, hist = one_process("transformer", 8, 5, ckpt=str(tmp_path / "ckpt"), resume=True)
+    got, hist = one_process(kind, 8, 5, ckpt=str(tmp_path / "ckpt"), resume=True)
     assert [e["step"] for e in hist] == [1, 2, 3, 4, 5]
     assert rel(got, ref) <= 1e-5
     # One process stopped at step 2, then two ranks on.
     one = tmp_path / "one"
     one.mkdir()
-    one_process("transformer", 8, 5, ckpt=str(one / "ckpt"), stop_at=2)
-    rc, out, _ = worker(2, "train", one, "transformer", 4, 5, "resume")
+    one_process(kind, 8, 5, ckpt=str(one / "ckpt"), stop_at=2)
+    rc, out, _ = worker(2, "train", one, kind, 4, 5, "resume")
     assert rc == 0, out
     assert rel(np.load(one / "params.npy"), ref) <= 1e-5
 

@@ -368,6 +368,25 @@ def settle(e: BaseException, what: str) -> BaseException:
     return e
 
 
+def state_rows(state: Any, rows: slice, batch: int) -> Any:
+    """This rank's ``rows`` of a recurrent state ``(h, c)`` (each (layers,
+    ``batch``, hidden), c may be None) that holds the streams of every rank;
+    a state of another batch is returned as it is."""
+    if state is None or state[0].shape[1] != batch:
+        return state
+    return tuple(None if s is None else np.ascontiguousarray(s[:, rows]) for s in state)
+
+
+def gather_state(w: World, state: Any) -> Any:
+    """Every rank's recurrent state ``(h, c)`` joined along the batch axis in
+    rank order (on every rank); None when no rank has one yet."""
+    states = w.all_gather_object(state)
+    if any(s is None for s in states):
+        return None
+    return tuple(None if states[0][i] is None else np.concatenate([s[i] for s in states], axis=1)
+                 for i in range(2))
+
+
 def data_fingerprint(tokens: Any) -> Optional[tuple]:
     """(length, CRC-32 of the first and last 64 Ki ids): cheap, and enough to
     tell ranks that were handed different corpora apart."""

@@ -304,13 +304,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         raise TypeError(f"stateful must be a bool, got {type(stateful).__name__}")
     if stateful and not model.STATEFUL:
         raise ValueError(f"stateful=True needs a recurrent model; {type(model).__name__} has no state to carry")
-    if stateful and nranks > 1:
-        raise ValueError(f"stateful=True is not supported on {nranks} ranks yet (each rank would carry only "
-                         "its own streams' state into a checkpoint); train it on one rank")
     block = model._train_window(block_size)
     V = model.vocab_size
-    # Stateful: each of the batch_size streams needs a window plus its target.
-    train = _tokens(train, "train", V, batch_size * (block + 1) if stateful else block + 1)
+    # Stateful: each of the batch_size streams of every rank needs a window plus its target.
+    train = _tokens(train, "train", V, batch_size * nranks * (block + 1) if stateful else block + 1)
     if val is not None:
         val = _tokens(val, "val", V, 2)
 
@@ -357,9 +354,24 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
 
     if stateful:
-        # batch_size contiguous streams side by side, walked window by window.
-        stream_len = int(train.shape[0]) // batch_size
-        streams = np.asarray(train[:stream_len * batch_size]).reshape(batch_size, stream_len)
+        # batch_size * nranks contiguous streams side by side, walked window by window; this rank's rows.
+        stream_len = int(train.shape[0]) // (batch_size * nranks)
+        streams = np.asarray(train[:stream_len * batch_size * nranks]).reshape(-1, stream_len)[rows]
+        if nranks > 1 and resume:
+            model._carried = distributed.state_rows(model._carried, rows, batch_size * nranks)
+
+    def save() -> None:
+        """Rank 0 writes the checkpoint; a stateful run's holds every rank's streams."""
+        gather = stateful and nranks > 1
+        if gather:
+            own = model._carried
+            model._carried = distributed.gather_state(world, own)
+        try:
+            if lead:
+                model.save(checkpoint_dir)
+        finally:
+            if gather:
+                model._carried = own
 
     def next_batch() -> Tuple[np.ndarray, np.ndarray, bool]:
         nonlocal stream_pos
@@ -413,15 +425,14 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                                   "stream_pos": stream_pos, "history": history, "fit": fit_args}
             bar.update(entry)
             if checkpoint_dir is not None and (step % checkpoint_interval == 0 or step == steps):
-                if lead:
-                    model.save(checkpoint_dir)
+                save()
                 saved_at = step
             stop = lead and callback is not None and callback(step, dict(entry)) is False
             if callback is not None and nranks > 1:
                 stop = world.broadcast_object(stop)
             if stop:
-                if checkpoint_dir is not None and saved_at != step and lead:
-                    model.save(checkpoint_dir)
+                if checkpoint_dir is not None and saved_at != step:
+                    save()
                 break
     finally:
         bar.close()
