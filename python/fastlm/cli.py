@@ -127,7 +127,8 @@ def _build_parser() -> _Parser:
                    help="char: one id per character of the corpus (default, or the checkpoint's with --resume); "
                         "byte: UTF-8 bytes")
     t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in all (default 2000)")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per micro-batch, per rank under mpirun (default 12)")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="sequences per micro-batch, per rank under mpirun (default 12)")
     t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
     t.add_argument("--block-size", type=_positive_int, default=None,
                    help="context length (transformer) or training window (lstm, gru); default 64")

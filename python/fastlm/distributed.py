@@ -17,7 +17,7 @@ Failures end the job rather than hang it. Once MPI is in use by a job of
 several ranks, an exception that escapes on one rank prints that rank's
 traceback and calls ``MPI_Abort``, which ends every rank (``mpi4py``'s
 ``python -m mpi4py`` does the same); the exit status is non-zero. An error
-every rank raised alike (bad arguments, checked by :func:`fit` on every rank
+every rank raised alike (bad arguments, checked by ``fit`` on every rank
 and agreed on, see :meth:`World.agree`) is reported once, by rank 0, and each
 rank exits normally with status 1.
 
@@ -39,8 +39,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["World", "world", "collective", "launched_by_mpi", "rank", "world_size", "local_rank", "all_reduce",
-           "broadcast", "barrier", "mpi_runtime", "raised_alike", "is_collective", "per_rank_batch"]
+__all__ = ["World", "CollectiveError", "world", "collective", "launched_by_mpi", "rank", "world_size", "local_rank",
+           "all_reduce", "broadcast", "barrier", "mpi_runtime", "raised_alike", "is_collective", "should_report",
+           "settle", "per_rank_batch"]
 
 # What launchers set in each process they start: MPICH/Hydra and Intel MPI
 # (PMI_*), Open MPI (OMPI_*), PMIx, MVAPICH, Slurm's srun with PMI.
@@ -212,6 +213,18 @@ class World:
                         f"{what}: the ranks disagree on {key}: rank 0 has {ref[key]!r}, rank {r} has "
                         f"{theirs.get(key)!r}; every rank must run the same configuration on the same data"))
         self.fit_started = True
+
+    def start(self, what: str, facts: Dict[str, Any], shared: Sequence[np.ndarray]) -> None:
+        """Begin a data-parallel run: give each rank its share of the machine's
+        cores (:func:`default_threads`), :meth:`agree` on ``facts``, then
+        broadcast rank 0's ``shared`` buffers (weights, optimizer moments)."""
+        from . import _C
+        threads = default_threads(self, _C.get_num_threads())
+        if threads is not None:
+            _C.set_num_threads(threads)
+        self.agree(what, None, facts)
+        for buf in shared:
+            self.broadcast(buf)
 
     def abort(self, e: BaseException, code: int = 1) -> None:
         """Print ``e`` with its traceback and this rank's number, then end

@@ -337,18 +337,11 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         stream_pos = 0
         history = History()
     if nranks > 1:
-        from . import _C
-        threads = distributed.default_threads(world, _C.get_num_threads())
-        if threads is not None:
-            _C.set_num_threads(threads)  # the machine's cores shared, not each rank using all
-        world.agree("fit", None, {
+        world.start("fit", {
             "model": f"{type(model).__name__} {model.config}", "settings": fit_args, "seed": seed,
             "resume": resume, "start step": start, "optimizer step": model.optimizer_step,
             "train tokens": distributed.data_fingerprint(train), "val tokens": distributed.data_fingerprint(val),
-            "data RNG": rng.bit_generator.state})
-        # Rank 0's weights and optimizer state are everyone's from here.
-        for buf in (model._g.flat_params(), model._g.adam_m(), model._g.adam_v()):
-            world.broadcast(buf)
+            "data RNG": rng.bit_generator.state}, (model._g.flat_params(), model._g.adam_m(), model._g.adam_v()))
         model._g.weights_changed()
     # Each rank's rows of the global batch of nranks * batch_size.
     rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
