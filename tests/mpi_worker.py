@@ -33,7 +33,8 @@ def fit_args(batch_size: int, steps: int, kind: str = "") -> dict:
     """The settings every scenario trains with (the test's one-process run too)."""
     data = corpus()
     return dict(train=data, steps=steps, batch_size=batch_size, lr=1e-3, block_size=16, val=data[:700],
-                eval_interval=2, eval_batches=3, progress=False, seed=3, stateful=kind.endswith("stateful"))
+                eval_interval=2, eval_batches=3, progress=False, seed=3, stateful=kind.endswith("stateful"),
+                grad_accum=2 if kind == "lstm" else 1)
 
 
 def count_saves(out: str) -> None:
@@ -92,6 +93,8 @@ def main() -> None:
         make("transformer", seed=1 + dist.rank()).fit(**fit_args(2, 3))
     elif scenario == "bad-batch":  # a bad argument on every rank: reported once
         make("transformer").fit(**dict(fit_args(2, 3), batch_size=0))
+    elif scenario == "bad-batch-rank1":  # a bad argument on rank 1 alone: agreed on, reported once
+        make("transformer").fit(**dict(fit_args(2, 3), batch_size=0 if dist.rank() == 1 else 2))
     elif scenario == "raise-outside-fit":  # rank 1 raises while rank 0 waits in a barrier
         dist.world()
         if dist.rank() == 1:

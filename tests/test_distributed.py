@@ -257,6 +257,13 @@ def test_bad_argument_reported_once(tmp_path):
     assert out.count("batch_size must be") == 1, out
 
 
+@needs_mpi
+def test_bad_argument_on_one_rank_reported_once(tmp_path):
+    rc, out, secs = worker(2, "bad-batch-rank1", tmp_path, timeout=60)
+    assert rc != 0 and secs < 30
+    assert out.count("batch_size must be") == 1 and "fit failed on rank 1 of 2" in out, out
+
+
 def _cli(n, tmp_path, *args, **env):
     return mpirun(n, ["-m", "fastlm", "train", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out"),
                       "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8",

@@ -535,7 +535,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CLIError as e:
         if debug:
             raise
-        return _error(e, "", 2)
+        return _error(e, f"fastlm: error: {e}", 2)
     except BrokenPipeError:
         # The reader of stdout has gone (`fastlm sample ... | head`): stop
         # quietly, with stdout on /dev/null for the flush at exit (Python's recipe).
@@ -544,27 +544,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, TypeError) as e:
         if debug:
             raise
-        return _error(e, "", 2)
+        return _error(e, f"fastlm: error: {_one_line(e)}", 2)
     except MemoryError as e:  # a model, batch or sample count too large for this machine
         if debug:
             raise
-        return _error(e, "out of memory: ", 2)
+        return _error(e, f"fastlm: error: out of memory: {_one_line(e)}", 2)
     except FloatingPointError as e:
         if debug:
             raise
-        return _error(e, "", 1)
+        return _error(e, f"fastlm: error: {_one_line(e)}", 1)
     except KeyboardInterrupt:
         print("fastlm: interrupted", file=sys.stderr)
         return 130
 
 
-def _error(e: BaseException, prefix: str, code: int) -> int:
-    """Print ``e`` as fastlm's one-line error and return ``code``; under
-    ``mpirun``, once for the job (by rank 0) when every rank met it."""
+def _error(e: BaseException, message: str, code: int) -> int:
+    """Print ``message``, the error ``e``, and return ``code``; under
+    ``mpirun``, once for the job (by rank 0) when every rank met it, or what
+    the ranks agreed on when this rank alone did."""
     from . import distributed
-    e = distributed.settle(e, "fastlm train")
-    if distributed.should_report(e):
-        print(f"fastlm: error: {prefix}{_one_line(e)}", file=sys.stderr)
+    agreed = distributed.settle(e, "fastlm train")
+    if agreed is not e:
+        message = f"fastlm: error: {_one_line(agreed)}"
+    if distributed.should_report(agreed):
+        print(message, file=sys.stderr)
     return code
 
 
