@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 from . import _C
 from ._checks import check_int
-from . import data, ops
+from . import data, distributed, ops
 from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
 from .model import Transformer
@@ -34,6 +34,7 @@ __all__ = [
     "LanguageModel",
     "Transformer",
     "data",
+    "distributed",
     "load_tokenizer",
     "available_cpu_isas",
     "build_info",
