@@ -10,8 +10,6 @@
 //           for ir over MC by MR: microkernel
 #include <omp.h>
 
-#include <cstdlib>
-
 #include "cpu/cpu_kernels.h"
 #include "cpu/memory.h"
 
