@@ -37,6 +37,9 @@ cmake --build "$build"
 # ASan ending the process.
 asan=$("$cxx" -print-file-name=libasan.so)
 stdcxx=$("$cxx" -print-file-name=libstdc++.so)
+for lib in "$asan" "$stdcxx"; do
+  case $lib in /*) ;; *) echo "sanitize: $cxx does not know where $lib is (is libasan installed?)" >&2; exit 2 ;; esac
+done
 export LD_PRELOAD="$asan:$stdcxx${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
