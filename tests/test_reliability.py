@@ -269,3 +269,19 @@ def test_cross_entropy_out_may_be_a_full_view_of_logits(rng):
     np.testing.assert_array_equal(logits, want_grad)  # written in place
     with pytest.raises(ValueError, match="out overlaps logits partially"):
         ops.cross_entropy(logits[:2], t[:2], out=logits.reshape(-1)[3:17].reshape(2, 7))
+
+
+# ---- found by tests/test_fuzz_ops.py ----------------------------------------------
+
+@pytest.mark.parametrize("cols", [1, 3, 17])
+def test_layernorm_backward_rows_near_float_max_stay_finite(isa, cols):
+    """Vector padding lanes once held x = 0, whose norm -mean * rstd overflowed
+    for a mean near FLT_MAX / rstd, and 0 * inf put NaN in the row's sums."""
+    x = np.full((2, cols), -1.3e36, np.float32)
+    x[1] = 9e35
+    w, b = np.ones(cols, np.float32), np.zeros(cols, np.float32)
+    _, mean, rstd = ops.layernorm(x, w, b)
+    dx, dw, db = ops.layernorm_backward(np.ones_like(x), x, w, mean, rstd)
+    np.testing.assert_array_equal(dx, 0)  # constant rows: norm = 0 and dx = 0 exactly
+    np.testing.assert_array_equal(dw, 0)
+    np.testing.assert_array_equal(db, 2)

@@ -104,8 +104,11 @@ void backward_row(const float* dy, const float* x, const float* w, float mean, f
     vstore(db_part + j, vload(db_part + j) + g);
   }
   if (j < n) {
-    const int64_t r = n - j;  // padding lanes: dy = 0 and w = 0, so they add nothing
-    const V g = vload_part(dy + j, r), norm = (vload_part(x + j, r) - vm) * vr,
+    // Padding lanes: dy = 0, w = 0 and x = mean (norm = 0), so they add nothing
+    // (a padding x of 0 would give norm = -mean * rstd, inf for a mean past
+    // FLT_MAX / rstd, and 0 * inf = NaN in the sums).
+    const int64_t r = n - j;
+    const V g = vload_part(dy + j, r), norm = (vload_part(x + j, r, mean) - vm) * vr,
             dnorm = rounded(vload_part(w + j, r) * g);
     a0 = a0 + dnorm;
     a1 = vfma(dnorm, norm, a1);
@@ -120,7 +123,7 @@ void backward_row(const float* dy, const float* x, const float* w, float mean, f
   }
   if (j < n) {
     const int64_t r = n - j;
-    const V norm = (vload_part(x + j, r) - vm) * vr,
+    const V norm = (vload_part(x + j, r, mean) - vm) * vr,
             dnorm = rounded(vload_part(w + j, r) * vload_part(dy + j, r));
     const V t = vfnma(norm, m2, dnorm - m1);
     vstore_part(dx + j, vfma(t, vr, vload_part(dx + j, r)), r);
