@@ -5,11 +5,13 @@ overflow, with NaN and inf sprinkled in), and one layout change to one argument:
 an unaligned copy, a strided or transposed view, a wrong dtype, a list, or an
 aliased ``out=``. The op must then raise TypeError/ValueError naming the
 argument, or return a result that matches the float64 reference (from the op's
-own test module) wherever the inputs it depends on are finite and the
-reference stays inside the float32 range. A crash fails the run.
+own test module) wherever the inputs it depends on are finite and neither the
+reference nor a plain float32 evaluation of it overflows float32 (within the
+flash-attention bound: a few times the plain float32 error). A crash fails the run.
 
 Bounded for CI: FUZZ_EXAMPLES examples per op and ISA (environment variable
-FASTLM_FUZZ_EXAMPLES, default 40), derandomized so that a CI run is repeatable;
+FASTLM_FUZZ_EXAMPLES, default 40), derandomized so that a CI run is repeatable
+(FASTLM_FUZZ_RANDOM=1 searches afresh);
 ``--hypothesis-show-statistics`` shows the count of cases tried.
 """
 from __future__ import annotations
@@ -38,7 +40,9 @@ from test_lstm_cell import lstm_backward_ref, lstm_ref  # noqa: E402
 from test_softmax import softmax_backward_ref, softmax_ref  # noqa: E402
 
 FUZZ_EXAMPLES = int(os.environ.get("FASTLM_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+# FASTLM_FUZZ_RANDOM=1: a fresh random search instead of CI's repeatable one.
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not os.environ.get("FASTLM_FUZZ_RANDOM"),
+                database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
 F32_MAX = float(np.finfo(np.float32).max)
