@@ -1,0 +1,221 @@
+"""Corpus preparation: text files of any size -> token files, in bounded memory.
+
+::
+
+    tok = BPETokenizer.train([Path("corpus/")], vocab_size=8192)
+    n = tokenize_files(["corpus/"], "all.bin", tok)      # one token file
+    prepare_dataset(["corpus/"], "data/", tok)           # data/train.bin, val.bin, tokenizer.json
+
+Files are read in blocks of a few megabytes, decoded as UTF-8 and cut into
+pieces that :meth:`~fastlm.tokenizers.Tokenizer.encode_batch` encodes on all
+cores. A cut lies between a word character and a following space or newline:
+GPT-2's pre-tokenizer never joins the two into one token and looks at no text
+before a cut, so for a GPT-2-style byte-level BPE (no normaliser, no prefix
+space) the ids equal those of encoding each file whole. (For a tokenizer whose pre-tokenizer does not split there, a character
+tokenizer or byte tokenizer, each piece encodes alone just the same.) A block
+with no such cut in its last megabyte -- text without spaces or newlines -- is
+cut at a character boundary, the one place ids may differ. Each file is a
+document: its ids follow the previous file's, optionally after the
+end-of-text id.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from typing import Any, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ._checks import check_float, check_int
+from .data import TokenWriter, _fspath, open_tokens, train_val_split, write_tokens
+
+__all__ = ["list_text_files", "encode_text", "tokenize_files", "prepare_dataset", "token_dtype"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_BLOCK = 1 << 23          # characters read per block
+_PIECE = 1 << 16          # characters per piece of an encode_batch call
+_SEARCH = 1 << 20         # how far back from a block's end a cut is looked for
+# A word character followed by a space or newline: a pre-token boundary.
+_CUT = re.compile(r"\w(?=[ \n])")
+
+
+def list_text_files(paths: Sequence[Any]) -> List[str]:
+    """The files named by ``paths`` (files, or directories walked recursively
+    in sorted order, hidden entries skipped), in order. Raises
+    ``FileNotFoundError`` naming a path that does not exist and ``ValueError``
+    when there are no files."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: List[str] = []
+    for item in paths:
+        p = _fspath(item, "corpus path")
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"corpus: no such file or directory {p!r}")
+    if not out:
+        raise ValueError(f"corpus: no files in {[os.fspath(x) for x in paths]!r}")
+    return out
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id of a ``vocab_size`` vocabulary fits it, else ``uint32``."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _cuts(text: str, final: bool) -> Iterator[int]:
+    """Cut positions splitting ``text`` into pieces of about ``_PIECE``
+    characters; the last is ``len(text)`` when ``final``, else the last safe
+    cut (0 when none: read more)."""
+    start, n = 0, len(text)
+    while n - start > _PIECE:
+        m = _CUT.search(text, start + _PIECE, min(n, start + 2 * _PIECE))
+        if m is None:
+            break
+        start = m.end()
+        yield start
+    if final:
+        yield n
+        return
+    lo = max(start, n - _SEARCH)
+    last = None
+    for last in _CUT.finditer(text, lo, n - 1):
+        pass
+    if last is not None:
+        yield last.end()
+
+
+def encode_text(tokenizer: Any, text: str) -> np.ndarray:
+    """Ids of ``text`` as a 1-D ``int32`` array, encoded in pieces on all
+    cores (``tokenizer.encode_batch``); equal to ``tokenizer.encode(text)``
+    for a byte-level BPE without special tokens added at the ends (see the
+    module docstring)."""
+    if not isinstance(text, str):
+        raise TypeError(f"encode_text: text must be a str, got {type(text).__name__}")
+    bounds = [0, *_cuts(text, True)]
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return _join(_encode_pieces(tokenizer, pieces))
+
+
+def _encode_pieces(tokenizer: Any, pieces: List[str]) -> List[np.ndarray]:
+    try:
+        return tokenizer.encode_batch(pieces, add_special_tokens=False)
+    except TypeError:  # a tokenizer whose encode_batch has no add_special_tokens (char, byte)
+        return tokenizer.encode_batch(pieces)
+
+
+def _join(arrays: List[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
+
+
+def _file_blocks(path: str, progress: Any) -> Iterator[str]:
+    """The UTF-8 text of ``path`` in blocks ending at safe cuts."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    pending = ""
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(_BLOCK)
+            try:
+                pending += decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"corpus file {path!r} is not valid UTF-8 "
+                                 f"(near byte offset {offset + e.start}: {e.reason})") from None
+            offset += len(raw)
+            if progress is not None:
+                progress.update(len(raw))
+            if not raw:
+                if pending:
+                    yield pending
+                return
+            cut = max((*_cuts(pending, False), 0))
+            if cut == 0 and len(pending) >= 8 * _BLOCK:
+                cut = len(pending)  # no cut in far too long a stretch: bound the memory
+            if cut:
+                yield pending[:cut]
+                pending = pending[cut:]
+
+
+def tokenize_files(paths: Sequence[Any], out: PathLike, tokenizer: Any, *, append_eos: bool = False,
+                   progress: bool = True) -> int:
+    """Tokenize text files (or directories of them) into one token file.
+
+    paths: files/directories (see :func:`list_text_files`), read as UTF-8.
+    out: the token file to write (:func:`fastlm.data.open_tokens` reads it),
+    ``uint16`` when the vocabulary fits, else ``uint32``; written atomically.
+    tokenizer: any fastlm tokenizer (BPE encodes on all cores).
+    append_eos: put ``tokenizer.eos_token_id`` after each file's ids
+    (``ValueError`` when the tokenizer has none). progress: a tqdm bar over
+    the bytes read (on stderr). Memory stays bounded by a few blocks whatever
+    the file sizes. Returns the number of ids written.
+
+    Raises ``ValueError`` naming the file and the byte offset for a file that
+    is not UTF-8 (no token file is left behind).
+    """
+    files = list_text_files(paths)
+    eos = _eos_id(tokenizer) if append_eos else None
+    total = sum(os.path.getsize(f) for f in files)
+    bar = _bar(total, progress, os.path.basename(os.fspath(out)))
+    try:
+        with TokenWriter(out, token_dtype(tokenizer.vocab_size)) as w:
+            for path in files:
+                for block in _file_blocks(path, bar):
+                    bounds = [0, *_cuts(block, True)]
+                    w.write(_join(_encode_pieces(tokenizer, [block[a:b] for a, b in zip(bounds, bounds[1:])])))
+                if eos is not None:
+                    w.write(np.array([eos]))
+    finally:
+        if bar is not None:
+            bar.close()
+    return w.count
+
+
+def prepare_dataset(paths: Sequence[Any], out_dir: PathLike, tokenizer: Any, *, val_fraction: float = 0.1,
+                    append_eos: bool = False, progress: bool = True) -> dict:
+    """nanoGPT's ``prepare.py``: tokenize ``paths`` into ``out_dir/train.bin``
+    (the first ``1 - val_fraction`` of the ids) and ``out_dir/val.bin`` (the
+    rest), and save the tokenizer as ``out_dir/tokenizer.json``.
+
+    ``fastlm train out_dir`` and :func:`fastlm.data.open_tokens` read the
+    result. Returns ``{"train": n_train, "val": n_val, "dtype": name}``.
+    """
+    val_fraction = check_float(val_fraction, "prepare_dataset: val_fraction", 0.0, below=1.0)
+    d = _fspath(out_dir, "out_dir")
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise ValueError(f"prepare_dataset: {d!r} exists and is not a directory")
+    os.makedirs(d, exist_ok=True)
+    whole = os.path.join(d, ".all.bin")
+    try:
+        tokenize_files(paths, whole, tokenizer, append_eos=append_eos, progress=progress)
+        ids = open_tokens(whole)
+        train, val = train_val_split(ids, val_fraction)
+        write_tokens(os.path.join(d, "train.bin"), train, dtype=ids.dtype)
+        write_tokens(os.path.join(d, "val.bin"), val, dtype=ids.dtype)
+        tokenizer.save(os.path.join(d, "tokenizer.json"))
+        del ids, train, val
+    finally:
+        if os.path.exists(whole):
+            os.unlink(whole)
+    return {"train": len(open_tokens(os.path.join(d, "train.bin"))),
+            "val": len(open_tokens(os.path.join(d, "val.bin"))), "dtype": token_dtype(tokenizer.vocab_size).name}
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError(f"append_eos: the tokenizer {tokenizer!r} has no end-of-text token")
+    return check_int(eos, "eos_token_id", 0)
+
+
+def _bar(total: int, enabled: bool, name: str) -> Optional[Any]:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"tokenizing {name}",
+                dynamic_ncols=True)
