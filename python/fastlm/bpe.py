@@ -23,7 +23,7 @@ import numpy as np
 from ._checks import check_int
 from ._io import atomic_write
 from .corpus import list_text_files
-from .tokenizers import IdsLike, Tokenizer, _as_id_array, _check_text, register_tokenizer
+from .tokenizers import IdsLike, Tokenizer, _as_id_array, _check_text, register_hf_tokenizer
 
 try:  # the Hugging Face library, not fastlm.tokenizers
     import tokenizers as _hf
@@ -84,7 +84,7 @@ class BPETokenizer(Tokenizer):
     ``decode`` keeps special tokens, so ``decode(encode(text)) == text``.
     """
 
-    type_name = "bpe"
+    type_name = "bpe"  # its JSON is Hugging Face's, which has no "type" field
 
     def __init__(self, backend: Any, eos_token: Optional[str] = None) -> None:
         hf = _library()
@@ -371,4 +371,4 @@ def _checked_texts(texts: Iterable[Any]) -> Iterable[str]:
         yield t
 
 
-register_tokenizer(BPETokenizer.type_name, BPETokenizer)
+register_hf_tokenizer(BPETokenizer)

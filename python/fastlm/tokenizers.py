@@ -5,7 +5,7 @@
 * :class:`ByteTokenizer` -- one id per UTF-8 byte, vocabulary 256; encodes any
   text, decodes any id sequence (invalid UTF-8 becomes U+FFFD).
 * :class:`fastlm.bpe.BPETokenizer` -- byte-level BPE on Hugging Face
-  ``tokenizers``; it registers itself here (:func:`register_tokenizer`).
+  ``tokenizers``; it registers itself here (:func:`register_hf_tokenizer`).
 
 All encode to a 1-D ``int32`` array, decode from a list or a 1-D integer
 array, serialise to JSON (:meth:`Tokenizer.to_json`, :meth:`Tokenizer.save`)
@@ -30,7 +30,7 @@ __all__ = [
     "tokenizer_from_dict",
     "tokenizer_from_json",
     "load_tokenizer",
-    "register_tokenizer",
+    "register_hf_tokenizer",
 ]
 
 #: What ``decode`` accepts: a sequence of ints or a 1-D integer array.
@@ -288,15 +288,15 @@ class ByteTokenizer(Tokenizer):
         return "ByteTokenizer()"
 
 
-_TYPES: Dict[str, Any] = {"char": CharTokenizer, "byte": ByteTokenizer}
-# The type that reads a Hugging Face tokenizer.json (fastlm.bpe registers it).
-_HF_TYPE = "bpe"
+_TYPES = {"char": CharTokenizer, "byte": ByteTokenizer}
+# The class that reads a Hugging Face tokenizer.json (fastlm.bpe registers its own).
+_hf_reader: List[Any] = []
 
 
-def register_tokenizer(name: str, cls: Any) -> None:
-    """Make :func:`tokenizer_from_dict` rebuild ``cls`` (a :class:`Tokenizer`
-    subclass with a ``from_dict`` classmethod) for JSON of type ``name``."""
-    _TYPES[name] = cls
+def register_hf_tokenizer(cls: Any) -> None:
+    """Make :func:`tokenizer_from_dict` read a Hugging Face tokenizer JSON
+    with ``cls.from_dict`` (``cls``: a :class:`Tokenizer` subclass)."""
+    _hf_reader[:] = [cls]
 
 
 def tokenizer_from_dict(d: Any) -> Tokenizer:
@@ -305,9 +305,9 @@ def tokenizer_from_dict(d: Any) -> Tokenizer:
     if not isinstance(d, dict):
         raise ValueError(f"tokenizer JSON must be an object, got {type(d).__name__}")
     if "type" not in d and isinstance(d.get("model"), dict):
-        if _HF_TYPE not in _TYPES:
+        if not _hf_reader:
             raise ValueError("a Hugging Face tokenizer JSON needs the 'tokenizers' package (pip install tokenizers)")
-        return _TYPES[_HF_TYPE].from_dict(d)
+        return _hf_reader[0].from_dict(d)
     if "type" not in d:
         raise ValueError("tokenizer JSON has no 'type' field (nor a Hugging Face 'model')")
     kind = d["type"]
@@ -319,8 +319,6 @@ def tokenizer_from_dict(d: Any) -> Tokenizer:
                          f"(this fastlm reads version <= {_FORMAT_VERSION})")
     if kind == "byte":
         return ByteTokenizer()
-    if kind != "char":
-        return _TYPES[kind].from_dict(d)
     chars = d.get("chars")
     if not isinstance(chars, list):
         raise ValueError("char tokenizer JSON needs a 'chars' list")
