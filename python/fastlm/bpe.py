@@ -22,7 +22,7 @@ import numpy as np
 
 from ._checks import check_int
 from ._io import atomic_write
-from .corpus import list_text_files
+from .data import list_text_files
 from .tokenizers import IdsLike, Tokenizer, _as_id_array, _check_text, register_hf_tokenizer
 
 try:  # the Hugging Face library, not fastlm.tokenizers

@@ -28,9 +28,10 @@ from typing import Any, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from ._checks import check_float, check_int
-from .data import TokenWriter, _fspath, open_tokens, train_val_split, write_tokens
+from .bpe import BPETokenizer
+from .data import TokenWriter, _fspath, list_text_files, open_tokens, train_val_split, write_tokens
 
-__all__ = ["list_text_files", "encode_text", "tokenize_files", "prepare_dataset", "token_dtype"]
+__all__ = ["encode_text", "tokenize_files", "prepare_dataset", "token_dtype"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -39,29 +40,6 @@ _PIECE = 1 << 16          # characters per piece of an encode_batch call
 _SEARCH = 1 << 20         # how far back from a block's end a cut is looked for
 # A word character followed by a space or newline: a pre-token boundary.
 _CUT = re.compile(r"\w(?=[ \n])")
-
-
-def list_text_files(paths: Sequence[Any]) -> List[str]:
-    """The files named by ``paths`` (files, or directories walked recursively
-    in sorted order, hidden entries skipped), in order. Raises
-    ``FileNotFoundError`` naming a path that does not exist and ``ValueError``
-    when there are no files."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: List[str] = []
-    for item in paths:
-        p = _fspath(item, "corpus path")
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
-        elif os.path.isfile(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"corpus: no such file or directory {p!r}")
-    if not out:
-        raise ValueError(f"corpus: no files in {[os.fspath(x) for x in paths]!r}")
-    return out
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -104,10 +82,9 @@ def encode_text(tokenizer: Any, text: str) -> np.ndarray:
 
 
 def _encode_pieces(tokenizer: Any, pieces: List[str]) -> List[np.ndarray]:
-    try:
+    if isinstance(tokenizer, BPETokenizer):  # no BOS/EOS a post-processor might add to every piece
         return tokenizer.encode_batch(pieces, add_special_tokens=False)
-    except TypeError:  # a tokenizer whose encode_batch has no add_special_tokens (char, byte)
-        return tokenizer.encode_batch(pieces)
+    return tokenizer.encode_batch(pieces)
 
 
 def _join(arrays: List[np.ndarray]) -> np.ndarray:
@@ -146,7 +123,7 @@ def tokenize_files(paths: Sequence[Any], out: PathLike, tokenizer: Any, *, appen
                    progress: bool = True) -> int:
     """Tokenize text files (or directories of them) into one token file.
 
-    paths: files/directories (see :func:`list_text_files`), read as UTF-8.
+    paths: files/directories (see :func:`fastlm.data.list_text_files`), read as UTF-8.
     out: the token file to write (:func:`fastlm.data.open_tokens` reads it),
     ``uint16`` when the vocabulary fits, else ``uint32``; written atomically.
     tokenizer: any fastlm tokenizer (BPE encodes on all cores).

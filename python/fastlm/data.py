@@ -45,6 +45,7 @@ __all__ = [
     "get_batch",
     "iter_eval_batches",
     "default_corpus",
+    "list_text_files",
     "tokens_from_text",
 ]
 
@@ -453,6 +454,29 @@ def _eval_batches(arr: np.ndarray, batch_size: int, block_size: int, n_windows: 
 
 
 # ------------------------------------------------------------------------- corpus
+
+def list_text_files(paths: Sequence[Any]) -> List[str]:
+    """The files named by ``paths`` (files, or directories walked recursively
+    in sorted order, hidden entries skipped), in order. Raises
+    ``FileNotFoundError`` naming a path that does not exist and ``ValueError``
+    when there are no files."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: List[str] = []
+    for item in paths:
+        p = _fspath(item, "corpus path")
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"corpus: no such file or directory {p!r}")
+    if not out:
+        raise ValueError(f"corpus: no files in {[os.fspath(x) for x in paths]!r}")
+    return out
+
 
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 
