@@ -233,8 +233,9 @@ class BPETokenizer(Tokenizer):
         for i, t in enumerate(texts):
             _check_text(t, f"BPETokenizer.encode_batch: texts[{i}]")
         try:
-            # encode_batch_fast skips the offsets, which ids do not need.
-            encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
+            # encode_batch_fast (tokenizers >= 0.21) skips the offsets, which ids do not need.
+            batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+            encs = batch(list(texts), add_special_tokens=add_special_tokens)
         except TypeError:
             i, t = next((i, t) for i, t in enumerate(texts) if _has_surrogate(t))
             raise _no_utf8(t, f"BPETokenizer.encode_batch: texts[{i}]") from None
