@@ -116,12 +116,8 @@ def test_train_on_nanogpt_raw_bins(tmp_path, capsys):
 def test_mistakes_are_one_line(argv, needle, docs, tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok \xff")
-    sub = {"{tmp}": str(tmp_path), "{docs}": str(docs), "{bad}": str(bad)}
-    args = []
-    for a in argv:
-        for k, v in sub.items():
-            a = a.replace(k, v)
-        args.append(a)
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{docs}", str(docs)).replace("{bad}", str(bad))
+            for a in argv]
     assert main(args) == 2
     assert needle in _error_line(capsys)
     assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")
