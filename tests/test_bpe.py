@@ -260,6 +260,10 @@ def test_save_pretrained_loads_in_transformers(tok, tmp_path):
         assert ids == tok.encode(text).tolist()
         assert at.decode(ids) == text
     assert BPETokenizer.from_pretrained(tmp_path / "hf") == tok
+    tok.save_pretrained(tmp_path / "hf", model_max_length=64)
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf")).model_max_length == 64
+    with pytest.raises(ValueError, match="model_max_length"):
+        tok.save_pretrained(tmp_path / "hf", model_max_length=0)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         tok.save_pretrained(tmp_path / "file")

@@ -109,6 +109,7 @@ def test_train_on_nanogpt_raw_bins(tmp_path, capsys):
     (["tokenize", "{docs}", "--out", "{tmp}/o", "--vocab-size", "100"], "below 256"),
     (["tokenize", "{docs}", "--out", "{docs}/part0.txt"], "not a directory"),
     (["tokenize", "{bad}", "--out", "{tmp}/o", "--tokenizer", "byte"], "not valid UTF-8"),
+    (["tokenize", "{bad}", "--out", "{tmp}/o"], "bad.txt"),
     (["tokenize", "{docs}"], "--out"),
     (["train", "{docs}/part0.txt", "--out", "{tmp}/o", "--vocab-size", "300"], "--vocab-size"),
     (["train", "{tmp}", "--out", "{tmp}/o"], "no train.bin"),

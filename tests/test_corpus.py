@@ -11,9 +11,7 @@ from fastlm import corpus
 from fastlm.corpus import encode_text, prepare_dataset, tokenize_files, token_dtype
 from fastlm.data import TokenWriter, list_text_files, open_tokens, write_tokens
 from fastlm.tokenizers import ByteTokenizer, CharTokenizer
-
-hf = pytest.importorskip("tokenizers")
-from fastlm import BPETokenizer  # noqa: E402
+from fastlm import BPETokenizer
 
 PROSE = ("It was the best of times, it was the worst of times,\r\nit was the age of wisdom; "
          "\u65e5\u672c\u8a9e\u306e\u6587 \U0001F600 don't   stop\n\n\t  indented\n") * 40
@@ -21,6 +19,7 @@ PROSE = ("It was the best of times, it was the worst of times,\r\nit was the age
 
 @pytest.fixture(scope="module")
 def tok():
+    pytest.importorskip("tokenizers")  # the tests without a BPE run without it
     return BPETokenizer.train(PROSE, 330)
 
 

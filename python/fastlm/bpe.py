@@ -139,7 +139,11 @@ class BPETokenizer(Tokenizer):
                                          initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
         files = _training_files(text_or_files)
         if files is not None:
-            tok.train(files, trainer)
+            try:
+                tok.train(files, trainer)
+            except Exception as e:  # the library raises plain Exception (e.g. for a file that is not UTF-8)
+                raise ValueError(f"BPETokenizer.train: cannot read the training files {files[:3]!r}"
+                                 f"{' ...' if len(files) > 3 else ''}: {e}") from None
         else:
             texts = [text_or_files] if isinstance(text_or_files, str) else text_or_files
             tok.train_from_iterator(_checked_texts(texts), trainer)
@@ -269,12 +273,16 @@ class BPETokenizer(Tokenizer):
         except Exception as e:  # the library raises plain Exception
             raise ValueError(f"not a valid Hugging Face tokenizer: {e}") from None
 
-    def save_pretrained(self, directory: PathLike) -> List[str]:
+    def save_pretrained(self, directory: PathLike, model_max_length: Optional[int] = None) -> List[str]:
         """Write ``tokenizer.json``, ``tokenizer_config.json`` and
         ``special_tokens_map.json`` into ``directory`` (created if missing) so
         that ``transformers.AutoTokenizer.from_pretrained(directory)`` loads
-        this tokenizer. Returns the paths written."""
+        this tokenizer. ``model_max_length``: the model's context length, if
+        any (transformers then warns about longer inputs). Returns the paths
+        written."""
         d = _fspath(directory, "BPETokenizer.save_pretrained: directory")
+        if model_max_length is not None:
+            model_max_length = check_int(model_max_length, "BPETokenizer.save_pretrained: model_max_length", 1)
         if os.path.exists(d) and not os.path.isdir(d):
             raise ValueError(f"BPETokenizer.save_pretrained: {d!r} exists and is not a directory")
         os.makedirs(d, exist_ok=True)
@@ -282,7 +290,8 @@ class BPETokenizer(Tokenizer):
         if self._eos is not None:
             special = {"bos_token": self._eos, "eos_token": self._eos, "unk_token": self._eos}
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": False,
-                  "clean_up_tokenization_spaces": False, "model_max_length": int(1e30), **special}
+                  "clean_up_tokenization_spaces": False,
+                  "model_max_length": int(1e30) if model_max_length is None else model_max_length, **special}
         out = []
         for name, text in ((_HF_FILE, self.to_json()), (_HF_CONFIG, json.dumps(config, indent=2)),
                            (_HF_SPECIAL_MAP, json.dumps(special, indent=2))):
