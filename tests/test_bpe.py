@@ -238,7 +238,7 @@ def test_corrupt_files_name_the_file(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor vocab.json"):
         BPETokenizer.from_pretrained(empty)
-    with pytest.raises(FileNotFoundError, match="holds no tokenizer.json"):
+    with pytest.raises(IsADirectoryError, match="is a directory without a tokenizer.json"):
         load_tokenizer(empty)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         BPETokenizer.from_pretrained(tmp_path / "nowhere")

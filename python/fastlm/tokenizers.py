@@ -355,7 +355,8 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
     checkpoint's ``tokenizer.json``), a Hugging Face ``tokenizer.json``, or a
     directory holding a ``tokenizer.json`` (a checkpoint, a Hugging Face model).
 
-    Raises ``FileNotFoundError`` (naming ``path``) if it does not exist and
+    Raises ``FileNotFoundError`` (naming ``path``) if it does not exist,
+    ``IsADirectoryError`` for a directory without a ``tokenizer.json`` and
     ``ValueError`` naming the file if its content is not a valid tokenizer.
     """
     p = os.fspath(path)
@@ -364,7 +365,7 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
     if os.path.isdir(p):
         inner = os.path.join(p, "tokenizer.json")
         if not os.path.isfile(inner):
-            raise FileNotFoundError(f"load_tokenizer: directory {p!r} holds no tokenizer.json")
+            raise IsADirectoryError(f"load_tokenizer: {p!r} is a directory without a tokenizer.json")
         p = inner
     with open(p, "rb") as f:
         data = f.read()
