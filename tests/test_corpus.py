@@ -90,6 +90,15 @@ def test_char_and_byte_tokenizers_and_uint32(tmp_path, small_blocks):
     assert ids.dtype == np.uint32 and ids.max() >= 65536 and wide.decode(ids) == text
 
 
+def test_char_errors_name_the_file_and_position(tmp_path, small_blocks):
+    d = _files(tmp_path, [PROSE, "twas twas" * 100 + " zebra"])
+    with pytest.raises(ValueError, match=r"01\.txt.*'z' at position"):
+        tokenize_files([d], tmp_path / "c.bin", CharTokenizer.from_text(PROSE), progress=False)
+    assert not (tmp_path / "c.bin").exists()
+    with pytest.raises(ValueError, match=r"'z' at position 3\b"):
+        encode_text(CharTokenizer.from_text("abc"), "abcz")
+
+
 def test_append_eos(tok, tmp_path):
     d = _files(tmp_path, ["one two", "three"])
     tokenize_files([d], tmp_path / "e.bin", tok, append_eos=True, progress=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -70,25 +70,21 @@ def _cuts(text: str, final: bool) -> Iterator[int]:
 
 
 def encode_text(tokenizer: Any, text: str) -> np.ndarray:
-    """Ids of ``text`` as a 1-D ``int32`` array, encoded in pieces on all
-    cores (``tokenizer.encode_batch``); equal to ``tokenizer.encode(text)``
-    for a byte-level BPE without special tokens added at the ends (see the
-    module docstring)."""
+    """Ids of ``text`` as a 1-D ``int32`` array: ``tokenizer.encode(text)``,
+    for a BPE tokenizer encoded in pieces on all cores
+    (``tokenizer.encode_batch``), without special tokens a post-processor
+    would add (equal to ``encode`` for GPT-2's pipeline; see the module docstring)."""
     if not isinstance(text, str):
         raise TypeError(f"encode_text: text must be a str, got {type(text).__name__}")
+    if not isinstance(tokenizer, BPETokenizer):
+        # Character and byte tokenizers are vectorised already, and their
+        # errors then give positions in the whole text.
+        return np.asarray(tokenizer.encode(text)).astype(np.int32, copy=False)
     bounds = [0, *_cuts(text, True)]
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
-    return _join(_encode_pieces(tokenizer, pieces))
-
-
-def _encode_pieces(tokenizer: Any, pieces: List[str]) -> List[np.ndarray]:
-    if isinstance(tokenizer, BPETokenizer):  # no BOS/EOS a post-processor might add to every piece
-        return tokenizer.encode_batch(pieces, add_special_tokens=False)
-    return tokenizer.encode_batch(pieces)
-
-
-def _join(arrays: List[np.ndarray]) -> np.ndarray:
-    return np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
+    # No BOS/EOS that a post-processor might add to every piece.
+    ids = tokenizer.encode_batch(pieces, add_special_tokens=False)
+    return np.concatenate(ids).astype(np.int32, copy=False) if ids else np.zeros(0, np.int32)
 
 
 def _file_blocks(path: str, progress: Any) -> Iterator[str]:
@@ -142,9 +138,13 @@ def tokenize_files(paths: Sequence[Any], out: PathLike, tokenizer: Any, *, appen
     try:
         with TokenWriter(out, token_dtype(tokenizer.vocab_size)) as w:
             for path in files:
+                at = 0
                 for block in _file_blocks(path, bar):
-                    bounds = [0, *_cuts(block, True)]
-                    w.write(_join(_encode_pieces(tokenizer, [block[a:b] for a, b in zip(bounds, bounds[1:])])))
+                    try:
+                        w.write(encode_text(tokenizer, block))
+                    except ValueError as e:  # a character outside a char tokenizer's vocabulary
+                        raise ValueError(f"corpus file {path!r}, in the text from character {at}: {e}") from None
+                    at += len(block)
                 if eos is not None:
                     w.write(np.array([eos]))
     finally:
