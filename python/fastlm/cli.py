@@ -118,9 +118,9 @@ def _build_parser() -> _Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text file", description=(
-        "Train a character-level model on CORPUS (UTF-8 text; default: the source of Python's standard "
-        "library), first 90%% for training, last 10%% for validation. Writes the checkpoint, metrics.jsonl "
-        "and (with matplotlib) loss.png into --out."))
+        "Train a model (character-level by default) on CORPUS (UTF-8 text, or token data from fastlm "
+        "tokenize; default: the source of Python's standard library), first 90%% for training, last 10%% "
+        "for validation. Writes the checkpoint, metrics.jsonl and (with matplotlib) loss.png into --out."))
     t.add_argument("corpus", nargs="?", help="UTF-8 text file, or token data from fastlm tokenize (a directory "
                    "with train.bin, or a .bin file) (default: Python's standard library source)")
     t.add_argument("--out", required=True, help="output directory (checkpoint, metrics.jsonl, loss.png)")
