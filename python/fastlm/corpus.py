@@ -6,17 +6,17 @@
     n = tokenize_files(["corpus/"], "all.bin", tok)      # one token file
     prepare_dataset(["corpus/"], "data/", tok)           # data/train.bin, val.bin, tokenizer.json
 
-Files are read in blocks of a few megabytes, decoded as UTF-8 and cut into
-pieces that :meth:`~fastlm.tokenizers.Tokenizer.encode_batch` encodes on all
-cores. A cut lies between a word character and a following space or newline:
-GPT-2's pre-tokenizer never joins the two into one token and looks at no text
-before a cut, so for a GPT-2-style byte-level BPE (no normaliser, no prefix
-space) the ids equal those of encoding each file whole. (For a tokenizer whose pre-tokenizer does not split there, a character
-tokenizer or byte tokenizer, each piece encodes alone just the same.) A block
-with no such cut in its last megabyte -- text without spaces or newlines -- is
-cut at a character boundary, the one place ids may differ. Each file is a
-document: its ids follow the previous file's, optionally after the
-end-of-text id.
+Files are read in blocks of a few megabytes and decoded as UTF-8; a BPE
+tokenizer encodes each block in pieces with ``encode_batch``, on all cores.
+Blocks and pieces are cut between a word character and a following space or
+newline: GPT-2's pre-tokenizer never joins the two into one token and looks at
+no text before a cut, so for a GPT-2-style byte-level BPE (no normaliser, no
+prefix space) the ids equal those of encoding each file whole. A block with no
+such cut in its last megabyte -- text without spaces or newlines -- is cut at a
+character boundary, the one place ids may differ. Character and byte
+tokenizers encode whole blocks (no cut changes their ids). Each file is a
+document: its ids follow the previous file's, optionally after the end-of-text
+id.
 """
 from __future__ import annotations
 
