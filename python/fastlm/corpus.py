@@ -11,9 +11,9 @@ tokenizer encodes each block in pieces with ``encode_batch``, on all cores.
 Blocks and pieces are cut between a word character and a following space or
 newline: GPT-2's pre-tokenizer never joins the two into one token and looks at
 no text before a cut, so for a GPT-2-style byte-level BPE (no normaliser, no
-prefix space) the ids equal those of encoding each file whole. A block with no
-such cut in its last megabyte -- text without spaces or newlines -- is cut at a
-character boundary, the one place ids may differ. Character and byte
+prefix space) the ids equal those of encoding each file whole. Only text that runs
+for 64 Mi characters without such a cut (no spaces, no newlines) is cut
+anywhere, at a character boundary, the one place ids may differ. Character and byte
 tokenizers encode whole blocks (no cut changes their ids). Each file is a
 document: its ids follow the previous file's, optionally after the end-of-text
 id.
