@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 from . import _C
 from ._checks import check_int
-from . import corpus, data, ops
+from . import corpus, data, distributed, ops
 from .bpe import BPETokenizer
 from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
@@ -36,6 +36,7 @@ __all__ = [
     "LanguageModel",
     "Transformer",
     "data",
+    "distributed",
     "load_tokenizer",
     "available_cpu_isas",
     "build_info",

@@ -132,7 +132,8 @@ def _build_parser() -> _Parser:
     t.add_argument("--vocab-size", type=_positive_int, default=None,
                    help="BPE vocabulary to learn (default 4096), or the model's for token data without a tokenizer")
     t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in all (default 2000)")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per micro-batch (default 12)")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="sequences per micro-batch, per rank under mpirun (default 12)")
     t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
     t.add_argument("--block-size", type=_positive_int, default=None,
                    help="context length (transformer) or training window (lstm, gru); default 64")
@@ -264,6 +265,7 @@ def _fit_options(a: argparse.Namespace, previous: Dict[str, Any]) -> Dict[str, A
 
 def _cmd_train(a: argparse.Namespace) -> int:
     import fastlm
+    from . import distributed
     from .checkpoint import check_save_target, is_checkpoint
     from .data import default_corpus, read_text, train_val_split
     from .lm import LanguageModel
@@ -275,6 +277,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
     _device(a.device)
     if a.threads is not None:
         fastlm.set_num_threads(a.threads)
+    try:
+        world = distributed.world()  # under mpirun: one rank of a data-parallel run
+    except RuntimeError as e:  # started by mpirun without mpi4py; every rank meets it
+        raise distributed.raised_alike(CLIError(str(e))) from None
+    lead = world.rank == 0
     out = a.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out!r} exists and is not a directory")
@@ -325,7 +332,15 @@ def _cmd_train(a: argparse.Namespace) -> int:
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
         model = cls(model_vocab_size(tok, a.vocab_size, prepared), seed=a.seed, device=a.device, tokenizer=tok,
                     **arch)
-    o = _fit_options(a, (model._train_state or {}).get("fit", {}) if a.resume else {})
+    previous = (model._train_state or {}).get("fit", {}) if a.resume else {}
+    o = _fit_options(a, previous)
+    if a.resume and a.batch_size is None:
+        # The resumed run keeps its global batch, whatever the number of ranks now.
+        rows = o["batch_size"] * previous.get("world_size", 1)
+        try:
+            o["batch_size"] = distributed.per_rank_batch(rows, world.size, "the resumed run's global batch")
+        except ValueError as e:
+            raise CLIError(f"{e}; pass --batch-size (rows per rank)") from None
     if o["min_lr"] is not None and o["min_lr"] > o["lr"]:
         raise CLIError(f"--min-lr ({o['min_lr']}) must not exceed --lr ({o['lr']})")
     if a.resume and o["steps"] <= model.optimizer_step:
@@ -347,8 +362,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         val = None
     warmup = o["warmup_steps"] if o["warmup_steps"] is not None else min(100, o["steps"] // 10)
 
-    print(f"fastlm: training {model!r} on {source}: {len(train):,} train / {len(val) if val is not None else 0:,} "
-          f"val tokens, vocab {model.vocab_size}", file=sys.stderr)
+    if lead:
+        ranks = f" on {world.size} ranks" if world.size > 1 else ""
+        print(f"fastlm: training {model!r}{ranks} on {source}: {len(train):,} train / "
+              f"{len(val) if val is not None else 0:,} val tokens, vocab {model.vocab_size}", file=sys.stderr)
 
     checkpoint_interval = a.checkpoint_interval or a.eval_interval
     recurrent = kind != "transformer"
@@ -377,6 +394,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
                         eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
                         checkpoint_interval=checkpoint_interval, resume=a.resume, seed=a.seed,
                         progress=not a.no_progress, callback=callback)
+    if not lead:  # rank 0 writes the metrics and reports
+        return 0
     if not os.path.exists(os.path.join(out, METRICS_FILE)):
         _rewrite_metrics(out, history)
     plotted = _plot(out, history)
@@ -454,6 +473,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
     import numpy as np
 
     import fastlm
+    from . import distributed
     info = fastlm.build_info()
     lines = [
         f"fastlm {fastlm.__version__}",
@@ -474,6 +494,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
                          f"{_C.cuda_unavailable_reason()}")
     else:
         lines.append("cuda: not compiled in; devices: none")
+    lines.append(f"mpi: {distributed.mpi_runtime()}")
     print("\n".join(lines))
     return 0
 
@@ -530,8 +551,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CLIError as e:
         if debug:
             raise
-        print(f"fastlm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, f"fastlm: error: {e}", 2)
     except BrokenPipeError:
         # The reader of stdout has gone (`fastlm sample ... | head`): stop
         # quietly, with stdout on /dev/null for the flush at exit (Python's recipe).
@@ -540,21 +560,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, TypeError) as e:
         if debug:
             raise
-        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(e, f"fastlm: error: {_one_line(e)}", 2)
     except MemoryError as e:  # a model, batch or sample count too large for this machine
         if debug:
             raise
-        print(f"fastlm: error: out of memory: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(e, f"fastlm: error: out of memory: {_one_line(e)}", 2)
     except FloatingPointError as e:
         if debug:
             raise
-        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return _error(e, f"fastlm: error: {_one_line(e)}", 1)
     except KeyboardInterrupt:
         print("fastlm: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(e: BaseException, message: str, code: int) -> int:
+    """Print ``message``, the error ``e``, and return ``code``; under
+    ``mpirun``, once for the job (by rank 0) when every rank met it, or what
+    the ranks agreed on when this rank alone did."""
+    from . import distributed
+    agreed = distributed.settle(e, "fastlm train")
+    if agreed is not e:
+        message = f"fastlm: error: {_one_line(agreed)}"
+    if distributed.should_report(agreed):
+        print(message, file=sys.stderr)
+    return code
 
 
 def _one_line(e: BaseException) -> str:
