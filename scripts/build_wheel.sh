@@ -6,9 +6,9 @@
 #
 # The wheel holds the CPU kernels for every ISA level and the CUDA kernels
 # (sm_80 and sm_90a machine code, compute_90 PTX) with the CUDA runtime linked
-# statically; libstdc++/libgcc are linked into the module and auditwheel copies
-# libgomp into the wheel, then tags it with the lowest manylinux policy the
-# binary satisfies. The sdist beside it builds wherever `pip install .` does.
+# statically; auditwheel copies libgomp into it and tags it with the lowest
+# manylinux policy its symbol versions allow (README, "Wheels"). The sdist
+# beside it builds wherever `pip install .` does.
 #
 #   --out DIR          where the wheel and sdist go (default: wheelhouse/)
 #   --python PY        the interpreter to build for (default: python3)
@@ -26,9 +26,11 @@ archs="80-real;90a-real;90-virtual"
 cuda=ON
 sdist=1
 jobs=""
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --out|--python|--cuda-archs|--jobs)
+      [[ $# -ge 2 && -n "$2" ]] || { echo "build_wheel: $1 needs a value" >&2; exit 2; } ;;&
     --out) out="$2"; shift 2 ;;
     --python) py="$2"; shift 2 ;;
     --cuda-archs) archs="$2"; shift 2 ;;

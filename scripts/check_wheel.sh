@@ -20,12 +20,14 @@ py=python3
 keep=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --cuda-archs|--python|--keep)
+      [[ $# -ge 2 && -n "$2" ]] || { echo "check_wheel: $1 needs a value" >&2; exit 2; } ;;&
     --cuda-archs) build_args=(--no-sdist --cuda-archs "$2"); shift 2 ;;
     --full) build_args=(--no-sdist); shift ;;
     --cpu-only) build_args=(--no-sdist --cpu-only); smoke_args=(--cpu-only); shift ;;
     --python) py="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "check_wheel: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
