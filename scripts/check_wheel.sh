@@ -8,7 +8,8 @@
 #
 # By default the CUDA kernels are built for sm_90a only, which checks the CUDA
 # build, the static runtime and the packaging at a fraction of the full build's
-# cost; --full builds the release arch list, --cpu-only a wheel without CUDA.
+# cost (without nvcc on PATH it says so and checks a CPU-only wheel); --full
+# builds the release arch list, --cpu-only a wheel without CUDA.
 # --keep DIR leaves the wheel there (otherwise a temporary folder is removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +19,13 @@ build_args=(--no-sdist --cuda-archs "90a-real")
 smoke_args=(--cuda)
 py=python3
 keep=""
+asked_cuda=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --cuda-archs|--python|--keep)
       [[ $# -ge 2 && -n "$2" ]] || { echo "check_wheel: $1 needs a value" >&2; exit 2; } ;;&
-    --cuda-archs) build_args=(--no-sdist --cuda-archs "$2"); shift 2 ;;
-    --full) build_args=(--no-sdist); shift ;;
+    --cuda-archs) build_args=(--no-sdist --cuda-archs "$2"); smoke_args=(--cuda); asked_cuda=1; shift 2 ;;
+    --full) build_args=(--no-sdist); smoke_args=(--cuda); asked_cuda=1; shift ;;
     --cpu-only) build_args=(--no-sdist --cpu-only); smoke_args=(--cpu-only); shift ;;
     --python) py="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
@@ -31,6 +33,12 @@ while [[ $# -gt 0 ]]; do
     *) echo "check_wheel: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
+
+if [[ ${smoke_args[0]} == --cuda && $asked_cuda == 0 ]] && ! command -v nvcc >/dev/null && [[ -z "${CUDACXX:-}" ]]; then
+  echo "check_wheel: no nvcc on PATH: checking a CPU-only wheel" >&2
+  build_args=(--no-sdist --cpu-only)
+  smoke_args=(--cpu-only)
+fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
