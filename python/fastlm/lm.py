@@ -574,8 +574,9 @@ class LanguageModel:
         mt = cfg.get("model_type", "transformer")
         kinds = {k.MODEL_TYPE: k for k in _model_classes()}
         if not isinstance(mt, str) or mt not in kinds:
+            hint = "; a Hugging Face GPT-2 directory loads with Transformer.from_pretrained" if mt == "gpt2" else ""
             raise ValueError(f"checkpoint file {cpath!r}: unknown model_type {mt!r} (expected one of "
-                             f"{sorted(kinds)})")
+                             f"{sorted(kinds)}){hint}")
         if cls is not LanguageModel and kinds[mt] is not cls:
             raise ValueError(f"checkpoint file {cpath!r}: model_type {mt!r} is not {cls.MODEL_TYPE!r}")
         kind = kinds[mt]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import _C
+from . import _C, hf
 from ._checks import MAX_SIZE, check_int as _check_int
 from .lm import LanguageModel
 from .tokenizers import Tokenizer
@@ -186,6 +186,48 @@ class Transformer(LanguageModel):
 
     def _decoder(self, ids: np.ndarray) -> "_KVCacheDecoder":
         return _KVCacheDecoder(self, ids)
+
+    # -- Hugging Face GPT-2 directories (fastlm.hf)
+
+    @classmethod
+    def from_pretrained(cls, path: "hf.PathLike", *, device: str = "cpu",
+                        tokenizer: Optional[Tokenizer] = None) -> "Transformer":
+        """Load a local Hugging Face GPT-2 directory (``config.json`` +
+        ``model.safetensors``, as ``GPT2LMHeadModel.save_pretrained`` writes).
+
+        The config maps to this class's arguments (``n_positions`` ->
+        ``block_size``; ``activation_function``, ``layer_norm_epsilon``,
+        ``tie_word_embeddings`` as they are) and the Conv1D weights are
+        transposed. ``tokenizer`` defaults to the directory's BPE tokenizer when
+        it has one. Never downloads. Raises ``FileNotFoundError`` or
+        ``ValueError`` naming the file and field (see :func:`fastlm.hf.read_pretrained`);
+        nothing is built until everything has been checked.
+        """
+        args, sd = hf.read_pretrained(path)
+        if tokenizer is None:
+            tokenizer = hf.load_pretrained_tokenizer(path)
+            if tokenizer is not None and tokenizer.vocab_size > args["vocab_size"]:
+                raise ValueError(f"{str(path)!r}: tokenizer vocab_size {tokenizer.vocab_size} exceeds the "
+                                 f"model's vocab_size {args['vocab_size']} (config.json)")
+        model = cls(**args, device=device, tokenizer=tokenizer)
+        try:
+            model.load_state_dict(sd)
+        except ValueError as e:  # NaN or inf in the weights
+            raise ValueError(f"{str(path)!r}: {e}") from None
+        return model
+
+    def save_pretrained(self, path: "hf.PathLike") -> None:
+        """Write a directory that ``transformers.GPT2LMHeadModel.from_pretrained``
+        loads (and :meth:`from_pretrained` reads back bit for bit): ``config.json``
+        and ``model.safetensors`` in Hugging Face's names and Conv1D layout. A
+        bias-free model is written with zero biases. The tokenizer is saved too
+        when it can write Hugging Face files (a ``save_pretrained`` method, as
+        BPE tokenizers have); character and byte tokenizers are not.
+        """
+        tok = self.tokenizer
+        hf.write_pretrained(path, self._config, self.state_dict(), eos_token_id=getattr(tok, "eos_token_id", None))
+        if tok is not None and hasattr(tok, "save_pretrained"):
+            tok.save_pretrained(path)
 
 
 class _KVCacheDecoder:
