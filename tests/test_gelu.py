@@ -77,17 +77,19 @@ def test_backward_reference_matches_finite_differences(rng):
     np.testing.assert_allclose(num, [gelu_grad_ref(dy, x)[i] for i in idx], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("n", [1000, 100_003])
-def test_torch_parity(isa, rng, n):
-    """Ours is as close to float64 as PyTorch's float32 tanh GELU (within 4x)."""
+def test_torch_parity(isa, rng, n, approximate):
+    """Ours is as close to float64 as PyTorch's float32 GELU of the same kind (within 4x)."""
     torch = torch_or_skip()
+    ref, grad_ref = (gelu_ref, gelu_grad_ref) if approximate == "tanh" else (gelu_erf_ref, gelu_erf_grad_ref)
     x, dy = make(rng, n)
     xt = torch.tensor(x, requires_grad=True)
-    yt = torch.nn.functional.gelu(xt, approximate="tanh")
+    yt = torch.nn.functional.gelu(xt, approximate=approximate)
     yt.backward(torch.tensor(dy))
-    assert_error_bound(ops.gelu(x), gelu_ref(x), yt.detach().numpy(), name="y")
-    assert_error_bound(ops.gelu_backward(dy, x), gelu_grad_ref(dy, x), xt.grad.numpy(),
-                       name="dx")
+    assert_error_bound(ops.gelu(x, approximate=approximate), ref(x), yt.detach().numpy(), name="y")
+    assert_error_bound(ops.gelu_backward(dy, x, approximate=approximate), grad_ref(dy, x),
+                       xt.grad.numpy(), name="dx")
 
 
 def test_deterministic(isa, rng):
@@ -179,20 +181,6 @@ def test_erf_backward_reference_matches_finite_differences(rng):
     num, idx = finite_difference(gelu_erf_ref, x, dy)
     np.testing.assert_allclose(num, [gelu_erf_grad_ref(dy, x)[i] for i in idx], rtol=1e-6,
                                atol=1e-9)
-
-
-@pytest.mark.parametrize("n", [1000, 100_003])
-def test_erf_torch_parity(isa, rng, n):
-    """As close to float64 as PyTorch's float32 erf GELU (within 4x)."""
-    torch = torch_or_skip()
-    x, dy = make(rng, n)
-    xt = torch.tensor(x, requires_grad=True)
-    yt = torch.nn.functional.gelu(xt, approximate="none")
-    yt.backward(torch.tensor(dy))
-    assert_error_bound(ops.gelu(x, approximate="none"), gelu_erf_ref(x), yt.detach().numpy(),
-                       name="y")
-    assert_error_bound(ops.gelu_backward(dy, x, approximate="none"), gelu_erf_grad_ref(dy, x),
-                       xt.grad.numpy(), name="dx")
 
 
 def test_erf_deterministic_and_shapes(isa, rng):
