@@ -373,3 +373,52 @@ def test_load_of_a_hf_dir_points_to_from_pretrained(saved_hf):
     d, _ = saved_hf
     with pytest.raises(ValueError, match="from_pretrained"):
         Transformer.load(d)
+
+
+# ---- tokenizer files (BPETokenizer's hooks, faked by a character tokenizer) -------
+
+class _FakeBPE(CharTokenizer):
+    """Stands in for a BPE tokenizer: from_pretrained / save_pretrained over a
+    directory's tokenizer.json, and an eos id."""
+    eos_token_id = 0
+
+    @classmethod
+    def from_pretrained(cls, d):
+        text = (d / "tokenizer.json" if hasattr(d, "joinpath") else os.path.join(d, "tokenizer.json"))
+        data = json.loads(open(text, encoding="utf-8").read())
+        if not isinstance(data, dict) or "chars" not in data:
+            raise ValueError("no 'chars' field")
+        return cls(data["chars"])
+
+    def save_pretrained(self, d):
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump({"chars": self.chars}, f)
+
+
+@pytest.fixture
+def fake_bpe(monkeypatch):
+    import fastlm.tokenizers
+    monkeypatch.setattr(fastlm.tokenizers, "BPETokenizer", _FakeBPE, raising=False)
+    return _FakeBPE
+
+
+def test_tokenizer_files_are_saved_and_read(fake_bpe, tmp_path):
+    tok = fake_bpe(list("abcdef"))
+    m = Transformer(8, block_size=8, n_layer=1, n_head=1, n_embd=4, tokenizer=tok)
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 0
+    back = Transformer.from_pretrained(tmp_path)
+    assert isinstance(back.tokenizer, fake_bpe) and back.tokenizer.chars == tok.chars
+    import fastlm
+    out = fastlm.pipeline("text-generation", model=tmp_path)("abc", max_new_tokens=3)
+    assert out[0]["generated_text"].startswith("abc")
+
+
+def test_tokenizer_larger_than_the_model_or_corrupt(fake_bpe, tmp_path):
+    Transformer(4, block_size=8, n_layer=1, n_head=1, n_embd=4).save_pretrained(tmp_path)
+    fake_bpe(list("abcdef")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="vocab_size"):
+        Transformer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("[1]")
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        Transformer.from_pretrained(tmp_path)

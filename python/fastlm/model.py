@@ -207,8 +207,8 @@ class Transformer(LanguageModel):
         if tokenizer is None:
             tokenizer = hf.load_pretrained_tokenizer(path)
             if tokenizer is not None and tokenizer.vocab_size > args["vocab_size"]:
-                raise ValueError(f"{str(path)!r}: tokenizer vocab_size {tokenizer.vocab_size} exceeds the "
-                                 f"model's vocab_size {args['vocab_size']} (config.json)")
+                raise ValueError(f"{str(path)!r}: the tokenizer files' vocab_size {tokenizer.vocab_size} exceeds "
+                                 f"config.json's vocab_size {args['vocab_size']}")
         model = cls(**args, device=device, tokenizer=tokenizer)
         try:
             model.load_state_dict(sd)
