@@ -1,6 +1,7 @@
 """GPT-2 124M on the CPU, side by side with PyTorch eager and transformers:
 
-    PYTHONPATH=python python bench/gpt2_cpu.py [--threads N] [--batch 1] [--new-tokens 64] [--rounds 3] [--tiny]
+    PYTHONPATH=python python bench/gpt2_cpu.py [--threads N] [--batch 1] [--new-tokens 64] [--rounds 3]
+                                            [--only train|sample] [--tiny]
 
 - training tokens/s (forward + backward + AdamW over a (batch, 1024) window of
   random ids): fastlm's Transformer vs nanoGPT's GPT in PyTorch eager, same
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1, help="training batch (rows of 1024 tokens)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", choices=("train", "sample"), default=None, help="run one of the two cases")
     p.add_argument("--tiny", action="store_true", help="a toy size, to check the script")
     args = p.parse_args(argv)
     try:
@@ -96,8 +98,11 @@ def main(argv=None) -> int:
     print(f"fastlm {fastlm.__version__} [{fastlm.cpu_isa()}, {threads} threads], torch {torch.__version__}, "
           f"transformers {transformers.__version__}; ratio = reference time / fastlm time", flush=True)
     with use_threads(threads), tempfile.TemporaryDirectory() as workdir:
-        for make in (lambda: gpt_train_case(**cfg, batch=args.batch),
-                     lambda: sample_case(cfg, args.new_tokens, 16, workdir)):
+        cases = {"train": lambda: gpt_train_case(**cfg, batch=args.batch),
+                 "sample": lambda: sample_case(cfg, args.new_tokens, 16, workdir)}
+        for name, make in cases.items():
+            if args.only not in (None, name):
+                continue
             case = make()
             if case.check is not None:
                 print(f"{case.name}: {case.check()}", flush=True)
