@@ -390,22 +390,48 @@ class _FakeBPE(CharTokenizer):
             raise ValueError("no 'chars' field")
         return cls(data["chars"])
 
-    def save_pretrained(self, d):
+    def save_pretrained(self, d, model_max_length=None):
+        self.saved_max_length = model_max_length
         with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
             json.dump({"chars": self.chars}, f)
 
 
 @pytest.fixture
 def fake_bpe(monkeypatch):
-    import fastlm.tokenizers
-    monkeypatch.setattr(fastlm.tokenizers, "BPETokenizer", _FakeBPE, raising=False)
+    import importlib
+    import sys
+    import types
+    try:
+        mod = importlib.import_module("fastlm.bpe")
+    except ImportError:
+        mod = types.ModuleType("fastlm.bpe")
+        monkeypatch.setitem(sys.modules, "fastlm.bpe", mod)
+    monkeypatch.setattr(mod, "BPETokenizer", _FakeBPE, raising=False)
     return _FakeBPE
+
+
+def test_bpe_tokenizer_saves_for_auto_tokenizer(tmp_path, rng):
+    """With the real BPE tokenizer: save_pretrained writes a directory that
+    transformers' GPT2LMHeadModel and AutoTokenizer load, with the same ids."""
+    bpe = pytest.importorskip("fastlm.bpe")
+    text = "The quick brown fox jumps over the lazy dog. " * 20 + "Ünïcødé 東京 🙂\r\n"
+    tok = bpe.BPETokenizer.train(text, 300)
+    m = Transformer(300, block_size=16, n_layer=1, n_head=2, n_embd=8, tokenizer=tok)
+    m.save_pretrained(tmp_path)
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert list(auto(text)["input_ids"]) == list(tok.encode(text))
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = ids(rng, 300, 2, 16)
+    assert_logits_close(m.forward(idx), hf_logits(ref, idx), 1e-5)
+    back = Transformer.from_pretrained(tmp_path)
+    assert back.tokenizer is not None and list(back.tokenizer.encode(text)) == list(tok.encode(text))
 
 
 def test_tokenizer_files_are_saved_and_read(fake_bpe, tmp_path):
     tok = fake_bpe(list("abcdef"))
     m = Transformer(8, block_size=8, n_layer=1, n_head=1, n_embd=4, tokenizer=tok)
     m.save_pretrained(tmp_path)
+    assert tok.saved_max_length == 8  # the model's context length
     assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 0
     back = Transformer.from_pretrained(tmp_path)
     assert isinstance(back.tokenizer, fake_bpe) and back.tokenizer.chars == tok.chars

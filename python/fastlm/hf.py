@@ -238,8 +238,8 @@ def load_pretrained_tokenizer(path: PathLike) -> Optional[Any]:
     if not files:
         return None
     try:
-        from .tokenizers import BPETokenizer  # type: ignore[attr-defined]
-    except ImportError:
+        from .bpe import BPETokenizer  # type: ignore[import-not-found]
+    except ImportError:  # a fastlm without BPE, or without the tokenizers library
         return None
     try:
         return BPETokenizer.from_pretrained(d)

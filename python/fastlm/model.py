@@ -227,7 +227,7 @@ class Transformer(LanguageModel):
         tok = self.tokenizer
         hf.write_pretrained(path, self._config, self.state_dict(), eos_token_id=getattr(tok, "eos_token_id", None))
         if tok is not None and hasattr(tok, "save_pretrained"):
-            tok.save_pretrained(path)
+            tok.save_pretrained(path, model_max_length=self.block_size)
 
 
 class _KVCacheDecoder:
