@@ -162,6 +162,11 @@ struct Kernels {
                 const AdamWArgs& args);
   void (*sgd)(float* param, const float* grad, float* momentum_buf, int64_t n,
               const SgdArgs& args);
+
+  // The exact GELU, x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))) (PyTorch's default,
+  // Hugging Face's "gelu"); the backward writes, as gelu_backward does.
+  void (*gelu_erf_forward)(const float* x, float* y, int64_t n);
+  void (*gelu_erf_backward)(const float* dy, const float* x, float* dx, int64_t n);
 };
 
 // Every entry of Kernels but `name`, once: each backend declares its kernels
@@ -173,7 +178,7 @@ struct Kernels {
   X(softmax_forward) X(softmax_backward) X(layernorm_forward) X(layernorm_backward)       \
   X(gelu_forward) X(gelu_backward) X(attention_forward) X(attention_backward)             \
   X(cross_entropy) X(lstm_cell_forward) X(lstm_cell_backward) X(gru_cell_forward)         \
-  X(gru_cell_backward) X(adamw) X(sgd)
+  X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward)
 
 #define FASTLM_DECLARE_KERNEL(entry) std::remove_pointer_t<decltype(Kernels::entry)> entry;
 #define FASTLM_COUNT_KERNEL(entry) +1

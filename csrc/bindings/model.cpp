@@ -189,12 +189,23 @@ void bind_model(py::module_& m) {
   bind_store(gpt);
   gpt
       .def(py::init([](int64_t vocab, int64_t block, int64_t n_layer, int64_t n_head,
-                       int64_t n_embd) {
+                       int64_t n_embd, bool bias, bool tie_word_embeddings,
+                       const std::string& activation, double layer_norm_epsilon) {
              GPTConfig c{vocab, block, n_layer, n_head, n_embd};
+             c.bias = bias, c.tie_word_embeddings = tie_word_embeddings;
+             // Hugging Face's names: "gelu_new" is the tanh approximation.
+             if (activation == "gelu_new") c.activation = Activation::kGeluTanh;
+             else if (activation == "gelu") c.activation = Activation::kGeluErf;
+             else value_error("GPT", "activation must be 'gelu_new' or 'gelu', got '" +
+                                         activation + "'");
+             if (!(layer_norm_epsilon > 0 && layer_norm_epsilon < 1e30))
+               value_error("GPT", "layer_norm_epsilon must be finite and > 0");
+             c.layer_norm_epsilon = (float)layer_norm_epsilon;
              return new GPT(c, cpu::kernels());
            }),
            py::arg("vocab_size"), py::arg("block_size"), py::arg("n_layer"), py::arg("n_head"),
-           py::arg("n_embd"))
+           py::arg("n_embd"), py::arg("bias") = true, py::arg("tie_word_embeddings") = true,
+           py::arg("activation") = "gelu_new", py::arg("layer_norm_epsilon") = 1e-5)
       .def("forward",
            [](GPT& g, py::handle idx_obj) {
              Tokens tk = checked_batch(g, idx_obj, "forward");

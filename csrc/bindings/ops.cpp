@@ -137,17 +137,19 @@ py::tuple layernorm_backward(py::handle dy_obj, py::handle x_obj, py::handle w_o
   return py::make_tuple(dx, dw, db);
 }
 
-py::array_t<float> gelu(py::handle x_obj) {
+// exact: the erf GELU instead of the tanh approximation.
+py::array_t<float> gelu(py::handle x_obj, bool exact) {
   py::array x = float_array(x_obj, "gelu", "x");
   py::array_t<float> y = new_array(shape_of(x));
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().gelu_forward(cptr(x), y.mutable_data(), x.size());
+    const Kernels& k = cpu::kernels();
+    (exact ? k.gelu_erf_forward : k.gelu_forward)(cptr(x), y.mutable_data(), x.size());
   }
   return y;
 }
 
-py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj) {
+py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
   const char* op = "gelu_backward";
   py::array x = float_array(x_obj, op, "x");
   py::array dy = float_array(dy_obj, op, "dy");
@@ -155,7 +157,9 @@ py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj) {
   py::array_t<float> dx = new_array(shape_of(x));
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().gelu_backward(cptr(dy), cptr(x), dx.mutable_data(), x.size());
+    const Kernels& k = cpu::kernels();
+    (exact ? k.gelu_erf_backward : k.gelu_backward)(cptr(dy), cptr(x), dx.mutable_data(),
+                                                     x.size());
   }
   return dx;
 }
@@ -443,8 +447,8 @@ void bind_ops(py::module_& m) {
   m.def("layernorm", &layernorm, arg("x"), arg("weight"), arg("bias"), arg("eps"));
   m.def("layernorm_backward", &layernorm_backward, arg("dy"), arg("x"), arg("weight"),
         arg("mean"), arg("rstd"));
-  m.def("gelu", &gelu, arg("x"));
-  m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"));
+  m.def("gelu", &gelu, arg("x"), arg("exact") = false);
+  m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
   m.def("attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"));
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("causal"));

@@ -17,6 +17,7 @@ from .bpe import BPETokenizer
 from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
 from .model import Transformer
+from .pipeline import pipeline
 from .rnn import GRULM, LSTMLM
 from .tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
 from .train import History
@@ -45,6 +46,7 @@ __all__ = [
     "cuda_available",
     "get_num_threads",
     "ops",
+    "pipeline",
     "set_num_threads",
     "to_device",
 ]

@@ -172,6 +172,9 @@ class LanguageModel:
 
     MODEL_TYPE = ""
     ARCH_KEYS: Tuple[str, ...] = ()
+    # Architecture keys that checkpoints written before they existed lack,
+    # with the value those checkpoints had.
+    ARCH_DEFAULTS: Dict[str, Any] = {}
     TIED: Dict[str, str] = {}
     DEFAULT_STEP: Dict[str, Any] = {"optimizer": "adamw", "betas": (0.9, 0.95), "eps": 1e-8,
                                     "weight_decay": 0.1, "momentum": 0.9}
@@ -575,13 +578,15 @@ class LanguageModel:
         mt = cfg.get("model_type", "transformer")
         kinds = {k.MODEL_TYPE: k for k in _model_classes()}
         if not isinstance(mt, str) or mt not in kinds:
+            hint = "; a Hugging Face GPT-2 directory loads with Transformer.from_pretrained" if mt == "gpt2" else ""
             raise ValueError(f"checkpoint file {cpath!r}: unknown model_type {mt!r} (expected one of "
-                             f"{sorted(kinds)})")
+                             f"{sorted(kinds)}){hint}")
         if cls is not LanguageModel and kinds[mt] is not cls:
             raise ValueError(f"checkpoint file {cpath!r}: model_type {mt!r} is not {cls.MODEL_TYPE!r}")
         kind = kinds[mt]
         try:
-            arch = {k: cfg[k] for k in kind.ARCH_KEYS}
+            arch = {k: cfg[k] if k in cfg or k not in kind.ARCH_DEFAULTS else kind.ARCH_DEFAULTS[k]
+                    for k in kind.ARCH_KEYS}
         except KeyError as e:
             raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
         model = kind.__new__(kind)
@@ -605,8 +610,8 @@ class LanguageModel:
         from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
         from .train import _check_fit_record
         cfg = ckpt.config
-        diff = [f"{k}: checkpoint {cfg.get(k)!r}, model {self._config[k]!r}"
-                for k in self.ARCH_KEYS if cfg.get(k) != self._config[k]]
+        diff = [f"{k}: checkpoint {cfg.get(k, self.ARCH_DEFAULTS.get(k))!r}, model {self._config[k]!r}"
+                for k in self.ARCH_KEYS if cfg.get(k, self.ARCH_DEFAULTS.get(k)) != self._config[k]]
         if cfg.get("model_type", "transformer") != self.MODEL_TYPE:
             diff.insert(0, f"model_type: checkpoint {cfg.get('model_type')!r}, model {self.MODEL_TYPE!r}")
         if diff:

@@ -166,20 +166,31 @@ def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: 
     return _C.layernorm_backward(dy, x, weight, mean, rstd)
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GPT-2's tanh GELU, elementwise: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+def _gelu_exact(op: str, approximate: str) -> bool:
+    """PyTorch's ``approximate`` argument: "tanh" or "none" (the erf GELU)."""
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return approximate == "none"
+
+
+def gelu(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
+    """GELU, elementwise, float32 of any shape. ``approximate="tanh"`` (GPT-2's):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); ``"none"``: the exact
+    x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), as ``torch.nn.functional.gelu``."""
+    exact = _gelu_exact("gelu", approximate)
     dev = _device_args("gelu", x=x)
     if dev is not None:
-        return _C.cuda_gelu(dev["x"])
-    return _C.gelu(x)
+        return _C.cuda_gelu(dev["x"], exact)
+    return _C.gelu(x, exact)
 
 
-def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """dx = dy * gelu'(x); dy and x of the same shape."""
+def gelu_backward(dy: np.ndarray, x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
+    """dx = dy * gelu'(x); dy and x float32 of the same shape; ``approximate`` as :func:`gelu`."""
+    exact = _gelu_exact("gelu_backward", approximate)
     dev = _device_args("gelu_backward", dy=dy, x=x)
     if dev is not None:
-        return _C.cuda_gelu_backward(dev["dy"], dev["x"])
-    return _C.gelu_backward(dy, x)
+        return _C.cuda_gelu_backward(dev["dy"], dev["x"], exact)
+    return _C.gelu_backward(dy, x, exact)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
