@@ -386,3 +386,24 @@ def test_sampler_bad_arguments():
         s.sample(x, logprobs=np.zeros(3, np.float32))
     with pytest.raises(TypeError, match="logprobs"):
         s.sample(x, logprobs=np.zeros(2, np.float64))
+
+
+# ------------------------------------------------------------------ the CLI
+
+def test_cli_sample_stop_and_repetition_penalty(model, tmp_path, capsys):
+    from fastlm.cli import main
+    ckpt = tmp_path / "ckpt"
+    model.save(ckpt)
+    free = model.tokenizer.decode(model.generate("abc", 12, do_sample=False)[3:])
+    base = ["sample", str(ckpt), "--prompt", "abc", "--max-new-tokens", "12", "--greedy"]
+    capsys.readouterr()
+    assert main(base + ["--stop", "\u00ff", "--stop", free[2:4]]) == 0
+    assert capsys.readouterr().out == "abc" + free[:4] + "\n"
+    assert main(base + ["--stop", free[2:4], "--num-samples", "2"]) == 0
+    assert capsys.readouterr().out == "abc" + free[:4] + "\n---------------\nabc" + free[:4] + "\n"
+    assert main(base + ["--repetition-penalty", "1e6"]) == 0
+    text = capsys.readouterr().out[3:-1]
+    assert text == model.tokenizer.decode(model.generate("abc", 12, do_sample=False, repetition_penalty=1e6)[3:])
+    for bad, what in ((["--repetition-penalty", "0"], "--repetition-penalty"), (["--stop", ""], "--stop")):
+        assert main(base + bad) == 2
+        assert what in capsys.readouterr().err

@@ -29,12 +29,13 @@ def _encode(model: Any, text: str, name: str) -> np.ndarray:
     return np.asarray(model.tokenizer.encode(text), dtype=np.int64)
 
 
-def _check_prompt(model: Any, prompt: Any) -> Tuple[List[np.ndarray], str]:
-    """The prompts as 1-D int64 rows, and the form of the result: ``"one"``
-    (a 1-D prompt or a str), ``"batch"`` (a rectangular (B, T) batch) or
-    ``"list"`` (a list of str prompts, or of id prompts of different lengths)."""
+def _check_prompt(model: Any, prompt: Any) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
+    """The prompts as ids (B, T) int64, right-padded with 0 when ``lengths``
+    (B,) is not None (prompts of different lengths); and the form of the
+    result: ``"one"`` (a 1-D prompt or a str), ``"batch"`` (a rectangular
+    (B, T) batch) or ``"list"`` (a list of str prompts, or of id prompts of
+    different lengths)."""
     V = model.vocab_size
-    rows: List[np.ndarray]
     if isinstance(prompt, str):
         rows, kind = [_encode(model, prompt, "prompt")], "one"
     elif isinstance(prompt, (list, tuple)) and prompt and any(isinstance(p, str) for p in prompt):
@@ -49,20 +50,23 @@ def _check_prompt(model: Any, prompt: Any) -> Tuple[List[np.ndarray], str]:
         if ids.ndim not in (1, 2):
             raise ValueError(f"prompt must be 1-D ids or a 2-D batch (B, T) (or a list of prompts), got shape "
                              f"{ids.shape}")
-        if ids.ndim == 1:
-            rows, kind = [ids], "one"
-        else:
-            if ids.shape[0] < 1:
-                raise ValueError(f"prompt must hold at least one sequence, got shape {ids.shape}")
-            rows, kind = list(ids), "batch"
+        one = ids.ndim == 1
+        if one:
+            ids = ids[None, :]
+        if ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise ValueError(f"prompt must hold at least one token, got shape {ids.shape[1:] if one else ids.shape}")
+        return np.ascontiguousarray(ids), None, "one" if one else "batch"
     for i, r in enumerate(rows):
+        where = "" if kind == "one" else f"[{i}]"
         if r.size < 1:
-            raise ValueError("prompt must hold at least one token" if kind == "one" else
-                             f"prompt[{i}] must hold at least one token")
+            raise ValueError(f"prompt{where} must hold at least one token")
         if r.max() >= V:  # a tokenizer's ids beyond the model's vocabulary
-            raise ValueError(f"prompt{'' if kind == 'one' else f'[{i}]'} holds id {int(r.max())}, outside "
-                             f"[0, {V})")
-    return rows, kind
+            raise ValueError(f"prompt{where} holds id {int(r.max())}, outside [0, {V})")
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    ids = np.zeros((len(rows), int(lengths.max())), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    return ids, (None if kind == "one" else lengths), kind
 
 
 def _check_ids(v: Any, name: str, vocab_size: int) -> Optional[np.ndarray]:
@@ -159,7 +163,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
     list, 0.0 where a finished row was padded. Arguments are checked at the
     call (TypeError or ValueError naming the argument), also with ``stream=True``.
     """
-    rows, kind = _check_prompt(model, prompt)
+    ids, lengths, kind = _check_prompt(model, prompt)
     max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
     do_sample = check_bool(do_sample, "do_sample")
     temperature = _check_float(temperature, "temperature")
@@ -196,29 +200,32 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
                              "draw leaves nothing to draw")
         suppress = suppress if len(suppress) else None
     if n_ret > 1:
-        rows = [r for r in rows for _ in range(n_ret)]
+        ids = np.repeat(ids, n_ret, axis=0)
+        lengths = None if lengths is None else np.repeat(lengths, n_ret)
         kind = "batch" if kind == "one" else kind
-    if stops is not None and pad is None and (kind == "batch" or (stream and len(rows) > 1)):
+    B = ids.shape[0]
+    if stops is not None and pad is None and (kind == "batch" or (stream and B > 1)):
         raise ValueError("stop_strings in a batch needs pad_token_id (or eos_token_id) for the rows that stop "
                          "early; or pass the prompts as a list to get one array per row")
 
-    it = _decode_loop(model, rows, max_new_tokens, n_ids, float(temperature) if do_sample else 1.0, k, p,
+    it = _decode_loop(model, ids, lengths, max_new_tokens, n_ids, float(temperature) if do_sample else 1.0, k, p,
                       do_sample, seed, eos, pad, penalty, suppress, min_new_tokens, stops, return_logprobs)
     if stream:
         if kind == "one":
             return ((int(t[0]), float(lp[0])) if return_logprobs else int(t[0]) for t, lp, _ in it)
         return ((t, lp) if return_logprobs else t for t, lp, _ in it)
     steps = list(it)
-    new = np.stack([t for t, _, _ in steps], axis=1) if steps else np.zeros((len(rows), 0), np.int64)
-    lps = np.stack([lp for _, lp, _ in steps], axis=1) if steps else np.zeros((len(rows), 0), np.float32)
+    new = np.stack([t for t, _, _ in steps], axis=1) if steps else np.zeros((B, 0), np.int64)
+    lps = np.stack([lp for _, lp, _ in steps], axis=1) if steps else np.zeros((B, 0), np.float32)
     if kind == "list":
         # Each row ends at the step it finished in (the last step it was live).
-        live = np.stack([a for _, _, a in steps], axis=1) if steps else np.zeros((len(rows), 0), bool)
+        live = np.stack([a for _, _, a in steps], axis=1) if steps else np.zeros((B, 0), bool)
         ends = live.sum(axis=1)
-        out: Any = [np.concatenate([r, new[i, :ends[i]]]) for i, r in enumerate(rows)]
-        lp_out: Any = [lps[i, :ends[i]].copy() for i in range(len(rows))]
+        n0 = np.full(B, ids.shape[1]) if lengths is None else lengths
+        out: Any = [np.concatenate([ids[i, :n0[i]], new[i, :ends[i]]]) for i in range(B)]
+        lp_out: Any = [lps[i, :ends[i]].copy() for i in range(B)]
     else:
-        out = np.concatenate([np.stack(rows), new], axis=1)
+        out = np.concatenate([ids, new], axis=1)
         lp_out = lps
         if kind == "one":
             out, lp_out = out[0], lp_out[0]
@@ -231,7 +238,7 @@ class _StopStrings:
     text. Decoding is incremental (ids are held while they decode to a
     partial character), so the cost per token does not grow with the text."""
 
-    def __init__(self, tokenizer: Any, stops: List[str], rows: List[np.ndarray]) -> None:
+    def __init__(self, tokenizer: Any, stops: List[str], rows: Sequence[np.ndarray]) -> None:
         self.tok, self.stops = tokenizer, stops
         keep = max(len(s) for s in stops) - 1
         self.keep = keep
@@ -256,31 +263,30 @@ class _StopStrings:
         return found
 
 
-def _decode_loop(model: Any, rows: List[np.ndarray], max_new_tokens: int, n_ids: int, temperature: float,
-                 top_k: int, top_p: float, do_sample: bool, seed: int, eos: Optional[np.ndarray],
-                 pad: Optional[int], penalty: float, suppress: Optional[np.ndarray], min_new_tokens: int,
-                 stops: Optional[List[str]], want_logprobs: bool
+def _decode_loop(model: Any, ids: np.ndarray, lengths: Optional[np.ndarray], max_new_tokens: int, n_ids: int,
+                 temperature: float, top_k: int, top_p: float, do_sample: bool, seed: int,
+                 eos: Optional[np.ndarray], pad: Optional[int], penalty: float, suppress: Optional[np.ndarray],
+                 min_new_tokens: int, stops: Optional[List[str]], want_logprobs: bool
                  ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (tokens (B,) int64, logprobs (B,) float32, live (B,) bool) one
     step at a time: the new ids, drawn from [0, n_ids) (``pad`` for rows
     finished before the step, whose ``live`` is False; -1 if there is no pad),
-    and their log-probabilities (0 where padded or not asked for)."""
+    and their log-probabilities (0 where padded or not asked for). Row i's
+    prompt is ``ids[i, :lengths[i]]`` (all of ``ids[i]`` when lengths is None)."""
     if max_new_tokens == 0:
         return
-    B = len(rows)
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    ids = np.zeros((B, int(lengths.max())), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
+    B, T = ids.shape
+    n0 = np.full(B, T, dtype=np.int64) if lengths is None else lengths
+    ragged = not (n0 == T).all()
     sampler = _C.Sampler(seed)
-    session = model._decoder(ids, None if (lengths == lengths[0]).all() else lengths)
+    session = model._decoder(ids, n0 if ragged else None)
     finished = np.zeros(B, dtype=bool)
     seen = None
     if penalty != 1.0:
         seen = np.zeros((B, n_ids), dtype=np.float32)
-        for i, r in enumerate(rows):
-            seen[i, r[r < n_ids]] = 1.0
-    stopper = None if stops is None else _StopStrings(model.tokenizer, stops, rows)
+        r, c = np.nonzero((ids < n_ids) & (np.arange(T) < n0[:, None]))
+        seen[r, ids[r, c]] = 1.0
+    stopper = None if stops is None else _StopStrings(model.tokenizer, stops, [ids[i, :n0[i]] for i in range(B)])
     lp = np.zeros(B, dtype=np.float32)
     fill = -1 if pad is None else pad
     can_finish = eos is not None or stopper is not None
