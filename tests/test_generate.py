@@ -38,6 +38,12 @@ def rnn(request):
     return m
 
 
+def _copy(m):
+    c = Transformer(V, block_size=BLOCK, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, tokenizer=m.tokenizer)
+    c.load_state_dict(m.state_dict())
+    return c
+
+
 def _hf_model(m):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -120,6 +126,16 @@ def test_ragged_rows_equal_their_own_greedy_generation(model, n_new):
     for p, row in zip(prompts, got):
         assert row.dtype == np.int64
         np.testing.assert_array_equal(row, model.generate(np.array(p), n_new, do_sample=False))
+
+
+def test_ragged_rows_on_every_isa(model, isa):
+    model = _copy(model)  # a model takes the kernel table chosen when it is built
+    prompts = _ragged_prompts()
+    got, lps = model.generate(prompts, 8, do_sample=False, return_logprobs=True)
+    for p, row, lp in zip(prompts, got, lps):
+        one, lp1 = model.generate(np.array(p), 8, do_sample=False, return_logprobs=True)
+        np.testing.assert_array_equal(row, one)
+        np.testing.assert_allclose(lp, lp1, rtol=1e-4, atol=1e-5)
 
 
 def test_ragged_recurrent_rows_equal_their_own_greedy_generation(rnn):
