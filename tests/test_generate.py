@@ -206,6 +206,21 @@ def test_eos_list_stops_at_the_first_of_any(model):
         assert got[-1] in np.atleast_1d(eos)
 
 
+def test_batch_rows_that_finished_are_padded_with_the_first_eos(model):
+    prompt = np.array([[1, 2, 3], [40, 41, 42]])
+    free = model.generate(prompt, 8, do_sample=False)
+    # The first token of row 0 that row 1 never makes: row 0 ends there, row 1 goes on.
+    j = next(j for j in range(3, 11) if free[0, j] not in free[1, 3:] and free[0, j] not in free[0, 3:j])
+    a = int(free[0, j])
+    other = next(t for t in range(V) if t not in free[:, 3:])
+    got = model.generate(prompt, 8, do_sample=False, eos_token_id=[other, a])
+    np.testing.assert_array_equal(got[0, :j + 1], free[0, :j + 1])
+    assert (got[0, j + 1:] == other).all()
+    np.testing.assert_array_equal(got[1], free[1])
+    got = model.generate(prompt, 8, do_sample=False, eos_token_id=a, pad_token_id=7)
+    assert (got[0, j + 1:] == 7).all()
+
+
 def test_min_new_tokens_suppresses_eos_until_then(model):
     prompt = np.array([10, 11])
     free = model.generate(prompt, 10, do_sample=False)

@@ -70,13 +70,16 @@ def _check_prompt(model: Any, prompt: Any) -> Tuple[np.ndarray, Optional[np.ndar
 
 
 def _check_ids(v: Any, name: str, vocab_size: int) -> Optional[np.ndarray]:
-    """An int or a non-empty list of ints, each in [0, vocab_size), as a 1-D int64 array (None stays None)."""
+    """An int or a non-empty list of ints, each in [0, vocab_size), as a 1-D
+    int64 array (None stays None)."""
     if v is None:
         return None
-    items = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+    items = list(v) if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim > 0) else [v]
     if not items:
         raise ValueError(f"{name} must be an int or a non-empty list of ints, got an empty list")
-    return np.unique([_check_int(t, name, 0, vocab_size - 1) for t in items]).astype(np.int64)
+    items = [t.item() if isinstance(t, np.ndarray) and t.ndim == 0 else t for t in items]
+    # In the order given (the first is the default pad_token_id, as Hugging Face's), once each.
+    return np.array(list(dict.fromkeys(_check_int(t, name, 0, vocab_size - 1) for t in items)), dtype=np.int64)
 
 
 def _check_stop(stop_strings: Any, model: Any) -> Optional[List[str]]:
