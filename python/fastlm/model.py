@@ -179,26 +179,30 @@ class _KVCacheDecoder:
         self._prefill()
 
     def _prefill(self) -> None:
-        width = int(self.lens.max())
-        self.uniform = width == int(self.lens.min())
+        self.width = int(self.lens.max())  # a Python int: the check per token stays cheap
+        self.uniform = self.width == int(self.lens.min())
         last = None if self.uniform else self.lens - 1
         with self.model._lock:
-            self.logits = self.model._g.decode(np.ascontiguousarray(self.buf[:, :width]), 0, last)
+            self.logits = self.model._g.decode(np.ascontiguousarray(self.buf[:, :self.width]), 0, last)
             self.model._cache_owner = self
 
     def push(self, tokens: np.ndarray) -> None:
         S = self.model.block_size
         lens = self.lens
         with self.model._lock:
-            if self.model._cache_owner is self and lens.max() < S:
+            if self.model._cache_owner is self and self.width < S:
                 # The cache holds each row's positions [0, lens); the new token goes at lens.
                 if self.uniform:
-                    self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), int(lens[0]))
+                    self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), self.width)
+                    self.buf[:, self.width] = tokens
                 else:
                     self.logits = self.model._g.decode_rows(tokens, lens)
-                self.buf[self.rows, lens] = tokens
-                lens += 1
+                    self.buf[self.rows, lens] = tokens
+                    lens += 1
+                self.width += 1
                 return
+        if self.uniform:  # lens is not kept up to date on that path
+            lens[:] = self.width
         # A window is full (positions shift) or another call used the cache
         # since: full windows drop their oldest token, and the prefill runs
         # over every window.

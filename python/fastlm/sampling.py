@@ -219,7 +219,8 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
         return ((t, lp) if return_logprobs else t for t, lp, _ in it)
     steps = list(it)
     new = np.stack([t for t, _, _ in steps], axis=1) if steps else np.zeros((B, 0), np.int64)
-    lps = np.stack([lp for _, lp, _ in steps], axis=1) if steps else np.zeros((B, 0), np.float32)
+    lps = np.stack([lp for _, lp, _ in steps], axis=1) if steps and return_logprobs else \
+        np.zeros((B, len(steps)), np.float32)
     if kind == "list":
         # Each row ends at the step it finished in (the last step it was live).
         live = np.stack([a for _, _, a in steps], axis=1) if steps else np.zeros((B, 0), bool)
@@ -309,14 +310,16 @@ def _decode_loop(model: Any, ids: np.ndarray, lengths: Optional[np.ndarray], max
                     done[r] |= stopper.hit(int(r), int(nxt[r]))
         if seen is not None:
             seen[live, nxt[live]] = 1.0
+        all_done = False
         if can_finish:
             if finished.any():
                 nxt[finished] = fill
                 lp[finished] = 0.0
             finished |= done
+            all_done = finished.all()
         yield nxt.copy(), (lp.copy() if want_logprobs else lp), live
-        if i + 1 == max_new_tokens or finished.all():
+        if i + 1 == max_new_tokens or all_done:
             return
         # Finished rows still step (the batch keeps its shape); what they
         # emit is never shown.
-        session.push(nxt if fill >= 0 or not finished.any() else np.where(finished, 0, nxt))
+        session.push(nxt if fill >= 0 or not can_finish or not finished.any() else np.where(finished, 0, nxt))
