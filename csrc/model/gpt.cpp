@@ -110,7 +110,8 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
   acts_t_ = t;
 }
 
-const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
+const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
+                             const int64_t* row_pos) {
   const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, S = cfg_.block_size;
   const float eps = cfg_.layer_norm_epsilon;
   const float* residual = encoded_;
@@ -130,7 +131,12 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
       GemmArgs g;
       g.b = L.attn_w, g.b_packed = packed_layers_[l].attn, g.bias = L.attn_b, g.n = 3 * C, g.k = C;
       g.lda = C, g.ldb = C, g.trans_b = true;
-      if (t == 1) {  // one row per sequence: a single GEMM strided over the cache
+      if (row_pos) {  // one GEMM for all rows, then each row to its own position
+        g.a = a.ln1, g.c = a.qkv, g.m = b, g.ldc = 3 * C;
+        k_.matmul(g);
+        for (int64_t i = 0; i < b; ++i)
+          k_.copy(layer_cache + (i * S + row_pos[i]) * 3 * C, a.qkv + i * 3 * C, 3 * C);
+      } else if (t == 1) {  // one row per sequence: a single GEMM strided over the cache
         g.a = a.ln1, g.c = layer_cache + pos * 3 * C, g.m = b, g.ldc = S * 3 * C;
         k_.matmul(g);
       } else {
@@ -153,7 +159,18 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
     att.so = {t * C, D, C};
     att.lse = a.lse;
     att.batch = b, att.heads = H, att.seq_q = t, att.head_dim = D, att.causal = true;
-    k_.attention_forward(att);
+    if (!row_pos) {
+      k_.attention_forward(att);
+    } else {  // each row over its own cache length
+      for (int64_t i = 0; i < b; ++i) {
+        AttentionArgs r = att;
+        r.q = qkv + (i * S + row_pos[i]) * 3 * C;
+        r.k = att.k + i * S * 3 * C, r.v = att.v + i * S * 3 * C;
+        r.out = a.atty + i * C, r.lse = a.lse + i * H;
+        r.batch = 1, r.seq_k = row_pos[i] + 1;
+        k_.attention_forward(r);
+      }
+    }
     const Packed p = cache ? packed_layers_[l] : Packed{};
     linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C, p.proj);
     k_.residual_forward(residual, tmp_, a.res2, BT * C);
@@ -237,12 +254,18 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   return loss;
 }
 
-void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits) {
+void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits,
+                 const int64_t* last) {
   const int64_t C = cfg_.n_embd, S = cfg_.block_size;
   if (pos < 0 || tn < 1 || pos + tn > S)
     throw std::invalid_argument("decode: positions [" + std::to_string(pos) + ", " +
                                 std::to_string(pos + tn) + ") exceed block_size " +
                                 std::to_string(S));
+  for (int64_t i = 0; last && i < b; ++i)
+    if (last[i] < 0 || last[i] >= tn)
+      throw std::invalid_argument("decode: last[" + std::to_string(i) + "] = " +
+                                  std::to_string(last[i]) + " is outside [0, " +
+                                  std::to_string(tn) + ")");
   if (b != cache_b_) {
     if (pos != 0) throw std::invalid_argument("decode: a new batch size must start at pos 0");
     cache_.assign(cfg_.n_layer * b * S * 3 * C, 0.f);
@@ -251,10 +274,31 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
   if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
   k_.embedding_forward(tokens, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
-  const float* residual = run_blocks(b, tn, pos, true);
-  // Only each row's last position is needed for the next token.
+  decode_logits(run_blocks(b, tn, pos, true), b, tn, last, logits);
+}
+
+void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, float* logits) {
+  const int64_t C = cfg_.n_embd, S = cfg_.block_size;
+  if (b != cache_b_)
+    throw std::invalid_argument("decode_rows: needs a prefill (decode at pos 0) of the same " +
+                                std::to_string(b) + " rows first");
+  for (int64_t i = 0; i < b; ++i)
+    if (pos[i] < 0 || pos[i] >= S)
+      throw std::invalid_argument("decode_rows: pos[" + std::to_string(i) + "] = " +
+                                  std::to_string(pos[i]) + " is outside [0, block_size " +
+                                  std::to_string(S) + ")");
+  ensure_acts(b, 1);
+  for (int64_t i = 0; i < b; ++i)
+    k_.embedding_forward(tokens + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
+  decode_logits(run_blocks(b, 1, 0, true, pos), b, 1, nullptr, logits);
+}
+
+void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
+                        float* logits) {
+  const int64_t C = cfg_.n_embd;
+  // Only one position per row is needed for the next token.
   for (int64_t i = 0; i < b; ++i) {
-    const int64_t r = i * tn + tn - 1;
+    const int64_t r = i * tn + (last ? last[i] : tn - 1);
     k_.layernorm_forward(residual + r * C, w_.lnf_w, ln_bias(w_.lnf_b), lnf_ + i * C,
                          lnf_mean_ + i, lnf_rstd_ + i, 1, C, cfg_.layer_norm_epsilon);
   }

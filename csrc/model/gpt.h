@@ -46,7 +46,15 @@ class GPT {
   // Runs tokens (b, tn) at positions [pos, pos + tn) against the KV cache
   // (reset when b changes or pos == 0) and writes the logits of each row's
   // last position to logits (b, vocab). Requires pos + tn <= block_size.
-  void decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits);
+  // `last` (b) picks the position (in [0, tn)) whose logits row i returns
+  // (null: tn - 1): a right-padded prefill of prompts of different lengths.
+  void decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits,
+              const int64_t* last = nullptr);
+  // One token per row at its own position pos[i] in [0, block_size), after a
+  // prefill of the same b rows: row i attends over cache positions
+  // [0, pos[i]], so whatever a padded prefill left beyond is overwritten
+  // before it is read. Ragged batches decode this way.
+  void decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, float* logits);
 
  private:
   struct Layer {
@@ -75,7 +83,12 @@ class GPT {
   void ensure_acts(int64_t b, int64_t t);
   // Runs the blocks over acts_ for (b, t) tokens at positions [pos, pos + t);
   // when `cache` is set, q/k/v live in the KV cache instead of acts' qkv.
-  const float* run_blocks(int64_t b, int64_t t, int64_t pos, bool cache);
+  // `row_pos` (b, with t == 1 and cache): each row's own position instead.
+  const float* run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
+                          const int64_t* row_pos = nullptr);
+  // The final LayerNorm and head on row i's position last[i] (tn - 1 when null).
+  void decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
+                     float* logits);
   void gelu_forward(const float* x, float* y, int64_t n) const;
   void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) const;
   // LayerNorm kernels always take a bias: a bias-free model passes zeros and

@@ -3,7 +3,8 @@
 ::
 
     fastlm train [CORPUS.txt] --out DIR [--steps N --batch-size B --block-size T ...]
-    fastlm sample DIR --prompt TEXT --max-new-tokens N [--temperature --top-k --top-p --seed --num-samples]
+    fastlm sample DIR --prompt TEXT --max-new-tokens N [--temperature --top-k --top-p --seed --num-samples
+                      --repetition-penalty --stop TEXT]
     fastlm info
     fastlm bench [ARGS...]
 
@@ -178,6 +179,10 @@ def _build_parser() -> _Parser:
     s.add_argument("--top-k", type=_positive_int, default=200, help="keep the k most likely tokens (default 200)")
     s.add_argument("--top-p", type=_number(0.0, 1.0, above=True), default=None, help="nucleus sampling threshold in (0, 1]")
     s.add_argument("--greedy", action="store_true", help="take the most likely token (no sampling)")
+    s.add_argument("--repetition-penalty", type=_positive_float, default=1.0,
+                   help="> 1 discourages tokens already in the text (Hugging Face's; default 1: off)")
+    s.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end a sample once it contains TEXT (may be given several times)")
     s.add_argument("--seed", type=_sampler_seed, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
     s.add_argument("--device", default="cpu", help="cpu (default)")
@@ -437,7 +442,10 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         prompt = tok.encode(a.prompt)
     except ValueError as e:
         raise CLIError(f"--prompt: {e}") from None
-    kw = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, do_sample=not a.greedy, seed=a.seed)
+    if a.stop is not None and "" in a.stop:
+        raise CLIError("--stop must not be empty")
+    kw = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, do_sample=not a.greedy, seed=a.seed,
+              repetition_penalty=a.repetition_penalty, stop_strings=a.stop)
     outw = sys.stdout
     if a.num_samples == 1:
         # Stream: print each piece as it comes. The ids not shown yet are held
@@ -456,7 +464,9 @@ def _cmd_sample(a: argparse.Namespace) -> int:
                 pending = []
         outw.write(tok.decode(pending) + "\n")
     else:
-        batch = model.generate(prompt[None, :].repeat(a.num_samples, axis=0), a.max_new_tokens, **kw)
+        # With --stop, a list of prompts: each sample ends where it stops.
+        prompts = prompt[None, :].repeat(a.num_samples, axis=0) if a.stop is None else [a.prompt] * a.num_samples
+        batch = model.generate(prompts, a.max_new_tokens, **kw)
         for i, row in enumerate(batch):
             if i:
                 outw.write("---------------\n")

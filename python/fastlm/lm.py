@@ -491,27 +491,37 @@ class LanguageModel:
         from .train import evaluate
         return evaluate(self, tokens, batch_size=batch_size, max_batches=max_batches)
 
-    def generate(self, prompt: Union[IdsLike, str], max_new_tokens: int, *, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = True,
-                 seed: Optional[int] = None, eos_token_id: Optional[int] = None,
-                 stream: bool = False) -> Union[np.ndarray, Iterator[Any]]:
+    def generate(self, prompt: Union[IdsLike, str, Sequence[Union[IdsLike, str]]], max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 do_sample: bool = True, seed: Optional[int] = None,
+                 eos_token_id: Union[None, int, Sequence[int]] = None, stream: bool = False,
+                 repetition_penalty: float = 1.0, stop_strings: Union[None, str, Sequence[str]] = None,
+                 min_new_tokens: int = 0, num_return_sequences: int = 1, return_logprobs: bool = False,
+                 pad_token_id: Optional[int] = None) -> Any:
         """Continue ``prompt`` by ``max_new_tokens`` tokens, each costing one
         incremental step of the C++ model (KV cache or recurrent state).
 
         Returns the prompt followed by the new ids (int64; 1-D for a 1-D
-        prompt, (B, T0 + n) for a (B, T0) batch), or with ``stream=True`` an
-        iterator over the new ids as they are made. With a tokenizer of fewer
-        ids than ``vocab_size`` (a padded vocabulary), only ids it can decode
-        are drawn. See
+        prompt, (B, T0 + n) for a (B, T0) batch, a list of 1-D arrays for a
+        list of prompts of different lengths or of strs), or with
+        ``stream=True`` an iterator over the new ids as they are made; with
+        ``return_logprobs=True`` also the new tokens' log-probabilities. With a
+        tokenizer of fewer ids than ``vocab_size`` (a padded vocabulary), only
+        ids it can decode are drawn. Hugging Face's names: see
         :func:`fastlm.sampling.generate` for every argument.
         """
         from .sampling import generate
         return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        do_sample=do_sample, seed=seed, eos_token_id=eos_token_id, stream=stream)
+                        do_sample=do_sample, seed=seed, eos_token_id=eos_token_id, stream=stream,
+                        repetition_penalty=repetition_penalty, stop_strings=stop_strings,
+                        min_new_tokens=min_new_tokens, num_return_sequences=num_return_sequences,
+                        return_logprobs=return_logprobs, pad_token_id=pad_token_id)
 
-    def _decoder(self, ids: np.ndarray) -> Any:
+    def _decoder(self, ids: np.ndarray, lengths: Optional[np.ndarray] = None) -> Any:
         """A decoding session over the batch ``ids`` (B, T0): an object with
-        ``logits`` (B, V) for the next token and ``push(tokens (B,))``."""
+        ``logits`` (B, V) for the next token and ``push(tokens (B,))``. With
+        ``lengths`` (B,), row i is the prompt ``ids[i, :lengths[i]]`` (right
+        padding), and each row decodes as that prompt alone would."""
         raise NotImplementedError
 
     # -- checkpoints

@@ -184,8 +184,8 @@ class Transformer(LanguageModel):
             raise ValueError(f"block_size {block_size} exceeds the model's block_size {self.block_size}")
         return block_size
 
-    def _decoder(self, ids: np.ndarray) -> "_KVCacheDecoder":
-        return _KVCacheDecoder(self, ids)
+    def _decoder(self, ids: np.ndarray, lengths: Optional[np.ndarray] = None) -> "_KVCacheDecoder":
+        return _KVCacheDecoder(self, ids, lengths)
 
     # -- Hugging Face GPT-2 directories (fastlm.hf)
 
@@ -241,28 +241,59 @@ class _KVCacheDecoder:
     shift with the window, so the cached keys and values no longer apply: once
     the window is full every further token re-runs the prefill over the
     window (as costly as nanoGPT per token).
+
+    Prompts of different lengths (``lengths``; rows right-padded in ``ids``)
+    share one prefill: attention is causal, so a row's positions never see the
+    padding after them, and each row's logits are read at its own last
+    position. Each step then runs every row at its own position
+    (``decode_rows``: the GEMMs batched, attention per row over its own cache
+    length), writing over the padding's cache entries before they could be
+    read. Each row so computes what its prompt alone would.
     """
 
-    def __init__(self, model: Transformer, ids: np.ndarray) -> None:
+    def __init__(self, model: Transformer, ids: np.ndarray, lengths: Optional[np.ndarray] = None) -> None:
         self.model = model
-        self.window = np.ascontiguousarray(ids[:, -model.block_size:])
+        S = model.block_size
+        n = np.full(ids.shape[0], ids.shape[1], np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        # Each row's window (its last block_size tokens), right-padded to block_size.
+        self.lens = np.minimum(n, S)
+        self.buf = np.zeros((ids.shape[0], S), np.int64)
+        for i, (end, w) in enumerate(zip(n, self.lens)):
+            self.buf[i, :w] = ids[i, end - w:end]
+        self.rows = np.arange(ids.shape[0])
         self._prefill()
 
     def _prefill(self) -> None:
+        self.width = int(self.lens.max())  # a Python int: the check per token stays cheap
+        self.uniform = self.width == int(self.lens.min())
+        last = None if self.uniform else self.lens - 1
         with self.model._lock:
-            self.logits = self.model._g.decode(self.window, 0)
+            self.logits = self.model._g.decode(np.ascontiguousarray(self.buf[:, :self.width]), 0, last)
             self.model._cache_owner = self
 
     def push(self, tokens: np.ndarray) -> None:
-        block = self.model.block_size
-        cur = self.window.shape[1]
-        self.window = np.concatenate([self.window, tokens[:, None]], axis=1)
+        S = self.model.block_size
+        lens = self.lens
         with self.model._lock:
-            if cur < block and self.model._cache_owner is self:
-                # The cache holds positions [0, cur); the new token goes at cur.
-                self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), cur)
+            if self.model._cache_owner is self and self.width < S:
+                # The cache holds each row's positions [0, lens); the new token goes at lens.
+                if self.uniform:
+                    self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), self.width)
+                    self.buf[:, self.width] = tokens
+                else:
+                    self.logits = self.model._g.decode_rows(tokens, lens)
+                    self.buf[self.rows, lens] = tokens
+                    lens += 1
+                self.width += 1
                 return
-        # The window is full (positions shift) or another call used the
-        # cache since: run the prefill over the last block_size tokens.
-        self.window = np.ascontiguousarray(self.window[:, -block:])
+        if self.uniform:  # lens is not kept up to date on that path
+            lens[:] = self.width
+        # A window is full (positions shift) or another call used the cache
+        # since: full windows drop their oldest token, and the prefill runs
+        # over every window.
+        full = lens == S
+        if full.any():
+            self.buf[full, :-1] = self.buf[full, 1:]
+        self.buf[self.rows, lens - full] = tokens
+        lens += ~full
         self._prefill()
