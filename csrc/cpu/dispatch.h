@@ -8,7 +8,8 @@
 namespace fastlm {
 namespace cpu {
 
-// ISAs this CPU and OS can run, lowest first: "generic", then "avx2", "avx512".
+// ISAs this CPU and OS can run, lowest first: "generic", then "avx2", "avx512",
+// "avx512bf16" (avx512 plus a bfloat16 GEMM on AVX512_BF16).
 std::vector<std::string> available_isas();
 // The active table. The first call picks the best available ISA, or the one
 // named by FASTLM_CPU_ISA (std::invalid_argument if unknown or unsupported).
