@@ -16,7 +16,10 @@ namespace cpu {
 namespace generic { const Kernels* kernel_table(); }
 namespace avx2 { const Kernels* kernel_table(); }
 namespace avx512 { const Kernels* kernel_table(); }
-namespace avx512bf16 { const Kernels* kernel_table(); }
+namespace avx512bf16 {
+const Kernels* kernel_table();
+const Kernels* mixed_table();
+}  // namespace avx512bf16
 
 namespace {
 
@@ -125,6 +128,15 @@ void set_isa(const std::string& name) {
   const Kernels* t = table_for(name);
   if (!t) throw std::invalid_argument("this CPU (or its OS) cannot run ISA '" + name + "'");
   g_table.store(t, std::memory_order_release);
+}
+
+const Kernels& kernels_for(GemmPrecision precision) {
+  const Kernels& k = kernels();
+  if (precision != GemmPrecision::kBF16) return k;
+  if (k.name != std::string("avx512bf16"))
+    throw std::invalid_argument(std::string("precision 'bf16' needs the avx512bf16 CPU ISA "
+                                            "(AVX512_BF16); the active CPU ISA is '") + k.name + "'");
+  return *avx512bf16::mixed_table();
 }
 
 namespace {

@@ -14,6 +14,10 @@ std::vector<std::string> available_isas();
 // The active table. The first call picks the best available ISA, or the one
 // named by FASTLM_CPU_ISA (std::invalid_argument if unknown or unsupported).
 const Kernels& kernels();
+// The table a model computing its GEMMs in `precision` uses: kernels(), or
+// for kBF16 its mixed-precision variant (every GEMM in bfloat16), which only
+// avx512bf16 has (std::invalid_argument on any other ISA).
+const Kernels& kernels_for(GemmPrecision precision);
 // Switch tables (tests use this to run every ISA in one process).
 void set_isa(const std::string& name);
 

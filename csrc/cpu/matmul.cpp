@@ -538,6 +538,21 @@ void matmul_pack_b(const GemmArgs& g, float* packed) {
   pack_b_all<Fp32>(g, packed);
 }
 
+#if defined(FASTLM_ISA_AVX512BF16)
+// The GEMM entries of the mixed-precision table (table.cpp): every product in
+// bfloat16, whatever the caller's GemmArgs ask.
+void matmul_mixed(const GemmArgs& g) {
+  GemmArgs h = g;
+  h.precision = GemmPrecision::kBF16;
+  matmul(h);
+}
+void matmul_pack_b_mixed(const GemmArgs& g, float* packed) {
+  GemmArgs h = g;
+  h.precision = GemmPrecision::kBF16;
+  matmul_pack_b(h, packed);
+}
+#endif
+
 // Threads split the columns, 2 vectors at a time; each column sums its rows
 // in one order (four interleaved partial sums) whatever the thread count.
 void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols) {

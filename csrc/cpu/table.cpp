@@ -23,6 +23,23 @@ static Kernels make_table() {
   t.bias_backward = bias_backward;
   return t;
 }
+
+void matmul_mixed(const GemmArgs& g);
+void matmul_pack_b_mixed(const GemmArgs& g, float* packed);
+
+// The table of a model in mixed precision: this one with every GEMM in
+// bfloat16 (operands rounded while packed, so the weights' bfloat16 copies
+// are made as they are packed, and float32 accumulation); everything else,
+// LayerNorm, softmax, attention, cross-entropy and AdamW, in float32.
+const Kernels* mixed_table() {
+  static const Kernels table = [] {
+    Kernels t = make_table();
+    t.matmul = matmul_mixed;
+    t.matmul_pack_b = matmul_pack_b_mixed;
+    return t;
+  }();
+  return &table;
+}
 #else
 static Kernels make_table() {
   Kernels t{};

@@ -55,6 +55,11 @@ class Transformer(LanguageModel):
     tokenizer: an optional :class:`fastlm.tokenizers.Tokenizer` kept with the
         model (saved in checkpoints, used for str prompts); its ``vocab_size``
         must not exceed ``vocab_size``.
+    precision: ``"fp32"``, or ``"bf16"``: mixed precision as PyTorch autocast
+        (float32 weights, gradients and AdamW state; every GEMM, the decode
+        included, on bfloat16-rounded operands with float32 accumulation;
+        LayerNorm, softmax, attention and cross-entropy in float32). ``"bf16"``
+        needs the ``avx512bf16`` CPU ISA (``ValueError`` otherwise).
 
     Arrays: ids are integer arrays (B, T) with T <= block_size (converted to
     int64); logits and parameters are float32. A model is not thread-safe.
@@ -79,9 +84,9 @@ class Transformer(LanguageModel):
 
     def __init__(self, vocab_size: int, *, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
                  n_embd: int = 384, seed: int = 0, device: str = "cpu",
-                 tokenizer: Optional[Tokenizer] = None) -> None:
+                 tokenizer: Optional[Tokenizer] = None, precision: str = "fp32") -> None:
         self._build({"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer, "n_head": n_head,
-                     "n_embd": n_embd}, seed, device, tokenizer)
+                     "n_embd": n_embd}, seed, device, tokenizer, precision)
         self._init_weights()
         self._g.weights_changed()
 
@@ -97,7 +102,8 @@ class Transformer(LanguageModel):
         return arch
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
-        return _C.GPT(arch["vocab_size"], arch["block_size"], arch["n_layer"], arch["n_head"], arch["n_embd"])
+        return _C.GPT(arch["vocab_size"], arch["block_size"], arch["n_layer"], arch["n_head"], arch["n_embd"],
+                      precision=self._config["precision"])
 
     def _param_names(self, arch: Dict[str, Any]) -> List[str]:
         return param_names(arch["n_layer"])
