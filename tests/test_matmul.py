@@ -122,22 +122,3 @@ def test_matmul_bad_inputs():
     with pytest.raises(TypeError, match="bias must have dtype float32"):
         ops.matmul(a, b, bias=np.zeros(5, np.int32))
 
-
-@pytest.mark.parametrize("m,n,k", [(1, 33, 17), (3, 64, 1025), (4, 100, 2), (9, 31, 600)])
-@pytest.mark.parametrize("trans_a", [False, True])
-@pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("prepack", [False, True])
-def test_matmul_accumulate_and_prepacked(isa, rng, m, n, k, trans_a, trans_b, prepack):
-    """c += op(a) op(b) + bias, with B packed beforehand (as the models decode) or not."""
-    from fastlm import _C
-    a, b = operands(rng, m, n, k, trans_a, trans_b)
-    bias = rng.standard_normal(n).astype(np.float32)
-    c0 = rng.standard_normal((m, n)).astype(np.float32)
-    opa, opb = (a.T if trans_a else a), (b.T if trans_b else b)
-    ref = c0 + bias + opa.astype(np.float64) @ opb.astype(np.float64)
-    naive = c0 + bias
-    for p in range(k):
-        naive += np.outer(opa[:, p], opb[p, :]).astype(np.float32)
-    c = c0.copy()
-    _C._matmul_into(c, a, b, trans_a, trans_b, bias, "highest", True, prepack)
-    assert_error_bound(c, ref, naive, name=f"{isa} {m}x{n}x{k}")

@@ -46,11 +46,13 @@ def operands(rng, m, n, k, trans_a, trans_b):
     return a, b
 
 
-def references(a, b, trans_a, trans_b, c0):
+def references(a, b, trans_a, trans_b, c0, rounded=True):
     """float64 and naive float32 (in order over k) of c0 + op(a) op(b) on the
-    bfloat16-rounded operands."""
-    opa = to_bf16(a.T if trans_a else a)
-    opb = to_bf16(b.T if trans_b else b)
+    bfloat16-rounded operands (as they are, unless rounded)."""
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    if rounded:
+        opa, opb = to_bf16(opa), to_bf16(opb)
     ref = c0.astype(np.float64) + opa.astype(np.float64) @ opb.astype(np.float64)
     naive = c0.astype(np.float32).copy()
     for p in range(opa.shape[1]):
@@ -77,17 +79,21 @@ def test_bf16_matmul_matches_float64(bf16, rng, m, n, k, trans_a, trans_b):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("prepack", [False, True])
-def test_bf16_accumulate_and_prepacked(bf16, rng, m, n, k, trans_a, trans_b, prepack):
-    """c += op(a) op(b) + bias, with B packed beforehand (the decode path) or not."""
+@pytest.mark.parametrize("precision", ["highest", "bf16"])
+def test_accumulate_and_prepacked(isa, rng, m, n, k, trans_a, trans_b, prepack, precision):
+    """c += op(a) op(b) + bias, with B packed beforehand (as the models decode) or
+    not, in float32 on every ISA and in bf16 where it runs."""
+    if precision == "bf16" and isa != "avx512bf16":
+        pytest.skip("bf16 runs on avx512bf16 only")
     a, b = operands(rng, m, n, k, trans_a, trans_b)
     bias = rng.standard_normal(n).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
-    ref, naive = references(a, b, trans_a, trans_b, c0 + bias)
+    ref, naive = references(a, b, trans_a, trans_b, c0 + bias, rounded=precision == "bf16")
     c = c0.copy()
-    _C._matmul_into(c, a, b, trans_a, trans_b, bias, "bf16", True, prepack)
-    assert_error_bound(c, ref, naive, name=f"{m}x{n}x{k}")
+    _C._matmul_into(c, a, b, trans_a, trans_b, bias, precision, True, prepack)
+    assert_error_bound(c, ref, naive, name=f"{isa} {m}x{n}x{k}")
     c = np.full((m, n), np.nan, np.float32)  # overwritten, not read
-    _C._matmul_into(c, a, b, trans_a, trans_b, None, "bf16", False, prepack)
+    _C._matmul_into(c, a, b, trans_a, trans_b, None, precision, False, prepack)
     assert_error_bound(c, ref - c0 - bias, naive - c0 - bias, name="overwrite")
 
 
