@@ -121,4 +121,3 @@ def test_matmul_bad_inputs():
         ops.matmul(a, b, bias=np.zeros(4, np.float32))
     with pytest.raises(TypeError, match="bias must have dtype float32"):
         ops.matmul(a, b, bias=np.zeros(5, np.int32))
-
