@@ -108,6 +108,14 @@ def test_bf16_checkpoint_roundtrip(tmp_path):
     ref.load_state_dict(m.state_dict())
     np.testing.assert_array_equal(as_fp32.forward(idx), ref.forward(idx))
     assert type(m)(**{k: v for k, v in m.config.items()}).config == m.config
+    before = fastlm.cpu_isa()
+    _C._set_cpu_isa("avx512")  # a CPU without AVX512_BF16 loads it in float32 only when asked to
+    try:
+        with pytest.raises(ValueError, match="runs in precision 'bf16'.*load it with precision='fp32'"):
+            LanguageModel.load(tmp_path / "ck")
+        assert LanguageModel.load(tmp_path / "ck", precision="fp32").config["precision"] == "fp32"
+    finally:
+        _C._set_cpu_isa(before)
 
 
 def test_fp32_checkpoint_without_precision_loads_as_fp32(tmp_path):

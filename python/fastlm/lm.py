@@ -602,14 +602,19 @@ class LanguageModel:
             arch = {k: cfg[k] for k in kind.ARCH_KEYS}
         except KeyError as e:
             raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
+        if precision is None:
+            precision = cfg.get("precision", "fp32")
+            if precision == "bf16" and _C.cpu_isa() != "avx512bf16":
+                raise ValueError(f"checkpoint file {cpath!r}: the model runs in precision 'bf16', which needs the "
+                                 f"avx512bf16 CPU ISA (AVX512_BF16; the active CPU ISA is {_C.cpu_isa()!r}); "
+                                 "load it with precision='fp32'")
         model = kind.__new__(kind)
         try:
             arch = model._check_arch(**arch)
             # config.json's sizes must be those of the weights before _build allocates them.
             diff = _sizes_disagree(kind, arch, ckpt.tensors)
             if not diff:
-                model._build(arch, cfg.get("seed", 0), device, None,
-                             cfg.get("precision", "fp32") if precision is None else precision)
+                model._build(arch, cfg.get("seed", 0), device, None, precision)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
         if diff:
