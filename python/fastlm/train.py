@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import distributed
 from ._checks import MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 
@@ -149,16 +150,27 @@ def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Opti
     if max_batches is not None:
         max_batches = _int(max_batches, "max_batches", 1)
     arr = _tokens(tokens, "tokens", model.vocab_size, 2)
-    T = min(model._train_window(None), int(arr.shape[0]) - 1)
-    model._cache_owner = None
-    total = 0.0
-    rows = 0
-    for x, y in iter_eval_batches(arr, batch_size, T, max_batches):
-        total += model._loss(x, y) * x.shape[0]
-        rows += x.shape[0]
-    loss = total / rows
+    loss = _eval_loss(model, arr, batch_size, max_batches, None)
     perplexity = math.exp(loss) if loss < 700 else (float("nan") if math.isnan(loss) else float("inf"))
     return {"loss": loss, "perplexity": perplexity}
+
+
+def _eval_loss(model: Any, arr: np.ndarray, batch_size: int, max_batches: Optional[int],
+               world: Optional[distributed.World]) -> float:
+    """:func:`evaluate`'s mean loss. With a ``world`` of N ranks, the batches
+    are those of one process with ``N * batch_size`` rows, rank r scoring rows
+    r*b .. (r+1)*b - 1 of each, and the sums are reduced over the ranks."""
+    T = min(model._train_window(None), int(arr.shape[0]) - 1)
+    model._cache_owner = None
+    r, n = (world.rank, world.size) if world is not None else (0, 1)
+    sums = np.zeros(2)  # loss * rows, rows
+    for x, y in iter_eval_batches(arr, batch_size * n, T, max_batches):
+        x, y = x[r * batch_size:(r + 1) * batch_size], y[r * batch_size:(r + 1) * batch_size]
+        if x.shape[0]:
+            sums += (model._loss(x, y) * x.shape[0], x.shape[0])
+    if world is not None:
+        world.all_reduce(sums, "sum")
+    return float(sums[0] / sums[1])
 
 
 # -------------------------------------------------------------------------- fit
@@ -202,6 +214,7 @@ class _Progress:
             self.bar.close()
 
 
+@distributed.collective("fit")
 def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3, warmup_steps: int = 0,
         min_lr: Optional[float] = None, betas: Optional[Tuple[float, float]] = None,
         weight_decay: Optional[float] = None,
@@ -239,9 +252,19 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     callback: ``callback(step, metrics)`` after every step, metrics being that
         step's history entry; returning ``False`` stops training.
 
+    Under an MPI launcher (``mpirun -n N``), every rank runs ``fit`` with the
+    same arguments and trains one model data-parallel: ``batch_size`` is per
+    rank, rank r taking rows r*b .. (r+1)*b - 1 of the batch one process with
+    ``N * batch_size`` would draw, so the run equals that process's up to the
+    order of float sums (:mod:`fastlm.distributed`, docs/distributed.md).
+    Rank 0 alone shows progress, calls ``callback`` (what it returns stops
+    every rank) and writes checkpoints, which resume with any N.
+
     Returns the :class:`History` of the whole run (including the steps before
     a resume). Raises ``FloatingPointError`` if the loss becomes NaN or inf.
     """
+    world = distributed.world()
+    nranks, lead = world.size, world.rank == 0
     steps = _int(steps, "steps", 1)
     batch_size = _int(batch_size, "batch_size", 1)
     grad_accum = _int(grad_accum, "grad_accum", 1)
@@ -283,15 +306,15 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         raise ValueError(f"stateful=True needs a recurrent model; {type(model).__name__} has no state to carry")
     block = model._train_window(block_size)
     V = model.vocab_size
-    # Stateful: each of the batch_size streams needs a window plus its target.
-    train = _tokens(train, "train", V, batch_size * (block + 1) if stateful else block + 1)
+    # Stateful: each of the batch_size streams of every rank needs a window plus its target.
+    train = _tokens(train, "train", V, batch_size * nranks * (block + 1) if stateful else block + 1)
     if val is not None:
         val = _tokens(val, "val", V, 2)
 
     fit_args = {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
                 "warmup_steps": warmup_steps, "min_lr": min_lr, "betas": [b1, b2], "weight_decay": weight_decay,
                 "grad_clip": grad_clip, "block_size": block, "stateful": stateful, "optimizer": optimizer,
-                "momentum": momentum}
+                "momentum": momentum, "world_size": nranks}
     if resume:
         from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
         ckpt = load_checkpoint(checkpoint_dir)
@@ -313,17 +336,41 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         start = 0
         stream_pos = 0
         history = History()
+    if nranks > 1:
+        world.start("fit", {
+            "model": f"{type(model).__name__} {model.config}", "settings": fit_args, "seed": seed,
+            "resume": resume, "start step": start, "optimizer step": model.optimizer_step,
+            "train tokens": distributed.data_fingerprint(train), "val tokens": distributed.data_fingerprint(val),
+            "data RNG": rng.bit_generator.state}, (model._g.flat_params(), model._g.adam_m(), model._g.adam_v()))
+        model._g.weights_changed()
+    # Each rank's rows of the global batch of nranks * batch_size.
+    rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
 
     if stateful:
-        # batch_size contiguous streams side by side, walked window by window.
-        stream_len = int(train.shape[0]) // batch_size
-        streams = np.asarray(train[:stream_len * batch_size]).reshape(batch_size, stream_len)
+        # batch_size * nranks contiguous streams side by side, walked window by window; this rank's rows.
+        stream_len = int(train.shape[0]) // (batch_size * nranks)
+        streams = np.asarray(train[:stream_len * batch_size * nranks]).reshape(-1, stream_len)[rows]
+        if nranks > 1 and resume:
+            model._carried = distributed.state_rows(model._carried, rows, batch_size * nranks)
+
+    def save() -> None:
+        """Rank 0 writes the checkpoint; a stateful run's holds every rank's streams."""
+        gather = stateful and nranks > 1
+        if gather:
+            own = model._carried
+            model._carried = distributed.gather_state(world, own)
+        try:
+            if lead:
+                model.save(checkpoint_dir)
+        finally:
+            if gather:
+                model._carried = own
 
     def next_batch() -> Tuple[np.ndarray, np.ndarray, bool]:
         nonlocal stream_pos
         if not stateful:
-            x, y = get_batch(train, batch_size, block, rng)
-            return x, y, False
+            x, y = get_batch(train, batch_size * nranks, block, rng)
+            return x[rows], y[rows], False
         if stream_pos + block + 1 > stream_len:
             stream_pos = 0
         carry = stream_pos > 0
@@ -334,8 +381,9 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
 
     g = model._g
     model._cache_owner = None
-    tokens_per_step = batch_size * block * grad_accum
-    bar = _Progress(bool(progress), steps, start)
+    grads = g.flat_grads()
+    tokens_per_step = batch_size * block * grad_accum * nranks
+    bar = _Progress(bool(progress) and lead, steps, start)
     saved_at = -1
     try:
         for it in range(start, steps):
@@ -345,11 +393,14 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
             loss_sum = 0.0
             for _ in range(grad_accum):
                 x, y, carry = next_batch()
-                loss_sum += model._forward_backward(x, y, 1.0 / grad_accum, carry)
+                loss_sum += model._forward_backward(x, y, 1.0 / (grad_accum * nranks), carry)
             loss = loss_sum / grad_accum
+            if nranks > 1:  # scaled by 1 / nranks above, so the sums are the means
+                world.all_reduce(grads, "sum")
+                loss = float(world.all_reduce(np.array([loss]), "mean")[0])
             if not math.isfinite(loss):
-                raise FloatingPointError(f"training diverged: loss is {loss} at step {it + 1} (try a lower lr "
-                                         "or a smaller grad_clip)")
+                raise distributed.raised_alike(FloatingPointError(  # the loss is every rank's mean
+                    f"training diverged: loss is {loss} at step {it + 1} (try a lower lr or a smaller grad_clip)"))
             norm = float(g.grad_norm())
             scale = min(1.0, grad_clip / (norm + 1e-6)) if grad_clip > 0 else 1.0
             model._apply_step(lr_t, {"optimizer": optimizer, "betas": (b1, b2), "eps": 1e-8,
@@ -360,19 +411,23 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                                      "tokens_per_sec": tokens_per_step / dt if dt > 0 else float("inf"),
                                      "val_loss": None}
             if val is not None and (step % eval_interval == 0 or step == steps):
-                entry["val_loss"] = evaluate(model, val, batch_size=batch_size, max_batches=eval_batches)["loss"]
+                entry["val_loss"] = _eval_loss(model, val, batch_size, eval_batches, world)
                 bar.write(f"step {step}: train loss {loss:.4f}, val loss {entry['val_loss']:.4f}")
             history.append(entry)
             model._train_state = {"step": step, "seed": seed, "data_rng": rng.bit_generator.state,
                                   "stream_pos": stream_pos, "history": history, "fit": fit_args}
             bar.update(entry)
             if checkpoint_dir is not None and (step % checkpoint_interval == 0 or step == steps):
-                model.save(checkpoint_dir)
+                save()
                 saved_at = step
-            if callback is not None and callback(step, dict(entry)) is False:
+            stop = lead and callback is not None and callback(step, dict(entry)) is False
+            if callback is not None and nranks > 1:
+                stop = world.broadcast_object(stop)
+            if stop:
                 if checkpoint_dir is not None and saved_at != step:
-                    model.save(checkpoint_dir)
+                    save()
                 break
     finally:
         bar.close()
+    world.barrier()  # the last checkpoint is complete when fit returns on any rank
     return history
