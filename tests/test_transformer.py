@@ -60,7 +60,8 @@ def batch():
 def test_config_and_num_parameters():
     m = Transformer(V, **ARCH, seed=3)
     assert m.config == dict(vocab_size=V, **ARCH, bias=True, tie_word_embeddings=True,
-                            activation_function="gelu_new", layer_norm_epsilon=1e-5, seed=3, device="cpu")
+                            activation_function="gelu_new", layer_norm_epsilon=1e-5, seed=3, device="cpu",
+                            precision="fp32")
     shapes = param_shapes(V, BLOCK, N_LAYER, N_EMBD)
     n = sum(int(np.prod(s)) for s in shapes.values())
     assert m.num_parameters() == n

@@ -182,6 +182,18 @@ py::array_t<float> rnn_logits(RNNLM& r, const Tokens& tk, bool carry) {
   return out;
 }
 
+// A model's kernel table: "fp32" the active one, "bf16" its mixed-precision
+// variant (every GEMM in bfloat16).
+const Kernels& model_kernels(const char* op, const std::string& precision) {
+  if (precision == "fp32") return cpu::kernels();
+  if (precision != "bf16") value_error(op, "precision must be 'fp32' or 'bf16', got '" + precision + "'");
+  try {
+    return cpu::kernels_for(GemmPrecision::kBF16);
+  } catch (const std::invalid_argument& e) {
+    value_error(op, e.what());
+  }
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -190,7 +202,8 @@ void bind_model(py::module_& m) {
   gpt
       .def(py::init([](int64_t vocab, int64_t block, int64_t n_layer, int64_t n_head,
                        int64_t n_embd, bool bias, bool tie_word_embeddings,
-                       const std::string& activation, double layer_norm_epsilon) {
+                       const std::string& activation, double layer_norm_epsilon,
+                       const std::string& precision) {
              GPTConfig c{vocab, block, n_layer, n_head, n_embd};
              c.bias = bias, c.tie_word_embeddings = tie_word_embeddings;
              // Hugging Face's names: "gelu_new" is the tanh approximation.
@@ -201,11 +214,12 @@ void bind_model(py::module_& m) {
              if (!(layer_norm_epsilon > 0 && layer_norm_epsilon < 1e30))
                value_error("GPT", "layer_norm_epsilon must be finite and > 0");
              c.layer_norm_epsilon = (float)layer_norm_epsilon;
-             return new GPT(c, cpu::kernels());
+             return new GPT(c, model_kernels("GPT", precision));
            }),
            py::arg("vocab_size"), py::arg("block_size"), py::arg("n_layer"), py::arg("n_head"),
            py::arg("n_embd"), py::arg("bias") = true, py::arg("tie_word_embeddings") = true,
-           py::arg("activation") = "gelu_new", py::arg("layer_norm_epsilon") = 1e-5)
+           py::arg("activation") = "gelu_new", py::arg("layer_norm_epsilon") = 1e-5,
+           py::arg("precision") = "fp32")
       .def("forward",
            [](GPT& g, py::handle idx_obj) {
              Tokens tk = checked_batch(g, idx_obj, "forward");
@@ -294,17 +308,17 @@ void bind_model(py::module_& m) {
   py::class_<RNNLM> rnn(m, "RNNLM");
   bind_store(rnn);
   rnn.def(py::init([](const std::string& kind, int64_t vocab, int64_t embed, int64_t hidden,
-                      int64_t layers) {
+                      int64_t layers, const std::string& precision) {
              RNNConfig c;
              if (kind == "lstm") c.kind = CellKind::kLSTM;
              else if (kind == "gru") c.kind = CellKind::kGRU;
              else value_error("RNNLM", "kind must be 'lstm' or 'gru', got '" + kind + "'");
              c.vocab_size = vocab, c.embed_dim = embed, c.hidden_size = hidden;
              c.num_layers = layers;
-             return new RNNLM(c, cpu::kernels());
+             return new RNNLM(c, model_kernels("RNNLM", precision));
            }),
            py::arg("kind"), py::arg("vocab_size"), py::arg("embed_dim"), py::arg("hidden_size"),
-           py::arg("num_layers"))
+           py::arg("num_layers"), py::arg("precision") = "fp32")
       .def("forward",
            [](RNNLM& r, py::handle idx_obj, bool carry) {
              return rnn_logits(r, checked_rnn_batch(r, idx_obj, "forward"), carry);

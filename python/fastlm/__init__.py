@@ -1,8 +1,9 @@
 """fastlm: train and sample small language models on hand-written kernels.
 
 The compiled core (``fastlm._C``) holds CPU kernels built three times
-(generic x86-64, AVX2+FMA, AVX-512), one of which is chosen at import;
-``FASTLM_CPU_ISA=generic|avx2|avx512`` forces a lower one. Builds with CUDA
+(generic x86-64, AVX2+FMA, AVX-512) plus AVX-512 with a bfloat16 GEMM
+(avx512bf16, AVX512_BF16), one of which is chosen at import;
+``FASTLM_CPU_ISA=generic|avx2|avx512|avx512bf16`` forces a lower one. Builds with CUDA
 also hold GPU kernels, used by :mod:`fastlm.ops` for device arrays (see
 :mod:`fastlm.cuda`); ``cuda_available()`` tells whether a GPU can run them.
 """
@@ -53,7 +54,8 @@ __all__ = [
 
 
 def cpu_isa() -> str:
-    """Name of the active CPU kernel table: ``"generic"``, ``"avx2"`` or ``"avx512"``."""
+    """Name of the active CPU kernel table: ``"generic"``, ``"avx2"``, ``"avx512"`` or
+    ``"avx512bf16"`` (avx512 plus the bfloat16 GEMM of ``precision="bf16"``)."""
     return _C.cpu_isa()
 
 

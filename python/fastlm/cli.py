@@ -167,6 +167,9 @@ def _build_parser() -> _Parser:
         "(steps, batch size, block size, learning rates, optimizer settings) keep the run's values"))
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     t.add_argument("--device", default="cpu", help="cpu (default)")
+    t.add_argument("--precision", choices=("fp32", "bf16"), default=None, help=(
+        "bf16: GEMMs on bfloat16 operands, float32 weights and optimizer state (needs AVX512_BF16; "
+        "default fp32, or the checkpoint's with --resume)"))
     t.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -186,6 +189,8 @@ def _build_parser() -> _Parser:
     s.add_argument("--seed", type=_sampler_seed, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
     s.add_argument("--device", default="cpu", help="cpu (default)")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="bf16: bfloat16 weights in the GEMMs (needs AVX512_BF16; default: the checkpoint's)")
     s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
 
     add_tokenize_parser(sub, _positive_int, _unit_float)
@@ -280,6 +285,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .corpus import encode_text
 
     _device(a.device)
+    _precision(a.precision)
     if a.threads is not None:
         fastlm.set_num_threads(a.threads)
     try:
@@ -314,7 +320,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise CLIError(f"corpus {source} is empty")
 
     if a.resume:
-        model = LanguageModel.load(out, device=a.device)
+        model = LanguageModel.load(out, device=a.device, precision=a.precision)
         kind = model.MODEL_TYPE
         _reject_foreign_flags(a, kind)
         if a.model is not None and a.model != kind:
@@ -336,7 +342,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
         model = cls(model_vocab_size(tok, a.vocab_size, prepared), seed=a.seed, device=a.device, tokenizer=tok,
-                    **arch)
+                    precision=a.precision or "fp32", **arch)
     previous = (model._train_state or {}).get("fit", {}) if a.resume else {}
     o = _fit_options(a, previous)
     if a.resume and a.batch_size is None:
@@ -424,6 +430,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .lm import LanguageModel
 
     _device(a.device)
+    _precision(a.precision)
     if a.threads is not None:
         fastlm.set_num_threads(a.threads)
     if not os.path.isdir(a.checkpoint):
@@ -432,7 +439,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         raise CLIError(f"{a.checkpoint!r} is not a fastlm checkpoint (no config.json and model.safetensors)")
     if not a.greedy and not 0 < a.temperature < math.inf:
         raise CLIError(f"--temperature must be finite and > 0, got {a.temperature} (use --greedy for argmax decoding)")
-    model = LanguageModel.load(a.checkpoint, device=a.device)
+    model = LanguageModel.load(a.checkpoint, device=a.device, precision=a.precision)
     tok = model.tokenizer
     if tok is None:
         raise CLIError(f"the checkpoint in {a.checkpoint!r} has no tokenizer.json; cannot encode --prompt")
@@ -491,6 +498,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
         f"platform: {platform.platform()}",
         f"cpu isa: {info['cpu_isa']} (this machine can run: {', '.join(fastlm.available_cpu_isas())}; "
         f"compiled: {', '.join(info.get('cpu_isas', []))})",
+        f"precision: fp32{', bf16' if info['cpu_isa'] == 'avx512bf16' else ''} "
+        f"(bf16 needs the avx512bf16 ISA)",
         f"threads: {info['num_threads']}",
         f"compiler: {info.get('compiler', 'unknown')}, openmp: {info.get('openmp', False)}",
     ]
@@ -524,6 +533,13 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         return 1
     rc = run(list(a.args))
     return int(rc) if isinstance(rc, int) else 0
+
+
+def _precision(precision: Optional[str]) -> None:
+    import fastlm
+    if precision == "bf16" and fastlm.cpu_isa() != "avx512bf16":
+        raise CLIError(f"--precision bf16 needs the avx512bf16 CPU ISA (AVX512_BF16); the active CPU ISA is "
+                       f"{fastlm.cpu_isa()!r}")
 
 
 def _device(device: str) -> None:

@@ -33,6 +33,21 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 
 # ----------------------------------------------------------------------- checks
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(precision: Any) -> str:
+    """A model's precision: "fp32", or "bf16" (mixed: float32 weights, gradients
+    and optimizer state; every GEMM on bfloat16-rounded operands with float32
+    accumulation; LayerNorm, softmax, attention and cross-entropy in float32).
+    Whether the CPU can run "bf16" is the core's check (ValueError)."""
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be a str ('fp32' or 'bf16'), got {type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
 def _check_device(device: Any) -> str:
     """The canonical device name; ``RuntimeError`` for CUDA (not available yet),
     ``ValueError`` for anything else that is not ``"cpu"``."""
@@ -186,11 +201,13 @@ class LanguageModel:
 
     # -- construction
 
-    def _build(self, arch: Dict[str, Any], seed: Any, device: Any, tokenizer: Any) -> None:
+    def _build(self, arch: Dict[str, Any], seed: Any, device: Any, tokenizer: Any,
+               precision: Any = "fp32") -> None:
         arch = self._check_arch(**arch)
         seed = _check_int(seed, "seed", 0, 2**63 - 1)  # a checkpoint stores it as an int64
         device = _check_device(device)
-        self._config: Dict[str, Any] = dict(arch, seed=seed, device=device)
+        precision = _check_precision(precision)
+        self._config: Dict[str, Any] = dict(arch, seed=seed, device=device, precision=precision)
         self.tokenizer = tokenizer
         try:
             self._g = self._make_core(arch)
@@ -232,8 +249,8 @@ class LanguageModel:
 
     @property
     def config(self) -> Dict[str, Any]:
-        """The architecture arguments plus ``seed`` and ``device`` (a copy);
-        ``type(model)(**model.config)`` builds the same architecture."""
+        """The architecture arguments plus ``seed``, ``device`` and ``precision``
+        (a copy); ``type(model)(**model.config)`` builds the same architecture."""
         return dict(self._config)
 
     @property
@@ -551,6 +568,7 @@ class LanguageModel:
         cfg: Dict[str, Any] = {"model_type": self.MODEL_TYPE}
         cfg.update({k: self._config[k] for k in self.ARCH_KEYS})
         cfg["seed"] = self._config["seed"]
+        cfg["precision"] = self._config["precision"]
         cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
         with self._lock:  # a training step in another thread waits: one step's state
             opt = self._optimizer_state() if self._g.step_count > 0 else None
@@ -571,17 +589,21 @@ class LanguageModel:
                             trainer_state=state, tokenizer=self.tokenizer)
 
     @classmethod
-    def load(cls, path: PathLike, *, device: str = "cpu") -> "LanguageModel":
+    def load(cls, path: PathLike, *, device: str = "cpu", precision: Optional[str] = None) -> "LanguageModel":
         """Load a checkpoint directory written by :meth:`save` (or by ``fit``):
         weights, tokenizer, optimizer state and training progress. Called on
         :class:`LanguageModel` it builds whichever model the checkpoint holds.
 
         Raises ``FileNotFoundError`` for a missing directory, ``config.json`` or
         ``model.safetensors``; ``ValueError`` naming the file for a truncated,
-        corrupt or mismatched one.
+        corrupt or mismatched one. precision: the checkpoint's (``"fp32"`` when it
+        names none) unless given (a ``"bf16"`` run continued in ``"fp32"`` on a CPU
+        without AVX512_BF16, say).
         """
         from .checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
         device = _check_device(device)
+        if precision is not None:
+            precision = _check_precision(precision)
         ckpt = load_checkpoint(path)
         cfg = ckpt.config
         cpath = os.path.join(ckpt.path, CONFIG_FILE)
@@ -599,13 +621,19 @@ class LanguageModel:
                     for k in kind.ARCH_KEYS}
         except KeyError as e:
             raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
+        if precision is None:
+            precision = cfg.get("precision", "fp32")
+            if precision == "bf16" and _C.cpu_isa() != "avx512bf16":
+                raise ValueError(f"checkpoint file {cpath!r}: the model runs in precision 'bf16', which needs the "
+                                 f"avx512bf16 CPU ISA (AVX512_BF16; the active CPU ISA is {_C.cpu_isa()!r}); "
+                                 "load it with precision='fp32'")
         model = kind.__new__(kind)
         try:
             arch = model._check_arch(**arch)
             # config.json's sizes must be those of the weights before _build allocates them.
             diff = _sizes_disagree(kind, arch, ckpt.tensors)
             if not diff:
-                model._build(arch, cfg.get("seed", 0), device, None)
+                model._build(arch, cfg.get("seed", 0), device, None, precision)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
         if diff:

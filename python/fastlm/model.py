@@ -73,6 +73,11 @@ class Transformer(LanguageModel):
     tokenizer: an optional :class:`fastlm.tokenizers.Tokenizer` kept with the
         model (saved in checkpoints, used for str prompts); its ``vocab_size``
         must not exceed ``vocab_size``.
+    precision: ``"fp32"``, or ``"bf16"``: mixed precision as PyTorch autocast
+        (float32 weights, gradients and AdamW state; every GEMM, the decode
+        included, on bfloat16-rounded operands with float32 accumulation;
+        LayerNorm, softmax, attention and cross-entropy in float32). ``"bf16"``
+        needs the ``avx512bf16`` CPU ISA (``ValueError`` otherwise).
 
     Arrays: ids are integer arrays (B, T) with T <= block_size (converted to
     int64); logits and parameters are float32. A model is not thread-safe.
@@ -100,11 +105,11 @@ class Transformer(LanguageModel):
     def __init__(self, vocab_size: int, *, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
                  n_embd: int = 384, bias: bool = True, tie_word_embeddings: bool = True,
                  activation_function: str = "gelu_new", layer_norm_epsilon: float = 1e-5, seed: int = 0,
-                 device: str = "cpu", tokenizer: Optional[Tokenizer] = None) -> None:
+                 device: str = "cpu", tokenizer: Optional[Tokenizer] = None, precision: str = "fp32") -> None:
         self._build({"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer, "n_head": n_head,
                      "n_embd": n_embd, "bias": bias, "tie_word_embeddings": tie_word_embeddings,
                      "activation_function": activation_function, "layer_norm_epsilon": layer_norm_epsilon},
-                    seed, device, tokenizer)
+                    seed, device, tokenizer, precision)
         self._init_weights()
         self._g.weights_changed()
 
@@ -140,7 +145,8 @@ class Transformer(LanguageModel):
             self.TIED = {}  # lm_head.weight is a parameter of its own
         return _C.GPT(arch["vocab_size"], arch["block_size"], arch["n_layer"], arch["n_head"], arch["n_embd"],
                       bias=arch["bias"], tie_word_embeddings=arch["tie_word_embeddings"],
-                      activation=arch["activation_function"], layer_norm_epsilon=arch["layer_norm_epsilon"])
+                      activation=arch["activation_function"], layer_norm_epsilon=arch["layer_norm_epsilon"],
+                      precision=self._config["precision"])
 
     def _param_names(self, arch: Dict[str, Any]) -> List[str]:
         return param_names(arch["n_layer"], bias=arch["bias"], tie_word_embeddings=arch["tie_word_embeddings"])

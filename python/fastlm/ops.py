@@ -103,22 +103,29 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
     bias: (N,) added to every row, or None. Returns c (M, N) float32.
     Transposes are read in place (no copies).
 
-    precision: ``"highest"`` (float32 arithmetic) or ``"tf32"``, which lets
+    precision: ``"highest"`` (float32 arithmetic), ``"tf32"``, which lets
     float32 GPU operands be rounded to TF32 on tensor cores (as PyTorch's
-    ``allow_tf32``); the CPU always computes in float32. bfloat16 GPU operands
-    (a, b and bias all bfloat16) give a bfloat16 c, accumulated in float32.
+    ``allow_tf32``; the CPU computes in float32), or ``"bf16"`` (CPU): a and b
+    rounded to bfloat16 (nearest even, subnormals to zero), products
+    accumulated and c returned in float32. ``"bf16"`` needs the ``avx512bf16``
+    CPU ISA (AVX512_BF16) and raises ValueError on any other. bfloat16 GPU
+    operands (a, b and bias all bfloat16) give a bfloat16 c, accumulated in
+    float32.
     """
     if not isinstance(precision, str):
-        raise TypeError(f"matmul: precision must be a str ('highest' or 'tf32'), got "
+        raise TypeError(f"matmul: precision must be a str ('highest', 'tf32' or 'bf16'), got "
                         f"{type(precision).__name__}")
-    if precision not in ("highest", "tf32"):
-        raise ValueError(f"matmul: precision must be 'highest' or 'tf32', got {precision!r}")
+    if precision not in ("highest", "tf32", "bf16"):
+        raise ValueError(f"matmul: precision must be 'highest', 'tf32' or 'bf16', got {precision!r}")
     trans_a = check_bool(trans_a, "matmul: trans_a")
     trans_b = check_bool(trans_b, "matmul: trans_b")
     dev = _device_args("matmul", a=a, b=b, bias=bias)
     if dev is not None:
+        if precision == "bf16":
+            raise ValueError("matmul: precision 'bf16' is for float32 CPU arrays; on a GPU pass "
+                             "bfloat16 arrays")
         return _C.cuda_matmul(dev["a"], dev["b"], trans_a, trans_b, dev["bias"], precision)
-    return _C.matmul(a, b, trans_a, trans_b, bias)
+    return _C.matmul(a, b, trans_a, trans_b, bias, precision)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -47,6 +47,9 @@ class RecurrentLM(LanguageModel):
         default seed of :meth:`fit`'s batch sampler.
     device: ``"cpu"`` (see :class:`fastlm.Transformer`).
     tokenizer: optional, as for :class:`fastlm.Transformer`.
+    precision: ``"fp32"`` or ``"bf16"`` (every GEMM, the per-step recurrent one
+        included, on bfloat16 operands; cells, loss and Adam in float32), as for
+        :class:`fastlm.Transformer`.
 
     Ids are integer arrays (B, T) of any length T >= 1; logits float32
     (B, T, vocab_size). :meth:`step` defaults to Adam (betas (0.9, 0.999),
@@ -65,9 +68,10 @@ class RecurrentLM(LanguageModel):
     DEFAULT_WINDOW = 64
 
     def __init__(self, vocab_size: int, *, embed_dim: int = 128, hidden_size: int = 256, num_layers: int = 2,
-                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None) -> None:
+                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None,
+                 precision: str = "fp32") -> None:
         self._build({"vocab_size": vocab_size, "embed_dim": embed_dim, "hidden_size": hidden_size,
-                     "num_layers": num_layers}, seed, device, tokenizer)
+                     "num_layers": num_layers}, seed, device, tokenizer, precision)
         self._init_weights()
 
     def _check_arch(self, **arch: Any) -> Dict[str, Any]:
@@ -75,7 +79,7 @@ class RecurrentLM(LanguageModel):
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         return _C.RNNLM(self.CELL, arch["vocab_size"], arch["embed_dim"], arch["hidden_size"],
-                        arch["num_layers"])
+                        arch["num_layers"], precision=self._config["precision"])
 
     def _param_names(self, arch: Dict[str, Any]) -> List[str]:
         names = ["embedding.weight"]
