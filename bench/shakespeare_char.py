@@ -1,6 +1,6 @@
 """Convergence check: nanoGPT's CPU shakespeare_char run on fastlm.
 
-    PYTHONPATH=python python bench/shakespeare_char.py [path/to/tinyshakespeare.txt]
+    PYTHONPATH=python python bench/shakespeare_char.py [path/to/tinyshakespeare.txt] [--precision bf16]
 
 Character tokenizer, first 90% train / last 10% val; vocab 65, block 64, 4
 layers, 4 heads, n_embd 128, batch 12; lr 1e-3 with 100 warmup steps, cosine
@@ -25,7 +25,12 @@ DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", 
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    precision = "fp32"
+    if "--precision" in argv:  # bf16: the same run in mixed precision (AVX512_BF16)
+        i = argv.index("--precision")
+        precision = argv[i + 1] if i + 1 < len(argv) else ""
+        del argv[i:i + 2]
     path = argv[0] if argv else DEFAULT
     if not os.path.exists(path):
         print(f"corpus {path!r} not found", file=sys.stderr)
@@ -34,7 +39,7 @@ def main(argv=None) -> int:
     tok = fastlm.CharTokenizer.from_text(text)
     train, val = train_val_split(tok.encode(text), 0.1)
     model = fastlm.Transformer(tok.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128, seed=1337,
-                               tokenizer=tok)
+                               tokenizer=tok, precision=precision)
     t0 = time.perf_counter()
     history = model.fit(train, steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100,
                         betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, val=val, eval_interval=250,
@@ -46,7 +51,7 @@ def main(argv=None) -> int:
     def estimate(batches: int) -> float:  # nanoGPT's estimate_loss on the val split
         return float(np.mean([model._loss(*get_batch(val, 12, 64, rng)) for _ in range(batches)]))
 
-    print(f"threads {fastlm.get_num_threads()}, isa {fastlm.cpu_isa()}: {len(history)} steps in {wall:.1f} s "
+    print(f"threads {fastlm.get_num_threads()}, isa {fastlm.cpu_isa()}, {precision}: {len(history)} steps in {wall:.1f} s "
           f"({wall / len(history) * 1e3:.1f} ms/step); train loss {history[-1]['loss']:.4f}; val loss: "
           f"nanoGPT estimate (20 random batches) {estimate(20):.4f}, over 200 random batches "
           f"{estimate(200):.4f}, whole val split {final:.4f}")

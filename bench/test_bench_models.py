@@ -36,3 +36,31 @@ def test_bench_gpt_sample(benchmark):
                          ids=["small", "large"])
 def test_bench_rnn_train(benchmark, kind, cfg, batch, length):
     run(benchmark, rnn_train_case(kind, **cfg, batch=batch, length=length))
+
+
+# ---- precision="bf16" (AVX512_BF16): fastlm bf16 vs fastlm fp32, torch fp32, torch bf16 autocast
+
+def _bf16_or_skip():
+    import fastlm
+    if fastlm.cpu_isa() != "avx512bf16":
+        pytest.skip("precision='bf16' needs the avx512bf16 CPU ISA")
+
+
+@pytest.mark.parametrize("cfg,batch", [(GPT_SMALL, 12), (GPT_MEDIUM, 8)], ids=["small", "medium"])
+def test_bench_gpt_train_bf16(benchmark, cfg, batch):
+    from fastlm.bench_bf16 import gpt_train_bf16_case
+    _bf16_or_skip()
+    run(benchmark, gpt_train_bf16_case(**cfg, batch=batch))
+
+
+def test_bench_gpt_sample_bf16(benchmark):
+    from fastlm.bench_bf16 import gpt_sample_bf16_case
+    _bf16_or_skip()
+    run(benchmark, gpt_sample_bf16_case(**GPT_SMALL, new_tokens=63))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bench_rnn_train_bf16(benchmark, kind):
+    from fastlm.bench_bf16 import rnn_train_bf16_case
+    _bf16_or_skip()
+    run(benchmark, rnn_train_bf16_case(kind, **RNN_SMALL, batch=32, length=64))

@@ -15,12 +15,21 @@
 
 namespace fastlm {
 
+// Arithmetic of a GEMM on float32 data. kExact: float32 FMA. kTF32: operands
+// may be rounded to TF32 (CUDA tensor cores; the CPU computes kExact). kBF16:
+// operands rounded to bfloat16 (nearest even) with float32 accumulation and
+// output; on the CPU only the avx512bf16 table runs it, the others throw
+// std::invalid_argument. The CUDA table's float32 matmul computes kExact
+// whatever is asked (its bfloat16 GEMM takes bfloat16 data: cuda_kernels.h).
+enum class GemmPrecision { kExact, kTF32, kBF16 };
+
 // c (m, n) = op(a) @ op(b) [+ bias] [+ c]
 //   op(a) is (m, k): a is (m, k) with row stride lda, or (k, m) when trans_a.
 //   op(b) is (k, n): b is (k, n) with row stride ldb, or (n, k) when trans_b.
 //   bias (n) or null, added to every row; accumulate adds the old c.
 //   b_packed: op(b) already packed by matmul_pack_b (a B used for many
 //   products, as an RNN's recurrent weights); b must still be valid.
+//   b_packed must have been packed with the same precision.
 struct GemmArgs {
   const float* a = nullptr;
   const float* b = nullptr;
@@ -30,6 +39,7 @@ struct GemmArgs {
   int64_t m = 0, n = 0, k = 0;
   int64_t lda = 0, ldb = 0, ldc = 0;
   bool trans_a = false, trans_b = false, accumulate = false;
+  GemmPrecision precision = GemmPrecision::kExact;
 };
 
 // Element strides of a (batch, head, row, dim) tensor whose dim is contiguous.
@@ -81,11 +91,12 @@ struct SgdArgs {
 };
 
 struct Kernels {
-  const char* name;  // "generic", "avx2", "avx512", "cuda"
+  const char* name;  // "generic", "avx2", "avx512", "avx512bf16", "cuda"
 
   void (*matmul)(const GemmArgs& args);
-  // Floats matmul_pack_b writes for an op(b) of (k, n); packs args' b, ldb,
-  // trans_b, n, k for GemmArgs::b_packed (layout specific to this table).
+  // Floats matmul_pack_b writes for an op(b) of (k, n), an upper bound in every
+  // precision (bfloat16 packs take about half); packs args' b, ldb, trans_b, n,
+  // k, precision for GemmArgs::b_packed (layout specific to this table).
   int64_t (*matmul_packed_size)(int64_t n, int64_t k);
   void (*matmul_pack_b)(const GemmArgs& args, float* packed);
   // dbias (cols) += column sums of dout (rows, cols): the bias gradient of a Linear layer.
@@ -162,6 +173,11 @@ struct Kernels {
                 const AdamWArgs& args);
   void (*sgd)(float* param, const float* grad, float* momentum_buf, int64_t n,
               const SgdArgs& args);
+
+  // The exact GELU, x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))) (PyTorch's default,
+  // Hugging Face's "gelu"); the backward writes, as gelu_backward does.
+  void (*gelu_erf_forward)(const float* x, float* y, int64_t n);
+  void (*gelu_erf_backward)(const float* dy, const float* x, float* dx, int64_t n);
 };
 
 // Every entry of Kernels but `name`, once: each backend declares its kernels
@@ -173,7 +189,7 @@ struct Kernels {
   X(softmax_forward) X(softmax_backward) X(layernorm_forward) X(layernorm_backward)       \
   X(gelu_forward) X(gelu_backward) X(attention_forward) X(attention_backward)             \
   X(cross_entropy) X(lstm_cell_forward) X(lstm_cell_backward) X(gru_cell_forward)         \
-  X(gru_cell_backward) X(adamw) X(sgd)
+  X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward)
 
 #define FASTLM_DECLARE_KERNEL(entry) std::remove_pointer_t<decltype(Kernels::entry)> entry;
 #define FASTLM_COUNT_KERNEL(entry) +1

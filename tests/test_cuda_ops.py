@@ -30,7 +30,7 @@ from test_adamw import HP as ADAM_HP, adamw_ref
 from test_attention import SHAPES as ATT_SHAPES, inputs as att_inputs, ref_backward, \
     ref_backward_from_lse, ref_forward
 from test_cross_entropy import ce_ref
-from test_gelu import gelu_grad_ref, gelu_ref
+from test_gelu import gelu_erf_grad_ref, gelu_erf_ref, gelu_grad_ref, gelu_ref
 from test_gru_cell import gru_ref, gru_ref_backward, make as gru_make
 from test_layernorm import ln_backward_ref, ln_ref, make as ln_make
 from test_lstm_cell import lstm_backward_ref, lstm_ref, make as lstm_make, upstream
@@ -235,6 +235,29 @@ def test_gelu(rng, n):
     assert_error_bound(y, gelu_ref(x), gelu_ref(x, np.float32), name="y")
     assert_error_bound(dx, gelu_grad_ref(dy, x), gelu_grad_ref(dy, x, np.float32), name="dx")
     np.testing.assert_allclose(y, ops.gelu(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17, 127, 100_003])
+def test_gelu_erf(rng, n):
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    dy = rng.standard_normal(n).astype(np.float32)
+    y = host(ops.gelu(dev(x), approximate="none"))
+    dx = host(ops.gelu_backward(dev(dy), dev(x), approximate="none"))
+    assert_error_bound(y, gelu_erf_ref(x), gelu_erf_ref(x, np.float32), name="y")
+    assert_error_bound(dx, gelu_erf_grad_ref(dy, x), gelu_erf_grad_ref(dy, x, np.float32),
+                       name="dx")
+    np.testing.assert_allclose(y, ops.gelu(x, approximate="none"), rtol=1e-5, atol=1e-7)
+
+
+def test_gelu_erf_special_values():
+    x = np.array([0.0, -0.0, np.inf, np.nan, -np.inf, -1e4, -14.5, 14.5, 1e4], np.float32)
+    y = host(ops.gelu(dev(x), approximate="none"))
+    dx = host(ops.gelu_backward(dev(np.ones_like(x)), dev(x), approximate="none"))
+    assert y[0] == 0 and y[1] == 0 and y[2] == np.inf and np.isnan(y[3]) and y[4] == 0
+    assert dx[0] == 0.5 and dx[1] == 0.5 and dx[2] == 1 and np.isnan(dx[3]) and dx[4] == 0
+    np.testing.assert_array_equal(y[5:7], 0)
+    np.testing.assert_array_equal(y[7:], x[7:])
+    np.testing.assert_array_equal(dx[7:], 1)
 
 
 def test_gelu_special_values():

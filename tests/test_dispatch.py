@@ -20,7 +20,8 @@ def run_python(code, env_extra):
 def test_available_isas_and_active():
     isas = fastlm.available_cpu_isas()
     assert isas[0] == "generic"
-    assert set(isas) <= {"generic", "avx2", "avx512"}
+    assert set(isas) <= {"generic", "avx2", "avx512", "avx512bf16"}
+    assert isas == [i for i in ("generic", "avx2", "avx512", "avx512bf16") if i in isas]  # lowest first
     assert fastlm.cpu_isa() in isas
 
 
@@ -36,7 +37,7 @@ def test_env_forces_isa(isa):
 def test_env_unknown_isa_is_a_clear_error(value, shown):
     r = run_python("import fastlm", {"FASTLM_CPU_ISA": value})
     assert r.returncode != 0
-    assert f"ImportError: FASTLM_CPU_ISA='{shown}': unknown CPU ISA, expected generic, avx2 or avx512" in r.stderr
+    assert f"ImportError: FASTLM_CPU_ISA='{shown}': unknown CPU ISA, expected generic, avx2, avx512 or avx512bf16" in r.stderr
     assert "Segmentation" not in r.stderr and "UnicodeDecodeError" not in r.stderr
 
 
@@ -63,7 +64,7 @@ def test_thread_count_is_one_for_the_process():
 
 
 def test_env_unsupported_isa_is_a_clear_error():
-    missing = [i for i in ("avx2", "avx512") if i not in fastlm.available_cpu_isas()]
+    missing = [i for i in ("avx2", "avx512", "avx512bf16") if i not in fastlm.available_cpu_isas()]
     if not missing:
         pytest.skip("this CPU runs every ISA")
     r = run_python("import fastlm", {"FASTLM_CPU_ISA": missing[0]})
@@ -118,11 +119,11 @@ def test_build_info():
     for key in ("version", "cuda", "cpu_isas", "compiler", "cpu_isa", "num_threads"):
         assert key in info
     assert info["version"] == fastlm.__version__ != ""
-    assert info["cpu_isas"] == ["generic", "avx2", "avx512"]
+    assert info["cpu_isas"] == ["generic", "avx2", "avx512", "avx512bf16"]
     assert isinstance(info["cuda"], bool)
 
 
-ISA_NAMESPACES = ("fastlm::cpu::avx2::", "fastlm::cpu::avx512::")
+ISA_NAMESPACES = ("fastlm::cpu::avx2::", "fastlm::cpu::avx512::", "fastlm::cpu::avx512bf16::")
 
 
 def weak_symbols(so):
@@ -199,3 +200,21 @@ def test_weak_symbol_check_tells_a_leak_from_a_namespaced_symbol(tmp_path):
         found[name] = [n for addr, n in weak if addr in avx and not any(ns in n for ns in ISA_NAMESPACES)]
     assert found["leak"] and "dot" in found["leak"][0]
     assert found["namespaced"] == []
+
+
+def test_avx512bf16_shares_avx512_kernels():
+    """avx512bf16 is avx512 plus the bfloat16 GEMM: every other op gives the same bits."""
+    if "avx512bf16" not in fastlm.available_cpu_isas():
+        pytest.skip("this CPU lacks AVX512_BF16")
+    from fastlm import _C, ops
+    x = np.random.default_rng(0).standard_normal((37, 53)).astype(np.float32)
+    before = fastlm.cpu_isa()
+    outs = []
+    try:
+        for isa in ("avx512", "avx512bf16"):
+            _C._set_cpu_isa(isa)
+            outs.append((ops.softmax(x), ops.gelu(x), ops.matmul(x, x, trans_b=True)))
+    finally:
+        _C._set_cpu_isa(before)
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)

@@ -1,11 +1,13 @@
-"""Tanh GELU forward/backward against float64 NumPy, PyTorch, and bad inputs."""
+"""GELU (tanh and erf) forward/backward against float64 NumPy, PyTorch, and bad inputs."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from fastlm import ops
-from conftest import assert_error_bound, finite_difference, torch_or_skip
+from conftest import assert_error_bound, finite_difference, same_on_thread_counts, torch_or_skip
 
 SIZES = [1, 3, 17, 31, 33, 127, 1000, 100_003]  # the last one runs threaded
 
@@ -75,17 +77,19 @@ def test_backward_reference_matches_finite_differences(rng):
     np.testing.assert_allclose(num, [gelu_grad_ref(dy, x)[i] for i in idx], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("n", [1000, 100_003])
-def test_torch_parity(isa, rng, n):
-    """Ours is as close to float64 as PyTorch's float32 tanh GELU (within 4x)."""
+def test_torch_parity(isa, rng, n, approximate):
+    """Ours is as close to float64 as PyTorch's float32 GELU of the same kind (within 4x)."""
     torch = torch_or_skip()
+    ref, grad_ref = (gelu_ref, gelu_grad_ref) if approximate == "tanh" else (gelu_erf_ref, gelu_erf_grad_ref)
     x, dy = make(rng, n)
     xt = torch.tensor(x, requires_grad=True)
-    yt = torch.nn.functional.gelu(xt, approximate="tanh")
+    yt = torch.nn.functional.gelu(xt, approximate=approximate)
     yt.backward(torch.tensor(dy))
-    assert_error_bound(ops.gelu(x), gelu_ref(x), yt.detach().numpy(), name="y")
-    assert_error_bound(ops.gelu_backward(dy, x), gelu_grad_ref(dy, x), xt.grad.numpy(),
-                       name="dx")
+    assert_error_bound(ops.gelu(x, approximate=approximate), ref(x), yt.detach().numpy(), name="y")
+    assert_error_bound(ops.gelu_backward(dy, x, approximate=approximate), grad_ref(dy, x),
+                       xt.grad.numpy(), name="dx")
 
 
 def test_deterministic(isa, rng):
@@ -110,3 +114,92 @@ def test_bad_inputs(rng):
         ops.gelu_backward(dy[:, ::-1], x)
     with pytest.raises(ValueError, match="x"):
         ops.gelu_backward(dy, np.asfortranarray(x))
+
+
+# ---- the exact (erf) GELU, approximate="none" ----------------------------------
+
+def _erfc(z):
+    return np.vectorize(math.erfc, otypes=[np.float64])(z)
+
+
+def gelu_erf_ref(x, dtype=np.float64):
+    """x Phi(x). In float64 through erfc (accurate on both tails); in float32
+    the plain 0.5 x (1 + erf(x / sqrt 2)) with erf rounded to float32."""
+    if dtype == np.float64:
+        x = np.asarray(x, np.float64)
+        return x * 0.5 * _erfc(-x / np.sqrt(2))
+    x = np.asarray(x, np.float32)
+    erf = np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64) / np.sqrt(2))
+    return np.float32(0.5) * x * (np.float32(1) + erf.astype(np.float32))
+
+
+def gelu_erf_grad_ref(dy, x, dtype=np.float64):
+    """dy (Phi(x) + x phi(x))."""
+    dy, x = np.asarray(dy, dtype=dtype), np.asarray(x, dtype=dtype)
+    phi_cdf = (0.5 * _erfc(-x.astype(np.float64) / np.sqrt(2))).astype(dtype)
+    density = np.exp(dtype(-0.5) * x * x) / dtype(np.sqrt(2 * np.pi))
+    return dy * (phi_cdf + x * density)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_erf_forward_backward(isa, rng, n):
+    x, dy = make(rng, n)
+    assert_error_bound(ops.gelu(x, approximate="none"), gelu_erf_ref(x),
+                       gelu_erf_ref(x, np.float32), name="y")
+    assert_error_bound(ops.gelu_backward(dy, x, approximate="none"), gelu_erf_grad_ref(dy, x),
+                       gelu_erf_grad_ref(dy, x, np.float32), name="dx")
+
+
+def test_erf_relative_accuracy_on_tails(isa):
+    """1 + erf(x / sqrt 2) would cancel for negative x; the kernel stays accurate
+    in relative terms down to where the values leave float32's normal range."""
+    x = np.linspace(-12.5, 12.5, 5001).astype(np.float32)
+    y = ops.gelu(x, approximate="none").astype(np.float64)
+    dx = ops.gelu_backward(np.ones_like(x), x, approximate="none").astype(np.float64)
+    ref, dref = gelu_erf_ref(x), gelu_erf_grad_ref(np.ones_like(x), x)
+    np.testing.assert_allclose(y, ref, rtol=2e-5, atol=0)
+    away_from_zero = np.abs(dref) > 1e-3  # gelu' crosses 0 near x = -0.75
+    np.testing.assert_allclose(dx[away_from_zero], dref[away_from_zero], rtol=2e-5, atol=0)
+    np.testing.assert_allclose(dx, dref, rtol=0, atol=1e-6)
+
+
+def test_erf_large_magnitude_and_special_values(isa):
+    x = np.array([0.0, -0.0, np.inf, np.nan, -np.inf, -1e4, -300, -14.5, 14.5, 300, 1e4], np.float32)
+    y = ops.gelu(x, approximate="none")
+    dx = ops.gelu_backward(np.ones_like(x), x, approximate="none")
+    assert y[0] == 0 and y[1] == 0 and y[2] == np.inf and np.isnan(y[3]) and y[4] == 0
+    assert dx[0] == 0.5 and dx[1] == 0.5 and dx[2] == 1 and np.isnan(dx[3]) and dx[4] == 0
+    np.testing.assert_array_equal(y[5:8], 0)
+    np.testing.assert_array_equal(dx[5:8], 0)
+    np.testing.assert_array_equal(y[8:], x[8:])
+    np.testing.assert_array_equal(dx[8:], 1)
+
+
+def test_erf_backward_reference_matches_finite_differences(rng):
+    x = rng.standard_normal(9) * 3
+    dy = rng.standard_normal(9)
+    num, idx = finite_difference(gelu_erf_ref, x, dy)
+    np.testing.assert_allclose(num, [gelu_erf_grad_ref(dy, x)[i] for i in idx], rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_erf_deterministic_and_shapes(isa, rng):
+    x, dy = make(rng, (2, 31, 33))
+    y = ops.gelu(x, approximate="none")
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y, ops.gelu(x, approximate="none"))
+    assert ops.gelu(np.zeros((0, 4), np.float32), approximate="none").shape == (0, 4)
+    big, dbig = make(np.random.default_rng(5), 100_003)
+    assert same_on_thread_counts(lambda: ops.gelu_backward(dbig, big, approximate="none"))
+
+
+def test_erf_bad_inputs(rng):
+    x, dy = make(rng, (4, 6))
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu(x, approximate="erf")
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu_backward(dy, x, approximate=None)
+    with pytest.raises(TypeError, match="x"):
+        ops.gelu(x.astype(np.float64), approximate="none")
+    with pytest.raises(ValueError, match="dy"):
+        ops.gelu_backward(dy[:3].copy(), x, approximate="none")

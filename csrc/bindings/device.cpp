@@ -524,18 +524,18 @@ py::tuple layernorm_backward(py::handle dy_obj, py::handle x_obj, py::handle w_o
   return py::make_tuple(wrap(dx), wrap(dw), wrap(db));
 }
 
-py::object gelu(py::handle x_obj) {
+py::object gelu(py::handle x_obj, bool exact) {
   cuda::require();
   const DeviceArray& x = fdev(x_obj, "gelu", "x");
   DevPtr y = new_device(x.shape, ElemType::kFloat32);
   {
     py::gil_scoped_release nogil;
-    cuda::gelu_forward(x.f32(), y->f32(), x.size());
+    (exact ? cuda::gelu_erf_forward : cuda::gelu_forward)(x.f32(), y->f32(), x.size());
   }
   return wrap(y);
 }
 
-py::object gelu_backward(py::handle dy_obj, py::handle x_obj) {
+py::object gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
   const char* op = "gelu_backward";
   cuda::require();
   const DeviceArray& x = fdev(x_obj, op, "x");
@@ -544,7 +544,8 @@ py::object gelu_backward(py::handle dy_obj, py::handle x_obj) {
   DevPtr dx = new_device(x.shape, ElemType::kFloat32);
   {
     py::gil_scoped_release nogil;
-    cuda::gelu_backward(dy.f32(), x.f32(), dx->f32(), x.size());
+    (exact ? cuda::gelu_erf_backward : cuda::gelu_backward)(dy.f32(), x.f32(), dx->f32(),
+                                                             x.size());
   }
   return wrap(dx);
 }
@@ -1047,8 +1048,8 @@ void bind_device(py::module_& m) {
   m.def("cuda_layernorm", &layernorm, arg("x"), arg("weight"), arg("bias"), arg("eps"));
   m.def("cuda_layernorm_backward", &layernorm_backward, arg("dy"), arg("x"), arg("weight"),
         arg("mean"), arg("rstd"));
-  m.def("cuda_gelu", &gelu, arg("x"));
-  m.def("cuda_gelu_backward", &gelu_backward, arg("dy"), arg("x"));
+  m.def("cuda_gelu", &gelu, arg("x"), arg("exact") = false);
+  m.def("cuda_gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
   m.def("cuda_attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"));
   m.def("cuda_attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("causal"));

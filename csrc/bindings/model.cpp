@@ -182,6 +182,18 @@ py::array_t<float> rnn_logits(RNNLM& r, const Tokens& tk, bool carry) {
   return out;
 }
 
+// A model's kernel table: "fp32" the active one, "bf16" its mixed-precision
+// variant (every GEMM in bfloat16).
+const Kernels& model_kernels(const char* op, const std::string& precision) {
+  if (precision == "fp32") return cpu::kernels();
+  if (precision != "bf16") value_error(op, "precision must be 'fp32' or 'bf16', got '" + precision + "'");
+  try {
+    return cpu::kernels_for(GemmPrecision::kBF16);
+  } catch (const std::invalid_argument& e) {
+    value_error(op, e.what());
+  }
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -189,12 +201,25 @@ void bind_model(py::module_& m) {
   bind_store(gpt);
   gpt
       .def(py::init([](int64_t vocab, int64_t block, int64_t n_layer, int64_t n_head,
-                       int64_t n_embd) {
+                       int64_t n_embd, bool bias, bool tie_word_embeddings,
+                       const std::string& activation, double layer_norm_epsilon,
+                       const std::string& precision) {
              GPTConfig c{vocab, block, n_layer, n_head, n_embd};
-             return new GPT(c, cpu::kernels());
+             c.bias = bias, c.tie_word_embeddings = tie_word_embeddings;
+             // Hugging Face's names: "gelu_new" is the tanh approximation.
+             if (activation == "gelu_new") c.activation = Activation::kGeluTanh;
+             else if (activation == "gelu") c.activation = Activation::kGeluErf;
+             else value_error("GPT", "activation must be 'gelu_new' or 'gelu', got '" +
+                                         activation + "'");
+             if (!(layer_norm_epsilon > 0 && layer_norm_epsilon < 1e30))
+               value_error("GPT", "layer_norm_epsilon must be finite and > 0");
+             c.layer_norm_epsilon = (float)layer_norm_epsilon;
+             return new GPT(c, model_kernels("GPT", precision));
            }),
            py::arg("vocab_size"), py::arg("block_size"), py::arg("n_layer"), py::arg("n_head"),
-           py::arg("n_embd"))
+           py::arg("n_embd"), py::arg("bias") = true, py::arg("tie_word_embeddings") = true,
+           py::arg("activation") = "gelu_new", py::arg("layer_norm_epsilon") = 1e-5,
+           py::arg("precision") = "fp32")
       .def("forward",
            [](GPT& g, py::handle idx_obj) {
              Tokens tk = checked_batch(g, idx_obj, "forward");
@@ -225,34 +250,75 @@ void bind_model(py::module_& m) {
            },
            py::arg("idx"), py::arg("targets"), py::arg("grad_scale") = 1.0)
       .def("decode",
-           [](GPT& g, py::handle tok_obj, int64_t pos) {
+           [](GPT& g, py::handle tok_obj, int64_t pos, py::handle last_obj) {
              Tokens tk = checked_batch(g, tok_obj, "decode");
              if (pos < 0 || pos + tk.t > g.config().block_size)
                value_error("decode", "positions [" + std::to_string(pos) + ", " +
                                          std::to_string(pos + tk.t) + ") exceed block_size " +
                                          std::to_string(g.config().block_size));
+             std::vector<int64_t> last;
+             if (!last_obj.is_none()) {
+               last = index_array(last_obj, "decode", "last", 1);
+               if ((int64_t)last.size() != tk.b)
+                 value_error("decode", "last must hold one position per row (" +
+                                           std::to_string(tk.b) + "), got " +
+                                           std::to_string(last.size()));
+               for (int64_t v : last)
+                 if (v < 0 || v >= tk.t)
+                   value_error("decode", "last holds " + std::to_string(v) + ", outside [0, " +
+                                             std::to_string(tk.t) + ")");
+             }
              py::array_t<float> logits = new_array({tk.b, g.config().vocab_size});
              float* out = logits.mutable_data();
              Exclusive exclusive(g.store.busy);
-             g.decode(tk.ids.data(), tk.b, tk.t, pos, out);
+             g.decode(tk.ids.data(), tk.b, tk.t, pos, out, last.empty() ? nullptr : last.data());
              return logits;
            },
-           py::arg("tokens"), py::arg("pos"));
+           py::arg("tokens"), py::arg("pos"), py::arg("last") = py::none(),
+           "Prefill (pos 0) or continue the KV cache; logits (b, vocab) of each row's position "
+           "last[i] (default: the last).")
+      .def("decode_rows",
+           [](GPT& g, py::handle tok_obj, py::handle pos_obj) {
+             const char* op = "decode_rows";
+             std::vector<int64_t> tok = index_array(tok_obj, op, "tokens", 1);
+             std::vector<int64_t> pos = index_array(pos_obj, op, "pos", 1);
+             const int64_t b = tok.size(), V = g.config().vocab_size, S = g.config().block_size;
+             if (b < 1) value_error(op, "tokens must hold at least one row");
+             if ((int64_t)pos.size() != b)
+               value_error(op, "pos must hold one position per token (" + std::to_string(b) +
+                                   "), got " + std::to_string(pos.size()));
+             for (int64_t i = 0; i < b; ++i) {
+               if (tok[i] < 0 || tok[i] >= V)
+                 value_error(op, "tokens holds " + std::to_string(tok[i]) + ", outside [0, " +
+                                     std::to_string(V) + ")");
+               if (pos[i] < 0 || pos[i] >= S)
+                 value_error(op, "pos holds " + std::to_string(pos[i]) + ", outside [0, " +
+                                     std::to_string(S) + ")");
+             }
+             py::array_t<float> logits = new_array({b, V});
+             float* out = logits.mutable_data();
+             Exclusive exclusive(g.store.busy);
+             g.decode_rows(tok.data(), b, pos.data(), out);
+             return logits;
+           },
+           py::arg("tokens"), py::arg("pos"),
+           "One token per row at its own position (a ragged batch after decode's prefill); "
+           "logits (b, vocab).");
 
   py::class_<RNNLM> rnn(m, "RNNLM");
   bind_store(rnn);
   rnn.def(py::init([](const std::string& kind, int64_t vocab, int64_t embed, int64_t hidden,
-                      int64_t layers) {
+                      int64_t layers, const std::string& precision) {
              RNNConfig c;
              if (kind == "lstm") c.kind = CellKind::kLSTM;
              else if (kind == "gru") c.kind = CellKind::kGRU;
              else value_error("RNNLM", "kind must be 'lstm' or 'gru', got '" + kind + "'");
              c.vocab_size = vocab, c.embed_dim = embed, c.hidden_size = hidden;
              c.num_layers = layers;
-             return new RNNLM(c, cpu::kernels());
+             return new RNNLM(c, model_kernels("RNNLM", precision));
            }),
            py::arg("kind"), py::arg("vocab_size"), py::arg("embed_dim"), py::arg("hidden_size"),
-           py::arg("num_layers"))
+           py::arg("num_layers"), py::arg("precision") = "fp32")
       .def("forward",
            [](RNNLM& r, py::handle idx_obj, bool carry) {
              return rnn_logits(r, checked_rnn_batch(r, idx_obj, "forward"), carry);
@@ -332,7 +398,8 @@ void bind_model(py::module_& m) {
       .def(py::init([](uint64_t seed) { return new Sampler(seed); }), py::arg("seed"))
       .def("sample",
            [](Sampler& s, py::handle logits_obj, double temperature, int64_t top_k, double top_p,
-              bool do_sample) {
+              bool do_sample, double repetition_penalty, py::handle seen_obj,
+              py::handle suppress_obj, py::handle logprobs_obj) {
              const char* op = "sample";
              py::array logits = float_array(logits_obj, op, "logits", 2);
              if (logits.shape(1) < 1) value_error(op, "logits must have at least one column");
@@ -340,17 +407,51 @@ void bind_model(py::module_& m) {
                value_error(op, "temperature must be > 0 when sampling");
              if (top_k < 0) value_error(op, "top_k must be >= 0 (0 turns it off)");
              if (!(top_p > 0 && top_p <= 1)) value_error(op, "top_p must be in (0, 1]");
-             SamplingOptions o{(float)temperature, top_k, (float)top_p, do_sample};
-             py::array_t<int64_t> out(std::vector<py::ssize_t>{logits.shape(0)});
+             if (!(repetition_penalty > 0 && std::isfinite(repetition_penalty)))
+               value_error(op, "repetition_penalty must be finite and > 0");
+             const int64_t rows = logits.shape(0), vocab = logits.shape(1);
+             SamplingOptions o{(float)temperature, top_k, (float)top_p, do_sample,
+                               (float)repetition_penalty};
+             SamplingExtras extra;
+             py::array seen, lp;
+             if (!seen_obj.is_none()) {
+               seen = float_array(seen_obj, op, "seen", 2);
+               require_shape(seen, {rows, vocab}, op, "seen");
+               extra.seen = cptr(seen);
+             }
+             std::vector<int64_t> suppress;
+             if (!suppress_obj.is_none()) {
+               suppress = index_array(suppress_obj, op, "suppress", 1);
+               std::vector<bool> hit(vocab, false);
+               int64_t distinct = 0;
+               for (int64_t v : suppress) {
+                 if (v < 0 || v >= vocab)
+                   value_error(op, "suppress holds " + std::to_string(v) + ", outside [0, " +
+                                       std::to_string(vocab) + ")");
+                 distinct += !hit[v], hit[v] = true;
+               }
+               if (distinct == vocab) value_error(op, "suppress must leave at least one id");
+               extra.suppress = suppress.data(), extra.n_suppress = suppress.size();
+             }
+             if (!logprobs_obj.is_none()) {
+               lp = float_array(logprobs_obj, op, "logprobs", 1, /*writable=*/true);
+               require_shape(lp, {rows}, op, "logprobs");
+               extra.logprobs = mptr(lp);
+             }
+             py::array_t<int64_t> out(std::vector<py::ssize_t>{rows});
              const float* x = cptr(logits);
              int64_t* y = out.mutable_data();
-             const int64_t rows = logits.shape(0), vocab = logits.shape(1);
              py::gil_scoped_release nogil;
-             s.sample(x, rows, vocab, o, y);
+             s.sample(x, rows, vocab, o, y, extra);
              return out;
            },
            py::arg("logits"), py::arg("temperature") = 1.0, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0, py::arg("do_sample") = true)
+           py::arg("top_p") = 1.0, py::arg("do_sample") = true,
+           py::arg("repetition_penalty") = 1.0, py::arg("seen") = py::none(),
+           py::arg("suppress") = py::none(), py::arg("logprobs") = py::none(),
+           "Next ids (rows,) from logits (rows, vocab) float32. seen (rows, vocab) float32 marks "
+           "the ids repetition_penalty applies to; suppress lists ids never drawn; logprobs "
+           "(rows,) float32, when given, receives each chosen id's log-probability.")
       .def("get_state",
            [](const Sampler& s) {
              return py::bytes(reinterpret_cast<const char*>(s.state.data()), sizeof(s.state));

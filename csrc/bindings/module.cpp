@@ -23,7 +23,7 @@ void bind_device(py::module_& m);  // device.cpp: DeviceArray, CUDA ops (or a st
 
 PYBIND11_MODULE(_C, m) {
   using namespace fastlm;
-  m.doc() = "fastlm compiled core: CPU kernels (generic/AVX2/AVX-512) and models";
+  m.doc() = "fastlm compiled core: CPU kernels (generic/AVX2/AVX-512/AVX512-BF16) and models";
   // Choose the table now so a bad FASTLM_CPU_ISA fails the import with a clear message.
   cpu::kernels();
 
@@ -37,7 +37,7 @@ PYBIND11_MODULE(_C, m) {
     py::dict d;
     d["version"] = FASTLM_VERSION;
     d["compiler"] = FASTLM_COMPILER;
-    d["cpu_isas"] = std::vector<std::string>{"generic", "avx2", "avx512"};
+    d["cpu_isas"] = std::vector<std::string>{"generic", "avx2", "avx512", "avx512bf16"};
     d["cuda"] = false;
     d["openmp"] = true;
     return d;

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "bindings/arrays.h"
 #include "cpu/dispatch.h"
@@ -15,28 +16,41 @@ namespace bindings {
 
 namespace {
 
-py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
-                          py::handle bias_obj) {
-  const char* op = "matmul";
-  py::array a = float_array(a_obj, op, "a", 2);
-  py::array b = float_array(b_obj, op, "b", 2);
+// A checked GEMM of Python operands; the arrays keep the pointers in g alive.
+struct GemmCall {
+  py::array a, b, bias;
+  GemmArgs g;
+};
+
+GemmCall gemm_call(const char* op, py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
+                   py::handle bias_obj, const std::string& precision) {
+  GemmCall call;
+  GemmArgs& g = call.g;
+  // "highest" and "tf32" are float32 on the CPU; "bf16" rounds a and b.
+  if (precision == "bf16") {
+    const std::string isa = cpu::kernels().name;
+    if (isa != "avx512bf16")
+      value_error(op, "precision 'bf16' needs the avx512bf16 CPU ISA (AVX512_BF16); the active "
+                      "CPU ISA is '" + isa + "'");
+    g.precision = GemmPrecision::kBF16;
+  } else if (precision != "highest" && precision != "tf32") {
+    value_error(op, "precision must be 'highest', 'tf32' or 'bf16', got '" + precision + "'");
+  }
+  call.a = float_array(a_obj, op, "a", 2);
+  call.b = float_array(b_obj, op, "b", 2);
+  const py::array &a = call.a, &b = call.b;
   const int64_t m = trans_a ? a.shape(1) : a.shape(0), ka = trans_a ? a.shape(0) : a.shape(1);
   const int64_t kb = trans_b ? b.shape(1) : b.shape(0), n = trans_b ? b.shape(0) : b.shape(1);
   if (ka != kb)
     value_error(op, "inner dimensions differ: op(a) is " + shape_str({m, ka}) + ", op(b) is " +
                         shape_str({kb, n}));
-  py::array bias_arr;  // held for the call: it may be an aligned copy
   if (!bias_obj.is_none()) {
-    bias_arr = float_array(bias_obj, op, "bias", 1);
-    require_shape(bias_arr, {n}, op, "bias");
+    call.bias = float_array(bias_obj, op, "bias", 1);  // held by call: it may be an aligned copy
+    require_shape(call.bias, {n}, op, "bias");
+    g.bias = cptr(call.bias);
   }
-  const float* bias = bias_obj.is_none() ? nullptr : cptr(bias_arr);
-  py::array_t<float> c = new_array({m, n});
-  GemmArgs g;
   g.a = cptr(a);
   g.b = cptr(b);
-  g.bias = bias;
-  g.c = c.mutable_data();
   g.m = m;
   g.n = n;
   g.k = ka;
@@ -45,11 +59,40 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool
   g.ldc = n;
   g.trans_a = trans_a;
   g.trans_b = trans_b;
-  if (m && n) {
+  return call;
+}
+
+py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
+                          py::handle bias_obj, const std::string& precision) {
+  GemmCall call = gemm_call("matmul", a_obj, b_obj, trans_a, trans_b, bias_obj, precision);
+  py::array_t<float> c = new_array({call.g.m, call.g.n});
+  call.g.c = c.mutable_data();
+  if (call.g.m && call.g.n) {
     py::gil_scoped_release nogil;
-    cpu::kernels().matmul(g);
+    cpu::kernels().matmul(call.g);
   }
   return c;
+}
+
+// For the tests: c (m, n) [+]= op(a) @ op(b) [+ bias], optionally with op(b)
+// packed first by matmul_pack_b (the paths ops.matmul does not reach).
+void matmul_into(py::handle c_obj, py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
+                 py::handle bias_obj, const std::string& precision, bool accumulate, bool prepack) {
+  const char* op = "_matmul_into";
+  GemmCall call = gemm_call(op, a_obj, b_obj, trans_a, trans_b, bias_obj, precision);
+  GemmArgs& g = call.g;
+  py::array c = float_array(c_obj, op, "c", 2, true);
+  require_shape(c, {g.m, g.n}, op, "c");
+  g.c = mptr(c);
+  g.accumulate = accumulate;
+  const Kernels& kt = cpu::kernels();
+  std::vector<float> packed(prepack ? (size_t)kt.matmul_packed_size(g.n, g.k) : 0);
+  py::gil_scoped_release nogil;
+  if (prepack) {
+    kt.matmul_pack_b(g, packed.data());
+    g.b_packed = packed.data();
+  }
+  if (g.m && g.n) kt.matmul(g);
 }
 
 // rows x cols view of an array whose last axis is the one reduced over.
@@ -137,17 +180,19 @@ py::tuple layernorm_backward(py::handle dy_obj, py::handle x_obj, py::handle w_o
   return py::make_tuple(dx, dw, db);
 }
 
-py::array_t<float> gelu(py::handle x_obj) {
+// exact: the erf GELU instead of the tanh approximation.
+py::array_t<float> gelu(py::handle x_obj, bool exact) {
   py::array x = float_array(x_obj, "gelu", "x");
   py::array_t<float> y = new_array(shape_of(x));
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().gelu_forward(cptr(x), y.mutable_data(), x.size());
+    const Kernels& k = cpu::kernels();
+    (exact ? k.gelu_erf_forward : k.gelu_forward)(cptr(x), y.mutable_data(), x.size());
   }
   return y;
 }
 
-py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj) {
+py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
   const char* op = "gelu_backward";
   py::array x = float_array(x_obj, op, "x");
   py::array dy = float_array(dy_obj, op, "dy");
@@ -155,7 +200,9 @@ py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj) {
   py::array_t<float> dx = new_array(shape_of(x));
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().gelu_backward(cptr(dy), cptr(x), dx.mutable_data(), x.size());
+    const Kernels& k = cpu::kernels();
+    (exact ? k.gelu_erf_backward : k.gelu_backward)(cptr(dy), cptr(x), dx.mutable_data(),
+                                                     x.size());
   }
   return dx;
 }
@@ -441,14 +488,17 @@ void bind_ops(py::module_& m) {
     py::gil_scoped_release nogil;
     cpu::kernels().bias_backward(cptr(dout), mptr(db), dout.shape(0), dout.shape(1));
   }, arg("dout"), arg("dbias"));
-  m.def("matmul", &matmul, arg("a"), arg("b"), arg("trans_a"), arg("trans_b"), arg("bias"));
+  m.def("matmul", &matmul, arg("a"), arg("b"), arg("trans_a"), arg("trans_b"), arg("bias"),
+        arg("precision") = "highest");
+  m.def("_matmul_into", &matmul_into, arg("c"), arg("a"), arg("b"), arg("trans_a"), arg("trans_b"),
+        arg("bias"), arg("precision"), arg("accumulate"), arg("prepack"));
   m.def("softmax", &softmax, arg("x"));
   m.def("softmax_backward", &softmax_backward, arg("dy"), arg("y"));
   m.def("layernorm", &layernorm, arg("x"), arg("weight"), arg("bias"), arg("eps"));
   m.def("layernorm_backward", &layernorm_backward, arg("dy"), arg("x"), arg("weight"),
         arg("mean"), arg("rstd"));
-  m.def("gelu", &gelu, arg("x"));
-  m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"));
+  m.def("gelu", &gelu, arg("x"), arg("exact") = false);
+  m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
   m.def("attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"));
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("causal"));

@@ -18,6 +18,10 @@ namespace cpu {
 namespace generic { const Kernels* kernel_table(); }
 namespace avx2 { const Kernels* kernel_table(); }
 namespace avx512 { const Kernels* kernel_table(); }
+namespace avx512bf16 {
+const Kernels* kernel_table();
+const Kernels* mixed_table();
+}  // namespace avx512bf16
 
 namespace {
 
@@ -28,7 +32,7 @@ uint64_t xgetbv0() {
 }
 
 struct CpuFeatures {
-  bool avx2 = false, avx512 = false;
+  bool avx2 = false, avx512 = false, avx512bf16 = false;
 };
 
 CpuFeatures detect() {
@@ -47,15 +51,22 @@ CpuFeatures detect() {
   const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) && (b & (1u << 31));
   f.avx2 = ymm_state && avx2 && fma && f16c;
   f.avx512 = f.avx2 && zmm_state && avx512;  // F, DQ, BW, VL
+  if (f.avx512 && a >= 1) {  // leaf 7's subleaf count is in EAX of subleaf 0
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512bf16 = a & (1u << 5);  // vdpbf16ps, vcvtne2ps2bf16
+  }
   return f;
 }
+
+const char* const kExpected = "expected generic, avx2, avx512 or avx512bf16";
 
 const Kernels* table_for(const std::string& name) {
   const CpuFeatures f = detect();
   if (name == "generic") return generic::kernel_table();
   if (name == "avx2") return f.avx2 ? avx2::kernel_table() : nullptr;
   if (name == "avx512") return f.avx512 ? avx512::kernel_table() : nullptr;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "': expected generic, avx2 or avx512");
+  if (name == "avx512bf16") return f.avx512bf16 ? avx512bf16::kernel_table() : nullptr;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "': " + kExpected);
 }
 
 // The variable's value for a message: bytes outside printable ASCII as \xNN
@@ -84,7 +95,7 @@ const Kernels* initial_table() {
     try {
       t = table_for(forced);
     } catch (const std::invalid_argument&) {  // its message would show the raw bytes
-      throw std::invalid_argument(shown + ": unknown CPU ISA, expected generic, avx2 or avx512");
+      throw std::invalid_argument(shown + ": unknown CPU ISA, " + kExpected);
     }
     if (!t) throw std::invalid_argument(shown + ": this CPU (or its OS) cannot run that ISA");
     return t;
@@ -102,6 +113,7 @@ std::vector<std::string> available_isas() {
   std::vector<std::string> out = {"generic"};
   if (f.avx2) out.push_back("avx2");
   if (f.avx512) out.push_back("avx512");
+  if (f.avx512bf16) out.push_back("avx512bf16");
   return out;
 }
 
@@ -118,6 +130,15 @@ void set_isa(const std::string& name) {
   const Kernels* t = table_for(name);
   if (!t) throw std::invalid_argument("this CPU (or its OS) cannot run ISA '" + name + "'");
   g_table.store(t, std::memory_order_release);
+}
+
+const Kernels& kernels_for(GemmPrecision precision) {
+  const Kernels& k = kernels();
+  if (precision != GemmPrecision::kBF16) return k;
+  if (k.name != std::string("avx512bf16"))
+    throw std::invalid_argument(std::string("precision 'bf16' needs the avx512bf16 CPU ISA "
+                                            "(AVX512_BF16); the active CPU ISA is '") + k.name + "'");
+  return *avx512bf16::mixed_table();
 }
 
 namespace {

@@ -8,11 +8,16 @@
 namespace fastlm {
 namespace cpu {
 
-// ISAs this CPU and OS can run, lowest first: "generic", then "avx2", "avx512".
+// ISAs this CPU and OS can run, lowest first: "generic", then "avx2", "avx512",
+// "avx512bf16" (avx512 plus a bfloat16 GEMM on AVX512_BF16).
 std::vector<std::string> available_isas();
 // The active table. The first call picks the best available ISA, or the one
 // named by FASTLM_CPU_ISA (std::invalid_argument if unknown or unsupported).
 const Kernels& kernels();
+// The table a model computing its GEMMs in `precision` uses: kernels(), or
+// for kBF16 its mixed-precision variant (every GEMM in bfloat16), which only
+// avx512bf16 has (std::invalid_argument on any other ISA).
+const Kernels& kernels_for(GemmPrecision precision);
 // Switch tables (tests use this to run every ISA in one process).
 void set_isa(const std::string& name);
 

@@ -1,4 +1,5 @@
-// GPT-2's tanh GELU and its derivative, elementwise. Each element is
+// GELU and its derivative, elementwise: GPT-2's tanh approximation and the
+// exact erf form. Each element is
 // independent, so splitting the range across threads cannot change results.
 #include "cpu/cpu_kernels.h"
 
@@ -42,39 +43,95 @@ FASTLM_INLINE V gelu_grad_v(V x) {
   return vblend_lt(x, vset(kZeroBelow), vzero(), vblend_lt(vset(-kZeroBelow), x, vset(1.f), d));
 }
 
-void forward_range(const float* x, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + kW <= n; i += kW) vstore(y + i, gelu_v(vload(x + i)));
-  if (i < n) vstore_part(y + i, gelu_v(vload_part(x + i, n - i)), n - i);
+// The erf GELU: x Phi(x) with Phi(x) = 1 - erfc(x / sqrt 2) / 2. erfc(a), a >= 0,
+// is t exp(-a^2 + P(t)), t = 1 / (1 + a / 2) (Numerical Recipes' erfcc: relative
+// error below 1.2e-7 for every a), so Phi is accurate in relative terms on
+// both tails: 1 + erf(x / sqrt 2) would cancel for negative x. a^2 is taken
+// as x^2 / 2 so that the rounding of x / sqrt 2 does not enter exp.
+constexpr float kErfZeroBelow = -14.f;  // |gelu|, |gelu'| < 1e-42 below; gelu(-inf) = 0
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1 / sqrt(2 pi)
+
+FASTLM_INLINE V phi_cdf(V x) {
+  const V a = vmax(x, vzero() - x) * vset(kInvSqrt2);
+  const V t = vset(1.f) / vfma(vset(0.5f), a, vset(1.f));
+  V p = vset(0.17087277f);
+  p = vfma(p, t, vset(-0.82215223f));
+  p = vfma(p, t, vset(1.48851587f));
+  p = vfma(p, t, vset(-1.13520398f));
+  p = vfma(p, t, vset(0.27886807f));
+  p = vfma(p, t, vset(-0.18628806f));
+  p = vfma(p, t, vset(0.09678418f));
+  p = vfma(p, t, vset(0.37409196f));
+  p = vfma(p, t, vset(1.00002368f));
+  p = vfma(p, t, vset(-1.26551223f));
+  const V half_erfc = vset(0.5f) * t * vexp(vfma(vset(-0.5f) * x, x, p));
+  return vblend_lt(x, vzero(), half_erfc, vset(1.f) - half_erfc);
 }
 
+FASTLM_INLINE V gelu_erf_v(V x) {
+  return vblend_lt(x, vset(kErfZeroBelow), vzero(), x * phi_cdf(x));
+}
+
+// gelu'(x) = Phi(x) + x phi(x), phi the normal density (no cancellation: on
+// the left tail x phi dominates).
+FASTLM_INLINE V gelu_erf_grad_v(V x) {
+  const V density = vset(kInvSqrt2Pi) * vexp(vset(-0.5f) * x * x);
+  const V d = vfma(x, density, phi_cdf(x));
+  // Past -kErfZeroBelow d is exactly 1, but x = inf would give inf * 0.
+  return vblend_lt(x, vset(kErfZeroBelow), vzero(),
+                   vblend_lt(vset(-kErfZeroBelow), x, vset(1.f), d));
+}
+
+template <V (*F)(V)>
+void forward_range(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) vstore(y + i, F(vload(x + i)));
+  if (i < n) vstore_part(y + i, F(vload_part(x + i, n - i)), n - i);
+}
+
+template <V (*F)(V)>
 void backward_range(const float* dy, const float* x, float* dx, int64_t n) {
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) vstore(dx + i, vload(dy + i) * gelu_grad_v(vload(x + i)));
+  for (; i + kW <= n; i += kW) vstore(dx + i, vload(dy + i) * F(vload(x + i)));
   if (i < n) {
     const int64_t r = n - i;
-    vstore_part(dx + i, vload_part(dy + i, r) * gelu_grad_v(vload_part(x + i, r)), r);
+    vstore_part(dx + i, vload_part(dy + i, r) * F(vload_part(x + i, r)), r);
   }
+}
+
+template <V (*F)(V)>
+void forward(const float* x, float* y, int64_t n) {
+  if (n <= 0) return;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
+    const int64_t i = b * kBlock;
+    forward_range<F>(x + i, y + i, imin(kBlock, n - i));
+  });
+}
+
+template <V (*F)(V)>
+void backward(const float* dy, const float* x, float* dx, int64_t n) {
+  if (n <= 0) return;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
+    const int64_t i = b * kBlock;
+    backward_range<F>(dy + i, x + i, dx + i, imin(kBlock, n - i));
+  });
 }
 
 }  // namespace
 
-void gelu_forward(const float* x, float* y, int64_t n) {
-  if (n <= 0) return;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
-    const int64_t i = b * kBlock;
-    forward_range(x + i, y + i, imin(kBlock, n - i));
-  });
-}
+void gelu_forward(const float* x, float* y, int64_t n) { forward<gelu_v>(x, y, n); }
 
 void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
-  if (n <= 0) return;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
-    const int64_t i = b * kBlock;
-    backward_range(dy + i, x + i, dx + i, imin(kBlock, n - i));
-  });
+  backward<gelu_grad_v>(dy, x, dx, n);
+}
+
+void gelu_erf_forward(const float* x, float* y, int64_t n) { forward<gelu_erf_v>(x, y, n); }
+
+void gelu_erf_backward(const float* dy, const float* x, float* dx, int64_t n) {
+  backward<gelu_erf_grad_v>(dy, x, dx, n);
 }
 
 }  // namespace FASTLM_ISA

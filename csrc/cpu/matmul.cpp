@@ -8,10 +8,21 @@
 //         pack A block (MC x KC)             lives in L2
 //         for jr over the slice by NR        B micro-panel, from L2
 //           for ir over MC by MR: microkernel
+//
+// The avx512bf16 build adds the bfloat16 GEMM: the same loops over panels of
+// words of bfloat16 pairs (matmul_bf16.h), one microkernel step per two k.
 #include <omp.h>
+
+#include <stdexcept>
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/memory.h"
+#if defined(FASTLM_ISA_AVX512BF16)
+#include "cpu/matmul_bf16.h"
+#endif
+
+#define FASTLM_STR2(x) #x
+#define FASTLM_STR(x) FASTLM_STR2(x)
 
 namespace fastlm {
 namespace cpu {
@@ -42,8 +53,30 @@ constexpr int64_t NC = 4096;    // B block KC x NC fits L3
 
 FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-// K splits into blocks of equal depth, at most KC.
-FASTLM_INLINE int64_t kc_block(int64_t k) { return ceil_div(k, ceil_div(k, KC)); }
+
+// One k step of the microkernel in float32: one value per element, FMA.
+struct Fp32 {
+  using T = float;
+  static constexpr int kPer = 1;  // k values per element
+  static FASTLM_INLINE V load(const float* p) { return vload(p); }
+  static FASTLM_INLINE V bcast(const float* p) { return vset(*p); }
+  static FASTLM_INLINE V madd(V a, V b, V c) { return vfma(a, b, c); }
+};
+
+// K splits into blocks of equal depth, at most KC, a multiple of the k values
+// per element (so only the last block holds a half-empty bfloat16 pair).
+template <class S>
+FASTLM_INLINE int64_t kc_block(int64_t k) {
+  return round_up(ceil_div(k, ceil_div(k, KC)), S::kPer);
+}
+
+// Packed panels hold 4-byte elements (floats or words of bfloat16 pairs),
+// carved from checked float scratch (cpu/memory.h).
+template <class T>
+FASTLM_INLINE T* as_elems(float* p) {
+  static_assert(sizeof(T) == sizeof(float), "packed elements are 4 bytes");
+  return reinterpret_cast<T*>(p);
+}
 
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as MR-row panels:
 // panel p holds, for each k, MR consecutive values; short panels are zero padded.
@@ -96,13 +129,52 @@ void pack_b_panel(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t
   }
 }
 
-// C tile (mr x nr valid of MR x NR) = [C +] A_panel B_panel [+ bias]; the
-// first pf_lines cache lines from pf are prefetched into L2 on the way.
+void pack_b_block(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t kc, float* panel) {
+  pack_b_panel(g, j0, nr, p0, kc, panel);
+}
 template <int MR>
-FASTLM_INLINE void microkernel(int64_t kc, const float* __restrict__ a,
-                               const float* __restrict__ b, float* c, int64_t ldc, int64_t mr,
-                               int64_t nr, bool load_c, const float* bias, const float* pf,
-                               int64_t pf_lines) {
+void pack_a_block(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+  pack_a<MR>(g, i0, mc, p0, kc, dst);
+}
+
+#if defined(FASTLM_ISA_AVX512BF16)
+// The bfloat16 packs: kPairRows rows of k packed as float32 (the transposes
+// absorbed there, in L1), then converted to pairs; kc even but for the last block.
+constexpr int64_t kPairRows = 2 * kW;
+
+void pack_b_block(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t kc,
+                  uint32_t* panel) {
+  alignas(64) float rows[kPairRows * NR];
+  for (int64_t k0 = 0; k0 < kc; k0 += kPairRows) {
+    const int64_t kn = imin(kPairRows, kc - k0);
+    pack_b_panel(g, j0, nr, p0 + k0, kn, rows);
+    rows_to_pairs<NR>(rows, kn, panel + k0 / 2 * NR);
+  }
+}
+
+template <int MR>
+void pack_a_block(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                  uint32_t* dst) {
+  const int64_t kp = ceil_div(kc, 2);
+  alignas(64) float rows[kPairRows * MR];
+  for (int64_t ib = 0; ib < mc; ib += MR) {
+    const int64_t mr = imin(MR, mc - ib);
+    for (int64_t k0 = 0; k0 < kc; k0 += kPairRows) {
+      const int64_t kn = imin(kPairRows, kc - k0);
+      pack_a<MR>(g, i0 + ib, mr, p0 + k0, kn, rows);
+      rows_to_pairs<MR>(rows, kn, dst + ib * kp + k0 / 2 * MR);
+    }
+  }
+}
+#endif
+
+// C tile (mr x nr valid of MR x NR) = [C +] A_panel B_panel [+ bias] over ks
+// steps of S; the first pf_lines cache lines from pf are prefetched into L2 on
+// the way.
+template <int MR, class S, class T = typename S::T>
+FASTLM_INLINE void microkernel(int64_t ks, const T* __restrict__ a, const T* __restrict__ b,
+                               float* c, int64_t ldc, int64_t mr, int64_t nr, bool load_c,
+                               const float* bias, const T* pf, int64_t pf_lines) {
   // The C tile is read (when load_c) and written only after the k loop, by
   // which time its lines, often in L3 or memory, have arrived.
   for (int64_t i = 0; i < mr; ++i)
@@ -113,16 +185,16 @@ FASTLM_INLINE void microkernel(int64_t kc, const float* __restrict__ a,
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
 
-  for (int64_t k = 0; k < kc; ++k) {
+  for (int64_t k = 0; k < ks; ++k) {
     if (k < pf_lines) __builtin_prefetch(pf + k * 16, 0, 2);
     V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * NR + v * kW);
+    for (int v = 0; v < NV; ++v) bv[v] = S::load(b + k * NR + v * kW);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V av = vset(a[k * MR + i]);
+      const V av = S::bcast(a + k * MR + i);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, bv[v], acc[i][v]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = S::madd(av, bv[v], acc[i][v]);
     }
   }
 
@@ -229,9 +301,10 @@ void matmul_small_m(const GemmArgs& g) {
 // A few rows against a pre-packed B (decoding with weights packed once per
 // prompt): each B panel is read once for all M rows (M a compile-time
 // constant so the accumulators stay in registers), and no row padding is
-// computed.
-template <int M>
-void small_m_packed_panel(const GemmArgs& g, int64_t jp, int64_t npad, int64_t kc_max) {
+// computed. Row i's element of step k is a[i * ai + k * ak].
+template <int M, class S, class T = typename S::T>
+void small_m_packed_panel(const GemmArgs& g, const T* a, int64_t ai, int64_t ak, int64_t jp,
+                          int64_t npad, int64_t kc_max) {
   // With M * NV accumulators alone each FMA waits on the previous one (4
   // cycles); U interleaved partial sums over k keep 8 chains in flight.
   constexpr int U = M * NV >= 8 ? 1 : 8 / (M * NV);
@@ -239,32 +312,30 @@ void small_m_packed_panel(const GemmArgs& g, int64_t jp, int64_t npad, int64_t k
   for (int u = 0; u < U; ++u)
     for (int i = 0; i < M; ++i)
       for (int v = 0; v < NV; ++v) acc[u][i][v] = vzero();
-  auto a_at = [&](int i, int64_t k) {
-    return vset(g.trans_a ? g.a[k * g.lda + i] : g.a[i * g.lda + k]);
-  };
+  const T* packed = reinterpret_cast<const T*>(g.b_packed);
   for (int64_t pc = 0; pc < g.k; pc += kc_max) {
-    const int64_t kc = imin(kc_max, g.k - pc);
-    const float* panel = g.b_packed + pc * npad + jp * NR * kc;
+    const int64_t ks = ceil_div(imin(kc_max, g.k - pc), S::kPer), s0 = pc / S::kPer;
+    const T* panel = packed + s0 * npad + jp * NR * ks;
     int64_t k = 0;
-    for (; k + U <= kc; k += U) {
+    for (; k + U <= ks; k += U) {
 #pragma GCC unroll 8
       for (int u = 0; u < U; ++u) {
         V bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = vload(panel + (k + u) * NR + v * kW);
+        for (int v = 0; v < NV; ++v) bv[v] = S::load(panel + (k + u) * NR + v * kW);
 #pragma GCC unroll 4
         for (int i = 0; i < M; ++i) {
-          const V av = a_at(i, pc + k + u);
+          const V av = S::bcast(a + i * ai + (s0 + k + u) * ak);
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[u][i][v] = vfma(av, bv[v], acc[u][i][v]);
+          for (int v = 0; v < NV; ++v) acc[u][i][v] = S::madd(av, bv[v], acc[u][i][v]);
         }
       }
     }
-    for (; k < kc; ++k)
+    for (; k < ks; ++k)
       for (int i = 0; i < M; ++i) {
-        const V av = a_at(i, pc + k);
+        const V av = S::bcast(a + i * ai + (s0 + k) * ak);
         for (int v = 0; v < NV; ++v)
-          acc[0][i][v] = vfma(av, vload(panel + k * NR + v * kW), acc[0][i][v]);
+          acc[0][i][v] = S::madd(av, S::load(panel + k * NR + v * kW), acc[0][i][v]);
       }
   }
   const int64_t j0 = jp * NR;
@@ -281,22 +352,29 @@ void small_m_packed_panel(const GemmArgs& g, int64_t jp, int64_t npad, int64_t k
     }
 }
 
-void matmul_small_m_packed(const GemmArgs& g) {
-  const int64_t kc_max = kc_block(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
+template <class S, class T = typename S::T>
+void small_m_packed(const GemmArgs& g, const T* a, int64_t ai, int64_t ak) {
+  const int64_t kc_max = kc_block<S>(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
   // Bound by reading B (from L3 once the weights outgrow L2): a second core
   // adds bandwidth from fairly small sizes on.
   parallel_for(npanels, g.n * g.k >= (1 << 15), [&](int64_t jp) {
     switch (g.m) {
-      case 1: small_m_packed_panel<1>(g, jp, npad, kc_max); break;
-      case 2: small_m_packed_panel<2>(g, jp, npad, kc_max); break;
-      case 3: small_m_packed_panel<3>(g, jp, npad, kc_max); break;
-      default: small_m_packed_panel<4>(g, jp, npad, kc_max); break;
+      case 1: small_m_packed_panel<1, S>(g, a, ai, ak, jp, npad, kc_max); break;
+      case 2: small_m_packed_panel<2, S>(g, a, ai, ak, jp, npad, kc_max); break;
+      case 3: small_m_packed_panel<3, S>(g, a, ai, ak, jp, npad, kc_max); break;
+      default: small_m_packed_panel<4, S>(g, a, ai, ak, jp, npad, kc_max); break;
     }
   });
 }
 
-template <int MR>
+void matmul_small_m_packed(const GemmArgs& g) {
+  if (g.trans_a) small_m_packed<Fp32>(g, g.a, 1, g.lda);
+  else small_m_packed<Fp32>(g, g.a, g.lda, 1);
+}
+
+template <int MR, class S>
 void matmul_blocked(const GemmArgs& g) {
+  using T = typename S::T;
   // Waking a thread team costs more than a small product (and far more when
   // the cores are shared), so small GEMMs stay on the calling thread.
   constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
@@ -314,33 +392,34 @@ void matmul_blocked(const GemmArgs& g) {
   auto block_row = [&](int64_t ib) { return imin(g.m, mpanels * ib / nic * MR); };
 
   const int64_t nc = imin(NC, round_up(g.n, NR));
-  const int64_t kc_max = kc_block(g.k);
+  const int64_t kc_max = kc_block<S>(g.k), ks_max = kc_max / S::kPer;
   // B packed by the caller beforehand (matmul_pack_b), or here per block.
   const int64_t npad = round_up(g.n, NR);
-  ScratchFloats bpack_buf(g.b_packed ? 0 : kc_max * nc, "matmul: a packed block of b");
-  float* bpack = bpack_buf.data;
+  const T* b_packed = reinterpret_cast<const T*>(g.b_packed);
+  ScratchFloats bpack_buf(b_packed ? 0 : ks_max * nc, "matmul: a packed block of b");
+  T* bpack = b_packed ? nullptr : as_elems<T>(bpack_buf.data);
   // One packed A block per thread, allocated here: inside the region a failed
   // allocation could not be reported.
-  const int64_t apack_floats = per_thread_floats(mc * kc_max);
+  const int64_t apack_floats = per_thread_floats(mc * ks_max);
   ScratchFloats apacks(apack_floats * nthreads, "matmul: packed blocks of a");
 
   // Run by each thread of the team; the `omp for` loops inside split the work
   // (outside a parallel region they run whole on the calling thread).
   auto team_work = [&]() {
-    float* apack = apacks.data + apack_floats * omp_get_thread_num();
+    T* apack = as_elems<T>(apacks.data + apack_floats * omp_get_thread_num());
     for (int64_t jc = 0; jc < g.n; jc += nc) {
       const int64_t ncur = imin(nc, g.n - jc);
       const int64_t npanels = ceil_div(ncur, NR);
       const int64_t nslices = imin(npanels, imax(1, ceil_div(2 * nthreads, nic)));
       const int64_t panels_per_slice = ceil_div(npanels, nslices);
       for (int64_t pc = 0; pc < g.k; pc += kc_max) {
-        const int64_t kc = imin(kc_max, g.k - pc);
+        const int64_t kc = imin(kc_max, g.k - pc), ks = ceil_div(kc, S::kPer);
         const bool first = pc == 0;
-        const float* bblock = g.b_packed ? g.b_packed + pc * npad + jc * kc : bpack;
-        if (!g.b_packed) {
+        const T* bblock = b_packed ? b_packed + pc / S::kPer * npad + jc * ks : bpack;
+        if (!b_packed) {
 #pragma omp for schedule(static)
           for (int64_t jp = 0; jp < npanels; ++jp)
-            pack_b_panel(g, jc + jp * NR, imin(NR, ncur - jp * NR), pc, kc, bpack + jp * NR * kc);
+            pack_b_block(g, jc + jp * NR, imin(NR, ncur - jp * NR), pc, kc, bpack + jp * NR * ks);
         }
 
         int64_t packed_ic = -1;
@@ -350,7 +429,7 @@ void matmul_blocked(const GemmArgs& g) {
           const int64_t ic = block_row(ib), mcur = block_row(ib + 1) - ic;
           if (mcur <= 0) continue;
           if (packed_ic != ic) {
-            pack_a<MR>(g, ic, mcur, pc, kc, apack);
+            pack_a_block<MR>(g, ic, mcur, pc, kc, apack);
             packed_ic = ic;
           }
           const int64_t jp_end = imin(npanels, (slice + 1) * panels_per_slice);
@@ -359,16 +438,17 @@ void matmul_blocked(const GemmArgs& g) {
           // step) and the others find it in L2: each microkernel call prefetches
           // its share of the next micro-panel, so the stream never stops.
           const int64_t rpanels = ceil_div(mcur, MR);
-          const int64_t pf_lines = ceil_div(NR * kc / 16, rpanels);
+          const int64_t pf_lines = ceil_div(NR * ks / 16, rpanels);
           for (int64_t jp = slice * panels_per_slice; jp < jp_end; ++jp) {
             const int64_t j = jc + jp * NR, nr = imin(NR, ncur - jp * NR);
             const float* bias = first && g.bias ? g.bias + j : nullptr;
-            const float* next = bblock + (jp + 1) * NR * kc;
+            const T* next = bblock + (jp + 1) * NR * ks;
             const bool pf = jp + 1 < jp_end;
             for (int64_t ir = 0; ir < mcur; ir += MR) {
-              microkernel<MR>(kc, apack + ir * kc, bblock + jp * NR * kc, g.c + (ic + ir) * g.ldc + j,
-                          g.ldc, imin(MR, mcur - ir), nr, !first || g.accumulate, bias,
-                          next + ir / MR * pf_lines * 16, pf ? pf_lines : 0);
+              microkernel<MR, S>(ks, apack + ir * ks, bblock + jp * NR * ks,
+                                 g.c + (ic + ir) * g.ldc + j, g.ldc, imin(MR, mcur - ir), nr,
+                                 !first || g.accumulate, bias, next + ir / MR * pf_lines * 16,
+                                 pf ? pf_lines : 0);
             }
           }
         }
@@ -383,37 +463,94 @@ void matmul_blocked(const GemmArgs& g) {
   }
 }
 
+// Whichever tile computes fewer padding rows (the main one on a tie).
+template <class S>
+void matmul_tiled(const GemmArgs& g) {
+  if (round_up(g.m, kMrShort) < round_up(g.m, kMrMain) && g.m <= MC_MAX) matmul_blocked<kMrShort, S>(g);
+  else matmul_blocked<kMrMain, S>(g);
+}
+
+// Layout: for each K block of KC rows, the NR-column panels of all of N
+// (zero padded to a multiple of NR), each panel ceil(kc / kPer) x NR, as
+// matmul reads them.
+template <class S>
+void pack_b_all(const GemmArgs& g, typename S::T* packed) {
+  const int64_t kc_max = kc_block<S>(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
+  for (int64_t pc = 0; pc < g.k; pc += kc_max) {
+    const int64_t kc = imin(kc_max, g.k - pc), ks = ceil_div(kc, S::kPer);
+    parallel_for(npanels, g.n * g.k > (1 << 16), [&](int64_t jp) {
+      pack_b_block(g, jp * NR, imin(NR, g.n - jp * NR), pc, kc,
+                   packed + pc / S::kPer * npad + jp * NR * ks);
+    });
+  }
+}
+
+#if defined(FASTLM_ISA_AVX512BF16)
+void matmul_bf16(const GemmArgs& g) {
+  if (g.m <= kSmallM && g.b_packed) {
+    // op(A)'s rows as pairs, once, rather than in every panel.
+    const int64_t kp = ceil_div(g.k, 2);
+    ScratchFloats a_buf(g.m * kp, "matmul: bfloat16 pairs of op(a)"), row_buf(g.k, "matmul: a row of op(a)");
+    uint32_t* a = as_elems<uint32_t>(a_buf.data);
+    float* row = row_buf.data;
+    for (int64_t i = 0; i < g.m; ++i) {
+      for (int64_t p = 0; p < g.k; ++p) row[p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
+      contiguous_to_pairs(row, g.k, a + i * kp);
+    }
+    small_m_packed<Bf16>(g, a, kp, 1);
+    return;
+  }
+  matmul_tiled<Bf16>(g);
+}
+#endif
+
 }  // namespace
 
 void matmul(const GemmArgs& g) {
+  if (g.precision == GemmPrecision::kBF16) {
+#if !defined(FASTLM_ISA_AVX512BF16)
+    throw std::invalid_argument("a bfloat16 GEMM needs the avx512bf16 CPU ISA (AVX512_BF16); the active one is " FASTLM_STR(FASTLM_ISA));
+#endif
+  }
   if (g.m <= 0 || g.n <= 0) return;
   if (g.k <= 0) {
     fill_bias(g);
     return;
   }
+#if defined(FASTLM_ISA_AVX512BF16)
+  if (g.precision == GemmPrecision::kBF16) return matmul_bf16(g);
+#endif
   if (g.m <= kSmallM) {
     if (g.b_packed) matmul_small_m_packed(g);
     else matmul_small_m(g);
     return;
   }
-  // Whichever tile computes fewer padding rows (the main one on a tie).
-  if (round_up(g.m, kMrShort) < round_up(g.m, kMrMain) && g.m <= MC_MAX) matmul_blocked<kMrShort>(g);
-  else matmul_blocked<kMrMain>(g);
+  matmul_tiled<Fp32>(g);
 }
 
-// Layout: for each K block of KC rows, the NR-column panels of all of N
-// (zero padded to a multiple of NR), each panel kc x NR, as matmul reads them.
 int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
 
 void matmul_pack_b(const GemmArgs& g, float* packed) {
-  const int64_t kc_max = kc_block(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
-  for (int64_t pc = 0; pc < g.k; pc += kc_max) {
-    const int64_t kc = imin(kc_max, g.k - pc);
-    parallel_for(npanels, g.n * g.k > (1 << 16), [&](int64_t jp) {
-      pack_b_panel(g, jp * NR, imin(NR, g.n - jp * NR), pc, kc, packed + pc * npad + jp * NR * kc);
-    });
-  }
+#if defined(FASTLM_ISA_AVX512BF16)
+  if (g.precision == GemmPrecision::kBF16) return pack_b_all<Bf16>(g, reinterpret_cast<uint32_t*>(packed));
+#endif
+  pack_b_all<Fp32>(g, packed);
 }
+
+#if defined(FASTLM_ISA_AVX512BF16)
+// The GEMM entries of the mixed-precision table (table.cpp): every product in
+// bfloat16, whatever the caller's GemmArgs ask.
+void matmul_mixed(const GemmArgs& g) {
+  GemmArgs h = g;
+  h.precision = GemmPrecision::kBF16;
+  matmul(h);
+}
+void matmul_pack_b_mixed(const GemmArgs& g, float* packed) {
+  GemmArgs h = g;
+  h.precision = GemmPrecision::kBF16;
+  matmul_pack_b(h, packed);
+}
+#endif
 
 // Threads split the columns, 2 vectors at a time; each column sums its rows
 // in one order (four interleaved partial sums) whatever the thread count.

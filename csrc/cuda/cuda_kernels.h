@@ -32,7 +32,7 @@ FASTLM_KERNELS(FASTLM_DECLARE_KERNEL)
 //        float32 accumulation; as torch with allow_tf32.
 // kBF16: bfloat16 operands on tensor cores, float32 accumulation; c and bias
 //        are bfloat16 too (c rounded once, after bias and accumulate).
-enum class GemmPrecision { kExact, kTF32, kBF16 };
+using ::fastlm::GemmPrecision;  // csrc/kernels.h
 
 // Same meaning as GemmArgs, with untyped pointers (float or bfloat16 per precision).
 struct GemmDesc {

@@ -1,4 +1,5 @@
-// GPT-2's tanh GELU and its derivative, elementwise (the CPU's formulas).
+// GELU and its derivative, elementwise: GPT-2's tanh approximation and the
+// exact erf form (the CPU's formulas).
 // Bandwidth bound: float4 accesses when every pointer is 16-byte aligned.
 #include "cuda/common.cuh"
 
@@ -37,6 +38,38 @@ __device__ __forceinline__ float gelu_grad(float x) {
   return sg * fmaf(x * (e * sg), du2, 1.f);
 }
 
+// The erf GELU, x Phi(x). Phi(x) = 1 - erfc(x / sqrt 2) / 2 through erfcf on
+// |x|, accurate in relative terms on both tails (1 + erf cancels for x < 0).
+constexpr float kErfZeroBelow = -14.f;
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+
+__device__ __forceinline__ float phi_cdf(float x) {
+  const float half_erfc = 0.5f * erfcf(fabsf(x) * kInvSqrt2);
+  return x < 0.f ? half_erfc : 1.f - half_erfc;
+}
+
+__device__ __forceinline__ float gelu_erf(float x) {
+  return x < kErfZeroBelow ? 0.f : x * phi_cdf(x);
+}
+
+// gelu'(x) = Phi(x) + x phi(x), phi the normal density.
+__device__ __forceinline__ float gelu_erf_grad(float x) {
+  if (x < kErfZeroBelow) return 0.f;
+  if (x > -kErfZeroBelow) return 1.f;
+  return fmaf(x, kInvSqrt2Pi * expf(-0.5f * x * x), phi_cdf(x));
+}
+
+struct GeluTanh {
+  __device__ static float f(float x) { return gelu(x); }
+  __device__ static float grad(float x) { return gelu_grad(x); }
+};
+struct GeluErf {
+  __device__ static float f(float x) { return gelu_erf(x); }
+  __device__ static float grad(float x) { return gelu_erf_grad(x); }
+};
+
+template <class G>
 __global__ void gelu_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n,
                                     bool vec) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -46,14 +79,15 @@ __global__ void gelu_forward_kernel(const float* __restrict__ x, float* __restri
     const int64_t n4 = n / 4;
     for (int64_t i = i0; i < n4; i += stride) {
       const float4 v = reinterpret_cast<const float4*>(x)[i];
-      reinterpret_cast<float4*>(y)[i] = make_float4(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w));
+      reinterpret_cast<float4*>(y)[i] = make_float4(G::f(v.x), G::f(v.y), G::f(v.z), G::f(v.w));
     }
     tail = n4 * 4;
   }
-  for (int64_t i = tail + i0; i < n; i += stride) y[i] = gelu(x[i]);
+  for (int64_t i = tail + i0; i < n; i += stride) y[i] = G::f(x[i]);
 }
 
 // dx = dy * gelu'(x)
+template <class G>
 __global__ void gelu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ x,
                                      float* __restrict__ dx, int64_t n, bool vec) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -64,29 +98,44 @@ __global__ void gelu_backward_kernel(const float* __restrict__ dy, const float* 
     for (int64_t i = i0; i < n4; i += stride) {
       const float4 g = reinterpret_cast<const float4*>(dy)[i];
       const float4 v = reinterpret_cast<const float4*>(x)[i];
-      reinterpret_cast<float4*>(dx)[i] = make_float4(g.x * gelu_grad(v.x), g.y * gelu_grad(v.y),
-                                                     g.z * gelu_grad(v.z), g.w * gelu_grad(v.w));
+      reinterpret_cast<float4*>(dx)[i] = make_float4(g.x * G::grad(v.x), g.y * G::grad(v.y),
+                                                     g.z * G::grad(v.z), g.w * G::grad(v.w));
     }
     tail = n4 * 4;
   }
   for (int64_t i = tail + i0; i < n; i += stride)
-    dx[i] = dy[i] * gelu_grad(x[i]);
+    dx[i] = dy[i] * G::grad(x[i]);
+}
+
+template <class G>
+void forward(const float* x, float* y, int64_t n) {
+  if (n <= 0) return;
+  const bool vec = aligned16(x) && aligned16(y);
+  gelu_forward_kernel<G><<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(x, y, n, vec);
+  FASTLM_CHECK_LAUNCH("gelu_forward_kernel");
+}
+
+template <class G>
+void backward(const float* dy, const float* x, float* dx, int64_t n) {
+  if (n <= 0) return;
+  const bool vec = aligned16(dy) && aligned16(x) && aligned16(dx);
+  gelu_backward_kernel<G>
+      <<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec);
+  FASTLM_CHECK_LAUNCH("gelu_backward_kernel");
 }
 
 }  // namespace
 
-void gelu_forward(const float* x, float* y, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(x) && aligned16(y);
-  gelu_forward_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(x, y, n, vec);
-  FASTLM_CHECK_LAUNCH("gelu_forward_kernel");
-}
+void gelu_forward(const float* x, float* y, int64_t n) { forward<GeluTanh>(x, y, n); }
 
 void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(dy) && aligned16(x) && aligned16(dx);
-  gelu_backward_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec);
-  FASTLM_CHECK_LAUNCH("gelu_backward_kernel");
+  backward<GeluTanh>(dy, x, dx, n);
+}
+
+void gelu_erf_forward(const float* x, float* y, int64_t n) { forward<GeluErf>(x, y, n); }
+
+void gelu_erf_backward(const float* dy, const float* x, float* dx, int64_t n) {
+  backward<GeluErf>(dy, x, dx, n);
 }
 
 }  // namespace cuda

@@ -21,6 +21,9 @@ void validate(const GPTConfig& c) {
     throw std::invalid_argument("n_embd (" + std::to_string(c.n_embd) +
                                 ") must be divisible by n_head (" + std::to_string(c.n_head) +
                                 ")");
+  if (!(c.layer_norm_epsilon > 0) || !std::isfinite(c.layer_norm_epsilon))
+    throw std::invalid_argument("layer_norm_epsilon must be finite and > 0, got " +
+                                std::to_string(c.layer_norm_epsilon));
 }
 
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
@@ -28,26 +31,31 @@ GPT::GPT(const GPTConfig& config, const Kernels& kernels)
   validate(cfg_);
   const int64_t V = cfg_.vocab_size, C = cfg_.n_embd;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) { store.add(name, shape); };
+  auto add_bias = [&](const std::string& name, int64_t n) {
+    if (cfg_.bias) store.add(name, {n});
+  };
   add("transformer.wte.weight", {V, C});
   add("transformer.wpe.weight", {cfg_.block_size, C});
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
     const std::string p = "transformer.h." + std::to_string(l) + ".";
     add(p + "ln_1.weight", {C});
-    add(p + "ln_1.bias", {C});
+    add_bias(p + "ln_1.bias", C);
     add(p + "attn.c_attn.weight", {3 * C, C});
-    add(p + "attn.c_attn.bias", {3 * C});
+    add_bias(p + "attn.c_attn.bias", 3 * C);
     add(p + "attn.c_proj.weight", {C, C});
-    add(p + "attn.c_proj.bias", {C});
+    add_bias(p + "attn.c_proj.bias", C);
     add(p + "ln_2.weight", {C});
-    add(p + "ln_2.bias", {C});
+    add_bias(p + "ln_2.bias", C);
     add(p + "mlp.c_fc.weight", {4 * C, C});
-    add(p + "mlp.c_fc.bias", {4 * C});
+    add_bias(p + "mlp.c_fc.bias", 4 * C);
     add(p + "mlp.c_proj.weight", {C, 4 * C});
-    add(p + "mlp.c_proj.bias", {C});
+    add_bias(p + "mlp.c_proj.bias", C);
   }
   add("transformer.ln_f.weight", {C});
-  add("transformer.ln_f.bias", {C});
+  add_bias("transformer.ln_f.bias", C);
+  if (!cfg_.tie_word_embeddings) add("lm_head.weight", {V, C});
   store.allocate();
+  if (!cfg_.bias) ln_zero_.assign(C, 0.f), ln_dscratch_.assign(C, 0.f);
   w_ = view(store.params());
   g_ = view(store.grads());
 }
@@ -56,17 +64,19 @@ GPT::Weights GPT::view(float* base) const {
   Weights w;
   size_t i = 0;
   auto next = [&]() { return base + store.info()[i++].offset; };
+  auto bias = [&]() { return cfg_.bias ? next() : nullptr; };
   w.wte = next();
   w.wpe = next();
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
     Layer L;
-    L.ln1_w = next(), L.ln1_b = next(), L.attn_w = next(), L.attn_b = next();
-    L.proj_w = next(), L.proj_b = next(), L.ln2_w = next(), L.ln2_b = next();
-    L.fc_w = next(), L.fc_b = next(), L.fcproj_w = next(), L.fcproj_b = next();
+    L.ln1_w = next(), L.ln1_b = bias(), L.attn_w = next(), L.attn_b = bias();
+    L.proj_w = next(), L.proj_b = bias(), L.ln2_w = next(), L.ln2_b = bias();
+    L.fc_w = next(), L.fc_b = bias(), L.fcproj_w = next(), L.fcproj_b = bias();
     w.layers.push_back(L);
   }
   w.lnf_w = next();
-  w.lnf_b = next();
+  w.lnf_b = bias();
+  w.lm_head = cfg_.tie_word_embeddings ? w.wte : next();
   return w;
 }
 
@@ -100,13 +110,16 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
   acts_t_ = t;
 }
 
-const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
+const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
+                             const int64_t* row_pos) {
   const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, S = cfg_.block_size;
+  const float eps = cfg_.layer_norm_epsilon;
   const float* residual = encoded_;
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
     const Layer& L = w_.layers[l];
     LayerActs& a = la_[l];
-    k_.layernorm_forward(residual, L.ln1_w, L.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, BT, C, 1e-5f);
+    k_.layernorm_forward(residual, L.ln1_w, ln_bias(L.ln1_b), a.ln1, a.ln1_mean, a.ln1_rstd, BT, C,
+                         eps);
     // q, k and v are read in place from rows of 3C: the activations' qkv,
     // or the KV cache, which keeps the qkv rows of every past position.
     const float* qkv = a.qkv;
@@ -118,7 +131,12 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
       GemmArgs g;
       g.b = L.attn_w, g.b_packed = packed_layers_[l].attn, g.bias = L.attn_b, g.n = 3 * C, g.k = C;
       g.lda = C, g.ldb = C, g.trans_b = true;
-      if (t == 1) {  // one row per sequence: a single GEMM strided over the cache
+      if (row_pos) {  // one GEMM for all rows, then each row to its own position
+        g.a = a.ln1, g.c = a.qkv, g.m = b, g.ldc = 3 * C;
+        k_.matmul(g);
+        for (int64_t i = 0; i < b; ++i)
+          k_.copy(layer_cache + (i * S + row_pos[i]) * 3 * C, a.qkv + i * 3 * C, 3 * C);
+      } else if (t == 1) {  // one row per sequence: a single GEMM strided over the cache
         g.a = a.ln1, g.c = layer_cache + pos * 3 * C, g.m = b, g.ldc = S * 3 * C;
         k_.matmul(g);
       } else {
@@ -141,13 +159,25 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
     att.so = {t * C, D, C};
     att.lse = a.lse;
     att.batch = b, att.heads = H, att.seq_q = t, att.head_dim = D, att.causal = true;
-    k_.attention_forward(att);
+    if (!row_pos) {
+      k_.attention_forward(att);
+    } else {  // each row over its own cache length
+      for (int64_t i = 0; i < b; ++i) {
+        AttentionArgs r = att;
+        r.q = qkv + (i * S + row_pos[i]) * 3 * C;
+        r.k = att.k + i * S * 3 * C, r.v = att.v + i * S * 3 * C;
+        r.out = a.atty + i * C, r.lse = a.lse + i * H;
+        r.batch = 1, r.seq_k = row_pos[i] + 1;
+        k_.attention_forward(r);
+      }
+    }
     const Packed p = cache ? packed_layers_[l] : Packed{};
     linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C, p.proj);
     k_.residual_forward(residual, tmp_, a.res2, BT * C);
-    k_.layernorm_forward(a.res2, L.ln2_w, L.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, BT, C, 1e-5f);
+    k_.layernorm_forward(a.res2, L.ln2_w, ln_bias(L.ln2_b), a.ln2, a.ln2_mean, a.ln2_rstd, BT, C,
+                         eps);
     linear_forward(k_, a.ln2, L.fc_w, L.fc_b, a.fch, BT, C, 4 * C, p.fc);
-    k_.gelu_forward(a.fch, a.fch_gelu, BT * 4 * C);
+    gelu_forward(a.fch, a.fch_gelu, BT * 4 * C);
     linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, tmp_, BT, 4 * C, C, p.fcproj);
     k_.residual_forward(a.res2, tmp_, a.res3, BT * C);
     residual = a.res3;
@@ -155,13 +185,23 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache) {
   return residual;
 }
 
+void GPT::gelu_forward(const float* x, float* y, int64_t n) const {
+  (cfg_.activation == Activation::kGeluErf ? k_.gelu_erf_forward : k_.gelu_forward)(x, y, n);
+}
+
+void GPT::gelu_backward(const float* dy, const float* x, float* dx, int64_t n) const {
+  (cfg_.activation == Activation::kGeluErf ? k_.gelu_erf_backward : k_.gelu_backward)(dy, x, dx,
+                                                                                      n);
+}
+
 void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {
   const int64_t C = cfg_.n_embd, BT = b * t;
   ensure_acts(b, t);
   k_.embedding_forward(idx, w_.wte, w_.wpe, encoded_, b, t, C, 0);
   const float* residual = run_blocks(b, t, 0, false);
-  k_.layernorm_forward(residual, w_.lnf_w, w_.lnf_b, lnf_, lnf_mean_, lnf_rstd_, BT, C, 1e-5f);
-  linear_forward(k_, lnf_, w_.wte, nullptr, logits ? logits : logits_, BT, C, cfg_.vocab_size);
+  k_.layernorm_forward(residual, w_.lnf_w, ln_bias(w_.lnf_b), lnf_, lnf_mean_, lnf_rstd_, BT, C,
+                       cfg_.layer_norm_epsilon);
+  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits ? logits : logits_, BT, C, cfg_.vocab_size);
 }
 
 float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t) {
@@ -178,10 +218,11 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   const float* dlogits = logits_;
 
   const float* residual = cfg_.n_layer ? la_.back().res3 : encoded_;
-  linear_backward(k_, dlogits, lnf_, w_.wte, tmp_, g_.wte, nullptr, BT, C, V, false);
+  linear_backward(k_, dlogits, lnf_, w_.lm_head, tmp_, g_.lm_head, nullptr, BT, C, V, false);
   k_.zero(dres_, BT * C);
-  k_.layernorm_backward(tmp_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dres_, g_.lnf_w, g_.lnf_b,
-                        BT, C);
+  if (!cfg_.bias) k_.zero(ln_dscratch_.data(), C);  // sums of unused gradients stay small
+  k_.layernorm_backward(tmp_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dres_, g_.lnf_w,
+                        ln_dbias(g_.lnf_b), BT, C);
   for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
     const Layer& L = w_.layers[l];
     Layer& G = g_.layers[l];
@@ -190,10 +231,10 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     // res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3.
     linear_backward(k_, dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b, BT, 4 * C, C,
                     false);
-    k_.gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
+    gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
     linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C, false);
-    k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w, G.ln2_b,
-                          BT, C);
+    k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w,
+                          ln_dbias(G.ln2_b), BT, C);
     // res2 = res_in + c_proj(attention(c_attn(ln_1(res_in)))); dres holds d res2.
     linear_backward(k_, dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C, false);
     k_.zero(d1_, BT * 3 * C);
@@ -206,19 +247,25 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     ag.dout = tmp_, ag.dq = d1_, ag.dk = d1_ + C, ag.dv = d1_ + 2 * C;
     k_.attention_backward(ag);
     linear_backward(k_, d1_, a.ln1, L.attn_w, tmp_, G.attn_w, G.attn_b, BT, C, 3 * C, false);
-    k_.layernorm_backward(tmp_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dres_, G.ln1_w, G.ln1_b,
-                          BT, C);
+    k_.layernorm_backward(tmp_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dres_, G.ln1_w,
+                          ln_dbias(G.ln1_b), BT, C);
   }
   k_.embedding_backward(dres_, idx, g_.wte, g_.wpe, b, t, C, 0);
   return loss;
 }
 
-void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits) {
+void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits,
+                 const int64_t* last) {
   const int64_t C = cfg_.n_embd, S = cfg_.block_size;
   if (pos < 0 || tn < 1 || pos + tn > S)
     throw std::invalid_argument("decode: positions [" + std::to_string(pos) + ", " +
                                 std::to_string(pos + tn) + ") exceed block_size " +
                                 std::to_string(S));
+  for (int64_t i = 0; last && i < b; ++i)
+    if (last[i] < 0 || last[i] >= tn)
+      throw std::invalid_argument("decode: last[" + std::to_string(i) + "] = " +
+                                  std::to_string(last[i]) + " is outside [0, " +
+                                  std::to_string(tn) + ")");
   if (b != cache_b_) {
     if (pos != 0) throw std::invalid_argument("decode: a new batch size must start at pos 0");
     cache_.assign(cfg_.n_layer * b * S * 3 * C, 0.f);
@@ -227,14 +274,35 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
   if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
   k_.embedding_forward(tokens, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
-  const float* residual = run_blocks(b, tn, pos, true);
-  // Only each row's last position is needed for the next token.
+  decode_logits(run_blocks(b, tn, pos, true), b, tn, last, logits);
+}
+
+void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, float* logits) {
+  const int64_t C = cfg_.n_embd, S = cfg_.block_size;
+  if (b != cache_b_)
+    throw std::invalid_argument("decode_rows: needs a prefill (decode at pos 0) of the same " +
+                                std::to_string(b) + " rows first");
+  for (int64_t i = 0; i < b; ++i)
+    if (pos[i] < 0 || pos[i] >= S)
+      throw std::invalid_argument("decode_rows: pos[" + std::to_string(i) + "] = " +
+                                  std::to_string(pos[i]) + " is outside [0, block_size " +
+                                  std::to_string(S) + ")");
+  ensure_acts(b, 1);
+  for (int64_t i = 0; i < b; ++i)
+    k_.embedding_forward(tokens + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
+  decode_logits(run_blocks(b, 1, 0, true, pos), b, 1, nullptr, logits);
+}
+
+void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
+                        float* logits) {
+  const int64_t C = cfg_.n_embd;
+  // Only one position per row is needed for the next token.
   for (int64_t i = 0; i < b; ++i) {
-    const int64_t r = i * tn + tn - 1;
-    k_.layernorm_forward(residual + r * C, w_.lnf_w, w_.lnf_b, lnf_ + i * C, lnf_mean_ + i,
-                         lnf_rstd_ + i, 1, C, 1e-5f);
+    const int64_t r = i * tn + (last ? last[i] : tn - 1);
+    k_.layernorm_forward(residual + r * C, w_.lnf_w, ln_bias(w_.lnf_b), lnf_ + i * C,
+                         lnf_mean_ + i, lnf_rstd_ + i, 1, C, cfg_.layer_norm_epsilon);
   }
-  linear_forward(k_, lnf_, w_.wte, nullptr, logits, b, C, cfg_.vocab_size, packed_wte_);
+  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits, b, C, cfg_.vocab_size, packed_wte_);
 }
 
 void GPT::pack_for_decode() {
@@ -257,7 +325,7 @@ void GPT::pack_for_decode() {
     P.fc = pack(L.fc_w, 4 * C, C);
     P.fcproj = pack(L.fcproj_w, C, 4 * C);
   }
-  packed_wte_ = pack(w_.wte, V, C);
+  packed_wte_ = pack(w_.lm_head, V, C);
   packed_version_ = store.version;
 }
 

@@ -12,8 +12,17 @@
 
 namespace fastlm {
 
+// GPT-2's two GELUs: the tanh approximation (GPT-2's "gelu_new", nanoGPT's)
+// and the exact erf form ("gelu", PyTorch's default).
+enum class Activation { kGeluTanh, kGeluErf };
+
 struct GPTConfig {
   int64_t vocab_size = 0, block_size = 0, n_layer = 0, n_head = 0, n_embd = 0;
+  // What Hugging Face GPT-2 checkpoints vary; the defaults are GPT-2's.
+  bool bias = true;                 // biases in Linear and LayerNorm (nanoGPT's bias=False drops them)
+  bool tie_word_embeddings = true;  // false: a separate lm_head.weight (vocab, n_embd)
+  Activation activation = Activation::kGeluTanh;
+  float layer_norm_epsilon = 1e-5f;
 };
 
 class GPT {
@@ -37,15 +46,24 @@ class GPT {
   // Runs tokens (b, tn) at positions [pos, pos + tn) against the KV cache
   // (reset when b changes or pos == 0) and writes the logits of each row's
   // last position to logits (b, vocab). Requires pos + tn <= block_size.
-  void decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits);
+  // `last` (b) picks the position (in [0, tn)) whose logits row i returns
+  // (null: tn - 1): a right-padded prefill of prompts of different lengths.
+  void decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, float* logits,
+              const int64_t* last = nullptr);
+  // One token per row at its own position pos[i] in [0, block_size), after a
+  // prefill of the same b rows: row i attends over cache positions
+  // [0, pos[i]], so whatever a padded prefill left beyond is overwritten
+  // before it is read. Ragged batches decode this way.
+  void decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, float* logits);
 
  private:
   struct Layer {
     float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *fc_w, *fc_b,
         *fcproj_w, *fcproj_b;
   };
+  // Biases are null without config.bias; lm_head is wte when tied.
   struct Weights {
-    float *wte, *wpe, *lnf_w, *lnf_b;
+    float *wte, *wpe, *lnf_w, *lnf_b, *lm_head;
     std::vector<Layer> layers;
   };
   struct LayerActs {
@@ -65,7 +83,18 @@ class GPT {
   void ensure_acts(int64_t b, int64_t t);
   // Runs the blocks over acts_ for (b, t) tokens at positions [pos, pos + t);
   // when `cache` is set, q/k/v live in the KV cache instead of acts' qkv.
-  const float* run_blocks(int64_t b, int64_t t, int64_t pos, bool cache);
+  // `row_pos` (b, with t == 1 and cache): each row's own position instead.
+  const float* run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
+                          const int64_t* row_pos = nullptr);
+  // The final LayerNorm and head on row i's position last[i] (tn - 1 when null).
+  void decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
+                     float* logits);
+  void gelu_forward(const float* x, float* y, int64_t n) const;
+  void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) const;
+  // LayerNorm kernels always take a bias: a bias-free model passes zeros and
+  // collects the (unused) bias gradient in scratch.
+  const float* ln_bias(const float* b) const { return b ? b : ln_zero_.data(); }
+  float* ln_dbias(float* db) { return db ? db : ln_dscratch_.data(); }
 
   GPTConfig cfg_;
   const Kernels& k_;
@@ -80,6 +109,8 @@ class GPT {
   const float* packed_wte_ = nullptr;
   int64_t packed_version_ = -1;
   std::vector<float> packed_;
+
+  std::vector<float> ln_zero_, ln_dscratch_;  // (n_embd) each, without biases only
 
   int64_t cache_b_ = 0;
   std::vector<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions

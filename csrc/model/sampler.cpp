@@ -29,14 +29,33 @@ double Sampler::uniform() {
 }
 
 void Sampler::sample(const float* logits, int64_t rows, int64_t vocab,
-                     const SamplingOptions& opt, int64_t* out) {
+                     const SamplingOptions& opt, int64_t* out, const SamplingExtras& extra) {
   std::vector<double> p(vocab);
   std::vector<int64_t> order(vocab);
+  const bool penalise = opt.repetition_penalty != 1.f && extra.seen;
+  // The processed logits of a row, when a processor changes them.
+  std::vector<float> processed(penalise || extra.n_suppress ? vocab : 0);
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = logits + r * vocab;
+    if (!processed.empty()) {
+      std::copy(x, x + vocab, processed.begin());
+      if (penalise) {
+        const float* seen = extra.seen + r * vocab;
+        const float pen = opt.repetition_penalty;
+        for (int64_t j = 0; j < vocab; ++j)
+          if (seen[j] != 0.f) processed[j] = processed[j] < 0 ? processed[j] * pen : processed[j] / pen;
+      }
+      for (int64_t i = 0; i < extra.n_suppress; ++i) processed[extra.suppress[i]] = -INFINITY;
+      x = processed.data();
+    }
     const int64_t argmax = std::max_element(x, x + vocab) - x;
     if (!opt.do_sample) {
       out[r] = argmax;
+      if (extra.logprobs) {
+        double total = 0;
+        for (int64_t j = 0; j < vocab; ++j) total += std::exp((double)x[j] - x[argmax]);
+        extra.logprobs[r] = (float)-std::log(total);
+      }
       continue;
     }
     // Keep the k largest (ties with the k-th kept, as nanoGPT), then the
@@ -86,6 +105,7 @@ void Sampler::sample(const float* logits, int64_t rows, int64_t vocab,
       }
     }
     out[r] = pick;
+    if (extra.logprobs) extra.logprobs[r] = (float)(std::log(p[pick]) - std::log(total));
   }
 }
 

@@ -1,8 +1,9 @@
 """fastlm: train and sample small language models on hand-written kernels.
 
 The compiled core (``fastlm._C``) holds CPU kernels built three times
-(generic x86-64, AVX2+FMA, AVX-512), one of which is chosen at import;
-``FASTLM_CPU_ISA=generic|avx2|avx512`` forces a lower one. Builds with CUDA
+(generic x86-64, AVX2+FMA, AVX-512) plus AVX-512 with a bfloat16 GEMM
+(avx512bf16, AVX512_BF16), one of which is chosen at import;
+``FASTLM_CPU_ISA=generic|avx2|avx512|avx512bf16`` forces a lower one. Builds with CUDA
 also hold GPU kernels, used by :mod:`fastlm.ops` for device arrays (see
 :mod:`fastlm.cuda`); ``cuda_available()`` tells whether a GPU can run them.
 """
@@ -12,10 +13,12 @@ from typing import Any, Dict, List
 
 from . import _C
 from ._checks import check_int
-from . import data, distributed, ops
+from . import corpus, data, distributed, ops
+from .bpe import BPETokenizer
 from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
 from .model import Transformer
+from .pipeline import pipeline
 from .rnn import GRULM, LSTMLM
 from .tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
 from .train import History
@@ -25,6 +28,7 @@ __version__: str = _C.build_info()["version"]
 __all__ = [
     "__version__",
     "MAX_THREADS",
+    "BPETokenizer",
     "ByteTokenizer",
     "CharTokenizer",
     "DeviceArray",
@@ -39,16 +43,19 @@ __all__ = [
     "available_cpu_isas",
     "build_info",
     "cpu_isa",
+    "corpus",
     "cuda_available",
     "get_num_threads",
     "ops",
+    "pipeline",
     "set_num_threads",
     "to_device",
 ]
 
 
 def cpu_isa() -> str:
-    """Name of the active CPU kernel table: ``"generic"``, ``"avx2"`` or ``"avx512"``."""
+    """Name of the active CPU kernel table: ``"generic"``, ``"avx2"``, ``"avx512"`` or
+    ``"avx512bf16"`` (avx512 plus the bfloat16 GEMM of ``precision="bf16"``)."""
     return _C.cpu_isa()
 
 

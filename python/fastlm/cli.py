@@ -3,7 +3,8 @@
 ::
 
     fastlm train [CORPUS.txt] --out DIR [--steps N --batch-size B --block-size T ...]
-    fastlm sample DIR --prompt TEXT --max-new-tokens N [--temperature --top-k --top-p --seed --num-samples]
+    fastlm sample DIR --prompt TEXT --max-new-tokens N [--temperature --top-k --top-p --seed --num-samples
+                      --repetition-penalty --stop TEXT]
     fastlm info
     fastlm bench [ARGS...]
 
@@ -20,6 +21,8 @@ import math
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
+
+from .cli_tokenize import add_tokenize_parser, cmd_tokenize
 
 __all__ = ["main"]
 
@@ -116,16 +119,19 @@ def _build_parser() -> _Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text file", description=(
-        "Train a character-level model on CORPUS (UTF-8 text; default: the source of Python's standard "
-        "library), first 90%% for training, last 10%% for validation. Writes the checkpoint, metrics.jsonl "
-        "and (with matplotlib) loss.png into --out."))
-    t.add_argument("corpus", nargs="?", help="UTF-8 text file (default: Python's standard library source)")
+        "Train a model (character-level by default) on CORPUS (UTF-8 text, or token data from fastlm "
+        "tokenize; default: the source of Python's standard library), first 90%% for training, last 10%% "
+        "for validation. Writes the checkpoint, metrics.jsonl and (with matplotlib) loss.png into --out."))
+    t.add_argument("corpus", nargs="?", help="UTF-8 text file, or token data from fastlm tokenize (a directory "
+                   "with train.bin, or a .bin file) (default: Python's standard library source)")
     t.add_argument("--out", required=True, help="output directory (checkpoint, metrics.jsonl, loss.png)")
     t.add_argument("--model", default=None, choices=sorted(_ARCH_DEFAULTS),
                    help="model family (default transformer, or the checkpoint's with --resume)")
-    t.add_argument("--tokenizer", default=None, choices=["char", "byte"],
+    t.add_argument("--tokenizer", default=None, choices=["char", "byte", "bpe"],
                    help="char: one id per character of the corpus (default, or the checkpoint's with --resume); "
-                        "byte: UTF-8 bytes")
+                        "byte: UTF-8 bytes; bpe: a byte-level BPE learned from the corpus")
+    t.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="BPE vocabulary to learn (default 4096), or the model's for token data without a tokenizer")
     t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in all (default 2000)")
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help="sequences per micro-batch, per rank under mpirun (default 12)")
@@ -161,6 +167,9 @@ def _build_parser() -> _Parser:
         "(steps, batch size, block size, learning rates, optimizer settings) keep the run's values"))
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     t.add_argument("--device", default="cpu", help="cpu (default)")
+    t.add_argument("--precision", choices=("fp32", "bf16"), default=None, help=(
+        "bf16: GEMMs on bfloat16 operands, float32 weights and optimizer state (needs AVX512_BF16; "
+        "default fp32, or the checkpoint's with --resume)"))
     t.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -173,10 +182,18 @@ def _build_parser() -> _Parser:
     s.add_argument("--top-k", type=_positive_int, default=200, help="keep the k most likely tokens (default 200)")
     s.add_argument("--top-p", type=_number(0.0, 1.0, above=True), default=None, help="nucleus sampling threshold in (0, 1]")
     s.add_argument("--greedy", action="store_true", help="take the most likely token (no sampling)")
+    s.add_argument("--repetition-penalty", type=_positive_float, default=1.0,
+                   help="> 1 discourages tokens already in the text (Hugging Face's; default 1: off)")
+    s.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end a sample once it contains TEXT (may be given several times)")
     s.add_argument("--seed", type=_sampler_seed, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
     s.add_argument("--device", default="cpu", help="cpu (default)")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="bf16: bfloat16 weights in the GEMMs (needs AVX512_BF16; default: the checkpoint's)")
     s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
+
+    add_tokenize_parser(sub, _positive_int, _unit_float)
 
     sub.add_parser("info", help="version, CPU ISA, threads, build and CUDA information")
 
@@ -264,9 +281,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .lm import LanguageModel
     from .model import Transformer
     from .rnn import GRULM, LSTMLM
-    from .tokenizers import ByteTokenizer, CharTokenizer
+    from .cli_tokenize import model_vocab_size, new_tokenizer, open_prepared
+    from .corpus import encode_text
 
     _device(a.device)
+    _precision(a.precision)
     _set_threads(a.threads)
     try:
         world = distributed.world()  # under mpirun: one rank of a data-parallel run
@@ -285,19 +304,22 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if not a.resume and is_checkpoint(out) and not a.overwrite:
         raise CLIError(f"{out!r} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
 
+    if a.corpus is not None and not os.path.exists(a.corpus):
+        raise CLIError(f"corpus file {a.corpus!r} not found")
+    prepared = open_prepared(a.corpus, a.val_fraction) if a.corpus is not None else None
+    text = None
     if a.corpus is None:
         text = default_corpus()
         source = "the Python standard library source"
     else:
-        if not os.path.exists(a.corpus):
-            raise CLIError(f"corpus file {a.corpus!r} not found")
-        text = read_text(a.corpus)
+        if prepared is None:
+            text = read_text(a.corpus)
         source = repr(a.corpus)
-    if not text:
+    if text is not None and not text:
         raise CLIError(f"corpus {source} is empty")
 
     if a.resume:
-        model = LanguageModel.load(out, device=a.device)
+        model = LanguageModel.load(out, device=a.device, precision=a.precision)
         kind = model.MODEL_TYPE
         _reject_foreign_flags(a, kind)
         if a.model is not None and a.model != kind:
@@ -308,17 +330,18 @@ def _cmd_train(a: argparse.Namespace) -> int:
             if given is not None and given != cfg[key]:
                 raise CLIError(f"--{key.replace('_', '-')} {given} differs from the checkpoint's {cfg[key]}")
         tok = model.tokenizer
-        if tok is None:
+        if tok is None and (prepared is None or prepared.tokenizer is not None):
             raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
-        if a.tokenizer is not None and a.tokenizer != tok.type_name:
+        if a.tokenizer is not None and tok is not None and a.tokenizer != tok.type_name:
             raise CLIError(f"--tokenizer {a.tokenizer} differs from the checkpoint's {tok.type_name}")
     else:
         kind = a.model or "transformer"
         _reject_foreign_flags(a, kind)
-        tok = ByteTokenizer() if a.tokenizer == "byte" else CharTokenizer.from_text(text)
+        tok = new_tokenizer(a.tokenizer, a.vocab_size, text, prepared)
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
-        model = cls(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
+        model = cls(model_vocab_size(tok, a.vocab_size, prepared), seed=a.seed, device=a.device, tokenizer=tok,
+                    precision=a.precision or "fp32", **arch)
     previous = (model._train_state or {}).get("fit", {}) if a.resume else {}
     o = _fit_options(a, previous)
     if a.resume and a.batch_size is None:
@@ -334,22 +357,25 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise CLIError(f"the run in {out!r} has made {model.optimizer_step} of its --steps {o['steps']}; "
                        "pass a larger --steps to train further")
     window = model._train_window(o["block_size"] if kind != "transformer" else None)
-    try:
-        ids = tok.encode(text)
-    except ValueError as e:  # a resumed run's tokenizer
-        raise CLIError(f"corpus {source} does not fit the tokenizer of the checkpoint in {out!r}: {e}") from None
-    train, val = train_val_split(ids, a.val_fraction)
+    if prepared is not None:
+        train, val = prepared.train, prepared.val
+    else:
+        try:
+            ids = encode_text(tok, text)
+        except ValueError as e:  # a resumed run's tokenizer
+            raise CLIError(f"corpus {source} does not fit the tokenizer of the checkpoint in {out!r}: {e}") from None
+        train, val = train_val_split(ids, a.val_fraction)
     if len(train) < window + 1:
         raise CLIError(f"corpus {source} is too short: {len(train)} training tokens, need at least "
                        f"block_size + 1 = {window + 1}")
-    if len(val) < 2:
+    if val is not None and len(val) < 2:
         val = None
     warmup = o["warmup_steps"] if o["warmup_steps"] is not None else min(100, o["steps"] // 10)
 
     if lead:
         ranks = f" on {world.size} ranks" if world.size > 1 else ""
         print(f"fastlm: training {model!r}{ranks} on {source}: {len(train):,} train / "
-              f"{len(val) if val is not None else 0:,} val tokens, vocab {tok.vocab_size}", file=sys.stderr)
+              f"{len(val) if val is not None else 0:,} val tokens, vocab {model.vocab_size}", file=sys.stderr)
 
     checkpoint_interval = a.checkpoint_interval or a.eval_interval
     recurrent = kind != "transformer"
@@ -403,6 +429,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .lm import LanguageModel
 
     _device(a.device)
+    _precision(a.precision)
     _set_threads(a.threads)
     if not os.path.exists(a.checkpoint):
         raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")
@@ -412,7 +439,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         raise CLIError(f"{a.checkpoint!r} is not a fastlm checkpoint (no config.json and model.safetensors)")
     if not a.greedy and not 0 < a.temperature < math.inf:
         raise CLIError(f"--temperature must be finite and > 0, got {a.temperature} (use --greedy for argmax decoding)")
-    model = LanguageModel.load(a.checkpoint, device=a.device)
+    model = LanguageModel.load(a.checkpoint, device=a.device, precision=a.precision)
     tok = model.tokenizer
     if tok is None:
         raise CLIError(f"the checkpoint in {a.checkpoint!r} has no tokenizer.json; cannot encode --prompt")
@@ -422,7 +449,10 @@ def _cmd_sample(a: argparse.Namespace) -> int:
         prompt = tok.encode(a.prompt)
     except ValueError as e:
         raise CLIError(f"--prompt: {e}") from None
-    kw = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, do_sample=not a.greedy, seed=a.seed)
+    if a.stop is not None and "" in a.stop:
+        raise CLIError("--stop must not be empty")
+    kw = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, do_sample=not a.greedy, seed=a.seed,
+              repetition_penalty=a.repetition_penalty, stop_strings=a.stop)
     outw = sys.stdout
     if a.num_samples == 1:
         # Stream: print each piece as it comes. The ids not shown yet are held
@@ -441,7 +471,9 @@ def _cmd_sample(a: argparse.Namespace) -> int:
                 pending = []
         outw.write(tok.decode(pending) + "\n")
     else:
-        batch = model.generate(prompt[None, :].repeat(a.num_samples, axis=0), a.max_new_tokens, **kw)
+        # With --stop, a list of prompts: each sample ends where it stops.
+        prompts = prompt[None, :].repeat(a.num_samples, axis=0) if a.stop is None else [a.prompt] * a.num_samples
+        batch = model.generate(prompts, a.max_new_tokens, **kw)
         for i, row in enumerate(batch):
             if i:
                 outw.write("---------------\n")
@@ -466,6 +498,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
         f"platform: {platform.platform()}",
         f"cpu isa: {info['cpu_isa']} (this machine can run: {', '.join(fastlm.available_cpu_isas())}; "
         f"compiled: {', '.join(info.get('cpu_isas', []))})",
+        f"precision: fp32{', bf16' if info['cpu_isa'] == 'avx512bf16' else ''} "
+        f"(bf16 needs the avx512bf16 ISA)",
         f"threads: {info['num_threads']}",
         f"compiler: {info.get('compiler', 'unknown')}, openmp: {info.get('openmp', False)}",
     ]
@@ -501,6 +535,13 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return int(rc) if isinstance(rc, int) else 0
 
 
+def _precision(precision: Optional[str]) -> None:
+    import fastlm
+    if precision == "bf16" and fastlm.cpu_isa() != "avx512bf16":
+        raise CLIError(f"--precision bf16 needs the avx512bf16 CPU ISA (AVX512_BF16); the active CPU ISA is "
+                       f"{fastlm.cpu_isa()!r}")
+
+
 def _device(device: str) -> None:
     from .lm import _check_device
     try:
@@ -519,7 +560,8 @@ def _set_threads(n: Optional[int]) -> None:
         raise CLIError(f"--threads: {e}") from None
 
 
-_COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "info": _cmd_info, "bench": _cmd_bench}
+_COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "tokenize": cmd_tokenize, "info": _cmd_info,
+             "bench": _cmd_bench}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -538,7 +580,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fastlm {fastlm.__version__}")
             return 0
         if a.command is None:
-            raise CLIError("a command is required: train, sample, info or bench (see 'fastlm --help')")
+            raise CLIError("a command is required: train, sample, tokenize, info or bench (see 'fastlm --help')")
         return _COMMANDS[a.command](a)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

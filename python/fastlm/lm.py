@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _C
 from ._checks import check_float as _check_float, check_int as _check_int
+from .bpe import BPETokenizer
 from .tokenizers import Tokenizer
 
 __all__ = ["LanguageModel"]
@@ -31,6 +32,21 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 # ----------------------------------------------------------------------- checks
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(precision: Any) -> str:
+    """A model's precision: "fp32", or "bf16" (mixed: float32 weights, gradients
+    and optimizer state; every GEMM on bfloat16-rounded operands with float32
+    accumulation; LayerNorm, softmax, attention and cross-entropy in float32).
+    Whether the CPU can run "bf16" is the core's check (ValueError)."""
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be a str ('fp32' or 'bf16'), got {type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
 
 def _check_device(device: Any) -> str:
     """The canonical device name; ``RuntimeError`` for CUDA (not available yet),
@@ -171,6 +187,9 @@ class LanguageModel:
 
     MODEL_TYPE = ""
     ARCH_KEYS: Tuple[str, ...] = ()
+    # Architecture keys that checkpoints written before they existed lack,
+    # with the value those checkpoints had.
+    ARCH_DEFAULTS: Dict[str, Any] = {}
     TIED: Dict[str, str] = {}
     DEFAULT_STEP: Dict[str, Any] = {"optimizer": "adamw", "betas": (0.9, 0.95), "eps": 1e-8,
                                     "weight_decay": 0.1, "momentum": 0.9}
@@ -182,11 +201,13 @@ class LanguageModel:
 
     # -- construction
 
-    def _build(self, arch: Dict[str, Any], seed: Any, device: Any, tokenizer: Any) -> None:
+    def _build(self, arch: Dict[str, Any], seed: Any, device: Any, tokenizer: Any,
+               precision: Any = "fp32") -> None:
         arch = self._check_arch(**arch)
         seed = _check_int(seed, "seed", 0, 2**63 - 1)  # a checkpoint stores it as an int64
         device = _check_device(device)
-        self._config: Dict[str, Any] = dict(arch, seed=seed, device=device)
+        precision = _check_precision(precision)
+        self._config: Dict[str, Any] = dict(arch, seed=seed, device=device, precision=precision)
         self.tokenizer = tokenizer
         try:
             self._g = self._make_core(arch)
@@ -228,8 +249,8 @@ class LanguageModel:
 
     @property
     def config(self) -> Dict[str, Any]:
-        """The architecture arguments plus ``seed`` and ``device`` (a copy);
-        ``type(model)(**model.config)`` builds the same architecture."""
+        """The architecture arguments plus ``seed``, ``device`` and ``precision``
+        (a copy); ``type(model)(**model.config)`` builds the same architecture."""
         return dict(self._config)
 
     @property
@@ -240,15 +261,18 @@ class LanguageModel:
     @property
     def tokenizer(self) -> Optional[Tokenizer]:
         """The tokenizer saved and loaded with the model, or None. Assigning
-        checks it: a Tokenizer whose vocab_size does not exceed the model's."""
+        checks it: a Tokenizer whose vocab_size does not exceed the model's;
+        a ``tokenizers.Tokenizer`` is wrapped in a :class:`~fastlm.bpe.BPETokenizer`."""
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, tokenizer: Optional[Tokenizer]) -> None:
         if tokenizer is not None:
+            if BPETokenizer.accepts(tokenizer):
+                tokenizer = BPETokenizer(tokenizer)
             if not isinstance(tokenizer, Tokenizer):
-                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer) "
-                                f"or None, got {type(tokenizer).__name__}")
+                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer, "
+                                f"BPETokenizer), a tokenizers.Tokenizer or None, got {type(tokenizer).__name__}")
             if tokenizer.vocab_size > self.vocab_size:
                 raise ValueError(f"tokenizer.vocab_size ({tokenizer.vocab_size}) exceeds vocab_size "
                                  f"({self.vocab_size})")
@@ -484,27 +508,37 @@ class LanguageModel:
         from .train import evaluate
         return evaluate(self, tokens, batch_size=batch_size, max_batches=max_batches)
 
-    def generate(self, prompt: Union[IdsLike, str], max_new_tokens: int, *, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = True,
-                 seed: Optional[int] = None, eos_token_id: Optional[int] = None,
-                 stream: bool = False) -> Union[np.ndarray, Iterator[Any]]:
+    def generate(self, prompt: Union[IdsLike, str, Sequence[Union[IdsLike, str]]], max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 do_sample: bool = True, seed: Optional[int] = None,
+                 eos_token_id: Union[None, int, Sequence[int]] = None, stream: bool = False,
+                 repetition_penalty: float = 1.0, stop_strings: Union[None, str, Sequence[str]] = None,
+                 min_new_tokens: int = 0, num_return_sequences: int = 1, return_logprobs: bool = False,
+                 pad_token_id: Optional[int] = None) -> Any:
         """Continue ``prompt`` by ``max_new_tokens`` tokens, each costing one
         incremental step of the C++ model (KV cache or recurrent state).
 
         Returns the prompt followed by the new ids (int64; 1-D for a 1-D
-        prompt, (B, T0 + n) for a (B, T0) batch), or with ``stream=True`` an
-        iterator over the new ids as they are made. With a tokenizer of fewer
-        ids than ``vocab_size`` (a padded vocabulary), only ids it can decode
-        are drawn. See
+        prompt, (B, T0 + n) for a (B, T0) batch, a list of 1-D arrays for a
+        list of prompts of different lengths or of strs), or with
+        ``stream=True`` an iterator over the new ids as they are made; with
+        ``return_logprobs=True`` also the new tokens' log-probabilities. With a
+        tokenizer of fewer ids than ``vocab_size`` (a padded vocabulary), only
+        ids it can decode are drawn. Hugging Face's names: see
         :func:`fastlm.sampling.generate` for every argument.
         """
         from .sampling import generate
         return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        do_sample=do_sample, seed=seed, eos_token_id=eos_token_id, stream=stream)
+                        do_sample=do_sample, seed=seed, eos_token_id=eos_token_id, stream=stream,
+                        repetition_penalty=repetition_penalty, stop_strings=stop_strings,
+                        min_new_tokens=min_new_tokens, num_return_sequences=num_return_sequences,
+                        return_logprobs=return_logprobs, pad_token_id=pad_token_id)
 
-    def _decoder(self, ids: np.ndarray) -> Any:
+    def _decoder(self, ids: np.ndarray, lengths: Optional[np.ndarray] = None) -> Any:
         """A decoding session over the batch ``ids`` (B, T0): an object with
-        ``logits`` (B, V) for the next token and ``push(tokens (B,))``."""
+        ``logits`` (B, V) for the next token and ``push(tokens (B,))``. With
+        ``lengths`` (B,), row i is the prompt ``ids[i, :lengths[i]]`` (right
+        padding), and each row decodes as that prompt alone would."""
         raise NotImplementedError
 
     # -- checkpoints
@@ -534,6 +568,7 @@ class LanguageModel:
         cfg: Dict[str, Any] = {"model_type": self.MODEL_TYPE}
         cfg.update({k: self._config[k] for k in self.ARCH_KEYS})
         cfg["seed"] = self._config["seed"]
+        cfg["precision"] = self._config["precision"]
         cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
         with self._lock:  # a training step in another thread waits: one step's state
             opt = self._optimizer_state() if self._g.step_count > 0 else None
@@ -554,39 +589,51 @@ class LanguageModel:
                             trainer_state=state, tokenizer=self.tokenizer)
 
     @classmethod
-    def load(cls, path: PathLike, *, device: str = "cpu") -> "LanguageModel":
+    def load(cls, path: PathLike, *, device: str = "cpu", precision: Optional[str] = None) -> "LanguageModel":
         """Load a checkpoint directory written by :meth:`save` (or by ``fit``):
         weights, tokenizer, optimizer state and training progress. Called on
         :class:`LanguageModel` it builds whichever model the checkpoint holds.
 
         Raises ``FileNotFoundError`` for a missing directory, ``config.json`` or
         ``model.safetensors``; ``ValueError`` naming the file for a truncated,
-        corrupt or mismatched one.
+        corrupt or mismatched one. precision: the checkpoint's (``"fp32"`` when it
+        names none) unless given (a ``"bf16"`` run continued in ``"fp32"`` on a CPU
+        without AVX512_BF16, say).
         """
         from .checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
         device = _check_device(device)
+        if precision is not None:
+            precision = _check_precision(precision)
         ckpt = load_checkpoint(path)
         cfg = ckpt.config
         cpath = os.path.join(ckpt.path, CONFIG_FILE)
         mt = cfg.get("model_type", "transformer")
         kinds = {k.MODEL_TYPE: k for k in _model_classes()}
         if not isinstance(mt, str) or mt not in kinds:
+            hint = "; a Hugging Face GPT-2 directory loads with Transformer.from_pretrained" if mt == "gpt2" else ""
             raise ValueError(f"checkpoint file {cpath!r}: unknown model_type {mt!r} (expected one of "
-                             f"{sorted(kinds)})")
+                             f"{sorted(kinds)}){hint}")
         if cls is not LanguageModel and kinds[mt] is not cls:
             raise ValueError(f"checkpoint file {cpath!r}: model_type {mt!r} is not {cls.MODEL_TYPE!r}")
         kind = kinds[mt]
         try:
-            arch = {k: cfg[k] for k in kind.ARCH_KEYS}
+            arch = {k: cfg[k] if k in cfg or k not in kind.ARCH_DEFAULTS else kind.ARCH_DEFAULTS[k]
+                    for k in kind.ARCH_KEYS}
         except KeyError as e:
             raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
+        if precision is None:
+            precision = cfg.get("precision", "fp32")
+            if precision == "bf16" and _C.cpu_isa() != "avx512bf16":
+                raise ValueError(f"checkpoint file {cpath!r}: the model runs in precision 'bf16', which needs the "
+                                 f"avx512bf16 CPU ISA (AVX512_BF16; the active CPU ISA is {_C.cpu_isa()!r}); "
+                                 "load it with precision='fp32'")
         model = kind.__new__(kind)
         try:
             arch = model._check_arch(**arch)
             # config.json's sizes must be those of the weights before _build allocates them.
             diff = _sizes_disagree(kind, arch, ckpt.tensors)
             if not diff:
-                model._build(arch, cfg.get("seed", 0), device, None)
+                model._build(arch, cfg.get("seed", 0), device, None, precision)
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
         if diff:
@@ -601,8 +648,8 @@ class LanguageModel:
         from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
         from .train import _check_fit_record
         cfg = ckpt.config
-        diff = [f"{k}: checkpoint {cfg.get(k)!r}, model {self._config[k]!r}"
-                for k in self.ARCH_KEYS if cfg.get(k) != self._config[k]]
+        diff = [f"{k}: checkpoint {cfg.get(k, self.ARCH_DEFAULTS.get(k))!r}, model {self._config[k]!r}"
+                for k in self.ARCH_KEYS if cfg.get(k, self.ARCH_DEFAULTS.get(k)) != self._config[k]]
         if cfg.get("model_type", "transformer") != self.MODEL_TYPE:
             diff.insert(0, f"model_type: checkpoint {cfg.get('model_type')!r}, model {self.MODEL_TYPE!r}")
         if diff:

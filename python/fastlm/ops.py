@@ -103,22 +103,29 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
     bias: (N,) added to every row, or None. Returns c (M, N) float32.
     Transposes are read in place (no copies).
 
-    precision: ``"highest"`` (float32 arithmetic) or ``"tf32"``, which lets
+    precision: ``"highest"`` (float32 arithmetic), ``"tf32"``, which lets
     float32 GPU operands be rounded to TF32 on tensor cores (as PyTorch's
-    ``allow_tf32``); the CPU always computes in float32. bfloat16 GPU operands
-    (a, b and bias all bfloat16) give a bfloat16 c, accumulated in float32.
+    ``allow_tf32``; the CPU computes in float32), or ``"bf16"`` (CPU): a and b
+    rounded to bfloat16 (nearest even, subnormals to zero), products
+    accumulated and c returned in float32. ``"bf16"`` needs the ``avx512bf16``
+    CPU ISA (AVX512_BF16) and raises ValueError on any other. bfloat16 GPU
+    operands (a, b and bias all bfloat16) give a bfloat16 c, accumulated in
+    float32.
     """
     if not isinstance(precision, str):
-        raise TypeError(f"matmul: precision must be a str ('highest' or 'tf32'), got "
+        raise TypeError(f"matmul: precision must be a str ('highest', 'tf32' or 'bf16'), got "
                         f"{type(precision).__name__}")
-    if precision not in ("highest", "tf32"):
-        raise ValueError(f"matmul: precision must be 'highest' or 'tf32', got {precision!r}")
+    if precision not in ("highest", "tf32", "bf16"):
+        raise ValueError(f"matmul: precision must be 'highest', 'tf32' or 'bf16', got {precision!r}")
     trans_a = check_bool(trans_a, "matmul: trans_a")
     trans_b = check_bool(trans_b, "matmul: trans_b")
     dev = _device_args("matmul", a=a, b=b, bias=bias)
     if dev is not None:
+        if precision == "bf16":
+            raise ValueError("matmul: precision 'bf16' is for float32 CPU arrays; on a GPU pass "
+                             "bfloat16 arrays")
         return _C.cuda_matmul(dev["a"], dev["b"], trans_a, trans_b, dev["bias"], precision)
-    return _C.matmul(a, b, trans_a, trans_b, bias)
+    return _C.matmul(a, b, trans_a, trans_b, bias, precision)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -166,20 +173,31 @@ def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: 
     return _C.layernorm_backward(dy, x, weight, mean, rstd)
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GPT-2's tanh GELU, elementwise: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+def _gelu_exact(op: str, approximate: str) -> bool:
+    """PyTorch's ``approximate`` argument: "tanh" or "none" (the erf GELU)."""
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return approximate == "none"
+
+
+def gelu(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
+    """GELU, elementwise, float32 of any shape. ``approximate="tanh"`` (GPT-2's):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); ``"none"``: the exact
+    x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), as ``torch.nn.functional.gelu``."""
+    exact = _gelu_exact("gelu", approximate)
     dev = _device_args("gelu", x=x)
     if dev is not None:
-        return _C.cuda_gelu(dev["x"])
-    return _C.gelu(x)
+        return _C.cuda_gelu(dev["x"], exact)
+    return _C.gelu(x, exact)
 
 
-def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """dx = dy * gelu'(x); dy and x of the same shape."""
+def gelu_backward(dy: np.ndarray, x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
+    """dx = dy * gelu'(x); dy and x float32 of the same shape; ``approximate`` as :func:`gelu`."""
+    exact = _gelu_exact("gelu_backward", approximate)
     dev = _device_args("gelu_backward", dy=dy, x=x)
     if dev is not None:
-        return _C.cuda_gelu_backward(dev["dy"], dev["x"])
-    return _C.gelu_backward(dy, x)
+        return _C.cuda_gelu_backward(dev["dy"], dev["x"], exact)
+    return _C.gelu_backward(dy, x, exact)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,

@@ -47,6 +47,9 @@ class RecurrentLM(LanguageModel):
         default seed of :meth:`fit`'s batch sampler.
     device: ``"cpu"`` (see :class:`fastlm.Transformer`).
     tokenizer: optional, as for :class:`fastlm.Transformer`.
+    precision: ``"fp32"`` or ``"bf16"`` (every GEMM, the per-step recurrent one
+        included, on bfloat16 operands; cells, loss and Adam in float32), as for
+        :class:`fastlm.Transformer`.
 
     Ids are integer arrays (B, T) of any length T >= 1; logits float32
     (B, T, vocab_size). :meth:`step` defaults to Adam (betas (0.9, 0.999),
@@ -65,9 +68,10 @@ class RecurrentLM(LanguageModel):
     DEFAULT_WINDOW = 64
 
     def __init__(self, vocab_size: int, *, embed_dim: int = 128, hidden_size: int = 256, num_layers: int = 2,
-                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None) -> None:
+                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None,
+                 precision: str = "fp32") -> None:
         self._build({"vocab_size": vocab_size, "embed_dim": embed_dim, "hidden_size": hidden_size,
-                     "num_layers": num_layers}, seed, device, tokenizer)
+                     "num_layers": num_layers}, seed, device, tokenizer, precision)
         self._init_weights()
 
     def _check_arch(self, **arch: Any) -> Dict[str, Any]:
@@ -75,7 +79,7 @@ class RecurrentLM(LanguageModel):
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         return _C.RNNLM(self.CELL, arch["vocab_size"], arch["embed_dim"], arch["hidden_size"],
-                        arch["num_layers"])
+                        arch["num_layers"], precision=self._config["precision"])
 
     def _param_names(self, arch: Dict[str, Any]) -> List[str]:
         names = ["embedding.weight"]
@@ -147,8 +151,8 @@ class RecurrentLM(LanguageModel):
             self._g.reset_state()
             self._carried = None
 
-    def _decoder(self, ids: np.ndarray) -> "_RecurrentDecoder":
-        return _RecurrentDecoder(self, ids)
+    def _decoder(self, ids: np.ndarray, lengths: Optional[np.ndarray] = None) -> "_RecurrentDecoder":
+        return _RecurrentDecoder(self, ids, lengths)
 
 
 class LSTMLM(RecurrentLM):
@@ -167,20 +171,42 @@ class GRULM(RecurrentLM):
 
 class _RecurrentDecoder:
     """Decoding with the carried recurrent state: the prompt runs once, then
-    each new token is one step of every layer, O(1) in the length so far."""
+    each new token is one step of every layer, O(1) in the length so far.
 
-    def __init__(self, model: RecurrentLM, ids: np.ndarray) -> None:
+    Prompts of different lengths (``lengths``, rows right-padded in ``ids``)
+    run as one batch per length, so no row's state sees padding; their final
+    states are then joined and every step runs the whole batch."""
+
+    def __init__(self, model: RecurrentLM, ids: np.ndarray, lengths: Optional[np.ndarray] = None) -> None:
         self.model = model
         self.seq = np.ascontiguousarray(ids)
+        self.lengths = None if lengths is None else np.array(lengths, dtype=np.int64)
         self._prefill()
 
     def _prefill(self) -> None:
         with self.model._lock:
-            self.logits = self.model._g.decode(self.seq, False)
+            g = self.model._g
+            if self.lengths is None:
+                self.logits = g.decode(self.seq, False)
+            else:
+                parts = []
+                for n in np.unique(self.lengths):
+                    rows = np.flatnonzero(self.lengths == n)
+                    parts.append((rows, g.decode(np.ascontiguousarray(self.seq[rows, :n]), False), g.state()))
+                order = np.argsort(np.concatenate([rows for rows, _, _ in parts]), kind="stable")
+                self.logits = np.concatenate([lg for _, lg, _ in parts])[order]
+                h = np.concatenate([st[0] for _, _, st in parts], axis=1)[:, order]
+                c = None if parts[0][2][1] is None else np.concatenate([st[1] for _, _, st in parts], axis=1)[:, order]
+                g.set_state(np.ascontiguousarray(h), None if c is None else np.ascontiguousarray(c))
             self.model._cache_owner = self
 
     def push(self, tokens: np.ndarray) -> None:
-        self.seq = np.concatenate([self.seq, tokens[:, None]], axis=1)
+        if self.lengths is None:
+            self.seq = np.concatenate([self.seq, tokens[:, None]], axis=1)
+        else:  # each row's token goes after its own last one
+            self.seq = np.concatenate([self.seq, np.zeros_like(tokens)[:, None]], axis=1)
+            self.seq[np.arange(len(tokens)), self.lengths] = tokens
+            self.lengths += 1
         with self.model._lock:
             if self.model._cache_owner is self:
                 self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), True)

@@ -1,14 +1,17 @@
 """Autoregressive generation: the decoding loop and the C++ sampler.
 
-Each model supplies a decoding session (``model._decoder(ids)``): the
-Transformer's keeps a KV cache, the recurrent models' the recurrent state, so
-each new token costs one incremental step of the C++ model. Sampling
-(temperature, top-k, top-p, greedy) runs in C++ (``fastlm._C.Sampler``) with a
-seeded generator: the same seed gives the same tokens.
+Each model supplies a decoding session (``model._decoder(ids, lengths)``):
+the Transformer's keeps a KV cache, the recurrent models' the recurrent
+state, so each new token costs one incremental step of the C++ model.
+Sampling (temperature, top-k, top-p, greedy) and the per-token logits
+processors (repetition penalty, eos suppressed until ``min_new_tokens``) run
+in C++ (``fastlm._C.Sampler``) with a seeded generator: the same seed gives
+the same tokens. Hugging Face's ``generate`` is the model for every name and
+its meaning.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -19,34 +22,96 @@ from .lm import _as_ids
 __all__ = ["generate"]
 
 
-def _check_prompt(model: Any, prompt: Any) -> tuple:
-    """(ids (B, T0) int64, was_1d)."""
+def _encode(model: Any, text: str, name: str) -> np.ndarray:
+    if model.tokenizer is None:
+        raise TypeError(f"{name} is a str but the model has no tokenizer; pass token ids "
+                        "(or build the model with tokenizer=...)")
+    return np.asarray(model.tokenizer.encode(text), dtype=np.int64)
+
+
+def _check_prompt(model: Any, prompt: Any) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
+    """The prompts as ids (B, T) int64, right-padded with 0 when ``lengths``
+    (B,) is not None (prompts of different lengths); and the form of the
+    result: ``"one"`` (a 1-D prompt or a str), ``"batch"`` (a rectangular
+    (B, T) batch) or ``"list"`` (a list of str prompts, or of id prompts of
+    different lengths)."""
+    V = model.vocab_size
     if isinstance(prompt, str):
-        if model.tokenizer is None:
-            raise TypeError("prompt is a str but the model has no tokenizer; pass token ids "
-                            "(or build the model with tokenizer=...)")
-        prompt = model.tokenizer.encode(prompt)
-    ids = _as_ids(prompt, "prompt", model.vocab_size, ndim=None)
-    if ids.ndim not in (1, 2):
-        raise ValueError(f"prompt must be 1-D ids or a 2-D batch (B, T), got shape {ids.shape}")
-    one = ids.ndim == 1
-    if one:
-        ids = ids[None, :]
-    if ids.shape[0] < 1 or ids.shape[1] < 1:
-        raise ValueError(f"prompt must hold at least one token, got shape {ids.shape if not one else ids.shape[1:]}")
-    return np.ascontiguousarray(ids), one
+        rows, kind = [_encode(model, prompt, "prompt")], "one"
+    elif isinstance(prompt, (list, tuple)) and prompt and any(isinstance(p, str) for p in prompt):
+        if not all(isinstance(p, str) for p in prompt):
+            raise TypeError("prompt mixes str and token ids; pass all prompts as str or all as ids")
+        rows, kind = [_encode(model, p, f"prompt[{i}]") for i, p in enumerate(prompt)], "list"
+    elif isinstance(prompt, (list, tuple)) and prompt and all(
+            isinstance(p, (list, tuple, np.ndarray)) for p in prompt) and len({len(p) for p in prompt}) > 1:
+        rows, kind = [_as_ids(p, f"prompt[{i}]", V, ndim=1) for i, p in enumerate(prompt)], "list"
+    else:
+        ids = _as_ids(prompt, "prompt", V, ndim=None)
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"prompt must be 1-D ids or a 2-D batch (B, T) (or a list of prompts), got shape "
+                             f"{ids.shape}")
+        one = ids.ndim == 1
+        if one:
+            ids = ids[None, :]
+        if ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise ValueError(f"prompt must hold at least one token, got shape {ids.shape[1:] if one else ids.shape}")
+        return np.ascontiguousarray(ids), None, "one" if one else "batch"
+    for i, r in enumerate(rows):
+        where = "" if kind == "one" else f"[{i}]"
+        if r.size < 1:
+            raise ValueError(f"prompt{where} must hold at least one token")
+        if r.max() >= V:  # a tokenizer's ids beyond the model's vocabulary
+            raise ValueError(f"prompt{where} holds id {int(r.max())}, outside [0, {V})")
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    ids = np.zeros((len(rows), int(lengths.max())), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    return ids, (None if kind == "one" else lengths), kind
+
+
+def _check_ids(v: Any, name: str, vocab_size: int) -> Optional[np.ndarray]:
+    """An int or a non-empty list of ints, each in [0, vocab_size), as a 1-D
+    int64 array (None stays None)."""
+    if v is None:
+        return None
+    items = list(v) if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim > 0) else [v]
+    if not items:
+        raise ValueError(f"{name} must be an int or a non-empty list of ints, got an empty list")
+    items = [t.item() if isinstance(t, np.ndarray) and t.ndim == 0 else t for t in items]
+    # In the order given (the first is the default pad_token_id, as Hugging Face's), once each.
+    return np.array(list(dict.fromkeys(_check_int(t, name, 0, vocab_size - 1) for t in items)), dtype=np.int64)
+
+
+def _check_stop(stop_strings: Any, model: Any) -> Optional[List[str]]:
+    if stop_strings is None:
+        return None
+    items = [stop_strings] if isinstance(stop_strings, str) else stop_strings
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(s, str) for s in items):
+        raise TypeError("stop_strings must be a str or a non-empty list of str, got "
+                        f"{type(stop_strings).__name__}")
+    if any(s == "" for s in items):
+        raise ValueError("stop_strings must not contain an empty string (it would stop at once)")
+    if model.tokenizer is None:
+        raise ValueError("stop_strings needs the model's tokenizer to decode the tokens; this model has none")
+    return list(items)
 
 
 def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = True,
-             seed: Optional[int] = None, eos_token_id: Optional[int] = None,
-             stream: bool = False) -> Union[np.ndarray, Iterator[Any]]:
+             seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = None,
+             stream: bool = False, repetition_penalty: float = 1.0,
+             stop_strings: Union[None, str, Sequence[str]] = None, min_new_tokens: int = 0,
+             num_return_sequences: int = 1, return_logprobs: bool = False,
+             pad_token_id: Optional[int] = None) -> Any:
     """Continue ``prompt`` by up to ``max_new_tokens`` tokens (Hugging Face's names).
 
-    prompt: 1-D integer ids (T0,), a 2-D batch (B, T0), or a str when the
-        model has a tokenizer (encoded with it; the result is still ids).
-        Non-empty, every id in [0, vocab_size). Longer than block_size is
-        fine: the model sees the last block_size tokens.
+    prompt: 1-D integer ids (T0,), a 2-D batch (B, T0), a str when the model
+        has a tokenizer (encoded with it; the result is still ids), or a list
+        of prompts of different lengths (lists of ids, or strs): a ragged
+        batch, whose result is a list with one 1-D array per row, each what
+        that prompt alone would give (greedy: the same ids). Non-empty, every
+        id in [0, vocab_size). Longer than block_size is fine: the model sees
+        the last block_size tokens.
     max_new_tokens: >= 0.
     temperature: > 0, divides the logits (only used when sampling).
     top_k: keep the k most likely tokens (>= 1; None: all); clamped to the
@@ -56,10 +121,37 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
     do_sample: False picks the argmax (greedy; temperature, top_k, top_p unused).
     seed: seeds the C++ sampler (an int in [0, 2**64)); the same seed, prompt
         and settings give the same tokens. None draws a fresh seed.
-    eos_token_id: a sequence that emits it is finished; in a batch, finished
-        rows keep emitting it, and generation stops once every row is finished.
+    eos_token_id: an id or a list of ids; a sequence that emits one is
+        finished (the id is kept as its last token).
+    repetition_penalty: > 0 (1: off). Hugging Face's: the logit of every id
+        already in the sequence (prompt included) is divided by it when
+        positive and multiplied by it when negative, before temperature,
+        top-k and top-p; > 1 discourages repeats.
+    stop_strings: a str or a list of str (non-empty; needs the model's
+        tokenizer). A sequence is finished by the token that completes one
+        of them in its decoded text (Hugging Face's StopStringCriteria: the
+        match must overlap that token's text, and may begin in the prompt);
+        that token is kept.
+    min_new_tokens: >= 0; the eos ids are never drawn before this many new
+        tokens (Hugging Face's MinNewTokensLengthLogitsProcessor).
+    num_return_sequences: >= 1 continuations per prompt, rows i*n .. i*n+n-1
+        for prompt i (as Hugging Face orders them); needs do_sample=True (a
+        greedy search would repeat one sequence). A 1-D prompt then gives a
+        2-D result.
+    return_logprobs: also return, for every new token, its log-probability
+        under the distribution it was drawn from: the logits after the
+        processors (repetition penalty, eos suppression, and when sampling
+        temperature, top-k, top-p), log-softmaxed; Hugging Face's
+        ``compute_transition_scores(sequences, scores, normalize_logits=True)``
+        with ``output_scores=True``. float32, shaped as the new tokens.
+    pad_token_id: fills a batch row after it finished (eos or a stop string)
+        while others go on; default: the first eos id. A batch that returns
+        one array (a 2-D prompt, or num_return_sequences > 1) or streams,
+        with stop_strings and no eos id, needs it.
     stream: return an iterator yielding each new token as it is made (an int
-        for a 1-D prompt, an int64 array (B,) for a batch) instead of the array.
+        for a 1-D prompt, an int64 array (B,) otherwise, finished rows
+        yielding pad_token_id), or with return_logprobs (token, logprob)
+        pairs, instead of the array.
 
     New ids are drawn from [0, vocab_size), or from [0, tokenizer.vocab_size)
     when the model has a tokenizer with fewer ids (a padded vocabulary): the
@@ -67,10 +159,14 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
     sampling or the argmax.
 
     Returns the prompt followed by the new ids, int64: (T0 + n,) for a 1-D
-    prompt, (B, T0 + n) for a batch, n <= max_new_tokens (less only on eos).
-    Arguments are checked at the call, also with ``stream=True``.
+    prompt, (B * num_return_sequences, T0 + n) for a batch, n <=
+    max_new_tokens (less when every row finished); a list of such 1-D arrays
+    for a ragged batch, each ending where its row finished. With
+    return_logprobs a pair (ids, logprobs), logprobs (n,), (rows, n) or a
+    list, 0.0 where a finished row was padded. Arguments are checked at the
+    call (TypeError or ValueError naming the argument), also with ``stream=True``.
     """
-    ids, one = _check_prompt(model, prompt)
+    ids, lengths, kind = _check_prompt(model, prompt)
     max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
     do_sample = check_bool(do_sample, "do_sample")
     temperature = _check_float(temperature, "temperature")
@@ -86,38 +182,144 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
         seed = int(np.random.SeedSequence().entropy) % (1 << 64)
     else:
         seed = _check_int(seed, "seed", 0, (1 << 64) - 1)
-    if eos_token_id is not None:
-        eos_token_id = _check_int(eos_token_id, "eos_token_id", 0, V - 1)
+    eos = _check_ids(eos_token_id, "eos_token_id", V)
     stream = check_bool(stream, "stream")
+    penalty = _check_float(repetition_penalty, "repetition_penalty", 0.0, strict=True)
+    stops = _check_stop(stop_strings, model)
+    min_new_tokens = _check_int(min_new_tokens, "min_new_tokens", 0)
+    n_ret = _check_int(num_return_sequences, "num_return_sequences", 1)
+    if n_ret > 1 and not do_sample:
+        raise ValueError(f"num_return_sequences={n_ret} needs do_sample=True: greedy decoding gives one sequence "
+                         "per prompt")
+    return_logprobs = check_bool(return_logprobs, "return_logprobs")
+    pad = None if pad_token_id is None else _check_int(pad_token_id, "pad_token_id", 0, V - 1)
+    if pad is None and eos is not None:
+        pad = int(eos[0])
+    suppress = None
+    if eos is not None and min_new_tokens > 0:
+        suppress = eos[eos < n_ids]
+        if len(suppress) == n_ids:
+            raise ValueError(f"min_new_tokens={min_new_tokens} with eos_token_id covering every id the model can "
+                             "draw leaves nothing to draw")
+        suppress = suppress if len(suppress) else None
+    if n_ret > 1:
+        ids = np.repeat(ids, n_ret, axis=0)
+        lengths = None if lengths is None else np.repeat(lengths, n_ret)
+        kind = "batch" if kind == "one" else kind
+    B = ids.shape[0]
+    if stops is not None and pad is None and (kind == "batch" or (stream and B > 1)):
+        raise ValueError("stop_strings in a batch needs pad_token_id (or eos_token_id) for the rows that stop "
+                         "early; or pass the prompts as a list to get one array per row")
 
-    it = _decode_loop(model, ids, max_new_tokens, n_ids, float(temperature) if do_sample else 1.0, k, p,
-                      bool(do_sample), seed, eos_token_id)
+    it = _decode_loop(model, ids, lengths, max_new_tokens, n_ids, float(temperature) if do_sample else 1.0, k, p,
+                      do_sample, seed, eos, pad, penalty, suppress, min_new_tokens, stops, return_logprobs)
     if stream:
-        return (int(t[0]) for t in it) if one else it
-    new: List[np.ndarray] = list(it)
-    out = np.concatenate([ids] + [t[:, None] for t in new], axis=1) if new else ids.copy()
-    return out[0] if one else out
+        if kind == "one":
+            return ((int(t[0]), float(lp[0])) if return_logprobs else int(t[0]) for t, lp, _ in it)
+        return ((t, lp) if return_logprobs else t for t, lp, _ in it)
+    steps = list(it)
+    new = np.stack([t for t, _, _ in steps], axis=1) if steps else np.zeros((B, 0), np.int64)
+    lps = np.stack([lp for _, lp, _ in steps], axis=1) if steps and return_logprobs else \
+        np.zeros((B, len(steps)), np.float32)
+    if kind == "list":
+        # Each row ends at the step it finished in (the last step it was live).
+        live = np.stack([a for _, _, a in steps], axis=1) if steps else np.zeros((B, 0), bool)
+        ends = live.sum(axis=1)
+        n0 = np.full(B, ids.shape[1]) if lengths is None else lengths
+        out: Any = [np.concatenate([ids[i, :n0[i]], new[i, :ends[i]]]) for i in range(B)]
+        lp_out: Any = [lps[i, :ends[i]].copy() for i in range(B)]
+    else:
+        out = np.concatenate([ids, new], axis=1)
+        lp_out = lps
+        if kind == "one":
+            out, lp_out = out[0], lp_out[0]
+    return (out, lp_out) if return_logprobs else out
 
 
-def _decode_loop(model: Any, ids: np.ndarray, max_new_tokens: int, n_ids: int, temperature: float, top_k: int,
-                 top_p: float, do_sample: bool, seed: int, eos: Optional[int]) -> Iterator[np.ndarray]:
-    """Yield the new tokens (B,) one step at a time, each drawn from the ids
-    [0, n_ids)."""
+class _StopStrings:
+    """Hugging Face's stop-string test per row: after each token, whether a
+    stop string occurs in the row's decoded text overlapping that token's
+    text. Decoding is incremental (ids are held while they decode to a
+    partial character), so the cost per token does not grow with the text."""
+
+    def __init__(self, tokenizer: Any, stops: List[str], rows: Sequence[np.ndarray]) -> None:
+        self.tok, self.stops = tokenizer, stops
+        keep = max(len(s) for s in stops) - 1
+        self.keep = keep
+        self.text = [self._tail(r) if keep else "" for r in rows]  # where a stop string may begin
+        self.pending: List[List[int]] = [[] for _ in rows]
+
+    def _tail(self, ids: np.ndarray) -> str:
+        """The last ``keep`` characters of the prompt ``ids`` (a few ids more
+        than that are decoded, in case some decode to nothing)."""
+        tail = ids[-(self.keep + 8):]
+        return self.tok.decode(tail[tail < self.tok.vocab_size])[-self.keep:]
+
+    def hit(self, row: int, token: int) -> bool:
+        self.pending[row].append(token)
+        piece = self.tok.decode(self.pending[row])
+        if piece.endswith("\ufffd"):  # the start of a character: wait for the rest
+            return False
+        self.pending[row] = []
+        text = self.text[row] + piece
+        found = any(s in text[max(0, len(text) - len(piece) - len(s) + 1):] for s in self.stops)
+        self.text[row] = text[-self.keep:] if self.keep else ""
+        return found
+
+
+def _decode_loop(model: Any, ids: np.ndarray, lengths: Optional[np.ndarray], max_new_tokens: int, n_ids: int,
+                 temperature: float, top_k: int, top_p: float, do_sample: bool, seed: int,
+                 eos: Optional[np.ndarray], pad: Optional[int], penalty: float, suppress: Optional[np.ndarray],
+                 min_new_tokens: int, stops: Optional[List[str]], want_logprobs: bool
+                 ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (tokens (B,) int64, logprobs (B,) float32, live (B,) bool) one
+    step at a time: the new ids, drawn from [0, n_ids) (``pad`` for rows
+    finished before the step, whose ``live`` is False; -1 if there is no pad),
+    and their log-probabilities (0 where padded or not asked for). Row i's
+    prompt is ``ids[i, :lengths[i]]`` (all of ``ids[i]`` when lengths is None)."""
     if max_new_tokens == 0:
         return
+    B, T = ids.shape
+    n0 = np.full(B, T, dtype=np.int64) if lengths is None else lengths
+    ragged = not (n0 == T).all()
     sampler = _C.Sampler(seed)
-    session = model._decoder(ids)
-    finished = np.zeros(ids.shape[0], dtype=bool)
+    session = model._decoder(ids, n0 if ragged else None)
+    finished = np.zeros(B, dtype=bool)
+    seen = None
+    if penalty != 1.0:
+        seen = np.zeros((B, n_ids), dtype=np.float32)
+        r, c = np.nonzero((ids < n_ids) & (np.arange(T) < n0[:, None]))
+        seen[r, ids[r, c]] = 1.0
+    stopper = None if stops is None else _StopStrings(model.tokenizer, stops, [ids[i, :n0[i]] for i in range(B)])
+    lp = np.zeros(B, dtype=np.float32)
+    fill = -1 if pad is None else pad
+    can_finish = eos is not None or stopper is not None
+    live = np.ones(B, dtype=bool)
     for i in range(max_new_tokens):
         if not np.isfinite(session.logits).all():
             raise FloatingPointError(f"generate: the model's logits hold NaN or inf at new token {i + 1}; its "
                                      "weights have likely diverged (a learning rate too high for them)")
         logits = np.ascontiguousarray(session.logits[:, :n_ids])
-        nxt = np.asarray(sampler.sample(logits, temperature, top_k, top_p, do_sample), dtype=np.int64)
-        if eos is not None:
-            nxt = np.where(finished, eos, nxt)
-            finished |= nxt == eos
-        yield nxt.copy()
-        if i + 1 == max_new_tokens or (eos is not None and finished.all()):
+        nxt = sampler.sample(logits, temperature, top_k, top_p, do_sample, penalty, seen,
+                             suppress if i < min_new_tokens else None, lp if want_logprobs else None)
+        if can_finish:
+            live = ~finished
+            done = np.zeros(B, dtype=bool) if eos is None else (nxt[:, None] == eos).any(axis=1)
+            if stopper is not None:
+                for r in np.flatnonzero(live):
+                    done[r] |= stopper.hit(int(r), int(nxt[r]))
+        if seen is not None:
+            seen[live, nxt[live]] = 1.0
+        all_done = False
+        if can_finish:
+            if finished.any():
+                nxt[finished] = fill
+                lp[finished] = 0.0
+            finished |= done
+            all_done = finished.all()
+        yield nxt.copy(), (lp.copy() if want_logprobs else lp), live
+        if i + 1 == max_new_tokens or all_done:
             return
-        session.push(nxt)
+        # Finished rows still step (the batch keeps its shape); what they
+        # emit is never shown.
+        session.push(nxt if fill >= 0 or not can_finish or not finished.any() else np.where(finished, 0, nxt))
