@@ -239,12 +239,13 @@ def test_gelu_and_backward(data):
     y = call(data, ops.gelu, dict(x=x), ["x"])
     if y is not RAISED:
         with np.errstate(all="ignore"):
-            close(y, gelu_ref(x), gelu_ref(x, np.float32), np.isfinite(x), "gelu")
+            # 1 + tanh(u) cancels for x << 0: the result is a few ulps of x
+            close(y, gelu_ref(x), gelu_ref(x, np.float32), np.isfinite(x), "gelu", scale=finite_max(x))
     dx = call(data, ops.gelu_backward, dict(dy=dy, x=x), ["dy", "x"])
     if dx is not RAISED:
         with np.errstate(all="ignore"):
             close(dx, gelu_grad_ref(dy, x), gelu_grad_ref(dy, x, np.float32), np.isfinite(x) & np.isfinite(dy),
-                  "gelu_backward")
+                  "gelu_backward", scale=finite_max(dy))
 
 
 @fuzz
@@ -264,11 +265,13 @@ def test_attention_and_backward(data):
     with np.errstate(all="ignore"):
         o64, l64, _ = attention_ref(q, k, v, causal)
         o32, l32, _ = attention_ref(q, k, v, causal, np.float32)
-    close(out, o64, o32, ok[:, :, None, None], "attention out")
-    close(lse, l64, l32, ok[:, :, None], "attention lse")
-    if causal and T > Tk:  # queries that see no key: out 0, lse -inf
-        np.testing.assert_array_equal(out[:, :, :T - Tk], 0)
-        assert np.all(lse[:, :, :T - Tk] == -np.inf)
+    # An ulp of the largest score moves the softmax weights by that much relative.
+    score = finite_max(q) * finite_max(k) * np.sqrt(D)
+    close(out, o64, o32, ok[:, :, None, None], "attention out", scale=score * finite_max(v))
+    close(lse, l64, l32, ok[:, :, None], "attention lse", scale=score)
+    if causal and T > Tk:  # queries that see no key (of finite heads): out 0, lse -inf
+        assert np.all(out[:, :, :T - Tk][ok] == 0)
+        assert np.all(lse[:, :, :T - Tk][ok] == -np.inf)
     if Tk != T:
         return
     out, lse = ops.attention(q, k, v, causal=causal)
@@ -281,8 +284,7 @@ def test_attention_and_backward(data):
     with np.errstate(all="ignore"):
         r64 = attention_backward_ref(dout, q, k, v, causal)
         r32 = attention_backward_ref(dout, q, k, v, causal, np.float32)
-    fmax = lambda x: float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0))  # noqa: E731
-    terms = fmax(dout) * fmax(v) * max(fmax(q), fmax(k))  # dq, dk sum products of these
+    terms = finite_max(dout) * finite_max(v) * finite_max(q, k)  # dq, dk sum products of these
     for ours, a, b, name in zip(grads, r64, r32, ("dq", "dk", "dv")):
         close(ours, a, b, ok[:, :, None, None], f"attention_backward {name}", scale=terms)
 
@@ -303,7 +305,7 @@ def test_cross_entropy(data):
         l32, g32 = ce_ref(logits, t, ignore, np.float32) if N else (np.nan, np.zeros((0, V)))
     x = logits.copy()
     out = {"none": None, "new": np.full_like(x, 7.0), "logits": x, "view": x[:], "partial": None}[out_kind]
-    if out_kind == "partial" and compute_grad and N > 1 and V > 1:
+    if out_kind == "partial" and compute_grad and N > 2 and V > 1:  # rows 1..N-2 shared
         with pytest.raises(ValueError, match="out overlaps logits partially"):
             ops.cross_entropy(x[1:], t[1:], ignore_index=ignore, out=x[:-1])
         return
@@ -339,12 +341,20 @@ def all_finite(arrs):
     return all(np.isfinite(a).all() for a in arrs.values())
 
 
+def finite_max(*xs) -> float:
+    """The largest finite magnitude in xs (0 when none)."""
+    return max([float(np.max(np.abs(x[np.isfinite(x)]), initial=0.0)) for x in map(np.asarray, xs)] + [0.0])
+
+
 def compare_all(op, names, ours, refs, ok):
-    """close() for each output of a cell op; refs is a function of the dtype."""
+    """close() for each output of a cell op; refs is a function of the dtype.
+    The ulp floor is that of the op's largest output: an output summed from
+    terms that cancel (dx of a 1-wide input) is a few ulps of the terms."""
     with np.errstate(all="ignore"):
         r64, r32 = refs(np.float64), refs(np.float32)
+    scale = finite_max(*r64)
     for o, x64, x32, name in zip(ours, r64, r32, names):
-        close(o, x64, x32, ok, f"{op} {name}")
+        close(o, x64, x32, ok, f"{op} {name}", scale=scale)
 
 
 def cell_backward(data, op, args: dict, refs, names, ok):
