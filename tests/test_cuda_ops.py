@@ -575,7 +575,11 @@ def test_device_array_round_trip(rng):
     np.testing.assert_array_equal(b.astype("float32").numpy(), bf16_round(x))
     np.testing.assert_array_equal(fastlm.to_device(x).astype("bfloat16").numpy(), bf16_round(x))
     assert not hasattr(b, "__cuda_array_interface__")
-    np.testing.assert_array_equal(fastlm.to_device(x).reshape(10, -1).numpy(), x.reshape(10, 10))
+    d = fastlm.to_device(x)
+    np.testing.assert_array_equal(d.reshape(10, -1).numpy(), x.reshape(10, 10))
+    np.testing.assert_array_equal(d.reshape((-1, 4, 5)).numpy(), x.reshape(-1, 4, 5))
+    with pytest.raises(ValueError, match=r"cannot reshape an array of size 100 into shape \(3, -1\)"):
+        d.reshape(3, -1)
     with pytest.raises(TypeError, match="numpy"):
         np.asarray(fastlm.to_device(x))
     with pytest.raises(TypeError, match="float64"):
@@ -724,3 +728,5 @@ def test_small_table_kernels(rng):
                            dev(np.zeros(7, np.float32)))
     _C._cuda_sgd(x, x, dev(np.zeros(37, np.float32)), 0.1, 0.9, 0.0, 1.0, True)
     _C.cuda_synchronize()
+    with pytest.raises(TypeError, match="_cuda_embedding_forward: idx must have dtype int64, got int32"):
+        _C._cuda_embedding_forward(dev(idx.astype(np.int32)), wte, wpe, 2, 3, 1)
