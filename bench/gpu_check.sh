@@ -11,7 +11,7 @@
 #
 # Stages: install, tests, sanitizers, bench. Logs (one .log per stage and
 # summary.md) go to --logs, else $OUT when set, else ./gpu-check-logs.
-# FASTLM_CHECK_CUDA_ARCHS sets the architectures of a build (default 90-real).
+# FASTLM_CHECK_CUDA_ARCHS sets the architectures of a build (default 90a-real).
 # Exit status: 0 when every stage that ran passed, 1 when one failed, 2 on a
 # bad argument.
 set -uo pipefail
@@ -45,7 +45,7 @@ done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 PY="${PYTHON:-python3}"
-ARCHS="${FASTLM_CHECK_CUDA_ARCHS:-90-real}"
+ARCHS="${FASTLM_CHECK_CUDA_ARCHS:-90a-real}"
 mkdir -p "$LOGS" || die "--logs: cannot create '$LOGS'"
 SUMMARY="$LOGS/summary.md"
 STAGE_LOG="$LOGS/stages.log"
@@ -126,12 +126,19 @@ if wants sanitizers; then
       compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
   done
+  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma) under memcheck too.
+  run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 FASTLM_CUDA_GEMM=wgmma \
+    compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+    "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
 fi
 
 if wants bench; then
   # bench/test_bench_cuda*.py: the kernel benchmarks and any later GPU model ones.
   BENCH_FILES=(bench/test_bench_cuda*.py)
   run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable "${BENCH_FILES[@]}"
+  # The Hopper GEMM is opt-in (FASTLM_CUDA_GEMM=wgmma): its bf16 lines, labelled [wgmma].
+  run_stage bench-wgmma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
 fi
 
 if [ "$DRY" = 0 ]; then
