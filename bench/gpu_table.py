@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf"
 _BENCH = re.compile(
@@ -27,7 +27,10 @@ _BENCH = re.compile(
     rf".*?,\s*torch\s+(?P<theirs>{_NUM})\s+\S+.*?ours/torch\s+(?P<ratio>{_NUM})\s*$")
 _STAGE = re.compile(r"^\[stage\]\s+(?P<name>[\w-]+):\s+(?P<status>.+?)\s+(?P<secs>\d+)s\s*$")
 _COPY = re.compile(r"^\[cuda\]\s+device-to-device copy:\s+(?P<bw>[\d.]+)\s+GB/s\s+\((?P<size>[^)]*)\)")
-_PYTEST = re.compile(r"^=+ (?P<summary>.*(?:passed|failed|error|skipped|no tests ran).*?) =+$")
+_HEADER = re.compile(r"^=== (?P<name>[\w-]+): ")  # gpu_check.sh, before each stage's output
+_PYTEST = re.compile(r"^(?:=+ )?(?P<summary>(?:\d+ (?:passed|failed|errors?|skipped|deselected|"
+                     r"xfailed|xpassed|warnings?)(?:, )?)+ in [\d.]+s(?: \([^)]*\))?)(?: =+)?$|"
+                     r"^(?:=+ )?(?P<none>no tests ran in [\d.]+s)(?: =+)?$")
 _SANITIZER = re.compile(r"^=+ ERROR SUMMARY: (?P<n>\d+) errors?")
 
 
@@ -50,17 +53,20 @@ class Stage:
 
 @dataclass
 class Report:
-    bench: List[BenchLine]
-    stages: List[Stage]
-    copy: Optional[str]
-    pytest: List[str]
-    sanitizer_errors: List[int]
+    bench: List[BenchLine] = field(default_factory=list)
+    stages: List[Stage] = field(default_factory=list)
+    copy: Optional[str] = None
+    # What each stage's output said in summary (pytest's last line, the
+    # sanitizer's error count), by stage name ("" before any stage header).
+    notes: Dict[str, List[str]] = field(default_factory=dict)
 
 
-def parse(lines: Iterable[str]) -> Report:
-    """Everything the table shows, from log lines in any order (ANSI colours and
-    pytest's progress dots before a line are tolerated)."""
-    rep = Report([], [], None, [], [])
+def parse(lines: Iterable[str], into: Optional[Report] = None) -> Report:
+    """Everything the table shows, from the lines of one log (ANSI colours and
+    pytest's progress marks before a line are tolerated). Summaries belong to
+    the stage whose header (``=== name: ...``) came last in the same log."""
+    rep = Report() if into is None else into
+    current = ""
     for raw in lines:
         line = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip()
         # pytest -s prints a test's output right after its progress marks.
@@ -78,13 +84,17 @@ def parse(lines: Iterable[str]) -> Report:
         if m:
             rep.copy = f"{m['bw']} GB/s ({m['size']})"
             continue
+        m = _HEADER.match(line)
+        if m:
+            current = m["name"]
+            continue
         m = _PYTEST.match(line)
         if m:
-            rep.pytest.append(m["summary"])
+            rep.notes.setdefault(current, []).append(m["summary"] or m["none"])
             continue
         m = _SANITIZER.match(line)
         if m:
-            rep.sanitizer_errors.append(int(m["n"]))
+            rep.notes.setdefault(current, []).append(f"sanitizer: {m['n']} errors")
     return rep
 
 
@@ -95,15 +105,15 @@ def _fmt(x: float) -> str:
 def table(rep: Report) -> str:
     """The report as Markdown: stages first, then one row per benchmark line."""
     out: List[str] = []
+    staged = {s.name for s in rep.stages}
     if rep.stages:
-        out += ["| stage | result | time |", "|---|---|---|"]
-        out += [f"| {s.name} | {s.status} | {s.seconds} s |" for s in rep.stages]
+        out += ["| stage | result | time | summary |", "|---|---|---|---|"]
+        out += [f"| {s.name} | {s.status} | {s.seconds} s | {'; '.join(rep.notes.get(s.name, []))} |"
+                for s in rep.stages]
         out.append("")
-    for summary in rep.pytest:
-        out.append(f"pytest: {summary}")
-    if rep.sanitizer_errors:
-        out.append("compute-sanitizer error summaries: "
-                   + ", ".join(str(n) for n in rep.sanitizer_errors))
+    for name, notes in rep.notes.items():
+        if name not in staged:
+            out += [f"{name or 'log'}: {n}" for n in notes]
     if rep.copy:
         out.append(f"large-copy bandwidth: {rep.copy}")
     if rep.bench:
@@ -132,17 +142,17 @@ def _log_files(paths: Sequence[str]) -> List[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip().splitlines()[2])
+        print(next(line for line in __doc__.splitlines() if line.startswith("Run:")))
         return 0 if args else 2
     try:
         files = _log_files(args)
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 2
-    lines: List[str] = []
+    rep = Report()
     for f in files:
-        lines += f.read_text(errors="replace").splitlines()
-    print(table(parse(lines)))
+        parse(f.read_text(errors="replace").splitlines(), rep)
+    print(table(rep))
     return 0
 
 
