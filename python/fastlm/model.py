@@ -1,6 +1,6 @@
 """``fastlm.Transformer``: a GPT-2 model trained and sampled by the C++ core.
 
-The network is exactly GPT-2 (nanoGPT's ``model.py`` without dropout), so
+The network is exactly GPT-2 (nanoGPT's ``model.py``), so
 weights move to and from PyTorch by name: token + learned position
 embeddings, ``n_layer`` pre-LayerNorm blocks (causal multi-head attention
 with a fused ``c_attn`` and an output ``c_proj``; an MLP ``c_fc`` ->
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _C
-from ._checks import MAX_SIZE, check_int as _check_int
+from ._checks import MAX_SIZE, check_float, check_int as _check_int
 from .lm import LanguageModel
 from .tokenizers import Tokenizer
 
@@ -50,6 +50,16 @@ class Transformer(LanguageModel):
         weights normal(0, 0.02), the residual projections (``c_proj``)
         normal(0, 0.02/sqrt(2*n_layer)), biases 0, LayerNorm weights 1. Also the
         default seed of :meth:`fit`'s batch sampler.
+    dropout: probability in [0, 1) of dropping, while training (``fit``,
+        ``forward_backward``), each element of the embedding output, of the
+        attention probabilities and of both residual branches, as nanoGPT
+        (kept ones scaled by 1 / (1 - dropout)); never in ``forward``,
+        ``evaluate`` or ``generate``. The masks are a hash of the seed and a
+        count of training micro-batches, so runs are reproducible, and a run
+        resumed by ``fit`` continues as if it had not stopped. A setting, not
+        architecture: kept in ``config.json``, assignable (``model.dropout =
+        0.1``); checkpoints without it load with 0. Attention dropout runs on
+        the CPU only.
     device: ``"cpu"``. ``"cuda"`` raises ``RuntimeError`` (not available in this
         build); any other name ``ValueError``.
     tokenizer: an optional :class:`fastlm.tokenizers.Tokenizer` kept with the
@@ -76,12 +86,15 @@ class Transformer(LanguageModel):
     SIZE_AXES = {"vocab_size": ("transformer.wte.weight", 0), "n_embd": ("transformer.wte.weight", 1),
                  "block_size": ("transformer.wpe.weight", 0)}
     LAYERS = ("n_layer", r"transformer\.h\.(\d+)\..+")
+    OPTIONS = {"dropout": 0.0}
 
     def __init__(self, vocab_size: int, *, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
-                 n_embd: int = 384, seed: int = 0, device: str = "cpu",
+                 n_embd: int = 384, dropout: float = 0.0, seed: int = 0, device: str = "cpu",
                  tokenizer: Optional[Tokenizer] = None) -> None:
+        dropout = self._check_option("dropout", dropout)
         self._build({"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer, "n_head": n_head,
                      "n_embd": n_embd}, seed, device, tokenizer)
+        self._config["dropout"] = dropout
         self._init_weights()
         self._g.weights_changed()
 
@@ -95,6 +108,31 @@ class Transformer(LanguageModel):
         if arch["n_embd"] % arch["n_head"]:
             raise ValueError(f"n_embd ({arch['n_embd']}) must be divisible by n_head ({arch['n_head']})")
         return arch
+
+    def _check_option(self, name: str, value: Any) -> Any:
+        if name != "dropout":
+            raise KeyError(name)
+        return check_float(value, "dropout", 0.0, below=1.0)
+
+    @property
+    def dropout(self) -> float:
+        """The training dropout probability (see the class docstring)."""
+        return self._config["dropout"]
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self._config["dropout"] = self._check_option("dropout", p)
+
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
+        p = self._config["dropout"]
+        if p == 0.0:
+            return super()._forward_backward(x, y, grad_scale, carry)
+        with self._lock:
+            self._cache_owner = None
+            # One seed per micro-batch; the core derives each tensor's key from it.
+            seed = (self._config["seed"] * 0x9E3779B97F4A7C15 + self._dropout_calls) % 2**64
+            self._dropout_calls += 1
+            return float(self._g.forward_backward(x, y, grad_scale, p, seed))
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         return _C.GPT(arch["vocab_size"], arch["block_size"], arch["n_layer"], arch["n_head"], arch["n_embd"])
@@ -129,6 +167,13 @@ class Transformer(LanguageModel):
         if exclude_embeddings:
             n -= self._params["transformer.wte.weight"].size + self._params["transformer.wpe.weight"].size
         return n
+
+    def _flops_per_token(self, block_size: int) -> float:
+        # nanoGPT's estimate_mfu: 6 per weight but the position embedding (a
+        # lookup), plus the attention's 12 n_layer n_embd T.
+        c = self._config
+        n = self.num_parameters() - self._params["transformer.wpe.weight"].size
+        return 6.0 * n + 12.0 * c["n_layer"] * c["n_embd"] * block_size
 
     def _max_len(self) -> Optional[int]:
         return self.block_size
