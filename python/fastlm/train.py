@@ -120,7 +120,7 @@ def _check_fit_record(rec: Any) -> None:
     for key, low, high in (("steps", 1, None), ("warmup_steps", 0, None), ("lr_decay_iters", 1, None),
                            ("batch_size", 1, MAX_SIZE),
                            ("grad_accum", 1, MAX_SIZE), ("block_size", 1, MAX_SIZE)):
-        if key in rec:
+        if rec.get(key) is not None or (key in rec and key != "lr_decay_iters"):  # lr_decay_iters None: steps
             _int(rec[key], key, low, high)
     for key in ("lr", "min_lr", "weight_decay", "grad_clip", "momentum"):
         if key in rec:
@@ -283,7 +283,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     min_lr = lr / 10 if min_lr is None else check_float(min_lr, "min_lr", 0.0)
     if min_lr > lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
-    lr_decay_iters = steps if lr_decay_iters is None else _int(lr_decay_iters, "lr_decay_iters", 1)
+    if lr_decay_iters is not None:
+        lr_decay_iters = _int(lr_decay_iters, "lr_decay_iters", 1)
     decay_lr = check_bool(decay_lr, "decay_lr")
     keep_best = check_bool(keep_best, "keep_best")
     from .lm import _check_betas, _step_options
@@ -381,7 +382,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     saved_at = -1
     try:
         for it in range(start, steps):
-            lr_t = get_lr(it, lr=lr, warmup_steps=warmup_steps, decay_steps=lr_decay_iters,
+            lr_t = get_lr(it, lr=lr, warmup_steps=warmup_steps, decay_steps=lr_decay_iters or steps,
                           min_lr=min_lr) if decay_lr else lr
             t0 = time.perf_counter()
             g.zero_grad()
