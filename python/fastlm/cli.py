@@ -112,7 +112,9 @@ _unit_float = _number(0.0, 1.0, below=True)  # betas, the validation share
 
 
 def _build_parser() -> _Parser:
-    p = _Parser(prog="fastlm", description="Train and sample small language models on fastlm's kernels.")
+    p = _Parser(prog="fastlm", description="Train and sample small language models on fastlm's kernels.",
+                epilog="example: fastlm train --out runs/stdlib --steps 1000 --overwrite && "
+                       "fastlm sample runs/stdlib --prompt 'def '; 'fastlm COMMAND --help' for each command's flags")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
