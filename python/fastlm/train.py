@@ -7,7 +7,8 @@ cosine learning rate (:func:`get_lr`), evaluates, checkpoints and reports
 progress. A run resumed from its checkpoint continues with exactly the losses
 the uninterrupted run would have had (same CPU, same thread count), because
 the checkpoint holds everything the next step depends on: weights, AdamW
-moments and step count, the batch sampler's RNG state and the step.
+moments and step count, the batch sampler's RNG state, the step and the
+count of micro-batches the dropout masks derive from.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def _check_fit_record(rec: Any) -> None:
     for key, low, high in (("steps", 1, None), ("warmup_steps", 0, None), ("lr_decay_iters", 1, None),
                            ("batch_size", 1, MAX_SIZE),
                            ("grad_accum", 1, MAX_SIZE), ("block_size", 1, MAX_SIZE)):
-        if rec.get(key) is not None or (key in rec and key != "lr_decay_iters"):  # lr_decay_iters None: steps
+        if key in rec and not (key == "lr_decay_iters" and rec[key] is None):  # None: decay over steps
             _int(rec[key], key, low, high)
     for key in ("lr", "min_lr", "weight_decay", "grad_clip", "momentum"):
         if key in rec:
