@@ -1,5 +1,6 @@
-"""Dropout in fastlm.Transformer: gradients against the NumPy GPT with the same
-masks, off outside training, reproducible across a resume, kept in config.json."""
+"""Dropout in fastlm.Transformer (and between the layers of LSTMLM / GRULM):
+gradients against the NumPy models with the same masks, off outside training,
+reproducible across a resume, kept in config.json."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from gpt_reference import np_forward_backward, param_names, random_state_dict
 from test_dropout import ref_keep, ref_key
 from fastlm.checkpoint import CONFIG_FILE
 from fastlm.model import Transformer
+from fastlm.rnn import GRULM, LSTMLM
 
 V, BLOCK, N_LAYER, N_HEAD, N_EMBD, B = 67, 19, 2, 3, 48, 3
 ARCH = dict(block_size=BLOCK, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD)
@@ -150,3 +152,33 @@ def test_dropout_setter_and_config():
     m.dropout = 0.25
     assert m.config["dropout"] == 0.25
     assert Transformer(**{k: v for k, v in m.config.items() if k != "device"}).dropout == 0.25
+
+
+@pytest.mark.parametrize("cls", [LSTMLM, GRULM])
+def test_recurrent_dropout_between_layers(isa, cls):
+    from rnn_reference import np_forward_backward as rnn_forward_backward, random_state_dict as rnn_sd
+    E, H, L, T, p = 5, 7, 3, 6, 0.3
+    cell = "lstm" if cls is LSTMLM else "gru"
+    sd = rnn_sd(cell, V, E, H, L, seed=2)
+    m = cls(V, embed_dim=E, hidden_size=H, num_layers=L, dropout=p, seed=9)
+    m.load_state_dict(sd)
+    rng = np.random.default_rng(6)
+    idx, tgt = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    flat = np.arange(T * B * H, dtype=np.uint64)
+    for call in range(2):
+        seed = call_seed(9, call)
+        # The core runs time-major: layer l's mask indexes its (T, B, H) outputs.
+        z = [(ref_keep(ref_key(seed, l), flat, p) / (1 - np.float32(p))).reshape(T, B, H).transpose(1, 0, 2)
+             for l in range(L - 1)]
+        _, loss64, g64, _ = rnn_forward_backward(sd, idx, tgt, drop=z)
+        _, loss32, g32, _ = rnn_forward_backward(sd, idx, tgt, dtype=np.float32, drop=z)
+        m.zero_grad()
+        loss = m.forward_backward(idx, tgt)
+        assert abs(loss - loss64) <= 8 * abs(loss32 - loss64) + 1e-6 * abs(loss64)
+        grads = m.gradients()
+        for name in g64:
+            assert_error_bound(grads[name], g64[name], g32[name], factor=8.0, name=name)
+    # Off outside training.
+    plain = cls(V, embed_dim=E, hidden_size=H, num_layers=L)
+    plain.load_state_dict(sd)
+    np.testing.assert_array_equal(plain.forward(idx), m.forward(idx))

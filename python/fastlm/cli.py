@@ -143,7 +143,8 @@ def _build_parser() -> _Parser:
     t.add_argument("--n-head", type=_positive_int, default=None, help="transformer attention heads (default 4)")
     t.add_argument("--n-embd", type=_positive_int, default=None, help="transformer width (default 128)")
     t.add_argument("--dropout", type=_unit_float, default=None,
-                   help="transformer dropout while training, in [0, 1) (default 0, or the checkpoint's with --resume)")
+                   help="dropout while training, in [0, 1): the transformer's embedding, attention and residual "
+                        "branches; between lstm/gru layers (default 0, or the checkpoint's with --resume)")
     t.add_argument("--embed-dim", type=_positive_int, default=None, help="lstm/gru embedding size (default 128)")
     t.add_argument("--hidden-size", type=_positive_int, default=None, help="lstm/gru state size (default 256)")
     t.add_argument("--num-layers", type=_positive_int, default=None, help="lstm/gru layers (default 2)")
@@ -218,8 +219,6 @@ def _rewrite_metrics(out: str, history: Sequence[Dict[str, Any]]) -> None:
 
 def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
     """Architecture flags of another model family are a mistake, not a no-op."""
-    if kind != "transformer" and a.dropout is not None:
-        raise CLIError(f"--dropout applies to --model transformer only, not {kind}")
     ours = set(_ARCH_DEFAULTS[kind]) | {"block_size"}
     for other in _ARCH_DEFAULTS.values():
         for key in set(other) - ours:

@@ -182,7 +182,7 @@ class LanguageModel:
     # Settings kept in config.json that are not architecture (a model of
     # another value loads the same weights), with the value a checkpoint
     # written before the setting existed gets; see _check_option.
-    OPTIONS: Dict[str, Any] = {}
+    OPTIONS: Dict[str, Any] = {"dropout": 0.0}
 
     # -- construction
 
@@ -225,7 +225,27 @@ class LanguageModel:
 
     def _check_option(self, name: str, value: Any) -> Any:
         """``value`` of the setting ``name`` (a key of OPTIONS), checked."""
-        raise NotImplementedError
+        if name != "dropout":
+            raise KeyError(name)
+        return _check_float(value, "dropout", 0.0, below=1.0)
+
+    @property
+    def dropout(self) -> float:
+        """The training dropout probability in [0, 1) (where the model drops:
+        its class docstring); 0 in ``forward``, ``evaluate`` and ``generate``."""
+        return self._config["dropout"]
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self._config["dropout"] = self._check_option("dropout", p)
+
+    def _next_dropout_seed(self) -> int:
+        """The seed of the next micro-batch's dropout masks: the model seed and
+        a count of such micro-batches (trainer_state.json keeps it), hashed
+        further by the core per tensor."""
+        seed = (self._config["seed"] * 0x9E3779B97F4A7C15 + self._dropout_calls) % 2**64
+        self._dropout_calls += 1
+        return seed
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from . import _C
-from ._checks import MAX_SIZE, check_float, check_int as _check_int
+from ._checks import MAX_SIZE, check_int as _check_int
 from .lm import LanguageModel
 from .tokenizers import Tokenizer
 
@@ -86,7 +86,6 @@ class Transformer(LanguageModel):
     SIZE_AXES = {"vocab_size": ("transformer.wte.weight", 0), "n_embd": ("transformer.wte.weight", 1),
                  "block_size": ("transformer.wpe.weight", 0)}
     LAYERS = ("n_layer", r"transformer\.h\.(\d+)\..+")
-    OPTIONS = {"dropout": 0.0}
 
     def __init__(self, vocab_size: int, *, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
                  n_embd: int = 384, dropout: float = 0.0, seed: int = 0, device: str = "cpu",
@@ -94,7 +93,7 @@ class Transformer(LanguageModel):
         dropout = self._check_option("dropout", dropout)
         self._build({"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer, "n_head": n_head,
                      "n_embd": n_embd}, seed, device, tokenizer)
-        self._config["dropout"] = dropout
+        self.dropout = dropout
         self._init_weights()
         self._g.weights_changed()
 
@@ -109,30 +108,12 @@ class Transformer(LanguageModel):
             raise ValueError(f"n_embd ({arch['n_embd']}) must be divisible by n_head ({arch['n_head']})")
         return arch
 
-    def _check_option(self, name: str, value: Any) -> Any:
-        if name != "dropout":
-            raise KeyError(name)
-        return check_float(value, "dropout", 0.0, below=1.0)
-
-    @property
-    def dropout(self) -> float:
-        """The training dropout probability (see the class docstring)."""
-        return self._config["dropout"]
-
-    @dropout.setter
-    def dropout(self, p: float) -> None:
-        self._config["dropout"] = self._check_option("dropout", p)
-
     def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
-        p = self._config["dropout"]
-        if p == 0.0:
+        if self.dropout == 0.0:
             return super()._forward_backward(x, y, grad_scale, carry)
         with self._lock:
             self._cache_owner = None
-            # One seed per micro-batch; the core derives each tensor's key from it.
-            seed = (self._config["seed"] * 0x9E3779B97F4A7C15 + self._dropout_calls) % 2**64
-            self._dropout_calls += 1
-            return float(self._g.forward_backward(x, y, grad_scale, p, seed))
+            return float(self._g.forward_backward(x, y, grad_scale, self.dropout, self._next_dropout_seed()))
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         return _C.GPT(arch["vocab_size"], arch["block_size"], arch["n_layer"], arch["n_head"], arch["n_embd"])
