@@ -12,7 +12,8 @@ from typing import Any, Dict, List
 
 from . import _C
 from ._checks import check_int
-from . import data, ops
+from . import corpus, data, distributed, ops
+from .bpe import BPETokenizer
 from .cuda import DeviceArray, cuda_available, to_device
 from .lm import LanguageModel
 from .model import Transformer
@@ -25,6 +26,7 @@ __version__: str = _C.build_info()["version"]
 __all__ = [
     "__version__",
     "MAX_THREADS",
+    "BPETokenizer",
     "ByteTokenizer",
     "CharTokenizer",
     "DeviceArray",
@@ -34,10 +36,12 @@ __all__ = [
     "LanguageModel",
     "Transformer",
     "data",
+    "distributed",
     "load_tokenizer",
     "available_cpu_isas",
     "build_info",
     "cpu_isa",
+    "corpus",
     "cuda_available",
     "get_num_threads",
     "ops",

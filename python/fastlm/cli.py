@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from .cli_tokenize import add_tokenize_parser, cmd_tokenize
+
 __all__ = ["main"]
 
 # Architecture flags per --model (the Transformer's block_size is part of its
@@ -119,23 +121,28 @@ def _build_parser() -> _Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text file", description=(
-        "Train a language model on CORPUS (UTF-8 text; default: the source of Python's standard library), "
-        "tokenized by --tokenizer (characters by default), the first 90% for training and the last 10% for "
-        "validation. Writes the checkpoint, metrics.jsonl and loss.png (with the plot extra: pip install "
-        "'fastlm[plot]') into --out. Settings can come from a TOML file (--config); flags override it, "
-        "as --key=value or --key value."))
-    t.add_argument("corpus", nargs="?", help="UTF-8 text file (default: Python's standard library source)")
+        "Train a language model on CORPUS (UTF-8 text, or token data from fastlm tokenize; default: the source "
+        "of Python's standard library), tokenized by --tokenizer (characters by default), the first 90% for "
+        "training and the last 10% for validation. Writes the checkpoint, metrics.jsonl and loss.png (with the "
+        "plot extra: pip install 'fastlm[plot]') into --out. Settings can come from a TOML file (--config); "
+        "flags override it, as --key=value or --key value."))
+    t.add_argument("corpus", nargs="?", help="UTF-8 text file, or token data from fastlm tokenize (a directory "
+                   "with train.bin, or a .bin file) (default: Python's standard library source)")
     t.add_argument("--config", metavar="FILE.toml", default=None,
                    help="read the settings from a TOML file of key = value lines named as these flags "
                         "(e.g. examples/shakespeare_char.toml); flags given here win")
-    t.add_argument("--out", metavar="DIR", default=None, help="output directory (checkpoint, metrics.jsonl, loss.png); required")
+    t.add_argument("--out", metavar="DIR", default=None,
+                   help="output directory (checkpoint, metrics.jsonl, loss.png); required")
     t.add_argument("--model", default=None, choices=sorted(_ARCH_DEFAULTS),
                    help="model family (default transformer, or the checkpoint's with --resume)")
-    t.add_argument("--tokenizer", default=None, choices=["char", "byte"],
+    t.add_argument("--tokenizer", default=None, choices=["char", "byte", "bpe"],
                    help="char: one id per character of the corpus (default, or the checkpoint's with --resume); "
-                        "byte: UTF-8 bytes")
+                        "byte: UTF-8 bytes; bpe: a byte-level BPE learned from the corpus")
+    t.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="BPE vocabulary to learn (default 4096), or the model's for token data without a tokenizer")
     t.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in all (default 2000)")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="sequences per micro-batch (default 12)")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="sequences per micro-batch, per rank under mpirun (default 12)")
     t.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
     t.add_argument("--block-size", type=_positive_int, default=None,
                    help="context length (transformer) or training window (lstm, gru); default 64")
@@ -197,6 +204,8 @@ def _build_parser() -> _Parser:
     s.add_argument("--device", default="cpu", help="cpu (default; the models have no CUDA backend yet)")
     s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
 
+    add_tokenize_parser(sub, _positive_int, _unit_float)
+
     sub.add_parser("info", help="version, CPU ISA, threads, build and CUDA information")
 
     b = sub.add_parser("bench", help="benchmarks against NumPy and PyTorch", add_help=False)
@@ -249,17 +258,24 @@ def _fit_options(a: argparse.Namespace, previous: Dict[str, Any]) -> Dict[str, A
 
 def _cmd_train(a: argparse.Namespace) -> int:
     import fastlm
+    from . import distributed
     from .checkpoint import check_save_target, is_checkpoint
     from .data import default_corpus, read_text, train_val_split
     from .lm import LanguageModel
     from .model import Transformer
     from .rnn import GRULM, LSTMLM
+    from .cli_tokenize import model_vocab_size, new_tokenizer, open_prepared
+    from .corpus import encode_text
     from .plot import can_plot, plot_history
-    from .tokenizers import ByteTokenizer, CharTokenizer
 
     _device(a.device)
     if a.threads is not None:
         fastlm.set_num_threads(a.threads)
+    try:
+        world = distributed.world()  # under mpirun: one rank of a data-parallel run
+    except RuntimeError as e:  # started by mpirun without mpi4py; every rank meets it
+        raise distributed.raised_alike(CLIError(str(e))) from None
+    lead = world.rank == 0
     out = a.out
     if out is None:
         raise CLIError("--out DIR is required (the run directory; or out = \"DIR\" in the --config file)")
@@ -274,15 +290,18 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if not a.resume and is_checkpoint(out) and not a.overwrite:
         raise CLIError(f"{out!r} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it")
 
+    if a.corpus is not None and not os.path.exists(a.corpus):
+        raise CLIError(f"corpus file {a.corpus!r} not found")
+    prepared = open_prepared(a.corpus, a.val_fraction) if a.corpus is not None else None
+    text = None
     if a.corpus is None:
         text = default_corpus()
         source = "the Python standard library source"
     else:
-        if not os.path.exists(a.corpus):
-            raise CLIError(f"corpus file {a.corpus!r} not found")
-        text = read_text(a.corpus)
+        if prepared is None:
+            text = read_text(a.corpus)
         source = repr(a.corpus)
-    if not text:
+    if text is not None and not text:
         raise CLIError(f"corpus {source} is empty")
 
     if a.resume:
@@ -297,45 +316,59 @@ def _cmd_train(a: argparse.Namespace) -> int:
             if given is not None and given != cfg[key]:
                 raise CLIError(f"--{key.replace('_', '-')} {given} differs from the checkpoint's {cfg[key]}")
         tok = model.tokenizer
-        if tok is None:
+        if tok is None and (prepared is None or prepared.tokenizer is not None):
             raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
         if a.dropout is not None:
             model.dropout = a.dropout  # a setting, not architecture: a resumed run may change it
-        if a.tokenizer is not None and a.tokenizer != tok.type_name:
+        if a.tokenizer is not None and tok is not None and a.tokenizer != tok.type_name:
             raise CLIError(f"--tokenizer {a.tokenizer} differs from the checkpoint's {tok.type_name}")
     else:
         kind = a.model or "transformer"
         _reject_foreign_flags(a, kind)
-        tok = ByteTokenizer() if a.tokenizer == "byte" else CharTokenizer.from_text(text)
+        tok = new_tokenizer(a.tokenizer, a.vocab_size, text, prepared)
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
         if a.dropout:
             arch["dropout"] = a.dropout
-        model = cls(tok.vocab_size, seed=a.seed, device=a.device, tokenizer=tok, **arch)
-    o = _fit_options(a, (model._train_state or {}).get("fit", {}) if a.resume else {})
+        model = cls(model_vocab_size(tok, a.vocab_size, prepared), seed=a.seed, device=a.device, tokenizer=tok,
+                    **arch)
+    previous = (model._train_state or {}).get("fit", {}) if a.resume else {}
+    o = _fit_options(a, previous)
+    if a.resume and a.batch_size is None:
+        # The resumed run keeps its global batch, whatever the number of ranks now.
+        rows = o["batch_size"] * previous.get("world_size", 1)
+        try:
+            o["batch_size"] = distributed.per_rank_batch(rows, world.size, "the resumed run's global batch")
+        except ValueError as e:
+            raise CLIError(f"{e}; pass --batch-size (rows per rank)") from None
     if o["min_lr"] is not None and o["min_lr"] > o["lr"]:
         raise CLIError(f"--min-lr ({o['min_lr']}) must not exceed --lr ({o['lr']})")
     if a.resume and o["steps"] <= model.optimizer_step:
         raise CLIError(f"the run in {out!r} has made {model.optimizer_step} of its --steps {o['steps']}; "
                        "pass a larger --steps to train further")
     window = model._train_window(o["block_size"] if kind != "transformer" else None)
-    try:
-        ids = tok.encode(text)
-    except ValueError as e:  # a resumed run's tokenizer
-        raise CLIError(f"corpus {source} does not fit the tokenizer of the checkpoint in {out!r}: {e}") from None
-    train, val = train_val_split(ids, a.val_fraction)
+    if prepared is not None:
+        train, val = prepared.train, prepared.val
+    else:
+        try:
+            ids = encode_text(tok, text)
+        except ValueError as e:  # a resumed run's tokenizer
+            raise CLIError(f"corpus {source} does not fit the tokenizer of the checkpoint in {out!r}: {e}") from None
+        train, val = train_val_split(ids, a.val_fraction)
     if len(train) < window + 1:
         raise CLIError(f"corpus {source} is too short: {len(train)} training tokens, need at least "
                        f"block_size + 1 = {window + 1}")
-    if len(val) < 2:
+    if val is not None and len(val) < 2:
         val = None
     if o["keep_best"] and val is None:
         raise CLIError(f"--keep-best needs a validation split, and corpus {source} leaves none "
                        f"(--val-fraction {a.val_fraction})")
     warmup = o["warmup_steps"] if o["warmup_steps"] is not None else min(100, o["steps"] // 10)
 
-    print(f"fastlm: training {model!r} on {source}: {len(train):,} train / {len(val) if val is not None else 0:,} "
-          f"val tokens, vocab {tok.vocab_size}", file=sys.stderr)
+    if lead:
+        ranks = f" on {world.size} ranks" if world.size > 1 else ""
+        print(f"fastlm: training {model!r}{ranks} on {source}: {len(train):,} train / "
+              f"{len(val) if val is not None else 0:,} val tokens, vocab {model.vocab_size}", file=sys.stderr)
 
     checkpoint_interval = a.checkpoint_interval or a.eval_interval
     recurrent = kind != "transformer"
@@ -368,6 +401,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
                         eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
                         checkpoint_interval=checkpoint_interval, resume=a.resume, seed=a.seed,
                         progress=not a.no_progress, callback=callback)
+    if not lead:  # rank 0 writes the metrics and reports
+        return 0
     if not os.path.exists(os.path.join(out, METRICS_FILE)):
         _rewrite_metrics(out, history)
     plotted = plot_history(os.path.join(out, PLOT_FILE), history)
@@ -451,6 +486,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
     import numpy as np
 
     import fastlm
+    from . import distributed
     info = fastlm.build_info()
     lines = [
         f"fastlm {fastlm.__version__}",
@@ -471,6 +507,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
                          f"{_no_device_reason()}")
     else:
         lines.append("cuda: not compiled in; devices: none")
+    lines.append(f"mpi: {distributed.mpi_runtime()}")
     print("\n".join(lines))
     return 0
 
@@ -519,7 +556,8 @@ def _device(device: str) -> None:
         raise CLIError(f"--device: {msg}") from None
 
 
-_COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "info": _cmd_info, "bench": _cmd_bench}
+_COMMANDS = {"train": _cmd_train, "sample": _cmd_sample, "tokenize": cmd_tokenize, "info": _cmd_info,
+             "bench": _cmd_bench}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -550,15 +588,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"fastlm {fastlm.__version__}")
             return 0
         if a.command is None:
-            raise CLIError("a command is required: train, sample, info or bench (see 'fastlm --help')")
+            raise CLIError("a command is required: train, sample, tokenize, info or bench (see 'fastlm --help')")
         return _COMMANDS[a.command](a)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except CLIError as e:
         if debug:
             raise
-        print(f"fastlm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, f"fastlm: error: {e}", 2)
     except BrokenPipeError:
         # The reader of stdout has gone (`fastlm sample ... | head`): stop
         # quietly, with stdout on /dev/null for the flush at exit (Python's recipe).
@@ -567,21 +604,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, TypeError) as e:
         if debug:
             raise
-        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(e, f"fastlm: error: {_one_line(e)}", 2)
     except MemoryError as e:  # a model, batch or sample count too large for this machine
         if debug:
             raise
-        print(f"fastlm: error: out of memory: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(e, f"fastlm: error: out of memory: {_one_line(e)}", 2)
     except FloatingPointError as e:
         if debug:
             raise
-        print(f"fastlm: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return _error(e, f"fastlm: error: {_one_line(e)}", 1)
     except KeyboardInterrupt:
         print("fastlm: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(e: BaseException, message: str, code: int) -> int:
+    """Print ``message``, the error ``e``, and return ``code``; under
+    ``mpirun``, once for the job (by rank 0) when every rank met it, or what
+    the ranks agreed on when this rank alone did."""
+    from . import distributed
+    agreed = distributed.settle(e, "fastlm train")
+    if agreed is not e:
+        message = f"fastlm: error: {_one_line(agreed)}"
+    if distributed.should_report(agreed):
+        print(message, file=sys.stderr)
+    return code
 
 
 def _one_line(e: BaseException) -> str:

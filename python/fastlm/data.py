@@ -17,13 +17,19 @@ Token file format (little-endian, 24-byte header, then the ids)::
     offset 12  uint32    dtype code: 1 = uint16, 2 = uint32
     offset 16  uint64    count (number of ids)
     offset 24  count * itemsize bytes of ids
+
+nanoGPT's ``train.bin``/``val.bin`` (raw uint16 ids, no header) open with
+``open_tokens(path, dtype="uint16")``. Corpora of any size are written a
+chunk at a time with :class:`TokenWriter` (:mod:`fastlm.corpus` tokenizes
+files into one).
 """
 from __future__ import annotations
 
 import os
 import struct
 import sysconfig
-from typing import Any, Iterator, Optional, Sequence, Tuple, TypeVar, Union
+from types import TracebackType
+from typing import IO, Any, ContextManager, Iterator, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -35,9 +41,11 @@ __all__ = [
     "train_val_split",
     "write_tokens",
     "open_tokens",
+    "TokenWriter",
     "get_batch",
     "iter_eval_batches",
     "default_corpus",
+    "list_text_files",
     "tokens_from_text",
 ]
 
@@ -150,14 +158,14 @@ def train_val_split(tokens: Sequence[T], val_fraction: float = 0.1) -> Tuple[Seq
 
 # -------------------------------------------------------------------- token files
 
-def _resolve_dtype(dtype: Any) -> np.dtype:
+def _resolve_dtype(dtype: Any, who: str = "write_tokens") -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise ValueError(f"write_tokens: dtype must be uint16 or uint32, got {dtype!r}") from None
+        raise ValueError(f"{who}: dtype must be uint16 or uint32, got {dtype!r}") from None
     dt = dt.newbyteorder("<")
     if dt not in _CODE_OF:
-        raise ValueError(f"write_tokens: dtype must be uint16 or uint32, got {dtype!r}")
+        raise ValueError(f"{who}: dtype must be uint16 or uint32, got {dtype!r}")
     return dt
 
 
@@ -215,16 +223,20 @@ def write_tokens(path: PathLike, tokens: Any, dtype: Any = None) -> np.dtype:
             raise ValueError(f"write_tokens: id {int(arr[i])} at position {i} does not fit dtype {dt.name} "
                              f"(max {limit - 1}); use dtype=None or 'uint32'")
 
-    with atomic_open(p, "wb") as f:
-        f.write(_HEADER.pack(TOKEN_FILE_MAGIC, TOKEN_FILE_VERSION, _CODE_OF[dt], n))
+    with TokenWriter(p, dt) as w:
         for start in range(0, n, _WRITE_CHUNK):
-            f.write(np.ascontiguousarray(arr[start:start + _WRITE_CHUNK]).astype(dt).tobytes())
-    return np.dtype(dt.name)
+            w.write(arr[start:start + _WRITE_CHUNK])
+    return w.dtype
 
 
-def open_tokens(path: PathLike) -> np.ndarray:
+def open_tokens(path: PathLike, dtype: Any = None) -> np.ndarray:
     """Open a token file written by :func:`write_tokens` without reading it
     into memory.
+
+    dtype: ``None`` (a fastlm token file, with its header) or ``"uint16"`` /
+    ``"uint32"`` to also read a raw file of ids without a header, as
+    nanoGPT's ``prepare.py`` writes ``train.bin`` (uint16). A fastlm file
+    opens either way; its header's dtype must then equal ``dtype``.
 
     Returns a read-only 1-D ``np.memmap`` of dtype ``uint16`` or ``uint32``
     (little-endian) and length = the header's count (an empty read-only
@@ -242,6 +254,7 @@ def open_tokens(path: PathLike) -> np.ndarray:
     which the operating system answers with SIGBUS, ending the process.
     """
     p = _fspath(path)
+    raw = None if dtype is None else _resolve_dtype(dtype, "open_tokens")
     if not os.path.exists(p):
         raise FileNotFoundError(f"open_tokens: no such file {p!r}")
     if os.path.isdir(p):
@@ -251,9 +264,12 @@ def open_tokens(path: PathLike) -> np.ndarray:
     with open(p, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(TOKEN_FILE_HEADER_SIZE)
+        if raw is not None and head[:len(TOKEN_FILE_MAGIC)] != TOKEN_FILE_MAGIC:
+            return _map_raw(f, p, size, raw)
         if len(head) >= len(TOKEN_FILE_MAGIC) and head[:len(TOKEN_FILE_MAGIC)] != TOKEN_FILE_MAGIC:
             raise ValueError(f"open_tokens: {p!r} is not a fastlm token file "
-                             f"(bad magic {head[:8]!r}, expected {TOKEN_FILE_MAGIC!r})")
+                             f"(bad magic {head[:8]!r}, expected {TOKEN_FILE_MAGIC!r}; "
+                             "a raw file of ids such as nanoGPT's train.bin opens with dtype='uint16')")
         if len(head) < TOKEN_FILE_HEADER_SIZE:
             raise ValueError(f"open_tokens: {p!r} is truncated: {size} bytes, "
                              f"shorter than the {TOKEN_FILE_HEADER_SIZE}-byte header")
@@ -265,6 +281,8 @@ def open_tokens(path: PathLike) -> np.ndarray:
             raise ValueError(f"open_tokens: {p!r} has unknown dtype code {code} "
                              f"(known: 1 = uint16, 2 = uint32)")
         dt = _DTYPE_CODES[code]
+        if raw is not None and raw != dt:
+            raise ValueError(f"open_tokens: {p!r} holds {dt.name} ids, not the dtype={raw.name} asked for")
         expected = TOKEN_FILE_HEADER_SIZE + count * dt.itemsize
         if size < expected:
             raise ValueError(f"open_tokens: {p!r} is truncated: header says {count} {dt.name} ids "
@@ -272,11 +290,90 @@ def open_tokens(path: PathLike) -> np.ndarray:
         if size > expected:
             raise ValueError(f"open_tokens: {p!r} has {size - expected} unexpected trailing bytes "
                              f"after {count} {dt.name} ids (file corrupt?)")
-        if count == 0:
-            empty = np.zeros(0, dtype=dt)
-            empty.flags.writeable = False
-            return empty
-        return np.memmap(f, dtype=dt, mode="r", offset=TOKEN_FILE_HEADER_SIZE, shape=(count,))
+        return _map(f, dt, TOKEN_FILE_HEADER_SIZE, count)
+
+
+def _map(f: IO[bytes], dt: np.dtype, offset: int, count: int) -> np.ndarray:
+    if count == 0:  # an empty file region cannot be mapped
+        empty = np.zeros(0, dtype=dt)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(f, dtype=dt, mode="r", offset=offset, shape=(count,))
+
+
+def _map_raw(f: IO[bytes], p: str, size: int, dt: np.dtype) -> np.ndarray:
+    if size % dt.itemsize:
+        raise ValueError(f"open_tokens: {p!r} has {size} bytes, not a whole number of {dt.name} ids "
+                         "(truncated, or not a raw token file)")
+    return _map(f, dt, 0, size // dt.itemsize)
+
+
+class TokenWriter:
+    """Write a token file a chunk at a time, in bounded memory, atomically.
+
+    ::
+
+        with TokenWriter("train.bin", "uint16") as w:
+            for chunk in chunks:
+                w.write(ids_of(chunk))     # 1-D integer arrays
+        w.count                            # ids written
+
+    dtype: ``"uint16"`` or ``"uint32"``. The file appears at ``path`` (with its
+    header's count) only when the ``with`` block ends without an exception;
+    otherwise an existing file is left as it was. :meth:`write` raises
+    ``ValueError`` naming the id and its position in the file for an id that
+    does not fit ``dtype`` (nothing of that chunk is written).
+    """
+
+    def __init__(self, path: PathLike, dtype: Any) -> None:
+        self._path = _fspath(path)
+        self._dt = _resolve_dtype(dtype, "TokenWriter")
+        self._limit = 2 ** (8 * self._dt.itemsize)
+        self._count = 0
+        self._cm: Optional[ContextManager[IO[bytes]]] = None
+        self._f: Optional[IO[bytes]] = None
+
+    @property
+    def count(self) -> int:
+        """Number of ids written so far."""
+        return self._count
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the ids in the file."""
+        return np.dtype(self._dt.name)
+
+    def __enter__(self) -> "TokenWriter":
+        self._cm = atomic_open(self._path, "wb")
+        self._f = self._cm.__enter__()
+        self._f.write(_HEADER.pack(TOKEN_FILE_MAGIC, TOKEN_FILE_VERSION, _CODE_OF[self._dt], 0))
+        return self
+
+    def write(self, ids: Any) -> None:
+        """Append ids: a 1-D integer array or list of ints in ``[0, 2**bits)``."""
+        if self._f is None:
+            raise ValueError("TokenWriter.write: the writer is not open (use it in a with block)")
+        arr = _check_tokens_1d(ids, "TokenWriter.write: ids")
+        if arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self._limit:
+                bad = lo if lo < 0 else hi
+                i = int(np.argmax(arr == bad))
+                raise ValueError(f"TokenWriter.write: id {bad} at position {self._count + i} does not fit "
+                                 f"{self._dt.name} (range [0, {self._limit}))")
+            self._f.write(np.ascontiguousarray(arr, dtype=self._dt).tobytes())
+            self._count += int(arr.size)
+
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> Optional[bool]:
+        f, cm = self._f, self._cm
+        self._f = self._cm = None
+        assert f is not None and cm is not None
+        if exc_type is None:
+            f.seek(0)
+            f.write(_HEADER.pack(TOKEN_FILE_MAGIC, TOKEN_FILE_VERSION, _CODE_OF[self._dt], self._count))
+            f.seek(0, os.SEEK_END)
+        return cm.__exit__(exc_type, exc, tb)
 
 
 # ------------------------------------------------------------------------ batches
@@ -357,6 +454,29 @@ def _eval_batches(arr: np.ndarray, batch_size: int, block_size: int, n_windows: 
 
 
 # ------------------------------------------------------------------------- corpus
+
+def list_text_files(paths: Sequence[Any]) -> List[str]:
+    """The files named by ``paths`` (files, or directories walked recursively
+    in sorted order, hidden entries skipped), in order. Raises
+    ``FileNotFoundError`` naming a path that does not exist and ``ValueError``
+    when there are no files."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: List[str] = []
+    for item in paths:
+        p = _fspath(item, "corpus path")
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"corpus: no such file or directory {p!r}")
+    if not out:
+        raise ValueError(f"corpus: no files in {[os.fspath(x) for x in paths]!r}")
+    return out
+
 
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 

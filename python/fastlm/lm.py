@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _C
 from ._checks import check_float as _check_float, check_int as _check_int
+from .bpe import BPETokenizer
 from .tokenizers import Tokenizer
 
 __all__ = ["LanguageModel"]
@@ -272,15 +273,18 @@ class LanguageModel:
     @property
     def tokenizer(self) -> Optional[Tokenizer]:
         """The tokenizer saved and loaded with the model, or None. Assigning
-        checks it: a Tokenizer whose vocab_size does not exceed the model's."""
+        checks it: a Tokenizer whose vocab_size does not exceed the model's;
+        a ``tokenizers.Tokenizer`` is wrapped in a :class:`~fastlm.bpe.BPETokenizer`."""
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, tokenizer: Optional[Tokenizer]) -> None:
         if tokenizer is not None:
+            if BPETokenizer.accepts(tokenizer):
+                tokenizer = BPETokenizer(tokenizer)
             if not isinstance(tokenizer, Tokenizer):
-                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer) "
-                                f"or None, got {type(tokenizer).__name__}")
+                raise TypeError("tokenizer must be a fastlm.tokenizers.Tokenizer (CharTokenizer, ByteTokenizer, "
+                                f"BPETokenizer), a tokenizers.Tokenizer or None, got {type(tokenizer).__name__}")
             if tokenizer.vocab_size > self.vocab_size:
                 raise ValueError(f"tokenizer.vocab_size ({tokenizer.vocab_size}) exceeds vocab_size "
                                  f"({self.vocab_size})")

@@ -4,11 +4,14 @@
   unique characters of a training text (nanoGPT's ``shakespeare_char``).
 * :class:`ByteTokenizer` -- one id per UTF-8 byte, vocabulary 256; encodes any
   text, decodes any id sequence (invalid UTF-8 becomes U+FFFD).
+* :class:`fastlm.bpe.BPETokenizer` -- byte-level BPE on Hugging Face
+  ``tokenizers``; it registers itself here (:func:`register_hf_tokenizer`).
 
-Both encode to a 1-D ``int32`` array, decode from a list or a 1-D integer
-array, serialise to JSON with a ``"type"`` field (:meth:`Tokenizer.to_json`,
-:meth:`Tokenizer.save`) and are rebuilt by :func:`tokenizer_from_json` /
-:func:`load_tokenizer`.
+All encode to a 1-D ``int32`` array, decode from a list or a 1-D integer
+array, serialise to JSON (:meth:`Tokenizer.to_json`, :meth:`Tokenizer.save`)
+and are rebuilt by :func:`tokenizer_from_json` / :func:`load_tokenizer`.
+fastlm's own JSON has a ``"type"`` field; a Hugging Face ``tokenizer.json``
+(no ``"type"``, a ``"model"`` object) is read as a BPE tokenizer.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ __all__ = [
     "tokenizer_from_dict",
     "tokenizer_from_json",
     "load_tokenizer",
+    "register_hf_tokenizer",
 ]
 
 #: What ``decode`` accepts: a sequence of ints or a 1-D integer array.
@@ -103,6 +107,12 @@ class Tokenizer:
     def decode(self, ids: IdsLike) -> str:
         """Decode a list or 1-D integer array of ids to text."""
         raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> List[np.ndarray]:
+        """:meth:`encode` of each text of a list (subclasses may run them in parallel)."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise TypeError(f"encode_batch: texts must be a list of str, got {type(texts).__name__}")
+        return [self.encode(t) for t in texts]
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able description, with ``"type"`` and ``"version"`` fields."""
@@ -279,15 +289,27 @@ class ByteTokenizer(Tokenizer):
 
 
 _TYPES = {"char": CharTokenizer, "byte": ByteTokenizer}
+# The class that reads a Hugging Face tokenizer.json (fastlm.bpe registers its own).
+_hf_reader: List[Any] = []
+
+
+def register_hf_tokenizer(cls: Any) -> None:
+    """Make :func:`tokenizer_from_dict` read a Hugging Face tokenizer JSON
+    with ``cls.from_dict`` (``cls``: a :class:`Tokenizer` subclass)."""
+    _hf_reader[:] = [cls]
 
 
 def tokenizer_from_dict(d: Any) -> Tokenizer:
-    """Rebuild a tokenizer from :meth:`Tokenizer.to_dict` output.
-    Any malformed content raises ``ValueError``."""
+    """Rebuild a tokenizer from :meth:`Tokenizer.to_dict` output or a Hugging
+    Face ``tokenizer.json`` object. Any malformed content raises ``ValueError``."""
     if not isinstance(d, dict):
         raise ValueError(f"tokenizer JSON must be an object, got {type(d).__name__}")
+    if "type" not in d and isinstance(d.get("model"), dict):
+        if not _hf_reader:
+            raise ValueError("a Hugging Face tokenizer JSON needs the 'tokenizers' package (pip install tokenizers)")
+        return _hf_reader[0].from_dict(d)
     if "type" not in d:
-        raise ValueError("tokenizer JSON has no 'type' field")
+        raise ValueError("tokenizer JSON has no 'type' field (nor a Hugging Face 'model')")
     kind = d["type"]
     if not isinstance(kind, str) or kind not in _TYPES:
         raise ValueError(f"unknown tokenizer type {kind!r}; known types: {sorted(_TYPES)}")
@@ -329,16 +351,22 @@ def tokenizer_from_json(s: Union[str, bytes]) -> Tokenizer:
 
 
 def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tokenizer:
-    """Load a tokenizer saved with :meth:`Tokenizer.save`.
+    """Load a tokenizer: a file saved with :meth:`Tokenizer.save` (or a
+    checkpoint's ``tokenizer.json``), a Hugging Face ``tokenizer.json``, or a
+    directory holding a ``tokenizer.json`` (a checkpoint, a Hugging Face model).
 
-    Raises ``FileNotFoundError`` (naming ``path``) if it does not exist and
-    ``ValueError`` naming ``path`` if its content is not a valid tokenizer.
+    Raises ``FileNotFoundError`` (naming ``path``) if it does not exist,
+    ``IsADirectoryError`` for a directory without a ``tokenizer.json`` and
+    ``ValueError`` naming the file if its content is not a valid tokenizer.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"load_tokenizer: no such file {p!r}")
     if os.path.isdir(p):
-        raise IsADirectoryError(f"load_tokenizer: {p!r} is a directory (a tokenizer is a JSON file)")
+        inner = os.path.join(p, "tokenizer.json")
+        if not os.path.isfile(inner):
+            raise IsADirectoryError(f"load_tokenizer: {p!r} is a directory without a tokenizer.json")
+        p = inner
     with open(p, "rb") as f:
         data = f.read()
     try:

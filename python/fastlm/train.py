@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import distributed
 from ._checks import MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 
@@ -140,17 +141,26 @@ def _check_fit_record(rec: Any) -> None:
 # ------------------------------------------------------------------------- eval
 
 def estimate_loss(model: Any, tokens: Any, *, batches: Optional[int], batch_size: int, block_size: int,
-                  rng: np.random.Generator) -> float:
+                  rng: np.random.Generator, world: Optional[distributed.World] = None) -> float:
     """nanoGPT's ``estimate_loss`` for one split: the mean loss of ``batches``
     random batches (:func:`fastlm.data.get_batch` with ``rng``) of
     ``batch_size`` windows of ``block_size`` tokens, no dropout, no gradients.
     ``batches=None``, or a split too short for one window, gives the loss over
-    the whole split (:func:`evaluate`) instead."""
-    n = int(tokens.shape[0])
-    if batches is None or n < block_size + 1:
-        return evaluate(model, tokens, batch_size=batch_size)["loss"]
+    the whole split (:func:`evaluate`) instead. With a ``world`` of N ranks
+    (same ``rng`` state on each) the batches are those of N * batch_size rows,
+    rank r scoring rows r*b .. (r+1)*b - 1, and the sums are reduced."""
+    if batches is None or int(tokens.shape[0]) < block_size + 1:
+        return _eval_loss(model, tokens, batch_size, None, world)
     model._cache_owner = None
-    return float(np.mean([model._loss(*get_batch(tokens, batch_size, block_size, rng)) for _ in range(batches)]))
+    if world is None:
+        return float(np.mean([model._loss(*get_batch(tokens, batch_size, block_size, rng)) for _ in range(batches)]))
+    rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
+    sums = np.zeros(2)  # loss * rows, rows
+    for _ in range(batches):
+        x, y = get_batch(tokens, batch_size * world.size, block_size, rng)
+        sums += (model._loss(x[rows], y[rows]) * batch_size, batch_size)
+    world.all_reduce(sums, "sum")
+    return float(sums[0] / sums[1])
 
 
 def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Optional[int] = None) -> Dict[str, float]:
@@ -168,16 +178,27 @@ def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Opti
     if max_batches is not None:
         max_batches = _int(max_batches, "max_batches", 1)
     arr = _tokens(tokens, "tokens", model.vocab_size, 2)
-    T = min(model._train_window(None), int(arr.shape[0]) - 1)
-    model._cache_owner = None
-    total = 0.0
-    rows = 0
-    for x, y in iter_eval_batches(arr, batch_size, T, max_batches):
-        total += model._loss(x, y) * x.shape[0]
-        rows += x.shape[0]
-    loss = total / rows
+    loss = _eval_loss(model, arr, batch_size, max_batches, None)
     perplexity = math.exp(loss) if loss < 700 else (float("nan") if math.isnan(loss) else float("inf"))
     return {"loss": loss, "perplexity": perplexity}
+
+
+def _eval_loss(model: Any, arr: np.ndarray, batch_size: int, max_batches: Optional[int],
+               world: Optional[distributed.World]) -> float:
+    """:func:`evaluate`'s mean loss. With a ``world`` of N ranks, the batches
+    are those of one process with ``N * batch_size`` rows, rank r scoring rows
+    r*b .. (r+1)*b - 1 of each, and the sums are reduced over the ranks."""
+    T = min(model._train_window(None), int(arr.shape[0]) - 1)
+    model._cache_owner = None
+    r, n = (world.rank, world.size) if world is not None else (0, 1)
+    sums = np.zeros(2)  # loss * rows, rows
+    for x, y in iter_eval_batches(arr, batch_size * n, T, max_batches):
+        x, y = x[r * batch_size:(r + 1) * batch_size], y[r * batch_size:(r + 1) * batch_size]
+        if x.shape[0]:
+            sums += (model._loss(x, y) * x.shape[0], x.shape[0])
+    if world is not None:
+        world.all_reduce(sums, "sum")
+    return float(sums[0] / sums[1])
 
 
 # -------------------------------------------------------------------------- fit
@@ -222,6 +243,7 @@ class _Progress:
             self.bar.close()
 
 
+@distributed.collective("fit")
 def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3, warmup_steps: int = 0,
         min_lr: Optional[float] = None, lr_decay_iters: Optional[int] = None, decay_lr: bool = True,
         keep_best: bool = False, betas: Optional[Tuple[float, float]] = None,
@@ -273,9 +295,19 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     callback: ``callback(step, metrics)`` after every step, metrics being that
         step's history entry; returning ``False`` stops training.
 
+    Under an MPI launcher (``mpirun -n N``), every rank runs ``fit`` with the
+    same arguments and trains one model data-parallel: ``batch_size`` is per
+    rank, rank r taking rows r*b .. (r+1)*b - 1 of the batch one process with
+    ``N * batch_size`` would draw, so the run equals that process's up to the
+    order of float sums (:mod:`fastlm.distributed`, docs/distributed.md).
+    Rank 0 alone shows progress, calls ``callback`` (what it returns stops
+    every rank) and writes checkpoints, which resume with any N.
+
     Returns the :class:`History` of the whole run (including the steps before
     a resume). Raises ``FloatingPointError`` if the loss becomes NaN or inf.
     """
+    world = distributed.world()
+    nranks, lead = world.size, world.rank == 0
     steps = _int(steps, "steps", 1)
     batch_size = _int(batch_size, "batch_size", 1)
     grad_accum = _int(grad_accum, "grad_accum", 1)
@@ -323,15 +355,16 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         raise ValueError(f"stateful=True needs a recurrent model; {type(model).__name__} has no state to carry")
     block = model._train_window(block_size)
     V = model.vocab_size
-    # Stateful: each of the batch_size streams needs a window plus its target.
-    train = _tokens(train, "train", V, batch_size * (block + 1) if stateful else block + 1)
+    # Stateful: each of the batch_size streams of every rank needs a window plus its target.
+    train = _tokens(train, "train", V, batch_size * nranks * (block + 1) if stateful else block + 1)
     if val is not None:
         val = _tokens(val, "val", V, 2)
 
     fit_args = {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
                 "warmup_steps": warmup_steps, "min_lr": min_lr, "betas": [b1, b2], "weight_decay": weight_decay,
                 "grad_clip": grad_clip, "block_size": block, "stateful": stateful, "optimizer": optimizer,
-                "momentum": momentum, "lr_decay_iters": lr_decay_iters, "decay_lr": decay_lr, "keep_best": keep_best}
+                "momentum": momentum, "world_size": nranks, "lr_decay_iters": lr_decay_iters, "decay_lr": decay_lr,
+                "keep_best": keep_best}
     if resume:
         from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
         ckpt = load_checkpoint(checkpoint_dir)
@@ -355,17 +388,41 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         stream_pos = 0
         history = History()
         best_val = None
+    if nranks > 1:
+        world.start("fit", {
+            "model": f"{type(model).__name__} {model.config}", "settings": fit_args, "seed": seed,
+            "resume": resume, "start step": start, "optimizer step": model.optimizer_step,
+            "train tokens": distributed.data_fingerprint(train), "val tokens": distributed.data_fingerprint(val),
+            "data RNG": rng.bit_generator.state}, (model._g.flat_params(), model._g.adam_m(), model._g.adam_v()))
+        model._g.weights_changed()
+    # Each rank's rows of the global batch of nranks * batch_size.
+    rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
 
     if stateful:
-        # batch_size contiguous streams side by side, walked window by window.
-        stream_len = int(train.shape[0]) // batch_size
-        streams = np.asarray(train[:stream_len * batch_size]).reshape(batch_size, stream_len)
+        # batch_size * nranks contiguous streams side by side, walked window by window; this rank's rows.
+        stream_len = int(train.shape[0]) // (batch_size * nranks)
+        streams = np.asarray(train[:stream_len * batch_size * nranks]).reshape(-1, stream_len)[rows]
+        if nranks > 1 and resume:
+            model._carried = distributed.state_rows(model._carried, rows, batch_size * nranks)
+
+    def save() -> None:
+        """Rank 0 writes the checkpoint; a stateful run's holds every rank's streams."""
+        gather = stateful and nranks > 1
+        if gather:
+            own = model._carried
+            model._carried = distributed.gather_state(world, own)
+        try:
+            if lead:
+                model.save(checkpoint_dir)
+        finally:
+            if gather:
+                model._carried = own
 
     def next_batch() -> Tuple[np.ndarray, np.ndarray, bool]:
         nonlocal stream_pos
         if not stateful:
-            x, y = get_batch(train, batch_size, block, rng)
-            return x, y, False
+            x, y = get_batch(train, batch_size * nranks, block, rng)
+            return x[rows], y[rows], False
         if stream_pos + block + 1 > stream_len:
             stream_pos = 0
         carry = stream_pos > 0
@@ -376,10 +433,12 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
 
     g = model._g
     model._cache_owner = None
-    tokens_per_step = batch_size * block * grad_accum
+    grads = g.flat_grads()
+    tokens_per_step = batch_size * block * grad_accum * nranks
     from .mfu import mfu, peak_flops
-    flops_per_token, peak = model._flops_per_token(block), peak_flops()
-    bar = _Progress(bool(progress), steps, start)
+    # Every rank's threads: the peak of one process times the ranks (of one machine's kind).
+    flops_per_token, peak = model._flops_per_token(block), peak_flops() * nranks
+    bar = _Progress(bool(progress) and lead, steps, start)
     saved_at = -1
     try:
         for it in range(start, steps):
@@ -390,11 +449,14 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
             loss_sum = 0.0
             for _ in range(grad_accum):
                 x, y, carry = next_batch()
-                loss_sum += model._forward_backward(x, y, 1.0 / grad_accum, carry)
+                loss_sum += model._forward_backward(x, y, 1.0 / (grad_accum * nranks), carry)
             loss = loss_sum / grad_accum
+            if nranks > 1:  # scaled by 1 / nranks above, so the sums are the means
+                world.all_reduce(grads, "sum")
+                loss = float(world.all_reduce(np.array([loss]), "mean")[0])
             if not math.isfinite(loss):
-                raise FloatingPointError(f"training diverged: loss is {loss} at step {it + 1} (try a lower lr "
-                                         "or a smaller grad_clip)")
+                raise distributed.raised_alike(FloatingPointError(  # the loss is every rank's mean
+                    f"training diverged: loss is {loss} at step {it + 1} (try a lower lr or a smaller grad_clip)"))
             norm = float(g.grad_norm())
             scale = min(1.0, grad_clip / (norm + 1e-6)) if grad_clip > 0 else 1.0
             model._apply_step(lr_t, {"optimizer": optimizer, "betas": (b1, b2), "eps": 1e-8,
@@ -410,7 +472,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 splits = {"train_loss": train} if val is None else {"train_loss": train, "val_loss": val}
                 for key, split in splits.items():
                     entry[key] = estimate_loss(model, split, batches=eval_batches, batch_size=batch_size,
-                                               block_size=block, rng=np.random.default_rng([seed, step]))
+                                               block_size=block, rng=np.random.default_rng([seed, step]),
+                                               world=world if nranks > 1 else None)
                 msg = f"step {step}: train loss {entry['train_loss']:.4f}"
                 if val is not None:
                     msg += f", val loss {entry['val_loss']:.4f}"
@@ -424,12 +487,16 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
             bar.update(entry)
             if checkpoint_dir is not None and (improved if keep_best else
                                                step % checkpoint_interval == 0 or step == steps):
-                model.save(checkpoint_dir)
+                save()
                 saved_at = step
-            if callback is not None and callback(step, dict(entry)) is False:
+            stop = lead and callback is not None and callback(step, dict(entry)) is False
+            if callback is not None and nranks > 1:
+                stop = world.broadcast_object(stop)
+            if stop:
                 if checkpoint_dir is not None and saved_at != step and not keep_best:
-                    model.save(checkpoint_dir)
+                    save()
                 break
     finally:
         bar.close()
+    world.barrier()  # the last checkpoint is complete when fit returns on any rank
     return history

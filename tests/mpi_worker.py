@@ -1,0 +1,119 @@
+"""One rank of the jobs tests/test_distributed.py starts with ``mpirun -n N``.
+
+    python mpi_worker.py SCENARIO OUT_DIR [ARGS...]
+
+Scenarios write what the test checks into OUT_DIR (rank 0's parameters as
+.npy; a line per checkpoint save in saves.txt) or fail on purpose.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+import fastlm
+from fastlm import distributed as dist
+
+V = 29
+
+
+def corpus() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, V, 4000)
+
+
+def make(kind: str, seed: int = 1) -> fastlm.LanguageModel:
+    """``kind``: transformer, lstm, or lstm-stateful (trained with stateful=True)."""
+    if kind == "transformer":
+        return fastlm.Transformer(V, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=seed)
+    return fastlm.LSTMLM(V, embed_dim=16, hidden_size=24, num_layers=2, seed=seed)
+
+
+def fit_args(batch_size: int, steps: int, kind: str = "") -> dict:
+    """The settings every scenario trains with (the test's one-process run too)."""
+    data = corpus()
+    return dict(train=data, steps=steps, batch_size=batch_size, lr=1e-3, block_size=16, val=data[:700],
+                eval_interval=2, eval_batches=3, progress=False, seed=3, stateful=kind.endswith("stateful"),
+                grad_accum=2 if kind == "lstm" else 1)
+
+
+def count_saves(out: str) -> None:
+    """Log every checkpoint save with the rank that made it."""
+    save = fastlm.LanguageModel.save
+
+    def logged(self, path):  # type: ignore[no-untyped-def]
+        with open(os.path.join(out, "saves.txt"), "a") as f:
+            f.write(f"{dist.rank()}\n")
+        save(self, path)
+
+    fastlm.LanguageModel.save = logged
+
+
+def fail_on_rank1_at(model: fastlm.LanguageModel, step: int, how: str) -> None:
+    """Make rank 1 fail in its forward/backward of ``step`` (1-based): after step
+    ``step - 1``'s all-reduce, so rank 0 has written the checkpoints before it."""
+    if dist.rank() != 1:
+        return
+    inner = model._forward_backward
+    calls = [0]
+
+    def failing(*a):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == step:
+            if how == "raise":
+                raise RuntimeError("injected failure on rank 1")
+            if how == "exit":
+                sys.exit(3)
+            os.kill(os.getpid(), 9)
+        return inner(*a)
+
+    model._forward_backward = failing
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], sys.argv[2]
+    rest = sys.argv[3:]
+    if scenario == "train":  # KIND BATCH STEPS [resume | STOP_AT (a callback stops there)]
+        kind, b, steps = rest[0], int(rest[1]), int(rest[2])
+        resume = rest[3:] == ["resume"]
+        stop_at = int(rest[3]) if rest[3:] and not resume else None
+        count_saves(out)
+        model = make(kind)
+        ckpt = os.path.join(out, "ckpt")
+        hist = model.fit(checkpoint_dir=ckpt, checkpoint_interval=2, resume=resume, **fit_args(b, steps, kind),
+                         callback=None if stop_at is None else (lambda step, m: step < stop_at))
+        if dist.rank() == 0:
+            np.save(os.path.join(out, "params.npy"), model._g.flat_params().copy())
+            np.save(os.path.join(out, "losses.npy"), np.array([[e["loss"], e["val_loss"] or 0] for e in hist]))
+    elif scenario == "fail":  # HOW: raise, exit or kill on rank 1 at step 4
+        model = make("transformer")
+        fail_on_rank1_at(model, 4, rest[0])
+        model.fit(checkpoint_dir=os.path.join(out, "ckpt"), checkpoint_interval=2, **fit_args(2, 50))
+    elif scenario == "seeds":  # each rank a different seed: refused at the start
+        make("transformer", seed=1 + dist.rank()).fit(**fit_args(2, 3))
+    elif scenario == "bad-batch":  # a bad argument on every rank: reported once
+        make("transformer").fit(**dict(fit_args(2, 3), batch_size=0))
+    elif scenario == "bad-batch-rank1":  # a bad argument on rank 1 alone: agreed on, reported once
+        make("transformer").fit(**dict(fit_args(2, 3), batch_size=0 if dist.rank() == 1 else 2))
+    elif scenario == "raise-outside-fit":  # rank 1 raises while rank 0 waits in a barrier
+        dist.world()
+        if dist.rank() == 1:
+            raise KeyError("raised outside fit on rank 1")
+        dist.barrier()
+    elif scenario == "collectives":
+        w = dist.world()
+        x = np.full(5, float(w.rank + 1), dtype=np.float32)
+        dist.all_reduce(x)
+        y = np.arange(3.0) * (w.rank + 1)
+        dist.all_reduce(y, "sum")
+        z = np.full(4, w.rank, dtype=np.int32)
+        dist.broadcast(z, root=1)
+        dist.barrier()
+        np.save(os.path.join(out, f"collectives{w.rank}.npy"),
+                np.concatenate([x, y, z, [w.size, w.local_rank, w.local_size]]))
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+if __name__ == "__main__":
+    main()
