@@ -182,3 +182,20 @@ def test_recurrent_dropout_between_layers(isa, cls):
     plain = cls(V, embed_dim=E, hidden_size=H, num_layers=L)
     plain.load_state_dict(sd)
     np.testing.assert_array_equal(plain.forward(idx), m.forward(idx))
+
+
+def test_ranks_draw_masks_of_their_own(sd, monkeypatch):
+    import types
+    from fastlm import distributed
+    rng = np.random.default_rng(5)
+    idx, tgt = rng.integers(0, V, (B, BLOCK)), rng.integers(0, V, (B, BLOCK))
+    losses = []
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "world", lambda rank=rank: types.SimpleNamespace(rank=rank, size=2))
+        m = Transformer(V, **ARCH, dropout=0.3, seed=5)
+        m.load_state_dict(sd)
+        losses.append(m.forward_backward(idx, tgt))
+    monkeypatch.undo()
+    m = Transformer(V, **ARCH, dropout=0.3, seed=5)
+    m.load_state_dict(sd)
+    assert m.forward_backward(idx, tgt) == losses[0] != losses[1]

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _C
+from . import _C, distributed
 from ._checks import check_float as _check_float, check_int as _check_int
 from .bpe import BPETokenizer
 from .tokenizers import Tokenizer
@@ -243,8 +243,12 @@ class LanguageModel:
     def _next_dropout_seed(self) -> int:
         """The seed of the next micro-batch's dropout masks: the model seed and
         a count of such micro-batches (trainer_state.json keeps it), hashed
-        further by the core per tensor."""
+        further by the core per tensor. Under mpirun each rank mixes in its
+        rank: its rows get masks of their own, not a copy of rank 0's."""
         seed = (self._config["seed"] * 0x9E3779B97F4A7C15 + self._dropout_calls) % 2**64
+        rank = distributed.world().rank
+        if rank:
+            seed ^= (rank * 0xD1B54A32D192ED03) % 2**64
         self._dropout_calls += 1
         return seed
 
