@@ -12,7 +12,7 @@ leading dashes (``batch_size`` or ``batch-size``), values of the flag's type::
 
 Each value is checked as the flag would check it; flags given on the command
 line win over the file. TOML needs :mod:`tomllib` (Python 3.11+) or the
-``tomli`` package on older Pythons.
+``tomli`` package on older Pythons (a dependency there).
 """
 from __future__ import annotations
 
