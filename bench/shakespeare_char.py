@@ -1,60 +1,66 @@
-"""Convergence check: nanoGPT's CPU shakespeare_char run on fastlm.
+"""Convergence check: nanoGPT's CPU shakespeare_char run on fastlm, through
+``fastlm train --config examples/shakespeare_char.toml`` (the settings live in
+that file alone).
 
-    PYTHONPATH=python python bench/shakespeare_char.py [path/to/tinyshakespeare.txt] [--precision bf16]
+    PYTHONPATH=python python bench/shakespeare_char.py [path/to/tinyshakespeare.txt] [--key=value ...]  (e.g. --precision=bf16)
 
 Character tokenizer, first 90% train / last 10% val; vocab 65, block 64, 4
-layers, 4 heads, n_embd 128, batch 12; lr 1e-3 with 100 warmup steps, cosine
-to 1e-4 over 2000 steps; AdamW betas (0.9, 0.99), weight decay 0.1; clip 1.0.
-nanoGPT reports a val loss of about 1.88 for this setting, measured by its
-estimate_loss: the mean over 20 random batches of 12 windows of the val split.
-Prints that estimate (seeded, and over 200 batches for a steadier figure), the
-loss over the whole val split, and the wall time.
+layers, 4 heads, n_embd 128, batch 12, dropout 0; lr 1e-3 with 100 warmup
+steps, cosine to 1e-4 at step 2000 (lr_decay_iters); AdamW betas (0.9, 0.99),
+weight decay 0.1; clip 1.0; the checkpoint kept at the best val estimate
+(keep_best, nanoGPT's always_save_checkpoint=False). nanoGPT reports a val
+loss of about 1.88 here, by its estimate_loss (20 random batches of 12
+windows). Extra arguments override the file, e.g. nanoGPT's dropout run:
+``--steps=5000 --lr_decay_iters=5000 --dropout=0.2``.
+
+Prints the kept checkpoint's step, its val loss over the whole val split (the
+steadier figure), nanoGPT's 20-batch estimate and one over 200 batches, and the
+wall time. The run directory is a fresh temporary one.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 import fastlm
+from fastlm.cli import main as cli
 from fastlm.data import get_batch, read_text, train_val_split
 
-DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")
+CONFIG = os.path.join(HERE, "..", "examples", "shakespeare_char.toml")
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    precision = "fp32"
-    if "--precision" in argv:  # bf16: the same run in mixed precision (AVX512_BF16)
-        i = argv.index("--precision")
-        precision = argv[i + 1] if i + 1 < len(argv) else ""
-        del argv[i:i + 2]
-    path = argv[0] if argv else DEFAULT
+    argv = sys.argv[1:] if argv is None else argv
+    path = argv[0] if argv and not argv[0].startswith("--") else DEFAULT
+    overrides = [a for a in argv if a.startswith("--")]
     if not os.path.exists(path):
         print(f"corpus {path!r} not found", file=sys.stderr)
         return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "run")
+        t0 = time.perf_counter()
+        rc = cli(["train", path, "--config", CONFIG, "--out", out, "--no-progress"] + overrides)
+        wall = time.perf_counter() - t0
+        if rc:
+            return rc
+        model = fastlm.LanguageModel.load(out)
     text = read_text(path)
-    tok = fastlm.CharTokenizer.from_text(text)
-    train, val = train_val_split(tok.encode(text), 0.1)
-    model = fastlm.Transformer(tok.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128, seed=1337,
-                               tokenizer=tok, precision=precision)
-    t0 = time.perf_counter()
-    history = model.fit(train, steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                        betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, val=val, eval_interval=250,
-                        eval_batches=20, seed=1337, progress=False)
-    wall = time.perf_counter() - t0
+    _, val = train_val_split(model.tokenizer.encode(text), 0.1)
     final = model.evaluate(val, batch_size=64)["loss"]
     rng = np.random.default_rng(0)
 
     def estimate(batches: int) -> float:  # nanoGPT's estimate_loss on the val split
         return float(np.mean([model._loss(*get_batch(val, 12, 64, rng)) for _ in range(batches)]))
 
-    print(f"threads {fastlm.get_num_threads()}, isa {fastlm.cpu_isa()}, {precision}: {len(history)} steps in {wall:.1f} s "
-          f"({wall / len(history) * 1e3:.1f} ms/step); train loss {history[-1]['loss']:.4f}; val loss: "
-          f"nanoGPT estimate (20 random batches) {estimate(20):.4f}, over 200 random batches "
-          f"{estimate(200):.4f}, whole val split {final:.4f}")
+    print(f"threads {fastlm.get_num_threads()}, isa {fastlm.cpu_isa()}: {wall:.1f} s; kept step "
+          f"{model.optimizer_step} (dropout {model.dropout}); val loss: whole val split {final:.4f}, "
+          f"nanoGPT estimate (20 random batches) {estimate(20):.4f}, over 200 random batches {estimate(200):.4f}")
     return 0
 
 

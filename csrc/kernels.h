@@ -60,6 +60,13 @@ struct AttentionArgs {
   Strides sq, sk, sv, so;
   int64_t batch = 0, heads = 0, seq_q = 0, seq_k = 0, head_dim = 0;
   bool causal = true;
+  // Dropout on the attention probabilities (training): probability p in
+  // [0, 1); element (b, h, i, j) is dropped as csrc/dropout_hash.h decides for
+  // key dropout::key(dropout_seed, b * heads + h) and index i * seq_k + j, so
+  // the backward (same args) regenerates the forward's mask. lse stays that
+  // of the undropped softmax. The CUDA kernels refuse p > 0.
+  float dropout_p = 0.f;
+  uint64_t dropout_seed = 0;
 };
 
 // Gradients of attention; dq, dk, dv use the strides of q, k, v and dout
@@ -178,6 +185,10 @@ struct Kernels {
   // Hugging Face's "gelu"); the backward writes, as gelu_backward does.
   void (*gelu_erf_forward)(const float* x, float* y, int64_t n);
   void (*gelu_erf_backward)(const float* dy, const float* x, float* dx, int64_t n);
+  // y = x * keep / (1 - p), keep = dropout::bits(key, i) >= dropout::threshold(p)
+  // (csrc/dropout_hash.h), p in [0, 1); y may alias x. Its own backward: the
+  // same call on dy with the same key gives dx (written, not accumulated).
+  void (*dropout)(const float* x, float* y, int64_t n, float p, uint64_t key);
 };
 
 // Every entry of Kernels but `name`, once: each backend declares its kernels
@@ -189,7 +200,7 @@ struct Kernels {
   X(softmax_forward) X(softmax_backward) X(layernorm_forward) X(layernorm_backward)       \
   X(gelu_forward) X(gelu_backward) X(attention_forward) X(attention_backward)             \
   X(cross_entropy) X(lstm_cell_forward) X(lstm_cell_backward) X(gru_cell_forward)         \
-  X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward)
+  X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward) X(dropout)
 
 #define FASTLM_DECLARE_KERNEL(entry) std::remove_pointer_t<decltype(Kernels::entry)> entry;
 #define FASTLM_COUNT_KERNEL(entry) +1

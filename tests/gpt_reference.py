@@ -114,7 +114,7 @@ def _gelu_grad(x):
 
 
 def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Optional[np.ndarray],
-                        n_head: int, dtype=np.float64,
+                        n_head: int, dtype=np.float64, drop: Optional[Dict[str, np.ndarray]] = None,
                         ) -> Tuple[np.ndarray, Optional[float], Optional[Dict[str, np.ndarray]]]:
     """GPT-2 forward (and backward when targets are given) in ``dtype``.
 
@@ -122,6 +122,11 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     targets: (B, T) integer, targets == -100 ignored. Returns (logits (B, T, V),
     mean loss or None, grads or None) with grads named as ``param_names``
     (wte's gradient includes the lm_head contribution).
+
+    drop: dropout as nanoGPT places it, as factors (keep / (1 - p) or 0):
+    ``"emb"`` (B, T, C) on the embedding output and, per layer i, ``"attn{i}"``
+    (B, H, T, T) on the attention probabilities, ``"res{i}a"`` and
+    ``"res{i}m"`` (B, T, C) on the attention and MLP branches.
     """
     p = {k: np.asarray(v, dtype=dtype) for k, v in sd.items() if k != "lm_head.weight"}
     n_layer = sum(1 for k in p if k.endswith(".ln_1.weight"))
@@ -133,7 +138,10 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     scale = dtype(1.0 / math.sqrt(D))
     mask = np.triu(np.ones((T, T), dtype=bool), 1)
 
-    x = wte[idx] + wpe[:T]
+    one = dtype(1)
+    z = {k: np.asarray(v, dtype) for k, v in (drop or {}).items()}
+    zf = lambda key: z.get(key, one)  # noqa: E731
+    x = (wte[idx] + wpe[:T]) * zf("emb")
     caches = []
     for i in range(n_layer):
         pre = f"transformer.h.{i}."
@@ -145,13 +153,13 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
         att = att - att.max(-1, keepdims=True)
         P = np.exp(att)
         P = P / P.sum(-1, keepdims=True)
-        yh = P @ v
+        yh = (P * zf(f"attn{i}")) @ v
         y = yh.transpose(0, 2, 1, 3).reshape(B, T, C)
-        x = x + y @ p[pre + "attn.c_proj.weight"].T + p[pre + "attn.c_proj.bias"]
+        x = x + (y @ p[pre + "attn.c_proj.weight"].T + p[pre + "attn.c_proj.bias"]) * zf(f"res{i}a")
         ln2, c2 = _layernorm(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"])
         h = ln2 @ p[pre + "mlp.c_fc.weight"].T + p[pre + "mlp.c_fc.bias"]
         g = _gelu(h)
-        x = x + g @ p[pre + "mlp.c_proj.weight"].T + p[pre + "mlp.c_proj.bias"]
+        x = x + (g @ p[pre + "mlp.c_proj.weight"].T + p[pre + "mlp.c_proj.bias"]) * zf(f"res{i}m")
         caches.append((ln1, c1, q, k, v, P, y, ln2, c2, h, g))
     lnf, cf = _layernorm(x, p["transformer.ln_f.weight"], p["transformer.ln_f.bias"])
     logits = lnf @ wte.T
@@ -170,9 +178,10 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
         pre = f"transformer.h.{i}."
         ln1, c1, q, k, v, P, y, ln2, c2, h, g = caches[i]
         # MLP
-        grads[pre + "mlp.c_proj.weight"] += dx.reshape(-1, C).T @ g.reshape(-1, 4 * C)
-        grads[pre + "mlp.c_proj.bias"] += dx.reshape(-1, C).sum(0)
-        dg = dx @ p[pre + "mlp.c_proj.weight"]
+        dm = dx * zf(f"res{i}m")
+        grads[pre + "mlp.c_proj.weight"] += dm.reshape(-1, C).T @ g.reshape(-1, 4 * C)
+        grads[pre + "mlp.c_proj.bias"] += dm.reshape(-1, C).sum(0)
+        dg = dm @ p[pre + "mlp.c_proj.weight"]
         dh = dg * _gelu_grad(h)
         grads[pre + "mlp.c_fc.weight"] += dh.reshape(-1, 4 * C).T @ ln2.reshape(-1, C)
         grads[pre + "mlp.c_fc.bias"] += dh.reshape(-1, 4 * C).sum(0)
@@ -182,11 +191,13 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
         grads[pre + "ln_2.bias"] += db
         dx = dx + dxl
         # attention
-        grads[pre + "attn.c_proj.weight"] += dx.reshape(-1, C).T @ y.reshape(-1, C)
-        grads[pre + "attn.c_proj.bias"] += dx.reshape(-1, C).sum(0)
-        dy = (dx @ p[pre + "attn.c_proj.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
-        dP = dy @ v.transpose(0, 1, 3, 2)
-        dv = P.transpose(0, 1, 3, 2) @ dy
+        da = dx * zf(f"res{i}a")
+        grads[pre + "attn.c_proj.weight"] += da.reshape(-1, C).T @ y.reshape(-1, C)
+        grads[pre + "attn.c_proj.bias"] += da.reshape(-1, C).sum(0)
+        dy = (da @ p[pre + "attn.c_proj.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        za = zf(f"attn{i}")
+        dP = (dy @ v.transpose(0, 1, 3, 2)) * za
+        dv = (P * za).transpose(0, 1, 3, 2) @ dy
         datt = P * (dP - (dP * P).sum(-1, keepdims=True)) * scale
         dq = datt @ k
         dk = datt.transpose(0, 1, 3, 2) @ q
@@ -198,6 +209,7 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
         grads[pre + "ln_1.weight"] += dw
         grads[pre + "ln_1.bias"] += db
         dx = dx + dxl
+    dx = dx * zf("emb")
     np.add.at(grads["transformer.wte.weight"], idx.reshape(-1), dx.reshape(-1, C))
     grads["transformer.wpe.weight"][:T] += dx.sum(0)
     return logits, loss, grads

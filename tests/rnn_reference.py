@@ -93,7 +93,8 @@ def _infer(sd) -> Tuple[str, int, int, int, int]:
 
 
 def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Optional[np.ndarray] = None,
-                        h0: Optional[np.ndarray] = None, c0: Optional[np.ndarray] = None, dtype=np.float64):
+                        h0: Optional[np.ndarray] = None, c0: Optional[np.ndarray] = None, dtype=np.float64,
+                        drop: Optional[List[np.ndarray]] = None):
     """Forward (and, with targets, backward) of the Embedding -> LSTM/GRU -> Linear LM.
 
     sd: state dict by PyTorch name (the cell is read from the gate count);
@@ -103,6 +104,8 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     h_T, c_T (L, B, H) as ``nn.LSTM`` returns them (c_T None for a GRU).
     The gradients (the full BPTT of the mean loss over the non-ignored
     targets) are named as the state dict; the initial state is a constant.
+    drop: dropout factors (keep / (1 - p) or 0), one (B, T, H) array per layer
+    but the last, applied to that layer's outputs as ``nn.LSTM(dropout=p)``.
     """
     cell, V, E, H, L = _infer(sd)
     lstm = cell == "lstm"
@@ -148,6 +151,8 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
             cs.append(c)
         caches.append((x, hs, cs, acts))
         x = np.stack(hs[1:], axis=1)  # (B, T, H)
+        if drop is not None and l < L - 1:
+            x = x * np.asarray(drop[l], dtype)
         hT.append(h)
         cT.append(c)
     top = x
@@ -196,7 +201,7 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
             if not lstm:
                 dh_prev = dh_prev + dh * acts[t][1]
             dh = dh_prev
-        dout = dx
+        dout = dx if drop is None or l == 0 else dx * np.asarray(drop[l - 1], dtype)
     np.add.at(grads["embedding.weight"], idx.reshape(-1), dout.reshape(-1, E))
     return logits, loss, grads, state
 

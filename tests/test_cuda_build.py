@@ -178,3 +178,50 @@ def test_device_array_arguments_are_checked_first(args, exc, match):
     for make in (fastlm.DeviceArray, fastlm.DeviceArray.empty):
         with pytest.raises(exc, match=match):
             make(*args)
+
+
+@pytest.mark.parametrize("shape, size, want", [
+    ((2, 3), -1, (2, 3)),
+    (5, -1, (5,)),
+    ((0, 4), -1, (0, 4)),
+    ((np.int64(3), 2), -1, (3, 2)),
+    ((10, -1), 100, (10, 10)),
+    ((-1,), 7, (7,)),
+    (-1, 7, (7,)),
+    ((-1, 1, 3), 6, (2, 1, 3)),
+    ((2, -1, 0), 0, None),
+    ((0, -1), 0, None),
+    ((3, -1), 0, (3, 0)),
+    ((4, -1), 10, None),
+    ((-1, -1), 4, None),
+    ((3, 3), 10, None),
+    ((), 1, ()),
+])
+def test_device_shape_logic_matches_numpy(shape, size, want):
+    """DeviceArray's shape parsing and reshape, checked without a GPU. A reshape
+    (size >= 0) takes one -1 as numpy does; numpy's own reshape is the judge."""
+    if size >= 0:
+        try:
+            expect = np.zeros(size).reshape(shape).shape
+        except ValueError:
+            expect = None
+        assert expect == want
+    if want is None:
+        with pytest.raises(ValueError, match="reshape|dimensions must be >= 0"):
+            _C._device_shape(shape, size)
+    else:
+        assert _C._device_shape(shape, size) == want
+
+
+def test_device_shape_refuses_minus_one_outside_reshape():
+    with pytest.raises(ValueError, match="dimensions must be >= 0, got -1"):
+        _C._device_shape((-1, 4))
+    with pytest.raises(ValueError, match="one unknown dimension"):
+        _C._device_shape((-1, -1), 4)
+    with pytest.raises(ValueError, match=r"cannot reshape an array of size 10 into shape \(4, -1\)"):
+        _C._device_shape((4, -1), 10)
+    with pytest.raises(TypeError, match="shape must hold ints, got float"):
+        _C._device_shape((2.0, -1), 4)
+    # numpy takes any negative number for the unknown dimension; -1 is the documented one.
+    with pytest.raises(ValueError, match=r"dimensions must be >= 0 \(or one -1\), got -2"):
+        _C._device_shape((-2, 5), 10)

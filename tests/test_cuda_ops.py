@@ -19,6 +19,8 @@ on a machine without a GPU, not of the CUDA kernels.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,6 +132,25 @@ def test_matmul_bfloat16(rng, m, n, k, trans_a, trans_b):
     bound = 2.0 ** -8 * np.abs(ref) + 1e-5 * (np.abs(opa).astype(np.float64) @ np.abs(opb)) + 1e-30
     got = host(c)
     assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref) - bound)
+
+
+def _hopper_gemm_built() -> bool:
+    if not GPU or _C.cuda_compute_capability() != "9.0":
+        return False
+    return any(a.startswith("90a") for a in fastlm.build_info()["cuda_archs"])
+
+
+@pytest.mark.skipif(not _hopper_gemm_built(), reason="needs an sm_90 GPU and a build with 90a code")
+def test_matmul_bfloat16_hopper_kernel():
+    """The bfloat16 tests again with the wgmma kernel asked for (FASTLM_CUDA_GEMM is read
+    once per process, hence a child pytest). Of their sizes, those with 16-byte-aligned
+    rows and op(b) = b^T run on it: edges in m, n and k, and more k tiles than stages."""
+    env = dict(os.environ, FASTLM_CUDA_GEMM="wgmma")
+    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+                        "-k", "test_matmul_bfloat16 and not hopper or test_small_matmul"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1]
 
 
 def test_matmul_deterministic(rng):
@@ -598,7 +619,11 @@ def test_device_array_round_trip(rng):
     np.testing.assert_array_equal(b.astype("float32").numpy(), bf16_round(x))
     np.testing.assert_array_equal(fastlm.to_device(x).astype("bfloat16").numpy(), bf16_round(x))
     assert not hasattr(b, "__cuda_array_interface__")
-    np.testing.assert_array_equal(fastlm.to_device(x).reshape(10, -1).numpy(), x.reshape(10, 10))
+    d = fastlm.to_device(x)
+    np.testing.assert_array_equal(d.reshape(10, -1).numpy(), x.reshape(10, 10))
+    np.testing.assert_array_equal(d.reshape((-1, 4, 5)).numpy(), x.reshape(-1, 4, 5))
+    with pytest.raises(ValueError, match=r"cannot reshape an array of size 100 into shape \(3, -1\)"):
+        d.reshape(3, -1)
     with pytest.raises(TypeError, match="numpy"):
         np.asarray(fastlm.to_device(x))
     with pytest.raises(TypeError, match="float64"):
@@ -747,3 +772,5 @@ def test_small_table_kernels(rng):
                            dev(np.zeros(7, np.float32)))
     _C._cuda_sgd(x, x, dev(np.zeros(37, np.float32)), 0.1, 0.9, 0.0, 1.0, True)
     _C.cuda_synchronize()
+    with pytest.raises(TypeError, match="_cuda_embedding_forward: idx must have dtype int64, got int32"):
+        _C._cuda_embedding_forward(dev(idx.astype(np.int32)), wte, wpe, 2, 3, 1)

@@ -146,7 +146,7 @@ def test_reference_matches_pytorch(cell):
 
 def test_config_init_and_num_parameters(cell):
     m = CLASSES[cell](V, **_arch(), seed=3)
-    assert m.config == dict(vocab_size=V, **_arch(), seed=3, device="cpu", precision="fp32")
+    assert m.config == dict(vocab_size=V, **_arch(), dropout=0.0, seed=3, device="cpu", precision="fp32")
     assert CLASSES[cell](**m.config).config == m.config
     shapes = param_shapes(cell, V, E, H, L)
     assert m.num_parameters() == sum(int(np.prod(s)) for s in shapes.values())

@@ -60,8 +60,8 @@ def batch():
 def test_config_and_num_parameters():
     m = Transformer(V, **ARCH, seed=3)
     assert m.config == dict(vocab_size=V, **ARCH, bias=True, tie_word_embeddings=True,
-                            activation_function="gelu_new", layer_norm_epsilon=1e-5, seed=3, device="cpu",
-                            precision="fp32")
+                            activation_function="gelu_new", layer_norm_epsilon=1e-5, dropout=0.0, seed=3,
+                            device="cpu", precision="fp32")
     shapes = param_shapes(V, BLOCK, N_LAYER, N_EMBD)
     n = sum(int(np.prod(s)) for s in shapes.values())
     assert m.num_parameters() == n
@@ -641,8 +641,14 @@ def test_fit_learns_and_records_history():
     assert np.mean(hist.losses[-5:]) < np.mean(hist.losses[:5]) - 0.3
     cols = hist.as_dict()
     assert cols["step"] == list(range(1, 31)) and len(cols["loss"]) == 30
-    ev = m.evaluate(data[2500:], batch_size=4, max_batches=2)  # what fit used
-    assert ev["loss"] == pytest.approx(hist[-1]["val_loss"], abs=1e-6)
+    # What fit used: nanoGPT's estimate_loss, 2 random batches per split drawn with (seed, step).
+    from fastlm.train import estimate_loss
+    for key, split in (("val_loss", data[2500:]), ("train_loss", data[:2500])):
+        est = estimate_loss(m, split, batches=2, batch_size=4, block_size=BLOCK, rng=np.random.default_rng([2, 30]))
+        assert est == hist[-1][key]
+    assert [e["train_loss"] is not None for e in hist] == [e["step"] % 10 == 0 for e in hist]
+    assert all(0 < e["mfu"] < 10 for e in hist)
+    ev = m.evaluate(data[2500:], batch_size=4, max_batches=2)
     assert ev["perplexity"] == pytest.approx(math.exp(ev["loss"]))
     assert m.history == hist
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bindings/arrays.h"
+#include "bindings/device_shape.h"
 
 #if defined(FASTLM_WITH_CUDA) && FASTLM_WITH_CUDA
 #include "cuda/cuda_kernels.h"
@@ -149,47 +150,6 @@ py::tuple shape_tuple(const Shape& s) {
   return t;
 }
 
-std::string type_name_of(py::handle obj) {
-  return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
-}
-
-// A shape from an int or an iterable of ints (anything with __index__ but a
-// bool), every dimension >= 0 and the byte count within int64.
-Shape shape_from(py::handle obj) {
-  auto is_int = [](py::handle d) {
-    return PyIndex_Check(d.ptr()) && !py::isinstance<py::bool_>(d) &&
-           !py::isinstance(d, py::module_::import("numpy").attr("bool_"));
-  };
-  auto dim = [&](py::handle d) -> int64_t {
-    if (!is_int(d)) throw py::type_error("DeviceArray shape must hold ints, got " + type_name_of(d));
-    const py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(d.ptr()));
-    if (!i) throw py::error_already_set();
-    const long long v = PyLong_AsLongLong(i.ptr());
-    if (v == -1 && PyErr_Occurred()) {
-      PyErr_Clear();
-      throw py::value_error("DeviceArray shape: dimension " + py::str(i).cast<std::string>() +
-                            " does not fit int64");
-    }
-    if (v < 0) throw py::value_error("DeviceArray shape: dimensions must be >= 0, got " + std::to_string(v));
-    return v;
-  };
-  Shape s;
-  if (is_int(obj)) {
-    s.push_back(dim(obj));
-  } else if (py::isinstance<py::iterable>(obj) && !py::isinstance<py::str>(obj) &&
-             !py::isinstance<py::bytes>(obj)) {
-    for (py::handle d : obj) s.push_back(dim(d));
-  } else {
-    throw py::type_error("DeviceArray shape must be an int or a tuple of ints, got " + type_name_of(obj));
-  }
-  int64_t n = 8;  // bytes of the widest element
-  for (int64_t d : s) {
-    if (d != 0 && n > INT64_MAX / d) throw py::value_error("DeviceArray shape: too many elements");
-    n *= d;
-  }
-  return s;
-}
-
 // "float32" etc. from a name or anything numpy.dtype takes (np.float32, ...).
 std::string dtype_name(py::handle dtype) {
   if (py::isinstance<py::str>(dtype)) return dtype.cast<std::string>();
@@ -201,35 +161,32 @@ std::string dtype_name(py::handle dtype) {
   }
 }
 
+// The copies run without the GIL; the arrays are returned (a Python reference
+// copied) only once it is held again.
 py::array to_numpy(const DeviceArray& a) {
   std::vector<py::ssize_t> shape(a.shape.begin(), a.shape.end());
+  auto copied = [&](auto out) -> py::array {
+    void* dst = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      cuda::copy_to_host(dst, a.data, a.nbytes());
+    }
+    return out;
+  };
   switch (a.dtype) {
-    case ElemType::kFloat32: {
-      py::array_t<float> out(shape);
-      py::gil_scoped_release nogil;
-      cuda::copy_to_host(out.mutable_data(), a.data, a.nbytes());
-      return out;
-    }
-    case ElemType::kInt32: {
-      py::array_t<int32_t> out(shape);
-      py::gil_scoped_release nogil;
-      cuda::copy_to_host(out.mutable_data(), a.data, a.nbytes());
-      return out;
-    }
-    case ElemType::kInt64: {
-      py::array_t<int64_t> out(shape);
-      py::gil_scoped_release nogil;
-      cuda::copy_to_host(out.mutable_data(), a.data, a.nbytes());
-      return out;
-    }
+    case ElemType::kFloat32: return copied(py::array_t<float>(shape));
+    case ElemType::kInt32: return copied(py::array_t<int32_t>(shape));
+    case ElemType::kInt64: return copied(py::array_t<int64_t>(shape));
     case ElemType::kBFloat16: {
       // NumPy has no bfloat16: values come back as (exactly representable) float32.
       py::array_t<float> out(shape);
-      std::vector<uint16_t> bits((size_t)a.size());
       float* dst = out.mutable_data();
-      py::gil_scoped_release nogil;
-      cuda::copy_to_host(bits.data(), a.data, a.nbytes());
-      for (size_t i = 0; i < bits.size(); ++i) dst[i] = bf16_bits_to_float(bits[i]);
+      {
+        std::vector<uint16_t> bits((size_t)a.size());
+        py::gil_scoped_release nogil;
+        cuda::copy_to_host(bits.data(), a.data, a.nbytes());
+        for (size_t i = 0; i < bits.size(); ++i) dst[i] = bf16_bits_to_float(bits[i]);
+      }
       return out;
     }
   }
@@ -851,7 +808,8 @@ py::object t_embedding_forward(py::handle idx_obj, py::handle wte_obj, py::handl
   const char* op = "_cuda_embedding_forward";
   cuda::require();
   const DeviceArray& idx = dev(idx_obj, op, "idx");
-  if (idx.dtype != ElemType::kInt64) throw py::type_error("idx must be int64");
+  if (idx.dtype != ElemType::kInt64)
+    throw py::type_error(std::string(op) + ": idx must have dtype int64, got " + type_name(idx.dtype));
   require_shape(idx, {b, t}, op, "idx");
   const DeviceArray& wte = fdev(wte_obj, op, "wte", 2);
   const int64_t c = wte.shape[1];
@@ -866,9 +824,12 @@ py::object t_embedding_forward(py::handle idx_obj, py::handle wte_obj, py::handl
     wpe = pe.f32();
   }
   DevPtr out = new_device({b, t, c}, ElemType::kFloat32);
-  py::gil_scoped_release nogil;
-  cuda::embedding_forward(static_cast<const int64_t*>(idx.data), wte.f32(), wpe, out->f32(), b, t,
-                          c, pos0);
+  {
+    // Scoped: wrap() below makes a Python object and needs the GIL back.
+    py::gil_scoped_release nogil;
+    cuda::embedding_forward(static_cast<const int64_t*>(idx.data), wte.f32(), wpe, out->f32(), b,
+                            t, c, pos0);
+  }
   return wrap(out);
 }
 
@@ -879,7 +840,8 @@ void t_embedding_backward(py::handle dout_obj, py::handle idx_obj, py::handle dw
   const DeviceArray& dout = fdev(dout_obj, op, "dout", 3);
   const int64_t b = dout.shape[0], t = dout.shape[1], c = dout.shape[2];
   const DeviceArray& idx = dev(idx_obj, op, "idx");
-  if (idx.dtype != ElemType::kInt64) throw py::type_error("idx must be int64");
+  if (idx.dtype != ElemType::kInt64)
+    throw py::type_error(std::string(op) + ": idx must have dtype int64, got " + type_name(idx.dtype));
   require_shape(idx, {b, t}, op, "idx");
   const DeviceArray& dwte = fdev(dwte_obj, op, "dwte", 2, true);
   if (dwte.shape[1] != c) value_error(op, "bad dwte");
@@ -892,9 +854,11 @@ void t_embedding_backward(py::handle dout_obj, py::handle idx_obj, py::handle dw
     if (pe.shape[1] != c || pos0 < 0 || pos0 + t > pe.shape[0]) value_error(op, "bad dwpe");
     dwpe = pe.f32();
   }
-  py::gil_scoped_release nogil;
-  cuda::embedding_backward(dout.f32(), static_cast<const int64_t*>(idx.data), dwte.f32(), dwpe, b,
-                           t, c, pos0);
+  {
+    py::gil_scoped_release nogil;
+    cuda::embedding_backward(dout.f32(), static_cast<const int64_t*>(idx.data), dwte.f32(), dwpe,
+                             b, t, c, pos0);
+  }
 }
 
 void bind_table_kernels(py::module_& m) {
@@ -992,18 +956,9 @@ view it without a copy. .numpy() copies it back (bfloat16 as float32).
       .def("copy", [](const DeviceArray& a) { return astype(a, type_name(a.dtype)); })
       .def("reshape",
            [](const DevPtr& a, py::args args) {
-             Shape s = args.size() == 1 ? shape_from(args[0]) : shape_from(args);
-             int64_t infer = -1, known = 1;
-             for (size_t i = 0; i < s.size(); ++i) {
-               if (s[i] == -1 && infer < 0)
-                 infer = (int64_t)i;
-               else
-                 known *= s[i];
-             }
-             if (infer >= 0 && known > 0 && a->size() % known == 0) s[infer] = a->size() / known;
-             if (numel(s) != a->size())
-               throw py::value_error("cannot reshape DeviceArray of shape " + shape_str(a->shape) +
-                                     " into " + shape_str(s));
+             // A view, as numpy's reshape of a contiguous array: one dimension may be -1.
+             const Shape s = args.size() == 1 ? shape_from(args[0], a->size())
+                                              : shape_from(args, a->size());
              auto v = std::make_shared<DeviceArray>(*a);  // shares storage and owner
              v->shape = s;
              return v;
@@ -1066,6 +1021,7 @@ void bind_device(py::module_& m) {
   m.def("cuda_adamw_step", &adamw_step, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"),
         arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"));
   bind_table_kernels(m);
+  bind_device_shape(m);
   extend_build_info(m, true);
 }
 
@@ -1085,6 +1041,7 @@ void bind_device(py::module_& m) {
       }));
   m.def("cuda_available", [] { return false; });
   m.def("cuda_unavailable_reason", [] { return std::string(kNoCuda); });
+  bind_device_shape(m);
   extend_build_info(m, false);
 }
 

@@ -239,16 +239,21 @@ void bind_model(py::module_& m) {
            },
            py::arg("idx"), py::arg("targets"))
       .def("forward_backward",
-           [](GPT& g, py::handle idx_obj, py::handle t_obj, double grad_scale) {
+           [](GPT& g, py::handle idx_obj, py::handle t_obj, double grad_scale, double dropout,
+              uint64_t dropout_seed) {
              Tokens tk = checked_batch(g, idx_obj, "forward_backward");
              Tokens tg = checked_targets(g.config().vocab_size, t_obj, tk, "forward_backward");
              if (!std::isfinite(grad_scale))
                value_error("forward_backward", "grad_scale must be finite");
+             if (!(dropout >= 0.0 && dropout < 1.0))
+               value_error("forward_backward",
+                           "dropout must be in [0, 1), got " + std::to_string(dropout));
              Exclusive exclusive(g.store.busy);
              return g.forward_backward(tk.ids.data(), tg.ids.data(), tk.b, tk.t,
-                                       (float)grad_scale);
+                                       (float)grad_scale, (float)dropout, dropout_seed);
            },
-           py::arg("idx"), py::arg("targets"), py::arg("grad_scale") = 1.0)
+           py::arg("idx"), py::arg("targets"), py::arg("grad_scale") = 1.0,
+           py::arg("dropout") = 0.0, py::arg("dropout_seed") = 0)
       .def("decode",
            [](GPT& g, py::handle tok_obj, int64_t pos, py::handle last_obj) {
              Tokens tk = checked_batch(g, tok_obj, "decode");
@@ -346,18 +351,22 @@ void bind_model(py::module_& m) {
            },
            py::arg("idx"), py::arg("targets"), py::arg("carry") = false)
       .def("forward_backward",
-           [](RNNLM& r, py::handle idx_obj, py::handle t_obj, bool carry, double grad_scale) {
+           [](RNNLM& r, py::handle idx_obj, py::handle t_obj, bool carry, double grad_scale,
+              double dropout, uint64_t dropout_seed) {
              Tokens tk = checked_rnn_batch(r, idx_obj, "forward_backward");
              Tokens tg = checked_targets(r.config().vocab_size, t_obj, tk, "forward_backward");
              if (!std::isfinite(grad_scale))
                value_error("forward_backward", "grad_scale must be finite");
+             if (!(dropout >= 0.0 && dropout < 1.0))
+               value_error("forward_backward",
+                           "dropout must be in [0, 1), got " + std::to_string(dropout));
              std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
              Exclusive exclusive(r.store.busy);
              return r.forward_backward(ids.data(), tgt.data(), tk.t, tk.b, carry,
-                                       (float)grad_scale);
+                                       (float)grad_scale, (float)dropout, dropout_seed);
            },
            py::arg("idx"), py::arg("targets"), py::arg("carry") = false,
-           py::arg("grad_scale") = 1.0)
+           py::arg("grad_scale") = 1.0, py::arg("dropout") = 0.0, py::arg("dropout_seed") = 0)
       .def("reset_state", [](RNNLM& r) {
         Exclusive exclusive(r.store.busy);
         r.reset_state();

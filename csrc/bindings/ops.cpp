@@ -207,6 +207,25 @@ py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact
   return dx;
 }
 
+// p in [0, 1) for the dropout of `op`, else ValueError naming the argument.
+float dropout_p(double p, const char* op, const char* name) {
+  if (!(p >= 0.0 && p < 1.0))
+    value_error(op, std::string(name) + " must be in [0, 1), got " + std::to_string(p));
+  return (float)p;
+}
+
+py::array_t<float> dropout(py::handle x_obj, double p, uint64_t seed) {
+  const char* op = "dropout";
+  py::array x = float_array(x_obj, op, "x");
+  const float pf = dropout_p(p, op, "p");
+  py::array_t<float> y = new_array(shape_of(x));
+  {
+    py::gil_scoped_release nogil;
+    cpu::kernels().dropout(cptr(x), y.mutable_data(), x.size(), pf, seed);
+  }
+  return y;
+}
+
 Strides contiguous_bhtd(const Shape& s) { return {s[1] * s[2] * s[3], s[2] * s[3], s[3]}; }
 
 AttentionArgs attention_args(const char* op, const py::array& q, const py::array& k,
@@ -232,12 +251,15 @@ AttentionArgs attention_args(const char* op, const py::array& q, const py::array
   return a;
 }
 
-py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal) {
+py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,
+                    double dropout, uint64_t dropout_seed) {
   const char* op = "attention";
   py::array q = float_array(q_obj, op, "q", 4);
   py::array k = float_array(k_obj, op, "k", 4);
   py::array v = float_array(v_obj, op, "v", 4);
   AttentionArgs a = attention_args(op, q, k, v, causal);
+  a.dropout_p = dropout_p(dropout, op, "dropout");
+  a.dropout_seed = dropout_seed;
   if (a.seq_k < 1 && a.seq_q > 0) value_error(op, "k and v must hold at least one position");
   py::array_t<float> out = new_array(shape_of(q)), lse = new_array({a.batch, a.heads, a.seq_q});
   a.out = out.mutable_data();
@@ -251,7 +273,7 @@ py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool c
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
-                             bool causal) {
+                             bool causal, double dropout, uint64_t dropout_seed) {
   const char* op = "attention_backward";
   py::array q = float_array(q_obj, op, "q", 4);
   py::array k = float_array(k_obj, op, "k", 4);
@@ -259,6 +281,8 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   require_shape(k, shape_of(q), op, "k");
   AttentionGradArgs g;
   g.fwd = attention_args(op, q, k, v, causal);
+  g.fwd.dropout_p = dropout_p(dropout, op, "dropout");
+  g.fwd.dropout_seed = dropout_seed;
   py::array out = float_array(out_obj, op, "out", 4);
   py::array dout = float_array(dout_obj, op, "dout", 4);
   py::array lse = float_array(lse_obj, op, "lse", 3);
@@ -499,9 +523,11 @@ void bind_ops(py::module_& m) {
         arg("mean"), arg("rstd"));
   m.def("gelu", &gelu, arg("x"), arg("exact") = false);
   m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
-  m.def("attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"));
+  m.def("attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"),
+        arg("dropout") = 0.0, arg("dropout_seed") = 0);
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
-        arg("out"), arg("lse"), arg("causal"));
+        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0);
+  m.def("dropout", &dropout, arg("x"), arg("p"), arg("seed"));
   m.def("cross_entropy", &cross_entropy, arg("logits"), arg("targets"), arg("ignore_index"),
         arg("out"), arg("compute_grad"));
   m.def("lstm_cell", &lstm_cell, arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),

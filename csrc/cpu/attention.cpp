@@ -16,6 +16,7 @@
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/memory.h"
+#include "dropout_hash.h"
 
 namespace fastlm {
 namespace cpu {
@@ -196,6 +197,15 @@ int64_t hidden_from(int64_t v, int64_t lim, int64_t nk) {
   return imax(0, imin(nk, (v + 1) * kW - lim));
 }
 
+// Dropout factors of one score vector whose lanes are queries i0 + l (l < kW)
+// at key j: 1 / (1 - p) where kept, 0 where dropped (AttentionArgs::dropout_p).
+V drop_scale(uint64_t key, int64_t i0, int64_t j, int64_t seq_k, uint32_t thr, float scale) {
+  float f[kW];
+  for (int l = 0; l < kW; ++l)
+    f[l] = dropout::bits(key, (uint64_t)((i0 + l) * seq_k + j)) >= thr ? scale : 0.f;
+  return vload(f);
+}
+
 struct Head {  // pointers to row 0 of one (batch, head)
   const float *q, *k, *v;
   float* o;
@@ -218,6 +228,10 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
   float *qt = scratch, *o = qt + D * ldq, *m = o + ldq * Dp, *l = m + ldq, *alpha = l + ldq,
         *vp = alpha + kBq, *st = vp + kBk * Dp;
   const Head hd = head_at(a, h);
+  const bool drop = a.dropout_p > 0.f;
+  const uint64_t dkey = dropout::key(a.dropout_seed, h);
+  const uint32_t dthr = dropout::threshold(a.dropout_p);
+  const float dscale = 1.f / (1.f - a.dropout_p);
   pack_t(hd.q + r0 * a.sq.row, a.sq.row, rows, D, qt, ldq);
   zero_cols(qt, rows, ldq, D);
   memset(o, 0, rows * Dp * sizeof(float));
@@ -252,6 +266,11 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
           vstore(col + j * kBq, p);
           sum = sum + p;
         }
+        // The normaliser l sums the kept and the dropped probabilities alike.
+        if (drop)
+          for (int64_t j = 0; j < live; ++j)
+            vstore(col + j * kBq, vload(col + j * kBq) *
+                                      drop_scale(dkey, gq0 + v * kW, k0 + j, a.seq_k, dthr, dscale));
         const V al = vexp((mold - msafe) * vscale);
         vstore(l + q0 + v * kW, vfma(vload(l + q0 + v * kW), al, sum));
         vstore(m + q0 + v * kW, mnew);
@@ -343,6 +362,10 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
   float *kp = scratch, *dk = kp + kBk * Dp, *dv = dk + kBk * Dp, *st = dv + kBk * Dp,
         *dpt = st + kBk * kBq;
   const Head hd = head_at(a, h);
+  const bool drop = a.dropout_p > 0.f;
+  const uint64_t dkey = dropout::key(a.dropout_seed, h);
+  const uint32_t dthr = dropout::threshold(a.dropout_p);
+  const float dscale = 1.f / (1.f - a.dropout_p);
   const float *kr = hd.k + k0 * a.sk.row, *vr = hd.v + k0 * a.sv.row;
   const Rows krows = rows_view(kr, a.sk.row, nk, D, Dp, kp);
   // Q and dO rows: packed by pack_head, or in place when D is whole vectors.
@@ -367,6 +390,12 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
       for (int64_t j = 0; j < live; ++j) {
         float *ps = st + j * kBq + v * kW, *pd = dpt + j * kBq + v * kW;
         const V p = vexp(vfma(vload(ps), vscale, nlse));
+        if (drop) {  // dV takes the dropped P; dS = P (Z dP_dropped - delta)
+          const V z = drop_scale(dkey, q0 + v * kW, k0 + j, a.seq_k, dthr, dscale);
+          vstore(ps, p * z);
+          vstore(pd, p * (vload(pd) * z - delta));
+          continue;
+        }
         vstore(ps, p);
         vstore(pd, p * (vload(pd) - delta));  // dS, unscaled
       }
@@ -431,7 +460,7 @@ void forward_one_query(const AttentionArgs& a, int64_t h, float* scores) {
 
 void attention_forward(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
-  if (a.seq_q == 1) {
+  if (a.seq_q == 1 && a.dropout_p == 0.f) {
     ScratchFloats scores(bh * a.seq_k, "attention: the scores of one query per head");
     parallel_for(bh, bh * a.seq_k * D > (1 << 15),
                  [&](int64_t h) { forward_one_query(a, h, scores.data + h * a.seq_k); });

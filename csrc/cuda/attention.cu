@@ -398,7 +398,17 @@ void attention_backward_ex(const AttentionGradDesc& g) {
   }
 }
 
+// Attention-probability dropout has no CUDA kernel yet: refused rather than
+// silently skipped (a model's other dropout sites run on the GPU).
+static void refuse_dropout(const AttentionArgs& a, const char* op) {
+  if (a.dropout_p != 0.f)
+    throw std::invalid_argument(std::string(op) +
+                                ": attention dropout is not implemented on CUDA (use dropout=0 "
+                                "or the CPU)");
+}
+
 void attention_forward(const AttentionArgs& a) {
+  refuse_dropout(a, "attention_forward");
   AttentionDesc d;
   d.dtype = DType::kFloat32;
   d.q = a.q;
@@ -422,6 +432,7 @@ void attention_forward(const AttentionArgs& a) {
 void attention_backward(const AttentionGradArgs& a) {
   AttentionGradDesc g;
   const AttentionArgs& f = a.fwd;
+  refuse_dropout(f, "attention_backward");
   g.fwd.dtype = DType::kFloat32;
   g.fwd.q = f.q;
   g.fwd.k = f.k;

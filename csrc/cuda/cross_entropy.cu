@@ -138,7 +138,9 @@ float run(const float* logits, const Idx* targets, float* dlogits, int64_t rows,
   Scratch scratch(sizeof(CeResult) + sizeof(double) * rows);
   CeResult* res = scratch.as<CeResult>();
   double* losses = reinterpret_cast<double*>(scratch.as<char>() + sizeof(CeResult));
-  check(cudaMemsetAsync(&res->bad_row, 0xff, sizeof(res->bad_row), 0), "cudaMemsetAsync");
+  // The whole struct, padding included, so that the copy back below reads no
+  // uninitialised bytes (compute-sanitizer's initcheck); bad_row needs all ones.
+  check(cudaMemsetAsync(res, 0xff, sizeof(CeResult), 0), "cudaMemsetAsync");
   ce_count_kernel<Idx><<<1, kReduceThreads>>>(targets, rows, vocab, ignore_index, res);
   FASTLM_CHECK_LAUNCH("ce_count_kernel");
   ce_row_kernel<Idx><<<row_grid(rows, "cross_entropy"), row_threads(vocab, kRowThreads)>>>(

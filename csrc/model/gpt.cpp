@@ -3,6 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "dropout_hash.h"
 #include "model/linear.h"
 
 namespace fastlm {
@@ -110,6 +111,10 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
   acts_t_ = t;
 }
 
+// Streams: 0 the embedding output; per layer l, 3l + 1 the attention
+// probabilities, 3l + 2 and 3l + 3 the attention and MLP residual branches.
+uint64_t GPT::drop_key(uint64_t stream) const { return dropout::key(drop_seed_, stream); }
+
 const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
                              const int64_t* row_pos) {
   const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, S = cfg_.block_size;
@@ -159,6 +164,7 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
     att.so = {t * C, D, C};
     att.lse = a.lse;
     att.batch = b, att.heads = H, att.seq_q = t, att.head_dim = D, att.causal = true;
+    att.dropout_p = drop_p_, att.dropout_seed = drop_key(3 * l + 1);
     if (!row_pos) {
       k_.attention_forward(att);
     } else {  // each row over its own cache length
@@ -173,12 +179,14 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
     }
     const Packed p = cache ? packed_layers_[l] : Packed{};
     linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C, p.proj);
+    if (drop_p_ > 0.f) k_.dropout(tmp_, tmp_, BT * C, drop_p_, drop_key(3 * l + 2));
     k_.residual_forward(residual, tmp_, a.res2, BT * C);
     k_.layernorm_forward(a.res2, L.ln2_w, ln_bias(L.ln2_b), a.ln2, a.ln2_mean, a.ln2_rstd, BT, C,
                          eps);
     linear_forward(k_, a.ln2, L.fc_w, L.fc_b, a.fch, BT, C, 4 * C, p.fc);
     gelu_forward(a.fch, a.fch_gelu, BT * 4 * C);
     linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, tmp_, BT, 4 * C, C, p.fcproj);
+    if (drop_p_ > 0.f) k_.dropout(tmp_, tmp_, BT * C, drop_p_, drop_key(3 * l + 3));
     k_.residual_forward(a.res2, tmp_, a.res3, BT * C);
     residual = a.res3;
   }
@@ -198,6 +206,7 @@ void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {
   const int64_t C = cfg_.n_embd, BT = b * t;
   ensure_acts(b, t);
   k_.embedding_forward(idx, w_.wte, w_.wpe, encoded_, b, t, C, 0);
+  if (drop_p_ > 0.f) k_.dropout(encoded_, encoded_, BT * C, drop_p_, drop_key(0));
   const float* residual = run_blocks(b, t, 0, false);
   k_.layernorm_forward(residual, w_.lnf_w, ln_bias(w_.lnf_b), lnf_, lnf_mean_, lnf_rstd_, BT, C,
                        cfg_.layer_norm_epsilon);
@@ -210,8 +219,17 @@ float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t
 }
 
 float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
-                            float grad_scale) {
+                            float grad_scale, float dropout_p, uint64_t dropout_seed) {
+  if (!(dropout_p >= 0.f && dropout_p < 1.f))
+    throw std::invalid_argument("dropout must be in [0, 1), got " + std::to_string(dropout_p));
   const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, V = cfg_.vocab_size;
+  // Dropout for this call only, off again however it ends.
+  struct Reset {
+    float& p;
+    ~Reset() { p = 0.f; }
+  } reset{drop_p_};
+  drop_p_ = dropout_p, drop_seed_ = dropout_seed;
+  const bool drop = dropout_p > 0.f;
   forward(idx, b, t, nullptr);
   // The gradient overwrites the logits in place.
   const float loss = k_.cross_entropy(logits_, targets, logits_, BT, V, -100, grad_scale);
@@ -229,14 +247,18 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     LayerActs& a = la_[l];
     const float* res_in = l ? la_[l - 1].res3 : encoded_;
     // res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3.
-    linear_backward(k_, dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b, BT, 4 * C, C,
-                    false);
+    // Through a dropped branch: its mask applied to dres, into d2 (free here).
+    if (drop) k_.dropout(dres_, d2_, BT * C, dropout_p, drop_key(3 * l + 3));
+    linear_backward(k_, drop ? d2_ : dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b,
+                    BT, 4 * C, C, false);
     gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
     linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C, false);
     k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w,
                           ln_dbias(G.ln2_b), BT, C);
     // res2 = res_in + c_proj(attention(c_attn(ln_1(res_in)))); dres holds d res2.
-    linear_backward(k_, dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C, false);
+    if (drop) k_.dropout(dres_, d2_, BT * C, dropout_p, drop_key(3 * l + 2));
+    linear_backward(k_, drop ? d2_ : dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C,
+                    false);
     k_.zero(d1_, BT * 3 * C);
     AttentionGradArgs ag;
     ag.fwd.q = a.qkv, ag.fwd.k = a.qkv + C, ag.fwd.v = a.qkv + 2 * C;
@@ -244,12 +266,14 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     ag.fwd.out = a.atty, ag.fwd.so = {t * C, D, C}, ag.fwd.lse = a.lse;
     ag.fwd.batch = b, ag.fwd.heads = H, ag.fwd.seq_q = t, ag.fwd.seq_k = t, ag.fwd.head_dim = D;
     ag.fwd.causal = true;
+    ag.fwd.dropout_p = dropout_p, ag.fwd.dropout_seed = drop_key(3 * l + 1);
     ag.dout = tmp_, ag.dq = d1_, ag.dk = d1_ + C, ag.dv = d1_ + 2 * C;
     k_.attention_backward(ag);
     linear_backward(k_, d1_, a.ln1, L.attn_w, tmp_, G.attn_w, G.attn_b, BT, C, 3 * C, false);
     k_.layernorm_backward(tmp_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dres_, G.ln1_w,
                           ln_dbias(G.ln1_b), BT, C);
   }
+  if (drop) k_.dropout(dres_, dres_, BT * C, dropout_p, drop_key(0));
   k_.embedding_backward(dres_, idx, g_.wte, g_.wpe, b, t, C, 0);
   return loss;
 }

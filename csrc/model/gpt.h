@@ -40,8 +40,12 @@ class GPT {
   // Mean cross-entropy over targets != -100 (NaN when none); forward only.
   float loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t);
   // Same loss; adds grad_scale * d loss / d params into the gradients.
+  // dropout_p in [0, 1) drops, as nanoGPT, the embedding output, the attention
+  // probabilities and both residual branches; the masks are functions of
+  // dropout_seed (csrc/dropout_hash.h), so one seed per micro-batch makes a
+  // run reproducible. p = 0 runs exactly the dropout-free code.
   float forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
-                         float grad_scale);
+                         float grad_scale, float dropout_p = 0.f, uint64_t dropout_seed = 0);
 
   // Runs tokens (b, tn) at positions [pos, pos + tn) against the KV cache
   // (reset when b changes or pos == 0) and writes the logits of each row's
@@ -95,6 +99,12 @@ class GPT {
   // collects the (unused) bias gradient in scratch.
   const float* ln_bias(const float* b) const { return b ? b : ln_zero_.data(); }
   float* ln_dbias(float* db) { return db ? db : ln_dscratch_.data(); }
+
+  // Dropout of the forward_backward under way (p 0 otherwise: evaluation and
+  // decoding never drop); the key of stream s is dropout::key(drop_seed_, s).
+  float drop_p_ = 0.f;
+  uint64_t drop_seed_ = 0;
+  uint64_t drop_key(uint64_t stream) const;
 
   GPTConfig cfg_;
   const Kernels& k_;

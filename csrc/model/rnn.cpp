@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "dropout_hash.h"
 #include "model/linear.h"
 
 namespace fastlm {
@@ -56,11 +57,13 @@ RNNLM::Weights RNNLM::view(float* base) const {
 }
 
 void RNNLM::ensure_acts(int64_t t, int64_t b) {
-  if (t == acts_t_ && b == acts_b_) return;
+  const bool drop = drop_p_ > 0.f && cfg_.num_layers > 1;
+  if (t == acts_t_ && b == acts_b_ && drop == acts_drop_) return;
   const int64_t TB = t * b, H = cfg_.hidden_size, E = cfg_.embed_dim, V = cfg_.vocab_size;
   const int64_t GH = gate_count() * H, wide = E > H ? E : H;
   const bool lstm = cfg_.kind == CellKind::kLSTM;
-  const int64_t per_layer = TB * GH + TB * 4 * H + (t + 1) * b * H * (lstm ? 2 : 1);
+  const int64_t per_layer =
+      TB * GH + TB * 4 * H + (t + 1) * b * H * (lstm ? 2 : 1) + (drop ? TB * H : 0);
   const int64_t table = token_table(t, b) ? V * GH : 0;
   const int64_t total = TB * E + cfg_.num_layers * per_layer + TB * V + b * 3 * H + TB * GH +
                         TB * 3 * H + 3 * b * H + 2 * TB * wide + table + GH;
@@ -76,13 +79,14 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   for (LayerActs& a : la_) {
     a.pre = take(TB * GH), a.gates = take(TB * 4 * H), a.h = take((t + 1) * b * H);
     a.c = lstm ? take((t + 1) * b * H) : nullptr;
+    a.drop = drop ? take(TB * H) : nullptr;
   }
   logits_ = take(TB * V);
   gh_ = take(b * 3 * H), dpre_ = take(TB * GH), dgh_ = take(TB * 3 * H);
   dh_sink_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
   dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
   table_ = take(table), dbias_ = take(GH);
-  acts_t_ = t, acts_b_ = b;
+  acts_t_ = t, acts_b_ = b, acts_drop_ = drop;
   wpack_.resize(std::max(packed_b_size(k_, GH, H), packed_b_size(k_, H, GH)));
 }
 
@@ -131,6 +135,10 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
     }
     x = a.h + BH;
     in = H;
+    if (a.drop && l + 1 < cfg_.num_layers) {
+      k_.dropout(x, a.drop, t * BH, drop_p_, dropout::key(drop_seed_, l));
+      x = a.drop;
+    }
   }
   state_h_.resize(cfg_.num_layers * BH);
   state_c_.resize(lstm ? cfg_.num_layers * BH : 0);
@@ -168,8 +176,16 @@ float RNNLM::loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t
 }
 
 float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,
-                              bool carry, float grad_scale) {
+                              bool carry, float grad_scale, float dropout_p,
+                              uint64_t dropout_seed) {
+  if (!(dropout_p >= 0.f && dropout_p < 1.f))
+    throw std::invalid_argument("dropout must be in [0, 1), got " + std::to_string(dropout_p));
   const int64_t TB = t * b, H = cfg_.hidden_size, E = cfg_.embed_dim, V = cfg_.vocab_size;
+  struct Reset {  // dropout for this call only, off again however it ends
+    float& p;
+    ~Reset() { p = 0.f; }
+  } reset{drop_p_};
+  drop_p_ = dropout_p, drop_seed_ = dropout_seed;
   forward(idx, t, b, carry, nullptr);
   const float loss = k_.cross_entropy(logits_, targets, logits_, TB, V, -100, grad_scale);
   const float* top = cfg_.num_layers ? la_.back().h + b * H : emb_;
@@ -177,6 +193,9 @@ float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_
   linear_backward(k_, logits_, top, w_.fc_w, dout, g_.fc_w, g_.fc_b, TB, H, V, false);
   for (int64_t l = cfg_.num_layers - 1; l >= 0; --l) {
     layer_backward(l, idx, t, b, dout, dx);
+    // dx is the gradient of layer l - 1's dropped outputs: back through the mask.
+    if (l > 0 && la_[l - 1].drop)
+      k_.dropout(dx, dx, TB * H, dropout_p, dropout::key(dropout_seed, l - 1));
     std::swap(dout, dx);
   }
   if (!token_table(t, b)) k_.embedding_backward(dout, idx, g_.emb, nullptr, t, b, E, 0);
@@ -237,7 +256,7 @@ void RNNLM::layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, 
     k_.embedding_backward(dpre_, idx, table_, nullptr, t, b, GH, 0);
     linear_backward(k_, table_, w_.emb, L.w_ih, g_.emb, G.w_ih, db_ih, V, E, GH);
   } else {
-    const float* x = l ? la_[l - 1].h + b * H : emb_;
+    const float* x = !l ? emb_ : la_[l - 1].drop ? la_[l - 1].drop : la_[l - 1].h + b * H;
     linear_backward(k_, dpre_, x, L.w_ih, dx, G.w_ih, db_ih, TB, l ? H : E, GH, false);
   }
   if (lstm) {

@@ -39,8 +39,12 @@ class RNNLM {
   float loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b, bool carry);
   // Backpropagation through the whole window (the carried-in state is a
   // constant: truncated BPTT); adds grad_scale * d loss / d params.
+  // dropout_p in [0, 1) drops the outputs of every layer but the last, as
+  // PyTorch's nn.LSTM(dropout=p), with masks keyed by dropout_seed
+  // (csrc/dropout_hash.h; stream l for layer l's outputs, time-major index).
   float forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,
-                         bool carry, float grad_scale);
+                         bool carry, float grad_scale, float dropout_p = 0.f,
+                         uint64_t dropout_seed = 0);
   void reset_state() { state_b_ = 0; }
   // Sets the carried state: h, c (num_layers, b, hidden); c is ignored for a GRU.
   void set_state(const float* h, const float* c, int64_t b);
@@ -62,6 +66,7 @@ class RNNLM {
     float *gates;  // (t, b, 4h)
     float *h;      // (t + 1, b, h): h[0] the initial state
     float *c;      // (t + 1, b, h), LSTM only
+    float *drop;   // (t, b, h): the outputs as the next layer sees them, when dropped
   };
 
   Weights view(float* base) const;
@@ -78,7 +83,12 @@ class RNNLM {
   const Kernels& k_;
   Weights w_, g_;
 
+  // Dropout of the forward_backward under way (0 otherwise).
+  float drop_p_ = 0.f;
+  uint64_t drop_seed_ = 0;
+
   int64_t acts_t_ = 0, acts_b_ = 0;
+  bool acts_drop_ = false;  // whether acts_ holds the dropped outputs
   std::vector<float> acts_;
   float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_sink_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
   float *table_;  // (vocab, G*h): projected embeddings, then their gradient

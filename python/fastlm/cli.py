@@ -3,6 +3,7 @@
 ::
 
     fastlm train [CORPUS.txt] --out DIR [--steps N --batch-size B --block-size T ...]
+    fastlm train --config FILE.toml [--key=value ...]
     fastlm sample DIR --prompt TEXT --max-new-tokens N [--temperature --top-k --top-p --seed --num-samples
                       --repetition-penalty --stop TEXT]
     fastlm info
@@ -114,17 +115,25 @@ _unit_float = _number(0.0, 1.0, below=True)  # betas, the validation share
 
 
 def _build_parser() -> _Parser:
-    p = _Parser(prog="fastlm", description="Train and sample small language models on fastlm's kernels.")
+    p = _Parser(prog="fastlm", description="Train and sample small language models on fastlm's kernels.",
+                epilog="example: fastlm train --out runs/stdlib --steps 1000 --overwrite && "
+                       "fastlm sample runs/stdlib --prompt 'def '; 'fastlm COMMAND --help' for each command's flags")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a text file", description=(
-        "Train a model (character-level by default) on CORPUS (UTF-8 text, or token data from fastlm "
-        "tokenize; default: the source of Python's standard library), first 90%% for training, last 10%% "
-        "for validation. Writes the checkpoint, metrics.jsonl and (with matplotlib) loss.png into --out."))
+        "Train a language model on CORPUS (UTF-8 text, or token data from fastlm tokenize; default: the source "
+        "of Python's standard library), tokenized by --tokenizer (characters by default), the first 90% for "
+        "training and the last 10% for validation. Writes the checkpoint, metrics.jsonl and loss.png (with the "
+        "plot extra: pip install 'fastlm[plot]') into --out. Settings can come from a TOML file (--config); "
+        "flags override it, as --key=value or --key value."))
     t.add_argument("corpus", nargs="?", help="UTF-8 text file, or token data from fastlm tokenize (a directory "
                    "with train.bin, or a .bin file) (default: Python's standard library source)")
-    t.add_argument("--out", required=True, help="output directory (checkpoint, metrics.jsonl, loss.png)")
+    t.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="read the settings from a TOML file of key = value lines named as these flags "
+                        "(e.g. examples/shakespeare_char.toml); flags given here win")
+    t.add_argument("--out", metavar="DIR", default=None,
+                   help="output directory (checkpoint, metrics.jsonl, loss.png); required")
     t.add_argument("--model", default=None, choices=sorted(_ARCH_DEFAULTS),
                    help="model family (default transformer, or the checkpoint's with --resume)")
     t.add_argument("--tokenizer", default=None, choices=["char", "byte", "bpe"],
@@ -141,6 +150,9 @@ def _build_parser() -> _Parser:
     t.add_argument("--n-layer", type=_positive_int, default=None, help="transformer layers (default 4)")
     t.add_argument("--n-head", type=_positive_int, default=None, help="transformer attention heads (default 4)")
     t.add_argument("--n-embd", type=_positive_int, default=None, help="transformer width (default 128)")
+    t.add_argument("--dropout", type=_unit_float, default=None,
+                   help="dropout while training, in [0, 1): the transformer's embedding, attention and residual "
+                        "branches; between lstm/gru layers (default 0, or the checkpoint's with --resume)")
     t.add_argument("--embed-dim", type=_positive_int, default=None, help="lstm/gru embedding size (default 128)")
     t.add_argument("--hidden-size", type=_positive_int, default=None, help="lstm/gru state size (default 256)")
     t.add_argument("--num-layers", type=_positive_int, default=None, help="lstm/gru layers (default 2)")
@@ -151,27 +163,36 @@ def _build_parser() -> _Parser:
     t.add_argument("--min-lr", type=_nonneg_float, default=None, help="final learning rate (default lr/10)")
     t.add_argument("--warmup-steps", type=_nonneg_int, default=None,
                    help="linear warmup steps (default min(100, steps/10))")
-    t.add_argument("--beta1", type=_unit_float, default=None, help="AdamW beta1 (default 0.9)")
-    t.add_argument("--beta2", type=_unit_float, default=None, help="AdamW beta2 (default 0.99)")
+    t.add_argument("--lr-decay-iters", type=_positive_int, default=None,
+                   help="step at which the cosine decay reaches --min-lr (default --steps)")
+    t.add_argument("--decay-lr", action=argparse.BooleanOptionalAction, default=None,
+                   help="warmup and cosine decay (default), or --no-decay-lr for a constant --lr")
+    t.add_argument("--beta1", type=_unit_float, default=None, help="Adam(W) beta1 (default 0.9)")
+    t.add_argument("--beta2", type=_unit_float, default=None,
+                   help="Adam(W) beta2 (default 0.95 for the transformer, 0.999 for lstm/gru)")
     t.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="AdamW/SGD weight decay on 2-D weights (default 0.1, 0 for lstm/gru)")
     t.add_argument("--grad-clip", type=_nonneg_float, default=None, help="clip the gradient norm (0: off; default 1.0)")
     t.add_argument("--val-fraction", type=_unit_float, default=0.1, help="validation share (default 0.1)")
     t.add_argument("--eval-interval", type=_positive_int, default=250, help="evaluate every N steps (default 250)")
-    t.add_argument("--eval-batches", type=_positive_int, default=20, help="batches per evaluation (default 20)")
+    t.add_argument("--eval-batches", type=_positive_int, default=50,
+                   help="random batches of each split per evaluation of the train and val loss (default 50)")
     t.add_argument("--checkpoint-interval", type=_positive_int, default=None,
                    help="save every N steps (default: --eval-interval)")
+    t.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                   help="save only when the val loss improves, so --out keeps the best model (default off)")
     t.add_argument("--seed", type=_model_seed, default=1337, help="initialisation and batch seed (default 1337)")
     t.add_argument("--resume", action="store_true", help=(
         "continue the run whose checkpoint is in --out; the training flags above that are not given "
         "(steps, batch size, block size, learning rates, optimizer settings) keep the run's values"))
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
-    t.add_argument("--device", default="cpu", help="cpu (default)")
+    t.add_argument("--device", default="cpu", help="cpu (default; the models have no CUDA backend yet)")
     t.add_argument("--precision", choices=("fp32", "bf16"), default=None, help=(
         "bf16: GEMMs on bfloat16 operands, float32 weights and optimizer state (needs AVX512_BF16; "
         "default fp32, or the checkpoint's with --resume)"))
     t.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.train_parser = t  # type: ignore[attr-defined]  # for --config
 
     s = sub.add_parser("sample", help="generate text from a checkpoint",
                        description="Print the prompt followed by a sample from the model in DIR.")
@@ -188,7 +209,7 @@ def _build_parser() -> _Parser:
                    help="end a sample once it contains TEXT (may be given several times)")
     s.add_argument("--seed", type=_sampler_seed, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
-    s.add_argument("--device", default="cpu", help="cpu (default)")
+    s.add_argument("--device", default="cpu", help="cpu (default; the models have no CUDA backend yet)")
     s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="bf16: bfloat16 weights in the GEMMs (needs AVX512_BF16; default: the checkpoint's)")
     s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
@@ -215,35 +236,6 @@ def _rewrite_metrics(out: str, history: Sequence[Dict[str, Any]]) -> None:
     atomic_write(os.path.join(out, METRICS_FILE), "".join(json.dumps(e) + "\n" for e in history))
 
 
-def _plot(out: str, history: Sequence[Dict[str, Any]]) -> bool:
-    """loss.png when matplotlib imports; a plotting failure never stops training."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
-        return False
-    from ._io import atomic_open
-    try:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([e["step"] for e in history], [e["loss"] for e in history], label="train", lw=1)
-        ev = [(e["step"], e["val_loss"]) for e in history if e.get("val_loss") is not None]
-        if ev:
-            ax.plot(*zip(*ev), "o-", label="val")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with atomic_open(os.path.join(out, PLOT_FILE), "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        plt.close(fig)
-        return True
-    except Exception as e:  # pragma: no cover - depends on the matplotlib install
-        print(f"fastlm: warning: could not write {PLOT_FILE}: {e}", file=sys.stderr)
-        return False
-
-
 def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
     """Architecture flags of another model family are a mistake, not a no-op."""
     ours = set(_ARCH_DEFAULTS[kind]) | {"block_size"}
@@ -256,8 +248,9 @@ def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
 # fit's options that the train flags set, with their defaults; --resume keeps
 # the checkpoint's for flags not given (see _fit_options).
 _FIT_DEFAULTS = {"steps": 2000, "batch_size": 12, "grad_accum": 1, "lr": 1e-3, "min_lr": None,
-                 "warmup_steps": None, "beta1": 0.9, "beta2": 0.99, "weight_decay": None, "grad_clip": 1.0,
-                 "optimizer": None, "momentum": 0.9, "block_size": None}
+                 "warmup_steps": None, "beta1": None, "beta2": None, "weight_decay": None, "grad_clip": 1.0,
+                 "optimizer": None, "momentum": 0.9, "block_size": None, "lr_decay_iters": None,
+                 "decay_lr": True, "keep_best": False}
 
 
 def _fit_options(a: argparse.Namespace, previous: Dict[str, Any]) -> Dict[str, Any]:
@@ -283,6 +276,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .rnn import GRULM, LSTMLM
     from .cli_tokenize import model_vocab_size, new_tokenizer, open_prepared
     from .corpus import encode_text
+    from .plot import can_plot, plot_history
 
     _device(a.device)
     _precision(a.precision)
@@ -293,6 +287,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise distributed.raised_alike(CLIError(str(e))) from None
     lead = world.rank == 0
     out = a.out
+    if out is None:
+        raise CLIError("--out DIR is required (the run directory; or out = \"DIR\" in the --config file)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out {out!r} exists and is not a directory")
     try:
@@ -332,6 +328,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         tok = model.tokenizer
         if tok is None and (prepared is None or prepared.tokenizer is not None):
             raise CLIError(f"the checkpoint in {out!r} has no tokenizer.json; cannot encode the corpus")
+        if a.dropout is not None:
+            model.dropout = a.dropout  # a setting, not architecture: a resumed run may change it
         if a.tokenizer is not None and tok is not None and a.tokenizer != tok.type_name:
             raise CLIError(f"--tokenizer {a.tokenizer} differs from the checkpoint's {tok.type_name}")
     else:
@@ -340,6 +338,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         tok = new_tokenizer(a.tokenizer, a.vocab_size, text, prepared)
         arch = {k: (getattr(a, k) if getattr(a, k) is not None else v) for k, v in _ARCH_DEFAULTS[kind].items()}
         cls = {"transformer": Transformer, "lstm": LSTMLM, "gru": GRULM}[kind]
+        if a.dropout:
+            arch["dropout"] = a.dropout
         model = cls(model_vocab_size(tok, a.vocab_size, prepared), seed=a.seed, device=a.device, tokenizer=tok,
                     precision=a.precision or "fp32", **arch)
     previous = (model._train_state or {}).get("fit", {}) if a.resume else {}
@@ -370,6 +370,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
                        f"block_size + 1 = {window + 1}")
     if val is not None and len(val) < 2:
         val = None
+    if o["keep_best"] and val is None:
+        raise CLIError(f"--keep-best needs a validation split, and corpus {source} leaves none "
+                       f"(--val-fraction {a.val_fraction})")
     warmup = o["warmup_steps"] if o["warmup_steps"] is not None else min(100, o["steps"] // 10)
 
     if lead:
@@ -381,6 +384,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
     recurrent = kind != "transformer"
     optimizer = o["optimizer"] or ("adam" if recurrent else "adamw")
     weight_decay = o["weight_decay"] if o["weight_decay"] is not None else (0.0 if recurrent else 0.1)
+    from .lm import _step_options
+    model_betas = _step_options(model, optimizer=optimizer)["betas"]  # the API's defaults
+    betas = tuple(model_betas[i] if o[k] is None else o[k] for i, k in enumerate(("beta1", "beta2")))
 
     # Nothing is written into --out before fit has checked its arguments and
     # made its first step: a mistake costs no earlier run its metrics.
@@ -395,10 +401,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
             started = True
         _append_metrics(out, metrics)
         if step % checkpoint_interval == 0:
-            _plot(out, model.history)
+            plot_history(os.path.join(out, PLOT_FILE), model.history)
 
     history = model.fit(train, steps=o["steps"], batch_size=o["batch_size"], grad_accum=o["grad_accum"],
-                        lr=o["lr"], min_lr=o["min_lr"], warmup_steps=warmup, betas=(o["beta1"], o["beta2"]),
+                        lr=o["lr"], min_lr=o["min_lr"], warmup_steps=warmup, betas=betas,
+                        lr_decay_iters=o["lr_decay_iters"], decay_lr=o["decay_lr"], keep_best=o["keep_best"],
                         weight_decay=weight_decay, grad_clip=o["grad_clip"], val=val, optimizer=optimizer,
                         momentum=o["momentum"], block_size=window,
                         eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
@@ -408,15 +415,21 @@ def _cmd_train(a: argparse.Namespace) -> int:
         return 0
     if not os.path.exists(os.path.join(out, METRICS_FILE)):
         _rewrite_metrics(out, history)
-    plotted = _plot(out, history)
+    plotted = plot_history(os.path.join(out, PLOT_FILE), history)
     last = history[-1] if history else None
-    msg = f"fastlm: saved checkpoint to {out}"
-    if last is not None:
-        msg += f" (step {last['step']}, train loss {last['loss']:.4f}"
-        vals = history.val_losses
-        msg += f", val loss {vals[-1][1]:.4f})" if vals else ")"
+    vals = history.val_losses
+    if o["keep_best"] and vals:
+        step, best = min(vals, key=lambda sv: sv[1])
+        msg = f"fastlm: kept the best checkpoint in {out} (step {step} of {last['step']}, val loss {best:.4f})"
+    else:
+        msg = f"fastlm: saved checkpoint to {out}"
+        if last is not None:
+            msg += f" (step {last['step']}, train loss {last['loss']:.4f}"
+            msg += f", val loss {vals[-1][1]:.4f})" if vals else ")"
     if plotted:
         msg += f"; plot in {os.path.join(out, PLOT_FILE)}"
+    elif not can_plot():
+        msg += f"; for a loss plot in {os.path.join(out, PLOT_FILE)}: pip install 'fastlm[plot]'"
     print(msg)
     return 0
 
@@ -510,12 +523,30 @@ def _cmd_info(a: argparse.Namespace) -> int:
                          f"{cuda.device_name()} (compute capability {_C.cuda_compute_capability()})")
         else:
             lines.append(f"cuda: compiled in ({', '.join(info.get('cuda_archs', []))}); no usable device: "
-                         f"{_C.cuda_unavailable_reason()}")
+                         f"{_no_device_reason()}")
     else:
         lines.append("cuda: not compiled in; devices: none")
     lines.append(f"mpi: {distributed.mpi_runtime()}")
     print("\n".join(lines))
     return 0
+
+
+def _nvidia_driver_loadable() -> bool:
+    import ctypes
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _no_device_reason() -> str:
+    """Why CUDA is unusable, in a newcomer's terms: without a driver the CUDA
+    runtime blames the driver's version, as if there were one."""
+    if not _nvidia_driver_loadable():
+        return "no NVIDIA driver is installed (libcuda could not be loaded)"
+    from . import _C
+    return _C.cuda_unavailable_reason()
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
@@ -547,7 +578,8 @@ def _device(device: str) -> None:
     try:
         _check_device(device)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise CLIError(f"--device: {e}") from None
+        msg = str(e).replace(" (fastlm.build_info()['cuda'] is False)", "").replace("device='cpu'", "--device cpu")
+        raise CLIError(f"--device: {msg}") from None
 
 
 def _set_threads(n: Optional[int]) -> None:
@@ -574,7 +606,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # The benchmark runner parses its own flags (argparse's REMAINDER
             # would refuse ones that start with "--").
             return _cmd_bench(argparse.Namespace(args=argv[1:]))
-        a = _build_parser().parse_args(argv)
+        parser = _build_parser()
+        if argv[:1] == ["train"]:
+            from .train_config import normalize_flags
+            argv = normalize_flags(argv)
+        a = parser.parse_args(argv)
+        if a.command == "train" and a.config is not None:
+            # The file's settings become the flags' defaults; the command line wins.
+            from .train_config import apply_config, load_config
+            try:
+                apply_config(parser.train_parser, load_config(a.config), a.config)
+            except (ValueError, RuntimeError) as e:
+                raise CLIError(str(e)) from None
+            a = parser.parse_args(argv)
         if a.version:
             import fastlm
             print(f"fastlm {fastlm.__version__}")

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _C
+from . import _C, distributed
 from ._checks import check_float as _check_float, check_int as _check_int
 from .bpe import BPETokenizer
 from .tokenizers import Tokenizer
@@ -198,6 +198,10 @@ class LanguageModel:
     # of the layers' tensor names whose group 1 is the layer index).
     SIZE_AXES: Dict[str, Tuple[str, int]] = {}
     LAYERS: Tuple[str, str] = ("", "")
+    # Settings kept in config.json that are not architecture (a model of
+    # another value loads the same weights), with the value a checkpoint
+    # written before the setting existed gets; see _check_option.
+    OPTIONS: Dict[str, Any] = {"dropout": 0.0}
 
     # -- construction
 
@@ -208,6 +212,10 @@ class LanguageModel:
         device = _check_device(device)
         precision = _check_precision(precision)
         self._config: Dict[str, Any] = dict(arch, seed=seed, device=device, precision=precision)
+        self._config.update(self.OPTIONS)
+        # Micro-batches trained with dropout so far: each one's masks derive
+        # from (seed, this count), which trainer_state.json keeps for a resume.
+        self._dropout_calls = 0
         self.tokenizer = tokenizer
         try:
             self._g = self._make_core(arch)
@@ -235,6 +243,34 @@ class LanguageModel:
 
     def _check_arch(self, **arch: Any) -> Dict[str, Any]:
         raise NotImplementedError
+
+    def _check_option(self, name: str, value: Any) -> Any:
+        """``value`` of the setting ``name`` (a key of OPTIONS), checked."""
+        if name != "dropout":
+            raise KeyError(name)
+        return _check_float(value, "dropout", 0.0, below=1.0)
+
+    @property
+    def dropout(self) -> float:
+        """The training dropout probability in [0, 1) (where the model drops:
+        its class docstring); 0 in ``forward``, ``evaluate`` and ``generate``."""
+        return self._config["dropout"]
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self._config["dropout"] = self._check_option("dropout", p)
+
+    def _next_dropout_seed(self) -> int:
+        """The seed of the next micro-batch's dropout masks: the model seed and
+        a count of such micro-batches (trainer_state.json keeps it), hashed
+        further by the core per tensor. Under mpirun each rank mixes in its
+        rank: its rows get masks of their own, not a copy of rank 0's."""
+        seed = (self._config["seed"] * 0x9E3779B97F4A7C15 + self._dropout_calls) % 2**64
+        rank = distributed.world().rank
+        if rank:
+            seed ^= (rank * 0xD1B54A32D192ED03) % 2**64
+        self._dropout_calls += 1
+        return seed
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -489,6 +525,11 @@ class LanguageModel:
 
     # -- high level (fastlm.train, fastlm.sampling)
 
+    def _flops_per_token(self, block_size: int) -> float:
+        """FLOPs of a forward and backward per trained token (nanoGPT's
+        estimate: 6 per parameter; models add their attention)."""
+        return 6.0 * self.num_parameters()
+
     def _train_window(self, block_size: Optional[int]) -> int:
         """Tokens per training window: ``block_size`` as given to ``fit``, or
         the model's default."""
@@ -567,6 +608,7 @@ class LanguageModel:
         from .checkpoint import save_checkpoint
         cfg: Dict[str, Any] = {"model_type": self.MODEL_TYPE}
         cfg.update({k: self._config[k] for k in self.ARCH_KEYS})
+        cfg.update({k: self._config[k] for k in self.OPTIONS})
         cfg["seed"] = self._config["seed"]
         cfg["precision"] = self._config["precision"]
         cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
@@ -634,6 +676,8 @@ class LanguageModel:
             diff = _sizes_disagree(kind, arch, ckpt.tensors)
             if not diff:
                 model._build(arch, cfg.get("seed", 0), device, None, precision)
+                for k, default in kind.OPTIONS.items():
+                    model._config[k] = model._check_option(k, cfg.get(k, default))
         except (TypeError, ValueError) as e:
             raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
         if diff:
@@ -665,11 +709,13 @@ class LanguageModel:
                 v = state.get(key, 0)
                 return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**63
             history = state.get("history", [])
-            if not all(count(k) for k in ("step", "stream_pos", "seed")) \
+            if not all(count(k) for k in ("step", "stream_pos", "seed", "dropout_calls")) \
                     or not isinstance(history, list) or not all(_history_entry(e) for e in history) \
-                    or not isinstance(state.get("data_rng"), (dict, type(None))):
-                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'stream_pos', 'seed', "
-                                 "'history' (a list of steps with 'step' and 'loss') or 'data_rng'")
+                    or not isinstance(state.get("data_rng"), (dict, type(None))) \
+                    or not isinstance(state.get("best_val_loss"), (int, float, type(None))) \
+                    or isinstance(state.get("best_val_loss"), bool):
+                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'stream_pos', 'seed', 'dropout_calls', "
+                                 "'history' (a list of steps with 'step' and 'loss'), 'data_rng' or 'best_val_loss'")
             try:
                 _check_fit_record(state.get("fit", {}))
             except (TypeError, ValueError) as e:
@@ -713,6 +759,7 @@ class LanguageModel:
         self._train_state = dict(state) if state is not None else None
         if self._train_state is not None:
             self._train_state.pop("format_version", None)
+        self._dropout_calls = int((state or {}).get("dropout_calls", 0))
         self._cache_owner = None
 
     def _restore_optimizer_extras(self, opt: Dict[str, Any]) -> None:

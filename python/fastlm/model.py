@@ -1,6 +1,6 @@
 """``fastlm.Transformer``: a GPT-2 model trained and sampled by the C++ core.
 
-The network is exactly GPT-2 (nanoGPT's ``model.py`` without dropout), so
+The network is exactly GPT-2 (nanoGPT's ``model.py``), so
 weights move to and from PyTorch by name: token + learned position
 embeddings, ``n_layer`` pre-LayerNorm blocks (causal multi-head attention
 with a fused ``c_attn`` and an output ``c_proj``; an MLP ``c_fc`` ->
@@ -68,6 +68,16 @@ class Transformer(LanguageModel):
         weights normal(0, 0.02), the residual projections (``c_proj``)
         normal(0, 0.02/sqrt(2*n_layer)), biases 0, LayerNorm weights 1. Also the
         default seed of :meth:`fit`'s batch sampler.
+    dropout: probability in [0, 1) of dropping, while training (``fit``,
+        ``forward_backward``), each element of the embedding output, of the
+        attention probabilities and of both residual branches, as nanoGPT
+        (kept ones scaled by 1 / (1 - dropout)); never in ``forward``,
+        ``evaluate`` or ``generate``. The masks are a hash of the seed and a
+        count of training micro-batches, so runs are reproducible, and a run
+        resumed by ``fit`` continues as if it had not stopped. A setting, not
+        architecture: kept in ``config.json``, assignable (``model.dropout =
+        0.1``); checkpoints without it load with 0. Attention dropout runs on
+        the CPU only.
     device: ``"cpu"``. ``"cuda"`` raises ``RuntimeError`` (not available in this
         build); any other name ``ValueError``.
     tokenizer: an optional :class:`fastlm.tokenizers.Tokenizer` kept with the
@@ -104,12 +114,15 @@ class Transformer(LanguageModel):
 
     def __init__(self, vocab_size: int, *, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
                  n_embd: int = 384, bias: bool = True, tie_word_embeddings: bool = True,
-                 activation_function: str = "gelu_new", layer_norm_epsilon: float = 1e-5, seed: int = 0,
-                 device: str = "cpu", tokenizer: Optional[Tokenizer] = None, precision: str = "fp32") -> None:
+                 activation_function: str = "gelu_new", layer_norm_epsilon: float = 1e-5, dropout: float = 0.0,
+                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None,
+                 precision: str = "fp32") -> None:
+        dropout = self._check_option("dropout", dropout)
         self._build({"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer, "n_head": n_head,
                      "n_embd": n_embd, "bias": bias, "tie_word_embeddings": tie_word_embeddings,
                      "activation_function": activation_function, "layer_norm_epsilon": layer_norm_epsilon},
                     seed, device, tokenizer, precision)
+        self.dropout = dropout
         self._init_weights()
         self._g.weights_changed()
 
@@ -139,6 +152,13 @@ class Transformer(LanguageModel):
             raise ValueError(f"layer_norm_epsilon must be in [1.2e-38, 1], got {layer_norm_epsilon!r}")
         arch["layer_norm_epsilon"] = eps
         return arch
+
+    def _forward_backward(self, x: np.ndarray, y: np.ndarray, grad_scale: float, carry: bool) -> float:
+        if self.dropout == 0.0:
+            return super()._forward_backward(x, y, grad_scale, carry)
+        with self._lock:
+            self._cache_owner = None
+            return float(self._g.forward_backward(x, y, grad_scale, self.dropout, self._next_dropout_seed()))
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         if not arch["tie_word_embeddings"]:
@@ -178,6 +198,13 @@ class Transformer(LanguageModel):
         if exclude_embeddings:
             n -= self._params["transformer.wte.weight"].size + self._params["transformer.wpe.weight"].size
         return n
+
+    def _flops_per_token(self, block_size: int) -> float:
+        # nanoGPT's estimate_mfu: 6 per weight but the position embedding (a
+        # lookup), plus the attention's 12 n_layer n_embd T.
+        c = self._config
+        n = self.num_parameters() - self._params["transformer.wpe.weight"].size
+        return 6.0 * n + 12.0 * c["n_layer"] * c["n_embd"] * block_size
 
     def _max_len(self) -> Optional[int]:
         return self.block_size

@@ -36,6 +36,8 @@ __all__ = [
     "gelu_backward",
     "attention",
     "attention_backward",
+    "dropout",
+    "dropout_backward",
     "cross_entropy",
     "lstm_cell",
     "lstm_cell_backward",
@@ -200,8 +202,41 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray, approximate: str = "tanh") -> n
     return _C.gelu_backward(dy, x, exact)
 
 
+def _dropout_args(op: str, p: Any, seed: Any) -> Tuple[float, int]:
+    return (check_float(p, f"{op}: dropout", 0.0, below=1.0),
+            check_int(seed, f"{op}: dropout_seed", 0, 2**64 - 1))
+
+
+def _host_only(op: str, p: float, dev: Any) -> None:
+    if dev is not None and p > 0:
+        raise ValueError(f"{op}: dropout > 0 runs on the CPU only (device arrays given)")
+
+
+def dropout(x: np.ndarray, p: float, *, seed: int) -> np.ndarray:
+    """Inverted dropout: ``x * keep / (1 - p)``, any shape, float32.
+
+    ``keep`` is a pure function of ``(seed, flat index)`` (a counter-based hash,
+    ``csrc/dropout_hash.h``), true with probability ``1 - p``; p in [0, 1),
+    seed an integer in [0, 2**64). The same seed gives the same mask, so the
+    backward (:func:`dropout_backward`) needs no stored mask.
+    """
+    p, seed = _dropout_args("dropout", p, seed)
+    if _device_args("dropout", x=x) is not None:
+        raise ValueError("dropout: runs on the CPU only (a device array was given)")
+    return _C.dropout(x, p, seed)
+
+
+def dropout_backward(dy: np.ndarray, p: float, *, seed: int) -> np.ndarray:
+    """Gradient of :func:`dropout` with the same ``p`` and ``seed``:
+    ``dy * keep / (1 - p)`` (the forward's own mask, regenerated)."""
+    p, seed = _dropout_args("dropout_backward", p, seed)
+    if _device_args("dropout_backward", dy=dy) is not None:
+        raise ValueError("dropout_backward: runs on the CPU only (a device array was given)")
+    return _C.dropout(dy, p, seed)
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
-              causal: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+              causal: bool = True, dropout: float = 0.0, dropout_seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Scaled dot-product attention, tiled with an online softmax (no T x T matrix).
 
     q: (B, H, T, D); k, v: (B, H, Tk, D) (Tk = T for self-attention); scale
@@ -209,29 +244,40 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     Returns (out (B, H, T, D), lse (B, H, T)): lse is the natural log-sum-exp of
     each row of scaled scores, kept for the backward.
 
+    ``dropout`` in [0, 1) drops probabilities (training, CPU only): entry
+    (b, h, i, j) under the key ``hash(dropout_seed, b * H + h)`` at index
+    ``i * Tk + j`` (``csrc/dropout_hash.h``), kept ones scaled by 1 / (1 - p);
+    lse stays that of the undropped softmax. Pass the same ``dropout`` and
+    ``dropout_seed`` to :func:`attention_backward`.
+
     On the GPU q, k, v may be float32 or bfloat16 (out then bfloat16, lse
     float32), with D <= 128.
     """
     causal = check_bool(causal, "attention: causal")
+    p, seed = _dropout_args("attention", dropout, dropout_seed)
     dev = _device_args("attention", q=q, k=k, v=v)
+    _host_only("attention", p, dev)
     if dev is not None:
         return _C.cuda_attention(dev["q"], dev["k"], dev["v"], causal)
-    return _C.attention(q, k, v, causal)
+    return _C.attention(q, k, v, causal, p, seed)
 
 
 def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                        out: np.ndarray, lse: np.ndarray, *,
-                       causal: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       causal: bool = True, dropout: float = 0.0,
+                       dropout_seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`attention` (self-attention, all (B, H, T, D); lse (B, H, T)).
 
     Returns (dq, dk, dv), each (B, H, T, D).
     """
     causal = check_bool(causal, "attention_backward: causal")
+    p, seed = _dropout_args("attention_backward", dropout, dropout_seed)
     dev = _device_args("attention_backward", dout=dout, q=q, k=k, v=v, out=out, lse=lse)
+    _host_only("attention_backward", p, dev)
     if dev is not None:
         return _C.cuda_attention_backward(dev["dout"], dev["q"], dev["k"], dev["v"], dev["out"],
                                           dev["lse"], causal)
-    return _C.attention_backward(dout, q, k, v, out, lse, causal)
+    return _C.attention_backward(dout, q, k, v, out, lse, causal, p, seed)
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int = -100,

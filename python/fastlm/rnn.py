@@ -45,6 +45,10 @@ class RecurrentLM(LanguageModel):
         k = 1/sqrt(hidden_size), the embedding normal(0, 1), the head's weight
         and bias uniform(-1/sqrt(hidden_size), 1/sqrt(hidden_size)). Also the
         default seed of :meth:`fit`'s batch sampler.
+    dropout: probability in [0, 1) of dropping, while training, each output
+        of every recurrent layer but the last, as ``nn.LSTM(dropout=...)``
+        (no effect with one layer); reproducible and kept in ``config.json``
+        as :class:`fastlm.Transformer`'s.
     device: ``"cpu"`` (see :class:`fastlm.Transformer`).
     tokenizer: optional, as for :class:`fastlm.Transformer`.
     precision: ``"fp32"`` or ``"bf16"`` (every GEMM, the per-step recurrent one
@@ -68,10 +72,12 @@ class RecurrentLM(LanguageModel):
     DEFAULT_WINDOW = 64
 
     def __init__(self, vocab_size: int, *, embed_dim: int = 128, hidden_size: int = 256, num_layers: int = 2,
-                 seed: int = 0, device: str = "cpu", tokenizer: Optional[Tokenizer] = None,
-                 precision: str = "fp32") -> None:
+                 dropout: float = 0.0, seed: int = 0, device: str = "cpu",
+                 tokenizer: Optional[Tokenizer] = None, precision: str = "fp32") -> None:
+        dropout = self._check_option("dropout", dropout)
         self._build({"vocab_size": vocab_size, "embed_dim": embed_dim, "hidden_size": hidden_size,
                      "num_layers": num_layers}, seed, device, tokenizer, precision)
+        self.dropout = dropout
         self._init_weights()
 
     def _check_arch(self, **arch: Any) -> Dict[str, Any]:
@@ -110,7 +116,11 @@ class RecurrentLM(LanguageModel):
             self._cache_owner = None
             if carry and self._carried is not None:
                 self._g.set_state(*self._carried)
-            loss = float(self._g.forward_backward(x, y, carry, grad_scale))
+            if self.dropout == 0.0:
+                loss = float(self._g.forward_backward(x, y, carry, grad_scale))
+            else:
+                loss = float(self._g.forward_backward(x, y, carry, grad_scale, self.dropout,
+                                                      self._next_dropout_seed()))
             self._carried = self._g.state()
             return loss
 

@@ -7,7 +7,8 @@ cosine learning rate (:func:`get_lr`), evaluates, checkpoints and reports
 progress. A run resumed from its checkpoint continues with exactly the losses
 the uninterrupted run would have had (same CPU, same thread count), because
 the checkpoint holds everything the next step depends on: weights, AdamW
-moments and step count, the batch sampler's RNG state and the step.
+moments and step count, the batch sampler's RNG state, the step and the
+count of micro-batches the dropout masks derive from.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from . import distributed
 from ._checks import MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 
-__all__ = ["History", "fit", "evaluate", "get_lr"]
+__all__ = ["History", "fit", "evaluate", "estimate_loss", "get_lr"]
 
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
@@ -32,11 +33,13 @@ class History(list):
     """The log of a :func:`fit` run: a list with one dict per optimizer step::
 
         {"step": 1, "loss": 4.19, "lr": 1e-3, "grad_norm": 0.93,
-         "tokens_per_sec": 51234.0, "val_loss": None}
+         "tokens_per_sec": 51234.0, "mfu": 0.21, "train_loss": None, "val_loss": None}
 
     ``step`` counts completed steps (1-based); ``loss`` is the mean training
-    loss of the step's micro-batches; ``val_loss`` is set on evaluation steps
-    and None otherwise. Plain JSON-serialisable data.
+    loss of the step's micro-batches; ``mfu`` the step's model FLOPs
+    utilisation (:mod:`fastlm.mfu`); ``train_loss`` and ``val_loss`` are
+    set on evaluation steps (:func:`estimate_loss`) and None otherwise.
+    Plain JSON-serialisable data.
     """
 
     def as_dict(self) -> Dict[str, List[Any]]:
@@ -116,9 +119,10 @@ def _check_fit_record(rec: Any) -> None:
     from .lm import OPTIMIZERS, _check_betas
     if not isinstance(rec, dict):
         raise TypeError(f"fit's settings must be an object, got {type(rec).__name__}")
-    for key, low, high in (("steps", 1, None), ("warmup_steps", 0, None), ("batch_size", 1, MAX_SIZE),
+    for key, low, high in (("steps", 1, None), ("warmup_steps", 0, None), ("lr_decay_iters", 1, None),
+                           ("batch_size", 1, MAX_SIZE),
                            ("grad_accum", 1, MAX_SIZE), ("block_size", 1, MAX_SIZE)):
-        if key in rec:
+        if key in rec and not (key == "lr_decay_iters" and rec[key] is None):  # None: decay over steps
             _int(rec[key], key, low, high)
     for key in ("lr", "min_lr", "weight_decay", "grad_clip", "momentum"):
         if key in rec:
@@ -127,13 +131,37 @@ def _check_fit_record(rec: Any) -> None:
         raise ValueError(f"min_lr ({rec['min_lr']}) must not exceed lr ({rec['lr']})")
     if "betas" in rec:
         _check_betas(rec["betas"])
-    if "stateful" in rec:
-        check_bool(rec["stateful"], "stateful")
+    for key in ("stateful", "decay_lr", "keep_best"):
+        if key in rec:
+            check_bool(rec[key], key)
     if rec.get("optimizer", "adamw") not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {rec['optimizer']!r}")
 
 
 # ------------------------------------------------------------------------- eval
+
+def estimate_loss(model: Any, tokens: Any, *, batches: Optional[int], batch_size: int, block_size: int,
+                  rng: np.random.Generator, world: Optional[distributed.World] = None) -> float:
+    """nanoGPT's ``estimate_loss`` for one split: the mean loss of ``batches``
+    random batches (:func:`fastlm.data.get_batch` with ``rng``) of
+    ``batch_size`` windows of ``block_size`` tokens, no dropout, no gradients.
+    ``batches=None``, or a split too short for one window, gives the loss over
+    the whole split (:func:`evaluate`) instead. With a ``world`` of N ranks
+    (same ``rng`` state on each) the batches are those of N * batch_size rows,
+    rank r scoring rows r*b .. (r+1)*b - 1, and the sums are reduced."""
+    if batches is None or int(tokens.shape[0]) < block_size + 1:
+        return _eval_loss(model, tokens, batch_size, None, world)
+    model._cache_owner = None
+    if world is None:
+        return float(np.mean([model._loss(*get_batch(tokens, batch_size, block_size, rng)) for _ in range(batches)]))
+    rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
+    sums = np.zeros(2)  # loss * rows, rows
+    for _ in range(batches):
+        x, y = get_batch(tokens, batch_size * world.size, block_size, rng)
+        sums += (model._loss(x[rows], y[rows]) * batch_size, batch_size)
+    world.all_reduce(sums, "sum")
+    return float(sums[0] / sums[1])
+
 
 def evaluate(model: Any, tokens: Any, *, batch_size: int = 16, max_batches: Optional[int] = None) -> Dict[str, float]:
     """Mean next-token cross-entropy of ``model`` over ``tokens``.
@@ -195,11 +223,12 @@ class _Progress:
             return
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
-                                 tok_s=f"{entry['tokens_per_sec']:,.0f}", refresh=False)
+                                 tok_s=f"{entry['tokens_per_sec']:,.0f}", mfu=f"{entry['mfu']:.1%}",
+                                 refresh=False)
             self.bar.update(1)
         elif entry["step"] % self.every == 0:
             self.write(f"step {entry['step']}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
-                       f"{entry['tokens_per_sec']:,.0f} tok/s")
+                       f"{entry['tokens_per_sec']:,.0f} tok/s, mfu {entry['mfu']:.1%}")
 
     def write(self, msg: str) -> None:
         if not self.enabled:
@@ -216,7 +245,8 @@ class _Progress:
 
 @distributed.collective("fit")
 def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3, warmup_steps: int = 0,
-        min_lr: Optional[float] = None, betas: Optional[Tuple[float, float]] = None,
+        min_lr: Optional[float] = None, lr_decay_iters: Optional[int] = None, decay_lr: bool = True,
+        keep_best: bool = False, betas: Optional[Tuple[float, float]] = None,
         weight_decay: Optional[float] = None,
         grad_clip: Optional[float] = 1.0, grad_accum: int = 1, val: Any = None, eval_interval: int = 250,
         eval_batches: Optional[int] = 50, checkpoint_dir: Any = None, checkpoint_interval: Optional[int] = None,
@@ -229,26 +259,39 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         :func:`fastlm.data.open_tokens`, or a token file path); ``train``
         needs at least block_size + 1 tokens, ``val`` (optional) at least 2.
     steps: total optimizer steps of the run (a resumed run continues up to
-        ``steps``); the cosine schedule decays over them.
+        ``steps``).
     batch_size: windows per micro-batch; each step uses ``grad_accum``
         micro-batches of ``batch_size`` windows of block_size + 1 tokens, drawn
         uniformly (:func:`fastlm.data.get_batch`), their gradients averaged.
-    lr, warmup_steps, min_lr: :func:`get_lr` (``min_lr`` defaults to lr / 10).
+    lr, warmup_steps, min_lr, lr_decay_iters: :func:`get_lr`, nanoGPT's
+        schedule: warmup, cosine from lr to ``min_lr`` (default lr / 10) at
+        step ``lr_decay_iters`` (default ``steps``), ``min_lr`` after.
+    decay_lr: False trains at the constant ``lr`` (no warmup, no decay), as
+        nanoGPT's ``decay_lr=False``.
     optimizer, betas, weight_decay, momentum: as :meth:`LanguageModel.step`;
         None takes the model's defaults (the Transformer: nanoGPT's AdamW,
         betas (0.9, 0.95), decay 0.1 on 2-D weights; the recurrent models:
         Adam, betas (0.9, 0.999), no decay).
     grad_clip: clip the global gradient norm to this (None or 0: off), as
         ``torch.nn.utils.clip_grad_norm_``.
-    eval_interval, eval_batches: evaluate ``val`` every ``eval_interval`` steps
-        and at the end, over at most ``eval_batches`` batches (None: all of it).
+    eval_interval, eval_batches: every ``eval_interval`` steps and at the end,
+        estimate the train and the val loss as nanoGPT's ``estimate_loss``:
+        the mean over ``eval_batches`` random batches of ``batch_size``
+        windows of each split (None: over the whole splits), without dropout.
+        The batches are drawn from a generator seeded by (seed, step), so
+        evaluating never changes the training batches.
     checkpoint_dir, checkpoint_interval: save a checkpoint (:meth:`save`) every
         ``checkpoint_interval`` steps (default: ``eval_interval``), at the end
         and when stopped by ``callback``.
+    keep_best: instead, save only at evaluations whose val loss is the best
+        so far (nanoGPT's ``always_save_checkpoint=False``); the checkpoint
+        then holds the best model and resumes from its step. Needs ``val``
+        and ``checkpoint_dir``.
     resume: continue from the checkpoint in ``checkpoint_dir`` (weights,
         optimizer, step, batch RNG, history); ``FileNotFoundError`` if none.
     seed: seeds the batch sampler (default: the model's seed); ignored on resume.
-    progress: show a tqdm bar (loss, lr, tokens/s) when tqdm imports.
+    progress: show a tqdm bar (loss, lr, tokens/s, MFU against
+        :func:`fastlm.mfu.peak_flops`) when tqdm imports.
     callback: ``callback(step, metrics)`` after every step, metrics being that
         step's history entry; returning ``False`` stops training.
 
@@ -273,6 +316,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     min_lr = lr / 10 if min_lr is None else check_float(min_lr, "min_lr", 0.0)
     if min_lr > lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+    if lr_decay_iters is not None:
+        lr_decay_iters = _int(lr_decay_iters, "lr_decay_iters", 1)
+    decay_lr = check_bool(decay_lr, "decay_lr")
+    keep_best = check_bool(keep_best, "keep_best")
     from .lm import _check_betas, _step_options
     opts = _step_options(model, optimizer=optimizer, betas=betas, weight_decay=weight_decay, momentum=momentum)
     optimizer, momentum = opts["optimizer"], check_float(opts["momentum"], "momentum", 0.0)
@@ -288,6 +335,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (the directory to resume from)")
+    if keep_best and (checkpoint_dir is None or val is None):
+        raise ValueError("keep_best=True needs val (to judge by) and checkpoint_dir (to keep the best in)")
     if checkpoint_dir is not None:
         try:
             checkpoint_dir = os.fspath(checkpoint_dir)
@@ -314,7 +363,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     fit_args = {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
                 "warmup_steps": warmup_steps, "min_lr": min_lr, "betas": [b1, b2], "weight_decay": weight_decay,
                 "grad_clip": grad_clip, "block_size": block, "stateful": stateful, "optimizer": optimizer,
-                "momentum": momentum, "world_size": nranks}
+                "momentum": momentum, "world_size": nranks, "lr_decay_iters": lr_decay_iters, "decay_lr": decay_lr,
+                "keep_best": keep_best}
     if resume:
         from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
         ckpt = load_checkpoint(checkpoint_dir)
@@ -330,12 +380,14 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         stream_pos = int(state.get("stream_pos", 0))
         history = History(state.get("history", []))
         seed = state.get("seed", seed)
+        best_val = state.get("best_val_loss")
     else:
         seed = model.config["seed"] if seed is None else seed
         rng = np.random.default_rng(seed)
         start = 0
         stream_pos = 0
         history = History()
+        best_val = None
     if nranks > 1:
         world.start("fit", {
             "model": f"{type(model).__name__} {model.config}", "settings": fit_args, "seed": seed,
@@ -383,11 +435,15 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     model._cache_owner = None
     grads = g.flat_grads()
     tokens_per_step = batch_size * block * grad_accum * nranks
+    from .mfu import mfu, peak_flops
+    # Every rank's threads: the peak of one process times the ranks (of one machine's kind).
+    flops_per_token, peak = model._flops_per_token(block), peak_flops() * nranks
     bar = _Progress(bool(progress) and lead, steps, start)
     saved_at = -1
     try:
         for it in range(start, steps):
-            lr_t = get_lr(it, lr=lr, warmup_steps=warmup_steps, decay_steps=steps, min_lr=min_lr)
+            lr_t = get_lr(it, lr=lr, warmup_steps=warmup_steps, decay_steps=lr_decay_iters or steps,
+                          min_lr=min_lr) if decay_lr else lr
             t0 = time.perf_counter()
             g.zero_grad()
             loss_sum = 0.0
@@ -407,24 +463,37 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                                      "weight_decay": weight_decay, "momentum": momentum, "grad_scale": scale})
             dt = time.perf_counter() - t0
             step = it + 1
+            tok_s = tokens_per_step / dt if dt > 0 else float("inf")
             entry: Dict[str, Any] = {"step": step, "loss": loss, "lr": lr_t, "grad_norm": norm,
-                                     "tokens_per_sec": tokens_per_step / dt if dt > 0 else float("inf"),
-                                     "val_loss": None}
-            if val is not None and (step % eval_interval == 0 or step == steps):
-                entry["val_loss"] = _eval_loss(model, val, batch_size, eval_batches, world)
-                bar.write(f"step {step}: train loss {loss:.4f}, val loss {entry['val_loss']:.4f}")
+                                     "tokens_per_sec": tok_s, "mfu": mfu(flops_per_token, tok_s, peak),
+                                     "train_loss": None, "val_loss": None}
+            improved = False
+            if step % eval_interval == 0 or step == steps:
+                splits = {"train_loss": train} if val is None else {"train_loss": train, "val_loss": val}
+                for key, split in splits.items():
+                    entry[key] = estimate_loss(model, split, batches=eval_batches, batch_size=batch_size,
+                                               block_size=block, rng=np.random.default_rng([seed, step]),
+                                               world=world if nranks > 1 else None)
+                msg = f"step {step}: train loss {entry['train_loss']:.4f}"
+                if val is not None:
+                    msg += f", val loss {entry['val_loss']:.4f}"
+                    improved = best_val is None or entry["val_loss"] < best_val
+                    best_val = entry["val_loss"] if improved else best_val
+                bar.write(msg)
             history.append(entry)
             model._train_state = {"step": step, "seed": seed, "data_rng": rng.bit_generator.state,
-                                  "stream_pos": stream_pos, "history": history, "fit": fit_args}
+                                  "stream_pos": stream_pos, "dropout_calls": model._dropout_calls,
+                                  "best_val_loss": best_val, "history": history, "fit": fit_args}
             bar.update(entry)
-            if checkpoint_dir is not None and (step % checkpoint_interval == 0 or step == steps):
+            if checkpoint_dir is not None and (improved if keep_best else
+                                               step % checkpoint_interval == 0 or step == steps):
                 save()
                 saved_at = step
             stop = lead and callback is not None and callback(step, dict(entry)) is False
             if callback is not None and nranks > 1:
                 stop = world.broadcast_object(stop)
             if stop:
-                if checkpoint_dir is not None and saved_at != step:
+                if checkpoint_dir is not None and saved_at != step and not keep_best:
                     save()
                 break
     finally:

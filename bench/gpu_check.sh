@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The one-shot GPU check: on a fresh machine with an NVIDIA GPU, the CUDA toolkit
+# and PyTorch, install fastlm (a prebuilt wheel, or a build of this checkout),
+# run the CUDA tests, compute-sanitizer's four tools on the small tests and the
+# CUDA benchmarks, then print one table of stage results and ours/torch ratios
+# (bench/gpu_table.py). Every stage has its own time limit and the whole run a
+# budget, so that a hang costs one stage, not the machine's lease.
+#
+#   bench/gpu_check.sh [--wheel FILE] [--budget SECONDS] [--logs DIR]
+#                      [--only STAGE,...] [--dry-run]
+#
+# Stages: install, tests, sanitizers, bench. Logs (one .log per stage and
+# summary.md) go to --logs, else $OUT when set, else ./gpu-check-logs.
+# FASTLM_CHECK_CUDA_ARCHS sets the architectures of a build (default 90a-real).
+# Exit status: 0 when every stage that ran passed, 1 when one failed, 2 on a
+# bad argument.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+
+usage() { sed -n '9,10p' "$0" | sed 's/^# \{0,3\}//' >&2; }
+die() { echo "gpu_check: $*" >&2; usage; exit 2; }
+
+WHEEL="" BUDGET=360 LOGS="${OUT:-./gpu-check-logs}" ONLY="install,tests,sanitizers,bench" DRY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheel) [ $# -ge 2 ] || die "--wheel needs a file"; WHEEL="$2"; shift 2 ;;
+    --budget) [ $# -ge 2 ] || die "--budget needs a number of seconds"; BUDGET="$2"; shift 2 ;;
+    --logs) [ $# -ge 2 ] || die "--logs needs a directory"; LOGS="$2"; shift 2 ;;
+    --only) [ $# -ge 2 ] || die "--only needs a comma-separated list of stages"; ONLY="$2"; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument '$1'" ;;
+  esac
+done
+[[ "$BUDGET" =~ ^[1-9][0-9]*$ ]] || die "--budget must be a positive whole number of seconds, got '$BUDGET'"
+if [ -n "$WHEEL" ]; then
+  [ -f "$WHEEL" ] || die "--wheel: no such file '$WHEEL'"
+  [[ "$WHEEL" == *.whl ]] || die "--wheel: '$WHEEL' is not a .whl file"
+fi
+IFS=',' read -r -a STAGES <<< "$ONLY"
+[ ${#STAGES[@]} -gt 0 ] || die "--only: no stage named"
+for s in "${STAGES[@]}"; do
+  case "$s" in install|tests|sanitizers|bench) ;; *) die "--only: unknown stage '$s' (install, tests, sanitizers, bench)" ;; esac
+done
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+PY="${PYTHON:-python3}"
+ARCHS="${FASTLM_CHECK_CUDA_ARCHS:-90a-real}"
+mkdir -p "$LOGS" || die "--logs: cannot create '$LOGS'"
+SUMMARY="$LOGS/summary.md"
+STAGE_LOG="$LOGS/stages.log"
+: > "$STAGE_LOG"
+START=$SECONDS
+FAILED=0
+export PYTHONUNBUFFERED=1
+
+# run_stage NAME LIMIT LOG CMD...: CMD under `timeout`, at most LIMIT seconds and
+# never past the budget; its output goes to LOG (appended) and the terminal.
+run_stage() {
+  local name="$1" limit="$2" log="$3"
+  shift 3
+  local left=$((BUDGET - (SECONDS - START)))
+  [ "$DRY" = 0 ] || left=$BUDGET  # a plan: nothing has run, whatever the clock says
+  [ "$limit" -le "$left" ] || limit=$left
+  if [ "$DRY" = 1 ]; then
+    printf '[dry-run] %s (%ss): %s\n' "$name" "$limit" "$*"
+    return 0
+  fi
+  if [ "$limit" -le 0 ]; then
+    echo "[stage] $name: skipped (budget spent) 0s" | tee -a "$STAGE_LOG"
+    FAILED=1
+    return 1
+  fi
+  local t0=$SECONDS rc
+  echo "=== $name: $* (limit ${limit}s)" >> "$log"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  local status="ok"
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then status="timed out after ${limit}s";
+  elif [ "$rc" != 0 ]; then status="failed (exit $rc)"; fi
+  echo "[stage] $name: $status $((SECONDS - t0))s" | tee -a "$STAGE_LOG"
+  [ "$rc" = 0 ] || FAILED=1
+  return "$rc"
+}
+
+SITE="${TMPDIR:-/tmp}/fastlm-gpu-check-site"
+if [ -n "$WHEEL" ]; then
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+if wants install; then
+  if [ -n "$WHEEL" ]; then
+    [ "$DRY" = 1 ] || rm -rf "$SITE"
+    run_stage install 120 "$LOGS/install.log" \
+      "$PY" -m pip install -q --no-deps --no-compile --target "$SITE" "$WHEEL"
+  else
+    run_stage install 300 "$LOGS/install.log" bash -c "
+      cmake -S . -B build/gpu-check -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTLM_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES='$ARCHS' -Dpybind11_DIR=\$('$PY' -m pybind11 --cmakedir) \
+        -DPython_EXECUTABLE=\$(command -v '$PY') >/dev/null &&
+      cmake --build build/gpu-check -j \$(nproc)"
+  fi
+fi
+if [ "$FAILED" != 0 ]; then
+  "$PY" bench/gpu_table.py "$LOGS" | tee "$SUMMARY"
+  exit 1  # nothing to test without an installed fastlm
+fi
+if [ "$DRY" = 0 ]; then
+  # Which fastlm the later stages import, and whether it sees the GPU.
+  "$PY" -c 'import fastlm, torch; print("fastlm", fastlm.__file__, fastlm.build_info());
+print("cuda_available", fastlm.cuda_available(), fastlm.cuda.device_name() if fastlm.cuda_available() else "");
+print("torch", torch.__version__, torch.cuda.is_available())' 2>&1 | tee -a "$LOGS/install.log"
+fi
+
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+if wants tests; then
+  run_stage tests 150 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
+    tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py
+fi
+
+if wants sanitizers; then
+  # One kernel launch at a time (FASTLM_CUDA_SYNC=1) so a report names its kernel.
+  for tool in memcheck initcheck synccheck racecheck; do
+    run_stage "$tool" 90 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+      compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
+      "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
+  done
+  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma) under memcheck too.
+  run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 FASTLM_CUDA_GEMM=wgmma \
+    compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
+    "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
+fi
+
+if wants bench; then
+  # bench/test_bench_cuda*.py: the kernel benchmarks and any later GPU model ones.
+  BENCH_FILES=(bench/test_bench_cuda*.py)
+  run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable "${BENCH_FILES[@]}"
+  # The Hopper GEMM is opt-in (FASTLM_CUDA_GEMM=wgmma): its bf16 lines, labelled [wgmma].
+  run_stage bench-wgmma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
+fi
+
+if [ "$DRY" = 0 ]; then
+  echo "[stage] total: $([ "$FAILED" = 0 ] && echo ok || echo 'not clean') $((SECONDS - START))s" \
+    >> "$STAGE_LOG"
+  "$PY" bench/gpu_table.py "$LOGS" | tee "$SUMMARY"
+fi
+exit "$FAILED"
