@@ -33,6 +33,7 @@ from test_adamw import adamw_ref  # noqa: E402
 from test_attention import ref_backward as attention_backward_ref  # noqa: E402
 from test_attention import ref_forward as attention_ref  # noqa: E402
 from test_cross_entropy import ce_ref  # noqa: E402
+from test_dropout import ref_keep  # noqa: E402
 from test_gelu import gelu_grad_ref, gelu_ref  # noqa: E402
 from test_gru_cell import gru_ref, gru_ref_backward  # noqa: E402
 from test_layernorm import ln_backward_ref, ln_ref  # noqa: E402
@@ -292,6 +293,25 @@ def test_attention_and_backward(data):
 @fuzz
 @FUZZ
 @given(data=st.data())
+def test_dropout_and_backward(data):
+    shape = tuple(data.draw(st.lists(DIMS, min_size=0, max_size=3)))
+    p = data.draw(st.sampled_from([0.0, 0.1, 0.5, 0.9]))
+    seed = data.draw(st.integers(0, 2**64 - 1))
+    for op, name in ((ops.dropout, "x"), (ops.dropout_backward, "dy")):
+        x = values(data, shape)
+        y = call(data, lambda **kw: op(kw[name], p, seed=seed), {name: x}, [name])
+        if y is RAISED:
+            continue
+        keep = ref_keep(seed, np.arange(x.size), p).reshape(shape)
+        with np.errstate(all="ignore"):
+            expect = np.where(keep, x * np.float32(1 / (1 - np.float32(p))), np.float32(0))
+        fin = np.isfinite(x)
+        np.testing.assert_array_equal(np.asarray(y)[fin], expect[fin])  # the mask is exact
+
+
+@fuzz
+@FUZZ
+@given(data=st.data())
 def test_cross_entropy(data):
     N, V = data.draw(DIMS), data.draw(POS)
     logits = values(data, (N, V))
@@ -434,7 +454,7 @@ def test_adamw_step(data):
 
 def test_every_op_is_fuzzed():
     fuzzed = {"matmul", "softmax", "softmax_backward", "layernorm", "layernorm_backward", "gelu", "gelu_backward",
-              "attention", "attention_backward", "cross_entropy", "lstm_cell", "lstm_cell_backward", "gru_cell",
+              "attention", "attention_backward", "dropout", "dropout_backward", "cross_entropy", "lstm_cell", "lstm_cell_backward", "gru_cell",
               "gru_cell_backward", "adamw_step"}
     assert set(ops.__all__) == fuzzed, set(ops.__all__) ^ fuzzed
     assert fastlm.cpu_isa() in fastlm.available_cpu_isas()

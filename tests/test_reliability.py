@@ -285,3 +285,10 @@ def test_layernorm_backward_rows_near_float_max_stay_finite(isa, cols):
     np.testing.assert_array_equal(dx, 0)  # constant rows: norm = 0 and dx = 0 exactly
     np.testing.assert_array_equal(dw, 0)
     np.testing.assert_array_equal(db, 2)
+
+
+def test_dropout_backward_errors_name_its_own_argument():
+    with pytest.raises(TypeError, match="dropout_backward: dy must have dtype float32"):
+        ops.dropout_backward(np.zeros(3), 0.5, seed=1)
+    with pytest.raises(TypeError, match="dropout: x must have dtype float32"):
+        ops.dropout(np.zeros(3), 0.5, seed=1)

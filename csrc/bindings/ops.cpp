@@ -214,9 +214,11 @@ float dropout_p(double p, const char* op, const char* name) {
   return (float)p;
 }
 
-py::array_t<float> dropout(py::handle x_obj, double p, uint64_t seed) {
-  const char* op = "dropout";
-  py::array x = float_array(x_obj, op, "x");
+// The forward and the backward are one kernel (the mask is regenerated);
+// op and name say which was called, for the errors.
+py::array_t<float> dropout(py::handle x_obj, double p, uint64_t seed, const char* op,
+                           const char* name) {
+  py::array x = float_array(x_obj, op, name);
   const float pf = dropout_p(p, op, "p");
   py::array_t<float> y = new_array(shape_of(x));
   {
@@ -527,7 +529,12 @@ void bind_ops(py::module_& m) {
         arg("dropout") = 0.0, arg("dropout_seed") = 0);
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0);
-  m.def("dropout", &dropout, arg("x"), arg("p"), arg("seed"));
+  m.def("dropout", [](py::handle x, double p, uint64_t seed) {
+    return dropout(x, p, seed, "dropout", "x");
+  }, arg("x"), arg("p"), arg("seed"));
+  m.def("dropout_backward", [](py::handle dy, double p, uint64_t seed) {
+    return dropout(dy, p, seed, "dropout_backward", "dy");
+  }, arg("dy"), arg("p"), arg("seed"));
   m.def("cross_entropy", &cross_entropy, arg("logits"), arg("targets"), arg("ignore_index"),
         arg("out"), arg("compute_grad"));
   m.def("lstm_cell", &lstm_cell, arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),
