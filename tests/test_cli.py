@@ -273,6 +273,7 @@ def test_sample_a_padded_vocabulary(trained, tmp_path, capsys):
      "16", "--batch-size", "100000000", "--no-progress"],
     ["sample", "{trained}", "--prompt", "the", "--max-new-tokens", "5", "--num-samples", "100000000"],
 ])
+@pytest.mark.skipif(bool(os.environ.get("FASTLM_SANITIZED")), reason="ASan cannot run under an address-space limit")
 def test_out_of_memory_is_one_line(argv, corpus, trained, tmp_path):
     """A model, batch or sample count too large for the machine (here: a 4 GiB
     address space) is a user mistake like any other."""

@@ -1,5 +1,7 @@
 """Run-time ISA dispatch, thread control and build info."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -121,16 +123,83 @@ def test_build_info():
     assert isinstance(info["cuda"], bool)
 
 
-def test_per_isa_objects_do_not_leak_weak_symbols():
-    """Inline functions compiled with AVX flags must not be shared across ISAs (ODR)."""
-    so = fastlm._C.__file__
+ISA_NAMESPACES = ("fastlm::cpu::avx2::", "fastlm::cpu::avx512::", "fastlm::cpu::avx512bf16::")
+
+
+def weak_symbols(so):
+    """(address, demangled name) of the weak symbols defined in the module, or
+    None when it has no symbol table (a stripped release build)."""
     r = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip("nm not available")
-    avx = [line for line in r.stdout.splitlines()
-           if ("fastlm::cpu::avx2" in line or "fastlm::cpu::avx512" in line)
-           and line.split()[1] in ("W", "V", "u")]
-    assert not avx, avx[:5]
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    out = []
+    for line in r.stdout.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[1] in ("W", "V", "u") and parts[0].strip():
+            out.append((int(parts[0], 16), parts[2]))
+    return out
+
+
+def functions_using_avx(so):
+    """Start addresses of the functions whose machine code uses VEX/EVEX
+    encodings (ymm/zmm/mask registers or v-prefixed instructions): code compiled
+    with AVX flags. Baseline x86-64 code has none."""
+    r = subprocess.run(["objdump", "-d", "--no-show-raw-insn", so], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    avx, current = set(), None
+    header = re.compile(r"^([0-9a-f]+) <.*>:$")
+    vex = re.compile(r"%[yz]mm\d|%k[0-7]\b|\tv[a-z]")
+    for line in r.stdout.splitlines():
+        m = header.match(line)
+        if m:
+            current = int(m.group(1), 16)
+        elif current is not None and current not in avx and vex.search(line):
+            avx.add(current)
+    return avx
+
+
+def test_per_isa_objects_do_not_leak_weak_symbols():
+    """Code compiled with AVX flags must not be shared across ISAs (ODR). A weak
+    symbol from a per-ISA object outside its ISA namespace (an inline function
+    or template instance of shared code that the compiler did not inline, as in
+    -O1 builds) is one name for every ISA: the linker keeps one copy, and if it
+    keeps the AVX-512 one the generic kernels run AVX-512 code. A weak symbol
+    inside fastlm::cpu::<isa> is distinct per ISA and harmless. Release modules
+    are stripped, so this runs on unstripped builds (scripts/sanitize.sh)."""
+    so = fastlm._C.__file__
+    if shutil.which("nm") is None or shutil.which("objdump") is None:
+        pytest.skip("nm or objdump not available")
+    weak = weak_symbols(so)
+    if weak is None:
+        pytest.skip("the module has no symbol table (stripped release build)")
+    avx = functions_using_avx(so)
+    leaks = [name for addr, name in weak
+             if addr in avx and not any(ns in name for ns in ISA_NAMESPACES)]
+    assert not leaks, leaks[:5]
+
+
+def test_weak_symbol_check_tells_a_leak_from_a_namespaced_symbol(tmp_path):
+    """The check above on two tiny modules: an inline function of shared code
+    compiled with -mavx2 is a leak; the same function inside an ISA namespace is not."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None or shutil.which("nm") is None or shutil.which("objdump") is None:
+        pytest.skip("no C++ compiler, nm or objdump")
+    src = tmp_path / "m.cpp"
+    body = ("inline float dot(const float* a, const float* b, int n) {"
+            " float s = 0; for (int i = 0; i < n; ++i) s += a[i] * b[i]; return s; }")
+    found = {}
+    for name, code in (("leak", body),
+                       ("namespaced", "namespace fastlm { namespace cpu { namespace avx2 { " + body + " }}}")):
+        use = "fastlm::cpu::avx2::dot" if name == "namespaced" else "dot"
+        src.write_text(code + f"\nfloat use(const float* a, int n) {{ return {use}(a, a, n); }}\n")
+        so = str(tmp_path / f"{name}.so")
+        r = subprocess.run([cxx, "-O1", "-fno-inline", "-mavx2", "-mfma", "-shared", "-fPIC", str(src), "-o", so],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        weak, avx = weak_symbols(so), functions_using_avx(so)
+        found[name] = [n for addr, n in weak if addr in avx and not any(ns in n for ns in ISA_NAMESPACES)]
+    assert found["leak"] and "dot" in found["leak"][0]
+    assert found["namespaced"] == []
 
 
 def test_avx512bf16_shares_avx512_kernels():

@@ -1,5 +1,6 @@
 #include "bindings/arrays.h"
 
+#include <cstdint>
 #include <cstring>
 
 namespace fastlm {
@@ -44,12 +45,28 @@ static void check_layout(const py::array& a, const char* op, const char* name, i
   if (writable && !a.writeable()) value_error(op, std::string(name) + " must be writable");
 }
 
+static bool misaligned(const py::array& a, size_t align) {
+  return a.size() > 0 && reinterpret_cast<uintptr_t>(a.data()) % align != 0;
+}
+
 py::array float_array(py::handle obj, const char* op, const char* name, int ndim, bool writable) {
   py::array a = ndarray(obj, op, name);
   if (!a.dtype().is(py::dtype::of<float>()) && !a.dtype().equal(py::dtype::of<float>()))
     throw py::type_error(std::string(op) + ": " + name + " must have dtype float32, got " +
                          std::string(py::str(a.dtype())));
   check_layout(a, op, name, ndim, writable);
+  // A float at an address that is not a multiple of 4 (np.frombuffer at an
+  // odd offset) is undefined behaviour to load: inputs are copied to aligned
+  // memory; an output written in place cannot be, so it is refused.
+  if (misaligned(a, alignof(float))) {
+    if (writable)
+      value_error(op, std::string(name) + " must be aligned to 4 bytes (its data starts at an "
+                                          "address that is not a multiple of 4); pass a copy, "
+                                          "numpy.array(" + name + ")");
+    py::array_t<float> copy = new_array(shape_of(a));
+    std::memcpy(copy.mutable_data(), a.data(), a.size() * sizeof(float));
+    return std::move(copy);
+  }
   return a;
 }
 
@@ -66,8 +83,13 @@ std::vector<int64_t> index_array(py::handle obj, const char* op, const char* nam
   if (i64) {
     if (n) std::memcpy(out.data(), a.data(), n * sizeof(int64_t));
   } else {
-    const int32_t* p = static_cast<const int32_t*>(a.data());
-    for (int64_t i = 0; i < n; ++i) out[i] = p[i];
+    // memcpy per value: the array may start at an address not aligned to 4.
+    const char* p = static_cast<const char*>(a.data());
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t v;
+      std::memcpy(&v, p + i * sizeof(int32_t), sizeof(v));
+      out[i] = v;
+    }
   }
   return out;
 }

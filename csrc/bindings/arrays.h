@@ -21,6 +21,8 @@ Shape shape_of(const py::array& a);
 int64_t numel(const Shape& s);
 
 // A C-contiguous float32 ndarray (writable when asked), of rank ndim when ndim >= 0.
+// An input whose data is not 4-byte aligned comes back as an aligned copy (keep
+// the returned array alive while its data is used); a writable one is refused.
 py::array float_array(py::handle obj, const char* op, const char* name, int ndim = -1,
                       bool writable = false);
 // An integer ndarray (int32 or int64), C-contiguous, returned as int64 values.

@@ -211,8 +211,13 @@ DevPtr from_numpy(const py::array& arr, const std::string& dtype) {
   DevPtr a = new_device(shape_of(arr), t);
   if (t == ElemType::kBFloat16) {
     std::vector<uint16_t> bits((size_t)a->size());
-    const float* src = static_cast<const float*>(arr.data());
-    for (size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16_bits(src[i]);
+    // memcpy per value: the host array may start at an address not aligned to 4.
+    const char* src = static_cast<const char*>(arr.data());
+    for (size_t i = 0; i < bits.size(); ++i) {
+      float x;
+      std::memcpy(&x, src + i * sizeof(float), sizeof(float));
+      bits[i] = float_to_bf16_bits(x);
+    }
     py::gil_scoped_release nogil;
     cuda::copy_to_device(a->data, bits.data(), a->nbytes());
   } else {
@@ -233,6 +238,12 @@ DevPtr borrow(uintptr_t ptr, py::handle shape_obj, const std::string& dtype, py:
   a->data = reinterpret_cast<void*>(ptr);
   a->owner = std::move(owner);
   a->readonly = readonly;
+  // Kernels load whole elements (and vectors of them): a pointer that is not
+  // a multiple of the element size is a misaligned-address fault on the GPU.
+  if (a->size() > 0 && ptr % type_size(a->dtype) != 0)
+    throw py::value_error(name + " is not aligned to its " + std::to_string(type_size(a->dtype)) +
+                          "-byte elements (its __cuda_array_interface__ pointer is " +
+                          std::to_string(ptr) + ")");
   if (a->size() > 0) {
     const int dev = cuda::pointer_device(a->data);
     if (dev < 0)

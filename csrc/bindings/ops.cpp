@@ -45,7 +45,7 @@ GemmCall gemm_call(const char* op, py::handle a_obj, py::handle b_obj, bool tran
     value_error(op, "inner dimensions differ: op(a) is " + shape_str({m, ka}) + ", op(b) is " +
                         shape_str({kb, n}));
   if (!bias_obj.is_none()) {
-    call.bias = float_array(bias_obj, op, "bias", 1);
+    call.bias = float_array(bias_obj, op, "bias", 1);  // held by call: it may be an aligned copy
     require_shape(call.bias, {n}, op, "bias");
     g.bias = cptr(call.bias);
   }
@@ -214,9 +214,11 @@ float dropout_p(double p, const char* op, const char* name) {
   return (float)p;
 }
 
-py::array_t<float> dropout(py::handle x_obj, double p, uint64_t seed) {
-  const char* op = "dropout";
-  py::array x = float_array(x_obj, op, "x");
+// The forward and the backward are one kernel (the mask is regenerated);
+// op and name say which was called, for the errors.
+py::array_t<float> dropout(py::handle x_obj, double p, uint64_t seed, const char* op,
+                           const char* name) {
+  py::array x = float_array(x_obj, op, name);
   const float pf = dropout_p(p, op, "p");
   py::array_t<float> y = new_array(shape_of(x));
   {
@@ -331,9 +333,13 @@ py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t i
     } else {
       out = float_array(out_obj, op, "out", 2, true);
       require_shape(out, {rows, vocab}, op, "out");
-      if (out.ptr() != logits.ptr() &&
+      // Both C-contiguous of one shape: the same start is the same memory
+      // (logits itself, or a full view such as logits[:]), which the kernel
+      // may overwrite in place; any other overlap would mix inputs and outputs.
+      if (out.data() != logits.data() &&
           py::module_::import("numpy").attr("shares_memory")(out, logits).cast<bool>())
-        value_error(op, "out overlaps logits partially; pass logits itself or a separate array");
+        value_error(op, "out overlaps logits partially; pass logits itself (or a full view of "
+                        "it) or a separate array");
     }
     dlogits = mptr(out);
     grad = out;
@@ -352,8 +358,8 @@ struct CellArrays {
   CellSizes s;
 };
 
-// x (n, in), h (n, hidden), c (n, hidden) when c_obj is given, w_ih (G*hidden, in),
-// w_hh (G*hidden, hidden).
+// x (n, in), h (n, hidden), w_ih (G*hidden, in), w_hh (G*hidden, hidden), and
+// for the LSTM (gates == 4) its cell state c (n, hidden); the GRU has none.
 CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::handle h_obj,
                        py::handle c_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
   CellArrays a;
@@ -363,7 +369,7 @@ CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::hand
   a.w_hh = float_array(w_hh_obj, op, "w_hh", 2);
   a.s = {a.x.shape(0), a.x.shape(1), a.h.shape(1)};
   require_shape(a.h, {a.s.n, a.s.hidden}, op, "h");
-  if (!c_obj.is_none()) {
+  if (gates == 4) {
     a.c = float_array(c_obj, op, "c", 2);
     require_shape(a.c, {a.s.n, a.s.hidden}, op, "c");
   }
@@ -523,7 +529,12 @@ void bind_ops(py::module_& m) {
         arg("dropout") = 0.0, arg("dropout_seed") = 0);
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0);
-  m.def("dropout", &dropout, arg("x"), arg("p"), arg("seed"));
+  m.def("dropout", [](py::handle x, double p, uint64_t seed) {
+    return dropout(x, p, seed, "dropout", "x");
+  }, arg("x"), arg("p"), arg("seed"));
+  m.def("dropout_backward", [](py::handle dy, double p, uint64_t seed) {
+    return dropout(dy, p, seed, "dropout_backward", "dy");
+  }, arg("dy"), arg("p"), arg("seed"));
   m.def("cross_entropy", &cross_entropy, arg("logits"), arg("targets"), arg("ignore_index"),
         arg("out"), arg("compute_grad"));
   m.def("lstm_cell", &lstm_cell, arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),

@@ -15,6 +15,7 @@
 #include <cmath>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/memory.h"
 #include "dropout_hash.h"
 
 namespace fastlm {
@@ -460,10 +461,9 @@ void forward_one_query(const AttentionArgs& a, int64_t h, float* scores) {
 void attention_forward(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
   if (a.seq_q == 1 && a.dropout_p == 0.f) {
-    float* scores = new float[bh * a.seq_k];
+    ScratchFloats scores(bh * a.seq_k, "attention: the scores of one query per head");
     parallel_for(bh, bh * a.seq_k * D > (1 << 15),
-                 [&](int64_t h) { forward_one_query(a, h, scores + h * a.seq_k); });
-    delete[] scores;
+                 [&](int64_t h) { forward_one_query(a, h, scores.data + h * a.seq_k); });
     return;
   }
   const int nth = num_threads();
@@ -472,17 +472,19 @@ void attention_forward(const AttentionArgs& a) {
   int64_t g = imin(nqb, 16);
   while (g > 1 && bh * cdiv(nqb, g) < 4 * nth) g = cdiv(g, 2);
   const int64_t ng = cdiv(nqb, g), items = bh * ng, span = g * kBq, Dp = round_up(D, kW);
-  const int64_t scratch = (D + Dp + 2) * span + kBq + kBk * Dp + kBk * kBq;
+  // Per-thread scratch is allocated before the region: a failed allocation
+  // inside it could not be reported (the exception would end the process).
+  const int64_t scratch = per_thread_floats((D + Dp + 2) * span + kBq + kBk * Dp + kBk * kBq);
+  ScratchFloats bufs(scratch * nth, "attention: per-thread tiles");
 #pragma omp parallel num_threads(nth)
   {
-    float* buf = new float[scratch];
+    float* buf = bufs.data + scratch * omp_get_thread_num();
     // Last query groups first: under a causal mask they cost the most.
 #pragma omp for schedule(dynamic)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t r0 = (ng - 1 - it / bh) * span;
       forward_rows(a, it % bh, r0, imin(span, a.seq_q - r0), buf);
     }
-    delete[] buf;
   }
 }
 
@@ -494,9 +496,11 @@ void attention_backward(const AttentionGradArgs& g) {
   const int nth = num_threads();
   if (nkb == 1 || bh % nth == 0 || bh >= 4 * nth) {
     // Enough heads to go round: one thread per head, dq accumulated in order.
+    const int64_t per_thread = per_thread_floats(packed_floats(T, D) + T * Dp + tile_floats);
+    ScratchFloats bufs(per_thread * nth, "attention_backward: per-thread head buffers");
 #pragma omp parallel num_threads(nth)
     {
-      float* buf = new float[packed_floats(T, D) + T * Dp + tile_floats];
+      float* buf = bufs.data + per_thread * omp_get_thread_num();
       const Packed pk = packed_at(buf, T, D);
       float *dqacc = buf + packed_floats(T, D), *tile = dqacc + T * Dp;
 #pragma omp for schedule(static)
@@ -507,20 +511,22 @@ void attention_backward(const AttentionGradArgs& g) {
         const int64_t b = h / a.heads, hh = h % a.heads;
         add_rows(g.dq + b * a.sq.batch + hh * a.sq.head, a.sq.row, &dqacc, 1, 0, T, D, Dp, scale);
       }
-      delete[] buf;
     }
     return;
   }
   // Few heads: the threads share each head by key blocks. Each keeps its own
   // dq partial, summed in thread order afterwards, so the result does not
   // depend on timing.
-  float* shared = new float[packed_floats(T, D) + nth * T * Dp];
-  const Packed pk = packed_at(shared, T, D);
-  float** dqacc = new float*[nth];
-  for (int t = 0; t < nth; ++t) dqacc[t] = shared + packed_floats(T, D) + t * T * Dp;
+  const int64_t tile_stride = per_thread_floats(tile_floats);
+  ScratchFloats shared(packed_floats(T, D) + nth * T * Dp + nth * tile_stride,
+                       "attention_backward: packed head, dq partials and tiles");
+  const Packed pk = packed_at(shared.data, T, D);
+  float* dqacc[kMaxThreads];  // not std::vector: no template code shared across ISA objects
+  for (int t = 0; t < nth; ++t) dqacc[t] = shared.data + packed_floats(T, D) + t * T * Dp;
+  float* const tiles = shared.data + packed_floats(T, D) + nth * T * Dp;
 #pragma omp parallel num_threads(nth)
   {
-    float* tile = new float[tile_floats];
+    float* tile = tiles + tile_stride * omp_get_thread_num();
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t nchunk = cdiv(T, 64), rounds = cdiv(nkb, nt);
     for (int64_t h = 0; h < bh; ++h) {
@@ -541,10 +547,7 @@ void attention_backward(const AttentionGradArgs& g) {
                  c * 64 * Dp, imin(64, T - c * 64), D, Dp, scale);
       }
     }
-    delete[] tile;
   }
-  delete[] dqacc;
-  delete[] shared;
 }
 
 }  // namespace FASTLM_ISA

@@ -4,11 +4,13 @@
 
 #include <cpuid.h>
 #include <omp.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 
 namespace fastlm {
@@ -140,7 +142,91 @@ const Kernels& kernels_for(GemmPrecision precision) {
 }
 
 namespace {
+
 std::atomic<int> g_threads{0};  // 0: not read from OpenMP's default yet
+// Whether libgomp may have started worker threads (a count above one was
+// handed out), and whether this process is a child forked after that.
+std::atomic<bool> g_team_started{false};
+std::atomic<bool> g_forked_child{false};
+
+// libgomp's workers do not survive fork(): a child that enters a parallel
+// region with more than one thread waits forever for them. So a child forked
+// after the team started runs the kernels on one thread (regions of one
+// thread never touch the worker pool). pthread_atfork covers os.fork,
+// multiprocessing's fork start method and any fork from C.
+pthread_mutex_t g_team_lock = PTHREAD_MUTEX_INITIALIZER;  // guards g_team_ready (start_team)
+
+void after_fork_in_child() {
+  // Only the forking thread lives on: a lock another thread held is free.
+  g_team_lock = PTHREAD_MUTEX_INITIALIZER;
+  if (g_team_started.load(std::memory_order_relaxed)) {
+    g_forked_child.store(true, std::memory_order_relaxed);
+    g_threads.store(1, std::memory_order_relaxed);
+  }
+}
+
+struct ForkHandler {
+  ForkHandler() { pthread_atfork(nullptr, nullptr, after_fork_in_child); }
+} g_fork_handler;
+
+// libgomp ends the process ("Thread creation failed") when it cannot start
+// a worker. Before a team of n is asked for, n - 1 threads with the default
+// attributes (stack size included, as libgomp's) are started and held at once:
+// if the system refuses one, the caller gets an exception instead. Then the
+// team itself is started, so that it is made under the conditions just tried.
+int g_team_ready = 1;  // the largest team started so far
+
+struct Probe {
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+  bool go = false;
+};
+
+void* probe_thread(void* arg) {
+  Probe* p = static_cast<Probe*>(arg);
+  pthread_mutex_lock(&p->m);
+  while (!p->go) pthread_cond_wait(&p->cv, &p->m);
+  pthread_mutex_unlock(&p->m);
+  return nullptr;
+}
+
+struct TeamLock {
+  TeamLock() { pthread_mutex_lock(&g_team_lock); }
+  ~TeamLock() { pthread_mutex_unlock(&g_team_lock); }
+};
+
+void start_team(int n) {
+  TeamLock lock;
+  if (n <= g_team_ready) return;
+  Probe probe;
+  std::vector<pthread_t> ids(n - 1);
+  int started = 0, err = 0;
+  pthread_mutex_lock(&probe.m);  // holds the probes until all exist
+  for (; started < n - 1; ++started) {
+    err = pthread_create(&ids[started], nullptr, probe_thread, &probe);
+    if (err) break;
+  }
+  probe.go = true;
+  pthread_cond_broadcast(&probe.cv);
+  pthread_mutex_unlock(&probe.m);
+  for (int i = 0; i < started; ++i) pthread_join(ids[i], nullptr);
+  pthread_cond_destroy(&probe.cv);
+  pthread_mutex_destroy(&probe.m);
+  if (err)
+    throw std::runtime_error("set_num_threads(" + std::to_string(n) + "): the system refused thread " +
+                             std::to_string(started + 1) + " of " + std::to_string(n - 1) + " (" +
+                             std::strerror(err) + "); the thread count stays " +
+                             std::to_string(num_threads()));
+  g_team_started.store(true, std::memory_order_relaxed);
+  int seen = 0;
+#pragma omp parallel num_threads(n)
+  {
+#pragma omp master
+    seen = omp_get_num_threads();
+  }
+  g_team_ready = seen > g_team_ready ? seen : g_team_ready;
+}
+
 }  // namespace
 
 int num_threads() {
@@ -150,6 +236,8 @@ int num_threads() {
     g_threads.compare_exchange_strong(n, dflt);  // leaves n as the value now stored
     n = g_threads.load(std::memory_order_relaxed);
   }
+  if (n > 1 && !g_team_started.load(std::memory_order_relaxed))
+    g_team_started.store(true, std::memory_order_relaxed);
   return n;
 }
 
@@ -157,6 +245,13 @@ void set_num_threads(int n) {
   if (n < 1 || n > kMaxThreads)
     throw std::invalid_argument("num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " +
                                 std::to_string(n));
+  if (n > 1 && g_forked_child.load(std::memory_order_relaxed))
+    throw std::runtime_error(
+        "set_num_threads(" + std::to_string(n) +
+        "): this process was forked after its kernel threads started, and OpenMP cannot start "
+        "them again in a forked child; it runs the kernels on one thread (start worker processes "
+        "with the 'spawn' or 'forkserver' method to use more)");
+  start_team(n);
   g_threads.store(n, std::memory_order_relaxed);
 }
 

@@ -26,8 +26,15 @@ void set_isa(const std::string& name);
 // (OMP_NUM_THREADS, else the cores), at most kMaxThreads: far above any core
 // count, far below a team libgomp fails to create (it then ends the process).
 constexpr int kMaxThreads = 1024;
+//
+// A child forked after the threads started runs on one thread: OpenMP's
+// workers do not survive fork(), and a team of more would wait for them
+// forever.
 int num_threads();
-// std::invalid_argument unless 1 <= n <= kMaxThreads.
+// std::invalid_argument unless 1 <= n <= kMaxThreads. Starts the team of n
+// now, after trying n - 1 threads itself: std::runtime_error, the count
+// unchanged, when the system refuses one (libgomp would end the process),
+// or when called with n > 1 in such a forked child.
 void set_num_threads(int n);
 
 }  // namespace cpu

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/memory.h"
 
 namespace fastlm {
 namespace cpu {
@@ -103,8 +104,11 @@ void backward_row(const float* dy, const float* x, const float* w, float mean, f
     vstore(db_part + j, vload(db_part + j) + g);
   }
   if (j < n) {
-    const int64_t r = n - j;  // padding lanes: dy = 0 and w = 0, so they add nothing
-    const V g = vload_part(dy + j, r), norm = (vload_part(x + j, r) - vm) * vr,
+    // Padding lanes: dy = 0, w = 0 and x = mean (norm = 0), so they add nothing
+    // (a padding x of 0 would give norm = -mean * rstd, inf for a mean past
+    // FLT_MAX / rstd, and 0 * inf = NaN in the sums).
+    const int64_t r = n - j;
+    const V g = vload_part(dy + j, r), norm = (vload_part(x + j, r, mean) - vm) * vr,
             dnorm = rounded(vload_part(w + j, r) * g);
     a0 = a0 + dnorm;
     a1 = vfma(dnorm, norm, a1);
@@ -119,7 +123,7 @@ void backward_row(const float* dy, const float* x, const float* w, float mean, f
   }
   if (j < n) {
     const int64_t r = n - j;
-    const V norm = (vload_part(x + j, r) - vm) * vr,
+    const V norm = (vload_part(x + j, r, mean) - vm) * vr,
             dnorm = rounded(vload_part(w + j, r) * vload_part(dy + j, r));
     const V t = vfnma(norm, m2, dnorm - m1);
     vstore_part(dx + j, vfma(t, vr, vload_part(dx + j, r)), r);
@@ -145,7 +149,8 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
   // partials (cols each), added in block order: the result depends only on
   // the thread count.
   const int64_t nb = par ? imin(num_threads(), rows) : 1;
-  float* partial = new float[(size_t)nb * 2 * cols];
+  ScratchFloats partials(nb * 2 * cols, "layernorm_backward: per-thread dweight and dbias partials");
+  float* partial = partials.data;
   parallel_for(nb, par, [&](int64_t t) {
     float* dw_part = partial + (size_t)t * 2 * cols;
     float* db_part = dw_part + cols;
@@ -163,7 +168,6 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
     dweight[j] += sw;
     dbias[j] += sb;
   }
-  delete[] partial;
 }
 
 }  // namespace FASTLM_ISA

@@ -13,10 +13,10 @@
 // words of bfloat16 pairs (matmul_bf16.h), one microkernel step per two k.
 #include <omp.h>
 
-#include <cstdlib>
 #include <stdexcept>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/memory.h"
 #if defined(FASTLM_ISA_AVX512BF16)
 #include "cpu/matmul_bf16.h"
 #endif
@@ -70,15 +70,12 @@ FASTLM_INLINE int64_t kc_block(int64_t k) {
   return round_up(ceil_div(k, ceil_div(k, KC)), S::kPer);
 }
 
-float* alloc_floats(int64_t n) {
-  const size_t bytes = (size_t)round_up(n * (int64_t)sizeof(float), 64);
-  return static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-}
-// Packed panels of 4-byte elements (floats or words of bfloat16 pairs).
+// Packed panels hold 4-byte elements (floats or words of bfloat16 pairs),
+// carved from checked float scratch (cpu/memory.h).
 template <class T>
-T* alloc_elems(int64_t n) {
+FASTLM_INLINE T* as_elems(float* p) {
   static_assert(sizeof(T) == sizeof(float), "packed elements are 4 bytes");
-  return reinterpret_cast<T*>(alloc_floats(n));
+  return reinterpret_cast<T*>(p);
 }
 
 // Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as MR-row panels:
@@ -247,7 +244,8 @@ constexpr int64_t kSmallM = 4;
 
 void matmul_small_m(const GemmArgs& g) {
   // op(A) rows gathered contiguous (a no-op copy unless trans_a).
-  float* arow = alloc_floats(g.m * g.k);
+  ScratchFloats arow_buf(g.m * g.k, "matmul: the rows of op(a)");
+  float* arow = arow_buf.data;
   for (int64_t i = 0; i < g.m; ++i)
     for (int64_t p = 0; p < g.k; ++p)
       arow[i * g.k + p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
@@ -298,7 +296,6 @@ void matmul_small_m(const GemmArgs& g) {
       }
     }
   });
-  std::free(arow);
 }
 
 // A few rows against a pre-packed B (decoding with weights packed once per
@@ -399,12 +396,17 @@ void matmul_blocked(const GemmArgs& g) {
   // B packed by the caller beforehand (matmul_pack_b), or here per block.
   const int64_t npad = round_up(g.n, NR);
   const T* b_packed = reinterpret_cast<const T*>(g.b_packed);
-  T* bpack = b_packed ? nullptr : alloc_elems<T>(ks_max * nc);
+  ScratchFloats bpack_buf(b_packed ? 0 : ks_max * nc, "matmul: a packed block of b");
+  T* bpack = b_packed ? nullptr : as_elems<T>(bpack_buf.data);
+  // One packed A block per thread, allocated here: inside the region a failed
+  // allocation could not be reported.
+  const int64_t apack_floats = per_thread_floats(mc * ks_max);
+  ScratchFloats apacks(apack_floats * nthreads, "matmul: packed blocks of a");
 
   // Run by each thread of the team; the `omp for` loops inside split the work
   // (outside a parallel region they run whole on the calling thread).
   auto team_work = [&]() {
-    T* apack = alloc_elems<T>(mc * ks_max);
+    T* apack = as_elems<T>(apacks.data + apack_floats * omp_get_thread_num());
     for (int64_t jc = 0; jc < g.n; jc += nc) {
       const int64_t ncur = imin(nc, g.n - jc);
       const int64_t npanels = ceil_div(ncur, NR);
@@ -452,7 +454,6 @@ void matmul_blocked(const GemmArgs& g) {
         }
       }
     }
-    std::free(apack);
   };
   if (nthreads > 1) {
 #pragma omp parallel num_threads(nthreads)
@@ -460,7 +461,6 @@ void matmul_blocked(const GemmArgs& g) {
   } else {
     team_work();
   }
-  std::free(bpack);
 }
 
 // Whichever tile computes fewer padding rows (the main one on a tie).
@@ -490,15 +490,14 @@ void matmul_bf16(const GemmArgs& g) {
   if (g.m <= kSmallM && g.b_packed) {
     // op(A)'s rows as pairs, once, rather than in every panel.
     const int64_t kp = ceil_div(g.k, 2);
-    uint32_t* a = alloc_elems<uint32_t>(g.m * kp);
-    float* row = alloc_floats(g.k);
+    ScratchFloats a_buf(g.m * kp, "matmul: bfloat16 pairs of op(a)"), row_buf(g.k, "matmul: a row of op(a)");
+    uint32_t* a = as_elems<uint32_t>(a_buf.data);
+    float* row = row_buf.data;
     for (int64_t i = 0; i < g.m; ++i) {
       for (int64_t p = 0; p < g.k; ++p) row[p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
       contiguous_to_pairs(row, g.k, a + i * kp);
     }
-    std::free(row);
     small_m_packed<Bf16>(g, a, kp, 1);
-    std::free(a);
     return;
   }
   matmul_tiled<Bf16>(g);

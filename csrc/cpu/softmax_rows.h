@@ -1,5 +1,7 @@
 // Row helpers shared by softmax.cpp and cross_entropy.cpp (compiled per ISA,
-// inside the ISA namespace like every kernel).
+// inside the ISA namespace like every kernel). Internal linkage (static):
+// where the compiler does not inline them (-O1, sanitizer builds) each object
+// keeps its own copy instead of exporting a weak symbol.
 #pragma once
 #include <cmath>
 
@@ -19,7 +21,7 @@ constexpr int64_t kSumBlock = 1024;
 // Row maximum, starting from `init`: softmax starts at -inf (an all -inf row
 // then yields NaN, as torch); cross-entropy at -FLT_MAX so that -inf logits
 // give exp(-inf) = 0.
-inline float row_max(const float* x, int64_t n, float init) {
+static inline float row_max(const float* x, int64_t n, float init) {
   const float ninf = -INFINITY;
   V m0 = vset(init), m1 = m0, m2 = m0, m3 = m0;
   int64_t j = 0;
@@ -36,7 +38,7 @@ inline float row_max(const float* x, int64_t n, float init) {
 
 // y = exp(x - m); returns the sum of y. Four independent exp chains keep the
 // FMA pipes busy; this pass is compute bound.
-inline float exp_store_sum_block(const float* x, float* y, float m, int64_t n) {
+static inline float exp_store_sum_block(const float* x, float* y, float m, int64_t n) {
   const V vm = vset(m);
   V s0 = vzero(), s1 = s0, s2 = s0, s3 = s0;
   int64_t j = 0;
@@ -68,14 +70,14 @@ inline float exp_store_sum_block(const float* x, float* y, float m, int64_t n) {
 
 // Summed in blocks folded into a double: one float accumulator per lane over
 // a whole 50k row drifts by ~1e-6 relative, more than a pairwise float sum.
-inline float exp_store_sum(const float* x, float* y, float m, int64_t n) {
+static inline float exp_store_sum(const float* x, float* y, float m, int64_t n) {
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kSumBlock)
     total += exp_store_sum_block(x + b, y + b, m, imin(kSumBlock, n - b));
   return (float)total;
 }
 
-inline void scale_row(float* y, float c, int64_t n) {
+static inline void scale_row(float* y, float c, int64_t n) {
   const V vc = vset(c);
   int64_t j = 0;
   for (; j + kW <= n; j += kW) vstore(y + j, vload(y + j) * vc);

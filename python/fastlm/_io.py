@@ -1,4 +1,4 @@
-"""Crash-safe file writing.
+"""Crash-safe file writing, and bounded reading of files from others.
 
 A reader (or a resumed run after a crash or ``kill -9``) must see either the
 old complete file or the new complete file, never a half-written one. Every
@@ -10,8 +10,11 @@ the target, flushes and ``fsync``s it, and ``os.replace``s it over the target
 * :func:`atomic_write` -- write a whole ``bytes``/``str`` payload.
 * :func:`atomic_open` -- a context manager giving a file object to write into.
 * :func:`atomic_replace_dir` -- move a fully written directory (a checkpoint)
-  into place; :func:`sibling_dir` names the hidden directories beside it,
-  :func:`tidy_siblings` restores or removes those a killed process left.
+  into place; :func:`sibling_dir` names the hidden directories beside it
+  (:func:`forget_sibling` once done with one), :func:`tidy_siblings`
+  restores or removes those a killed process left.
+* :func:`open_regular`, :func:`read_bounded` -- read a file that may come
+  from someone else: only a regular file, only up to a size limit.
 
 A symlink is written through: its target is replaced, the link stays.
 """
@@ -30,7 +33,8 @@ import tempfile
 import uuid
 from typing import IO, Iterator, Optional, Union
 
-__all__ = ["atomic_write", "atomic_open", "atomic_replace_dir", "sibling_dir", "tidy_siblings"]
+__all__ = ["atomic_write", "atomic_open", "atomic_replace_dir", "sibling_dir", "forget_sibling",
+           "tidy_siblings", "open_regular", "read_bounded"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,6 +63,46 @@ def _check_path(path: PathLike, name: str = "path") -> str:
     if p == "":
         raise ValueError(f"{name} must not be empty")
     return p
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path: str, what: str = "file") -> int:
+    """A file descriptor for reading ``path`` (links followed), which must be
+    a regular file: ``ValueError`` naming it otherwise (a link to
+    ``/dev/zero`` would never end, a FIFO would block forever). The open
+    itself does not block on a FIFO (``O_NONBLOCK``, cleared once the file is
+    known to be regular). The caller closes the descriptor."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{what} {path!r} is {_file_kind(st.st_mode)}, not a regular file; refusing to read it")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: str, limit: int, what: str = "file") -> bytes:
+    """The content of the regular file ``path`` (see :func:`open_regular`),
+    at most ``limit`` bytes: ``ValueError`` naming the file when it is
+    larger (or grows past the limit while read)."""
+    with os.fdopen(open_regular(path, what), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
+            raise ValueError(f"{what} {path!r} is larger than the {limit} bytes such a file may hold "
+                             f"({max(size, len(data))} bytes)")
+    return data
 
 
 def _fsync_path(path: str) -> None:
@@ -177,7 +221,10 @@ def _fsync_tree(root: str) -> None:
 # This machine, as sibling names record it: a directory left by a process of
 # another machine sharing the file system is never taken for one of ours.
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-_MINE: set = set()  # the sibling names this process made
+# The sibling names this process made and has not finished with: a name
+# leaves the set once its directory is renamed away or removed
+# (forget_sibling), so the set holds only the saves in flight.
+_MINE: set = set()
 
 
 def sibling_dir(final_dir: str, kind: str) -> str:
@@ -188,6 +235,14 @@ def sibling_dir(final_dir: str, kind: str) -> str:
     entry = f".{name}.{kind}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     _MINE.add(entry)
     return os.path.join(parent, entry)
+
+
+def forget_sibling(path: str) -> None:
+    """Drop the name of a :func:`sibling_dir` this process is done with (its
+    directory renamed away or removed). Should removing it have failed, the
+    directory now counts as left by a dead process, and the next
+    :func:`tidy_siblings` deletes it."""
+    _MINE.discard(os.path.basename(path))
 
 
 def _left_by_a_dead_process(entry: str, pid: int) -> bool:
@@ -343,3 +398,4 @@ def atomic_replace_dir(tmp_dir: PathLike, final_dir: PathLike, *, fsync: bool = 
         _fsync_path(os.path.dirname(src))
     if old:
         _remove_tree(old)
+        forget_sibling(old)

@@ -45,7 +45,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ._checks import INT64_MAX
-from ._io import _UMASK, atomic_replace_dir, sibling_dir, tidy_siblings
+from ._io import _UMASK, atomic_replace_dir, forget_sibling, open_regular, read_bounded, sibling_dir, tidy_siblings
 from .tokenizers import Tokenizer, tokenizer_from_json
 
 __all__ = [
@@ -242,6 +242,8 @@ def save_checkpoint(path: PathLike, *, config: Mapping[str, Any], tensors: Mappi
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        forget_sibling(tmp)
 
 
 def _check_dir(path: PathLike, who: str) -> str:
@@ -253,13 +255,28 @@ def _check_dir(path: PathLike, who: str) -> str:
     return p
 
 
-def _read_json(path: str, required: bool = True) -> Optional[Any]:
+# Size bounds of the JSON files, from what they hold: a config is a few
+# hundred bytes; a tokenizer's JSON a few MB at the largest vocabularies;
+# trainer_state.json keeps one history entry (~200 bytes) per step. Only
+# regular files are read (a link to /dev/zero or a FIFO is refused), and a
+# safetensors header must fit inside its file.
+_JSON_LIMITS = {CONFIG_FILE: 1 << 20, TOKENIZER_FILE: 64 << 20, TRAINER_STATE_FILE: 256 << 20}
+
+
+def _read_file(path: str, required: bool = True) -> Optional[bytes]:
+    """A checkpoint JSON file's bytes (bounded by _JSON_LIMITS), or None when
+    absent and not required."""
     if not os.path.exists(path):
         if required:
             raise FileNotFoundError(f"checkpoint file {path!r} is missing")
         return None
-    with open(path, "rb") as f:
-        data = f.read()
+    return read_bounded(path, _JSON_LIMITS[os.path.basename(path)], "checkpoint file")
+
+
+def _read_json(path: str, required: bool = True) -> Optional[Any]:
+    data = _read_file(path, required)
+    if data is None:
+        return None
     try:
         return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # not UTF-8 or JSON, an integer past Python's digit limit, nesting too deep
@@ -276,14 +293,27 @@ def _read_safetensors(path: str, required: bool = True):
         return None, None
     _safetensors_numpy()
     from safetensors import safe_open
+    fd = open_regular(path, "checkpoint file")
     try:
-        tensors = {}
-        with safe_open(path, framework="np") as f:
-            metadata = f.metadata() or {}
-            for k in f.keys():
-                tensors[k] = np.array(f.get_tensor(k))  # own the memory, whatever the backend
-    except Exception as e:  # SafetensorError, OSError from a short read, ...
-        raise ValueError(f"checkpoint file {path!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 8, 0)
+        header = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 <= header <= size - 8:
+            raise ValueError(f"checkpoint file {path!r} is corrupt or truncated (a {size}-byte file cannot hold "
+                             f"a header of {header} bytes)")
+        # Opened again through the descriptor where the system allows: the
+        # file checked above, not whatever the name points at by now.
+        by_fd = f"/proc/self/fd/{fd}"
+        try:
+            tensors = {}
+            with safe_open(by_fd if os.path.exists(by_fd) else path, framework="np") as f:
+                metadata = f.metadata() or {}
+                for k in f.keys():
+                    tensors[k] = np.array(f.get_tensor(k))  # own the memory, whatever the backend
+        except Exception as e:  # SafetensorError, OSError from a short read, ...
+            raise ValueError(f"checkpoint file {path!r} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    finally:
+        os.close(fd)
     for k, v in tensors.items():
         if v.dtype != np.float32:
             raise ValueError(f"checkpoint file {path!r}: tensor {k!r} has dtype {v.dtype}, expected float32")
@@ -379,9 +409,8 @@ def _load_once(path: str, optimizer: bool) -> Checkpoint:
     tensors, _ = _read_safetensors(os.path.join(p, MODEL_FILE))
     tok = None
     tpath = os.path.join(p, TOKENIZER_FILE)
-    if os.path.exists(tpath):
-        with open(tpath, "rb") as f:
-            data = f.read()
+    data = _read_file(tpath, required=False)
+    if data is not None:
         try:
             tok = tokenizer_from_json(data)
         except ValueError as e:  # tokenizer_from_json turns every parse failure into one

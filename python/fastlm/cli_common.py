@@ -94,3 +94,13 @@ def _device(device: str) -> None:
     except (RuntimeError, ValueError, TypeError) as e:
         msg = str(e).replace(" (fastlm.build_info()['cuda'] is False)", "").replace("device='cpu'", "--device cpu")
         raise CLIError(f"--device: {msg}") from None
+
+
+def _set_threads(n: Optional[int]) -> None:
+    import fastlm
+    if n is None:
+        return
+    try:
+        fastlm.set_num_threads(n)
+    except RuntimeError as e:  # the system refused a thread
+        raise CLIError(f"--threads: {e}") from None

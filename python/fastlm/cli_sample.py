@@ -9,7 +9,7 @@ import sys
 from typing import Any, List
 
 from .cli_common import (CLIError, _device, _float, _nonneg_int, _number, _positive_float, _positive_int, _precision,
-                         _sampler_seed, _threads)
+                         _sampler_seed, _set_threads, _threads)
 
 
 def add_sample_parser(sub: Any) -> None:
@@ -36,16 +36,16 @@ def add_sample_parser(sub: Any) -> None:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    import fastlm
     from .checkpoint import is_checkpoint
     from .lm import LanguageModel
 
     _device(a.device)
     _precision(a.precision)
-    if a.threads is not None:
-        fastlm.set_num_threads(a.threads)
-    if not os.path.isdir(a.checkpoint):
+    _set_threads(a.threads)
+    if not os.path.exists(a.checkpoint):
         raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")
+    if not os.path.isdir(a.checkpoint):
+        raise CLIError(f"{a.checkpoint!r} is not a directory (a checkpoint is the directory fastlm train --out writes)")
     if not is_checkpoint(a.checkpoint):
         raise CLIError(f"{a.checkpoint!r} is not a fastlm checkpoint (no config.json and model.safetensors)")
     if not a.greedy and not 0 < a.temperature < math.inf:

@@ -10,7 +10,7 @@ import sys
 from typing import Any, Dict, Sequence
 
 from .cli_common import (CLIError, _device, _model_seed, _nonneg_float, _nonneg_int, _positive_float, _positive_int,
-                         _precision, _threads, _unit_float)
+                         _precision, _set_threads, _threads, _unit_float)
 
 # Architecture flags per --model (the Transformer's block_size is part of its
 # architecture; a recurrent model's --block-size is only its training window).
@@ -141,7 +141,6 @@ def _fit_options(a: argparse.Namespace, previous: Dict[str, Any]) -> Dict[str, A
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    import fastlm
     from . import distributed
     from .checkpoint import check_save_target, is_checkpoint
     from .data import default_corpus, read_text, train_val_split
@@ -154,8 +153,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     _device(a.device)
     _precision(a.precision)
-    if a.threads is not None:
-        fastlm.set_num_threads(a.threads)
+    _set_threads(a.threads)
     try:
         world = distributed.world()  # under mpirun: one rank of a data-parallel run
     except RuntimeError as e:  # started by mpirun without mpi4py; every rank meets it

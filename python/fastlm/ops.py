@@ -232,7 +232,7 @@ def dropout_backward(dy: np.ndarray, p: float, *, seed: int) -> np.ndarray:
     p, seed = _dropout_args("dropout_backward", p, seed)
     if _device_args("dropout_backward", dy=dy) is not None:
         raise ValueError("dropout_backward: runs on the CPU only (a device array was given)")
-    return _C.dropout(dy, p, seed)
+    return _C.dropout_backward(dy, p, seed)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
