@@ -130,8 +130,9 @@ def test_device_error_speaks_in_flags(corpus, tmp_path, capsys):  # noqa: F811
 
 
 def test_info_without_a_driver(monkeypatch):
-    monkeypatch.setattr(cli, "_nvidia_driver_loadable", lambda: False)
-    assert cli._no_device_reason() == "no NVIDIA driver is installed (libcuda could not be loaded)"
+    from fastlm import cli_info
+    monkeypatch.setattr(cli_info, "_nvidia_driver_loadable", lambda: False)
+    assert cli_info._no_device_reason() == "no NVIDIA driver is installed (libcuda could not be loaded)"
 
 
 def test_plot_hint_without_matplotlib(corpus, tmp_path, capsys, monkeypatch):  # noqa: F811

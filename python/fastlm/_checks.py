@@ -3,7 +3,7 @@ wrong type and ``ValueError`` for a wrong value, naming the argument."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
@@ -54,3 +54,41 @@ def check_float(v: Any, name: str, minimum: Optional[float] = None, *, strict: b
     if below is not None and not f < below:
         raise ValueError(f"{name} must be < {below}, got {v!r}")
     return f
+
+
+def as_ids(x: Any, name: str, vocab_size: int, *, ndim: Optional[int] = 2,
+            ignore_index: Optional[int] = None) -> np.ndarray:
+    """``x`` as a C-contiguous int64 array with every entry in ``[0, vocab_size)``
+    (or equal to ``ignore_index``). Lists and CPU tensors are accepted."""
+    if isinstance(x, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be an integer array, got {type(x).__name__}")
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"{name} must be a rectangular integer array ({e})") from None
+        if x.dtype == object:
+            raise TypeError(f"{name} must be a rectangular integer array, got ragged or non-integer data")
+        if x.size == 0 and x.dtype.kind == "f":
+            x = x.astype(np.int64)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (int32/int64), got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        hint = " (a batch of sequences (B, T); use x[None] for one sequence)" if ndim == 2 and x.ndim == 1 else ""
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}{hint}")
+    if x.size:
+        bad = (x < 0) | (x >= vocab_size)
+        if ignore_index is not None:
+            bad &= x != ignore_index
+        if bad.any():
+            pos = tuple(int(i) for i in np.argwhere(bad)[0])
+            allowed = f"[0, {vocab_size})" + (f" or {ignore_index}" if ignore_index is not None else "")
+            raise ValueError(f"{name}{list(pos)} = {int(x[pos])} is out of range {allowed}")
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def nonfinite(arrays: Mapping[str, np.ndarray]) -> List[str]:
+    """Names of the arrays holding NaN or inf."""
+    return [n for n, a in arrays.items() if not np.isfinite(a).all()]

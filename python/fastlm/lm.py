@@ -12,24 +12,24 @@ say how to build the core, name and initialise the parameters, and decode.
 from __future__ import annotations
 
 import os
-import re
 import threading
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _C, distributed
-from ._checks import check_float as _check_float, check_int as _check_int
+from ._checks import as_ids as _as_ids, check_float as _check_float, check_int as _check_int, nonfinite as _nonfinite
 from .bpe import BPETokenizer
+from .lm_checkpoint import load_model, restore_model, save_model
+from .optim import OPTIMIZERS, check_betas as _check_betas, step_options as _step_options
+from .sampling import generate as _generate
 from .tokenizers import Tokenizer
+from .train import History, evaluate as _evaluate, fit as _fit
 
 __all__ = ["LanguageModel"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 IdsLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-
 
 # ----------------------------------------------------------------------- checks
 
@@ -63,38 +63,6 @@ def _check_device(device: Any) -> str:
         raise RuntimeError(f"device {device!r}: fastlm's models have no CUDA backend yet; use device='cpu'")
     raise ValueError(f"unknown device {device!r}; expected 'cpu' (or 'cuda' where compiled in)")
 
-
-def _as_ids(x: Any, name: str, vocab_size: int, *, ndim: Optional[int] = 2,
-            ignore_index: Optional[int] = None) -> np.ndarray:
-    """``x`` as a C-contiguous int64 array with every entry in ``[0, vocab_size)``
-    (or equal to ``ignore_index``). Lists and CPU tensors are accepted."""
-    if isinstance(x, (str, bytes, bytearray)):
-        raise TypeError(f"{name} must be an integer array, got {type(x).__name__}")
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except (ValueError, TypeError) as e:
-            raise TypeError(f"{name} must be a rectangular integer array ({e})") from None
-        if x.dtype == object:
-            raise TypeError(f"{name} must be a rectangular integer array, got ragged or non-integer data")
-        if x.size == 0 and x.dtype.kind == "f":
-            x = x.astype(np.int64)
-    if x.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array (int32/int64), got dtype {x.dtype}")
-    if ndim is not None and x.ndim != ndim:
-        hint = " (a batch of sequences (B, T); use x[None] for one sequence)" if ndim == 2 and x.ndim == 1 else ""
-        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}{hint}")
-    if x.size:
-        bad = (x < 0) | (x >= vocab_size)
-        if ignore_index is not None:
-            bad &= x != ignore_index
-        if bad.any():
-            pos = tuple(int(i) for i in np.argwhere(bad)[0])
-            allowed = f"[0, {vocab_size})" + (f" or {ignore_index}" if ignore_index is not None else "")
-            raise ValueError(f"{name}{list(pos)} = {int(x[pos])} is out of range {allowed}")
-    return np.ascontiguousarray(x, dtype=np.int64)
 
 
 def _to_float32(v: Any, name: str) -> np.ndarray:
@@ -130,46 +98,6 @@ def _buffer_views(g: Any, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, 
     return mv, vv
 
 
-def _nonfinite(arrays: Mapping[str, np.ndarray]) -> List[str]:
-    """Names of the arrays holding NaN or inf."""
-    return [n for n, a in arrays.items() if not np.isfinite(a).all()]
-
-
-def _history_entry(e: Any) -> bool:
-    """Whether ``e`` is a step of a :class:`fastlm.train.History` as fit writes it."""
-    return (isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e["step"], bool)
-            and isinstance(e.get("loss"), (int, float)) and isinstance(e.get("val_loss"), (int, float, type(None))))
-
-
-def _check_betas(betas: Any) -> Tuple[float, float]:
-    try:
-        b1, b2 = betas
-    except (TypeError, ValueError):
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-    b1 = _check_float(b1, "betas[0]")
-    b2 = _check_float(b2, "betas[1]")
-    for i, b in enumerate((b1, b2)):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
-    return b1, b2
-
-
-def _sizes_disagree(kind: type, arch: Mapping[str, int], tensors: Mapping[str, np.ndarray]) -> List[str]:
-    """The sizes of ``arch`` (checked by ``_check_arch``) that the shapes of
-    ``tensors`` (name -> array, as read from a checkpoint) contradict, per
-    ``kind.SIZE_AXES`` and ``kind.LAYERS``; found without building the model."""
-    diff = []
-    for key, (name, axis) in kind.SIZE_AXES.items():
-        shape = tensors[name].shape if name in tensors else None
-        if shape is None or len(shape) <= axis or shape[axis] != arch[key]:
-            diff.append(f"{key} {arch[key]}, but {name} " + ("is missing" if shape is None else f"has shape {shape}"))
-    key, pattern = kind.LAYERS
-    n = len({m.group(1) for m in map(re.compile(pattern).fullmatch, tensors) if m})
-    if n != arch[key]:
-        diff.append(f"{key} {arch[key]}, but the weights have {n}")
-    return diff
-
-
 # ---------------------------------------------------------------------- the base
 
 class LanguageModel:
@@ -202,6 +130,16 @@ class LanguageModel:
     # another value loads the same weights), with the value a checkpoint
     # written before the setting existed gets; see _check_option.
     OPTIONS: Dict[str, Any] = {"dropout": 0.0}
+    # model_type -> class, for load: each subclass that sets MODEL_TYPE
+    # registers itself, so this base never imports its subclasses.
+    _KINDS: Dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("MODEL_TYPE"):
+            # The first class of a model_type keeps it: a user's subclass of
+            # Transformer does not take over checkpoints of "transformer".
+            LanguageModel._KINDS.setdefault(cls.MODEL_TYPE, cls)
 
     # -- construction
 
@@ -322,7 +260,6 @@ class LanguageModel:
     def history(self) -> "Any":
         """The :class:`fastlm.train.History` of the last :meth:`fit` (restored by
         :meth:`load` and ``fit(resume=True)``); empty before any training."""
-        from .train import History
         if self._train_state is None:
             return History()
         return History(self._train_state.get("history", []))
@@ -539,15 +476,13 @@ class LanguageModel:
         """Train on ``train`` (1-D token ids); returns the
         :class:`fastlm.train.History`. See :func:`fastlm.train.fit` for every
         argument."""
-        from .train import fit
-        return fit(self, train, **kwargs)
+        return _fit(self, train, **kwargs)
 
     def evaluate(self, tokens: Any, *, batch_size: int = 16, max_batches: Optional[int] = None) -> Dict[str, float]:
         """Mean next-token loss over ``tokens`` (1-D ids, array, memmap or token
         file path): ``{"loss": float, "perplexity": float}``. See
         :func:`fastlm.train.evaluate`."""
-        from .train import evaluate
-        return evaluate(self, tokens, batch_size=batch_size, max_batches=max_batches)
+        return _evaluate(self, tokens, batch_size=batch_size, max_batches=max_batches)
 
     def generate(self, prompt: Union[IdsLike, str, Sequence[Union[IdsLike, str]]], max_new_tokens: int, *,
                  temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
@@ -568,8 +503,7 @@ class LanguageModel:
         ids it can decode are drawn. Hugging Face's names: see
         :func:`fastlm.sampling.generate` for every argument.
         """
-        from .sampling import generate
-        return generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        return _generate(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         do_sample=do_sample, seed=seed, eos_token_id=eos_token_id, stream=stream,
                         repetition_penalty=repetition_penalty, stop_strings=stop_strings,
                         min_new_tokens=min_new_tokens, num_return_sequences=num_return_sequences,
@@ -605,30 +539,7 @@ class LanguageModel:
         subdirectories) and for weights or optimizer state holding NaN or inf,
         which :meth:`load` would reject.
         """
-        from .checkpoint import save_checkpoint
-        cfg: Dict[str, Any] = {"model_type": self.MODEL_TYPE}
-        cfg.update({k: self._config[k] for k in self.ARCH_KEYS})
-        cfg.update({k: self._config[k] for k in self.OPTIONS})
-        cfg["seed"] = self._config["seed"]
-        cfg["precision"] = self._config["precision"]
-        cfg["fastlm_version"] = str(_C.build_info().get("version", ""))
-        with self._lock:  # a training step in another thread waits: one step's state
-            opt = self._optimizer_state() if self._g.step_count > 0 else None
-            # What load would reject is not written: weights or optimizer state
-            # with NaN or inf (a run that diverged).
-            bad = _nonfinite({n: self._params[n] for n in self._names})
-            if opt is not None:
-                for key in ("exp_avg", "exp_avg_sq", "recurrent_state"):
-                    bad += [f"{key}.{n}" for n in _nonfinite(opt.get(key) or {})]
-            if bad:
-                raise ValueError(f"save: non-finite values (NaN or inf) in {', '.join(bad[:5])}"
-                                 f"{' ...' if len(bad) > 5 else ''}; the training diverged, and such a checkpoint "
-                                 "would not load")
-            state = None
-            if self._train_state is not None:
-                state = {k: (list(v) if k == "history" else v) for k, v in self._train_state.items()}
-            save_checkpoint(path, config=cfg, tensors={n: self._params[n] for n in self._names}, optimizer=opt,
-                            trainer_state=state, tokenizer=self.tokenizer)
+        save_model(self, path)
 
     @classmethod
     def load(cls, path: PathLike, *, device: str = "cpu", precision: Optional[str] = None) -> "LanguageModel":
@@ -642,125 +553,15 @@ class LanguageModel:
         names none) unless given (a ``"bf16"`` run continued in ``"fp32"`` on a CPU
         without AVX512_BF16, say).
         """
-        from .checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
         device = _check_device(device)
         if precision is not None:
             precision = _check_precision(precision)
-        ckpt = load_checkpoint(path)
-        cfg = ckpt.config
-        cpath = os.path.join(ckpt.path, CONFIG_FILE)
-        mt = cfg.get("model_type", "transformer")
-        kinds = {k.MODEL_TYPE: k for k in _model_classes()}
-        if not isinstance(mt, str) or mt not in kinds:
-            hint = "; a Hugging Face GPT-2 directory loads with Transformer.from_pretrained" if mt == "gpt2" else ""
-            raise ValueError(f"checkpoint file {cpath!r}: unknown model_type {mt!r} (expected one of "
-                             f"{sorted(kinds)}){hint}")
-        if cls is not LanguageModel and kinds[mt] is not cls:
-            raise ValueError(f"checkpoint file {cpath!r}: model_type {mt!r} is not {cls.MODEL_TYPE!r}")
-        kind = kinds[mt]
-        try:
-            arch = {k: cfg[k] if k in cfg or k not in kind.ARCH_DEFAULTS else kind.ARCH_DEFAULTS[k]
-                    for k in kind.ARCH_KEYS}
-        except KeyError as e:
-            raise ValueError(f"checkpoint file {cpath!r} has no {e.args[0]!r} entry") from None
-        if precision is None:
-            precision = cfg.get("precision", "fp32")
-            if precision == "bf16" and _C.cpu_isa() != "avx512bf16":
-                raise ValueError(f"checkpoint file {cpath!r}: the model runs in precision 'bf16', which needs the "
-                                 f"avx512bf16 CPU ISA (AVX512_BF16; the active CPU ISA is {_C.cpu_isa()!r}); "
-                                 "load it with precision='fp32'")
-        model = kind.__new__(kind)
-        try:
-            arch = model._check_arch(**arch)
-            # config.json's sizes must be those of the weights before _build allocates them.
-            diff = _sizes_disagree(kind, arch, ckpt.tensors)
-            if not diff:
-                model._build(arch, cfg.get("seed", 0), device, None, precision)
-                for k, default in kind.OPTIONS.items():
-                    model._config[k] = model._check_option(k, cfg.get(k, default))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"checkpoint file {cpath!r} holds an invalid configuration: {e}") from None
-        if diff:
-            raise ValueError(f"checkpoint file {cpath!r} does not match {os.path.join(ckpt.path, MODEL_FILE)!r}: "
-                             f"{'; '.join(diff)}")
-        model._restore(ckpt)
-        return model
+        return load_model(path, LanguageModel._KINDS, None if cls is LanguageModel else cls, device, precision)
 
     def _restore(self, ckpt: Any) -> None:
         """Load weights, tokenizer, optimizer and trainer state from a
         :class:`fastlm.checkpoint.Checkpoint` of the same architecture."""
-        from .checkpoint import MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
-        from .train import _check_fit_record
-        cfg = ckpt.config
-        diff = [f"{k}: checkpoint {cfg.get(k, self.ARCH_DEFAULTS.get(k))!r}, model {self._config[k]!r}"
-                for k in self.ARCH_KEYS if cfg.get(k, self.ARCH_DEFAULTS.get(k)) != self._config[k]]
-        if cfg.get("model_type", "transformer") != self.MODEL_TYPE:
-            diff.insert(0, f"model_type: checkpoint {cfg.get('model_type')!r}, model {self.MODEL_TYPE!r}")
-        if diff:
-            raise ValueError(f"checkpoint {ckpt.path!r} has another architecture than this model ({'; '.join(diff)})")
-        tok = ckpt.tokenizer
-        if tok is not None and tok.vocab_size > self._config["vocab_size"]:
-            raise ValueError(f"checkpoint file {os.path.join(ckpt.path, TOKENIZER_FILE)!r}: tokenizer vocab_size "
-                             f"{tok.vocab_size} exceeds the model's {self._config['vocab_size']}")
-        state = ckpt.trainer_state
-        spath = os.path.join(ckpt.path, TRAINER_STATE_FILE)
-        if state is not None:
-            def count(key: str) -> bool:  # absent, or an int in [0, 2**63)
-                v = state.get(key, 0)
-                return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**63
-            history = state.get("history", [])
-            if not all(count(k) for k in ("step", "stream_pos", "seed", "dropout_calls")) \
-                    or not isinstance(history, list) or not all(_history_entry(e) for e in history) \
-                    or not isinstance(state.get("data_rng"), (dict, type(None))) \
-                    or not isinstance(state.get("best_val_loss"), (int, float, type(None))) \
-                    or isinstance(state.get("best_val_loss"), bool):
-                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'step', 'stream_pos', 'seed', 'dropout_calls', "
-                                 "'history' (a list of steps with 'step' and 'loss'), 'data_rng' or 'best_val_loss'")
-            try:
-                _check_fit_record(state.get("fit", {}))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"checkpoint file {spath!r} is corrupt: bad 'fit' settings ({e})") from None
-        opt = ckpt.optimizer
-        if opt is not None:
-            opath = os.path.join(ckpt.path, OPTIMIZER_FILE)
-            for key in ("exp_avg", "exp_avg_sq"):
-                names = opt[key]
-                if set(names) != set(self._names):
-                    raise ValueError(f"checkpoint file {opath!r} does not match the model: "
-                                     f"{key} entries differ in {sorted(set(names) ^ set(self._names))[:5]}")
-                bad = [n for n in self._names if names[n].shape != self._shapes[n]]
-                if bad:
-                    raise ValueError(f"checkpoint file {opath!r}: {key} has wrong shapes for {bad[:5]}")
-                bad = _nonfinite(names)
-                if key == "exp_avg_sq":  # Adam's second moments; SGD leaves them 0
-                    bad += [n for n in self._names if n not in bad and (names[n] < 0).any()]
-                if bad:
-                    raise ValueError(f"checkpoint file {opath!r} is corrupt: {key} holds NaN, inf"
-                                     f"{' or negative values' if key == 'exp_avg_sq' else ''} in {bad[:5]}")
-            bad = _nonfinite(opt.get("recurrent_state") or {})
-            if bad:
-                raise ValueError(f"checkpoint file {opath!r} is corrupt: recurrent_state holds NaN or inf in {bad}")
-        try:
-            self.load_state_dict(ckpt.tensors)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"checkpoint file {os.path.join(ckpt.path, MODEL_FILE)!r}: {e}") from None
-        if opt is not None:
-            for n in self._names:
-                self._m[n][...] = opt["exp_avg"][n]
-                self._v[n][...] = opt["exp_avg_sq"][n]
-            self._g.step_count = int(opt["step"])
-            self._opt_family = opt.get("optimizer", "adam")
-            self._restore_optimizer_extras(opt)
-        else:
-            self._m_v_zero()
-            self._restore_optimizer_extras({})
-        if tok is not None:
-            self.tokenizer = tok
-        self._train_state = dict(state) if state is not None else None
-        if self._train_state is not None:
-            self._train_state.pop("format_version", None)
-        self._dropout_calls = int((state or {}).get("dropout_calls", 0))
-        self._cache_owner = None
+        restore_model(self, ckpt)
 
     def _restore_optimizer_extras(self, opt: Dict[str, Any]) -> None:
         """Subclasses restore what they added to :meth:`_optimizer_state`."""
@@ -770,20 +571,3 @@ class LanguageModel:
             self._m[n][...] = 0.0
             self._v[n][...] = 0.0
         self._g.step_count = 0
-
-
-def _step_options(model: "LanguageModel", **given: Any) -> Dict[str, Any]:
-    """The model's ``DEFAULT_STEP`` overridden by the keywords given (not
-    None). Choosing ``"adam"`` without a weight decay means none."""
-    opts = dict(model.DEFAULT_STEP)
-    opts.update({k: v for k, v in given.items() if v is not None})
-    if opts["optimizer"] == "adam" and given.get("weight_decay") is None:
-        opts["weight_decay"] = 0.0
-    return opts
-
-
-def _model_classes() -> List[type]:
-    """Every concrete model class (for :meth:`LanguageModel.load`)."""
-    from .model import Transformer
-    from .rnn import GRULM, LSTMLM
-    return [Transformer, LSTMLM, GRULM]

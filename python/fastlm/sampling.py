@@ -16,8 +16,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _C
-from ._checks import check_bool, check_float as _check_float, check_int as _check_int
-from .lm import _as_ids
+from ._checks import as_ids as _as_ids, check_bool, check_float as _check_float, check_int as _check_int
 
 __all__ = ["generate"]
 

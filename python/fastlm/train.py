@@ -23,6 +23,7 @@ import numpy as np
 from . import distributed
 from ._checks import MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
+from .optim import OPTIMIZERS, check_betas as _check_betas, step_options as _step_options
 
 __all__ = ["History", "fit", "evaluate", "estimate_loss", "get_lr"]
 
@@ -116,7 +117,6 @@ def _check_fit_record(rec: Any) -> None:
     kept as trainer_state.json's ``"fit"`` entry and reused by ``fastlm train
     --resume``), as fit checks its arguments; settings it lacks are fine.
     Raises ``TypeError`` or ``ValueError`` naming the first bad one."""
-    from .lm import OPTIMIZERS, _check_betas
     if not isinstance(rec, dict):
         raise TypeError(f"fit's settings must be an object, got {type(rec).__name__}")
     for key, low, high in (("steps", 1, None), ("warmup_steps", 0, None), ("lr_decay_iters", 1, None),
@@ -320,7 +320,6 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         lr_decay_iters = _int(lr_decay_iters, "lr_decay_iters", 1)
     decay_lr = check_bool(decay_lr, "decay_lr")
     keep_best = check_bool(keep_best, "keep_best")
-    from .lm import _check_betas, _step_options
     opts = _step_options(model, optimizer=optimizer, betas=betas, weight_decay=weight_decay, momentum=momentum)
     optimizer, momentum = opts["optimizer"], check_float(opts["momentum"], "momentum", 0.0)
     b1, b2 = _check_betas(opts["betas"])
