@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 import traceback
 import zlib
 from typing import Any, Dict, List, Optional, Sequence
@@ -258,6 +259,9 @@ def _print_failure(w: World, etype: Any, value: BaseException, tb: Any) -> None:
     lines = traceback.format_exception(etype, value, tb)
     sys.stderr.write(f"fastlm: rank {w.rank} of {w.size} failed; ending the job\n" + "".join(lines))
     sys.stderr.flush()
+    # MPI_Abort kills the launcher's I/O forwarding with the ranks: give it a
+    # moment to pass the message on, or a loaded machine loses it.
+    time.sleep(1.0)
 
 
 def _install_excepthook(w: World) -> None:
