@@ -50,14 +50,19 @@ def main() -> None:
                    help="the wheel must not hold them")
     args = p.parse_args()
 
+    import importlib.util
+
     import numpy as np
 
-    import fastlm
-
+    # Where fastlm would come from, before importing it: a source tree without
+    # a build cannot even be imported, and that must read as this refusal.
+    spec = importlib.util.find_spec("fastlm")
     site = os.path.realpath(sysconfig.get_paths()["purelib"])
-    where = os.path.realpath(fastlm.__file__)
+    where = os.path.realpath(spec.origin) if spec is not None and spec.origin else "nowhere"
     if not where.startswith(site + os.sep):
         fail(f"fastlm imported from {where}, not from this environment's site-packages {site}")
+
+    import fastlm
 
     info = fastlm.build_info()
     print(f"wheel_smoke: fastlm {fastlm.__version__} from {os.path.dirname(where)}")

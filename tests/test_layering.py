@@ -14,8 +14,9 @@ MAX_LINES = 650
 
 def _modules(compiled: bool = False) -> Dict[str, str]:
     """Dotted module name -> path, for every .py file of the package (and with
-    ``compiled`` its extension modules, ``fastlm._C``, which import nothing of it)."""
-    mods = {}
+    ``compiled`` its extension module ``fastlm._C``, which imports nothing of it,
+    whether or not a build has put it in the source tree yet)."""
+    mods = {"fastlm._C": os.path.join(PKG_DIR, "_C")} if compiled else {}
     for root, _, files in os.walk(PKG_DIR):
         for f in files:
             if compiled and f.endswith((".so", ".pyd")):
