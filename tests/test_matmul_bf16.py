@@ -10,6 +10,7 @@ import pytest
 import fastlm
 from fastlm import _C, ops
 from conftest import assert_error_bound, same_on_thread_counts
+from test_matmul import operands
 
 HAS_BF16 = "avx512bf16" in fastlm.available_cpu_isas()
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks AVX512_BF16")
@@ -38,12 +39,6 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
     u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
     return u.astype(np.uint32).view(np.float32).reshape(np.shape(x))
-
-
-def operands(rng, m, n, k, trans_a, trans_b):
-    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
-    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
-    return a, b
 
 
 def references(a, b, trans_a, trans_b, c0, rounded=True):
