@@ -36,8 +36,12 @@ while [[ $# -gt 0 ]]; do
     --cuda-archs) archs="$2"; shift 2 ;;
     --cpu-only) cuda=OFF; shift ;;
     --gpu-machine)
-      py="$(command -v python3.12 || echo "$(pyenv prefix 3.12 2>/dev/null)/bin/python3.12")"
-      [[ -x "$py" ]] || { echo "build_wheel: --gpu-machine needs Python 3.12 (python3.12 on PATH or in pyenv)" >&2; exit 2; }
+      # python3.12 on PATH may be a pyenv shim that refuses to run: try it first.
+      py=""
+      for cand in python3.12 "$(pyenv prefix 3.12 2>/dev/null)/bin/python3.12"; do
+        if "$cand" -c '' 2>/dev/null; then py="$cand"; break; fi
+      done
+      [[ -n "$py" ]] || { echo "build_wheel: --gpu-machine needs Python 3.12 (python3.12 on PATH or in pyenv)" >&2; exit 2; }
       archs="90a-real"; sdist=0; shift ;;
     --no-sdist) sdist=0; shift ;;
     --jobs) jobs="$2"; shift 2 ;;
