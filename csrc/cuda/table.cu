@@ -1,6 +1,7 @@
-// The CUDA kernel table: the float32 kernels behind csrc/kernels.h's
-// interface, every pointer a device pointer.
+// The CUDA kernel tables: the float32 kernels behind csrc/kernels.h's
+// interface, every pointer a device pointer, and the device's memory.
 #include "cuda/cuda_kernels.h"
+#include "cuda/runtime.h"
 
 namespace fastlm {
 namespace cuda {
@@ -10,18 +11,80 @@ namespace cuda {
 int64_t matmul_packed_size(int64_t, int64_t) { return 0; }
 void matmul_pack_b(const GemmArgs&, float*) {}
 
-static Kernels make_table() {
+namespace {
+
+void* device_alloc(int64_t bytes) { return malloc_device((size_t)bytes); }
+void device_release(void* p) { free_device(p); }
+void device_upload(void* dst, const void* src, int64_t bytes) {
+  copy_to_device(dst, src, (size_t)bytes);
+}
+void device_download(void* dst, const void* src, int64_t bytes) {
+  copy_to_host(dst, src, (size_t)bytes);
+}
+
+GemmDesc desc_of(const GemmArgs& g, GemmPrecision precision) {
+  GemmDesc d;
+  d.precision = precision;
+  d.a = g.a, d.b = g.b, d.bias = g.bias, d.c = g.c;
+  d.m = g.m, d.n = g.n, d.k = g.k;
+  d.lda = g.lda, d.ldb = g.ldb, d.ldc = g.ldc;
+  d.trans_a = g.trans_a, d.trans_b = g.trans_b, d.accumulate = g.accumulate;
+  return d;
+}
+
+// float32 operands rounded to TF32 on the tensor cores.
+void matmul_tf32(const GemmArgs& g) { gemm(desc_of(g, GemmPrecision::kTF32)); }
+
+// Elements a row-major operand of `rows` x `cols` with row stride ld spans.
+int64_t span(int64_t rows, int64_t cols, int64_t ld) { return rows ? (rows - 1) * ld + cols : 0; }
+
+// Mixed precision: the float32 operands rounded to bfloat16 (nearest even)
+// into scratch, multiplied on the tensor cores with float32 accumulation,
+// into float32 c (and bias), as the CPU's mixed table does.
+void matmul_bf16(const GemmArgs& g) {
+  if (g.m == 0 || g.n == 0) return;
+  const int64_t na = g.trans_a ? span(g.k, g.m, g.lda) : span(g.m, g.k, g.lda);
+  const int64_t nb = g.trans_b ? span(g.n, g.k, g.ldb) : span(g.k, g.n, g.ldb);
+  Scratch a16(2 * na), b16(2 * nb);
+  float_to_bf16(g.a, a16.as<void>(), na);
+  float_to_bf16(g.b, b16.as<void>(), nb);
+  GemmDesc d = desc_of(g, GemmPrecision::kBF16);
+  d.a = a16.as<void>(), d.b = b16.as<void>();
+  d.c_float = true;
+  gemm(d);
+}
+
+Kernels make_table() {
   Kernels t{};
   t.name = "cuda";
+  t.device = "cuda";
+  t.alloc = device_alloc, t.release = device_release;
+  t.upload = device_upload, t.download = device_download;
 #define FASTLM_SET_KERNEL(entry) t.entry = entry;
   FASTLM_KERNELS(FASTLM_SET_KERNEL)
 #undef FASTLM_SET_KERNEL
   return t;
 }
 
-const Kernels* kernel_table() {
-  static const Kernels table = make_table();
-  return &table;
+}  // namespace
+
+const Kernels* kernel_table(GemmPrecision precision) {
+  static const Kernels exact = make_table();
+  static const Kernels tf32 = [] {
+    Kernels t = make_table();
+    t.matmul = matmul_tf32;
+    return t;
+  }();
+  static const Kernels bf16 = [] {
+    Kernels t = make_table();
+    t.matmul = matmul_bf16;
+    return t;
+  }();
+  switch (precision) {
+    case GemmPrecision::kTF32: return &tf32;
+    case GemmPrecision::kBF16: return &bf16;
+    default: return &exact;
+  }
 }
 
 }  // namespace cuda

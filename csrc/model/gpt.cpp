@@ -28,7 +28,16 @@ void validate(const GPTConfig& c) {
 }
 
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
-    : store(kernels), cfg_(config), k_(kernels) {
+    : store(kernels),
+      cfg_(config),
+      k_(kernels),
+      acts_(kernels),
+      packed_(kernels),
+      ln_zero_(kernels),
+      ln_dscratch_(kernels),
+      cache_(kernels),
+      ids_(kernels),
+      targets_(kernels) {
   validate(cfg_);
   const int64_t V = cfg_.vocab_size, C = cfg_.n_embd;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) { store.add(name, shape); };
@@ -56,7 +65,10 @@ GPT::GPT(const GPTConfig& config, const Kernels& kernels)
   add_bias("transformer.ln_f.bias", C);
   if (!cfg_.tie_word_embeddings) add("lm_head.weight", {V, C});
   store.allocate();
-  if (!cfg_.bias) ln_zero_.assign(C, 0.f), ln_dscratch_.assign(C, 0.f);
+  if (!cfg_.bias) {
+    ln_zero_.assign_zeros(C, "LayerNorm's zero bias");
+    ln_dscratch_.assign_zeros(C, "LayerNorm's unused bias gradient");
+  }
   w_ = view(store.params());
   g_ = view(store.grads());
 }
@@ -89,7 +101,11 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
   const int64_t per_layer = 5 * BT * C + 3 * BT * C + 2 * BT * 4 * C + 4 * BT + BT * H;
   const int64_t total = BT * C + cfg_.n_layer * per_layer + BT * C + 2 * BT + BT * V +
                         2 * BT * C + 2 * BT * 4 * C;
-  if ((int64_t)acts_.size() < total) acts_.assign(total, 0.f);
+  if (acts_.size() < total) {
+    acts_b_ = acts_t_ = 0;  // re-carved below only once the memory is there
+    acts_.reserve(total, "the activations");
+    k_.zero(acts_.data(), total);
+  }
   float* p = acts_.data();
   auto take = [&](int64_t n) {
     float* r = p;
@@ -202,20 +218,34 @@ void GPT::gelu_backward(const float* dy, const float* x, float* dx, int64_t n) c
                                                                                       n);
 }
 
+const int64_t* GPT::upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n) {
+  to.reserve(n, "token ids");
+  to.upload(host, n);
+  return to.data();
+}
+
 void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {
+  upload_ids(ids_, idx, b * t);
+  run_forward(b, t);
+  if (logits) k_.download(logits, logits_, b * t * cfg_.vocab_size * (int64_t)sizeof(float));
+}
+
+void GPT::run_forward(int64_t b, int64_t t) {
   const int64_t C = cfg_.n_embd, BT = b * t;
   ensure_acts(b, t);
-  k_.embedding_forward(idx, w_.wte, w_.wpe, encoded_, b, t, C, 0);
+  k_.embedding_forward(ids_.data(), w_.wte, w_.wpe, encoded_, b, t, C, 0);
   if (drop_p_ > 0.f) k_.dropout(encoded_, encoded_, BT * C, drop_p_, drop_key(0));
   const float* residual = run_blocks(b, t, 0, false);
   k_.layernorm_forward(residual, w_.lnf_w, ln_bias(w_.lnf_b), lnf_, lnf_mean_, lnf_rstd_, BT, C,
                        cfg_.layer_norm_epsilon);
-  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits ? logits : logits_, BT, C, cfg_.vocab_size);
+  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, BT, C, cfg_.vocab_size);
 }
 
 float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t) {
-  forward(idx, b, t, nullptr);
-  return k_.cross_entropy(logits_, targets, nullptr, b * t, cfg_.vocab_size, -100, 1.f);
+  upload_ids(ids_, idx, b * t);
+  const int64_t* tg = upload_ids(targets_, targets, b * t);
+  run_forward(b, t);
+  return k_.cross_entropy(logits_, tg, nullptr, b * t, cfg_.vocab_size, -100, 1.f);
 }
 
 float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
@@ -230,9 +260,11 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   } reset{drop_p_};
   drop_p_ = dropout_p, drop_seed_ = dropout_seed;
   const bool drop = dropout_p > 0.f;
-  forward(idx, b, t, nullptr);
+  const int64_t* ids = upload_ids(ids_, idx, BT);
+  const int64_t* tg = upload_ids(targets_, targets, BT);
+  run_forward(b, t);
   // The gradient overwrites the logits in place.
-  const float loss = k_.cross_entropy(logits_, targets, logits_, BT, V, -100, grad_scale);
+  const float loss = k_.cross_entropy(logits_, tg, logits_, BT, V, -100, grad_scale);
   const float* dlogits = logits_;
 
   const float* residual = cfg_.n_layer ? la_.back().res3 : encoded_;
@@ -274,7 +306,7 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
                           ln_dbias(G.ln1_b), BT, C);
   }
   if (drop) k_.dropout(dres_, dres_, BT * C, dropout_p, drop_key(0));
-  k_.embedding_backward(dres_, idx, g_.wte, g_.wpe, b, t, C, 0);
+  k_.embedding_backward(dres_, ids, g_.wte, g_.wpe, b, t, C, 0);
   return loss;
 }
 
@@ -292,12 +324,13 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
                                   std::to_string(tn) + ")");
   if (b != cache_b_) {
     if (pos != 0) throw std::invalid_argument("decode: a new batch size must start at pos 0");
-    cache_.assign(cfg_.n_layer * b * S * 3 * C, 0.f);
+    cache_b_ = 0;  // until the new cache is there
+    cache_.assign_zeros(cfg_.n_layer * b * S * 3 * C, "the KV cache");
     cache_b_ = b;
   }
   if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
-  k_.embedding_forward(tokens, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
+  k_.embedding_forward(upload_ids(ids_, tokens, b * tn), w_.wte, w_.wpe, encoded_, b, tn, C, pos);
   decode_logits(run_blocks(b, tn, pos, true), b, tn, last, logits);
 }
 
@@ -312,8 +345,9 @@ void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, floa
                                   std::to_string(pos[i]) + " is outside [0, block_size " +
                                   std::to_string(S) + ")");
   ensure_acts(b, 1);
+  const int64_t* ids = upload_ids(ids_, tokens, b);
   for (int64_t i = 0; i < b; ++i)
-    k_.embedding_forward(tokens + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
+    k_.embedding_forward(ids + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
   decode_logits(run_blocks(b, 1, 0, true, pos), b, 1, nullptr, logits);
 }
 
@@ -326,14 +360,17 @@ void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int6
     k_.layernorm_forward(residual + r * C, w_.lnf_w, ln_bias(w_.lnf_b), lnf_ + i * C,
                          lnf_mean_ + i, lnf_rstd_ + i, 1, C, cfg_.layer_norm_epsilon);
   }
-  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits, b, C, cfg_.vocab_size, packed_wte_);
+  const int64_t V = cfg_.vocab_size;
+  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, b, C, V, packed_wte_);
+  k_.download(logits, logits_, b * V * (int64_t)sizeof(float));
 }
 
 void GPT::pack_for_decode() {
   const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
   const int64_t per_layer = packed_b_size(k_, 3 * C, C) + packed_b_size(k_, C, C) +
                             packed_b_size(k_, 4 * C, C) + packed_b_size(k_, C, 4 * C);
-  packed_.resize(cfg_.n_layer * per_layer + packed_b_size(k_, V, C));
+  packed_version_ = -1;  // until packed again below
+  packed_.reserve(cfg_.n_layer * per_layer + packed_b_size(k_, V, C), "decoding's packed weights");
   float* p = packed_.data();
   auto pack = [&](const float* w, int64_t n_out, int64_t n_in) {
     const float* r = pack_b(k_, w, n_out, n_in, /*trans_b=*/true, p);
