@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -39,7 +40,11 @@ class Buffer {
       throw OutOfMemory(what, n, sizeof(T));
     k_->release(p_);
     p_ = nullptr, n_ = 0;
-    p_ = static_cast<T*>(k_->alloc(n * (int64_t)sizeof(T)));
+    try {
+      p_ = static_cast<T*>(k_->alloc(n * (int64_t)sizeof(T)));
+    } catch (const std::bad_alloc&) {  // say what the memory was for
+      throw OutOfMemory(what, n, sizeof(T), std::string(k_->device) == "cuda" ? "GPU memory" : "memory");
+    }
     n_ = n;
   }
   // Exactly n float32 zeros (float buffers only: the table's zero kernel).

@@ -151,10 +151,10 @@ class LanguageModel:
         self.tokenizer = tokenizer
         try:
             self._g = self._make_core(arch)
-        except MemoryError:
+        except MemoryError as e:
             raise MemoryError(f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in arch.items())}): "
                               "not enough memory for its parameters, gradients and optimizer "
-                              "state (four float32 copies of every weight)") from None
+                              f"state (four float32 copies of every weight): {e}") from None
         self._names = self._param_names(arch)
         self._tensors = ModelTensors(self._g)
         self._shapes = {name: shape for name, shape, _ in self._tensors.layout}
@@ -259,6 +259,41 @@ class LanguageModel:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={self._config[k]}" for k in self.ARCH_KEYS)
         return f"{type(self).__name__}({args}; {self.num_parameters() / 1e6:.2f}M parameters)"
+
+    # -- device
+
+    @property
+    def device(self) -> str:
+        """Where the model's memory and kernels are: ``"cpu"`` or ``"cuda"``."""
+        return self._config["device"]
+
+    def to(self, device: str) -> "LanguageModel":
+        """Move the model to ``device`` (``"cpu"`` or ``"cuda"``), as PyTorch's
+        ``module.to``: parameters, gradients, optimizer moments and step count
+        move bit for bit; decoding state (KV cache, a generate in progress)
+        does not. Returns the model itself. On failure (no GPU, out of memory)
+        the model stays where it was."""
+        device = _check_device(device)
+        if device == self.device:
+            return self
+        with self._lock:
+            data = {w: np.array(self._tensors.flat(w)) for w in ("params", "grads", "adam_m", "adam_v")}
+            step = int(self._g.step_count)
+            arch = {k: self._config[k] for k in self.ARCH_KEYS}
+            old_device = self._config["device"]
+            self._config["device"] = device
+            try:
+                core = self._make_core(arch)
+            except BaseException:
+                self._config["device"] = old_device
+                raise
+            self._g = core
+            self._tensors = ModelTensors(core)
+            for w, values in data.items():
+                self._tensors.write_flat(w, values)
+            self._g.step_count = step
+            self._cache_owner = None
+        return self
 
     # -- weights
 
