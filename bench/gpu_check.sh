@@ -40,7 +40,7 @@ fi
 IFS=',' read -r -a STAGES <<< "$ONLY"
 [ ${#STAGES[@]} -gt 0 ] || die "--only: no stage named"
 for s in "${STAGES[@]}"; do
-  case "$s" in install|tests|sanitizers|bench) ;; *) die "--only: unknown stage '$s' (install, tests, sanitizers, bench)" ;; esac
+  case "$s" in install|tests|sanitizers|bench|models) ;; *) die "--only: unknown stage '$s' (install, tests, sanitizers, bench, models)" ;; esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 
