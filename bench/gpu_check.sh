@@ -118,7 +118,7 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if wants tests; then
   run_stage tests 150 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
     tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py \
-    tests/test_device_models.py
+    tests/test_device_models.py tests/test_cuda_table.py
 fi
 
 if wants sanitizers; then
