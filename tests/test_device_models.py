@@ -246,3 +246,13 @@ def test_emulated_memory_checks_the_boundary(monkeypatch):
         m._g.write("params", np.zeros(m.num_parameters() + 1, np.float32))
     with pytest.raises(ValueError, match="which"):
         m._g.read("weights")
+
+
+@pytest.mark.skipif(not fastlm.cuda_available(), reason="needs a CUDA GPU")
+def test_device_arrays_and_cuda_tensors_as_inputs(monkeypatch):
+    monkeypatch.delenv("FASTLM_EMULATE_CUDA", raising=False)
+    ref, dev = gpt(), gpt("cuda", seed=9)
+    dev.load_state_dict({k: fastlm.to_device(v) for k, v in ref.state_dict().items()})
+    x, y = batch(11)
+    assert_same(dev.forward(fastlm.to_device(x)), ref.forward(x), dev)
+    assert_same(dev.forward_backward(fastlm.to_device(x), fastlm.to_device(y)), ref.forward_backward(x, y), dev)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _C, distributed
-from ._checks import as_ids as _as_ids, check_float as _check_float, check_int as _check_int, nonfinite as _nonfinite
+from ._checks import as_ids as _as_ids, check_float as _check_float, check_int as _check_int, host_copy as _host_copy, nonfinite as _nonfinite
 from .bpe import BPETokenizer
 from .lm_checkpoint import load_model, restore_model, save_model
 from .lm_tensors import ModelTensors
@@ -82,7 +82,8 @@ def _to_float32(v: Any, name: str) -> np.ndarray:
     if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensors, any real dtype
         if getattr(v, "is_complex", lambda: False)():
             raise TypeError(f"state_dict[{name!r}] must be a real array, got dtype {v.dtype}")
-        v = v.detach().cpu().float().numpy()
+        v = v.detach().cpu().float()
+    v = _host_copy(v)
     try:
         arr = np.asarray(v)
     except Exception as e:
