@@ -119,8 +119,15 @@ class GPT {
 
   int64_t acts_b_ = 0, acts_t_ = 0;
   Buffer<float> acts_;
-  float *encoded_, *lnf_, *lnf_mean_, *lnf_rstd_, *logits_, *dres_, *tmp_, *d1_, *d2_;
-  std::vector<LayerActs> la_;
+  // encoded_ (B*T, C): embeddings; lnf_* the final LayerNorm's output and
+  // statistics; logits_ (B*T, V), overwritten by their gradient; dresidual_
+  // (B*T, C): the residual stream's gradient; scratch_ (B*T, C): a branch's
+  // output (forward) or the gradient of a LayerNorm's output (backward);
+  // dwide1_, dwide2_ (B*T, 4C): the backward's wide gradients (MLP hidden,
+  // qkv) and dropped copies.
+  float *encoded_, *lnf_, *lnf_mean_, *lnf_rstd_, *logits_, *dresidual_, *scratch_, *dwide1_,
+      *dwide2_;
+  std::vector<LayerActs> layer_acts_;
 
   std::vector<Packed> packed_layers_;
   const float* packed_wte_ = nullptr;
