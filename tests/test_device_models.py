@@ -256,3 +256,18 @@ def test_device_arrays_and_cuda_tensors_as_inputs(monkeypatch):
     x, y = batch(11)
     assert_same(dev.forward(fastlm.to_device(x)), ref.forward(x), dev)
     assert_same(dev.forward_backward(fastlm.to_device(x), fastlm.to_device(y)), ref.forward_backward(x, y), dev)
+
+
+@pytest.mark.skipif(not fastlm.cuda_available(), reason="needs a CUDA GPU")
+def test_gpu_memory_is_counted_and_given_back(monkeypatch):
+    monkeypatch.delenv("FASTLM_EMULATE_CUDA", raising=False)
+    before, _ = fastlm.cuda.memory_usage(reset_peak=True)
+    m = gpt("cuda")
+    held, _ = fastlm.cuda.memory_usage()
+    assert held - before >= 4 * 4 * m.num_parameters()  # params, grads, two moments
+    m.forward_backward(*batch(12))
+    assert fastlm.cuda.memory_usage()[1] > held  # activations on top
+    del m
+    import gc
+    gc.collect()
+    assert fastlm.cuda.memory_usage()[0] == before

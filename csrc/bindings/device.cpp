@@ -1026,6 +1026,11 @@ void bind_device(py::module_& m) {
   m.def("cuda_available", &cuda::available);
   m.def("cuda_unavailable_reason", &cuda::unavailable_reason);
   m.def("cuda_device_name", [] { return cuda::device_name(); });
+  m.def("cuda_memory_usage", [](bool reset_peak) {
+    const cuda::MemoryUsage u = cuda::memory_usage(reset_peak);
+    return py::make_tuple(u.now, u.peak);
+  }, arg("reset_peak") = false,
+        "(bytes held now, most bytes held since start or the last reset_peak=True) of GPU memory.");
   m.def("cuda_compute_capability", [] { return cuda::compute_capability(); });
   m.def("cuda_synchronize", [] {
     py::gil_scoped_release nogil;
