@@ -23,9 +23,13 @@ def corpus() -> np.ndarray:
 
 
 def make(kind: str, seed: int = 1) -> fastlm.LanguageModel:
-    """``kind``: transformer, lstm, or lstm-stateful (trained with stateful=True)."""
+    """``kind``: transformer, transformer-odd (16,835 parameters: neither 2 nor
+    3 ranks share them evenly), lstm (10,021), or lstm-stateful (trained with
+    stateful=True)."""
     if kind == "transformer":
         return fastlm.Transformer(V, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=seed)
+    if kind == "transformer-odd":
+        return fastlm.Transformer(V + 1, block_size=16, n_layer=1, n_head=5, n_embd=35, seed=seed)
     return fastlm.LSTMLM(V, embed_dim=16, hidden_size=24, num_layers=2, seed=seed)
 
 
@@ -73,18 +77,44 @@ def fail_on_rank1_at(model: fastlm.LanguageModel, step: int, how: str) -> None:
 def main() -> None:
     scenario, out = sys.argv[1], sys.argv[2]
     rest = sys.argv[3:]
-    if scenario == "train":  # KIND BATCH STEPS [resume | STOP_AT (a callback stops there)]
+    if scenario == "train":  # KIND BATCH STEPS [resume | STOP_AT (a callback stops there)] [zero]
         kind, b, steps = rest[0], int(rest[1]), int(rest[2])
-        resume = rest[3:] == ["resume"]
-        stop_at = int(rest[3]) if rest[3:] and not resume else None
+        resume = "resume" in rest[3:]
+        stop_at = next((int(a) for a in rest[3:] if a.isdigit()), None)
         count_saves(out)
         model = make(kind)
         ckpt = os.path.join(out, "ckpt")
         hist = model.fit(checkpoint_dir=ckpt, checkpoint_interval=2, resume=resume, **fit_args(b, steps, kind),
-                         callback=None if stop_at is None else (lambda step, m: step < stop_at))
+                         callback=None if stop_at is None else (lambda step, m: step < stop_at),
+                         zero=int("zero" in rest[3:]))
         if dist.rank() == 0:
             np.save(os.path.join(out, "params.npy"), model._g.flat_params().copy())
             np.save(os.path.join(out, "losses.npy"), np.array([[e["loss"], e["val_loss"] or 0] for e in hist]))
+    elif scenario == "zero":  # KIND GRAD_CLIP: plain data-parallel and ZeRO-1, 10 steps each
+        kind, clip = rest[0], float(rest[1])
+        runs = {}
+        for zero in (0, 1):
+            model = make(kind)
+            hist = model.fit(**fit_args(2, 10, kind), grad_clip=clip, optimizer="adamw", weight_decay=0.1, zero=zero)
+            runs[zero] = [model._tensors.flat(w).copy() for w in ("params", "adam_m", "adam_v")]
+            runs[zero].append(np.array([e["grad_norm"] for e in hist] + [model.optimizer_step]))
+        np.save(os.path.join(out, f"zero{dist.rank()}.npy"), np.stack(runs[1][:3]))
+        if dist.rank() == 0:
+            for zero, arrays in runs.items():
+                np.savez(os.path.join(out, f"run{zero}.npz"), *arrays)
+    elif scenario == "blocks":  # reduce_scatter, all_gather and gather of blocks of 3, 0 and 2 elements
+        w = dist.world()
+        counts = [3, 0, 2][:w.size]
+        n = sum(counts)
+        mine = np.empty(counts[w.rank], np.float32)
+        w.reduce_scatter(np.arange(n, dtype=np.float32) * (w.rank + 1), mine, counts)
+        lo = sum(counts[:w.rank])
+        gathered = np.full(n, -1.0, np.float32)
+        gathered[lo:lo + counts[w.rank]] = 10 * w.rank + np.arange(counts[w.rank])
+        on_root = gathered.copy()
+        w.all_gather(gathered, counts)
+        w.gather(on_root, counts, root=w.size - 1)
+        np.save(os.path.join(out, f"blocks{w.rank}.npy"), np.concatenate([mine, gathered, on_root]))
     elif scenario == "fail":  # HOW: raise, exit or kill on rank 1 at step 4
         model = make("transformer")
         fail_on_rank1_at(model, 4, rest[0])

@@ -17,7 +17,7 @@ import pytest
 
 import fastlm
 from fastlm import distributed as dist
-from fastlm import _nccl
+from fastlm import _nccl, zero
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -302,3 +302,136 @@ def test_info_shows_mpi(tmp_path):
     rc, out, _ = mpirun(2, ["-m", "fastlm", "info"])
     assert rc == 0, out
     assert "rank 0 of 2" in out and "rank 1 of 2" in out and "mpi4py" in out
+
+
+# ---------------------------------------------------------------------- ZeRO-1
+
+def test_shard_counts_and_decay_runs():
+    assert zero.shard_counts(7, 3) == [3, 2, 2] and zero.shard_counts(2, 3) == [1, 1, 0]
+    layout = [("c", (2, 2), 16), ("a", (3, 4), 0), ("b", (4,), 12), ("d", (3,), 20), ("e", (1, 5), 23)]
+    # Elements 10 .. 25: the end of a, b, c, d, the start of e; the sorted offsets decide, not the list order.
+    assert zero.decay_runs(layout, 10, 26) == [(0, 2, True), (2, 6, False), (6, 10, True), (10, 13, False),
+                                               (13, 16, True)]
+    assert zero.decay_runs([("x", (2, 3), 0), ("y", (6, 1), 6)], 0, 12) == [(0, 12, True)]  # merged
+    assert zero.decay_runs(layout, 28, 28) == []
+
+
+def test_blocks_on_one_rank(no_launcher):
+    w = dist.World()
+    x = np.arange(5, dtype=np.float32)
+    mine = np.empty(5, np.float32)
+    assert w.reduce_scatter(x, mine, [5]) is mine and np.array_equal(mine, x)
+    assert w.all_gather(x, [5]) is x and w.gather(x, [5]) is x
+    with pytest.raises(ValueError, match="counts must be 1 non-negative block sizes summing to the buffer's 5"):
+        w.all_gather(x, [4])
+    with pytest.raises(ValueError, match="recv has 4 elements, this rank's block 5"):
+        w.reduce_scatter(x, np.empty(4, np.float32), [5])
+    with pytest.raises(TypeError, match="reduce_scatter: buf must be float32"):
+        w.reduce_scatter(x, np.empty(5), [5])
+
+
+@pytest.mark.parametrize("kind", ["transformer-odd", "lstm"])
+def test_zero1_in_one_process_is_the_unsharded_step(kind):
+    """With one rank ZeRO-1 runs its own path (its kernel calls per run of the
+    decay mask, its norm) and must give the unsharded run bit for bit."""
+    out = []
+    for z in (0, 1):
+        model = mpi_worker.make(kind)
+        hist = model.fit(**mpi_worker.fit_args(4, 4, kind), grad_clip=0.05, optimizer="adamw", weight_decay=0.1,
+                         zero=z)
+        assert max(e["grad_norm"] for e in hist) > 0.05  # the clipping is exercised
+        out.append([model._tensors.flat(w).copy() for w in ("params", "adam_m", "adam_v")] + [model.optimizer_step])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value, err, match", [
+    (2, ValueError, r"zero \(0: off, 1: ZeRO-1\) must be <= 1, got 2"), (-1, ValueError, "must be >= 0"),
+    ("1", TypeError, "zero .* must be an int, got str"), (True, TypeError, "must be an int, got bool"),
+    (1.0, TypeError, "must be an int, got float")])
+def test_zero_bad_values(value, err, match):
+    model = mpi_worker.make("transformer-odd")
+    with pytest.raises(err, match=match):
+        model.fit(**mpi_worker.fit_args(2, 2), zero=value)
+    with pytest.raises(ValueError, match="zero=1 shards the Adam.W. moments; optimizer='sgd' cannot use it"):
+        model.fit(**mpi_worker.fit_args(2, 2), zero=1, optimizer="sgd")
+    assert model.optimizer_step == 0
+
+
+def test_cli_zero_flag(tmp_path, capsys):
+    from fastlm.cli import main
+    (tmp_path / "corpus.txt").write_text("to be or not to be " * 30)
+    args = ["train", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "out"), "--n-layer", "1", "--n-head", "1",
+            "--n-embd", "8", "--block-size", "8", "--steps", "2", "--batch-size", "2", "--no-progress"]
+    assert main(args + ["--zero", "2"]) == 2
+    assert "argument --zero: invalid choice: 2" in capsys.readouterr().err
+    assert main(args + ["--zero", "1"]) == 0
+    model = fastlm.LanguageModel.load(tmp_path / "out")
+    assert model.optimizer_step == 2 and model._train_state["fit"]["zero"] == 1
+
+
+def _rel_close(a, b, tol):
+    assert rel(a, b) <= tol, rel(a, b)
+
+
+@needs_mpi
+@pytest.mark.parametrize("n, kind, clip", [(2, "transformer-odd", 0.05), (3, "transformer-odd", 0.0),
+                                           (3, "lstm", 0.05), (2, "lstm", 0.0)])
+def test_zero1_equals_data_parallel(tmp_path, n, kind, clip):
+    rc, out, _ = worker(n, "zero", tmp_path, kind, clip)
+    assert rc == 0, out
+    plain, sharded = (np.load(tmp_path / f"run{z}.npz") for z in (0, 1))
+    for i in range(3):  # parameters, both moments
+        if clip == 0 and n == 2:  # the same float32 arithmetic on every element, a + b in either reduction
+            np.testing.assert_array_equal(sharded[f"arr_{i}"], plain[f"arr_{i}"])
+        # Clipping scales by the norm, whose float32 block sums the ranges cut differently.
+        _rel_close(sharded[f"arr_{i}"], plain[f"arr_{i}"], 1e-6)
+    norms = plain["arr_3"]
+    np.testing.assert_allclose(sharded["arr_3"], norms, rtol=1e-6)  # grad norms, then the step count
+    assert norms[-1] == 10
+    if clip:
+        assert norms[:-1].max() > clip  # the clipping is exercised
+    # Every rank ends with the same full parameters and moments (all-gathered).
+    ranks = [np.load(tmp_path / f"zero{r}.npy") for r in range(n)]
+    for r in range(1, n):
+        np.testing.assert_array_equal(ranks[r], ranks[0])
+
+
+@needs_mpi
+def test_zero1_blocks_on_three_ranks(tmp_path):
+    rc, out, _ = worker(3, "blocks", tmp_path)
+    assert rc == 0, out
+    total = np.arange(5, dtype=np.float32) * 6  # 1 + 2 + 3 times each element
+    gathered = np.array([0, 1, 2, 20, 21], np.float32)
+    mine = {0: total[:3], 1: total[3:3], 2: total[3:]}
+    for r in range(3):
+        got = np.load(tmp_path / f"blocks{r}.npy")
+        k = len(mine[r])
+        np.testing.assert_array_equal(got[:k], mine[r])
+        np.testing.assert_array_equal(got[k:k + 5], gathered)
+        if r == 2:  # the gather's root
+            np.testing.assert_array_equal(got[k + 5:], gathered)
+
+
+@needs_mpi
+def test_zero1_checkpoints_resume_either_way(tmp_path):
+    kind = "transformer-odd"
+    ref, _ = one_process(kind, 6, 8)
+    # ZeRO-1 on 3 ranks stopped at step 5, resumed by one plain process.
+    rc, out, _ = worker(3, "train", tmp_path, kind, 2, 8, 5, "zero")
+    assert rc == 0, out
+    assert (tmp_path / "saves.txt").read_text().split() == ["0", "0", "0"]  # steps 2, 4 and 5
+    one = tmp_path / "one"
+    one.mkdir()
+    one_process(kind, 6, 8, ckpt=str(one / "ckpt"), stop_at=5)
+    written = [fastlm.LanguageModel.load(d / "ckpt") for d in (tmp_path, one)]
+    assert [m.optimizer_step for m in written] == [5, 5]
+    for w in ("params", "adam_m", "adam_v"):  # the sharded run's checkpoint holds the full moments
+        _rel_close(written[0]._tensors.flat(w), written[1]._tensors.flat(w), 1e-5)
+    got, hist = one_process(kind, 6, 8, ckpt=str(tmp_path / "ckpt"), resume=True)
+    assert [e["step"] for e in hist] == list(range(1, 9))
+    _rel_close(got, ref, 1e-5)
+    # The plain checkpoint of step 5 resumed by ZeRO-1 on 2 ranks.
+    rc, out, _ = worker(2, "train", one, kind, 3, 8, "resume", "zero")
+    assert rc == 0, out
+    _rel_close(np.load(one / "params.npy"), ref, 1e-5)

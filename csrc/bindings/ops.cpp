@@ -501,6 +501,12 @@ void adamw_step(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle
   cpu::kernels().adamw(mptr(p), cptr(g), mptr(m), mptr(v), p.size(), args);
 }
 
+double sum_squares(py::handle x_obj) {
+  py::array x = float_array(x_obj, "sum_squares", "x");
+  py::gil_scoped_release nogil;
+  return cpu::kernels().sum_squares(cptr(x), x.size());
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
@@ -547,6 +553,7 @@ void bind_ops(py::module_& m) {
         arg("gates"), arg("w_ih"), arg("w_hh"));
   m.def("adamw_step", &adamw_step, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"),
         arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"));
+  m.def("sum_squares", &sum_squares, arg("x"));
 }
 
 }  // namespace bindings

@@ -77,6 +77,9 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=_nonneg_float, default=None,
                    help="AdamW/SGD weight decay on 2-D weights (default 0.1, 0 for lstm/gru)")
     t.add_argument("--grad-clip", type=_nonneg_float, default=None, help="clip the gradient norm (0: off; default 1.0)")
+    t.add_argument("--zero", type=int, choices=(0, 1), default=None, help=(
+        "1: ZeRO-1 under mpirun, each rank keeping and updating 1/N of the AdamW moments (default 0, "
+        "or the run's with --resume)"))
     t.add_argument("--val-fraction", type=_unit_float, default=0.1, help="validation share (default 0.1)")
     t.add_argument("--eval-interval", type=_positive_int, default=250, help="evaluate every N steps (default 250)")
     t.add_argument("--eval-batches", type=_positive_int, default=50,
@@ -124,7 +127,7 @@ def _reject_foreign_flags(a: argparse.Namespace, kind: str) -> None:
 _FIT_DEFAULTS = {"steps": 2000, "batch_size": 12, "grad_accum": 1, "lr": 1e-3, "min_lr": None,
                  "warmup_steps": None, "beta1": None, "beta2": None, "weight_decay": None, "grad_clip": 1.0,
                  "optimizer": None, "momentum": 0.9, "block_size": None, "lr_decay_iters": None,
-                 "decay_lr": True, "keep_best": False}
+                 "decay_lr": True, "keep_best": False, "zero": 0}
 
 
 def _fit_options(a: argparse.Namespace, previous: Dict[str, Any]) -> Dict[str, Any]:
@@ -283,7 +286,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                         momentum=o["momentum"], block_size=window,
                         eval_interval=a.eval_interval, eval_batches=a.eval_batches, checkpoint_dir=out,
                         checkpoint_interval=checkpoint_interval, resume=a.resume, seed=a.seed,
-                        progress=not a.no_progress, callback=callback)
+                        progress=not a.no_progress, callback=callback, zero=o["zero"])
     if not lead:  # rank 0 writes the metrics and reports
         return 0
     if not os.path.exists(os.path.join(out, METRICS_FILE)):

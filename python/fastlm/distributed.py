@@ -31,6 +31,7 @@ wheel or the system's ``libnccl.so.2``.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 import time
@@ -167,6 +168,58 @@ class World:
             self.comm.Bcast(arr.view(np.uint8).reshape(-1), root=root)
         return buf
 
+    # Blocks: rank r's block of a flat buffer is the counts[r] elements after
+    # sum(counts[:r]), as ZeRO-1 (fastlm.zero) shards the parameter vector.
+
+    def reduce_scatter(self, send: np.ndarray, recv: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """Sum ``send`` over the ranks and write this rank's block of the sum
+        into ``recv`` (returned): ``send`` float32 or float64 of ``sum(counts)``
+        elements, ``recv`` of the same dtype and ``counts[rank]`` elements."""
+        _host_buffer(send, "reduce_scatter", (np.float32, np.float64))
+        _host_buffer(recv, "reduce_scatter", (send.dtype.type,))
+        lo, hi = self._block(send, counts, "reduce_scatter")
+        if recv.size != hi - lo:
+            raise ValueError(f"reduce_scatter: recv has {recv.size} elements, this rank's block {hi - lo}")
+        if self.size == 1:
+            recv[...] = send.reshape(-1)
+        else:
+            self.comm.Reduce_scatter(send, recv, recvcounts=list(counts), op=self._MPI.SUM)
+        return recv
+
+    def all_gather(self, buf: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """In place: every rank's block of ``buf`` (a C-contiguous NumPy array
+        of ``sum(counts)`` elements, the same dtype on every rank) onto every
+        rank; returns ``buf``."""
+        _host_buffer(buf, "all_gather", None)
+        self._block(buf, counts, "all_gather")
+        if self.size > 1:
+            flat = buf.reshape(-1)
+            self.comm.Allgatherv(self._MPI.IN_PLACE, [flat, (list(counts), _displacements(counts))])
+        return buf
+
+    def gather(self, buf: np.ndarray, counts: Sequence[int], root: int = 0) -> np.ndarray:
+        """As :meth:`all_gather`, onto rank ``root`` alone; the others' ``buf``
+        is left as it is."""
+        root = self._root(root)
+        _host_buffer(buf, "gather", None)
+        lo, hi = self._block(buf, counts, "gather")
+        if self.size > 1:
+            flat = buf.reshape(-1)
+            if self.rank == root:
+                self.comm.Gatherv(self._MPI.IN_PLACE, [flat, (list(counts), _displacements(counts))], root=root)
+            else:
+                self.comm.Gatherv(flat[lo:hi], None, root=root)
+        return buf
+
+    def _block(self, buf: np.ndarray, counts: Sequence[int], who: str) -> tuple:
+        """This rank's [lo, hi) of ``buf`` blocked by ``counts``, checked."""
+        counts = [int(c) for c in counts]
+        if len(counts) != self.size or min(counts) < 0 or sum(counts) != buf.size:
+            raise ValueError(f"{who}: counts must be {self.size} non-negative block sizes summing to the "
+                             f"buffer's {buf.size} elements, got {counts[:8]}")
+        lo = sum(counts[:self.rank])
+        return lo, lo + counts[self.rank]
+
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         """Rank ``root``'s ``obj`` (any picklable object) on every rank."""
         root = self._root(root)
@@ -253,6 +306,10 @@ def _host_buffer(buf: Any, who: str, dtypes: Optional[tuple]) -> np.ndarray:
     if not buf.flags.c_contiguous or not buf.flags.writeable:
         raise ValueError(f"{who}: buf must be C-contiguous and writable (it is reduced in place)")
     return buf
+
+
+def _displacements(counts: Sequence[int]) -> List[int]:
+    return list(itertools.accumulate((int(c) for c in counts[:-1]), initial=0))
 
 
 def _print_failure(w: World, etype: Any, value: BaseException, tb: Any) -> None:

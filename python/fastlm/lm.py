@@ -473,15 +473,18 @@ class LanguageModel:
                 raise ValueError(f"eps must be > 0, got {eps}")
         with self._lock:
             self._cache_owner = None
-            family = "sgd" if optimizer == "sgd" else "adam"  # adam and adamw share their moments
-            if family != self._optimizer_family():
-                # A new optimizer starts empty, as a new torch.optim object does.
-                self._m_v_zero()
-                self._opt_family = family
+            self._use_optimizer(optimizer)
             if optimizer == "sgd":
                 self._g.sgd_step(lr, momentum, weight_decay, grad_scale)
             else:
                 self._g.step(lr, b1, b2, eps, weight_decay, grad_scale)
+
+    def _use_optimizer(self, optimizer: str) -> None:
+        family = "sgd" if optimizer == "sgd" else "adam"  # adam and adamw share their moments
+        if family != self._optimizer_family():
+            # A new optimizer starts empty, as a new torch.optim object does.
+            self._m_v_zero()
+            self._opt_family = family
 
     @property
     def optimizer_step(self) -> int:

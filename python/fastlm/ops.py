@@ -44,6 +44,7 @@ __all__ = [
     "gru_cell",
     "gru_cell_backward",
     "adamw_step",
+    "sum_squares",
 ]
 
 
@@ -397,3 +398,13 @@ def adamw_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray
         return
     _check_no_overlap(op, written, {"param": param, "grad": grad, "m": m, "v": v})
     _C.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+
+def sum_squares(x: np.ndarray) -> float:
+    """The sum of the squares of every element of ``x`` (float32, any shape),
+    accumulated in float64 in fixed blocks: the same value for the same ``x``
+    whatever the thread count. Gradient norms are its square root."""
+    dev = _device_args("sum_squares", x=x)
+    if dev is not None:
+        return float(_C._cuda_sum_squares(dev["x"]))
+    return float(_C.sum_squares(x))

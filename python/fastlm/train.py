@@ -24,6 +24,7 @@ from . import distributed
 from ._checks import MAX_SIZE, check_bool, check_float, check_int as _int
 from .data import _check_tokens_1d, get_batch, iter_eval_batches, open_tokens
 from .optim import OPTIMIZERS, check_betas as _check_betas, step_options as _step_options
+from .zero import Zero1
 
 __all__ = ["History", "fit", "evaluate", "estimate_loss", "get_lr"]
 
@@ -134,6 +135,8 @@ def _check_fit_record(rec: Any) -> None:
     for key in ("stateful", "decay_lr", "keep_best"):
         if key in rec:
             check_bool(rec[key], key)
+    if "zero" in rec:
+        _int(rec["zero"], "zero", 0, 1)
     if rec.get("optimizer", "adamw") not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {rec['optimizer']!r}")
 
@@ -252,7 +255,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         eval_batches: Optional[int] = 50, checkpoint_dir: Any = None, checkpoint_interval: Optional[int] = None,
         resume: bool = False, seed: Optional[int] = None, progress: bool = True,
         callback: Optional[Callable[[int, Dict[str, Any]], Any]] = None, block_size: Optional[int] = None,
-        stateful: bool = False, optimizer: Optional[str] = None, momentum: Optional[float] = None) -> History:
+        stateful: bool = False, optimizer: Optional[str] = None, momentum: Optional[float] = None,
+        zero: int = 0) -> History:
     """Train ``model`` (any :class:`fastlm.lm.LanguageModel`), nanoGPT-style.
 
     train, val: 1-D integer token ids (array, ``np.memmap`` from
@@ -302,6 +306,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     order of float sums (:mod:`fastlm.distributed`, docs/distributed.md).
     Rank 0 alone shows progress, calls ``callback`` (what it returns stops
     every rank) and writes checkpoints, which resume with any N.
+    zero: 1 shards the Adam(W) moments over the ranks, ZeRO-1
+        (:mod:`fastlm.zero`): each rank keeps and updates 1/N of them; the
+        result, the checkpoints and the model when fit returns are those
+        of the unsharded run (0, the default), up to float rounding.
 
     Returns the :class:`History` of the whole run (including the steps before
     a resume). Raises ``FloatingPointError`` if the loss becomes NaN or inf.
@@ -352,6 +360,9 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         raise TypeError(f"stateful must be a bool, got {type(stateful).__name__}")
     if stateful and not model.STATEFUL:
         raise ValueError(f"stateful=True needs a recurrent model; {type(model).__name__} has no state to carry")
+    zero = _int(zero, "zero (0: off, 1: ZeRO-1)", 0, 1)
+    if zero and optimizer == "sgd":
+        raise ValueError("zero=1 shards the Adam(W) moments; optimizer='sgd' cannot use it (pass zero=0)")
     block = model._train_window(block_size)
     V = model.vocab_size
     # Stateful: each of the batch_size streams of every rank needs a window plus its target.
@@ -363,7 +374,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 "warmup_steps": warmup_steps, "min_lr": min_lr, "betas": [b1, b2], "weight_decay": weight_decay,
                 "grad_clip": grad_clip, "block_size": block, "stateful": stateful, "optimizer": optimizer,
                 "momentum": momentum, "world_size": nranks, "lr_decay_iters": lr_decay_iters, "decay_lr": decay_lr,
-                "keep_best": keep_best}
+                "keep_best": keep_best, "zero": zero}
     if resume:
         from .checkpoint import TRAINER_STATE_FILE, load_checkpoint
         ckpt = load_checkpoint(checkpoint_dir)
@@ -396,6 +407,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
             "data RNG": rng.bit_generator.state}, shared)
         for w, buf in zip(("params", "adam_m", "adam_v"), shared):
             model._tensors.write_flat(w, buf)  # a no-op copy onto itself for a CPU model's views
+    sharded = Zero1(world, model) if zero else None  # from the moments every rank now holds
     # Each rank's rows of the global batch of nranks * batch_size.
     rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
 
@@ -412,6 +424,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         if gather:
             own = model._carried
             model._carried = distributed.gather_state(world, own)
+        if sharded is not None:
+            sharded.gather_moments(root=0)
         try:
             if lead:
                 model.save(checkpoint_dir)
@@ -451,7 +465,9 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 x, y, carry = next_batch()
                 loss_sum += model._forward_backward(x, y, 1.0 / (grad_accum * nranks), carry)
             loss = loss_sum / grad_accum
-            if nranks > 1:  # scaled by 1 / nranks above, so the sums are the means
+            if sharded is not None:  # this rank's range of the gradients, and the global norm
+                loss, norm = sharded.reduce(loss)
+            elif nranks > 1:  # scaled by 1 / nranks above, so the sums are the means
                 grads = model._tensors.flat("grads")  # a CPU model's is a view, reduced in place
                 world.all_reduce(grads, "sum")
                 if not model._tensors.host:
@@ -460,10 +476,15 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
             if not math.isfinite(loss):
                 raise distributed.raised_alike(FloatingPointError(  # the loss is every rank's mean
                     f"training diverged: loss is {loss} at step {it + 1} (try a lower lr or a smaller grad_clip)"))
-            norm = float(g.grad_norm())
+            if sharded is None:
+                norm = float(g.grad_norm())
             scale = min(1.0, grad_clip / (norm + 1e-6)) if grad_clip > 0 else 1.0
-            model._apply_step(lr_t, {"optimizer": optimizer, "betas": (b1, b2), "eps": 1e-8,
-                                     "weight_decay": weight_decay, "momentum": momentum, "grad_scale": scale})
+            step_opts = {"optimizer": optimizer, "betas": (b1, b2), "eps": 1e-8, "weight_decay": weight_decay,
+                         "momentum": momentum, "grad_scale": scale}
+            if sharded is None:
+                model._apply_step(lr_t, step_opts)
+            else:
+                sharded.step(lr_t, step_opts)
             dt = time.perf_counter() - t0
             step = it + 1
             tok_s = tokens_per_step / dt if dt > 0 else float("inf")
@@ -501,5 +522,7 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 break
     finally:
         bar.close()
+    if sharded is not None:  # the model fit returns holds every moment, as an unsharded run's
+        sharded.gather_moments()
     world.barrier()  # the last checkpoint is complete when fit returns on any rank
     return history
