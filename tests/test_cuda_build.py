@@ -75,6 +75,7 @@ def test_device_array_without_gpu_raises():
     lambda x: ops.matmul(x, x, trans_b=True),
     lambda x: ops.layernorm(x, FakeDeviceArray((4,)), FakeDeviceArray((4,))),
     lambda x: ops.adamw_step(x, x, x, x, lr=1e-3, step=1),
+    lambda x: ops.sum_squares(x),
 ])
 def test_ops_on_device_arrays_without_gpu_raise(call):
     with pytest.raises(RuntimeError, match="CUDA is not available|without CUDA"):

@@ -774,3 +774,13 @@ def test_small_table_kernels(rng):
     _C.cuda_synchronize()
     with pytest.raises(TypeError, match="_cuda_embedding_forward: idx must have dtype int64, got int32"):
         _C._cuda_embedding_forward(dev(idx.astype(np.int32)), wte, wpe, 2, 3, 1)
+
+
+@gpu_only
+def test_sum_squares_op_on_device(rng):
+    # ops.sum_squares routes a device array to the CUDA reduction: the float64 sum, the same on a rerun.
+    for n in (1, 3, 17, 100_003):
+        x = rng.standard_normal(n).astype(np.float32)
+        got = ops.sum_squares(dev(x))
+        assert isinstance(got, float) and got == ops.sum_squares(dev(x))
+        np.testing.assert_allclose(got, np.sum(x.astype(np.float64) ** 2), rtol=1e-12)

@@ -39,6 +39,7 @@ from test_gru_cell import gru_ref, gru_ref_backward  # noqa: E402
 from test_layernorm import ln_backward_ref, ln_ref  # noqa: E402
 from test_lstm_cell import lstm_backward_ref, lstm_ref  # noqa: E402
 from test_softmax import softmax_backward_ref, softmax_ref  # noqa: E402
+from test_sum_squares import naive32 as sum_squares_naive32  # noqa: E402
 
 FUZZ_EXAMPLES = int(os.environ.get("FASTLM_FUZZ_EXAMPLES", "40"))
 # FASTLM_FUZZ_RANDOM=1: a fresh random search instead of CI's repeatable one.
@@ -452,9 +453,22 @@ def test_adamw_step(data):
         close(written[name], ref64, ref32, ok, f"adamw_step {name}")
 
 
+@fuzz
+@FUZZ
+@given(data=st.data())
+def test_sum_squares(data):
+    x = values(data, tuple(data.draw(st.lists(DIMS, min_size=1, max_size=2))))
+    got = call(data, ops.sum_squares, dict(x=x), ["x"])
+    if got is RAISED:
+        return
+    with np.errstate(all="ignore"):
+        ref = np.sum(np.square(x, dtype=np.float64))
+        close(np.array([got]), np.array([ref]), np.array([sum_squares_naive32(x)]), name="sum_squares")
+
+
 def test_every_op_is_fuzzed():
     fuzzed = {"matmul", "softmax", "softmax_backward", "layernorm", "layernorm_backward", "gelu", "gelu_backward",
               "attention", "attention_backward", "dropout", "dropout_backward", "cross_entropy", "lstm_cell", "lstm_cell_backward", "gru_cell",
-              "gru_cell_backward", "adamw_step"}
+              "gru_cell_backward", "adamw_step", "sum_squares"}
     assert set(ops.__all__) == fuzzed, set(ops.__all__) ^ fuzzed
     assert fastlm.cpu_isa() in fastlm.available_cpu_isas()
