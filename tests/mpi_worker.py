@@ -22,15 +22,15 @@ def corpus() -> np.ndarray:
     return np.random.default_rng(0).integers(0, V, 4000)
 
 
-def make(kind: str, seed: int = 1) -> fastlm.LanguageModel:
+def make(kind: str, seed: int = 1, device: str = "cpu") -> fastlm.LanguageModel:
     """``kind``: transformer, transformer-odd (16,835 parameters: neither 2 nor
     3 ranks share them evenly), lstm (10,021), or lstm-stateful (trained with
     stateful=True)."""
     if kind == "transformer":
-        return fastlm.Transformer(V, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=seed)
+        return fastlm.Transformer(V, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=seed, device=device)
     if kind == "transformer-odd":
-        return fastlm.Transformer(V + 1, block_size=16, n_layer=1, n_head=5, n_embd=35, seed=seed)
-    return fastlm.LSTMLM(V, embed_dim=16, hidden_size=24, num_layers=2, seed=seed)
+        return fastlm.Transformer(V + 1, block_size=16, n_layer=1, n_head=5, n_embd=35, seed=seed, device=device)
+    return fastlm.LSTMLM(V, embed_dim=16, hidden_size=24, num_layers=2, seed=seed, device=device)
 
 
 def fit_args(batch_size: int, steps: int, kind: str = "") -> dict:
