@@ -771,6 +771,13 @@ def test_bad_inputs(rng):
     q = dev(np.zeros((1, 1, 4, 129), np.float32))
     with pytest.raises(ValueError, match="head dim"):
         ops.attention(q, q, q)
+    q = dev(np.zeros((1, 1, 4, 8), np.float32))
+    for p in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="dropout"):
+            ops.attention(q, q, q, dropout=p)
+        if GPU:  # the binding checks too, for callers that skip ops.py
+            with pytest.raises(ValueError, match="attention: dropout must be in"):
+                _C.cuda_attention(q, q, q, True, p, 0)
     t = np.array([0, 1, 6, 2])
     with pytest.raises(ValueError, match=r"targets\[2\]"):
         ops.cross_entropy(x, dev(t))

@@ -62,19 +62,7 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
 
     // S = Q K^T: 16 queries x 64 keys per warp, 8 n tiles of 8 keys.
     float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-#pragma unroll
-    for (int kd = 0; kd < NKD; ++kd)
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t kb[4];
-        frag_b_rows<LD>(kb, Ks, 16 * np, 16 * kd, L);
-        mma_bf16(s[2 * np], qf[kd], kb[0], kb[1]);
-        mma_bf16(s[2 * np + 1], qf[kd], kb[2], kb[3]);
-      }
+    qk_tile<LD>(s, qf, Ks, L);
 
     // Online softmax in log2 units; element e of tile nt is row rows[e >> 1],
     // key k0 + 8 nt + 2 t + (e & 1).
@@ -91,21 +79,7 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
         mx[e >> 1] = fmaxf(mx[e >> 1], v);
       }
     float mu[2];
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 1));
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 2));
-      const float mn = fmaxf(m[hr], mx[hr]);
-      mu[hr] = mn == -INFINITY ? 0.f : mn;
-      const float corr = exp2f(m[hr] - mu[hr]);
-      l[hr] *= corr;
-#pragma unroll
-      for (int dt = 0; dt < NDT; ++dt) {
-        o[dt][2 * hr] *= corr;
-        o[dt][2 * hr + 1] *= corr;
-      }
-      m[hr] = mn;
-    }
+    online_rescale(m, l, o, mx, 1.f, mu);  // scores already in log2 units
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -114,50 +88,13 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
         l[e >> 1] += pv;
         s[nt][e] = pv;
       }
-    if (DROP)  // after l: the normaliser sums kept and dropped alike
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[nt][e] *= drop_factor(p, dkey, rows[e >> 1], k0 + 8 * nt + 2 * L.t + (e & 1));
+    if (DROP) drop_tile(s, p, dkey, rows, k0, L);  // after l: it sums kept and dropped alike
 
     cp_async_wait<0>();  // V
     __syncthreads();
-    // O += P V: k = the 64 keys in 4 steps of 16, n = head dims.
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[4];
-      acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < DMAX / 16; ++dp) {
-        uint32_t vb[4];
-        frag_b_cols<LD>(vb, Vs, 16 * kk, 16 * dp, L);
-        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
-      }
-    }
+    add_pv<LD>(o, s, Vs, L);
   }
-
-  bf16* O = head_ptr<bf16>(p.out, p.so, b, h);
-  float* lse = p.lse + (b * p.heads + h) * p.seq_q;
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    float lt = l[hr];
-    lt += __shfl_xor_sync(kFullMask, lt, 1);
-    lt += __shfl_xor_sync(kFullMask, lt, 2);
-    const int64_t i = rows[hr];
-    if (i >= p.seq_q) continue;
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    bf16* orow = O + i * p.so.row;
-#pragma unroll
-    for (int dt = 0; dt < NDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = 8 * dt + 2 * L.t + e;
-        if (d < D) orow[d] = __float2bfloat16_rn(o[dt][2 * hr + e] * inv);
-      }
-    if (L.t == 0) lse[i] = lt == 0.f ? -INFINITY : (m[hr] + log2f(lt)) * kLn2;
-  }
+  store_forward(p, b, h, rows, o, l, m, L);
 }
 
 // One element of a backward score tile: query i, key j, the query's lse (in

@@ -64,6 +64,116 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = pack_bf16(c1[2], c1[3]);
 }
 
+// ---- the forwards' shared steps (a warp's 16 query rows; this thread's two
+// rows are rows[0] = g and rows[1] = g + 8 of them) ----------------------------
+
+// S = Q K^T for 8 NT keys: qf the warp's Q fragments (NKD steps of 16 dims),
+// K the tile's rows [key][dim]. Element e of tile nt is row rows[e >> 1], key
+// 8 nt + 2 t + (e & 1) of the tile.
+template <int LD, int NKD, int NT>
+__device__ __forceinline__ void qk_tile(float (&s)[NT][4], const uint32_t (&qf)[NKD][4],
+                                        const bf16* Ks, const Lane& L) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+  for (int kd = 0; kd < NKD; ++kd)
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t kb[4];
+      frag_b_rows<LD>(kb, Ks, 16 * np, 16 * kd, L);
+      mma_bf16(s[2 * np], qf[kd], kb[0], kb[1]);
+      mma_bf16(s[2 * np + 1], qf[kd], kb[2], kb[3]);
+    }
+}
+
+// The online softmax's rescale: folds this thread's tile row maxima mx (of
+// scores in units that u turns into log2 units) into the running maxima m,
+// and rescales l and o by 2^(m u - m' u). ms receives m' u, or 0 while a row
+// has seen no key, so that exp2(score u - ms) of a hidden score is 0, not NaN.
+template <int NDT>
+__device__ __forceinline__ void online_rescale(float (&m)[2], float (&l)[2], float (&o)[NDT][4],
+                                               float (&mx)[2], float u, float (&ms)[2]) {
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 1));
+    mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 2));
+    const float mn = fmaxf(m[hr], mx[hr]);
+    ms[hr] = mn == -INFINITY ? 0.f : mn * u;
+    const float corr = exp2f(m[hr] * u - ms[hr]);
+    l[hr] *= corr;
+#pragma unroll
+    for (int dt = 0; dt < NDT; ++dt) {
+      o[dt][2 * hr] *= corr;
+      o[dt][2 * hr + 1] *= corr;
+    }
+    m[hr] = mn;
+  }
+}
+
+// Dropout on a probability tile whose element e of tile nt is row rows[e >> 1],
+// key k0 + 8 nt + 2 t + (e & 1).
+template <int NT>
+__device__ __forceinline__ void drop_tile(float (&s)[NT][4], const HeadParams& p, uint64_t key,
+                                          const int64_t (&rows)[2], int64_t k0, const Lane& L) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      s[nt][e] *= drop_factor(p, key, rows[e >> 1], k0 + 8 * nt + 2 * L.t + (e & 1));
+}
+
+// O += P V: P the probability tiles (8 NT keys, rounded to bfloat16 as A
+// operands), V the tile's rows [key][dim]; k in steps of 16 keys, n = dims.
+template <int LD, int NT, int NDT>
+__device__ __forceinline__ void add_pv(float (&o)[NDT][4], const float (&s)[NT][4],
+                                       const bf16* Vs, const Lane& L) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; ++kk) {
+    uint32_t pa[4];
+    acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+    for (int dp = 0; dp < NDT / 2; ++dp) {
+      uint32_t vb[4];
+      frag_b_cols<LD>(vb, Vs, 16 * kk, 16 * dp, L);
+      mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+      mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+}
+
+// The rows' out = o / l in bfloat16 and lse = (m2 + log2 l) ln 2, m2 being
+// the row max in log2 units and l this thread's share of the row sum (the
+// quad's shares are added here). A row that saw no key (causal, seq_q >
+// seq_k) gets 0 and lse -inf.
+template <int NDT>
+__device__ __forceinline__ void store_forward(const FwdParams& p, int64_t b, int64_t h,
+                                              const int64_t (&rows)[2], const float (&o)[NDT][4],
+                                              const float (&l)[2], const float (&m2)[2],
+                                              const Lane& L) {
+  bf16* O = head_ptr<bf16>(p.out, p.so, b, h);
+  float* lse = p.lse + (b * p.heads + h) * p.seq_q;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    float lt = l[hr];
+    lt += __shfl_xor_sync(kFullMask, lt, 1);
+    lt += __shfl_xor_sync(kFullMask, lt, 2);
+    const int64_t i = rows[hr];
+    if (i >= p.seq_q) continue;
+    const float inv = lt > 0.f ? 1.f / lt : 0.f;
+    bf16* orow = O + i * p.so.row;
+#pragma unroll
+    for (int dt = 0; dt < NDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int d = 8 * dt + 2 * L.t + e;
+        if (d < p.head_dim) orow[d] = __float2bfloat16_rn(o[dt][2 * hr + e] * inv);
+      }
+    if (L.t == 0) lse[i] = lt == 0.f ? -INFINITY : (m2[hr] + log2f(lt)) * kLn2;
+  }
+}
+
 }  // namespace attn
 }  // namespace cuda
 }  // namespace fastlm

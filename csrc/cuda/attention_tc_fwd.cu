@@ -109,19 +109,7 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 64 ? 2 : 1) fwd_next_kernel(
     // S = Q K^T: 16 queries x 64 keys per warp; element e of tile nt is row
     // rows[e >> 1], key k0 + 8 nt + 2 t + (e & 1).
     float s[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-#pragma unroll
-    for (int kd = 0; kd < NKD; ++kd)
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t kb[4];
-        frag_b_rows<LD>(kb, Ks, 16 * np, 16 * kd, L);
-        mma_bf16(s[2 * np], qf[kd], kb[0], kb[1]);
-        mma_bf16(s[2 * np + 1], qf[kd], kb[2], kb[3]);
-      }
+    qk_tile<LD>(s, qf, Ks, L);
     if (k0 + kBN > wfull) {  // warp-uniform: the diagonal or the last keys
       int lim[2];
 #pragma unroll
@@ -141,22 +129,8 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 64 ? 2 : 1) fwd_next_kernel(
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-    float ms[2];  // the new max in log2 units; 0 while a row has seen no key
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 1));
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 2));
-      const float mn = fmaxf(m[hr], mx[hr]);
-      ms[hr] = mn == -INFINITY ? 0.f : mn * sl2;
-      const float corr = exp2f(m[hr] * sl2 - ms[hr]);
-      l[hr] *= corr;
-#pragma unroll
-      for (int dt = 0; dt < NDT; ++dt) {
-        o[dt][2 * hr] *= corr;
-        o[dt][2 * hr + 1] *= corr;
-      }
-      m[hr] = mn;
-    }
+    float ms[2];
+    online_rescale(m, l, o, mx, sl2, ms);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -165,55 +139,13 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 64 ? 2 : 1) fwd_next_kernel(
         l[e >> 1] += pv;
         s[nt][e] = pv;
       }
-    if (DROP)  // after l: the normaliser sums kept and dropped alike
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[nt][e] *= drop_factor(p, dkey, rows[e >> 1], k0 + 8 * nt + 2 * L.t + (e & 1));
+    if (DROP) drop_tile(s, p, dkey, rows, k0, L);  // after l: it sums kept and dropped alike
 
-    // O += P V: k = the 64 keys in 4 steps of 16, n = head dims.
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t pa[4];
-      acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < DMAX / 16; ++dp) {
-        uint32_t vb[4];
-        frag_b_cols<LD>(vb, Vs, 16 * kk, 16 * dp, L);
-        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
-      }
-    }
+    add_pv<LD>(o, s, Vs, L);
   }
   cp_async_wait<0>();  // nothing may be in flight at exit
-
-  bf16* O = head_ptr<bf16>(p.out, p.so, b, h);
-  float* lse = p.lse + (b * p.heads + h) * p.seq_q;
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    float lt = l[hr];
-    lt += __shfl_xor_sync(kFullMask, lt, 1);
-    lt += __shfl_xor_sync(kFullMask, lt, 2);
-    const int64_t i = rows[hr];
-    if (i >= p.seq_q) continue;
-    // A row that sees no key (causal, seq_q > seq_k) gets 0 and lse -inf.
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    bf16* orow = O + i * p.so.row;
-    const bool pairs = (reinterpret_cast<uintptr_t>(orow) & 3) == 0;  // d below is even
-#pragma unroll
-    for (int dt = 0; dt < NDT; ++dt) {
-      const int d = 8 * dt + 2 * L.t;
-      const float y0 = o[dt][2 * hr] * inv, y1 = o[dt][2 * hr + 1] * inv;
-      if (pairs && d + 1 < D) {
-        *reinterpret_cast<uint32_t*>(orow + d) = pack_bf16(y0, y1);
-      } else {
-        if (d < D) orow[d] = __float2bfloat16_rn(y0);
-        if (d + 1 < D) orow[d + 1] = __float2bfloat16_rn(y1);
-      }
-    }
-    if (L.t == 0) lse[i] = lt == 0.f ? -INFINITY : (m[hr] * sl2 + log2f(lt)) * kLn2;
-  }
+  const float m2[2] = {m[0] * sl2, m[1] * sl2};
+  store_forward(p, b, h, rows, o, l, m2, L);
 }
 
 template <int DMAX, bool DROP>
