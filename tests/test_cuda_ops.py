@@ -847,12 +847,17 @@ def test_small_attention(rng, D, causal):
     out, lse = ops.attention(dev(q), dev(k), dev(v), causal=causal)
     np.testing.assert_allclose(host(out), ref_forward(q, k, v, causal)[0], rtol=1e-4, atol=1e-5)
     ops.attention_backward(dev(dout), dev(q), dev(k), dev(v), out, lse, causal=causal)
+    drop = dict(dropout=0.1, dropout_seed=3)  # the kernels' dropout instances
+    out, lse = ops.attention(dev(q), dev(k), dev(v), causal=causal, **drop)
+    ops.attention_backward(dev(dout), dev(q), dev(k), dev(v), out, lse, causal=causal, **drop)
     if GPU:
         qb, kb, vb = (dev(z, "bfloat16") for z in (q, k, v))
         out, lse = ops.attention(qb, kb, vb, causal=causal)
         np.testing.assert_allclose(host(out), ref_forward(q, k, v, causal)[0], rtol=5e-2,
                                    atol=5e-2)
         ops.attention_backward(dev(dout, "bfloat16"), qb, kb, vb, out, lse, causal=causal)
+        out, lse = ops.attention(qb, kb, vb, causal=causal, **drop)
+        ops.attention_backward(dev(dout, "bfloat16"), qb, kb, vb, out, lse, causal=causal, **drop)
 
 
 @gpu_only
