@@ -867,8 +867,47 @@ void t_embedding_backward(py::handle dout_obj, py::handle idx_obj, py::handle dw
   }
 }
 
+// c (m, n) += a (m, k) @ op(b) [+ bias] through a model table's matmul (the
+// precision's: "fp32", "tf32", "bf16"), b pre-packed first when `packed`
+// and the table packs; the model paths (decoding's few-row products, packed
+// bfloat16 weights) are tested through this.
+void t_table_matmul(py::handle a_obj, py::handle b_obj, py::handle bias_obj, py::handle c_obj,
+                    const std::string& precision, bool trans_b, bool packed) {
+  const char* op = "_cuda_table_matmul";
+  cuda::require();
+  const GemmPrecision p = precision == "fp32"   ? GemmPrecision::kExact
+                          : precision == "tf32" ? GemmPrecision::kTF32
+                          : precision == "bf16" ? GemmPrecision::kBF16
+                                                : (value_error(op, "bad precision"), GemmPrecision::kExact);
+  const Kernels& k = *cuda::kernel_table(p);
+  const DeviceArray& a = fdev(a_obj, op, "a", 2);
+  const DeviceArray& b = fdev(b_obj, op, "b", 2);
+  const DeviceArray& c = fdev(c_obj, op, "c", 2, true);
+  GemmArgs g;
+  g.m = a.shape[0], g.k = a.shape[1], g.n = trans_b ? b.shape[0] : b.shape[1];
+  require_shape(b, trans_b ? Shape{g.n, g.k} : Shape{g.k, g.n}, op, "b");
+  require_shape(c, {g.m, g.n}, op, "c");
+  if (!bias_obj.is_none()) {
+    const DeviceArray& bias = fdev(bias_obj, op, "bias", 1);
+    require_shape(bias, {g.n}, op, "bias");
+    g.bias = bias.f32();
+  }
+  g.a = a.f32(), g.b = b.f32(), g.c = c.f32();
+  g.lda = g.k, g.ldb = trans_b ? g.k : g.n, g.ldc = g.n;
+  g.trans_b = trans_b, g.accumulate = true;
+  py::gil_scoped_release nogil;
+  cuda::Scratch pack(sizeof(float) * (packed ? k.matmul_packed_size(g.n, g.k) : 0));
+  if (packed && k.matmul_packed_size(g.n, g.k)) {
+    k.matmul_pack_b(g, pack.as<float>());
+    g.b_packed = pack.as<float>();
+  }
+  k.matmul(g);
+}
+
 void bind_table_kernels(py::module_& m) {
   using py::arg;
+  m.def("_cuda_table_matmul", &t_table_matmul, arg("a"), arg("b"), arg("bias"), arg("c"),
+        arg("precision"), arg("trans_b"), arg("packed"));
   m.def("_cuda_embedding_forward", &t_embedding_forward, arg("idx"), arg("wte"), arg("wpe"),
         arg("b"), arg("t"), arg("pos0"));
   m.def("_cuda_embedding_backward", &t_embedding_backward, arg("dout"), arg("idx"), arg("dwte"),

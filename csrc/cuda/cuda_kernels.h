@@ -19,8 +19,10 @@ namespace cuda {
 
 enum class DType { kFloat32, kBFloat16 };
 
-// The CUDA `Kernels` table (name "cuda").
-const Kernels* kernel_table();
+// The CUDA `Kernels` tables (name "cuda"): every GEMM in `precision`, on
+// float32 data (kBF16 rounds the operands to bfloat16 and accumulates and
+// writes float32: a model's mixed precision).
+const Kernels* kernel_table(GemmPrecision precision = GemmPrecision::kExact);
 
 // ---- The table's entries (float32; matmul is exact float32: FMA tiles, no
 // TF32; matmul_packed_size is 0, as the GPU GEMM stages B itself) ----------
@@ -44,6 +46,7 @@ struct GemmDesc {
   int64_t m = 0, n = 0, k = 0;
   int64_t lda = 0, ldb = 0, ldc = 0;
   bool trans_a = false, trans_b = false, accumulate = false;
+  bool c_float = false;  // kBF16 only: c and bias are float32 (mixed precision)
 };
 void gemm(const GemmDesc& d);
 

@@ -1,4 +1,5 @@
 #include "cuda/runtime.h"
+#include "out_of_memory.h"
 
 #include <cuda_runtime.h>
 
@@ -137,8 +138,7 @@ void* malloc_device(size_t bytes) {
   const cudaError_t e = probe().pools ? cudaMallocAsync(&p, bytes, 0) : cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();  // out of memory is not sticky; keep it from the next check
-    throw std::runtime_error("fastlm: cannot allocate " + std::to_string(bytes) +
-                             " bytes of GPU memory: " + cudaGetErrorString(e));
+    throw OutOfMemory("a GPU buffer", (int64_t)bytes, 1, "GPU memory", cudaGetErrorString(e));
   }
   return p;
 }
