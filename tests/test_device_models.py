@@ -67,6 +67,18 @@ def test_forward_loss_and_gradients_equal_the_cpu(model_device, make):
     assert_same(dev.grad_norm(), ref.grad_norm(), dev)
 
 
+def test_dropout_equals_the_cpu(model_device):
+    """Dropout masks (embedding, attention probabilities, residual branches) are
+    the CPU's on every device."""
+    x, y = batch()
+    ref, dev = gpt("cpu", dropout=0.2), gpt(model_device, dropout=0.2)
+    for _ in range(2):  # a second micro-batch draws new masks on both
+        assert_same(dev.forward_backward(x, y), ref.forward_backward(x, y), dev)
+    g_ref, g_dev = ref.gradients(), dev.gradients()
+    for name in g_ref:
+        assert_same(g_dev[name], g_ref[name], dev)
+
+
 @pytest.mark.parametrize("make", MAKERS)
 def test_ten_adamw_steps_equal_the_cpu(model_device, make):
     ref, dev = make("cpu"), make(model_device)

@@ -64,6 +64,8 @@ struct AttentionDesc {
   Strides sq, sk, sv, so;
   int64_t batch = 0, heads = 0, seq_q = 0, seq_k = 0, head_dim = 0;
   bool causal = true;
+  float dropout_p = 0.f;  // as AttentionArgs
+  uint64_t dropout_seed = 0;
 };
 struct AttentionGradDesc {
   AttentionDesc fwd;  // out and lse as the forward produced them (read only)
