@@ -409,9 +409,9 @@ void attention_backward_ex(const AttentionGradDesc& g) {
 }
 
 // The table's float32 arguments as a descriptor.
-static AttentionDesc float32_desc(const AttentionArgs& a) {
+AttentionDesc attention_desc(const AttentionArgs& a, DType dtype) {
   AttentionDesc d;
-  d.dtype = DType::kFloat32;
+  d.dtype = dtype;
   d.q = a.q;
   d.k = a.k;
   d.v = a.v;
@@ -433,12 +433,12 @@ static AttentionDesc float32_desc(const AttentionArgs& a) {
 }
 
 void attention_forward(const AttentionArgs& a) {
-  attention_forward_ex(float32_desc(a));
+  attention_forward_ex(attention_desc(a, DType::kFloat32));
 }
 
 void attention_backward(const AttentionGradArgs& a) {
   AttentionGradDesc g;
-  g.fwd = float32_desc(a.fwd);
+  g.fwd = attention_desc(a.fwd, DType::kFloat32);
   g.dout = a.dout;
   g.dq = a.dq;
   g.dk = a.dk;

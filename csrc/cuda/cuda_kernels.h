@@ -75,6 +75,8 @@ struct AttentionGradDesc {
   void* dv = nullptr;
 };
 void attention_forward_ex(const AttentionDesc& d);
+// The descriptor of AttentionArgs' tensors (their pointers, now of `dtype`).
+AttentionDesc attention_desc(const AttentionArgs& a, DType dtype);
 void attention_backward_ex(const AttentionGradDesc& d);
 
 // ---- Cross-entropy with a range check ------------------------------------
