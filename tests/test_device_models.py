@@ -207,6 +207,9 @@ def test_bf16_precision_on_the_device(model_device):
     if not on_gpu and fastlm.cpu_isa() != "avx512bf16":
         pytest.skip("bf16 on the CPU kernels needs AVX512_BF16")
     ref, dev = gpt(precision="fp32"), gpt(model_device, precision="bf16")
+    x, y = batch(9)
+    if model_device == "cuda" and _C.cuda_emulated():  # the emulated device is the CPU's bf16
+        assert gpt(precision="bf16").forward_backward(x, y) == dev.forward_backward(x, y)
     for i in range(20):  # mixed precision tracks float32 over a short training run
         x, y = batch(9 + i, b=4, t=BLOCK)
         losses = []
@@ -215,11 +218,6 @@ def test_bf16_precision_on_the_device(model_device):
             losses.append(m.forward_backward(x, y))
             m.step(3e-3)
         assert abs(losses[0] - losses[1]) < 2e-2, (i, losses)
-    x, y = batch(9)
-    lb = dev.forward_backward(x, y)
-    if model_device == "cuda" and _C.cuda_emulated():  # the emulated device is the CPU's bf16
-        cpu_bf16 = gpt(precision="bf16")
-        assert cpu_bf16.forward_backward(x, y) == lb
 
 
 def test_tf32_is_for_gpus(model_device):
