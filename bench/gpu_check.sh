@@ -119,6 +119,9 @@ if wants tests; then
   run_stage tests 150 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
     tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py \
     tests/test_device_models.py tests/test_cuda_table.py
+  # The opt-in attention forward (FASTLM_CUDA_ATTENTION=next): the attention tests again.
+  run_stage tests-attn-next 60 "$LOGS/tests.log" env FASTLM_CUDA_ATTENTION=next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py -k attention
 fi
 
 if wants sanitizers; then
@@ -132,6 +135,12 @@ if wants sanitizers; then
   run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 FASTLM_CUDA_GEMM=wgmma \
     compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
     "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
+  # And the opt-in attention forward under memcheck and racecheck.
+  for tool in memcheck racecheck; do
+    run_stage "$tool-attn-next" 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+      FASTLM_CUDA_ATTENTION=next compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_attention
+  done
 fi
 
 if wants bench; then
@@ -139,6 +148,9 @@ if wants bench; then
   # The Hopper GEMM is opt-in (FASTLM_CUDA_GEMM=wgmma): its bf16 lines, labelled [wgmma].
   run_stage bench-wgmma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
+  # The opt-in attention forward: lines labelled attention bf16[next].
+  run_stage bench-attn-next 60 "$LOGS/bench.log" env FASTLM_CUDA_ATTENTION=next \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k attention
 fi
 
 if wants models; then

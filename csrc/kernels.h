@@ -64,7 +64,7 @@ struct AttentionArgs {
   // [0, 1); element (b, h, i, j) is dropped as csrc/dropout_hash.h decides for
   // key dropout::key(dropout_seed, b * heads + h) and index i * seq_k + j, so
   // the backward (same args) regenerates the forward's mask. lse stays that
-  // of the undropped softmax. The CUDA kernels refuse p > 0.
+  // of the undropped softmax. The CUDA kernels drop the same elements.
   float dropout_p = 0.f;
   uint64_t dropout_seed = 0;
 };

@@ -510,7 +510,8 @@ py::object gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
 Strides contiguous_bhtd(const Shape& s) { return {s[1] * s[2] * s[3], s[2] * s[3], s[3]}; }
 
 cuda::AttentionDesc attention_desc(const char* op, const DeviceArray& q, const DeviceArray& k,
-                                   const DeviceArray& v, bool causal) {
+                                   const DeviceArray& v, bool causal, float dropout,
+                                   uint64_t dropout_seed) {
   require_same_type(k, q, op, "k", "q");
   require_same_type(v, q, op, "v", "q");
   const Shape& sq = q.shape;
@@ -536,16 +537,21 @@ cuda::AttentionDesc attention_desc(const char* op, const DeviceArray& q, const D
   d.seq_k = sk[2];
   d.head_dim = sq[3];
   d.causal = causal;
+  if (!(dropout >= 0.f && dropout < 1.f))
+    value_error(op, "dropout must be in [0, 1), got " + std::to_string(dropout));
+  d.dropout_p = dropout;
+  d.dropout_seed = dropout_seed;
   return d;
 }
 
-py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal) {
+py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,
+                    float dropout, uint64_t dropout_seed) {
   const char* op = "attention";
   cuda::require();
   const DeviceArray& q = fdev(q_obj, op, "q", 4, false, true);
   const DeviceArray& k = fdev(k_obj, op, "k", 4, false, true);
   const DeviceArray& v = fdev(v_obj, op, "v", 4, false, true);
-  cuda::AttentionDesc d = attention_desc(op, q, k, v, causal);
+  cuda::AttentionDesc d = attention_desc(op, q, k, v, causal, dropout, dropout_seed);
   if (d.seq_k < 1 && d.seq_q > 0) value_error(op, "k and v must hold at least one position");
   DevPtr out = new_device(q.shape, q.dtype),
          lse = new_device({d.batch, d.heads, d.seq_q}, ElemType::kFloat32);
@@ -560,7 +566,7 @@ py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool c
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
-                             bool causal) {
+                             bool causal, float dropout, uint64_t dropout_seed) {
   const char* op = "attention_backward";
   cuda::require();
   const DeviceArray& q = fdev(q_obj, op, "q", 4, false, true);
@@ -568,7 +574,7 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   const DeviceArray& v = fdev(v_obj, op, "v", 4, false, true);
   require_shape(k, q.shape, op, "k");
   cuda::AttentionGradDesc g;
-  g.fwd = attention_desc(op, q, k, v, causal);
+  g.fwd = attention_desc(op, q, k, v, causal, dropout, dropout_seed);
   const DeviceArray& out = fdev(out_obj, op, "out", 4, false, true);
   const DeviceArray& dout = fdev(dout_obj, op, "dout", 4, false, true);
   const DeviceArray& lse = fdev(lse_obj, op, "lse", 3);
@@ -1049,9 +1055,10 @@ void bind_device(py::module_& m) {
         arg("mean"), arg("rstd"));
   m.def("cuda_gelu", &gelu, arg("x"), arg("exact") = false);
   m.def("cuda_gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
-  m.def("cuda_attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"));
+  m.def("cuda_attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"),
+        arg("dropout") = 0.f, arg("dropout_seed") = 0);
   m.def("cuda_attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
-        arg("out"), arg("lse"), arg("causal"));
+        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.f, arg("dropout_seed") = 0);
   m.def("cuda_cross_entropy", &cross_entropy, arg("logits"), arg("targets"), arg("ignore_index"),
         arg("out"), arg("compute_grad"));
   m.def("cuda_lstm_cell", &lstm_cell, arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),

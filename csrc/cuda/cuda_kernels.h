@@ -64,6 +64,8 @@ struct AttentionDesc {
   Strides sq, sk, sv, so;
   int64_t batch = 0, heads = 0, seq_q = 0, seq_k = 0, head_dim = 0;
   bool causal = true;
+  float dropout_p = 0.f;  // as AttentionArgs
+  uint64_t dropout_seed = 0;
 };
 struct AttentionGradDesc {
   AttentionDesc fwd;  // out and lse as the forward produced them (read only)
@@ -73,6 +75,8 @@ struct AttentionGradDesc {
   void* dv = nullptr;
 };
 void attention_forward_ex(const AttentionDesc& d);
+// The descriptor of AttentionArgs' tensors (their pointers, now of `dtype`).
+AttentionDesc attention_desc(const AttentionArgs& a, DType dtype);
 void attention_backward_ex(const AttentionGradDesc& d);
 
 // ---- Cross-entropy with a range check ------------------------------------

@@ -4,6 +4,9 @@
 #include "cuda/gemv.h"
 #include "cuda/runtime.h"
 
+#include <algorithm>
+#include <cstdint>
+
 namespace fastlm {
 namespace cuda {
 
@@ -80,6 +83,81 @@ void matmul_bf16(const GemmArgs& g) {
   gemm(d);
 }
 
+// ---- Mixed-precision attention: bfloat16 operands on the tensor cores ----
+// The model's q, k, v (and out, dout, dq, dk, dv) are float32 inside fused
+// buffers; each fused range is rounded to bfloat16 once, keeping its layout,
+// so the strides still apply. Training and prefill (seq_q == seq_k) take this
+// path; decoding's few queries over the float32 KV cache stay in float32.
+
+// Elements a (batch, heads, rows, head_dim) strided tensor spans from its base.
+int64_t strided_span(const Strides& s, int64_t batch, int64_t heads, int64_t rows, int64_t d) {
+  return (batch - 1) * s.batch + (heads - 1) * s.head + (rows - 1) * s.row + d;
+}
+
+// The float32 range from the lowest to the highest element of three strided
+// tensors, as bfloat16 scratch (rounded from it when `round`, else zeroed).
+class Bf16Range {
+ public:
+  Bf16Range(const float* a, const float* b, const float* c, int64_t span, bool round)
+      : lo_(std::min({a, b, c})), n_(std::max({a, b, c}) + span - lo_), mem_(2 * (size_t)n_) {
+    if (round) float_to_bf16(lo_, mem_.as<void>(), n_);
+    else zero_device(mem_.as<void>(), 2 * (size_t)n_);
+  }
+  void* at(const void* p) const {
+    return static_cast<uint16_t*>(mem_.as<void>()) + (static_cast<const float*>(p) - lo_);
+  }
+  // Adds the bfloat16 values to the float32 range they came from.
+  void add_to(float* dst) const {
+    Scratch f(sizeof(float) * n_);
+    bf16_to_float(mem_.as<void>(), f.as<float>(), n_);
+    residual_forward(dst, f.as<float>(), dst, n_);
+  }
+
+ private:
+  const float* lo_;
+  int64_t n_;
+  Scratch mem_;
+};
+
+bool bf16_attention_fits(const AttentionArgs& a) {
+  return a.seq_q == a.seq_k && a.batch > 0 && a.heads > 0 && a.seq_q > 0 &&
+         strided_span(a.so, a.batch, a.heads, a.seq_q, a.head_dim) ==
+             a.batch * a.heads * a.seq_q * a.head_dim &&
+         a.sq.row == a.sk.row && a.sq.row == a.sv.row && a.sq.head == a.sk.head &&
+         a.sq.head == a.sv.head && a.sq.batch == a.sk.batch && a.sq.batch == a.sv.batch;
+}
+
+void attention_forward_bf16(const AttentionArgs& a) {
+  if (!bf16_attention_fits(a)) return attention_forward(a);
+  const int64_t span = strided_span(a.sq, a.batch, a.heads, a.seq_q, a.head_dim);
+  const int64_t n_out = a.batch * a.heads * a.seq_q * a.head_dim;
+  Bf16Range qkv(a.q, a.k, a.v, span, true);
+  Scratch out16(2 * (size_t)n_out);
+  AttentionDesc d = attention_desc(a, DType::kBFloat16);
+  d.q = qkv.at(a.q), d.k = qkv.at(a.k), d.v = qkv.at(a.v), d.out = out16.as<void>();
+  attention_forward_ex(d);
+  bf16_to_float(out16.as<void>(), a.out, n_out);
+}
+
+void attention_backward_bf16(const AttentionGradArgs& g) {
+  const AttentionArgs& a = g.fwd;
+  if (!bf16_attention_fits(a)) return attention_backward(g);
+  const int64_t span = strided_span(a.sq, a.batch, a.heads, a.seq_q, a.head_dim);
+  const int64_t n_out = a.batch * a.heads * a.seq_q * a.head_dim;
+  Bf16Range qkv(a.q, a.k, a.v, span, true), grads(g.dq, g.dk, g.dv, span, false);
+  Scratch out16(2 * (size_t)n_out), dout16(2 * (size_t)n_out);
+  float_to_bf16(a.out, out16.as<void>(), n_out);
+  float_to_bf16(g.dout, dout16.as<void>(), n_out);
+  AttentionGradDesc d;
+  d.fwd = attention_desc(a, DType::kBFloat16);
+  d.fwd.q = qkv.at(a.q), d.fwd.k = qkv.at(a.k), d.fwd.v = qkv.at(a.v);
+  d.fwd.out = out16.as<void>();
+  d.dout = dout16.as<void>();
+  d.dq = grads.at(g.dq), d.dk = grads.at(g.dk), d.dv = grads.at(g.dv);
+  attention_backward_ex(d);
+  grads.add_to(std::min({g.dq, g.dk, g.dv}));
+}
+
 Kernels make_table() {
   Kernels t{};
   t.name = "cuda";
@@ -107,6 +185,8 @@ const Kernels* kernel_table(GemmPrecision precision) {
     t.matmul = matmul_bf16;
     t.matmul_packed_size = bf16_packed_size;
     t.matmul_pack_b = bf16_pack_b;
+    t.attention_forward = attention_forward_bf16;
+    t.attention_backward = attention_backward_bf16;
     return t;
   }();
   switch (precision) {

@@ -76,8 +76,8 @@ class Transformer(LanguageModel):
         count of training micro-batches, so runs are reproducible, and a run
         resumed by ``fit`` continues as if it had not stopped. A setting, not
         architecture: kept in ``config.json``, assignable (``model.dropout =
-        0.1``); checkpoints without it load with 0. Attention dropout runs on
-        the CPU only.
+        0.1``); checkpoints without it load with 0. Every device drops the
+        same elements.
     device: ``"cpu"``. ``"cuda"`` raises ``RuntimeError`` (not available in this
         build); any other name ``ValueError``.
     tokenizer: an optional :class:`fastlm.tokenizers.Tokenizer` kept with the
