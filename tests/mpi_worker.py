@@ -119,6 +119,8 @@ def main() -> None:
         model = make("transformer")
         fail_on_rank1_at(model, 4, rest[0])
         model.fit(checkpoint_dir=os.path.join(out, "ckpt"), checkpoint_interval=2, **fit_args(2, 50))
+    elif scenario == "zero-on-rank1":  # ZeRO-1 asked for on one rank only: refused at the start
+        make("transformer").fit(**fit_args(2, 3), zero=int(dist.rank() == 1))
     elif scenario == "seeds":  # each rank a different seed: refused at the start
         make("transformer", seed=1 + dist.rank()).fit(**fit_args(2, 3))
     elif scenario == "bad-batch":  # a bad argument on every rank: reported once

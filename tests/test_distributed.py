@@ -402,6 +402,13 @@ def test_zero1_equals_data_parallel(tmp_path, n, kind, clip):
 
 
 @needs_mpi
+def test_zero1_on_one_rank_only_is_refused_once(tmp_path):
+    rc, out, secs = worker(2, "zero-on-rank1", tmp_path, timeout=60)
+    assert rc != 0 and secs < 30
+    assert out.count("the ranks disagree on settings") == 1 and "'zero': 1" in out, out
+
+
+@needs_mpi
 def test_zero1_blocks_on_three_ranks(tmp_path):
     rc, out, _ = worker(3, "blocks", tmp_path)
     assert rc == 0, out

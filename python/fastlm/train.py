@@ -298,6 +298,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         :func:`fastlm.mfu.peak_flops`) when tqdm imports.
     callback: ``callback(step, metrics)`` after every step, metrics being that
         step's history entry; returning ``False`` stops training.
+    zero: 1 shards the Adam(W) moments over the ranks of an MPI job, ZeRO-1
+        (:mod:`fastlm.zero`): each rank keeps and updates 1/N of them; the
+        result, the checkpoints and the model when fit returns are those
+        of the unsharded run (0, the default), up to float rounding.
 
     Under an MPI launcher (``mpirun -n N``), every rank runs ``fit`` with the
     same arguments and trains one model data-parallel: ``batch_size`` is per
@@ -306,10 +310,6 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     order of float sums (:mod:`fastlm.distributed`, docs/distributed.md).
     Rank 0 alone shows progress, calls ``callback`` (what it returns stops
     every rank) and writes checkpoints, which resume with any N.
-    zero: 1 shards the Adam(W) moments over the ranks, ZeRO-1
-        (:mod:`fastlm.zero`): each rank keeps and updates 1/N of them; the
-        result, the checkpoints and the model when fit returns are those
-        of the unsharded run (0, the default), up to float rounding.
 
     Returns the :class:`History` of the whole run (including the steps before
     a resume). Raises ``FloatingPointError`` if the loss becomes NaN or inf.
