@@ -21,7 +21,9 @@ Every element goes through the same float32 arithmetic as in the unsharded
 step, so the run equals plain data parallelism up to the order of the sums
 in the two reductions. The full moments exist only when gathered: onto rank
 0 for a checkpoint, and onto every rank when ``fit`` returns, so a checkpoint
-is that of an unsharded run, and either kind resumes the other.
+is that of an unsharded run, and either kind resumes the other. The reduced
+gradients exist only as ranges: the model's gradient buffer keeps the rank's
+own contribution.
 """
 from __future__ import annotations
 
