@@ -78,17 +78,12 @@ class Zero1:
         self.v = np.array(model._tensors.flat("adam_v")[self.lo:self.hi])
         self.grad = np.empty(self.hi - self.lo, np.float32)  # this rank's range of the reduced gradients
 
-    @property
-    def state_bytes(self) -> int:
-        """Bytes of optimizer state this rank holds (its range of both moments)."""
-        return self.m.nbytes + self.v.nbytes
-
     def reduce(self, loss: float) -> Tuple[float, float]:
         """Reduce-scatter the model's gradients into this rank's range; returns
         the loss averaged over the ranks and the global gradient norm."""
         w = self.world
         w.reduce_scatter(self.model._tensors.flat("grads"), self.grad, self.counts)
-        sums = np.array([loss, ops.sum_squares(self.grad) if self.grad.size else 0.0])
+        sums = np.array([loss, ops.sum_squares(self.grad)])
         w.all_reduce(sums, "sum")
         return float(sums[0] * (1.0 / w.size)), math.sqrt(sums[1])
 
