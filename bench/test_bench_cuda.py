@@ -98,7 +98,7 @@ def test_bench_gemm(benchmark, m, k, n, precision):
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     F = torch.nn.functional
 
-    # FASTLM_CUDA_GEMM=wgmma asks for the Hopper kernel (bf16, a@W^T): label its lines.
+    # FASTLM_CUDA_GEMM picks the bf16 GEMM kernel (gemm_sm90.cu): label the lines of a forced one.
     name = f"gemm {precision}" + (f"[{GEMM_PATH}]" if GEMM_PATH and precision == "bf16" else "")
     ours = gpu_seconds(lambda: ops.matmul(da, db, precision=prec))
     theirs = gpu_seconds(lambda: torch.matmul(a, b))

@@ -141,13 +141,14 @@ def _hopper_gemm_built() -> bool:
 
 
 @pytest.mark.skipif(not _hopper_gemm_built(), reason="needs an sm_90 GPU and a build with 90a code")
-def test_matmul_bfloat16_hopper_kernel():
-    """The bfloat16 tests again with the wgmma kernel asked for (FASTLM_CUDA_GEMM is read
-    once per process, hence a child pytest). Of their sizes, those with 16-byte-aligned
-    rows and op(b) = b^T run on it: edges in m, n and k, and more k tiles than stages."""
-    env = dict(os.environ, FASTLM_CUDA_GEMM="wgmma")
+@pytest.mark.parametrize("path", ["mma"])
+def test_matmul_bfloat16_gemm_path(path):
+    """The bfloat16 tests again with another GEMM kernel asked for (FASTLM_CUDA_GEMM is read
+    once per process, hence a child pytest): on this device the wgmma kernel is the default,
+    "mma" forces matmul.cu's."""
+    env = dict(os.environ, FASTLM_CUDA_GEMM=path)
     r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                        "-k", "test_matmul_bfloat16 and not hopper or test_small_matmul"],
+                        "-k", "test_matmul_bfloat16 and not gemm_path or test_small_matmul"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1]

@@ -17,15 +17,17 @@
 // epilogue writes only the elements inside c.
 //
 // Only the sm_90a build has a body; the host side uses it only on a device
-// of compute capability 9.0, with FASTLM_CUDA_GEMM=wgmma set, and returns
-// false otherwise so that matmul.cu's kernel runs. (Opt-in until it has been
-// checked on a GPU: see bench/README.md.)
+// of compute capability 9.0 and returns false otherwise, so that matmul.cu's
+// kernel runs. It is the default there (it passed the tests and memcheck on an
+// H200); FASTLM_CUDA_GEMM=mma forces matmul.cu's kernel, for comparison.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/common.cuh"
 
@@ -232,13 +234,25 @@ bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, in
                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// FASTLM_CUDA_GEMM, read once per process: unset or "wgmma" (this kernel
+// where it applies), or "mma" (matmul.cu's kernel always).
+bool wanted() {
+  static const bool want = [] {
+    const char* v = std::getenv("FASTLM_CUDA_GEMM");
+    if (!v || !*v || std::strcmp(v, "wgmma") == 0) return true;
+    if (std::strcmp(v, "mma") == 0) return false;
+    throw std::invalid_argument(std::string("FASTLM_CUDA_GEMM must be 'wgmma' or 'mma', got '") +
+                                v + "'");
+  }();
+  return want;
+}
+
 // This build has sm_90a code, the device is compute capability 9.0, and
-// FASTLM_CUDA_GEMM=wgmma asks for the kernel.
+// FASTLM_CUDA_GEMM does not turn the kernel off.
 bool usable() {
 #if defined(FASTLM_CUDA_SM90A) && FASTLM_CUDA_SM90A
+  if (!wanted()) return false;
   static const bool ok = [] {
-    const char* want = std::getenv("FASTLM_CUDA_GEMM");
-    if (!want || std::strcmp(want, "wgmma") != 0) return false;
     int dev = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
