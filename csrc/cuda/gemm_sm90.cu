@@ -1,7 +1,8 @@
 // bfloat16 GEMM for Hopper (sm_90a): wgmma fed by the bulk tensor copy engine.
 //
 // c (m, n) = a (m, k) @ b (n, k)^T [+ bias] [+ c], both operands K-major (the
-// Linear layer's x @ W^T), bfloat16 in and out, float32 accumulators.
+// Linear layer's x @ W^T), bfloat16 in, float32 accumulators, c and bias
+// bfloat16 or (c_float) float32: one kernel, the epilogue picks the type.
 //
 // One thread block computes a 128 x 128 tile of c with three warpgroups:
 //   warpgroup 0, the producer: one thread issues TMA loads of 128 x 64 tiles
@@ -41,10 +42,10 @@ constexpr int kTileBytesA = kBM * kBK * 2, kTileBytesB = kBN * kBK * 2;
 constexpr int kSmemBytes = kStages * (kTileBytesA + kTileBytesB) + 2 * kStages * 8 + 1024;
 
 struct Sm90Params {
-  bf16* c;
-  const bf16* bias;
+  void* c;           // bfloat16, or float32 with c_float
+  const void* bias;  // of c's type
   int64_t m, n, k, ldc;
-  bool accumulate;
+  bool accumulate, c_float;
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -122,6 +123,33 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
         "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b));
 }
+
+// c[r0 + 64 rows, n0 + 128 columns] = d (+ bias) (+ c), of type T, inside c.
+// Accumulator layout of wgmma m64nNk16 (per warp 16 rows, as mma.m16n8's C
+// fragment repeated over N / 8 column groups): d[4j + 2h + e] is row
+// 16 w + lane / 4 + 8 h, column 8 j + 2 (lane % 4) + e.
+template <typename T>
+__device__ __forceinline__ void store_tile(const float (&d)[64], const Sm90Params& p, int64_t r0,
+                                           int64_t n0, int tid) {
+  const int warp = tid / 32, lane = tid % 32;
+  const int64_t row0 = r0 + warp * 16 + lane / 4;
+  T* c = static_cast<T*>(p.c);
+  const T* bias = static_cast<const T*>(p.bias);
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t r = row0 + 8 * h, col = n0 + 8 * j + 2 * (lane % 4) + e;
+        if (r >= p.m || col >= p.n) continue;
+        float v = d[4 * j + 2 * h + e];
+        if (bias) v += to_f32(bias[col]);
+        T* out = c + r * p.ldc + col;
+        if (p.accumulate) v += to_f32(*out);
+        *out = from_f32<T>(v);
+      }
+}
 #endif
 
 __global__ void __launch_bounds__(kThreads, 1)
@@ -182,25 +210,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_arrive(&empty[s]);
   }
 
-  // Accumulator layout of wgmma m64nNk16 (per warp 16 rows, as mma.m16n8's C
-  // fragment repeated over N / 8 column groups): d[4j + 2h + e] is row
-  // 16 w + lane / 4 + 8 h, column 8 j + 2 (lane % 4) + e.
-  const int warp = tid / 32, lane = tid % 32;
-  const int64_t row0 = (int64_t)m0 + half * 64 + warp * 16 + lane / 4;
-#pragma unroll
-  for (int j = 0; j < kBN / 8; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t r = row0 + 8 * h, col = (int64_t)n0 + 8 * j + 2 * (lane % 4) + e;
-        if (r >= p.m || col >= p.n) continue;
-        float v = d[4 * j + 2 * h + e];
-        if (p.bias) v += __bfloat162float(p.bias[col]);
-        bf16* out = p.c + r * p.ldc + col;
-        if (p.accumulate) v += __bfloat162float(*out);
-        *out = __float2bfloat16_rn(v);
-      }
+  if (p.c_float)
+    store_tile<float>(d, p, m0 + half * 64, n0, tid);
+  else
+    store_tile<bf16>(d, p, m0 + half * 64, n0, tid);
 #else
   __trap();  // never launched: the host checks that this build has sm_90a code
 #endif
@@ -283,13 +296,14 @@ bool gemm_sm90(const GemmDesc& d) {
   static std::once_flag once;
   std::call_once(once, [] { allow_shared_bytes(gemm_sm90_kernel, kSmemBytes); });
   Sm90Params p;
-  p.c = static_cast<bf16*>(d.c);
-  p.bias = static_cast<const bf16*>(d.bias);
+  p.c = d.c;
+  p.bias = d.bias;
   p.m = d.m;
   p.n = d.n;
   p.k = d.k;
   p.ldc = d.ldc;
   p.accumulate = d.accumulate;
+  p.c_float = d.c_float;
   const dim3 grid((unsigned)cdiv(d.n, kBN), (unsigned)cdiv(d.m, kBM));
   gemm_sm90_kernel<<<grid, kThreads, kSmemBytes>>>(map_a, map_b, p);
   FASTLM_CHECK_LAUNCH("gemm_sm90_kernel");
