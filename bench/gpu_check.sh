@@ -118,6 +118,9 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if wants tests; then
   run_stage tests 150 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
     tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py
+  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next, every layout): the matmul tests on it.
+  run_stage tests-wgmma-next 90 "$LOGS/tests.log" env FASTLM_CUDA_GEMM=wgmma-next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py -k "matmul and not gemm_path"
 fi
 
 if wants sanitizers; then
@@ -127,6 +130,9 @@ if wants sanitizers; then
       compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
   done
+  run_stage memcheck-wgmma-next 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    FASTLM_CUDA_GEMM=wgmma-next compute-sanitizer --tool memcheck --error-exitcode 3 \
+    --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
 fi
 
 if wants bench; then
@@ -135,6 +141,8 @@ if wants bench; then
   run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable "${BENCH_FILES[@]}"
   # The bf16 GEMM lines again on matmul.cu's kernel (the Hopper one is the default), labelled [mma].
   run_stage bench-mma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=mma \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
+  run_stage bench-wgmma-next 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma-next \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
 fi
 

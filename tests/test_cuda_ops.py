@@ -145,7 +145,8 @@ def _hopper_gemm_built() -> bool:
 def test_matmul_bfloat16_gemm_path(path):
     """The bfloat16 tests again with another GEMM kernel asked for (FASTLM_CUDA_GEMM is read
     once per process, hence a child pytest): on this device the wgmma kernel is the default,
-    "mma" forces matmul.cu's."""
+    "mma" forces matmul.cu's. The opt-in "wgmma-next" kernel is tested by running this file
+    with FASTLM_CUDA_GEMM=wgmma-next -k matmul (bench/gpu_check.sh's tests-wgmma-next)."""
     env = dict(os.environ, FASTLM_CUDA_GEMM=path)
     r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
                         "-k", "test_matmul_bfloat16 and not gemm_path or test_small_matmul"],
@@ -207,6 +208,21 @@ def strided_gemm(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout):
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("layout", ["tight", "padded", "misaligned"])
 def test_matmul_bfloat16_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout):
+    check_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout)
+
+
+@gpu_only
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_matmul_bfloat16_many_tiles(rng, trans_a, trans_b, accumulate):
+    """More tiles (9 x 16) than an H200 has SMs, so a persistent kernel's blocks take two, and
+    more k blocks (9) than stages; every row 16-byte aligned, so the TMA kernels answer."""
+    check_strided(rng, 1096, 2000, 520, trans_a, trans_b, "float32", accumulate, "tight")
+    check_strided(rng, 1096, 2000, 520, trans_a, trans_b, "bfloat16", accumulate, "padded")
+
+
+def check_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout):
     got, ref, scale = strided_gemm(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout)
     # Exact bfloat16 products summed in float32 (any order: at most (k + 2) roundings of
     # 2^-24 relative to the sum of magnitudes, doubled for safety), then, for a bfloat16 c,

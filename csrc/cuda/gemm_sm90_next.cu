@@ -1,0 +1,208 @@
+// The next Hopper bfloat16 GEMM (opt-in: FASTLM_CUDA_GEMM=wgmma-next), every
+// layout a training step needs:
+//   c (m, n) = op(a) @ op(b) [+ bias] [+ c], op(a) (m, k), op(b) (k, n),
+// where an operand whose rows run along k (a (m, k), b^T as W (n, k)) is
+// K-major and one whose rows run along m or n (a^T given as (k, m), b given as
+// (k, n)) is MN-major: wgmma reads the latter with its transpose bit, from
+// 64-wide TMA boxes (see smem_desc_mn in gemm_sm90.cuh).
+//
+// It keeps gemm_sm90.cu's block (a producer warpgroup, two consumer
+// warpgroups of 64 rows each over a 128 x 128 tile, a ring of TMA stages
+// with full/empty mbarriers) and changes what that kernel leaves on the table:
+//   - one wgmma group stays in flight: a consumer issues stage kt's wgmmas,
+//     then waits until only those are pending (wait_group 1) and releases
+//     stage kt - 1, instead of draining the tensor cores every k-block;
+//   - a persistent grid (one block per SM) walks the tiles, so the producer
+//     loads the next tile's first stages while the consumers store this one,
+//     and no block pays for starting up more than once;
+//   - tiles go in groups of kGroupM tile rows, column by column within a
+//     group, so the blocks running at once share their a rows and b columns in L2;
+//   - the epilogue stores column pairs (store_tile_pairs) where c allows it.
+#include <mutex>
+
+#include "cuda/gemm_sm90.cuh"
+
+namespace fastlm {
+namespace cuda {
+
+namespace {
+
+using namespace sm90;
+
+constexpr int kStages = 6, kThreads = 384, kGroupM = 8;
+constexpr int kSmemBytes = kStages * (kTileBytesA + kTileBytesB) + 2 * kStages * 8 + 1024;
+
+// The origin of tile t: groups of kGroupM tile rows, within a group column
+// after column (the last group may have fewer rows).
+__device__ __forceinline__ void tile_origin(int t, int tiles_m, int tiles_n, int* m0, int* n0) {
+  const int per_group = kGroupM * tiles_n;
+  const int first = t / per_group * kGroupM;
+  const int rows = min(tiles_m - first, kGroupM);
+  const int r = t % per_group;
+  *m0 = (first + r % rows) * kBM;
+  *n0 = r / rows * kBN;
+}
+
+#ifdef FASTLM_SM90A_DEVICE
+// One operand's kBK-deep slice of a tile (128 rows of M or N) into a stage:
+// a K-major operand is one 128-row box; an MN-major one two 64-wide boxes
+// (the swizzle spans 128 bytes), kMnBoxBytes apart.
+template <bool kMn>
+__device__ __forceinline__ void load_slice(uint8_t* dst, const CUtensorMap* map, int k0, int mn0,
+                                           uint64_t* bar) {
+  if constexpr (kMn) {
+    tma_load(dst, map, mn0, k0, bar);
+    tma_load(dst + kMnBoxBytes, map, mn0 + 64, k0, bar);
+  } else {
+    tma_load(dst, map, k0, mn0, bar);
+  }
+}
+
+// Descriptor of the slice's k step kk (16 elements): 32 bytes along a K-major
+// row, or 16 of the 128-byte k-rows of an MN-major box.
+template <bool kMn>
+__device__ __forceinline__ uint64_t slice_desc(const uint8_t* tile, int kk) {
+  return kMn ? smem_desc_mn(tile + kk * 16 * 128) : smem_desc(tile + kk * 32);
+}
+#endif
+
+template <bool kMnA, bool kMnB>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemm_sm90_next_kernel(const __grid_constant__ CUtensorMap map_a,
+                          const __grid_constant__ CUtensorMap map_b, Sm90Params p, int tiles_m,
+                          int tiles_n) {
+#ifdef FASTLM_SM90A_DEVICE
+  extern __shared__ uint8_t smem_raw[];
+  // The 128-byte swizzle repeats every 1024 bytes: stages start on that grid.
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* tiles_a = smem;
+  uint8_t* tiles_b = smem + kStages * kTileBytesA;
+  uint64_t* full = reinterpret_cast<uint64_t*>(tiles_b + kStages * kTileBytesB);
+  uint64_t* empty = full + kStages;
+
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+  const int ntiles = tiles_m * tiles_n;
+  const int nk = (int)((p.k + kBK - 1) / kBK);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 2 * 128);  // every consumer thread releases the stage
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::
+                     : "memory");
+  }
+  __syncthreads();
+
+  // `it` counts k-blocks over all of this block's tiles: the ring's stage and
+  // the barriers' phase run on across tiles.
+  if (wg == 0) {
+    if (tid == 0) {
+      uint32_t it = 0;
+      for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+        int m0, n0;
+        tile_origin(t, tiles_m, tiles_n, &m0, &n0);
+        for (int kt = 0; kt < nk; ++kt, ++it) {
+          const int s = it % kStages;
+          if (it >= kStages) mbar_wait(&empty[s], ((it / kStages) + 1) & 1);
+          mbar_expect_tx(&full[s], kTileBytesA + kTileBytesB);
+          load_slice<kMnA>(tiles_a + s * kTileBytesA, &map_a, kt * kBK, m0, &full[s]);
+          load_slice<kMnB>(tiles_b + s * kTileBytesB, &map_b, kt * kBK, n0, &full[s]);
+        }
+      }
+    }
+    return;
+  }
+
+  const int half = wg - 1;  // which 64 rows of the tile this warpgroup owns
+  uint32_t it = 0;
+  for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+    int m0, n0;
+    tile_origin(t, tiles_m, tiles_n, &m0, &n0);
+    float d[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) d[i] = 0.f;
+    for (int kt = 0; kt < nk; ++kt, ++it) {
+      const int s = it % kStages;
+      mbar_wait(&full[s], (it / kStages) & 1);
+      // This warpgroup's 64 rows: the second half of a K-major A tile, or the
+      // second box of an MN-major one; both start 8 KB in.
+      const uint8_t* a = tiles_a + s * kTileBytesA + half * kMnBoxBytes;
+      const uint8_t* b = tiles_b + s * kTileBytesB;
+      asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk)
+        wgmma_m64n128k16<kMnA, kMnB>(d, slice_desc<kMnA>(a, kk), slice_desc<kMnB>(b, kk));
+      asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+      // Stage kt's wgmmas stay in flight; kt - 1's are done, so its stage is free.
+      asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+      if (kt > 0) mbar_arrive(&empty[(it + kStages - 1) % kStages]);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    mbar_arrive(&empty[(it + kStages - 1) % kStages]);
+
+    const int64_t r0 = (int64_t)m0 + half * 64;
+    if (p.c_float)
+      p.pairs ? store_tile_pairs<float>(d, p, r0, n0, tid) : store_tile<float>(d, p, r0, n0, tid);
+    else
+      p.pairs ? store_tile_pairs<bf16>(d, p, r0, n0, tid) : store_tile<bf16>(d, p, r0, n0, tid);
+  }
+#else
+  __trap();  // never launched: the host checks that this build has sm_90a code
+#endif
+}
+
+template <bool kMnA, bool kMnB>
+void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90Params& p, int tiles_m,
+            int tiles_n, int blocks) {
+  static std::once_flag once;
+  std::call_once(once,
+                 [] { allow_shared_bytes(gemm_sm90_next_kernel<kMnA, kMnB>, kSmemBytes); });
+  gemm_sm90_next_kernel<kMnA, kMnB><<<blocks, kThreads, kSmemBytes>>>(map_a, map_b, p, tiles_m,
+                                                                        tiles_n);
+  FASTLM_CHECK_LAUNCH("gemm_sm90_next_kernel");
+}
+
+}  // namespace
+
+namespace sm90 {
+
+bool gemm_sm90_next(const GemmDesc& d) {
+  const int64_t tiles_m = cdiv(d.m, kBM), tiles_n = cdiv(d.n, kBN);
+  if (tiles_m * tiles_n > INT32_MAX) return false;
+  // a^T arrives as a (k, m) matrix, b (not b^T) as (k, n): those are MN-major.
+  const bool mn_a = d.trans_a, mn_b = !d.trans_b;
+  CUtensorMap map_a, map_b;
+  const bool mapped = (mn_a ? make_map(&map_a, d.a, d.k, d.m, d.lda, kBK)
+                            : make_map(&map_a, d.a, d.m, d.k, d.lda, kBM)) &&
+                      (mn_b ? make_map(&map_b, d.b, d.k, d.n, d.ldb, kBK)
+                            : make_map(&map_b, d.b, d.n, d.k, d.ldb, kBN));
+  if (!mapped) return false;
+  Sm90Params p;
+  p.c = d.c;
+  p.bias = d.bias;
+  p.m = d.m;
+  p.n = d.n;
+  p.k = d.k;
+  p.ldc = d.ldc;
+  p.accumulate = d.accumulate;
+  p.c_float = d.c_float;
+  const size_t pair_bytes = d.c_float ? 8 : 4;
+  p.pairs = d.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(d.c) % pair_bytes == 0;
+  static const int sms = multiprocessor_count();
+  const int ntiles = (int)(tiles_m * tiles_n), blocks = ntiles < sms ? ntiles : sms;
+  if (mn_a && mn_b)
+    launch<true, true>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  else if (mn_a)
+    launch<true, false>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  else if (mn_b)
+    launch<false, true>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  else
+    launch<false, false>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  return true;
+}
+
+}  // namespace sm90
+
+}  // namespace cuda
+}  // namespace fastlm
