@@ -143,7 +143,7 @@ if wants bench; then
   run_stage bench-mma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=mma \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
   run_stage bench-wgmma-next 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma-next \
-    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and (bf16 or tf32)"
 fi
 
 if [ "$DRY" = 0 ]; then

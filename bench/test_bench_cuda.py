@@ -99,8 +99,8 @@ def test_bench_gemm(benchmark, m, k, n, precision):
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     F = torch.nn.functional
 
-    # FASTLM_CUDA_GEMM picks the bf16 GEMM kernel (gemm_sm90.cu): label the lines of a forced one.
-    name = f"gemm {precision}" + (f"[{GEMM_PATH}]" if GEMM_PATH and precision == "bf16" else "")
+    # FASTLM_CUDA_GEMM picks the tensor-core GEMM kernel (gemm_sm90*.cu): label a forced one's lines.
+    name = f"gemm {precision}" + (f"[{GEMM_PATH}]" if GEMM_PATH and precision != "fp32" else "")
     ours = gpu_seconds(lambda: ops.matmul(da, db, precision=prec))
     theirs = gpu_seconds(lambda: torch.matmul(a, b))
     ratio = line(f"{name} a@b", f"{m}x{k}x{n}", 2.0 * m * n * k, "TFLOP/s", ours,

@@ -102,7 +102,7 @@ def test_matmul_float32(rng, m, n, k, trans_a, trans_b):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 3), (127, 31, 1000), (130, 260, 68),
-                                   (256, 256, 256), (64, 64, 0)])
+                                   (256, 256, 256), (64, 64, 0), (1096, 2000, 520)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_matmul_tf32(rng, m, n, k, trans_a, trans_b):

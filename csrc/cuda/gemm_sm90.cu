@@ -161,12 +161,14 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int64_t ld,
-              int box_rows) {
+              int box_rows, int elem_bytes) {
   const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
-  const cuuint64_t strides[1] = {(cuuint64_t)ld * 2};
-  const cuuint32_t box[2] = {kBK, (cuuint32_t)box_rows};
+  const cuuint64_t strides[1] = {(cuuint64_t)(ld * elem_bytes)};
+  const cuuint32_t box[2] = {(cuuint32_t)(kBK * 2 / elem_bytes), (cuuint32_t)box_rows};
   const cuuint32_t elem_strides[2] = {1, 1};
-  return encode_fn()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims,
+  const CUtensorMapDataType type =
+      elem_bytes == 4 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  return encode_fn()(map, type, 2, const_cast<void*>(base), dims,
                      strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
@@ -175,11 +177,12 @@ bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, in
 }  // namespace sm90
 
 bool gemm_sm90(const GemmDesc& d) {
-  if (d.precision != GemmPrecision::kBF16 || d.k < 1 || !tma_operands_ok(d)) return false;
+  if (d.precision == GemmPrecision::kExact || d.k < 1 || !tma_operands_ok(d)) return false;
   const GemmPath path = gemm_path();
   if (path == GemmPath::kMma || !usable()) return false;
   if (path == GemmPath::kWgmmaNext && gemm_sm90_next(d)) return true;
-  if (d.trans_a || !d.trans_b || cdiv(d.m, kBM) > 65535) return false;
+  if (d.precision != GemmPrecision::kBF16 || d.trans_a || !d.trans_b || cdiv(d.m, kBM) > 65535)
+    return false;
   CUtensorMap map_a, map_b;
   if (!make_map(&map_a, d.a, d.m, d.k, d.lda, kBM) || !make_map(&map_b, d.b, d.n, d.k, d.ldb, kBN))
     return false;

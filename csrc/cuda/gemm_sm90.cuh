@@ -91,30 +91,47 @@ __device__ __forceinline__ uint64_t smem_desc_mn(const void* p) {
          (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// The 64 accumulators of an m64n128 wgmma, as asm operands %0..%63.
+#define FASTLM_WGMMA_D_REGS                                                               \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "               \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "      \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "      \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+#define FASTLM_WGMMA_D_OPERANDS(d)                                                        \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),     \
+      "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),          \
+      "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),       \
+      "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),       \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),       \
+      "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),       \
+      "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),       \
+      "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),       \
+      "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),       \
+      "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]),       \
+      "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
 // d (64 x 128 per warpgroup, 64 floats per thread) += a-tile @ b-tile^T, k = 16;
 // kTransA / kTransB: the operand's tile is MN-major (see smem_desc_mn).
 template <int kTransA = 0, int kTransB = 0>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"  // scale-d = true: d += a b
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FASTLM_WGMMA_D_REGS
       "%64, %65, p, 1, 1, %66, %67;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-        "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
-        "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
-        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
-        "+f"(d[62]), "+f"(d[63])
+      : FASTLM_WGMMA_D_OPERANDS(d)
       : "l"(desc_a), "l"(desc_b), "n"(kTransA), "n"(kTransB));
+}
+
+// The same for float32 operands read as TF32 (the low 13 mantissa bits
+// ignored), k = 8; TF32 has no transpose: both tiles K-major.
+__device__ __forceinline__ void wgmma_m64n128k8_tf32(float (&d)[64], uint64_t desc_a,
+                                                     uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " FASTLM_WGMMA_D_REGS
+      "%64, %65, p, 1, 1;\n}\n"
+      : FASTLM_WGMMA_D_OPERANDS(d)
+      : "l"(desc_a), "l"(desc_b));
 }
 
 // c[r0 + 64 rows, n0 + 128 columns] = d (+ bias) (+ c), of type T, inside c.
@@ -199,19 +216,21 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn();
 
 // A (rows, cols) row-major bfloat16 matrix with row stride ld, read in
 // kBK-wide boxes of box_rows rows with the 128-byte swizzle.
+// elem_bytes 4: float32 elements, 128 bytes (32 of them) per box row.
 bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int64_t ld,
-              int box_rows);
+              int box_rows, int elem_bytes = 2);
 
 // Whether TMA can read the operands: 16-byte aligned bases and row strides,
 // sizes whose tile coordinates fit in int32.
 inline bool tma_operands_ok(const GemmDesc& d) {
-  return aligned16(d.a) && aligned16(d.b) && (d.lda * 2) % 16 == 0 && (d.ldb * 2) % 16 == 0 &&
+  const int64_t es = d.precision == GemmPrecision::kBF16 ? 2 : 4;
+  return aligned16(d.a) && aligned16(d.b) && (d.lda * es) % 16 == 0 && (d.ldb * es) % 16 == 0 &&
          d.m <= INT32_MAX - kBM && d.n <= INT32_MAX - kBN && d.k <= INT32_MAX - kBK;
 }
 
-// gemm_sm90_next.cu: the opt-in kernel (FASTLM_CUDA_GEMM=wgmma-next), every
-// layout; false when it does not take the call. The caller has checked the
-// precision, k >= 1, the device and tma_operands_ok.
+// gemm_sm90_next.cu: the opt-in kernel (FASTLM_CUDA_GEMM=wgmma-next): bfloat16
+// in every layout, TF32 for a @ b^T; false when it does not take the call. The
+// caller has checked k >= 1, the device and tma_operands_ok.
 bool gemm_sm90_next(const GemmDesc& d);
 
 }  // namespace sm90

@@ -1,5 +1,6 @@
-// The next Hopper bfloat16 GEMM (opt-in: FASTLM_CUDA_GEMM=wgmma-next), every
-// layout a training step needs:
+// The next Hopper GEMM (opt-in: FASTLM_CUDA_GEMM=wgmma-next): bfloat16 in
+// every layout a training step needs, and TF32 (float32 operands) for
+// a @ b^T, the one layout TF32 wgmma reads (it has no transpose bits):
 //   c (m, n) = op(a) @ op(b) [+ bias] [+ c], op(a) (m, k), op(b) (k, n),
 // where an operand whose rows run along k (a (m, k), b^T as W (n, k)) is
 // K-major and one whose rows run along m or n (a^T given as (k, m), b given as
@@ -18,7 +19,10 @@
 //   - tiles go in groups of kGroupM tile rows, column by column within a
 //     group, so the blocks running at once share their a rows and b columns in L2;
 //   - the epilogue stores column pairs (store_tile_pairs) where c allows it.
+// A stage holds 128 bytes of k per row either way (64 bfloat16 or 32 float32
+// elements), so tiles, swizzle and descriptors are the same for both types.
 #include <mutex>
+#include <type_traits>
 
 #include "cuda/gemm_sm90.cuh"
 
@@ -58,15 +62,16 @@ __device__ __forceinline__ void load_slice(uint8_t* dst, const CUtensorMap* map,
   }
 }
 
-// Descriptor of the slice's k step kk (16 elements): 32 bytes along a K-major
-// row, or 16 of the 128-byte k-rows of an MN-major box.
+// Descriptor of the slice's k step kk (32 bytes of k): 32 bytes along a
+// K-major row, or 16 of the 128-byte k-rows of an MN-major (bfloat16) box.
 template <bool kMn>
 __device__ __forceinline__ uint64_t slice_desc(const uint8_t* tile, int kk) {
   return kMn ? smem_desc_mn(tile + kk * 16 * 128) : smem_desc(tile + kk * 32);
 }
 #endif
 
-template <bool kMnA, bool kMnB>
+// T: bf16, or float for TF32 (then kMnA = kMnB = false).
+template <typename T, bool kMnA, bool kMnB>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90_next_kernel(const __grid_constant__ CUtensorMap map_a,
                           const __grid_constant__ CUtensorMap map_b, Sm90Params p, int tiles_m,
@@ -83,7 +88,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   const int ntiles = tiles_m * tiles_n;
-  const int nk = (int)((p.k + kBK - 1) / kBK);
+  constexpr int kSlice = 128 / sizeof(T);  // k elements per stage
+  const int nk = (int)((p.k + kSlice - 1) / kSlice);
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);
@@ -106,8 +112,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int s = it % kStages;
           if (it >= kStages) mbar_wait(&empty[s], ((it / kStages) + 1) & 1);
           mbar_expect_tx(&full[s], kTileBytesA + kTileBytesB);
-          load_slice<kMnA>(tiles_a + s * kTileBytesA, &map_a, kt * kBK, m0, &full[s]);
-          load_slice<kMnB>(tiles_b + s * kTileBytesB, &map_b, kt * kBK, n0, &full[s]);
+          load_slice<kMnA>(tiles_a + s * kTileBytesA, &map_a, kt * kSlice, m0, &full[s]);
+          load_slice<kMnB>(tiles_b + s * kTileBytesB, &map_b, kt * kSlice, n0, &full[s]);
         }
       }
     }
@@ -131,8 +137,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint8_t* b = tiles_b + s * kTileBytesB;
       asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk)
-        wgmma_m64n128k16<kMnA, kMnB>(d, slice_desc<kMnA>(a, kk), slice_desc<kMnB>(b, kk));
+      for (int kk = 0; kk < 4; ++kk) {  // 32 bytes of k each: 16 bfloat16 or 8 TF32
+        if constexpr (std::is_same<T, float>::value)
+          wgmma_m64n128k8_tf32(d, slice_desc<false>(a, kk), slice_desc<false>(b, kk));
+        else
+          wgmma_m64n128k16<kMnA, kMnB>(d, slice_desc<kMnA>(a, kk), slice_desc<kMnB>(b, kk));
+      }
       asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
       // Stage kt's wgmmas stay in flight; kt - 1's are done, so its stage is free.
       asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
@@ -152,14 +162,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-template <bool kMnA, bool kMnB>
+template <typename T, bool kMnA, bool kMnB>
 void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90Params& p, int tiles_m,
             int tiles_n, int blocks) {
   static std::once_flag once;
   std::call_once(once,
-                 [] { allow_shared_bytes(gemm_sm90_next_kernel<kMnA, kMnB>, kSmemBytes); });
-  gemm_sm90_next_kernel<kMnA, kMnB><<<blocks, kThreads, kSmemBytes>>>(map_a, map_b, p, tiles_m,
-                                                                        tiles_n);
+                 [] { allow_shared_bytes(gemm_sm90_next_kernel<T, kMnA, kMnB>, kSmemBytes); });
+  gemm_sm90_next_kernel<T, kMnA, kMnB><<<blocks, kThreads, kSmemBytes>>>(map_a, map_b, p,
+                                                                           tiles_m, tiles_n);
   FASTLM_CHECK_LAUNCH("gemm_sm90_next_kernel");
 }
 
@@ -172,11 +182,14 @@ bool gemm_sm90_next(const GemmDesc& d) {
   if (tiles_m * tiles_n > INT32_MAX) return false;
   // a^T arrives as a (k, m) matrix, b (not b^T) as (k, n): those are MN-major.
   const bool mn_a = d.trans_a, mn_b = !d.trans_b;
+  const bool tf32 = d.precision == GemmPrecision::kTF32;
+  if (tf32 && (mn_a || mn_b)) return false;
+  const int es = tf32 ? 4 : 2;
   CUtensorMap map_a, map_b;
   const bool mapped = (mn_a ? make_map(&map_a, d.a, d.k, d.m, d.lda, kBK)
-                            : make_map(&map_a, d.a, d.m, d.k, d.lda, kBM)) &&
+                            : make_map(&map_a, d.a, d.m, d.k, d.lda, kBM, es)) &&
                       (mn_b ? make_map(&map_b, d.b, d.k, d.n, d.ldb, kBK)
-                            : make_map(&map_b, d.b, d.n, d.k, d.ldb, kBN));
+                            : make_map(&map_b, d.b, d.n, d.k, d.ldb, kBN, es));
   if (!mapped) return false;
   Sm90Params p;
   p.c = d.c;
@@ -186,19 +199,22 @@ bool gemm_sm90_next(const GemmDesc& d) {
   p.k = d.k;
   p.ldc = d.ldc;
   p.accumulate = d.accumulate;
-  p.c_float = d.c_float;
-  const size_t pair_bytes = d.c_float ? 8 : 4;
+  p.c_float = d.c_float || tf32;  // TF32's c is float32 too
+  const size_t pair_bytes = p.c_float ? 8 : 4;
   p.pairs = d.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(d.c) % pair_bytes == 0;
   static const int sms = multiprocessor_count();
   const int ntiles = (int)(tiles_m * tiles_n), blocks = ntiles < sms ? ntiles : sms;
-  if (mn_a && mn_b)
-    launch<true, true>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  const int tm = (int)tiles_m, tn = (int)tiles_n;
+  if (tf32)
+    launch<float, false, false>(map_a, map_b, p, tm, tn, blocks);
+  else if (mn_a && mn_b)
+    launch<bf16, true, true>(map_a, map_b, p, tm, tn, blocks);
   else if (mn_a)
-    launch<true, false>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+    launch<bf16, true, false>(map_a, map_b, p, tm, tn, blocks);
   else if (mn_b)
-    launch<false, true>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+    launch<bf16, false, true>(map_a, map_b, p, tm, tn, blocks);
   else
-    launch<false, false>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+    launch<bf16, false, false>(map_a, map_b, p, tm, tn, blocks);
   return true;
 }
 
