@@ -33,30 +33,40 @@ namespace {
 
 using namespace sm90;
 
-constexpr int kStages = 6, kThreads = 384, kGroupM = 8;
-constexpr int kSmemBytes = kStages * (kTileBytesA + kTileBytesB) + 2 * kStages * 8 + 1024;
+constexpr int kThreads = 384, kGroupM = 8;
 
-// The origin of tile t: groups of kGroupM tile rows, within a group column
-// after column (the last group may have fewer rows).
+// A block's shared memory with tiles kBM x kN: 192 KB of stages (6 of 32 KB for
+// kN = 128, 4 of 48 KB for 256), the barriers, 1 KB to align.
+template <int kN>
+struct Ring {
+  static constexpr int kTileBytesB = kN * kBK * 2;
+  static constexpr int kStages = 192 * 1024 / (kTileBytesA + kTileBytesB);
+  static constexpr int kSmemBytes = kStages * (kTileBytesA + kTileBytesB) + 2 * kStages * 8 + 1024;
+};
+
+// The origin of tile t (kBM x kN): groups of kGroupM tile rows, within a group
+// column after column (the last group may have fewer rows).
+template <int kN>
 __device__ __forceinline__ void tile_origin(int t, int tiles_m, int tiles_n, int* m0, int* n0) {
   const int per_group = kGroupM * tiles_n;
   const int first = t / per_group * kGroupM;
   const int rows = min(tiles_m - first, kGroupM);
   const int r = t % per_group;
   *m0 = (first + r % rows) * kBM;
-  *n0 = r / rows * kBN;
+  *n0 = r / rows * kN;
 }
 
 #ifdef FASTLM_SM90A_DEVICE
-// One operand's kBK-deep slice of a tile (128 rows of M or N) into a stage:
-// a K-major operand is one 128-row box; an MN-major one two 64-wide boxes
-// (the swizzle spans 128 bytes), kMnBoxBytes apart.
-template <bool kMn>
+// One operand's 128-byte-deep slice of a tile (kRows rows of M or N) into a
+// stage: a K-major operand is one kRows-row box; an MN-major one kRows / 64
+// boxes 64 wide (the swizzle spans 128 bytes), kMnBoxBytes apart.
+template <bool kMn, int kRows>
 __device__ __forceinline__ void load_slice(uint8_t* dst, const CUtensorMap* map, int k0, int mn0,
                                            uint64_t* bar) {
   if constexpr (kMn) {
-    tma_load(dst, map, mn0, k0, bar);
-    tma_load(dst + kMnBoxBytes, map, mn0 + 64, k0, bar);
+#pragma unroll
+    for (int j = 0; j < kRows / 64; ++j)
+      tma_load(dst + j * kMnBoxBytes, map, mn0 + 64 * j, k0, bar);
   } else {
     tma_load(dst, map, k0, mn0, bar);
   }
@@ -70,13 +80,16 @@ __device__ __forceinline__ uint64_t slice_desc(const uint8_t* tile, int kk) {
 }
 #endif
 
-// T: bf16, or float for TF32 (then kMnA = kMnB = false).
-template <typename T, bool kMnA, bool kMnB>
+// T: bf16, or float for TF32 (then kMnA = kMnB = false); kN: the tile's
+// columns, 128 or 256 (each consumer then runs two m64n128 accumulators).
+template <typename T, bool kMnA, bool kMnB, int kN>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90_next_kernel(const __grid_constant__ CUtensorMap map_a,
                           const __grid_constant__ CUtensorMap map_b, Sm90Params p, int tiles_m,
                           int tiles_n) {
 #ifdef FASTLM_SM90A_DEVICE
+  constexpr int kStages = Ring<kN>::kStages, kTileBytesB = Ring<kN>::kTileBytesB;
+  constexpr int kHalves = kN / 128;  // m64n128 accumulators per consumer
   extern __shared__ uint8_t smem_raw[];
   // The 128-byte swizzle repeats every 1024 bytes: stages start on that grid.
   uint8_t* smem = reinterpret_cast<uint8_t*>(
@@ -107,13 +120,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint32_t it = 0;
       for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
         int m0, n0;
-        tile_origin(t, tiles_m, tiles_n, &m0, &n0);
+        tile_origin<kN>(t, tiles_m, tiles_n, &m0, &n0);
         for (int kt = 0; kt < nk; ++kt, ++it) {
           const int s = it % kStages;
           if (it >= kStages) mbar_wait(&empty[s], ((it / kStages) + 1) & 1);
           mbar_expect_tx(&full[s], kTileBytesA + kTileBytesB);
-          load_slice<kMnA>(tiles_a + s * kTileBytesA, &map_a, kt * kSlice, m0, &full[s]);
-          load_slice<kMnB>(tiles_b + s * kTileBytesB, &map_b, kt * kSlice, n0, &full[s]);
+          load_slice<kMnA, kBM>(tiles_a + s * kTileBytesA, &map_a, kt * kSlice, m0, &full[s]);
+          load_slice<kMnB, kN>(tiles_b + s * kTileBytesB, &map_b, kt * kSlice, n0, &full[s]);
         }
       }
     }
@@ -124,10 +137,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t it = 0;
   for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
     int m0, n0;
-    tile_origin(t, tiles_m, tiles_n, &m0, &n0);
-    float d[64];
+    tile_origin<kN>(t, tiles_m, tiles_n, &m0, &n0);
+    float d[kHalves][64];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) d[i] = 0.f;
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int i = 0; i < 64; ++i) d[h][i] = 0.f;
     for (int kt = 0; kt < nk; ++kt, ++it) {
       const int s = it % kStages;
       mbar_wait(&full[s], (it / kStages) & 1);
@@ -137,12 +152,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint8_t* b = tiles_b + s * kTileBytesB;
       asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {  // 32 bytes of k each: 16 bfloat16 or 8 TF32
-        if constexpr (std::is_same<T, float>::value)
-          wgmma_m64n128k8_tf32(d, slice_desc<false>(a, kk), slice_desc<false>(b, kk));
-        else
-          wgmma_m64n128k16<kMnA, kMnB>(d, slice_desc<kMnA>(a, kk), slice_desc<kMnB>(b, kk));
-      }
+      for (int kk = 0; kk < 4; ++kk)  // 32 bytes of k each: 16 bfloat16 or 8 TF32
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          // Columns 128 h..: 128 rows of a K-major tile or two boxes of an
+          // MN-major one further in, 16 KB either way.
+          const uint8_t* bh = b + h * 128 * 128;
+          if constexpr (std::is_same<T, float>::value)
+            wgmma_m64n128k8_tf32(d[h], slice_desc<false>(a, kk), slice_desc<false>(bh, kk));
+          else
+            wgmma_m64n128k16<kMnA, kMnB>(d[h], slice_desc<kMnA>(a, kk), slice_desc<kMnB>(bh, kk));
+        }
       asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
       // Stage kt's wgmmas stay in flight; kt - 1's are done, so its stage is free.
       asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
@@ -152,25 +172,61 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_arrive(&empty[(it + kStages - 1) % kStages]);
 
     const int64_t r0 = (int64_t)m0 + half * 64;
-    if (p.c_float)
-      p.pairs ? store_tile_pairs<float>(d, p, r0, n0, tid) : store_tile<float>(d, p, r0, n0, tid);
-    else
-      p.pairs ? store_tile_pairs<bf16>(d, p, r0, n0, tid) : store_tile<bf16>(d, p, r0, n0, tid);
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h) {
+      const int64_t c0 = (int64_t)n0 + 128 * h;
+      if (p.c_float)
+        p.pairs ? store_tile_pairs<float>(d[h], p, r0, c0, tid)
+                : store_tile<float>(d[h], p, r0, c0, tid);
+      else
+        p.pairs ? store_tile_pairs<bf16>(d[h], p, r0, c0, tid)
+                : store_tile<bf16>(d[h], p, r0, c0, tid);
+    }
   }
 #else
   __trap();  // never launched: the host checks that this build has sm_90a code
 #endif
 }
 
-template <typename T, bool kMnA, bool kMnB>
-void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90Params& p, int tiles_m,
-            int tiles_n, int blocks) {
+template <typename T, bool kMnA, bool kMnB, int kN>
+void launch_tiles(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90Params& p,
+                  int tiles_m, int tiles_n, int blocks) {
+  constexpr int kSmemBytes = Ring<kN>::kSmemBytes;
   static std::once_flag once;
-  std::call_once(once,
-                 [] { allow_shared_bytes(gemm_sm90_next_kernel<T, kMnA, kMnB>, kSmemBytes); });
-  gemm_sm90_next_kernel<T, kMnA, kMnB><<<blocks, kThreads, kSmemBytes>>>(map_a, map_b, p,
-                                                                           tiles_m, tiles_n);
+  std::call_once(
+      once, [] { allow_shared_bytes(gemm_sm90_next_kernel<T, kMnA, kMnB, kN>, kSmemBytes); });
+  gemm_sm90_next_kernel<T, kMnA, kMnB, kN>
+      <<<blocks, kThreads, kSmemBytes>>>(map_a, map_b, p, tiles_m, tiles_n);
   FASTLM_CHECK_LAUNCH("gemm_sm90_next_kernel");
+}
+
+// Tiles of 128 x 256 read a and b 25% less per flop than 128 x 128 ones, but
+// there are half as many: they are taken where they fill the SMs as evenly
+// (the same fraction of the last round of tiles busy, to 1%).
+template <typename T, bool kMnA, bool kMnB>
+bool launch(const GemmDesc& d, const Sm90Params& p) {
+  static const int sms = multiprocessor_count();
+  auto busy = [&](int64_t bn) {  // mean fraction of the SMs busy over the rounds of tiles
+    const int64_t tiles = cdiv(d.m, kBM) * cdiv(d.n, bn);
+    return double(tiles) / double(cdiv(tiles, sms) * sms);
+  };
+  const bool wide = d.n > 128 && busy(256) >= busy(128) - 0.01;
+  const int bn = wide ? 256 : 128;
+  const int64_t tiles_m = cdiv(d.m, kBM), tiles_n = cdiv(d.n, bn);
+  if (tiles_m * tiles_n > INT32_MAX) return false;
+  const int es = std::is_same<T, float>::value ? 4 : 2;
+  CUtensorMap map_a, map_b;
+  const bool mapped = (kMnA ? make_map(&map_a, d.a, d.k, d.m, d.lda, kBK)
+                            : make_map(&map_a, d.a, d.m, d.k, d.lda, kBM, es)) &&
+                      (kMnB ? make_map(&map_b, d.b, d.k, d.n, d.ldb, kBK)
+                            : make_map(&map_b, d.b, d.n, d.k, d.ldb, bn, es));
+  if (!mapped) return false;
+  const int ntiles = (int)(tiles_m * tiles_n), blocks = ntiles < sms ? ntiles : sms;
+  if (wide)
+    launch_tiles<T, kMnA, kMnB, 256>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  else
+    launch_tiles<T, kMnA, kMnB, 128>(map_a, map_b, p, (int)tiles_m, (int)tiles_n, blocks);
+  return true;
 }
 
 }  // namespace
@@ -178,19 +234,10 @@ void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90Params
 namespace sm90 {
 
 bool gemm_sm90_next(const GemmDesc& d) {
-  const int64_t tiles_m = cdiv(d.m, kBM), tiles_n = cdiv(d.n, kBN);
-  if (tiles_m * tiles_n > INT32_MAX) return false;
   // a^T arrives as a (k, m) matrix, b (not b^T) as (k, n): those are MN-major.
   const bool mn_a = d.trans_a, mn_b = !d.trans_b;
   const bool tf32 = d.precision == GemmPrecision::kTF32;
   if (tf32 && (mn_a || mn_b)) return false;
-  const int es = tf32 ? 4 : 2;
-  CUtensorMap map_a, map_b;
-  const bool mapped = (mn_a ? make_map(&map_a, d.a, d.k, d.m, d.lda, kBK)
-                            : make_map(&map_a, d.a, d.m, d.k, d.lda, kBM, es)) &&
-                      (mn_b ? make_map(&map_b, d.b, d.k, d.n, d.ldb, kBK)
-                            : make_map(&map_b, d.b, d.n, d.k, d.ldb, kBN, es));
-  if (!mapped) return false;
   Sm90Params p;
   p.c = d.c;
   p.bias = d.bias;
@@ -202,20 +249,11 @@ bool gemm_sm90_next(const GemmDesc& d) {
   p.c_float = d.c_float || tf32;  // TF32's c is float32 too
   const size_t pair_bytes = p.c_float ? 8 : 4;
   p.pairs = d.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(d.c) % pair_bytes == 0;
-  static const int sms = multiprocessor_count();
-  const int ntiles = (int)(tiles_m * tiles_n), blocks = ntiles < sms ? ntiles : sms;
-  const int tm = (int)tiles_m, tn = (int)tiles_n;
-  if (tf32)
-    launch<float, false, false>(map_a, map_b, p, tm, tn, blocks);
-  else if (mn_a && mn_b)
-    launch<bf16, true, true>(map_a, map_b, p, tm, tn, blocks);
-  else if (mn_a)
-    launch<bf16, true, false>(map_a, map_b, p, tm, tn, blocks);
-  else if (mn_b)
-    launch<bf16, false, true>(map_a, map_b, p, tm, tn, blocks);
-  else
-    launch<bf16, false, false>(map_a, map_b, p, tm, tn, blocks);
-  return true;
+  if (tf32) return launch<float, false, false>(d, p);
+  if (mn_a && mn_b) return launch<bf16, true, true>(d, p);
+  if (mn_a) return launch<bf16, true, false>(d, p);
+  if (mn_b) return launch<bf16, false, true>(d, p);
+  return launch<bf16, false, false>(d, p);
 }
 
 }  // namespace sm90
