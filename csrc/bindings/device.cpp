@@ -436,25 +436,16 @@ void gemm_raw(py::handle a_obj, py::handle b_obj, py::handle c_obj, py::handle b
     require_shape(bs, {n}, op, "bias");
     bias = bs.data;
   }
-  const int64_t es = type_size(a.dtype);
-  cuda::GemmDesc g;
-  g.precision = a.dtype == ElemType::kBFloat16 ? cuda::GemmPrecision::kBF16
-                : tf32                          ? cuda::GemmPrecision::kTF32
-                                                : cuda::GemmPrecision::kExact;
-  g.a = static_cast<const char*>(a.data) + offset_a * es;
-  g.b = static_cast<const char*>(b.data) + offset_b * es;
-  g.c = static_cast<char*>(c.data) + offset_c * type_size(c.dtype);
-  g.bias = bias;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.lda = lda;
-  g.ldb = ldb;
-  g.ldc = ldc;
-  g.trans_a = trans_a;
-  g.trans_b = trans_b;
-  g.accumulate = accumulate;
-  g.c_float = c_float;
+  const cuda::GemmPrecision prec = a.dtype == ElemType::kBFloat16 ? cuda::GemmPrecision::kBF16
+                                   : tf32 ? cuda::GemmPrecision::kTF32
+                                          : cuda::GemmPrecision::kExact;
+  const char* a_base = static_cast<const char*>(a.data);
+  const char* b_base = static_cast<const char*>(b.data);
+  char* c_base = static_cast<char*>(c.data);
+  const int64_t es = type_size(a.dtype), ces = type_size(c.dtype);
+  const cuda::GemmDesc g{prec,   a_base + offset_a * es, b_base + offset_b * es, bias,
+                         c_base + offset_c * ces, m, n, k, lda, ldb, ldc, trans_a, trans_b,
+                         accumulate, c_float};
   py::gil_scoped_release nogil;
   cuda::gemm(g);
 }

@@ -44,27 +44,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                      const __grid_constant__ CUtensorMap map_b, Sm90Params p) {
 #ifdef FASTLM_SM90A_DEVICE
   extern __shared__ uint8_t smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes: stages start on that grid.
-  uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* tiles_a = smem;
-  uint8_t* tiles_b = smem + kStages * kTileBytesA;
-  uint64_t* full = reinterpret_cast<uint64_t*>(tiles_b + kStages * kTileBytesB);
-  uint64_t* empty = full + kStages;
-
+  uint8_t *tiles_a, *tiles_b;
+  uint64_t *full, *empty;
+  setup_ring<kStages, kTileBytesA, kTileBytesB>(smem_raw, &tiles_a, &tiles_b, &full, &empty);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
   const int nk = (int)((p.k + kBK - 1) / kBK);
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 2 * 128);  // every consumer thread releases the stage
-    }
-    // Make the initialised barriers visible to the copy engine.
-    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::
-                     : "memory");
-  }
-  __syncthreads();
 
   if (wg == 0) {
     if (tid == 0) {
@@ -188,15 +173,7 @@ bool gemm_sm90(const GemmDesc& d) {
     return false;
   static std::once_flag once;
   std::call_once(once, [] { allow_shared_bytes(gemm_sm90_kernel, kSmemBytes); });
-  Sm90Params p;
-  p.c = d.c;
-  p.bias = d.bias;
-  p.m = d.m;
-  p.n = d.n;
-  p.k = d.k;
-  p.ldc = d.ldc;
-  p.accumulate = d.accumulate;
-  p.c_float = d.c_float;
+  const Sm90Params p = params_of(d);
   const dim3 grid((unsigned)cdiv(d.n, kBN), (unsigned)cdiv(d.m, kBM));
   gemm_sm90_kernel<<<grid, kThreads, kSmemBytes>>>(map_a, map_b, p);
   FASTLM_CHECK_LAUNCH("gemm_sm90_kernel");

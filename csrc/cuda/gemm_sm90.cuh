@@ -24,7 +24,7 @@ struct Sm90Params {
   const void* bias;  // of c's type
   int64_t m, n, k, ldc;
   bool accumulate, c_float;
-  bool pairs = false;  // c and ldc keep (even, even + 1) column pairs aligned: store_tile_pairs
+  bool pairs = false;  // c and ldc keep (even, even + 1) column pairs aligned: store_tile<T, true>
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -134,31 +134,31 @@ __device__ __forceinline__ void wgmma_m64n128k8_tf32(float (&d)[64], uint64_t de
       : "l"(desc_a), "l"(desc_b));
 }
 
-// c[r0 + 64 rows, n0 + 128 columns] = d (+ bias) (+ c), of type T, inside c.
-// Accumulator layout of wgmma m64nNk16 (per warp 16 rows, as mma.m16n8's C
-// fragment repeated over N / 8 column groups): d[4j + 2h + e] is row
-// 16 w + lane / 4 + 8 h, column 8 j + 2 (lane % 4) + e.
-template <typename T>
-__device__ __forceinline__ void store_tile(const float (&d)[64], const Sm90Params& p, int64_t r0,
-                                           int64_t n0, int tid) {
-  const int warp = tid / 32, lane = tid % 32;
-  const int64_t row0 = r0 + warp * 16 + lane / 4;
-  T* c = static_cast<T*>(p.c);
-  const T* bias = static_cast<const T*>(p.bias);
-#pragma unroll
-  for (int j = 0; j < kBN / 8; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t r = row0 + 8 * h, col = n0 + 8 * j + 2 * (lane % 4) + e;
-        if (r >= p.m || col >= p.n) continue;
-        float v = d[4 * j + 2 * h + e];
-        if (bias) v += to_f32(bias[col]);
-        T* out = c + r * p.ldc + col;
-        if (p.accumulate) v += to_f32(*out);
-        *out = from_f32<T>(v);
-      }
+// Carves the dynamic shared memory into kStages stages of a tiles, then of b
+// tiles (from a 1024-byte boundary: the 128-byte swizzle repeats every 1024
+// bytes), then the barriers, and initialises those: full[s] completes when the
+// copies into stage s have landed (one arrival, the producer's expect_tx),
+// empty[s] when all 256 consumer threads have released it. Every thread calls it.
+template <int kStages, int kBytesA, int kBytesB>
+__device__ __forceinline__ void setup_ring(uint8_t* smem_raw, uint8_t** tiles_a,
+                                           uint8_t** tiles_b, uint64_t** full,
+                                           uint64_t** empty) {
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  *tiles_a = smem;
+  *tiles_b = smem + kStages * kBytesA;
+  *full = reinterpret_cast<uint64_t*>(*tiles_b + kStages * kBytesB);
+  *empty = *full + kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(*full + s, 1);
+      mbar_init(*empty + s, 2 * 128);
+    }
+    // Make the initialised barriers visible to the copy engine.
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::
+                     : "memory");
+  }
+  __syncthreads();
 }
 
 template <typename T>
@@ -172,13 +172,16 @@ struct PairOf<bf16> {
   using type = __nv_bfloat162;
 };
 
-// As store_tile, with both columns of a thread's pair in one store (and one
-// load to accumulate) where both are inside c: half the memory instructions.
-// The host checks that c and ldc keep every pair aligned (Sm90Params::pairs).
-template <typename T>
-__device__ __forceinline__ void store_tile_pairs(const float (&d)[64], const Sm90Params& p,
-                                                 int64_t r0, int64_t n0, int tid) {
-  using P = typename PairOf<T>::type;
+// c[r0 + 64 rows, n0 + 128 columns] = d (+ bias) (+ c), of type T, inside c.
+// Accumulator layout of wgmma m64nNk16 (per warp 16 rows, as mma.m16n8's C
+// fragment repeated over N / 8 column groups): d[4j + 2h + e] is row
+// 16 w + lane / 4 + 8 h, column 8 j + 2 (lane % 4) + e. kPairs: both columns
+// of a thread's pair in one store (and one load to accumulate) where both are
+// inside c, half the memory instructions; the host checks that c and ldc keep
+// every pair aligned (Sm90Params::pairs).
+template <typename T, bool kPairs = false>
+__device__ __forceinline__ void store_tile(const float (&d)[64], const Sm90Params& p, int64_t r0,
+                                           int64_t n0, int tid) {
   const int warp = tid / 32, lane = tid % 32;
   const int64_t row0 = r0 + warp * 16 + lane / 4;
   T* c = static_cast<T*>(p.c);
@@ -188,24 +191,31 @@ __device__ __forceinline__ void store_tile_pairs(const float (&d)[64], const Sm9
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t r = row0 + 8 * h, col = n0 + 8 * j + 2 * (lane % 4);  // col is even
-      if (r >= p.m || col >= p.n) continue;
-      float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
-      T* out = c + r * p.ldc + col;
-      if (col + 1 < p.n) {
-        if (bias) v0 += to_f32(bias[col]), v1 += to_f32(bias[col + 1]);
-        P* o = reinterpret_cast<P*>(out);
-        if (p.accumulate) {
-          const P old = *o;
-          v0 += to_f32(old.x), v1 += to_f32(old.y);
+      if constexpr (kPairs) {
+        if (r < p.m && col + 1 < p.n) {
+          float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
+          if (bias) v0 += to_f32(bias[col]), v1 += to_f32(bias[col + 1]);
+          using P = typename PairOf<T>::type;
+          P* o = reinterpret_cast<P*>(c + r * p.ldc + col);
+          if (p.accumulate) {
+            const P old = *o;
+            v0 += to_f32(old.x), v1 += to_f32(old.y);
+          }
+          P w;
+          w.x = from_f32<T>(v0);
+          w.y = from_f32<T>(v1);
+          *o = w;
+          continue;
         }
-        P w;
-        w.x = from_f32<T>(v0);
-        w.y = from_f32<T>(v1);
-        *o = w;
-      } else {
-        if (bias) v0 += to_f32(bias[col]);
-        if (p.accumulate) v0 += to_f32(*out);
-        *out = from_f32<T>(v0);
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (r >= p.m || col + e >= p.n) continue;
+        float v = d[4 * j + 2 * h + e];
+        if (bias) v += to_f32(bias[col + e]);
+        T* out = c + r * p.ldc + col + e;
+        if (p.accumulate) v += to_f32(*out);
+        *out = from_f32<T>(v);
       }
     }
 }
@@ -219,6 +229,22 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn();
 // elem_bytes 4: float32 elements, 128 bytes (32 of them) per box row.
 bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int64_t ld,
               int box_rows, int elem_bytes = 2);
+
+// The epilogue's view of d. TF32's c is float32 as well (c_float).
+inline Sm90Params params_of(const GemmDesc& d) {
+  Sm90Params p;
+  p.c = d.c;
+  p.bias = d.bias;
+  p.m = d.m;
+  p.n = d.n;
+  p.k = d.k;
+  p.ldc = d.ldc;
+  p.accumulate = d.accumulate;
+  p.c_float = d.c_float || d.precision == GemmPrecision::kTF32;
+  const uintptr_t pair_bytes = p.c_float ? 8 : 4;
+  p.pairs = d.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(d.c) % pair_bytes == 0;
+  return p;
+}
 
 // Whether TMA can read the operands: 16-byte aligned bases and row strides,
 // sizes whose tile coordinates fit in int32.

@@ -18,7 +18,7 @@
 //     and no block pays for starting up more than once;
 //   - tiles go in groups of kGroupM tile rows, column by column within a
 //     group, so the blocks running at once share their a rows and b columns in L2;
-//   - the epilogue stores column pairs (store_tile_pairs) where c allows it.
+//   - the epilogue stores column pairs (store_tile<T, true>) where c allows it.
 // A stage holds 128 bytes of k per row either way (64 bfloat16 or 32 float32
 // elements), so tiles, swizzle and descriptors are the same for both types.
 #include <mutex>
@@ -91,27 +91,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kStages = Ring<kN>::kStages, kTileBytesB = Ring<kN>::kTileBytesB;
   constexpr int kHalves = kN / 128;  // m64n128 accumulators per consumer
   extern __shared__ uint8_t smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes: stages start on that grid.
-  uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint8_t* tiles_a = smem;
-  uint8_t* tiles_b = smem + kStages * kTileBytesA;
-  uint64_t* full = reinterpret_cast<uint64_t*>(tiles_b + kStages * kTileBytesB);
-  uint64_t* empty = full + kStages;
-
+  uint8_t *tiles_a, *tiles_b;
+  uint64_t *full, *empty;
+  setup_ring<kStages, kTileBytesA, kTileBytesB>(smem_raw, &tiles_a, &tiles_b, &full, &empty);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
   const int ntiles = tiles_m * tiles_n;
   constexpr int kSlice = 128 / sizeof(T);  // k elements per stage
   const int nk = (int)((p.k + kSlice - 1) / kSlice);
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 2 * 128);  // every consumer thread releases the stage
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::
-                     : "memory");
-  }
-  __syncthreads();
 
   // `it` counts k-blocks over all of this block's tiles: the ring's stage and
   // the barriers' phase run on across tiles.
@@ -176,10 +162,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int h = 0; h < kHalves; ++h) {
       const int64_t c0 = (int64_t)n0 + 128 * h;
       if (p.c_float)
-        p.pairs ? store_tile_pairs<float>(d[h], p, r0, c0, tid)
+        p.pairs ? store_tile<float, true>(d[h], p, r0, c0, tid)
                 : store_tile<float>(d[h], p, r0, c0, tid);
       else
-        p.pairs ? store_tile_pairs<bf16>(d[h], p, r0, c0, tid)
+        p.pairs ? store_tile<bf16, true>(d[h], p, r0, c0, tid)
                 : store_tile<bf16>(d[h], p, r0, c0, tid);
     }
   }
@@ -238,17 +224,7 @@ bool gemm_sm90_next(const GemmDesc& d) {
   const bool mn_a = d.trans_a, mn_b = !d.trans_b;
   const bool tf32 = d.precision == GemmPrecision::kTF32;
   if (tf32 && (mn_a || mn_b)) return false;
-  Sm90Params p;
-  p.c = d.c;
-  p.bias = d.bias;
-  p.m = d.m;
-  p.n = d.n;
-  p.k = d.k;
-  p.ldc = d.ldc;
-  p.accumulate = d.accumulate;
-  p.c_float = d.c_float || tf32;  // TF32's c is float32 too
-  const size_t pair_bytes = p.c_float ? 8 : 4;
-  p.pairs = d.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(d.c) % pair_bytes == 0;
+  const Sm90Params p = params_of(d);
   if (tf32) return launch<float, false, false>(d, p);
   if (mn_a && mn_b) return launch<bf16, true, true>(d, p);
   if (mn_a) return launch<bf16, true, false>(d, p);
