@@ -9,7 +9,7 @@
 #   bench/gpu_check.sh [--wheel FILE] [--budget SECONDS] [--logs DIR]
 #                      [--only STAGE,...] [--dry-run]
 #
-# Stages: install, tests, sanitizers, bench. Logs (one .log per stage and
+# Stages: install, tests, sanitizers, bench, models. Logs (one .log per stage and
 # summary.md) go to --logs, else $OUT when set, else ./gpu-check-logs.
 # FASTLM_CHECK_CUDA_ARCHS sets the architectures of a build (default 90a-real).
 # Exit status: 0 when every stage that ran passed, 1 when one failed, 2 on a
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.." || exit 2
 usage() { sed -n '9,10p' "$0" | sed 's/^# \{0,3\}//' >&2; }
 die() { echo "gpu_check: $*" >&2; usage; exit 2; }
 
-WHEEL="" BUDGET=360 LOGS="${OUT:-./gpu-check-logs}" ONLY="install,tests,sanitizers,bench" DRY=0
+WHEEL="" BUDGET=360 LOGS="${OUT:-./gpu-check-logs}" ONLY="install,tests,sanitizers,bench,models" DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheel) [ $# -ge 2 ] || die "--wheel needs a file"; WHEEL="$2"; shift 2 ;;
@@ -40,7 +40,7 @@ fi
 IFS=',' read -r -a STAGES <<< "$ONLY"
 [ ${#STAGES[@]} -gt 0 ] || die "--only: no stage named"
 for s in "${STAGES[@]}"; do
-  case "$s" in install|tests|sanitizers|bench) ;; *) die "--only: unknown stage '$s' (install, tests, sanitizers, bench)" ;; esac
+  case "$s" in install|tests|sanitizers|bench|models) ;; *) die "--only: unknown stage '$s' (install, tests, sanitizers, bench, models)" ;; esac
 done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -117,7 +117,11 @@ fi
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 if wants tests; then
   run_stage tests 150 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
-    tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py
+    tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py \
+    tests/test_device_models.py tests/test_cuda_table.py
+  # The opt-in attention forward (FASTLM_CUDA_ATTENTION=next): the attention tests again.
+  run_stage tests-attn-next 60 "$LOGS/tests.log" env FASTLM_CUDA_ATTENTION=next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py -k attention
   # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next, every layout): the matmul tests on it.
   run_stage tests-wgmma-next 90 "$LOGS/tests.log" env FASTLM_CUDA_GEMM=wgmma-next \
     "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py -k "matmul and not gemm_path"
@@ -130,20 +134,34 @@ if wants sanitizers; then
       compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
   done
+  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next) under memcheck too.
   run_stage memcheck-wgmma-next 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
     FASTLM_CUDA_GEMM=wgmma-next compute-sanitizer --tool memcheck --error-exitcode 3 \
     --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
+  # And the opt-in attention forward under memcheck and racecheck.
+  for tool in memcheck racecheck; do
+    run_stage "$tool-attn-next" 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+      FASTLM_CUDA_ATTENTION=next compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_attention
+  done
 fi
 
 if wants bench; then
-  # bench/test_bench_cuda*.py: the kernel benchmarks and any later GPU model ones.
-  BENCH_FILES=(bench/test_bench_cuda*.py)
-  run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable "${BENCH_FILES[@]}"
+  run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py
   # The bf16 GEMM lines again on matmul.cu's kernel (the Hopper one is the default), labelled [mma].
   run_stage bench-mma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=mma \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
+  # The opt-in Hopper GEMM: bf16 and TF32 lines labelled [wgmma-next].
   run_stage bench-wgmma-next 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma-next \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and (bf16 or tf32)"
+  # The opt-in attention forward: lines labelled attention bf16[next].
+  run_stage bench-attn-next 60 "$LOGS/bench.log" env FASTLM_CUDA_ATTENTION=next \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k attention
+fi
+
+if wants models; then
+  # GPT-2 124M training and sampling on the GPU beside torch ([model] lines).
+  run_stage models 240 "$LOGS/bench.log" "${PYTEST[@]}" -s bench/test_bench_cuda_models.py
 fi
 
 if [ "$DRY" = 0 ]; then

@@ -128,36 +128,49 @@ def test_bench_gemm(benchmark, m, k, n, precision):
             torch.testing.assert_close(ct[:64, :64], ref[:, :64], rtol=2e-2, atol=2e-1)
 
 
-def test_bench_attention_bf16(benchmark):
+# FASTLM_CUDA_ATTENTION=next asks for the 128-query forward: label its lines.
+ATTENTION_PATH = os.environ.get("FASTLM_CUDA_ATTENTION", "")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("D", [64, 128])
+def test_bench_attention_bf16(benchmark, D, causal):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    B, H, T, D = 8, 12, 1024, 64
+    B, H, T = 8, 12, 1024
     q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
                      for _ in range(4))
     dq, dk, dv, ddout = (dev(x) for x in (q, k, v, dout))
 
     def ours():
-        out, lse = ops.attention(dq, dk, dv, causal=True)
-        ops.attention_backward(ddout, dq, dk, dv, out, lse, causal=True)
+        out, lse = ops.attention(dq, dk, dv, causal=causal)
+        ops.attention_backward(ddout, dq, dk, dv, out, lse, causal=causal)
 
     tq, tk, tv = (x.clone().requires_grad_() for x in (q, k, v))
 
     def theirs():
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+            o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
         o.backward(dout)
 
-    flops = 4.0 * B * H * T * T * D / 2 * (1 + 2.5)  # causal: half; backward 2.5x forward
-    ratio = line("attention bf16 causal fwd+bwd", f"B={B} H={H} T={T} D={D}", flops, "TFLOP/s",
-                 gpu_seconds(ours), gpu_seconds(theirs), 1e12)
-    fwd = line("attention bf16 causal fwd", f"B={B} H={H} T={T} D={D}", flops / 3.5, "TFLOP/s",
-               gpu_seconds(lambda: ops.attention(dq, dk, dv, causal=True)),
-               gpu_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(
-                   q, k, v, is_causal=True)), 1e12)
+    def theirs_fwd():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    # causal: half the products; the backward is 2.5x the forward
+    flops = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0) * (1 + 2.5)
+    name = "attention bf16" + (f"[{ATTENTION_PATH}]" if ATTENTION_PATH else "") + \
+        (" causal" if causal else " full")
+    size = f"B={B} H={H} T={T} D={D}"
+    ratio = line(f"{name} fwd+bwd", size, flops, "TFLOP/s", gpu_seconds(ours), gpu_seconds(theirs),
+                 1e12)
+    fwd = line(f"{name} fwd", size, flops / 3.5, "TFLOP/s",
+               gpu_seconds(lambda: ops.attention(dq, dk, dv, causal=causal)),
+               gpu_seconds(theirs_fwd), 1e12)
     benchmark.extra_info.update({"fwd+bwd ours/torch": ratio, "fwd ours/torch": fwd})
     benchmark.pedantic(lambda: (ours(), torch.cuda.synchronize()), rounds=3, iterations=1)
-    out, _ = ops.attention(dq, dk, dv, causal=True)
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out, _ = ops.attention(dq, dk, dv, causal=causal)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     np.testing.assert_allclose(out.numpy()[0, 0, :64], want[0, 0, :64].float().cpu().numpy(),
                                atol=3e-2)
 

@@ -1,8 +1,8 @@
 // The backend interface: one entry per kernel, raw pointers and sizes only.
 //
-// A backend (the CPU at one ISA, later CUDA) fills one `Kernels` table; model
-// code calls kernels only through a table, so the same model runs on any
-// backend. Kernels do not validate their arguments: callers (the bindings, the
+// A backend (the CPU at one ISA, CUDA, the emulated device) fills one
+// `Kernels` table: its memory and its kernels. Model code allocates and calls
+// kernels only through a table, so the same model runs on any backend. Kernels do not validate their arguments: callers (the bindings, the
 // models) guarantee sizes >= 0, non-null pointers where required, and buffers
 // of the documented extents. All matrices are row-major.
 //
@@ -64,7 +64,7 @@ struct AttentionArgs {
   // [0, 1); element (b, h, i, j) is dropped as csrc/dropout_hash.h decides for
   // key dropout::key(dropout_seed, b * heads + h) and index i * seq_k + j, so
   // the backward (same args) regenerates the forward's mask. lse stays that
-  // of the undropped softmax. The CUDA kernels refuse p > 0.
+  // of the undropped softmax. The CUDA kernels drop the same elements.
   float dropout_p = 0.f;
   uint64_t dropout_seed = 0;
 };
@@ -98,7 +98,19 @@ struct SgdArgs {
 };
 
 struct Kernels {
-  const char* name;  // "generic", "avx2", "avx512", "avx512bf16", "cuda"
+  const char* name;    // "generic", "avx2", "avx512", "avx512bf16", "cuda", "cuda-emulated"
+  const char* device;  // where the pointers it takes live: "cpu" or "cuda"
+
+  // The device's memory (csrc/model/buffer.h owns it for the models). alloc
+  // returns `bytes` aligned to 64 bytes, uninitialised (nullptr for 0 bytes),
+  // or throws fastlm::OutOfMemory (a std::bad_alloc naming the bytes);
+  // release(nullptr) does nothing. upload copies host -> device and download
+  // device -> host; both block until the copy (and the work queued before it)
+  // is done.
+  void* (*alloc)(int64_t bytes);
+  void (*release)(void* p);
+  void (*upload)(void* dst, const void* src, int64_t bytes);
+  void (*download)(void* dst, const void* src, int64_t bytes);
 
   void (*matmul)(const GemmArgs& args);
   // Floats matmul_pack_b writes for an op(b) of (k, n), an upper bound in every
@@ -191,7 +203,10 @@ struct Kernels {
   void (*dropout)(const float* x, float* y, int64_t n, float p, uint64_t key);
 };
 
-// Every entry of Kernels but `name`, once: each backend declares its kernels
+// The memory entries, which a backend fills from its memory functions.
+#define FASTLM_MEMORY(X) X(alloc) X(release) X(upload) X(download)
+
+// Every kernel entry of Kernels, once: each backend declares its kernels
 // (FASTLM_DECLARE_KERNEL, with the entry's exact type) and fills its table
 // from this list, so the three never drift apart.
 #define FASTLM_KERNELS(X)                                                                  \
@@ -204,8 +219,10 @@ struct Kernels {
 
 #define FASTLM_DECLARE_KERNEL(entry) std::remove_pointer_t<decltype(Kernels::entry)> entry;
 #define FASTLM_COUNT_KERNEL(entry) +1
-static_assert(sizeof(Kernels) == sizeof(const char*) + (0 FASTLM_KERNELS(FASTLM_COUNT_KERNEL)) *
-                                                           sizeof(void (*)()),
-              "FASTLM_KERNELS must list every function entry of Kernels");
+static_assert(sizeof(Kernels) == 2 * sizeof(const char*) +
+                                     (0 FASTLM_MEMORY(FASTLM_COUNT_KERNEL)
+                                          FASTLM_KERNELS(FASTLM_COUNT_KERNEL)) *
+                                         sizeof(void (*)()),
+              "FASTLM_MEMORY and FASTLM_KERNELS must list every function entry of Kernels");
 
 }  // namespace fastlm

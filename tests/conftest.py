@@ -103,8 +103,8 @@ def assert_restored(m, loaded, idx, tgt) -> None:
     a, b = m.state_dict(), loaded.state_dict()
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
     np.testing.assert_array_equal(m.forward(idx), loaded.forward(idx))
-    for n in m._names:
-        assert np.array_equal(m._m[n], loaded._m[n]) and np.array_equal(m._v[n], loaded._v[n])
+    for which in ("adam_m", "adam_v"):
+        assert np.array_equal(m._tensors.flat(which), loaded._tensors.flat(which))
     assert loaded.optimizer_step == m.optimizer_step and loaded.history == m.history
 
 
@@ -116,3 +116,20 @@ def assert_same_next_step(m1, m2, idx, tgt) -> None:
         x.step(1e-3)
     a, b = m1.state_dict(), m2.state_dict()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# The devices a model can run on here: the CPU, the emulated CUDA device (the
+# device path on the CPU kernels, always), and a real GPU when one is usable.
+MODEL_DEVICES = ["cpu", "emulated", pytest.param("cuda", marks=pytest.mark.skipif(
+    not fastlm.cuda_available(), reason="needs a CUDA GPU"))]
+
+
+@pytest.fixture(params=MODEL_DEVICES)
+def model_device(request, monkeypatch):
+    """A device name for models ("cpu" or "cuda"), with FASTLM_EMULATE_CUDA set
+    for the emulated one; request.param says which backend it is."""
+    if request.param == "emulated":
+        monkeypatch.setenv("FASTLM_EMULATE_CUDA", "1")
+        return "cuda"
+    monkeypatch.delenv("FASTLM_EMULATE_CUDA", raising=False)
+    return request.param

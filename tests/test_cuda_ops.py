@@ -32,6 +32,7 @@ from test_adamw import HP as ADAM_HP, adamw_ref
 from test_attention import SHAPES as ATT_SHAPES, inputs as att_inputs, ref_backward, \
     ref_backward_from_lse, ref_forward
 from test_cross_entropy import ce_ref
+from test_dropout import attention_mask, ref_attention, ref_attention_backward
 from test_gelu import gelu_erf_grad_ref, gelu_erf_ref, gelu_grad_ref, gelu_ref
 from test_gru_cell import gru_ref, gru_ref_backward, make as gru_make
 from test_layernorm import ln_backward_ref, ln_ref, make as ln_make
@@ -455,17 +456,19 @@ def test_attention_deterministic(rng):
         assert np.array_equal(x, y)
 
 
-def naive_bf16_attention(q, k, v, dout, causal):
+def naive_bf16_attention(q, k, v, dout, causal, z=None):
     """Attention in float32 from bfloat16 inputs, rounding to bfloat16 where a
     bfloat16 flash kernel must: probabilities and dS before their products,
-    and every output. The yardstick of the bfloat16 error bound."""
+    and every output. The yardstick of the bfloat16 error bound. z: dropout
+    factors (test_dropout.attention_mask), applied to P and to dP."""
     q, k, v, dout = (np.asarray(x, np.float32) for x in (q, k, v, dout))
     out, _, p = ref_forward(q, k, v, causal, np.float32)
     p = p.astype(np.float32)
+    z = np.float32(1) if z is None else np.asarray(z, np.float32)
     scale = np.float32(1 / np.sqrt(q.shape[3]))
-    out_b = bf16_round(bf16_round(p) @ v)
-    dv = bf16_round(np.swapaxes(bf16_round(p), -1, -2) @ dout)
-    dp = dout @ np.swapaxes(v, -1, -2)
+    out_b = bf16_round(bf16_round(p * z) @ v)
+    dv = bf16_round(np.swapaxes(bf16_round(p * z), -1, -2) @ dout)
+    dp = dout @ np.swapaxes(v, -1, -2) * z
     delta = np.sum(dout * out_b, -1, keepdims=True)
     ds = bf16_round(p * (dp - delta))
     dq = bf16_round(ds @ k * scale)
@@ -493,6 +496,93 @@ def test_attention_bfloat16(rng, B, H, T, D, causal):
     ref = ref_backward(dout, q, k, v, causal)
     for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref, (n_dq, n_dk, n_dv)):
         if not np.any(r):  # T = 1: dq, dk vanish; ours are float32 rounding residues
+            assert np.abs(host(g)).max() <= 1e-5 * np.abs(dout).max() * np.abs(q).max(), name
+            continue
+        assert_error_bound(host(g), r, n, name=name)
+
+
+@gpu_only
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,Tk,D", [(1, 2, 5, 77, 64), (1, 1, 200, 129, 64), (2, 1, 129, 300, 128),
+                                         (1, 1, 1, 1, 8), (1, 1, 130, 130, 33), (1, 2, 257, 256, 72)])
+def test_attention_bfloat16_lengths(rng, B, H, T, Tk, D, causal):
+    """Query and key lengths that differ (causal rows that see no key get 0 and
+    lse -inf), several 128-query tiles, and rows of D = 33 that are not 16-byte
+    multiples (plain loads and stores)."""
+    q, k, v = (bf16_round(x) for x in att_inputs(rng, B, H, T, D, Tk))
+    out, lse = (host(t) for t in ops.attention(*(dev(x, "bfloat16") for x in (q, k, v)),
+                                               causal=causal))
+    with np.errstate(invalid="ignore"):  # the references' rows without keys are NaN
+        r_out, r_lse, _ = ref_forward(q, k, v, causal)
+        n_out = naive_bf16_attention(q, k, v, np.zeros_like(q), causal)[0]
+        n_lse = ref_forward(q, k, v, causal, np.float32)[1]
+    seen = np.isfinite(r_lse)
+    assert np.all(out[~seen] == 0) and np.all(lse[~seen] == -np.inf)
+    assert_error_bound(out[seen], r_out[seen], n_out[seen], name="out")
+    assert_error_bound(lse[seen], r_lse[seen], n_lse[seen], name="lse")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 1), (2, 3, 17, 31), (1, 2, 70, 64), (1, 1, 130, 128)])
+def test_attention_dropout_float32(rng, B, H, T, D, causal, p):
+    """Probability dropout against float64 references that apply the CPU's mask
+    (same key per (batch, head), index i * T + j), forward and backward."""
+    q, k, v = att_inputs(rng, B, H, T, D)
+    seed = 2**63 + 12345 + T
+    z = attention_mask(B, H, T, T, p, seed)
+    out, lse = ops.attention(dev(q), dev(k), dev(v), causal=causal, dropout=p, dropout_seed=seed)
+    r_out, r_lse, _ = ref_attention(q, k, v, z, causal)
+    n_out, n_lse, _ = ref_attention(q, k, v, z, causal, np.float32)
+    assert_error_bound(host(out), r_out, n_out, name="out")
+    assert_error_bound(host(lse), r_lse, n_lse, name="lse")
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    grads = ops.attention_backward(dev(dout), dev(q), dev(k), dev(v), out, lse, causal=causal,
+                                   dropout=p, dropout_seed=seed)
+    refs = ref_attention_backward(dout, q, k, v, z, causal)
+    naive = ref_attention_backward(dout, q, k, v, z, causal, np.float32)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naive):
+        if T == 1 and name != "dv":  # one key: dq, dk are 0 but for float32 residues
+            assert np.abs(host(g)).max() < 1e-6 * np.abs(refs[2]).max() + 1e-30, name
+            continue
+        assert_error_bound(host(g), r, n, name=name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_dropout_fewer_queries_and_zero_p(rng, causal):
+    q, k, v = att_inputs(rng, 2, 2, 40, 24, Tk=100)
+    z = attention_mask(2, 2, 40, 100, 0.3, 99)
+    out, _ = ops.attention(dev(q), dev(k), dev(v), causal=causal, dropout=0.3, dropout_seed=99)
+    assert_error_bound(host(out), ref_attention(q, k, v, z, causal)[0],
+                       ref_attention(q, k, v, z, causal, np.float32)[0], name="out")
+    a = ops.attention(dev(q), dev(k), dev(v), causal=causal)
+    b = ops.attention(dev(q), dev(k), dev(v), causal=causal, dropout=0.0, dropout_seed=5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(host(x), host(y))
+
+
+@gpu_only
+@pytest.mark.parametrize("p", [0.2])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 32), (2, 3, 17, 64), (1, 2, 127, 128), (1, 1, 200, 96),
+                                     (1, 1, 130, 33), (1, 2, 300, 64)])
+def test_attention_dropout_bfloat16(rng, B, H, T, D, causal, p):
+    q, k, v = (bf16_round(x) for x in att_inputs(rng, B, H, T, D))
+    dout = bf16_round(rng.standard_normal(q.shape))
+    seed = 7 + T
+    z = attention_mask(B, H, T, T, p, seed)
+    dq_, dk_, dv_ = (dev(x, "bfloat16") for x in (q, k, v))
+    out, lse = ops.attention(dq_, dk_, dv_, causal=causal, dropout=p, dropout_seed=seed)
+    r_out, r_lse, _ = ref_attention(q, k, v, z, causal)
+    n_out, n_dq, n_dk, n_dv = naive_bf16_attention(q, k, v, dout, causal, z)
+    assert_error_bound(host(out), r_out, n_out, name="out")
+    assert_error_bound(host(lse), r_lse, ref_attention(q, k, v, z, causal, np.float32)[1],
+                       name="lse")
+    grads = ops.attention_backward(dev(dout, "bfloat16"), dq_, dk_, dv_, out, lse, causal=causal,
+                                   dropout=p, dropout_seed=seed)
+    refs = ref_attention_backward(dout, q, k, v, z, causal)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, (n_dq, n_dk, n_dv)):
+        if T == 1 and name != "dv":
             assert np.abs(host(g)).max() <= 1e-5 * np.abs(dout).max() * np.abs(q).max(), name
             continue
         assert_error_bound(host(g), r, n, name=name)
@@ -771,6 +861,13 @@ def test_bad_inputs(rng):
     q = dev(np.zeros((1, 1, 4, 129), np.float32))
     with pytest.raises(ValueError, match="head dim"):
         ops.attention(q, q, q)
+    q = dev(np.zeros((1, 1, 4, 8), np.float32))
+    for p in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="dropout"):
+            ops.attention(q, q, q, dropout=p)
+        if GPU:  # the binding checks too, for callers that skip ops.py
+            with pytest.raises(ValueError, match="attention: dropout must be in"):
+                _C.cuda_attention(q, q, q, True, p, 0)
     t = np.array([0, 1, 6, 2])
     with pytest.raises(ValueError, match=r"targets\[2\]"):
         ops.cross_entropy(x, dev(t))
@@ -850,12 +947,17 @@ def test_small_attention(rng, D, causal):
     out, lse = ops.attention(dev(q), dev(k), dev(v), causal=causal)
     np.testing.assert_allclose(host(out), ref_forward(q, k, v, causal)[0], rtol=1e-4, atol=1e-5)
     ops.attention_backward(dev(dout), dev(q), dev(k), dev(v), out, lse, causal=causal)
+    drop = dict(dropout=0.1, dropout_seed=3)  # the kernels' dropout instances
+    out, lse = ops.attention(dev(q), dev(k), dev(v), causal=causal, **drop)
+    ops.attention_backward(dev(dout), dev(q), dev(k), dev(v), out, lse, causal=causal, **drop)
     if GPU:
         qb, kb, vb = (dev(z, "bfloat16") for z in (q, k, v))
         out, lse = ops.attention(qb, kb, vb, causal=causal)
         np.testing.assert_allclose(host(out), ref_forward(q, k, v, causal)[0], rtol=5e-2,
                                    atol=5e-2)
         ops.attention_backward(dev(dout, "bfloat16"), qb, kb, vb, out, lse, causal=causal)
+        out, lse = ops.attention(qb, kb, vb, causal=causal, **drop)
+        ops.attention_backward(dev(dout, "bfloat16"), qb, kb, vb, out, lse, causal=causal, **drop)
 
 
 @gpu_only

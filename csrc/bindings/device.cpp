@@ -561,7 +561,8 @@ py::object gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
 Strides contiguous_bhtd(const Shape& s) { return {s[1] * s[2] * s[3], s[2] * s[3], s[3]}; }
 
 cuda::AttentionDesc attention_desc(const char* op, const DeviceArray& q, const DeviceArray& k,
-                                   const DeviceArray& v, bool causal) {
+                                   const DeviceArray& v, bool causal, float dropout,
+                                   uint64_t dropout_seed) {
   require_same_type(k, q, op, "k", "q");
   require_same_type(v, q, op, "v", "q");
   const Shape& sq = q.shape;
@@ -587,16 +588,21 @@ cuda::AttentionDesc attention_desc(const char* op, const DeviceArray& q, const D
   d.seq_k = sk[2];
   d.head_dim = sq[3];
   d.causal = causal;
+  if (!(dropout >= 0.f && dropout < 1.f))
+    value_error(op, "dropout must be in [0, 1), got " + std::to_string(dropout));
+  d.dropout_p = dropout;
+  d.dropout_seed = dropout_seed;
   return d;
 }
 
-py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal) {
+py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,
+                    float dropout, uint64_t dropout_seed) {
   const char* op = "attention";
   cuda::require();
   const DeviceArray& q = fdev(q_obj, op, "q", 4, false, true);
   const DeviceArray& k = fdev(k_obj, op, "k", 4, false, true);
   const DeviceArray& v = fdev(v_obj, op, "v", 4, false, true);
-  cuda::AttentionDesc d = attention_desc(op, q, k, v, causal);
+  cuda::AttentionDesc d = attention_desc(op, q, k, v, causal, dropout, dropout_seed);
   if (d.seq_k < 1 && d.seq_q > 0) value_error(op, "k and v must hold at least one position");
   DevPtr out = new_device(q.shape, q.dtype),
          lse = new_device({d.batch, d.heads, d.seq_q}, ElemType::kFloat32);
@@ -611,7 +617,7 @@ py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool c
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
-                             bool causal) {
+                             bool causal, float dropout, uint64_t dropout_seed) {
   const char* op = "attention_backward";
   cuda::require();
   const DeviceArray& q = fdev(q_obj, op, "q", 4, false, true);
@@ -619,7 +625,7 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   const DeviceArray& v = fdev(v_obj, op, "v", 4, false, true);
   require_shape(k, q.shape, op, "k");
   cuda::AttentionGradDesc g;
-  g.fwd = attention_desc(op, q, k, v, causal);
+  g.fwd = attention_desc(op, q, k, v, causal, dropout, dropout_seed);
   const DeviceArray& out = fdev(out_obj, op, "out", 4, false, true);
   const DeviceArray& dout = fdev(dout_obj, op, "dout", 4, false, true);
   const DeviceArray& lse = fdev(lse_obj, op, "lse", 3);
@@ -912,8 +918,47 @@ void t_embedding_backward(py::handle dout_obj, py::handle idx_obj, py::handle dw
   }
 }
 
+// c (m, n) += a (m, k) @ op(b) [+ bias] through a model table's matmul (the
+// precision's: "fp32", "tf32", "bf16"), b pre-packed first when `packed`
+// and the table packs; the model paths (decoding's few-row products, packed
+// bfloat16 weights) are tested through this.
+void t_table_matmul(py::handle a_obj, py::handle b_obj, py::handle bias_obj, py::handle c_obj,
+                    const std::string& precision, bool trans_b, bool packed) {
+  const char* op = "_cuda_table_matmul";
+  cuda::require();
+  const GemmPrecision p = precision == "fp32"   ? GemmPrecision::kExact
+                          : precision == "tf32" ? GemmPrecision::kTF32
+                          : precision == "bf16" ? GemmPrecision::kBF16
+                                                : (value_error(op, "bad precision"), GemmPrecision::kExact);
+  const Kernels& k = *cuda::kernel_table(p);
+  const DeviceArray& a = fdev(a_obj, op, "a", 2);
+  const DeviceArray& b = fdev(b_obj, op, "b", 2);
+  const DeviceArray& c = fdev(c_obj, op, "c", 2, true);
+  GemmArgs g;
+  g.m = a.shape[0], g.k = a.shape[1], g.n = trans_b ? b.shape[0] : b.shape[1];
+  require_shape(b, trans_b ? Shape{g.n, g.k} : Shape{g.k, g.n}, op, "b");
+  require_shape(c, {g.m, g.n}, op, "c");
+  if (!bias_obj.is_none()) {
+    const DeviceArray& bias = fdev(bias_obj, op, "bias", 1);
+    require_shape(bias, {g.n}, op, "bias");
+    g.bias = bias.f32();
+  }
+  g.a = a.f32(), g.b = b.f32(), g.c = c.f32();
+  g.lda = g.k, g.ldb = trans_b ? g.k : g.n, g.ldc = g.n;
+  g.trans_b = trans_b, g.accumulate = true;
+  py::gil_scoped_release nogil;
+  cuda::Scratch pack(sizeof(float) * (packed ? k.matmul_packed_size(g.n, g.k) : 0));
+  if (packed && k.matmul_packed_size(g.n, g.k)) {
+    k.matmul_pack_b(g, pack.as<float>());
+    g.b_packed = pack.as<float>();
+  }
+  k.matmul(g);
+}
+
 void bind_table_kernels(py::module_& m) {
   using py::arg;
+  m.def("_cuda_table_matmul", &t_table_matmul, arg("a"), arg("b"), arg("bias"), arg("c"),
+        arg("precision"), arg("trans_b"), arg("packed"));
   m.def("_cuda_embedding_forward", &t_embedding_forward, arg("idx"), arg("wte"), arg("wpe"),
         arg("b"), arg("t"), arg("pos0"));
   m.def("_cuda_embedding_backward", &t_embedding_backward, arg("dout"), arg("idx"), arg("dwte"),
@@ -1038,6 +1083,11 @@ void bind_device(py::module_& m) {
   m.def("cuda_available", &cuda::available);
   m.def("cuda_unavailable_reason", &cuda::unavailable_reason);
   m.def("cuda_device_name", [] { return cuda::device_name(); });
+  m.def("cuda_memory_usage", [](bool reset_peak) {
+    const cuda::MemoryUsage u = cuda::memory_usage(reset_peak);
+    return py::make_tuple(u.now, u.peak);
+  }, arg("reset_peak") = false,
+        "(bytes held now, most bytes held since start or the last reset_peak=True) of GPU memory.");
   m.def("cuda_compute_capability", [] { return cuda::compute_capability(); });
   m.def("cuda_synchronize", [] {
     py::gil_scoped_release nogil;
@@ -1059,9 +1109,10 @@ void bind_device(py::module_& m) {
         arg("mean"), arg("rstd"));
   m.def("cuda_gelu", &gelu, arg("x"), arg("exact") = false);
   m.def("cuda_gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
-  m.def("cuda_attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"));
+  m.def("cuda_attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"),
+        arg("dropout") = 0.f, arg("dropout_seed") = 0);
   m.def("cuda_attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
-        arg("out"), arg("lse"), arg("causal"));
+        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.f, arg("dropout_seed") = 0);
   m.def("cuda_cross_entropy", &cross_entropy, arg("logits"), arg("targets"), arg("ignore_index"),
         arg("out"), arg("compute_grad"));
   m.def("cuda_lstm_cell", &lstm_cell, arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),

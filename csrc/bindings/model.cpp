@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "bindings/arrays.h"
-#include "cpu/dispatch.h"
+#include "bindings/backend.h"
 #include "model/gpt.h"
 #include "model/rnn.h"
 #include "model/sampler.h"
@@ -73,9 +73,19 @@ py::array view(py::object owner, float* data, const std::vector<int64_t>& shape)
   return py::array_t<float>(s, data, owner);
 }
 
+// Views exist only of host memory: a model on another device is read and
+// written through copies (read / write below).
+ParamStore& host_store(ParamStore& s, const char* op) {
+  if (std::strcmp(s.kernels().device, "cpu") != 0)
+    throw std::runtime_error(std::string(op) + ": NumPy views exist only of a CPU model's memory; "
+                             "a model on '" + s.kernels().device + "' is read with read() and "
+                             "written with write()");
+  return s;
+}
+
 template <class Model>
 py::dict tensor_views(py::object self, bool grads) {
-  ParamStore& s = self.cast<Model&>().store;
+  ParamStore& s = host_store(self.cast<Model&>().store, grads ? "grad_tensors" : "tensors");
   float* base = grads ? s.grads() : s.params();
   py::dict d;
   for (const ParamInfo& p : s.info()) d[py::str(p.name)] = view(self, base + p.offset, p.shape);
@@ -84,8 +94,17 @@ py::dict tensor_views(py::object self, bool grads) {
 
 template <class Model>
 py::array flat_view(py::object self, float* (ParamStore::*which)()) {
-  ParamStore& s = self.cast<Model&>().store;
+  ParamStore& s = host_store(self.cast<Model&>().store, "flat views");
   return view(self, (s.*which)(), {s.size()});
+}
+
+// One of the store's four flat buffers by name.
+float* store_buffer(ParamStore& s, const std::string& which, const char* op) {
+  if (which == "params") return s.params();
+  if (which == "grads") return s.grads();
+  if (which == "adam_m") return s.moment1();
+  if (which == "adam_v") return s.moment2();
+  value_error(op, "which must be 'params', 'grads', 'adam_m' or 'adam_v', got '" + which + "'");
 }
 
 void check_finite(double x, const char* op, const char* name, bool positive) {
@@ -104,6 +123,44 @@ void check_betas(const char* op, double beta1, double beta2) {
 template <class Model>
 void bind_store(py::class_<Model>& c) {
   c.def("num_parameters", [](Model& m) { return m.store.size(); })
+      .def_property_readonly("device", [](Model& m) { return std::string(m.store.kernels().device); })
+      .def_property_readonly("backend", [](Model& m) { return std::string(m.store.kernels().name); })
+      .def("layout",
+           [](Model& m) {
+             py::list out;
+             for (const ParamInfo& p : m.store.info())
+               out.append(py::make_tuple(p.name, py::tuple(py::cast(p.shape)), p.offset));
+             return out;
+           },
+           "[(name, shape, offset)] of every tensor in the flat buffers (offsets in floats).")
+      .def("read",
+           [](Model& m, const std::string& which) {
+             float* src = store_buffer(m.store, which, "read");
+             py::array_t<float> out = new_array({m.store.size()});
+             float* dst = out.mutable_data();
+             Exclusive exclusive(m.store.busy);
+             m.store.kernels().download(dst, src, m.store.size() * (int64_t)sizeof(float));
+             return out;
+           },
+           py::arg("which"),
+           "A float32 copy (num_parameters,) of 'params', 'grads', 'adam_m' or 'adam_v'.")
+      .def("write",
+           [](Model& m, const std::string& which, py::handle values, int64_t offset) {
+             const char* op = "write";
+             float* dst = store_buffer(m.store, which, op);
+             py::array a = float_array(values, op, "values", 1);
+             const int64_t n = a.shape(0);
+             if (offset < 0 || offset > m.store.size() || n > m.store.size() - offset)
+               value_error(op, std::to_string(n) + " values at offset " + std::to_string(offset) +
+                                   " do not fit the " + std::to_string(m.store.size()) +
+                                   " floats of '" + which + "'");
+             const float* src = cptr(a);
+             Exclusive exclusive(m.store.busy);
+             m.store.kernels().upload(dst + offset, src, n * (int64_t)sizeof(float));
+             if (which == "params") m.store.mark_changed();
+           },
+           py::arg("which"), py::arg("values"), py::arg("offset") = 0,
+           "Copy float32 values (n,) into 'params', 'grads', 'adam_m' or 'adam_v' at offset.")
       .def("tensors", [](py::object self) { return tensor_views<Model>(self, false); })
       .def("grad_tensors", [](py::object self) { return tensor_views<Model>(self, true); })
       .def("flat_params", [](py::object self) { return flat_view<Model>(self, &ParamStore::params); })
@@ -182,28 +239,18 @@ py::array_t<float> rnn_logits(RNNLM& r, const Tokens& tk, bool carry) {
   return out;
 }
 
-// A model's kernel table: "fp32" the active one, "bf16" its mixed-precision
-// variant (every GEMM in bfloat16).
-const Kernels& model_kernels(const char* op, const std::string& precision) {
-  if (precision == "fp32") return cpu::kernels();
-  if (precision != "bf16") value_error(op, "precision must be 'fp32' or 'bf16', got '" + precision + "'");
-  try {
-    return cpu::kernels_for(GemmPrecision::kBF16);
-  } catch (const std::invalid_argument& e) {
-    value_error(op, e.what());
-  }
-}
-
 }  // namespace
 
 void bind_model(py::module_& m) {
+  m.def("cuda_emulated", &cuda_emulated,
+        "Whether FASTLM_EMULATE_CUDA=1 makes device='cuda' the emulated device (checked now).");
   py::class_<GPT> gpt(m, "GPT");
   bind_store(gpt);
   gpt
       .def(py::init([](int64_t vocab, int64_t block, int64_t n_layer, int64_t n_head,
                        int64_t n_embd, bool bias, bool tie_word_embeddings,
                        const std::string& activation, double layer_norm_epsilon,
-                       const std::string& precision) {
+                       const std::string& precision, const std::string& device) {
              GPTConfig c{vocab, block, n_layer, n_head, n_embd};
              c.bias = bias, c.tie_word_embeddings = tie_word_embeddings;
              // Hugging Face's names: "gelu_new" is the tanh approximation.
@@ -214,12 +261,12 @@ void bind_model(py::module_& m) {
              if (!(layer_norm_epsilon > 0 && layer_norm_epsilon < 1e30))
                value_error("GPT", "layer_norm_epsilon must be finite and > 0");
              c.layer_norm_epsilon = (float)layer_norm_epsilon;
-             return new GPT(c, model_kernels("GPT", precision));
+             return new GPT(c, model_backend("GPT", device, precision));
            }),
            py::arg("vocab_size"), py::arg("block_size"), py::arg("n_layer"), py::arg("n_head"),
            py::arg("n_embd"), py::arg("bias") = true, py::arg("tie_word_embeddings") = true,
            py::arg("activation") = "gelu_new", py::arg("layer_norm_epsilon") = 1e-5,
-           py::arg("precision") = "fp32")
+           py::arg("precision") = "fp32", py::arg("device") = "cpu")
       .def("forward",
            [](GPT& g, py::handle idx_obj) {
              Tokens tk = checked_batch(g, idx_obj, "forward");
@@ -313,17 +360,17 @@ void bind_model(py::module_& m) {
   py::class_<RNNLM> rnn(m, "RNNLM");
   bind_store(rnn);
   rnn.def(py::init([](const std::string& kind, int64_t vocab, int64_t embed, int64_t hidden,
-                      int64_t layers, const std::string& precision) {
+                      int64_t layers, const std::string& precision, const std::string& device) {
              RNNConfig c;
              if (kind == "lstm") c.kind = CellKind::kLSTM;
              else if (kind == "gru") c.kind = CellKind::kGRU;
              else value_error("RNNLM", "kind must be 'lstm' or 'gru', got '" + kind + "'");
              c.vocab_size = vocab, c.embed_dim = embed, c.hidden_size = hidden;
              c.num_layers = layers;
-             return new RNNLM(c, model_kernels("RNNLM", precision));
+             return new RNNLM(c, model_backend("RNNLM", device, precision));
            }),
            py::arg("kind"), py::arg("vocab_size"), py::arg("embed_dim"), py::arg("hidden_size"),
-           py::arg("num_layers"), py::arg("precision") = "fp32")
+           py::arg("num_layers"), py::arg("precision") = "fp32", py::arg("device") = "cpu")
       .def("forward",
            [](RNNLM& r, py::handle idx_obj, bool carry) {
              return rnn_logits(r, checked_rnn_batch(r, idx_obj, "forward"), carry);
@@ -395,11 +442,11 @@ void bind_model(py::module_& m) {
         std::lock_guard<std::mutex> lock(r.store.busy);  // the GIL is kept: arrays are made here
         const int64_t L = r.config().num_layers, b = r.state_batch(), H = r.config().hidden_size;
         if (b == 0) return py::make_tuple(py::none(), py::none());
+        const bool lstm = r.config().kind == CellKind::kLSTM;
         py::array_t<float> h = new_array({L, b, H});
-        std::memcpy(h.mutable_data(), r.state_h(), L * b * H * sizeof(float));
-        if (r.config().kind == CellKind::kGRU) return py::make_tuple(h, py::none());
-        py::array_t<float> c = new_array({L, b, H});
-        std::memcpy(c.mutable_data(), r.state_c(), L * b * H * sizeof(float));
+        py::array_t<float> c = new_array({lstm ? L : 0, b, H});
+        r.get_state(h.mutable_data(), lstm ? c.mutable_data() : nullptr);
+        if (!lstm) return py::make_tuple(h, py::none());
         return py::make_tuple(h, c);
       });
 

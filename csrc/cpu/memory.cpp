@@ -1,19 +1,37 @@
 #include "cpu/memory.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace fastlm {
 namespace cpu {
 
-OutOfMemory::OutOfMemory(const char* what, int64_t count, size_t elem_size) {
+}  // namespace cpu
+
+OutOfMemory::OutOfMemory(const char* what, int64_t count, size_t elem_size, const char* where,
+                         const std::string& reason) {
   const long double bytes = (long double)count * elem_size;
-  msg_ = std::string("out of memory: could not allocate ") +
+  msg_ = std::string("out of ") + where + ": could not allocate " +
          (bytes < 1e18L ? std::to_string((unsigned long long)bytes) : std::to_string((double)bytes)) +
-         " bytes (" + std::to_string(count) + " x " + std::to_string(elem_size) + ") for " + what;
+         " bytes (" + std::to_string(count) + " x " + std::to_string(elem_size) + ") for " + what +
+         (reason.empty() ? "" : " (" + reason + ")");
 }
 
 const char* OutOfMemory::what() const noexcept { return msg_.c_str(); }
+
+namespace cpu {
+
+void* host_alloc(int64_t bytes) {
+  if (bytes == 0) return nullptr;
+  return alloc_floats((bytes + 3) / 4, "a model buffer");
+}
+
+void host_release(void* p) { free_floats(static_cast<float*>(p)); }
+
+void host_copy(void* dst, const void* src, int64_t bytes) {
+  if (bytes > 0) std::memcpy(dst, src, (size_t)bytes);
+}
 
 float* alloc_floats(int64_t n, const char* what) {
   constexpr int64_t kLine = 64;

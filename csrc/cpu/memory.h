@@ -7,19 +7,18 @@
 #include <new>
 #include <string>
 
+#include "out_of_memory.h"
+
 namespace fastlm {
 namespace cpu {
 
-// A std::bad_alloc (pybind11 raises MemoryError with what()) that says how
-// many bytes were asked for, and for what.
-class OutOfMemory : public std::bad_alloc {
- public:
-  OutOfMemory(const char* what, int64_t count, size_t elem_size);
-  const char* what() const noexcept override;
+using ::fastlm::OutOfMemory;
 
- private:
-  std::string msg_;
-};
+// The CPU table's memory entries (csrc/kernels.h): host memory, 64-byte
+// aligned; upload and download are plain copies.
+void* host_alloc(int64_t bytes);
+void host_release(void* p);
+void host_copy(void* dst, const void* src, int64_t bytes);
 
 // n floats, 64-byte aligned (n == 0 gives a valid, empty block); throws
 // OutOfMemory when n * 4 bytes overflow or cannot be had. Release with

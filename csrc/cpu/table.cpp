@@ -1,5 +1,6 @@
 // The kernel table of one ISA (this file is compiled once per ISA).
 #include "cpu/cpu_kernels.h"
+#include "cpu/memory.h"
 
 #define FASTLM_STR2(x) #x
 #define FASTLM_STR(x) FASTLM_STR2(x)
@@ -44,6 +45,8 @@ const Kernels* mixed_table() {
 static Kernels make_table() {
   Kernels t{};
   t.name = FASTLM_STR(FASTLM_ISA);
+  t.device = "cpu";
+  t.alloc = host_alloc, t.release = host_release, t.upload = host_copy, t.download = host_copy;
 #define FASTLM_SET_KERNEL(entry) t.entry = entry;
   FASTLM_KERNELS(FASTLM_SET_KERNEL)
 #undef FASTLM_SET_KERNEL

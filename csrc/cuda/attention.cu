@@ -62,6 +62,8 @@ __global__ void __launch_bounds__(kThreads) fwd_f32_kernel(const FwdParams p) {
   const int64_t i = q0 + r;
 
   load_rows_f32<DMAX, LD>(Qs, Q, p.sq.row, q0, p.seq_q, D);
+  const bool drop = p.drop_threshold != 0;
+  const uint64_t dkey = drop ? drop_key(p, b, h) : 0;
   float m = -INFINITY, l = 0.f, o[NU];
 #pragma unroll
   for (int u = 0; u < NU; ++u) o[u] = 0.f;
@@ -90,9 +92,10 @@ __global__ void __launch_bounds__(kThreads) fwd_f32_kernel(const FwdParams p) {
     for (int u = 0; u < NU; ++u) o[u] *= corr;
 #pragma unroll
     for (int jj = 0; jj < 8; ++jj) {
+      const int j = c + 4 * jj;
       const float pj = expf(s[jj] - mu);
-      l += pj;
-      Ps[r * (kTile + 1) + c + 4 * jj] = pj;
+      l += pj;  // the normaliser sums kept and dropped alike
+      Ps[r * (kTile + 1) + j] = drop ? pj * drop_factor(p, dkey, i, k0 + j) : pj;
     }
     m = mn;
     __syncthreads();  // everyone is done with K and has written P
@@ -141,6 +144,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_f32_kernel(const BwdParams 
   const float* delta = p.delta + (b * p.heads + h) * p.seq_q;
   const int D = p.head_dim;
   const int64_t key = k0 + jr;
+  const bool drop = p.drop_threshold != 0;
+  const uint64_t dkey = drop ? drop_key(p, b, h) : 0;
 
   load_rows_f32<DMAX, LD>(Ks, K, p.sk.row, k0, p.seq_k, D);
   load_rows_f32<DMAX, LD>(Vs, V, p.sv.row, k0, p.seq_k, D);
@@ -166,7 +171,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_f32_kernel(const BwdParams 
       float pv = 0.f, ds = 0.f;
       if (li != -INFINITY && visible(q0 + il, key, p.seq_q, p.seq_k, p.causal)) {
         pv = expf(dot_rows(Ks + jr * LD, Qs + il * LD, D) * p.scale - li);
-        ds = pv * (dot_rows(Vs + jr * LD, dOs + il * LD, D) - delta_s[il]);
+        const float dp = dot_rows(Vs + jr * LD, dOs + il * LD, D);
+        // Dropout: dV takes P Z, and dS = P (Z dP - delta).
+        const float z = drop ? drop_factor(p, dkey, q0 + il, key) : 1.f;
+        ds = pv * (dp * z - delta_s[il]);
+        pv *= z;
       }
       Ps[jr * LP + il] = pv;
       dSs[jr * LP + il] = ds;
@@ -216,6 +225,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_f32_kernel(const BwdParams p)
   const int64_t stat = (b * p.heads + h) * p.seq_q + i;
   const float li = i < p.seq_q ? p.lse[stat] : -INFINITY;
   const float di = i < p.seq_q ? p.delta[stat] : 0.f;
+  const bool drop = p.drop_threshold != 0;
+  const uint64_t dkey = drop ? drop_key(p, b, h) : 0;
 
   load_rows_f32<DMAX, LD>(Qs, Q, p.sq.row, q0, p.seq_q, D);
   load_rows_f32<DMAX, LD>(dOs, dO, p.so.row, q0, p.seq_q, D);
@@ -235,7 +246,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_f32_kernel(const BwdParams p)
       float ds = 0.f;
       if (li != -INFINITY && visible(i, k0 + j, p.seq_q, p.seq_k, p.causal)) {
         const float pv = expf(dot_rows(Qs + r * LD, Ks + j * LD, D) * p.scale - li);
-        ds = pv * (dot_rows(dOs + r * LD, Vs + j * LD, D) - di);
+        const float z = drop ? drop_factor(p, dkey, i, k0 + j) : 1.f;
+        ds = pv * (dot_rows(dOs + r * LD, Vs + j * LD, D) * z - di);
       }
       dSs[r * LP + j] = ds;
     }
@@ -303,12 +315,39 @@ void check_sizes(const AttentionDesc& d, const char* op) {
                                 "] on CUDA, got " + std::to_string(d.head_dim));
   if (d.batch > 65535 || d.heads > 65535)
     throw std::invalid_argument(name + ": batch and heads must be <= 65535 on CUDA");
+  if (!(d.dropout_p >= 0.f && d.dropout_p < 1.f))
+    throw std::invalid_argument(name + ": dropout must be in [0, 1), got " +
+                                std::to_string(d.dropout_p));
 }
 
 // cp.async needs 16-byte aligned rows: base pointers and all strides.
 bool vec_ok(const void* ptr, const Strides& s, int64_t elem) {
   return aligned16(ptr) && (s.batch * elem) % 16 == 0 && (s.head * elem) % 16 == 0 &&
          (s.row * elem) % 16 == 0;
+}
+
+HeadParams head_params(const AttentionDesc& d) {
+  HeadParams p;
+  p.q = d.q;
+  p.k = d.k;
+  p.v = d.v;
+  p.sq = d.sq;
+  p.sk = d.sk;
+  p.sv = d.sv;
+  p.so = d.so;
+  p.heads = d.heads;
+  p.seq_q = d.seq_q;
+  p.seq_k = d.seq_k;
+  p.head_dim = (int)d.head_dim;
+  p.causal = d.causal;
+  p.scale = 1.f / sqrtf((float)d.head_dim);
+  // The float32 kernels load with plain loads; bfloat16 tiles by cp.async.
+  p.vec = d.dtype == DType::kBFloat16 && vec_ok(d.q, d.sq, 2) && vec_ok(d.k, d.sk, 2) &&
+          vec_ok(d.v, d.sv, 2);
+  p.dropout_seed = d.dropout_seed;
+  p.drop_threshold = d.dropout_p > 0.f ? dropout::threshold(d.dropout_p) : 0u;
+  p.drop_scale = 1.f / (1.f - d.dropout_p);
+  return p;
 }
 
 }  // namespace
@@ -319,30 +358,15 @@ void attention_forward_ex(const AttentionDesc& d) {
   attn::check_sizes(d, "attention");
   if (d.batch == 0 || d.heads == 0 || d.seq_q == 0) return;
   attn::FwdParams p;
-  p.q = d.q;
-  p.k = d.k;
-  p.v = d.v;
+  static_cast<attn::HeadParams&>(p) = attn::head_params(d);
   p.out = d.out;
   p.lse = d.lse;
-  p.sq = d.sq;
-  p.sk = d.sk;
-  p.sv = d.sv;
-  p.so = d.so;
-  p.heads = d.heads;
-  p.seq_q = d.seq_q;
-  p.seq_k = d.seq_k;
-  p.head_dim = (int)d.head_dim;
-  p.causal = d.causal;
-  p.scale = 1.f / sqrtf((float)d.head_dim);
   if (d.dtype == DType::kFloat32) {
-    p.vec = false;
     if (d.head_dim <= 64)
       attn::launch_forward_f32<64>(p, d.batch);
     else
       attn::launch_forward_f32<128>(p, d.batch);
-  } else {
-    p.vec = attn::vec_ok(d.q, d.sq, 2) && attn::vec_ok(d.k, d.sk, 2) &&
-            attn::vec_ok(d.v, d.sv, 2);
+  } else if (!attn::launch_forward_bf16_next(p, d.batch)) {
     attn::launch_forward_bf16(p, d.batch);
   }
 }
@@ -350,27 +374,15 @@ void attention_forward_ex(const AttentionDesc& d) {
 void attention_backward_ex(const AttentionGradDesc& g) {
   const AttentionDesc& d = g.fwd;
   attn::check_sizes(d, "attention_backward");
-  if (d.batch == 0 || d.heads == 0 || (d.seq_q == 0 && d.seq_k == 0)) return;
+  // No query: nothing reaches k or v.
+  if (d.batch == 0 || d.heads == 0 || d.seq_q == 0) return;
   attn::BwdParams p;
-  p.q = d.q;
-  p.k = d.k;
-  p.v = d.v;
+  static_cast<attn::HeadParams&>(p) = attn::head_params(d);
   p.dout = g.dout;
   p.lse = d.lse;
   p.dq = g.dq;
   p.dk = g.dk;
   p.dv = g.dv;
-  p.sq = d.sq;
-  p.sk = d.sk;
-  p.sv = d.sv;
-  p.so = d.so;
-  p.heads = d.heads;
-  p.seq_q = d.seq_q;
-  p.seq_k = d.seq_k;
-  p.head_dim = (int)d.head_dim;
-  p.causal = d.causal;
-  p.scale = 1.f / sqrtf((float)d.head_dim);
-  if (d.seq_q == 0) return;  // no query: nothing reaches k or v
 
   const int64_t rows = d.batch * d.heads * d.seq_q;
   Scratch delta(sizeof(float) * rows);
@@ -382,7 +394,6 @@ void attention_backward_ex(const AttentionGradDesc& g) {
         static_cast<const float*>(g.dout), static_cast<const float*>(d.out), d.so, d.heads,
         d.seq_q, (int)d.head_dim, delta.as<float>(), rows);
     FASTLM_CHECK_LAUNCH("attention delta_kernel<float>");
-    p.vec = false;
     if (d.head_dim <= 64)
       attn::launch_backward_f32<64>(p, d.batch);
     else
@@ -392,25 +403,15 @@ void attention_backward_ex(const AttentionGradDesc& g) {
         static_cast<const bf16*>(g.dout), static_cast<const bf16*>(d.out), d.so, d.heads,
         d.seq_q, (int)d.head_dim, delta.as<float>(), rows);
     FASTLM_CHECK_LAUNCH("attention delta_kernel<bf16>");
-    p.vec = attn::vec_ok(d.q, d.sq, 2) && attn::vec_ok(d.k, d.sk, 2) &&
-            attn::vec_ok(d.v, d.sv, 2) && attn::vec_ok(g.dout, d.so, 2);
+    p.vec = p.vec && attn::vec_ok(g.dout, d.so, 2);
     attn::launch_backward_bf16(p, d.batch);
   }
 }
 
-// Attention-probability dropout has no CUDA kernel yet: refused rather than
-// silently skipped (a model's other dropout sites run on the GPU).
-static void refuse_dropout(const AttentionArgs& a, const char* op) {
-  if (a.dropout_p != 0.f)
-    throw std::invalid_argument(std::string(op) +
-                                ": attention dropout is not implemented on CUDA (use dropout=0 "
-                                "or the CPU)");
-}
-
-void attention_forward(const AttentionArgs& a) {
-  refuse_dropout(a, "attention_forward");
+// The table's float32 arguments as a descriptor.
+AttentionDesc attention_desc(const AttentionArgs& a, DType dtype) {
   AttentionDesc d;
-  d.dtype = DType::kFloat32;
+  d.dtype = dtype;
   d.q = a.q;
   d.k = a.k;
   d.v = a.v;
@@ -426,29 +427,18 @@ void attention_forward(const AttentionArgs& a) {
   d.seq_k = a.seq_k;
   d.head_dim = a.head_dim;
   d.causal = a.causal;
-  attention_forward_ex(d);
+  d.dropout_p = a.dropout_p;
+  d.dropout_seed = a.dropout_seed;
+  return d;
+}
+
+void attention_forward(const AttentionArgs& a) {
+  attention_forward_ex(attention_desc(a, DType::kFloat32));
 }
 
 void attention_backward(const AttentionGradArgs& a) {
   AttentionGradDesc g;
-  const AttentionArgs& f = a.fwd;
-  refuse_dropout(f, "attention_backward");
-  g.fwd.dtype = DType::kFloat32;
-  g.fwd.q = f.q;
-  g.fwd.k = f.k;
-  g.fwd.v = f.v;
-  g.fwd.out = f.out;
-  g.fwd.lse = f.lse;
-  g.fwd.sq = f.sq;
-  g.fwd.sk = f.sk;
-  g.fwd.sv = f.sv;
-  g.fwd.so = f.so;
-  g.fwd.batch = f.batch;
-  g.fwd.heads = f.heads;
-  g.fwd.seq_q = f.seq_q;
-  g.fwd.seq_k = f.seq_k;
-  g.fwd.head_dim = f.head_dim;
-  g.fwd.causal = f.causal;
+  g.fwd = attention_desc(a.fwd, DType::kFloat32);
   g.dout = a.dout;
   g.dq = a.dq;
   g.dk = a.dk;

@@ -2,24 +2,9 @@
 // mma.sync.m16n8k16, float32 accumulation and softmax statistics).
 //
 // Each block has 4 warps; a warp owns 16 rows of the block's 64 queries (the
-// forward and dQ kernels) or of its 64 keys (the dK/dV kernel). Tiles come in
-// by cp.async into shared rows padded by 8 elements (16 bytes), which keeps
-// every ldmatrix row address 16-byte aligned and the 8 rows of each 8x8
-// matrix on distinct banks.
-//
-// Operand fetches all follow the GEMM's patterns (matmul.cu), with tiles
-// stored [row][dim]:
-//   A operand, rows of a tile (Q, dO, K, V):  ldmatrix, matrix q at
-//       row + 8 (q & 1), col + 8 (q >> 1)
-//   B operand "transposed" (n = tile row, k = dim; for Q K^T-like products):
-//       ldmatrix, matrix q at row + 8 (q >> 1), col + 8 (q & 1)
-//   B operand "plain" (k = tile row, n = dim; for P V-like products):
-//       ldmatrix.trans, matrix q at row + 8 (q & 1), col + 8 (q >> 1)
-// A score tile in accumulator layout becomes the A operand of the next
-// product without leaving registers: for k step kk (16 columns), the A
-// registers are (C[2kk][0..1], C[2kk][2..3], C[2kk+1][0..1], C[2kk+1][2..3])
-// packed to bfloat16x2.
-#include "cuda/attention.cuh"
+// forward and dQ kernels) or of its 64 keys (the dK/dV kernel). Operand
+// fetches and the register reuse of score tiles: attention_tc.cuh.
+#include "cuda/attention_tc.cuh"
 
 namespace fastlm {
 namespace cuda {
@@ -30,46 +15,9 @@ namespace {
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kRows = 64;      // queries (or keys) per block, 16 per warp
 
-struct Lane {
-  int warp, lane, g, t, q, r8;
-  __device__ Lane()
-      : warp(threadIdx.x >> 5),
-        lane(threadIdx.x & 31),
-        g((threadIdx.x & 31) >> 2),
-        t(threadIdx.x & 3),
-        q((threadIdx.x & 31) >> 3),
-        r8(threadIdx.x & 7) {}
-};
-
-// A fragment for rows [row, row + 16), dims [col, col + 16) of a tile.
-template <int LD>
-__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const bf16* s, int row, int col,
-                                       const Lane& L) {
-  ldmatrix_x4(a, s + (row + (L.q & 1) * 8 + L.r8) * LD + col + (L.q >> 1) * 8);
-}
-// B fragments of two n tiles, n = tile rows [row, row + 16), k = dims [col, col + 16).
-template <int LD>
-__device__ __forceinline__ void frag_b_rows(uint32_t (&b)[4], const bf16* s, int row, int col,
-                                            const Lane& L) {
-  ldmatrix_x4(b, s + (row + (L.q >> 1) * 8 + L.r8) * LD + col + (L.q & 1) * 8);
-}
-// B fragments of two n tiles, k = tile rows [row, row + 16), n = dims [col, col + 16).
-template <int LD>
-__device__ __forceinline__ void frag_b_cols(uint32_t (&b)[4], const bf16* s, int row, int col,
-                                            const Lane& L) {
-  ldmatrix_x4_trans(b, s + (row + (L.q & 1) * 8 + L.r8) * LD + col + (L.q >> 1) * 8);
-}
-
-// Accumulator tiles c[2kk], c[2kk + 1] (16 columns) as an A operand.
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
-                                         const float (&c1)[4]) {
-  a[0] = pack_bf16(c0[0], c0[1]);
-  a[1] = pack_bf16(c0[2], c0[3]);
-  a[2] = pack_bf16(c1[0], c1[1]);
-  a[3] = pack_bf16(c1[2], c1[3]);
-}
-
-template <int DMAX>
+// DROP (dropout on the probabilities) is a separate instance: the plain
+// kernel keeps the registers and the code it had.
+template <int DMAX, bool DROP>
 __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
   constexpr int LD = DMAX + 8, NKD = DMAX / 16, NDT = DMAX / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -94,6 +42,7 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
   // This thread's two query rows: g and g + 8 of the warp's 16.
   const int64_t rows[2] = {q0 + 16 * L.warp + L.g, q0 + 16 * L.warp + L.g + 8};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // m in log2 units
+  const uint64_t dkey = DROP ? drop_key(p, b, h) : 0;
   float o[NDT][4];
 #pragma unroll
   for (int dt = 0; dt < NDT; ++dt)
@@ -113,19 +62,7 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
 
     // S = Q K^T: 16 queries x 64 keys per warp, 8 n tiles of 8 keys.
     float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-#pragma unroll
-    for (int kd = 0; kd < NKD; ++kd)
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t kb[4];
-        frag_b_rows<LD>(kb, Ks, 16 * np, 16 * kd, L);
-        mma_bf16(s[2 * np], qf[kd], kb[0], kb[1]);
-        mma_bf16(s[2 * np + 1], qf[kd], kb[2], kb[3]);
-      }
+    qk_tile<LD>(s, qf, Ks, L);
 
     // Online softmax in log2 units; element e of tile nt is row rows[e >> 1],
     // key k0 + 8 nt + 2 t + (e & 1).
@@ -142,21 +79,7 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
         mx[e >> 1] = fmaxf(mx[e >> 1], v);
       }
     float mu[2];
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 1));
-      mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 2));
-      const float mn = fmaxf(m[hr], mx[hr]);
-      mu[hr] = mn == -INFINITY ? 0.f : mn;
-      const float corr = exp2f(m[hr] - mu[hr]);
-      l[hr] *= corr;
-#pragma unroll
-      for (int dt = 0; dt < NDT; ++dt) {
-        o[dt][2 * hr] *= corr;
-        o[dt][2 * hr + 1] *= corr;
-      }
-      m[hr] = mn;
-    }
+    online_rescale(m, l, o, mx, 1.f, mu);  // scores already in log2 units
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -165,48 +88,78 @@ __global__ void __launch_bounds__(kThreads) fwd_bf16_kernel(const FwdParams p) {
         l[e >> 1] += pv;
         s[nt][e] = pv;
       }
+    if (DROP) drop_tile(s, p, dkey, rows, k0, L);  // after l: it sums kept and dropped alike
 
     cp_async_wait<0>();  // V
     __syncthreads();
-    // O += P V: k = the 64 keys in 4 steps of 16, n = head dims.
+    add_pv<LD>(o, s, Vs, L);
+  }
+  store_forward(p, b, h, rows, o, l, m, L);
+}
+
+// One element of a backward score tile: query i, key j, the query's lse (in
+// log2 units) and delta.
+struct ElemAt {
+  int64_t i, j;
+  float lse, delta;
+};
+
+// The backward's recompute of a score tile, shared by the dK/dV kernel (rows
+// of A = the warp's 16 keys of K and V, rows of B = queries of Q and dO: S^T
+// and dP^T) and the dQ kernel (A = queries of Q and dO, B = keys of K and V:
+// S and dP). First s = A1 B1^T and dp = A2 B2^T over NKD steps of 16 dims,
+// NT tiles of 8 B rows; then, element by element (`at` says which), s becomes
+// P Z (the probability times its dropout factor, what dV takes) and dp becomes
+// dS = P (Z dP - delta), unscaled; both are 0 where the mask hides (i, j).
+template <int LD, int NKD, int NT, bool DROP, typename At>
+__device__ __forceinline__ void recompute_tile(float (&s)[NT][4], float (&dp)[NT][4],
+                                               const bf16* A1, const bf16* A2, const bf16* B1,
+                                               const bf16* B2, const BwdParams& p, uint64_t dkey,
+                                               const Lane& L, At at) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[4];
-      acc_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int dp = 0; dp < DMAX / 16; ++dp) {
-        uint32_t vb[4];
-        frag_b_cols<LD>(vb, Vs, 16 * kk, 16 * dp, L);
-        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
-      }
+    for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+  for (int kd = 0; kd < NKD; ++kd) {
+    uint32_t a1[4], a2[4];
+    frag_a<LD>(a1, A1, 16 * L.warp, 16 * kd, L);
+    frag_a<LD>(a2, A2, 16 * L.warp, 16 * kd, L);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t b1[4], b2[4];
+      frag_b_rows<LD>(b1, B1, 16 * np, 16 * kd, L);
+      frag_b_rows<LD>(b2, B2, 16 * np, 16 * kd, L);
+      mma_bf16(s[2 * np], a1, b1[0], b1[1]);
+      mma_bf16(s[2 * np + 1], a1, b1[2], b1[3]);
+      mma_bf16(dp[2 * np], a2, b2[0], b2[1]);
+      mma_bf16(dp[2 * np + 1], a2, b2[2], b2[3]);
     }
   }
-
-  bf16* O = head_ptr<bf16>(p.out, p.so, b, h);
-  float* lse = p.lse + (b * p.heads + h) * p.seq_q;
+  const float sl2 = p.scale * kLog2e;
 #pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    float lt = l[hr];
-    lt += __shfl_xor_sync(kFullMask, lt, 1);
-    lt += __shfl_xor_sync(kFullMask, lt, 2);
-    const int64_t i = rows[hr];
-    if (i >= p.seq_q) continue;
-    const float inv = lt > 0.f ? 1.f / lt : 0.f;
-    bf16* orow = O + i * p.so.row;
+  for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int dt = 0; dt < NDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = 8 * dt + 2 * L.t + e;
-        if (d < D) orow[d] = __float2bfloat16_rn(o[dt][2 * hr + e] * inv);
+    for (int e = 0; e < 4; ++e) {
+      const ElemAt x = at(nt, e);
+      float pv = 0.f, ds = 0.f;
+      if (x.lse != -INFINITY && visible(x.i, x.j, p.seq_q, p.seq_k, p.causal)) {
+        pv = exp2f(s[nt][e] * sl2 - x.lse);
+        if (DROP) {
+          const float z = drop_factor(p, dkey, x.i, x.j);
+          ds = pv * (dp[nt][e] * z - x.delta);
+          pv *= z;
+        } else {
+          ds = pv * (dp[nt][e] - x.delta);
+        }
       }
-    if (L.t == 0) lse[i] = lt == 0.f ? -INFINITY : (m[hr] + log2f(lt)) * kLn2;
-  }
+      s[nt][e] = pv;
+      dp[nt][e] = ds;
+    }
 }
 
 // dK, dV for the block's 64 keys (16 per warp), over query blocks of 32.
-template <int DMAX>
+template <int DMAX, bool DROP>
 __global__ void __launch_bounds__(kThreads) bwd_dkdv_bf16_kernel(const BwdParams p) {
   constexpr int LD = DMAX + 8, NKD = DMAX / 16, NDT = DMAX / 8, BQ = 32;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -225,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_bf16_kernel(const BwdParams
   const float* lse = p.lse + (b * p.heads + h) * p.seq_q;
   const float* delta = p.delta + (b * p.heads + h) * p.seq_q;
   const int D = p.head_dim;
-  const float sl2 = p.scale * kLog2e;
+  const uint64_t dkey = DROP ? drop_key(p, b, h) : 0;
 
   load_tile<bf16, kRows, DMAX, LD, kThreads>(Ks, K, p.sk.row, k0, 0, p.seq_k, D, p.vec);
   load_tile<bf16, kRows, DMAX, LD, kThreads>(Vs, V, p.sv.row, k0, 0, p.seq_k, D, p.vec);
@@ -252,42 +205,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_bf16_kernel(const BwdParams
     cp_async_wait<0>();
     __syncthreads();
 
-    // S^T = K Q^T and dP^T = V dO^T: 16 keys x 32 queries per warp.
+    // P^T Z and dS^T: 16 keys x 32 queries per warp; element e of tile nt is
+    // key keys[e >> 1], query q0 + 8 nt + 2 t + (e & 1).
     float st[4][4], dpt[4][4];
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-#pragma unroll
-    for (int kd = 0; kd < NKD; ++kd) {
-      uint32_t ka[4], va[4];
-      frag_a<LD>(ka, Ks, 16 * L.warp, 16 * kd, L);
-      frag_a<LD>(va, Vs, 16 * L.warp, 16 * kd, L);
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t qb[4], ob[4];
-        frag_b_rows<LD>(qb, Qs, 16 * np, 16 * kd, L);
-        frag_b_rows<LD>(ob, dOs, 16 * np, 16 * kd, L);
-        mma_bf16(st[2 * np], ka, qb[0], qb[1]);
-        mma_bf16(st[2 * np + 1], ka, qb[2], qb[3]);
-        mma_bf16(dpt[2 * np], va, ob[0], ob[1]);
-        mma_bf16(dpt[2 * np + 1], va, ob[2], ob[3]);
-      }
-    }
-    // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - delta); element e of tile
-    // nt is key keys[e >> 1], query q0 + 8 nt + 2 t + (e & 1).
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int il = 8 * nt + 2 * L.t + (e & 1);
-        const float li = lse_s[il];
-        float pv = 0.f;
-        if (li != -INFINITY && visible(q0 + il, keys[e >> 1], p.seq_q, p.seq_k, p.causal))
-          pv = exp2f(st[nt][e] * sl2 - li);
-        st[nt][e] = pv;
-        dpt[nt][e] = pv * (dpt[nt][e] - delta_s[il]);
-      }
+    recompute_tile<LD, NKD, 4, DROP>(st, dpt, Ks, Vs, Qs, dOs, p, dkey, L, [&](int nt, int e) {
+      const int il = 8 * nt + 2 * L.t + (e & 1);
+      return ElemAt{q0 + il, keys[e >> 1], lse_s[il], delta_s[il]};
+    });
     // dV += P^T dO, dK += dS^T Q: k = the 32 queries in 2 steps of 16.
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
@@ -327,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_bf16_kernel(const BwdParams
 }
 
 // dQ for the block's 64 queries (16 per warp), over key blocks of 64.
-template <int DMAX>
+template <int DMAX, bool DROP>
 __global__ void __launch_bounds__(kThreads) bwd_dq_bf16_kernel(const BwdParams p) {
   constexpr int LD = DMAX + 8, NKD = DMAX / 16, NDT = DMAX / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -342,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_bf16_kernel(const BwdParams p
   const bf16* V = head_ptr<bf16>(p.v, p.sv, b, h);
   const bf16* dO = head_ptr<bf16>(p.dout, p.so, b, h);
   const int D = p.head_dim;
-  const float sl2 = p.scale * kLog2e;
+  const uint64_t dkey = DROP ? drop_key(p, b, h) : 0;
 
   load_tile<bf16, kRows, DMAX, LD, kThreads>(Qs, Q, p.sq.row, q0, 0, p.seq_q, D, p.vec);
   load_tile<bf16, kRows, DMAX, LD, kThreads>(dOs, dO, p.so.row, q0, 0, p.seq_q, D, p.vec);
@@ -371,41 +295,12 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_bf16_kernel(const BwdParams p
     cp_async_wait<0>();  // (and Q, dO on the first pass)
     __syncthreads();
 
-    // S = Q K^T and dP = dO V^T: 16 queries x 64 keys per warp.
+    // dS: 16 queries x 64 keys per warp; element e of tile nt is query
+    // rows[e >> 1], key k0 + 8 nt + 2 t + (e & 1).
     float s[8][4], dpm[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = dpm[nt][e] = 0.f;
-#pragma unroll
-    for (int kd = 0; kd < NKD; ++kd) {
-      uint32_t qa[4], oa[4];
-      frag_a<LD>(qa, Qs, 16 * L.warp, 16 * kd, L);
-      frag_a<LD>(oa, dOs, 16 * L.warp, 16 * kd, L);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t kb[4], vb[4];
-        frag_b_rows<LD>(kb, Ks, 16 * np, 16 * kd, L);
-        frag_b_rows<LD>(vb, Vs, 16 * np, 16 * kd, L);
-        mma_bf16(s[2 * np], qa, kb[0], kb[1]);
-        mma_bf16(s[2 * np + 1], qa, kb[2], kb[3]);
-        mma_bf16(dpm[2 * np], oa, vb[0], vb[1]);
-        mma_bf16(dpm[2 * np + 1], oa, vb[2], vb[3]);
-      }
-    }
-    // dS = P (dP - delta), P = exp(S scale - lse); element e of tile nt is
-    // query rows[e >> 1], key k0 + 8 nt + 2 t + (e & 1).
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int hr = e >> 1;
-        const int64_t key = k0 + 8 * nt + 2 * L.t + (e & 1);
-        float ds = 0.f;
-        if (li[hr] != -INFINITY && visible(rows[hr], key, p.seq_q, p.seq_k, p.causal))
-          ds = exp2f(s[nt][e] * sl2 - li[hr]) * (dpm[nt][e] - di[hr]);
-        dpm[nt][e] = ds;
-      }
+    recompute_tile<LD, NKD, 8, DROP>(s, dpm, Qs, dOs, Ks, Vs, p, dkey, L, [&](int nt, int e) {
+      return ElemAt{rows[e >> 1], k0 + 8 * nt + 2 * L.t + (e & 1), li[e >> 1], di[e >> 1]};
+    });
     // dQ += dS K: k = the 64 keys in 4 steps of 16.
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -438,46 +333,49 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_bf16_kernel(const BwdParams p
   }
 }
 
-template <int DMAX>
+template <int DMAX, bool DROP>
 void forward(const FwdParams& p, int64_t batch) {
   const size_t smem = sizeof(bf16) * 3 * kRows * (DMAX + 8);
-  allow_shared_bytes(fwd_bf16_kernel<DMAX>, smem);
+  allow_shared_bytes(fwd_bf16_kernel<DMAX, DROP>, smem);
   const dim3 grid((unsigned)cdiv(p.seq_q, kRows), (unsigned)p.heads, (unsigned)batch);
-  fwd_bf16_kernel<DMAX><<<grid, kThreads, smem>>>(p);
+  fwd_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem>>>(p);
   FASTLM_CHECK_LAUNCH("attention fwd_bf16_kernel");
 }
 
-template <int DMAX>
+template <int DMAX, bool DROP>
 void backward(const BwdParams& p, int64_t batch) {
   constexpr int LD = DMAX + 8;
   if (p.seq_k > 0) {
     const size_t smem = sizeof(bf16) * (2 * kRows + 2 * 32) * LD + sizeof(float) * 2 * 32;
-    allow_shared_bytes(bwd_dkdv_bf16_kernel<DMAX>, smem);
+    allow_shared_bytes(bwd_dkdv_bf16_kernel<DMAX, DROP>, smem);
     const dim3 grid((unsigned)cdiv(p.seq_k, kRows), (unsigned)p.heads, (unsigned)batch);
-    bwd_dkdv_bf16_kernel<DMAX><<<grid, kThreads, smem>>>(p);
+    bwd_dkdv_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem>>>(p);
     FASTLM_CHECK_LAUNCH("attention bwd_dkdv_bf16_kernel");
   }
   const size_t smem = sizeof(bf16) * 4 * kRows * LD;
-  allow_shared_bytes(bwd_dq_bf16_kernel<DMAX>, smem);
+  allow_shared_bytes(bwd_dq_bf16_kernel<DMAX, DROP>, smem);
   const dim3 grid((unsigned)cdiv(p.seq_q, kRows), (unsigned)p.heads, (unsigned)batch);
-  bwd_dq_bf16_kernel<DMAX><<<grid, kThreads, smem>>>(p);
+  bwd_dq_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem>>>(p);
   FASTLM_CHECK_LAUNCH("attention bwd_dq_bf16_kernel");
 }
 
 }  // namespace
 
+// Each instance by head-dim bound and dropout.
 void launch_forward_bf16(const FwdParams& p, int64_t batch) {
+  const bool drop = p.drop_threshold != 0;
   if (p.head_dim <= 64)
-    forward<64>(p, batch);
+    (drop ? forward<64, true> : forward<64, false>)(p, batch);
   else
-    forward<128>(p, batch);
+    (drop ? forward<128, true> : forward<128, false>)(p, batch);
 }
 
 void launch_backward_bf16(const BwdParams& p, int64_t batch) {
+  const bool drop = p.drop_threshold != 0;
   if (p.head_dim <= 64)
-    backward<64>(p, batch);
+    (drop ? backward<64, true> : backward<64, false>)(p, batch);
   else
-    backward<128>(p, batch);
+    (drop ? backward<128, true> : backward<128, false>)(p, batch);
 }
 
 }  // namespace attn

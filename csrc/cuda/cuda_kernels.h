@@ -19,8 +19,10 @@ namespace cuda {
 
 enum class DType { kFloat32, kBFloat16 };
 
-// The CUDA `Kernels` table (name "cuda").
-const Kernels* kernel_table();
+// The CUDA `Kernels` tables (name "cuda"): every GEMM in `precision`, on
+// float32 data (kBF16 rounds the operands to bfloat16 and accumulates and
+// writes float32: a model's mixed precision).
+const Kernels* kernel_table(GemmPrecision precision = GemmPrecision::kExact);
 
 // ---- The table's entries (float32; matmul is exact float32: FMA tiles, no
 // TF32; matmul_packed_size is 0, as the GPU GEMM stages B itself) ----------
@@ -64,6 +66,8 @@ struct AttentionDesc {
   Strides sq, sk, sv, so;
   int64_t batch = 0, heads = 0, seq_q = 0, seq_k = 0, head_dim = 0;
   bool causal = true;
+  float dropout_p = 0.f;  // as AttentionArgs
+  uint64_t dropout_seed = 0;
 };
 struct AttentionGradDesc {
   AttentionDesc fwd;  // out and lse as the forward produced them (read only)
@@ -73,6 +77,8 @@ struct AttentionGradDesc {
   void* dv = nullptr;
 };
 void attention_forward_ex(const AttentionDesc& d);
+// The descriptor of AttentionArgs' tensors (their pointers, now of `dtype`).
+AttentionDesc attention_desc(const AttentionArgs& a, DType dtype);
 void attention_backward_ex(const AttentionGradDesc& d);
 
 // ---- Cross-entropy with a range check ------------------------------------

@@ -1,10 +1,13 @@
 #include "cuda/runtime.h"
+#include "out_of_memory.h"
 
 #include <cuda_runtime.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
+#include <unordered_map>
 #include <stdexcept>
 
 namespace fastlm {
@@ -130,6 +133,23 @@ int multiprocessor_count() {
   return n;
 }
 
+namespace {
+
+// Bytes fastlm holds on the GPU now and at most since the last reset: the
+// size of every live block is kept, as a free does not say it.
+struct Usage {
+  std::mutex mu;
+  std::unordered_map<void*, size_t> blocks;
+  size_t now = 0, peak = 0;
+};
+
+Usage& usage() {
+  static Usage* u = new Usage;  // outlives the last free at exit
+  return *u;
+}
+
+}  // namespace
+
 void* malloc_device(size_t bytes) {
   if (bytes == 0) return nullptr;
   require();
@@ -137,18 +157,36 @@ void* malloc_device(size_t bytes) {
   const cudaError_t e = probe().pools ? cudaMallocAsync(&p, bytes, 0) : cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();  // out of memory is not sticky; keep it from the next check
-    throw std::runtime_error("fastlm: cannot allocate " + std::to_string(bytes) +
-                             " bytes of GPU memory: " + cudaGetErrorString(e));
+    throw OutOfMemory("a GPU buffer", (int64_t)bytes, 1, "GPU memory", cudaGetErrorString(e));
   }
+  Usage& u = usage();
+  std::lock_guard<std::mutex> lock(u.mu);
+  u.blocks[p] = bytes;
+  u.now += bytes;
+  u.peak = std::max(u.peak, u.now);
   return p;
 }
 
 void free_device(void* p) noexcept {
   if (!p) return;
+  {
+    Usage& u = usage();
+    std::lock_guard<std::mutex> lock(u.mu);
+    auto it = u.blocks.find(p);
+    if (it != u.blocks.end()) u.now -= it->second, u.blocks.erase(it);
+  }
   if (probe().pools)
     (void)cudaFreeAsync(p, 0);
   else
     (void)cudaFree(p);
+}
+
+MemoryUsage memory_usage(bool reset_peak) {
+  Usage& u = usage();
+  std::lock_guard<std::mutex> lock(u.mu);
+  const MemoryUsage r{u.now, u.peak};
+  if (reset_peak) u.peak = u.now;
+  return r;
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {

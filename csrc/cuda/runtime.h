@@ -44,6 +44,12 @@ void check_launch(const char* kernel);
 // bytes returns nullptr; free of nullptr does nothing.
 void* malloc_device(size_t bytes);
 void free_device(void* p) noexcept;
+// Bytes of GPU memory fastlm holds (malloc_device minus free_device) now,
+// and the most since the process started or the last reset_peak.
+struct MemoryUsage {
+  size_t now, peak;
+};
+MemoryUsage memory_usage(bool reset_peak = false);
 // Blocking copies (they wait for earlier work on the default stream; a fault
 // of an earlier kernel surfaces here as std::runtime_error).
 void copy_to_device(void* dst, const void* src, size_t bytes);

@@ -28,7 +28,16 @@ void validate(const GPTConfig& c) {
 }
 
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
-    : store(kernels), cfg_(config), k_(kernels) {
+    : store(kernels),
+      cfg_(config),
+      k_(kernels),
+      acts_(kernels),
+      packed_(kernels),
+      ln_zero_(kernels),
+      ln_dscratch_(kernels),
+      cache_(kernels),
+      ids_(kernels),
+      targets_(kernels) {
   validate(cfg_);
   const int64_t V = cfg_.vocab_size, C = cfg_.n_embd;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) { store.add(name, shape); };
@@ -56,7 +65,10 @@ GPT::GPT(const GPTConfig& config, const Kernels& kernels)
   add_bias("transformer.ln_f.bias", C);
   if (!cfg_.tie_word_embeddings) add("lm_head.weight", {V, C});
   store.allocate();
-  if (!cfg_.bias) ln_zero_.assign(C, 0.f), ln_dscratch_.assign(C, 0.f);
+  if (!cfg_.bias) {
+    ln_zero_.assign_zeros(C, "LayerNorm's zero bias");
+    ln_dscratch_.assign_zeros(C, "LayerNorm's unused bias gradient");
+  }
   w_ = view(store.params());
   g_ = view(store.grads());
 }
@@ -89,7 +101,11 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
   const int64_t per_layer = 5 * BT * C + 3 * BT * C + 2 * BT * 4 * C + 4 * BT + BT * H;
   const int64_t total = BT * C + cfg_.n_layer * per_layer + BT * C + 2 * BT + BT * V +
                         2 * BT * C + 2 * BT * 4 * C;
-  if ((int64_t)acts_.size() < total) acts_.assign(total, 0.f);
+  if (acts_.size() < total) {
+    acts_b_ = acts_t_ = 0;  // re-carved below only once the memory is there
+    acts_.reserve(total, "the activations");
+    k_.zero(acts_.data(), total);
+  }
   float* p = acts_.data();
   auto take = [&](int64_t n) {
     float* r = p;
@@ -97,8 +113,8 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
     return r;
   };
   encoded_ = take(BT * C);
-  la_.resize(cfg_.n_layer);
-  for (LayerActs& a : la_) {
+  layer_acts_.resize(cfg_.n_layer);
+  for (LayerActs& a : layer_acts_) {
     a.ln1 = take(BT * C), a.ln1_mean = take(BT), a.ln1_rstd = take(BT);
     a.qkv = take(3 * BT * C), a.atty = take(BT * C), a.lse = take(BT * H);
     a.res2 = take(BT * C), a.ln2 = take(BT * C), a.ln2_mean = take(BT), a.ln2_rstd = take(BT);
@@ -106,7 +122,7 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
   }
   lnf_ = take(BT * C), lnf_mean_ = take(BT), lnf_rstd_ = take(BT);
   logits_ = take(BT * V);
-  dres_ = take(BT * C), tmp_ = take(BT * C), d1_ = take(4 * BT * C), d2_ = take(4 * BT * C);
+  dresidual_ = take(BT * C), scratch_ = take(BT * C), dwide1_ = take(4 * BT * C), dwide2_ = take(4 * BT * C);
   acts_b_ = b;
   acts_t_ = t;
 }
@@ -122,7 +138,7 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
   const float* residual = encoded_;
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
     const Layer& L = w_.layers[l];
-    LayerActs& a = la_[l];
+    LayerActs& a = layer_acts_[l];
     k_.layernorm_forward(residual, L.ln1_w, ln_bias(L.ln1_b), a.ln1, a.ln1_mean, a.ln1_rstd, BT, C,
                          eps);
     // q, k and v are read in place from rows of 3C: the activations' qkv,
@@ -178,16 +194,16 @@ const float* GPT::run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
       }
     }
     const Packed p = cache ? packed_layers_[l] : Packed{};
-    linear_forward(k_, a.atty, L.proj_w, L.proj_b, tmp_, BT, C, C, p.proj);
-    if (drop_p_ > 0.f) k_.dropout(tmp_, tmp_, BT * C, drop_p_, drop_key(3 * l + 2));
-    k_.residual_forward(residual, tmp_, a.res2, BT * C);
+    linear_forward(k_, a.atty, L.proj_w, L.proj_b, scratch_, BT, C, C, p.proj);
+    if (drop_p_ > 0.f) k_.dropout(scratch_, scratch_, BT * C, drop_p_, drop_key(3 * l + 2));
+    k_.residual_forward(residual, scratch_, a.res2, BT * C);
     k_.layernorm_forward(a.res2, L.ln2_w, ln_bias(L.ln2_b), a.ln2, a.ln2_mean, a.ln2_rstd, BT, C,
                          eps);
     linear_forward(k_, a.ln2, L.fc_w, L.fc_b, a.fch, BT, C, 4 * C, p.fc);
     gelu_forward(a.fch, a.fch_gelu, BT * 4 * C);
-    linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, tmp_, BT, 4 * C, C, p.fcproj);
-    if (drop_p_ > 0.f) k_.dropout(tmp_, tmp_, BT * C, drop_p_, drop_key(3 * l + 3));
-    k_.residual_forward(a.res2, tmp_, a.res3, BT * C);
+    linear_forward(k_, a.fch_gelu, L.fcproj_w, L.fcproj_b, scratch_, BT, 4 * C, C, p.fcproj);
+    if (drop_p_ > 0.f) k_.dropout(scratch_, scratch_, BT * C, drop_p_, drop_key(3 * l + 3));
+    k_.residual_forward(a.res2, scratch_, a.res3, BT * C);
     residual = a.res3;
   }
   return residual;
@@ -202,20 +218,34 @@ void GPT::gelu_backward(const float* dy, const float* x, float* dx, int64_t n) c
                                                                                       n);
 }
 
+const int64_t* GPT::upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n) {
+  to.reserve(n, "token ids");
+  to.upload(host, n);
+  return to.data();
+}
+
 void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {
+  upload_ids(ids_, idx, b * t);
+  run_forward(b, t);
+  if (logits) k_.download(logits, logits_, b * t * cfg_.vocab_size * (int64_t)sizeof(float));
+}
+
+void GPT::run_forward(int64_t b, int64_t t) {
   const int64_t C = cfg_.n_embd, BT = b * t;
   ensure_acts(b, t);
-  k_.embedding_forward(idx, w_.wte, w_.wpe, encoded_, b, t, C, 0);
+  k_.embedding_forward(ids_.data(), w_.wte, w_.wpe, encoded_, b, t, C, 0);
   if (drop_p_ > 0.f) k_.dropout(encoded_, encoded_, BT * C, drop_p_, drop_key(0));
   const float* residual = run_blocks(b, t, 0, false);
   k_.layernorm_forward(residual, w_.lnf_w, ln_bias(w_.lnf_b), lnf_, lnf_mean_, lnf_rstd_, BT, C,
                        cfg_.layer_norm_epsilon);
-  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits ? logits : logits_, BT, C, cfg_.vocab_size);
+  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, BT, C, cfg_.vocab_size);
 }
 
 float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t) {
-  forward(idx, b, t, nullptr);
-  return k_.cross_entropy(logits_, targets, nullptr, b * t, cfg_.vocab_size, -100, 1.f);
+  upload_ids(ids_, idx, b * t);
+  const int64_t* tg = upload_ids(targets_, targets, b * t);
+  run_forward(b, t);
+  return k_.cross_entropy(logits_, tg, nullptr, b * t, cfg_.vocab_size, -100, 1.f);
 }
 
 float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
@@ -230,36 +260,38 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   } reset{drop_p_};
   drop_p_ = dropout_p, drop_seed_ = dropout_seed;
   const bool drop = dropout_p > 0.f;
-  forward(idx, b, t, nullptr);
+  const int64_t* ids = upload_ids(ids_, idx, BT);
+  const int64_t* tg = upload_ids(targets_, targets, BT);
+  run_forward(b, t);
   // The gradient overwrites the logits in place.
-  const float loss = k_.cross_entropy(logits_, targets, logits_, BT, V, -100, grad_scale);
+  const float loss = k_.cross_entropy(logits_, tg, logits_, BT, V, -100, grad_scale);
   const float* dlogits = logits_;
 
-  const float* residual = cfg_.n_layer ? la_.back().res3 : encoded_;
-  linear_backward(k_, dlogits, lnf_, w_.lm_head, tmp_, g_.lm_head, nullptr, BT, C, V, false);
-  k_.zero(dres_, BT * C);
+  const float* residual = cfg_.n_layer ? layer_acts_.back().res3 : encoded_;
+  linear_backward(k_, dlogits, lnf_, w_.lm_head, scratch_, g_.lm_head, nullptr, BT, C, V, false);
+  k_.zero(dresidual_, BT * C);
   if (!cfg_.bias) k_.zero(ln_dscratch_.data(), C);  // sums of unused gradients stay small
-  k_.layernorm_backward(tmp_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dres_, g_.lnf_w,
+  k_.layernorm_backward(scratch_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dresidual_, g_.lnf_w,
                         ln_dbias(g_.lnf_b), BT, C);
   for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
     const Layer& L = w_.layers[l];
     Layer& G = g_.layers[l];
-    LayerActs& a = la_[l];
-    const float* res_in = l ? la_[l - 1].res3 : encoded_;
+    LayerActs& a = layer_acts_[l];
+    const float* res_in = l ? layer_acts_[l - 1].res3 : encoded_;
     // res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); dres holds d res3.
     // Through a dropped branch: its mask applied to dres, into d2 (free here).
-    if (drop) k_.dropout(dres_, d2_, BT * C, dropout_p, drop_key(3 * l + 3));
-    linear_backward(k_, drop ? d2_ : dres_, a.fch_gelu, L.fcproj_w, d1_, G.fcproj_w, G.fcproj_b,
+    if (drop) k_.dropout(dresidual_, dwide2_, BT * C, dropout_p, drop_key(3 * l + 3));
+    linear_backward(k_, drop ? dwide2_ : dresidual_, a.fch_gelu, L.fcproj_w, dwide1_, G.fcproj_w, G.fcproj_b,
                     BT, 4 * C, C, false);
-    gelu_backward(d1_, a.fch, d2_, BT * 4 * C);
-    linear_backward(k_, d2_, a.ln2, L.fc_w, tmp_, G.fc_w, G.fc_b, BT, C, 4 * C, false);
-    k_.layernorm_backward(tmp_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dres_, G.ln2_w,
+    gelu_backward(dwide1_, a.fch, dwide2_, BT * 4 * C);
+    linear_backward(k_, dwide2_, a.ln2, L.fc_w, scratch_, G.fc_w, G.fc_b, BT, C, 4 * C, false);
+    k_.layernorm_backward(scratch_, a.res2, L.ln2_w, a.ln2_mean, a.ln2_rstd, dresidual_, G.ln2_w,
                           ln_dbias(G.ln2_b), BT, C);
     // res2 = res_in + c_proj(attention(c_attn(ln_1(res_in)))); dres holds d res2.
-    if (drop) k_.dropout(dres_, d2_, BT * C, dropout_p, drop_key(3 * l + 2));
-    linear_backward(k_, drop ? d2_ : dres_, a.atty, L.proj_w, tmp_, G.proj_w, G.proj_b, BT, C, C,
+    if (drop) k_.dropout(dresidual_, dwide2_, BT * C, dropout_p, drop_key(3 * l + 2));
+    linear_backward(k_, drop ? dwide2_ : dresidual_, a.atty, L.proj_w, scratch_, G.proj_w, G.proj_b, BT, C, C,
                     false);
-    k_.zero(d1_, BT * 3 * C);
+    k_.zero(dwide1_, BT * 3 * C);
     AttentionGradArgs ag;
     ag.fwd.q = a.qkv, ag.fwd.k = a.qkv + C, ag.fwd.v = a.qkv + 2 * C;
     ag.fwd.sq = ag.fwd.sk = ag.fwd.sv = {t * 3 * C, D, 3 * C};
@@ -267,14 +299,14 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
     ag.fwd.batch = b, ag.fwd.heads = H, ag.fwd.seq_q = t, ag.fwd.seq_k = t, ag.fwd.head_dim = D;
     ag.fwd.causal = true;
     ag.fwd.dropout_p = dropout_p, ag.fwd.dropout_seed = drop_key(3 * l + 1);
-    ag.dout = tmp_, ag.dq = d1_, ag.dk = d1_ + C, ag.dv = d1_ + 2 * C;
+    ag.dout = scratch_, ag.dq = dwide1_, ag.dk = dwide1_ + C, ag.dv = dwide1_ + 2 * C;
     k_.attention_backward(ag);
-    linear_backward(k_, d1_, a.ln1, L.attn_w, tmp_, G.attn_w, G.attn_b, BT, C, 3 * C, false);
-    k_.layernorm_backward(tmp_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dres_, G.ln1_w,
+    linear_backward(k_, dwide1_, a.ln1, L.attn_w, scratch_, G.attn_w, G.attn_b, BT, C, 3 * C, false);
+    k_.layernorm_backward(scratch_, res_in, L.ln1_w, a.ln1_mean, a.ln1_rstd, dresidual_, G.ln1_w,
                           ln_dbias(G.ln1_b), BT, C);
   }
-  if (drop) k_.dropout(dres_, dres_, BT * C, dropout_p, drop_key(0));
-  k_.embedding_backward(dres_, idx, g_.wte, g_.wpe, b, t, C, 0);
+  if (drop) k_.dropout(dresidual_, dresidual_, BT * C, dropout_p, drop_key(0));
+  k_.embedding_backward(dresidual_, ids, g_.wte, g_.wpe, b, t, C, 0);
   return loss;
 }
 
@@ -292,12 +324,13 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
                                   std::to_string(tn) + ")");
   if (b != cache_b_) {
     if (pos != 0) throw std::invalid_argument("decode: a new batch size must start at pos 0");
-    cache_.assign(cfg_.n_layer * b * S * 3 * C, 0.f);
+    cache_b_ = 0;  // until the new cache is there
+    cache_.assign_zeros(cfg_.n_layer * b * S * 3 * C, "the KV cache");
     cache_b_ = b;
   }
   if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
-  k_.embedding_forward(tokens, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
+  k_.embedding_forward(upload_ids(ids_, tokens, b * tn), w_.wte, w_.wpe, encoded_, b, tn, C, pos);
   decode_logits(run_blocks(b, tn, pos, true), b, tn, last, logits);
 }
 
@@ -312,8 +345,9 @@ void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, floa
                                   std::to_string(pos[i]) + " is outside [0, block_size " +
                                   std::to_string(S) + ")");
   ensure_acts(b, 1);
+  const int64_t* ids = upload_ids(ids_, tokens, b);
   for (int64_t i = 0; i < b; ++i)
-    k_.embedding_forward(tokens + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
+    k_.embedding_forward(ids + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
   decode_logits(run_blocks(b, 1, 0, true, pos), b, 1, nullptr, logits);
 }
 
@@ -326,14 +360,17 @@ void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int6
     k_.layernorm_forward(residual + r * C, w_.lnf_w, ln_bias(w_.lnf_b), lnf_ + i * C,
                          lnf_mean_ + i, lnf_rstd_ + i, 1, C, cfg_.layer_norm_epsilon);
   }
-  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits, b, C, cfg_.vocab_size, packed_wte_);
+  const int64_t V = cfg_.vocab_size;
+  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, b, C, V, packed_wte_);
+  k_.download(logits, logits_, b * V * (int64_t)sizeof(float));
 }
 
 void GPT::pack_for_decode() {
   const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
   const int64_t per_layer = packed_b_size(k_, 3 * C, C) + packed_b_size(k_, C, C) +
                             packed_b_size(k_, 4 * C, C) + packed_b_size(k_, C, 4 * C);
-  packed_.resize(cfg_.n_layer * per_layer + packed_b_size(k_, V, C));
+  packed_version_ = -1;  // until packed again below
+  packed_.reserve(cfg_.n_layer * per_layer + packed_b_size(k_, V, C), "decoding's packed weights");
   float* p = packed_.data();
   auto pack = [&](const float* w, int64_t n_out, int64_t n_in) {
     const float* r = pack_b(k_, w, n_out, n_in, /*trans_b=*/true, p);

@@ -1,6 +1,8 @@
 // GPT-2 in C++ over the backend interface: forward, backward, AdamW and a
-// KV-cache decode. One buffer each for parameters, gradients, the two AdamW
-// moments and activations; the layout of the parameter buffer follows
+// KV-cache decode. One buffer each (on the backend's device, csrc/model/
+// buffer.h) for parameters, gradients, the two AdamW moments and activations;
+// token ids and targets go up to the device and logits come back down inside
+// each call, so every pointer argument below is host memory; the layout of the parameter buffer follows
 // nanoGPT's state_dict (PyTorch Linear layout, weight (out, in)).
 #pragma once
 #include <cstdint>
@@ -8,6 +10,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "model/buffer.h"
 #include "model/params.h"
 
 namespace fastlm {
@@ -83,6 +86,10 @@ class GPT {
   };
 
   Weights view(float* base) const;
+  // The forward on ids already on the device (ids_), into logits_.
+  void run_forward(int64_t b, int64_t t);
+  // Uploads n ids into `to` (grown as needed); returns its device pointer.
+  const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n);
   void pack_for_decode();
   void ensure_acts(int64_t b, int64_t t);
   // Runs the blocks over acts_ for (b, t) tokens at positions [pos, pos + t);
@@ -111,19 +118,28 @@ class GPT {
   Weights w_, g_;
 
   int64_t acts_b_ = 0, acts_t_ = 0;
-  std::vector<float> acts_;
-  float *encoded_, *lnf_, *lnf_mean_, *lnf_rstd_, *logits_, *dres_, *tmp_, *d1_, *d2_;
-  std::vector<LayerActs> la_;
+  Buffer<float> acts_;
+  // encoded_ (B*T, C): embeddings; lnf_* the final LayerNorm's output and
+  // statistics; logits_ (B*T, V), overwritten by their gradient; dresidual_
+  // (B*T, C): the residual stream's gradient; scratch_ (B*T, C): a branch's
+  // output (forward) or the gradient of a LayerNorm's output (backward);
+  // dwide1_, dwide2_ (B*T, 4C): the backward's wide gradients (MLP hidden,
+  // qkv) and dropped copies.
+  float *encoded_, *lnf_, *lnf_mean_, *lnf_rstd_, *logits_, *dresidual_, *scratch_, *dwide1_,
+      *dwide2_;
+  std::vector<LayerActs> layer_acts_;
 
   std::vector<Packed> packed_layers_;
   const float* packed_wte_ = nullptr;
   int64_t packed_version_ = -1;
-  std::vector<float> packed_;
+  Buffer<float> packed_;
 
-  std::vector<float> ln_zero_, ln_dscratch_;  // (n_embd) each, without biases only
+  Buffer<float> ln_zero_, ln_dscratch_;  // (n_embd) each, without biases only
 
   int64_t cache_b_ = 0;
-  std::vector<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions
+  Buffer<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions
+
+  Buffer<int64_t> ids_, targets_;  // the call's ids and targets, on the device
 };
 
 void validate(const GPTConfig& c);

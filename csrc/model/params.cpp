@@ -20,12 +20,10 @@ void ParamStore::add(const std::string& name, std::vector<int64_t> shape) {
 
 void ParamStore::allocate() {
   const int64_t n = info_.empty() ? 0 : info_.back().offset + info_.back().numel;
-  if ((uint64_t)n > params_.max_size())
-    throw std::length_error(std::to_string(n) + " parameters are too many to allocate");
-  params_.assign(n, 0.f);
-  grads_.assign(n, 0.f);
-  m_.assign(n, 0.f);
-  v_.assign(n, 0.f);
+  params_.assign_zeros(n, "the parameters");
+  grads_.assign_zeros(n, "the gradients");
+  m_.assign_zeros(n, "the optimizer's first moments");
+  v_.assign_zeros(n, "the optimizer's second moments");
 }
 
 void ParamStore::zero_grad() { k_.zero(grads_.data(), size()); }

@@ -1,5 +1,5 @@
-// The parameter store a model owns: one buffer each for parameters, gradients
-// and the two optimizer moments, a named (nanoGPT / PyTorch state_dict) view of
+// The parameter store a model owns: one buffer each (on the backend's device)
+// for parameters, gradients and the two optimizer moments, a named (nanoGPT / PyTorch state_dict) view of
 // each tensor, and the optimizer steps over them.
 #pragma once
 #include <cstdint>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "model/buffer.h"
 
 namespace fastlm {
 
@@ -19,13 +20,14 @@ struct ParamInfo {
 
 class ParamStore {
  public:
-  explicit ParamStore(const Kernels& k) : k_(k) {}
+  explicit ParamStore(const Kernels& k) : k_(k), params_(k), grads_(k), m_(k), v_(k) {}
   // Declares the next tensor; call allocate() once all are declared.
   void add(const std::string& name, std::vector<int64_t> shape);
   void allocate();
 
   const std::vector<ParamInfo>& info() const { return info_; }
-  int64_t size() const { return (int64_t)params_.size(); }
+  int64_t size() const { return params_.size(); }
+  const Kernels& kernels() const { return k_; }
   float* params() { return params_.data(); }
   float* grads() { return grads_.data(); }
   float* moment1() { return m_.data(); }
@@ -54,7 +56,7 @@ class ParamStore {
  private:
   const Kernels& k_;
   std::vector<ParamInfo> info_;
-  std::vector<float> params_, grads_, m_, v_;
+  Buffer<float> params_, grads_, m_, v_;
 };
 
 }  // namespace fastlm

@@ -22,7 +22,15 @@ void validate(const RNNConfig& c) {
 }
 
 RNNLM::RNNLM(const RNNConfig& config, const Kernels& kernels)
-    : store(kernels), cfg_(config), k_(kernels) {
+    : store(kernels),
+      cfg_(config),
+      k_(kernels),
+      acts_(kernels),
+      wpack_(kernels),
+      state_h_(kernels),
+      state_c_(kernels),
+      ids_(kernels),
+      targets_(kernels) {
   validate(cfg_);
   const int64_t V = cfg_.vocab_size, E = cfg_.embed_dim, H = cfg_.hidden_size;
   const int64_t GH = gate_count() * H;
@@ -67,7 +75,9 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   const int64_t table = token_table(t, b) ? V * GH : 0;
   const int64_t total = TB * E + cfg_.num_layers * per_layer + TB * V + b * 3 * H + TB * GH +
                         TB * 3 * H + 3 * b * H + 2 * TB * wide + table + GH;
-  acts_.assign(total, 0.f);
+  acts_t_ = acts_b_ = 0;  // re-carved below only once the memory is there
+  acts_.reserve(total, "the activations");
+  k_.zero(acts_.data(), total);
   float* p = acts_.data();
   auto take = [&](int64_t n) {
     float* r = p;
@@ -87,7 +97,8 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
   table_ = take(table), dbias_ = take(GH);
   acts_t_ = t, acts_b_ = b, acts_drop_ = drop;
-  wpack_.resize(std::max(packed_b_size(k_, GH, H), packed_b_size(k_, H, GH)));
+  wpack_.reserve(std::max(packed_b_size(k_, GH, H), packed_b_size(k_, H, GH)),
+                 "the packed recurrent weights");
 }
 
 const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
@@ -140,8 +151,9 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
       x = a.drop;
     }
   }
-  state_h_.resize(cfg_.num_layers * BH);
-  state_c_.resize(lstm ? cfg_.num_layers * BH : 0);
+  state_b_ = 0;  // until the new state is complete
+  state_h_.reserve(cfg_.num_layers * BH, "the recurrent state");
+  if (lstm) state_c_.reserve(cfg_.num_layers * BH, "the recurrent state");
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     k_.copy(state_h_.data() + l * BH, la_[l].h + t * BH, BH);
     if (lstm) k_.copy(state_c_.data() + l * BH, la_[l].c + t * BH, BH);
@@ -152,26 +164,51 @@ const float* RNNLM::run(const int64_t* idx, int64_t t, int64_t b, bool carry) {
 
 void RNNLM::set_state(const float* h, const float* c, int64_t b) {
   const int64_t n = cfg_.num_layers * b * cfg_.hidden_size;
-  state_h_.assign(h, h + n);
-  if (cfg_.kind == CellKind::kLSTM) state_c_.assign(c, c + n);
+  state_b_ = 0;
+  state_h_.reserve(n, "the recurrent state");
+  state_h_.upload(h, n);
+  if (cfg_.kind == CellKind::kLSTM) {
+    state_c_.reserve(n, "the recurrent state");
+    state_c_.upload(c, n);
+  }
   state_b_ = b;
 }
 
+void RNNLM::get_state(float* h, float* c) const {
+  const int64_t n = cfg_.num_layers * state_b_ * cfg_.hidden_size;
+  state_h_.download(h, n);
+  if (c && cfg_.kind == CellKind::kLSTM) state_c_.download(c, n);
+}
+
+const int64_t* RNNLM::upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n) {
+  to.reserve(n, "token ids");
+  to.upload(host, n);
+  return to.data();
+}
+
 void RNNLM::forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits) {
-  const float* x = run(idx, t, b, carry);
-  linear_forward(k_, x, w_.fc_w, w_.fc_b, logits ? logits : logits_, t * b, cfg_.hidden_size,
-                 cfg_.vocab_size);
+  const float* x = run(upload_ids(ids_, idx, t * b), t, b, carry);
+  linear_forward(k_, x, w_.fc_w, w_.fc_b, logits_, t * b, cfg_.hidden_size, cfg_.vocab_size);
+  if (logits) k_.download(logits, logits_, t * b * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 
 float RNNLM::loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b, bool carry) {
   // Evaluation between training windows must not disturb the carried state.
-  const int64_t saved_b = state_b_;
-  std::vector<float> saved_h = state_h_, saved_c = state_c_;
+  const int64_t saved_b = state_b_, n = cfg_.num_layers * saved_b * cfg_.hidden_size;
+  const bool lstm = cfg_.kind == CellKind::kLSTM;
+  Buffer<float> saved_h(k_), saved_c(k_);
+  saved_h.reserve(n, "the saved recurrent state");
+  k_.copy(saved_h.data(), state_h_.data(), n);
+  if (lstm) {
+    saved_c.reserve(n, "the saved recurrent state");
+    k_.copy(saved_c.data(), state_c_.data(), n);
+  }
   forward(idx, t, b, carry, nullptr);
-  const float loss = k_.cross_entropy(logits_, targets, nullptr, t * b, cfg_.vocab_size, -100, 1.f);
+  const float loss = k_.cross_entropy(logits_, upload_ids(targets_, targets, t * b), nullptr, t * b,
+                                      cfg_.vocab_size, -100, 1.f);
   state_b_ = saved_b;
-  state_h_.swap(saved_h);
-  state_c_.swap(saved_c);
+  std::swap(state_h_, saved_h);
+  if (lstm) std::swap(state_c_, saved_c);
   return loss;
 }
 
@@ -187,18 +224,20 @@ float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_
   } reset{drop_p_};
   drop_p_ = dropout_p, drop_seed_ = dropout_seed;
   forward(idx, t, b, carry, nullptr);
-  const float loss = k_.cross_entropy(logits_, targets, logits_, TB, V, -100, grad_scale);
+  const int64_t* ids = ids_.data();
+  const float loss = k_.cross_entropy(logits_, upload_ids(targets_, targets, TB), logits_, TB, V,
+                                      -100, grad_scale);
   const float* top = cfg_.num_layers ? la_.back().h + b * H : emb_;
   float *dout = dseq_a_, *dx = dseq_b_;
   linear_backward(k_, logits_, top, w_.fc_w, dout, g_.fc_w, g_.fc_b, TB, H, V, false);
   for (int64_t l = cfg_.num_layers - 1; l >= 0; --l) {
-    layer_backward(l, idx, t, b, dout, dx);
+    layer_backward(l, ids, t, b, dout, dx);
     // dx is the gradient of layer l - 1's dropped outputs: back through the mask.
     if (l > 0 && la_[l - 1].drop)
       k_.dropout(dx, dx, TB * H, dropout_p, dropout::key(dropout_seed, l - 1));
     std::swap(dout, dx);
   }
-  if (!token_table(t, b)) k_.embedding_backward(dout, idx, g_.emb, nullptr, t, b, E, 0);
+  if (!token_table(t, b)) k_.embedding_backward(dout, ids, g_.emb, nullptr, t, b, E, 0);
   return loss;
 }
 

@@ -2,6 +2,10 @@
 // Linear head, with PyTorch's parameter names and layouts (nn.Embedding
 // `embedding`, nn.LSTM / nn.GRU `rnn`, nn.Linear `fc`).
 //
+// Every buffer lives on the backend's device (csrc/model/buffer.h); ids,
+// targets, logits and states cross the host boundary inside each call, so
+// every pointer argument below is host memory.
+//
 // Sequences are processed time-major, (t, b, ...), so each step's rows are
 // contiguous for the step GEMM and the fused cell kernel; the bindings
 // transpose ids and logits from and to the batch-first layout users see.
@@ -10,6 +14,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "model/buffer.h"
 #include "model/params.h"
 
 namespace fastlm {
@@ -49,9 +54,9 @@ class RNNLM {
   // Sets the carried state: h, c (num_layers, b, hidden); c is ignored for a GRU.
   void set_state(const float* h, const float* c, int64_t b);
   int64_t state_batch() const { return state_b_; }
-  // (num_layers, b, hidden) views of the last final state (c is LSTM only).
-  const float* state_h() const { return state_h_.data(); }
-  const float* state_c() const { return state_c_.data(); }
+  // Copies the last final state out: h, c (num_layers, state_batch(), hidden);
+  // c is LSTM only (may be null for a GRU).
+  void get_state(float* h, float* c) const;
 
  private:
   struct Layer {
@@ -72,7 +77,9 @@ class RNNLM {
   Weights view(float* base) const;
   int64_t gate_count() const { return cfg_.kind == CellKind::kLSTM ? 4 : 3; }
   void ensure_acts(int64_t t, int64_t b);
-  const float* run(const int64_t* idx, int64_t t, int64_t b, bool carry);
+  // ids: on the device (ids_).
+  const float* run(const int64_t* ids, int64_t t, int64_t b, bool carry);
+  const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n);
   void layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, float* dout_h,
                       float* dx);
   // Whether layer 0's input projection goes through a (vocab, G*h) table of
@@ -89,15 +96,16 @@ class RNNLM {
 
   int64_t acts_t_ = 0, acts_b_ = 0;
   bool acts_drop_ = false;  // whether acts_ holds the dropped outputs
-  std::vector<float> acts_;
+  Buffer<float> acts_;
   float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_sink_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
   float *table_;  // (vocab, G*h): projected embeddings, then their gradient
   float *dbias_;  // (G*h): an LSTM layer's bias gradient
   std::vector<LayerActs> la_;
-  std::vector<float> wpack_;  // W_hh packed once per sequence for the step GEMMs
+  Buffer<float> wpack_;  // W_hh packed once per sequence for the step GEMMs
 
   int64_t state_b_ = 0;
-  std::vector<float> state_h_, state_c_;
+  Buffer<float> state_h_, state_c_;
+  Buffer<int64_t> ids_, targets_;  // the call's ids and targets, on the device
 };
 
 }  // namespace fastlm

@@ -56,14 +56,24 @@ def check_float(v: Any, name: str, minimum: Optional[float] = None, *, strict: b
     return f
 
 
+def host_copy(x: Any) -> Any:
+    """A NumPy copy of a torch tensor (any device) or a fastlm DeviceArray;
+    anything else as it is. The models take ids and weights from any device
+    this way: they upload to their own device themselves."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+        return x.detach().cpu().numpy()
+    if hasattr(x, "__cuda_array_interface__") and callable(getattr(x, "numpy", None)):  # a DeviceArray
+        return x.numpy()
+    return x
+
+
 def as_ids(x: Any, name: str, vocab_size: int, *, ndim: Optional[int] = 2,
             ignore_index: Optional[int] = None) -> np.ndarray:
     """``x`` as a C-contiguous int64 array with every entry in ``[0, vocab_size)``
     (or equal to ``ignore_index``). Lists and CPU tensors are accepted."""
     if isinstance(x, (str, bytes, bytearray)):
         raise TypeError(f"{name} must be an integer array, got {type(x).__name__}")
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
-        x = x.detach().cpu().numpy()
+    x = host_copy(x)
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)

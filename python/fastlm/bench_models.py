@@ -68,7 +68,7 @@ class TorchGPT(_Module):
     def forward(self, idx, targets=None, cache=None, pos: int = 0):
         """Mean cross-entropy with targets; else the last position's logits (B, V)."""
         tr = self.transformer
-        x = tr.wte(idx) + tr.wpe(torch.arange(pos, pos + idx.shape[1]))
+        x = tr.wte(idx) + tr.wpe(torch.arange(pos, pos + idx.shape[1], device=idx.device))
         for i, block in enumerate(tr.h):
             x = block(x, None if cache is None else cache[i], pos)
         x = tr.ln_f(x)
@@ -110,7 +110,9 @@ class TorchGPT(_Module):
             raise ValueError("generate_kv: the sequence would exceed block_size")
         C = self.transformer.wte.weight.shape[1]
         shape = (B, self.n_head, self.block_size, C // self.n_head)
-        cache = [(torch.empty(shape), torch.empty(shape)) for _ in self.transformer.h]
+        w = self.transformer.wte.weight
+        cache = [(torch.empty(shape, device=w.device, dtype=w.dtype), torch.empty(shape, device=w.device, dtype=w.dtype))
+                 for _ in self.transformer.h]
         with torch.no_grad():
             logits, out = self(idx, cache=cache), [idx]
             for i in range(max_new_tokens):

@@ -80,9 +80,12 @@ _positive_float = _number(0.0, above=True)
 _unit_float = _number(0.0, 1.0, below=True)  # betas, the validation share
 
 
-def _precision(precision: Optional[str]) -> None:
+def _precision(precision: Optional[str], device: str = "cpu") -> None:
     import fastlm
-    if precision == "bf16" and fastlm.cpu_isa() != "avx512bf16":
+    on_cpu = device.strip().lower() == "cpu"
+    if precision == "tf32" and on_cpu:
+        raise CLIError("--precision tf32 is for --device cuda (the CPU has no TF32 arithmetic)")
+    if precision == "bf16" and on_cpu and fastlm.cpu_isa() != "avx512bf16":
         raise CLIError(f"--precision bf16 needs the avx512bf16 CPU ISA (AVX512_BF16); the active CPU ISA is "
                        f"{fastlm.cpu_isa()!r}")
 

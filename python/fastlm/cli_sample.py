@@ -29,9 +29,9 @@ def add_sample_parser(sub: Any) -> None:
                    help="end a sample once it contains TEXT (may be given several times)")
     s.add_argument("--seed", type=_sampler_seed, default=1337, help="sampling seed (default 1337)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to draw (default 1)")
-    s.add_argument("--device", default="cpu", help="cpu (default; the models have no CUDA backend yet)")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                   help="bf16: bfloat16 weights in the GEMMs (needs AVX512_BF16; default: the checkpoint's)")
+    s.add_argument("--device", default="cpu", help="cpu (default) or cuda (a GPU; FASTLM_EMULATE_CUDA=1 emulates one on the CPU)")
+    s.add_argument("--precision", choices=("fp32", "bf16", "tf32"), default=None,
+                   help="bf16: bfloat16 weights in the GEMMs (on a CPU: needs AVX512_BF16); tf32: GPU only (default: the checkpoint's)")
     s.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
 
 
@@ -40,7 +40,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from .lm import LanguageModel
 
     _device(a.device)
-    _precision(a.precision)
+    _precision(a.precision, a.device)
     _set_threads(a.threads)
     if not os.path.exists(a.checkpoint):
         raise CLIError(f"checkpoint directory {a.checkpoint!r} not found")

@@ -90,9 +90,9 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         "continue the run whose checkpoint is in --out; the training flags above that are not given "
         "(steps, batch size, block size, learning rates, optimizer settings) keep the run's values"))
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
-    t.add_argument("--device", default="cpu", help="cpu (default; the models have no CUDA backend yet)")
-    t.add_argument("--precision", choices=("fp32", "bf16"), default=None, help=(
-        "bf16: GEMMs on bfloat16 operands, float32 weights and optimizer state (needs AVX512_BF16; "
+    t.add_argument("--device", default="cpu", help="cpu (default) or cuda (a GPU; FASTLM_EMULATE_CUDA=1 emulates one on the CPU)")
+    t.add_argument("--precision", choices=("fp32", "bf16", "tf32"), default=None, help=(
+        "bf16: GEMMs on bfloat16 operands, float32 weights and optimizer state (on a CPU: needs AVX512_BF16); tf32: GPU only; "
         "default fp32, or the checkpoint's with --resume)"))
     t.add_argument("--threads", type=_threads, default=None, help="kernel threads (default: all cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -152,7 +152,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .plot import can_plot, plot_history
 
     _device(a.device)
-    _precision(a.precision)
+    _precision(a.precision, a.device)
     _set_threads(a.threads)
     try:
         world = distributed.world()  # under mpirun: one rank of a data-parallel run

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["DeviceArray", "cuda_available", "to_device", "is_device_array", "as_device_array",
+__all__ = ["DeviceArray", "cuda_available", "to_device", "is_device_array", "as_device_array", "memory_usage",
            "synchronize", "device_name"]
 
 DeviceArray = _C.DeviceArray
@@ -50,6 +50,15 @@ def synchronize() -> None:
     """Wait until all GPU work fastlm has queued is done (for timing)."""
     _require("synchronize")
     _C.cuda_synchronize()
+
+
+def memory_usage(reset_peak: bool = False) -> tuple:
+    """(bytes, peak bytes) of GPU memory fastlm holds: its models' buffers, its
+    arrays and kernel scratch, now and at most since the start or the last
+    ``reset_peak=True``."""
+    _require("memory_usage")
+    now, peak = _C.cuda_memory_usage(reset_peak)
+    return int(now), int(peak)
 
 
 def _dtype_name(dtype: Any) -> str:

@@ -2,8 +2,9 @@
 
 A model wraps one C++ core (``fastlm._C.GPT`` or ``fastlm._C.RNNLM``) that
 owns one contiguous float32 buffer each for the parameters, the gradients and
-the two optimizer moments; this class exposes them by PyTorch name as NumPy
-views, and implements the API users know from nanoGPT and Hugging Face on
+the two optimizer moments, on the model's device; this class exposes them by
+PyTorch name (:class:`fastlm.lm_tensors.ModelTensors`: NumPy views on the CPU,
+copies from a GPU), and implements the API users know from nanoGPT and Hugging Face on
 top: ``state_dict``/``load_state_dict``, ``forward``, ``forward_backward``,
 ``step``, ``fit``, ``evaluate``, ``generate``, ``save``/``load``. Subclasses
 (:class:`fastlm.Transformer`, :class:`fastlm.LSTMLM`, :class:`fastlm.GRULM`)
@@ -18,9 +19,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _C, distributed
-from ._checks import as_ids as _as_ids, check_float as _check_float, check_int as _check_int, nonfinite as _nonfinite
+from ._checks import as_ids as _as_ids, check_float as _check_float, check_int as _check_int, host_copy as _host_copy, nonfinite as _nonfinite
 from .bpe import BPETokenizer
 from .lm_checkpoint import load_model, restore_model, save_model
+from .lm_tensors import ModelTensors
 from .optim import OPTIMIZERS, check_betas as _check_betas, step_options as _step_options
 from .sampling import generate as _generate
 from .tokenizers import Tokenizer
@@ -33,35 +35,46 @@ IdsLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
 
 # ----------------------------------------------------------------------- checks
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "tf32")
 
 
 def _check_precision(precision: Any) -> str:
-    """A model's precision: "fp32", or "bf16" (mixed: float32 weights, gradients
-    and optimizer state; every GEMM on bfloat16-rounded operands with float32
-    accumulation; LayerNorm, softmax, attention and cross-entropy in float32).
-    Whether the CPU can run "bf16" is the core's check (ValueError)."""
+    """A model's precision: "fp32" (exact), "bf16" (mixed: float32 weights,
+    gradients and optimizer state; every GEMM on bfloat16-rounded operands with
+    float32 accumulation; LayerNorm, softmax, attention and cross-entropy in
+    float32) or "tf32" (GPU only: GEMM operands rounded to TF32 on the tensor
+    cores). Whether the device can run it is the core's check (ValueError)."""
     if not isinstance(precision, str):
-        raise TypeError(f"precision must be a str ('fp32' or 'bf16'), got {type(precision).__name__}")
+        raise TypeError(f"precision must be a str ('fp32', 'bf16' or 'tf32'), got {type(precision).__name__}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'tf32', got {precision!r}")
     return precision
 
 
 def _check_device(device: Any) -> str:
-    """The canonical device name; ``RuntimeError`` for CUDA (not available yet),
-    ``ValueError`` for anything else that is not ``"cpu"``."""
+    """The canonical device name, ``"cpu"`` or ``"cuda"``. ``RuntimeError``
+    when CUDA is asked for and neither a GPU (with a CUDA build) nor the
+    emulated device (``FASTLM_EMULATE_CUDA=1``) is there; ``ValueError`` for
+    anything else."""
     if not isinstance(device, str):
-        raise TypeError(f"device must be a str such as 'cpu', got {type(device).__name__}")
+        raise TypeError(f"device must be a str such as 'cpu' or 'cuda', got {type(device).__name__}")
     d = device.strip().lower()
     if d == "cpu":
         return "cpu"
-    if d == "cuda" or d.startswith("cuda:"):
+    if d in ("cuda", "cuda:0"):
+        if _C.cuda_emulated():
+            return "cuda"
         if not _C.build_info().get("cuda", False):
             raise RuntimeError(f"device {device!r}: CUDA is not compiled into this fastlm build "
                                "(fastlm.build_info()['cuda'] is False); use device='cpu'")
-        raise RuntimeError(f"device {device!r}: fastlm's models have no CUDA backend yet; use device='cpu'")
-    raise ValueError(f"unknown device {device!r}; expected 'cpu' (or 'cuda' where compiled in)")
+        if not _C.cuda_available():
+            raise RuntimeError(f"device {device!r}: no usable CUDA GPU ({_C.cuda_unavailable_reason()}); "
+                               "use device='cpu' (or FASTLM_EMULATE_CUDA=1 to run the device path on the CPU)")
+        return "cuda"
+    if d.startswith("cuda:"):
+        raise ValueError(f"device {device!r}: fastlm uses the process's current GPU; pass 'cuda' "
+                         "(choose the GPU with CUDA_VISIBLE_DEVICES)")
+    raise ValueError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
 
 
 
@@ -69,7 +82,8 @@ def _to_float32(v: Any, name: str) -> np.ndarray:
     if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensors, any real dtype
         if getattr(v, "is_complex", lambda: False)():
             raise TypeError(f"state_dict[{name!r}] must be a real array, got dtype {v.dtype}")
-        v = v.detach().cpu().float().numpy()
+        v = v.detach().cpu().float()
+    v = _host_copy(v)
     try:
         arr = np.asarray(v)
     except Exception as e:
@@ -77,25 +91,6 @@ def _to_float32(v: Any, name: str) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"state_dict[{name!r}] must be a numeric array, got dtype {arr.dtype}")
     return np.asarray(arr, dtype=np.float32)
-
-
-def _buffer_views(g: Any, tensors: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """Views of the AdamW moment buffers shaped and named like the parameters,
-    found from each parameter's offset in the flat parameter buffer (so the
-    checkpoint format does not depend on the C++ buffer layout)."""
-    flat = g.flat_params()
-    base = flat.__array_interface__["data"][0]
-    m, v = g.adam_m(), g.adam_v()
-    mv: Dict[str, np.ndarray] = {}
-    vv: Dict[str, np.ndarray] = {}
-    for name, t in tensors.items():
-        off_bytes = t.__array_interface__["data"][0] - base
-        off = off_bytes // 4
-        if off_bytes % 4 or off < 0 or off + t.size > flat.size or not t.flags.c_contiguous:
-            raise RuntimeError(f"C++ model: tensor {name!r} is not a contiguous view of flat_params()")
-        mv[name] = m[off:off + t.size].reshape(t.shape)
-        vv[name] = v[off:off + t.size].reshape(t.shape)
-    return mv, vv
 
 
 # ---------------------------------------------------------------------- the base
@@ -157,18 +152,16 @@ class LanguageModel:
         self.tokenizer = tokenizer
         try:
             self._g = self._make_core(arch)
-        except MemoryError:
+        except MemoryError as e:
             raise MemoryError(f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in arch.items())}): "
                               "not enough memory for its parameters, gradients and optimizer "
-                              "state (four float32 copies of every weight)") from None
+                              f"state (four float32 copies of every weight): {e}") from None
         self._names = self._param_names(arch)
-        self._params = dict(self._g.tensors())
-        self._grads = dict(self._g.grad_tensors())
-        if set(self._params) != set(self._names) or set(self._grads) != set(self._names):
+        self._tensors = ModelTensors(self._g)
+        self._shapes = {name: shape for name, shape, _ in self._tensors.layout}
+        if set(self._shapes) != set(self._names):
             raise RuntimeError("C++ model tensor names do not match the expected ones: "
-                               f"{sorted(set(self._params) ^ set(self._names))}")
-        self._m, self._v = _buffer_views(self._g, self._params)
-        self._shapes = {n: tuple(self._params[n].shape) for n in self._names}
+                               f"{sorted(set(self._shapes) ^ set(self._names))}")
         # Fit progress: {"step", "data_rng", "history", "fit"} (see fastlm.train), or None.
         self._train_state: Optional[Dict[str, Any]] = None
         # Who last filled the decoding state (KV cache or recurrent state): a
@@ -268,14 +261,50 @@ class LanguageModel:
         args = ", ".join(f"{k}={self._config[k]}" for k in self.ARCH_KEYS)
         return f"{type(self).__name__}({args}; {self.num_parameters() / 1e6:.2f}M parameters)"
 
+    # -- device
+
+    @property
+    def device(self) -> str:
+        """Where the model's memory and kernels are: ``"cpu"`` or ``"cuda"``."""
+        return self._config["device"]
+
+    def to(self, device: str) -> "LanguageModel":
+        """Move the model to ``device`` (``"cpu"`` or ``"cuda"``), as PyTorch's
+        ``module.to``: parameters, gradients, optimizer moments and step count
+        move bit for bit; decoding state (KV cache, a generate in progress)
+        does not. Returns the model itself. On failure (no GPU, out of memory)
+        the model stays where it was."""
+        device = _check_device(device)
+        if device == self.device:
+            return self
+        with self._lock:
+            data = {w: np.array(self._tensors.flat(w)) for w in ("params", "grads", "adam_m", "adam_v")}
+            step = int(self._g.step_count)
+            arch = {k: self._config[k] for k in self.ARCH_KEYS}
+            old_device = self._config["device"]
+            self._config["device"] = device
+            try:
+                core = self._make_core(arch)
+            except BaseException:
+                self._config["device"] = old_device
+                raise
+            self._g = core
+            self._tensors = ModelTensors(core)
+            for w, values in data.items():
+                self._tensors.write_flat(w, values)
+            self._g.step_count = step
+            self._cache_owner = None
+        return self
+
     # -- weights
 
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of the parameters by PyTorch name, float32, PyTorch layouts
-        (Linear weights (out, in)), in the reference module's order; tied
-        names (``TIED``) repeat their source."""
+        """Copies of the parameters by PyTorch name, float32 NumPy arrays
+        (from any device), PyTorch layouts (Linear weights (out, in)), in the
+        reference module's order; tied names (``TIED``) repeat their source."""
         with self._lock:  # one step's weights, not parts of two
-            sd = {n: self._params[n].copy() for n in self._names}
+            params = self._tensors.named("params", copy=True)
+            sd = {n: params[n] for n in self._names}
         for alias, source in self.TIED.items():
             sd[alias] = sd[source].copy()
         return sd
@@ -322,9 +351,7 @@ class LanguageModel:
                 raise ValueError(f"load_state_dict: {alias} differs from {source}, but the two are one tied "
                                  f"tensor (leave {alias} out or make them equal)")
         with self._lock:
-            for name in self._names:
-                self._params[name][...] = arrays[name]
-            self._g.weights_changed()
+            self._tensors.write("params", {name: arrays[name] for name in self._names})
             self._cache_owner = None
 
     # -- training primitives
@@ -387,7 +414,8 @@ class LanguageModel:
         (float32); a tied alias repeats the gradient of its source (the sum
         of both uses)."""
         with self._lock:
-            gd = {n: self._grads[n].copy() for n in self._names}
+            grads = self._tensors.named("grads", copy=True)
+            gd = {n: grads[n] for n in self._names}
         for alias, source in self.TIED.items():
             gd[alias] = gd[source].copy()
         return gd
@@ -524,8 +552,8 @@ class LanguageModel:
         return getattr(self, "_opt_family", "adam")
 
     def _optimizer_state(self) -> Dict[str, Any]:
-        return {"step": int(self._g.step_count), "optimizer": self._optimizer_family(), "exp_avg": self._m,
-                "exp_avg_sq": self._v}
+        return {"step": int(self._g.step_count), "optimizer": self._optimizer_family(),
+                "exp_avg": self._tensors.named("adam_m"), "exp_avg_sq": self._tensors.named("adam_v")}
 
     def save(self, path: PathLike) -> None:
         """Write a checkpoint directory (see :mod:`fastlm.checkpoint`):
@@ -567,7 +595,6 @@ class LanguageModel:
         """Subclasses restore what they added to :meth:`_optimizer_state`."""
 
     def _m_v_zero(self) -> None:
-        for n in self._names:
-            self._m[n][...] = 0.0
-            self._v[n][...] = 0.0
+        self._tensors.zero("adam_m")
+        self._tensors.zero("adam_v")
         self._g.step_count = 0

@@ -54,7 +54,8 @@ def save_model(model: Any, path: PathLike) -> None:
         opt = model._optimizer_state() if model._g.step_count > 0 else None
         # What load would reject is not written: weights or optimizer state
         # with NaN or inf (a run that diverged).
-        bad = nonfinite({n: model._params[n] for n in model._names})
+        params = model._tensors.named("params")
+        bad = nonfinite({n: params[n] for n in model._names})
         if opt is not None:
             for key in ("exp_avg", "exp_avg_sq", "recurrent_state"):
                 bad += [f"{key}.{n}" for n in nonfinite(opt.get(key) or {})]
@@ -65,7 +66,7 @@ def save_model(model: Any, path: PathLike) -> None:
         state = None
         if model._train_state is not None:
             state = {k: (list(v) if k == "history" else v) for k, v in model._train_state.items()}
-        save_checkpoint(path, config=cfg, tensors={n: model._params[n] for n in model._names}, optimizer=opt,
+        save_checkpoint(path, config=cfg, tensors={n: params[n] for n in model._names}, optimizer=opt,
                         trainer_state=state, tokenizer=model.tokenizer)
 
 
@@ -172,9 +173,8 @@ def restore_model(model: Any, ckpt: Any) -> None:
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint file {os.path.join(ckpt.path, MODEL_FILE)!r}: {e}") from None
     if opt is not None:
-        for n in model._names:
-            model._m[n][...] = opt["exp_avg"][n]
-            model._v[n][...] = opt["exp_avg_sq"][n]
+        model._tensors.write("adam_m", {n: opt["exp_avg"][n] for n in model._names})
+        model._tensors.write("adam_v", {n: opt["exp_avg_sq"][n] for n in model._names})
         model._g.step_count = int(opt["step"])
         model._opt_family = opt.get("optimizer", "adam")
         model._restore_optimizer_extras(opt)

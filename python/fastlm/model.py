@@ -76,8 +76,8 @@ class Transformer(LanguageModel):
         count of training micro-batches, so runs are reproducible, and a run
         resumed by ``fit`` continues as if it had not stopped. A setting, not
         architecture: kept in ``config.json``, assignable (``model.dropout =
-        0.1``); checkpoints without it load with 0. Attention dropout runs on
-        the CPU only.
+        0.1``); checkpoints without it load with 0. Every device drops the
+        same elements.
     device: ``"cpu"``. ``"cuda"`` raises ``RuntimeError`` (not available in this
         build); any other name ``ValueError``.
     tokenizer: an optional :class:`fastlm.tokenizers.Tokenizer` kept with the
@@ -124,7 +124,6 @@ class Transformer(LanguageModel):
                     seed, device, tokenizer, precision)
         self.dropout = dropout
         self._init_weights()
-        self._g.weights_changed()
 
     def _check_arch(self, *, vocab_size: Any, block_size: Any, n_layer: Any, n_head: Any, n_embd: Any,
                     bias: Any = True, tie_word_embeddings: Any = True, activation_function: Any = "gelu_new",
@@ -166,7 +165,7 @@ class Transformer(LanguageModel):
         return _C.GPT(arch["vocab_size"], arch["block_size"], arch["n_layer"], arch["n_head"], arch["n_embd"],
                       bias=arch["bias"], tie_word_embeddings=arch["tie_word_embeddings"],
                       activation=arch["activation_function"], layer_norm_epsilon=arch["layer_norm_epsilon"],
-                      precision=self._config["precision"])
+                      precision=self._config["precision"], device=self._config["device"])
 
     def _param_names(self, arch: Dict[str, Any]) -> List[str]:
         return param_names(arch["n_layer"], bias=arch["bias"], tie_word_embeddings=arch["tie_word_embeddings"])
@@ -176,15 +175,17 @@ class Transformer(LanguageModel):
         rng = np.random.default_rng(self._config["seed"])
         std = np.float32(0.02)
         proj_std = np.float32(0.02 / math.sqrt(2 * n_layer))
+        init = {}
         for name in self._names:
-            p = self._params[name]
+            shape = self._shapes[name]
             if name.endswith(_LN_WEIGHTS):
-                p[...] = 1.0
+                init[name] = np.ones(shape, np.float32)
             elif name.endswith(".bias"):
-                p[...] = 0.0
+                init[name] = np.zeros(shape, np.float32)
             else:
                 s = proj_std if name.endswith(".c_proj.weight") else std
-                p[...] = rng.standard_normal(p.shape, dtype=np.float32) * s
+                init[name] = rng.standard_normal(shape, dtype=np.float32) * s
+        self._tensors.write("params", init)
 
     @property
     def block_size(self) -> int:
@@ -196,14 +197,14 @@ class Transformer(LanguageModel):
         ``exclude_embeddings`` leaves out ``wte`` and ``wpe``."""
         n = super().num_parameters()
         if exclude_embeddings:
-            n -= self._params["transformer.wte.weight"].size + self._params["transformer.wpe.weight"].size
+            n -= math.prod(self._shapes["transformer.wte.weight"]) + math.prod(self._shapes["transformer.wpe.weight"])
         return n
 
     def _flops_per_token(self, block_size: int) -> float:
         # nanoGPT's estimate_mfu: 6 per weight but the position embedding (a
         # lookup), plus the attention's 12 n_layer n_embd T.
         c = self._config
-        n = self.num_parameters() - self._params["transformer.wpe.weight"].size
+        n = self.num_parameters() - math.prod(self._shapes["transformer.wpe.weight"])
         return 6.0 * n + 12.0 * c["n_layer"] * c["n_embd"] * block_size
 
     def _max_len(self) -> Optional[int]:

@@ -207,11 +207,6 @@ def _dropout_args(op: str, p: Any, seed: Any) -> Tuple[float, int]:
             check_int(seed, f"{op}: dropout_seed", 0, 2**64 - 1))
 
 
-def _host_only(op: str, p: float, dev: Any) -> None:
-    if dev is not None and p > 0:
-        raise ValueError(f"{op}: dropout > 0 runs on the CPU only (device arrays given)")
-
-
 def dropout(x: np.ndarray, p: float, *, seed: int) -> np.ndarray:
     """Inverted dropout: ``x * keep / (1 - p)``, any shape, float32.
 
@@ -244,7 +239,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     Returns (out (B, H, T, D), lse (B, H, T)): lse is the natural log-sum-exp of
     each row of scaled scores, kept for the backward.
 
-    ``dropout`` in [0, 1) drops probabilities (training, CPU only): entry
+    ``dropout`` in [0, 1) drops probabilities (training): entry
     (b, h, i, j) under the key ``hash(dropout_seed, b * H + h)`` at index
     ``i * Tk + j`` (``csrc/dropout_hash.h``), kept ones scaled by 1 / (1 - p);
     lse stays that of the undropped softmax. Pass the same ``dropout`` and
@@ -256,9 +251,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     causal = check_bool(causal, "attention: causal")
     p, seed = _dropout_args("attention", dropout, dropout_seed)
     dev = _device_args("attention", q=q, k=k, v=v)
-    _host_only("attention", p, dev)
     if dev is not None:
-        return _C.cuda_attention(dev["q"], dev["k"], dev["v"], causal)
+        return _C.cuda_attention(dev["q"], dev["k"], dev["v"], causal, p, seed)
     return _C.attention(q, k, v, causal, p, seed)
 
 
@@ -273,10 +267,9 @@ def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
     causal = check_bool(causal, "attention_backward: causal")
     p, seed = _dropout_args("attention_backward", dropout, dropout_seed)
     dev = _device_args("attention_backward", dout=dout, q=q, k=k, v=v, out=out, lse=lse)
-    _host_only("attention_backward", p, dev)
     if dev is not None:
         return _C.cuda_attention_backward(dev["dout"], dev["q"], dev["k"], dev["v"], dev["out"],
-                                          dev["lse"], causal)
+                                          dev["lse"], causal, p, seed)
     return _C.attention_backward(dout, q, k, v, out, lse, causal, p, seed)
 
 

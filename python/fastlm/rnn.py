@@ -85,7 +85,7 @@ class RecurrentLM(LanguageModel):
 
     def _make_core(self, arch: Dict[str, Any]) -> Any:
         return _C.RNNLM(self.CELL, arch["vocab_size"], arch["embed_dim"], arch["hidden_size"],
-                        arch["num_layers"], precision=self._config["precision"])
+                        arch["num_layers"], precision=self._config["precision"], device=self._config["device"])
 
     def _param_names(self, arch: Dict[str, Any]) -> List[str]:
         names = ["embedding.weight"]
@@ -96,12 +96,14 @@ class RecurrentLM(LanguageModel):
     def _init_weights(self) -> None:
         rng = np.random.default_rng(self._config["seed"])
         k = np.float32(1.0 / math.sqrt(self._config["hidden_size"]))
+        init = {}
         for name in self._names:
-            p = self._params[name]
+            shape = self._shapes[name]
             if name == "embedding.weight":
-                p[...] = rng.standard_normal(p.shape, dtype=np.float32)
+                init[name] = rng.standard_normal(shape, dtype=np.float32)
             else:
-                p[...] = rng.uniform(-k, k, p.shape).astype(np.float32)
+                init[name] = rng.uniform(-k, k, shape).astype(np.float32)
+        self._tensors.write("params", init)
 
     def _train_window(self, block_size: Optional[int]) -> int:
         return self.DEFAULT_WINDOW if block_size is None else _check_int(block_size, "block_size", 1)

@@ -388,12 +388,14 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         history = History()
         best_val = None
     if nranks > 1:
+        shared = [model._tensors.flat(w) for w in ("params", "adam_m", "adam_v")]
         world.start("fit", {
             "model": f"{type(model).__name__} {model.config}", "settings": fit_args, "seed": seed,
             "resume": resume, "start step": start, "optimizer step": model.optimizer_step,
             "train tokens": distributed.data_fingerprint(train), "val tokens": distributed.data_fingerprint(val),
-            "data RNG": rng.bit_generator.state}, (model._g.flat_params(), model._g.adam_m(), model._g.adam_v()))
-        model._g.weights_changed()
+            "data RNG": rng.bit_generator.state}, shared)
+        for w, buf in zip(("params", "adam_m", "adam_v"), shared):
+            model._tensors.write_flat(w, buf)  # a no-op copy onto itself for a CPU model's views
     # Each rank's rows of the global batch of nranks * batch_size.
     rows = slice(world.rank * batch_size, (world.rank + 1) * batch_size)
 
@@ -432,7 +434,6 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
 
     g = model._g
     model._cache_owner = None
-    grads = g.flat_grads()
     tokens_per_step = batch_size * block * grad_accum * nranks
     from .mfu import mfu, peak_flops
     # Every rank's threads: the peak of one process times the ranks (of one machine's kind).
@@ -451,7 +452,10 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
                 loss_sum += model._forward_backward(x, y, 1.0 / (grad_accum * nranks), carry)
             loss = loss_sum / grad_accum
             if nranks > 1:  # scaled by 1 / nranks above, so the sums are the means
+                grads = model._tensors.flat("grads")  # a CPU model's is a view, reduced in place
                 world.all_reduce(grads, "sum")
+                if not model._tensors.host:
+                    model._tensors.write_flat("grads", grads)
                 loss = float(world.all_reduce(np.array([loss]), "mean")[0])
             if not math.isfinite(loss):
                 raise distributed.raised_alike(FloatingPointError(  # the loss is every rank's mean

@@ -1,0 +1,25 @@
+// Which kernel table a model runs on: its device and precision decide.
+#pragma once
+#include <string>
+
+#include "kernels.h"
+
+namespace fastlm {
+namespace bindings {
+
+// The table of a model on `device` ("cpu" or "cuda") computing its GEMMs in
+// `precision` ("fp32", "bf16"; "tf32" on "cuda" only). With
+// FASTLM_EMULATE_CUDA=1 in the environment (read on every call), "cuda" is
+// the emulated device: the CPU kernels over host memory that a checked
+// allocator hands out as device memory and that only upload / download
+// cross, so the whole device path of the models and bindings runs without a
+// GPU (tests/README). ValueError / RuntimeError (via pybind11) naming `op`
+// for a precision or device this build or machine cannot run.
+const Kernels& model_backend(const char* op, const std::string& device,
+                             const std::string& precision);
+
+// Whether FASTLM_EMULATE_CUDA=1 is set now.
+bool cuda_emulated();
+
+}  // namespace bindings
+}  // namespace fastlm
