@@ -33,7 +33,7 @@ namespace {
 
 using namespace sm90;
 
-constexpr int kThreads = 384, kGroupM = 8;
+constexpr int kThreads = 384;
 
 // A block's shared memory with tiles kBM x kN: 192 KB of stages (6 of 32 KB for
 // kN = 128, 4 of 48 KB for 256), the barriers, 1 KB to align.
@@ -48,6 +48,7 @@ struct Ring {
 // column after column (the last group may have fewer rows).
 template <int kN>
 __device__ __forceinline__ void tile_origin(int t, int tiles_m, int tiles_n, int* m0, int* n0) {
+  constexpr int kGroupM = 8;
   const int per_group = kGroupM * tiles_n;
   const int first = t / per_group * kGroupM;
   const int rows = min(tiles_m - first, kGroupM);
