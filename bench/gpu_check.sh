@@ -122,6 +122,10 @@ if wants tests; then
   # The opt-in attention forward (FASTLM_CUDA_ATTENTION=next): the attention tests again.
   run_stage tests-attn-next 60 "$LOGS/tests.log" env FASTLM_CUDA_ATTENTION=next \
     "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py -k attention
+  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next, every layout): the matmul tests on it.
+  run_stage tests-wgmma-next 90 "$LOGS/tests.log" env FASTLM_CUDA_GEMM=wgmma-next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py \
+    -k "matmul and not gemm_path and not test_matmul_float32"
 fi
 
 if wants sanitizers; then
@@ -131,10 +135,10 @@ if wants sanitizers; then
       compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
   done
-  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma) under memcheck too.
-  run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 FASTLM_CUDA_GEMM=wgmma \
-    compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 \
-    "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
+  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next) under memcheck too.
+  run_stage memcheck-wgmma-next 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    FASTLM_CUDA_GEMM=wgmma-next compute-sanitizer --tool memcheck --error-exitcode 3 \
+    --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
   # And the opt-in attention forward under memcheck and racecheck.
   for tool in memcheck racecheck; do
     run_stage "$tool-attn-next" 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
@@ -145,9 +149,12 @@ fi
 
 if wants bench; then
   run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py
-  # The Hopper GEMM is opt-in (FASTLM_CUDA_GEMM=wgmma): its bf16 lines, labelled [wgmma].
-  run_stage bench-wgmma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma \
+  # The bf16 GEMM lines again on matmul.cu's kernel (the Hopper one is the default), labelled [mma].
+  run_stage bench-mma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=mma \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
+  # The opt-in Hopper GEMM: bf16 and TF32 lines labelled [wgmma-next].
+  run_stage bench-wgmma-next 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma-next \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and (bf16 or tf32)"
   # The opt-in attention forward: lines labelled attention bf16[next].
   run_stage bench-attn-next 60 "$LOGS/bench.log" env FASTLM_CUDA_ATTENTION=next \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k attention

@@ -93,13 +93,14 @@ def test_bench_gemm(benchmark, m, k, n, precision):
     a = torch.randn(m, k, device="cuda", dtype=dtype)
     b = torch.randn(k, n, device="cuda", dtype=dtype)
     wt = torch.randn(n, k, device="cuda", dtype=dtype)  # Linear weight: x @ W^T
-    da, db, dw = dev(a), dev(b), dev(wt)
+    at = torch.randn(k, m, device="cuda", dtype=dtype)  # a^T @ b: as dW = dy^T @ x
+    da, db, dw, dat = dev(a), dev(b), dev(wt), dev(at)
     prec = "tf32" if precision == "tf32" else "highest"
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     F = torch.nn.functional
 
-    # FASTLM_CUDA_GEMM=wgmma asks for the Hopper kernel (bf16, a@W^T): label its lines.
-    name = f"gemm {precision}" + (f"[{GEMM_PATH}]" if GEMM_PATH and precision == "bf16" else "")
+    # FASTLM_CUDA_GEMM picks the tensor-core GEMM kernel (gemm_sm90*.cu): label a forced one's lines.
+    name = f"gemm {precision}" + (f"[{GEMM_PATH}]" if GEMM_PATH and precision != "fp32" else "")
     ours = gpu_seconds(lambda: ops.matmul(da, db, precision=prec))
     theirs = gpu_seconds(lambda: torch.matmul(a, b))
     ratio = line(f"{name} a@b", f"{m}x{k}x{n}", 2.0 * m * n * k, "TFLOP/s", ours,
@@ -107,6 +108,9 @@ def test_bench_gemm(benchmark, m, k, n, precision):
     ours_t = gpu_seconds(lambda: ops.matmul(da, dw, trans_b=True, precision=prec))
     theirs_t = gpu_seconds(lambda: F.linear(a, wt))
     line(f"{name} a@W^T", f"{m}x{k}x{n}", 2.0 * m * n * k, "TFLOP/s", ours_t, theirs_t, 1e12)
+    ours_ta = gpu_seconds(lambda: ops.matmul(dat, db, trans_a=True, precision=prec))
+    theirs_ta = gpu_seconds(lambda: torch.matmul(at.T, b))
+    line(f"{name} a^T@b", f"{m}x{k}x{n}", 2.0 * m * n * k, "TFLOP/s", ours_ta, theirs_ta, 1e12)
     benchmark.extra_info["ours/torch"] = ratio
     benchmark.pedantic(lambda: (ops.matmul(da, db, precision=prec), torch.cuda.synchronize()),
                        rounds=3, iterations=1, warmup_rounds=1)
@@ -116,10 +120,12 @@ def test_bench_gemm(benchmark, m, k, n, precision):
     if c is not None:
         torch.testing.assert_close(c[:64, :64], torch.matmul(a[:64], b[:, :64]), rtol=2e-2,
                                    atol=2e-1)
-    else:  # bf16: x @ W^T (the Hopper kernel's case), checked against float32 products
-        ct = torch.as_tensor(ops.matmul(da, dw, trans_b=True).astype("float32"), device="cuda")
-        torch.testing.assert_close(ct[:64, :64], a[:64].float() @ wt[:64].float().T, rtol=2e-2,
-                                   atol=2e-1)
+    else:  # bf16: every layout (the Hopper kernels'), checked against float32 products
+        for c, ref in ((ops.matmul(da, dw, trans_b=True), a[:64].float() @ wt[:64].float().T),
+                       (ops.matmul(da, db), a[:64].float() @ b[:, :64].float()),
+                       (ops.matmul(dat, db, trans_a=True), at[:, :64].float().T @ b[:, :64].float())):
+            ct = torch.as_tensor(c.astype("float32"), device="cuda")
+            torch.testing.assert_close(ct[:64, :64], ref[:, :64], rtol=2e-2, atol=2e-1)
 
 
 # FASTLM_CUDA_ATTENTION=next asks for the 128-query forward: label its lines.

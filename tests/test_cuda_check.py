@@ -155,12 +155,13 @@ def test_script_dry_run_plans_every_stage_within_budget(tmp_path):
     assert r.returncode == 0, r.stderr
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
     names = [line.split()[1] for line in plan]
-    assert names == ["install", "tests", "tests-attn-next", "memcheck", "initcheck", "synccheck",
-                     "racecheck", "memcheck-wgmma", "memcheck-attn-next", "racecheck-attn-next",
-                     "bench", "bench-wgmma", "bench-attn-next", "models"]
+    assert names == ["install", "tests", "tests-attn-next", "tests-wgmma-next", "memcheck",
+                     "initcheck", "synccheck", "racecheck", "memcheck-wgmma-next",
+                     "memcheck-attn-next", "racecheck-attn-next", "bench", "bench-mma",
+                     "bench-wgmma-next", "bench-attn-next", "models"]
     limits = [int(line.split()[2].strip("():s")) for line in plan]
     # no stage may outlast the budget
-    assert limits == [100, 100, 60, 90, 90, 90, 90, 60, 60, 60, 100, 90, 60, 100], plan
+    assert limits == [100, 100, 60, 90, 90, 90, 90, 90, 60, 60, 60, 100, 90, 90, 60, 100], plan
     assert "-DFASTLM_CUDA=ON" in r.stdout and "-k small" in r.stdout
     assert "bench/test_bench_cuda.py" in r.stdout
 
@@ -173,9 +174,9 @@ def test_script_dry_run_with_a_wheel_installs_it(tmp_path):
                    "--logs", str(tmp_path / "logs"))
     assert r.returncode == 0, r.stderr
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
-    assert len(plan) == 3  # install, tests, tests-attn-next
+    assert len(plan) == 4  # install, tests, tests-attn-next, tests-wgmma-next
     assert "pip install" in plan[0] and str(wheel) in plan[0] and "cmake" not in r.stdout
-    assert "tests/test_cuda_ops.py" in plan[1]
+    assert "tests/test_cuda_ops.py" in plan[1] and "FASTLM_CUDA_GEMM=wgmma-next" in plan[3]
 
 
 def test_table_help(capsys):

@@ -103,7 +103,8 @@ def test_matmul_float32(rng, m, n, k, trans_a, trans_b):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 3), (127, 31, 1000), (130, 260, 68),
-                                   (256, 256, 256), (64, 64, 0)])
+                                   (256, 256, 256), (64, 64, 0), (1096, 2000, 520),
+                                   (3336, 1032, 520)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_matmul_tf32(rng, m, n, k, trans_a, trans_b):
@@ -142,16 +143,104 @@ def _hopper_gemm_built() -> bool:
 
 
 @pytest.mark.skipif(not _hopper_gemm_built(), reason="needs an sm_90 GPU and a build with 90a code")
-def test_matmul_bfloat16_hopper_kernel():
-    """The bfloat16 tests again with the wgmma kernel asked for (FASTLM_CUDA_GEMM is read
-    once per process, hence a child pytest). Of their sizes, those with 16-byte-aligned
-    rows and op(b) = b^T run on it: edges in m, n and k, and more k tiles than stages."""
-    env = dict(os.environ, FASTLM_CUDA_GEMM="wgmma")
+@pytest.mark.parametrize("path", ["mma"])
+def test_matmul_bfloat16_gemm_path(path):
+    """The bfloat16 tests again with another GEMM kernel asked for (FASTLM_CUDA_GEMM is read
+    once per process, hence a child pytest): on this device the wgmma kernel is the default,
+    "mma" forces matmul.cu's. The opt-in "wgmma-next" kernel is tested by running this file
+    with FASTLM_CUDA_GEMM=wgmma-next -k matmul (bench/gpu_check.sh's tests-wgmma-next)."""
+    env = dict(os.environ, FASTLM_CUDA_GEMM=path)
     r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-                        "-k", "test_matmul_bfloat16 and not hopper or test_small_matmul"],
+                        "-k", "test_matmul_bfloat16 and not gemm_path and not many_tiles or "
+                              "test_small_matmul"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1]
+
+
+def strided_gemm(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout):
+    """One _C._cuda_gemm call on matrices stored with row strides and base offsets (in
+    elements) inside larger arrays: layout "tight" (ld = columns, offset 0), "padded" (ld
+    rounded up past the next multiple of 8, offset 8: 16-byte-aligned rows, as TMA needs)
+    or "misaligned" (ld = columns + 1, offset 1: what TMA refuses, so another kernel must
+    answer). The padding of a and b is NaN, so reading it shows; c's padding must come back
+    untouched, and a c that is not accumulated into starts as NaN. Returns (got, ref, scale):
+    c as float64 and its float64 reference from the operands as stored, and the sum of the
+    magnitudes of each element's terms (for error bounds)."""
+    def store(rows, cols, values):
+        ld = {"tight": max(cols, 1), "padded": (cols + 15) // 8 * 8,
+              "misaligned": cols + 1}[layout]
+        off = {"tight": 0, "padded": 8, "misaligned": 1}[layout]
+        buf = np.full(off + rows * ld + 5, np.nan, np.float32)
+        view = buf[off:off + rows * ld].reshape(rows, ld)[:, :cols]
+        view[...] = values
+        return buf, view, ld, off
+
+    a, b = (bf16_round(x) for x in operands(rng, m, n, k, trans_a, trans_b))
+    bias = rng.standard_normal(n).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32) if accumulate else \
+        np.full((m, n), np.nan, np.float32)
+    if c_dtype == "bfloat16":
+        bias, c0 = bf16_round(bias), bf16_round(c0)
+    abuf, a, lda, oa = store(*a.shape, a)
+    bbuf, b, ldb, ob = store(*b.shape, b)
+    cbuf, c0, ldc, oc = store(m, n, c0)
+    pad = np.ones(cbuf.shape, bool)
+    pad[oc:oc + m * ldc].reshape(m, ldc)[:, :n] = False
+    cbuf[pad] = 7.0  # c's padding: must stay 7
+    dc = dev(cbuf, c_dtype)
+    _C._cuda_gemm(dev(abuf, "bfloat16"), dev(bbuf, "bfloat16"), dc, dev(bias, c_dtype), m, n, k,
+                  lda, ldb, ldc, trans_a, trans_b, accumulate, False, oa, ob, oc)
+    out = host(dc).astype(np.float64)
+    assert np.all(out[pad] == 7.0), "c's padding was written"
+    got = out[oc:oc + m * ldc].reshape(m, ldc)[:, :n]
+    opa, opb = (a.T if trans_a else a).astype(np.float64), (b.T if trans_b else b).astype(np.float64)
+    ref = opa @ opb + bias
+    scale = np.abs(opa) @ np.abs(opb) + np.abs(bias)
+    if accumulate:
+        ref, scale = ref + c0, scale + np.abs(c0)
+    return got, ref, scale
+
+
+@gpu_only
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 3), (64, 128, 16), (130, 260, 72),
+                                   (257, 129, 300), (127, 31, 1000)])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("c_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("layout", ["tight", "padded", "misaligned"])
+def test_matmul_bfloat16_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout):
+    check_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout)
+
+
+# Shapes for the persistent Hopper kernel (on 132 SMs): 243 tiles of 128 x 128 (it keeps
+# those here), 209 of 128 x 256, and 72 of 128 x 256 (one round); k blocks past its stages.
+MANY_TILES = [(3336, 1032, 520), (2312, 2568, 264), (1096, 2000, 520)]
+
+
+@gpu_only
+@pytest.mark.parametrize("m,n,k", MANY_TILES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("c_dtype,layout,accumulate", [("float32", "tight", False),
+                                                       ("bfloat16", "padded", True)])
+def test_matmul_bfloat16_many_tiles(rng, m, n, k, trans_a, trans_b, c_dtype, layout, accumulate):
+    """More tiles than an H200 has SMs, so a persistent kernel's blocks take two or more, and
+    more k blocks than stages; every row 16-byte aligned, so the TMA kernels answer."""
+    check_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout)
+
+
+def check_strided(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout):
+    got, ref, scale = strided_gemm(rng, m, n, k, trans_a, trans_b, c_dtype, accumulate, layout)
+    # Exact bfloat16 products summed in float32 (any order: at most (k + 2) roundings of
+    # 2^-24 relative to the sum of magnitudes, doubled for safety), then, for a bfloat16 c,
+    # rounded once. A float32 c must be far closer than a bfloat16 one could be.
+    bound = 2.0 * (k + 2) * 2.0 ** -24 * scale + 1e-30
+    if c_dtype == "bfloat16":
+        bound += 2.0 ** -8 * np.abs(ref)
+    err = np.abs(got - ref)
+    assert np.all(err <= bound), (np.max(err - bound), f"{m}x{n}x{k}")
 
 
 def test_matmul_deterministic(rng):
@@ -764,6 +853,8 @@ def test_bad_inputs(rng):
         ops.matmul(x, dev(np.zeros((6, 2), np.float32), "bfloat16"))
     with pytest.raises(ValueError, match="bias must have shape"):
         ops.matmul(x, x, trans_b=True, bias=dev(np.zeros(3, np.float32)))
+    with pytest.raises(ValueError, match=r"a does not hold a \(4, 6\) matrix with row stride 7"):
+        _C._cuda_gemm(x, x, x, None, 4, 4, 6, 7, 6, 4, False, True, False, False, 0, 0, 0)
     with pytest.raises(ValueError, match="weight must have shape"):
         ops.layernorm(x, dev(np.ones(5, np.float32)), dev(np.zeros(6, np.float32)))
     with pytest.raises(ValueError, match="dy must have shape"):
@@ -809,6 +900,16 @@ def test_small_matmul(rng, trans_a, trans_b):
             c = ops.matmul(dev(a, "bfloat16"), dev(b, "bfloat16"), trans_a=trans_a,
                            trans_b=trans_b, bias=dev(bias, "bfloat16"))
             np.testing.assert_allclose(host(c), ref, rtol=5e-2, atol=0.5)
+
+
+@gpu_only
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_small_matmul_strided(rng, trans_a, trans_b):
+    for layout in ("padded", "misaligned"):
+        for m, n, k in ((3, 5, 7), (130, 9, 72)):
+            got, ref, scale = strided_gemm(rng, m, n, k, trans_a, trans_b, "float32", True, layout)
+            assert np.all(np.abs(got - ref) <= 1e-5 * scale + 1e-30)
 
 
 def test_small_pointwise_and_rows(rng):

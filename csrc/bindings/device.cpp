@@ -399,6 +399,57 @@ py::object matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b
   return wrap(c);
 }
 
+// Every GemmDesc field, for the tests: row strides, base offsets (in
+// elements), accumulate, and float32 c over bfloat16 operands (c_float, when
+// a is bfloat16 and c float32). Each matrix must lie inside its array.
+void gemm_raw(py::handle a_obj, py::handle b_obj, py::handle c_obj, py::handle bias_obj,
+              int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+              bool trans_a, bool trans_b, bool accumulate, bool tf32, int64_t offset_a,
+              int64_t offset_b, int64_t offset_c) {
+  const char* op = "_cuda_gemm";
+  cuda::require();
+  const DeviceArray& a = fdev(a_obj, op, "a", -1, false, true);
+  const DeviceArray& b = fdev(b_obj, op, "b", -1, false, true);
+  const DeviceArray& c = fdev(c_obj, op, "c", -1, true, true);
+  require_same_type(b, a, op, "b", "a");
+  const bool c_float = a.dtype == ElemType::kBFloat16 && c.dtype == ElemType::kFloat32;
+  if (!c_float) require_same_type(c, a, op, "c", "a");
+  if (m < 0 || n < 0 || k < 0) value_error(op, "m, n and k must be >= 0");
+  // Stored (rows, cols) of each matrix, its row stride and offset.
+  auto inside = [&](const DeviceArray& x, const char* name, int64_t rows, int64_t cols,
+                    int64_t ld, int64_t offset) {
+    if (ld < cols || ld < 1 || offset < 0)
+      value_error(op, std::string(name) + ": the row stride must be >= max(1, columns) and the "
+                      "offset >= 0");
+    if (rows > 0 && cols > 0 && offset + (rows - 1) * ld + cols > x.size())
+      value_error(op, std::string(name) + " does not hold a " + shape_str({rows, cols}) +
+                      " matrix with row stride " + std::to_string(ld) + " at offset " +
+                      std::to_string(offset));
+  };
+  inside(a, "a", trans_a ? k : m, trans_a ? m : k, lda, offset_a);
+  inside(b, "b", trans_b ? n : k, trans_b ? k : n, ldb, offset_b);
+  inside(c, "c", m, n, ldc, offset_c);
+  const void* bias = nullptr;
+  if (!bias_obj.is_none()) {
+    const DeviceArray& bs = fdev(bias_obj, op, "bias", 1, false, true);
+    require_same_type(bs, c, op, "bias", "c");
+    require_shape(bs, {n}, op, "bias");
+    bias = bs.data;
+  }
+  const cuda::GemmPrecision prec = a.dtype == ElemType::kBFloat16 ? cuda::GemmPrecision::kBF16
+                                   : tf32 ? cuda::GemmPrecision::kTF32
+                                          : cuda::GemmPrecision::kExact;
+  const char* a_base = static_cast<const char*>(a.data);
+  const char* b_base = static_cast<const char*>(b.data);
+  char* c_base = static_cast<char*>(c.data);
+  const int64_t es = type_size(a.dtype), ces = type_size(c.dtype);
+  const cuda::GemmDesc g{prec,   a_base + offset_a * es, b_base + offset_b * es, bias,
+                         c_base + offset_c * ces, m, n, k, lda, ldb, ldc, trans_a, trans_b,
+                         accumulate, c_float};
+  py::gil_scoped_release nogil;
+  cuda::gemm(g);
+}
+
 py::object softmax(py::handle x_obj) {
   const char* op = "softmax";
   cuda::require();
@@ -1048,6 +1099,9 @@ void bind_device(py::module_& m) {
   });
   m.def("cuda_matmul", &matmul, arg("a"), arg("b"), arg("trans_a"), arg("trans_b"), arg("bias"),
         arg("precision"));
+  m.def("_cuda_gemm", &gemm_raw, arg("a"), arg("b"), arg("c"), arg("bias"), arg("m"), arg("n"),
+        arg("k"), arg("lda"), arg("ldb"), arg("ldc"), arg("trans_a"), arg("trans_b"),
+        arg("accumulate"), arg("tf32"), arg("offset_a"), arg("offset_b"), arg("offset_c"));
   m.def("cuda_softmax", &softmax, arg("x"));
   m.def("cuda_softmax_backward", &softmax_backward, arg("dy"), arg("y"));
   m.def("cuda_layernorm", &layernorm, arg("x"), arg("weight"), arg("bias"), arg("eps"));

@@ -46,7 +46,9 @@ struct GemmDesc {
   int64_t m = 0, n = 0, k = 0;
   int64_t lda = 0, ldb = 0, ldc = 0;
   bool trans_a = false, trans_b = false, accumulate = false;
-  bool c_float = false;  // kBF16 only: c and bias are float32 (mixed precision)
+  // kBF16 only: c and bias are float32 (accumulate adds into float32 c), as a
+  // mixed-precision model keeps float32 activations over bfloat16 operands.
+  bool c_float = false;
 };
 void gemm(const GemmDesc& d);
 

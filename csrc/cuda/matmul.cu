@@ -32,6 +32,7 @@ struct GemmParams {
   void* c;
   int64_t m, n, k, lda, ldb, ldc;
   bool accumulate;
+  bool c_float;       // bfloat16 operands with float32 c and bias (GemmDesc::c_float)
   bool vec_a, vec_b;  // operand base and row stride 16-byte aligned: cp.async usable
 };
 
@@ -75,10 +76,17 @@ struct Tiles {
   }
 };
 
-// c[r, col] = v (+ bias[col]) (+ c[r, col]) when inside the matrix.
+// c[r, col] = v (+ bias[col]) (+ c[r, col]) when inside the matrix; c and
+// bias of type T, or float32 where bfloat16 operands ask for it (c_float).
 template <typename T>
 __device__ __forceinline__ void store_c(const GemmParams& p, int64_t r, int64_t col, float v) {
   if (r >= p.m || col >= p.n) return;
+  if constexpr (std::is_same<T, bf16>::value) {
+    if (p.c_float) {
+      store_c<float>(p, r, col, v);
+      return;
+    }
+  }
   T* C = static_cast<T*>(p.c);
   if (p.bias) v += to_f32(static_cast<const T*>(p.bias)[col]);
   if (p.accumulate) v += to_f32(C[r * p.ldc + col]);
@@ -303,6 +311,8 @@ bool gemm_sm90(const GemmDesc& d);
 void gemm(const GemmDesc& d) {
   if (d.m < 0 || d.n < 0 || d.k < 0)
     throw std::invalid_argument("gemm: negative size");
+  if (d.c_float && d.precision != GemmPrecision::kBF16)
+    throw std::invalid_argument("gemm: c_float is for bfloat16 operands only");
   if (d.m == 0 || d.n == 0) return;
   if (gemm_sm90(d)) return;
   const int64_t grid_y = cdiv(d.m, BM), grid_x = cdiv(d.n, BN);
@@ -320,6 +330,7 @@ void gemm(const GemmDesc& d) {
   p.ldb = d.ldb;
   p.ldc = d.ldc;
   p.accumulate = d.accumulate;
+  p.c_float = d.c_float;
   p.vec_a = aligned16(d.a) && (d.lda * es) % 16 == 0;
   p.vec_b = aligned16(d.b) && (d.ldb * es) % 16 == 0;
   const dim3 grid((unsigned)grid_x, (unsigned)grid_y);
