@@ -128,6 +128,12 @@ if wants tests; then
     -k "matmul and not gemm_path and not test_matmul_float32"
 fi
 
+if wants models; then
+  # GPT-2 124M training and sampling on the GPU beside torch ([model] lines), early:
+  # the models use every default kernel, and their figures matter most.
+  run_stage models 240 "$LOGS/bench.log" "${PYTEST[@]}" -s bench/test_bench_cuda_models.py
+fi
+
 if wants sanitizers; then
   # One kernel launch at a time (FASTLM_CUDA_SYNC=1) so a report names its kernel.
   for tool in memcheck initcheck synccheck racecheck; do
@@ -160,10 +166,6 @@ if wants bench; then
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k attention
 fi
 
-if wants models; then
-  # GPT-2 124M training and sampling on the GPU beside torch ([model] lines).
-  run_stage models 240 "$LOGS/bench.log" "${PYTEST[@]}" -s bench/test_bench_cuda_models.py
-fi
 
 if [ "$DRY" = 0 ]; then
   echo "[stage] total: $([ "$FAILED" = 0 ] && echo ok || echo 'not clean') $((SECONDS - START))s" \
