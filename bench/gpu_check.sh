@@ -141,7 +141,10 @@ if wants sanitizers; then
       compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
       "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
   done
-  # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next) under memcheck too.
+  # The opt-in Hopper GEMMs (FASTLM_CUDA_GEMM=wgmma, wgmma-next) under memcheck too.
+  run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    FASTLM_CUDA_GEMM=wgmma compute-sanitizer --tool memcheck --error-exitcode 3 \
+    --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
   run_stage memcheck-wgmma-next 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
     FASTLM_CUDA_GEMM=wgmma-next compute-sanitizer --tool memcheck --error-exitcode 3 \
     --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
@@ -155,8 +158,8 @@ fi
 
 if wants bench; then
   run_stage bench 200 "$LOGS/bench.log" "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py
-  # The bf16 GEMM lines again on matmul.cu's kernel (the Hopper one is the default), labelled [mma].
-  run_stage bench-mma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=mma \
+  # The bf16 GEMM lines again on the opt-in Hopper kernel, labelled [wgmma].
+  run_stage bench-wgmma 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "gemm and bf16"
   # The opt-in Hopper GEMM: bf16 and TF32 lines labelled [wgmma-next].
   run_stage bench-wgmma-next 90 "$LOGS/bench.log" env FASTLM_CUDA_GEMM=wgmma-next \

@@ -143,11 +143,11 @@ def _hopper_gemm_built() -> bool:
 
 
 @pytest.mark.skipif(not _hopper_gemm_built(), reason="needs an sm_90 GPU and a build with 90a code")
-@pytest.mark.parametrize("path", ["mma"])
+@pytest.mark.parametrize("path", ["wgmma"])
 def test_matmul_bfloat16_gemm_path(path):
     """The bfloat16 tests again with another GEMM kernel asked for (FASTLM_CUDA_GEMM is read
-    once per process, hence a child pytest): on this device the wgmma kernel is the default,
-    "mma" forces matmul.cu's. The opt-in "wgmma-next" kernel is tested by running this file
+    once per process, hence a child pytest): matmul.cu's kernel is the default, "wgmma"
+    asks for the Hopper kernel. The opt-in "wgmma-next" kernel is tested by running this file
     with FASTLM_CUDA_GEMM=wgmma-next -k matmul (bench/gpu_check.sh's tests-wgmma-next)."""
     env = dict(os.environ, FASTLM_CUDA_GEMM=path)
     r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
