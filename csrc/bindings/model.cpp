@@ -98,13 +98,66 @@ py::array flat_view(py::object self, float* (ParamStore::*which)()) {
   return view(self, (s.*which)(), {s.size()});
 }
 
-// One of the store's four flat buffers by name.
-float* store_buffer(ParamStore& s, const std::string& which, const char* op) {
-  if (which == "params") return s.params();
-  if (which == "grads") return s.grads();
-  if (which == "adam_m") return s.moment1();
-  if (which == "adam_v") return s.moment2();
+// A view of moment i (1 or 2), allocated now if need be, that keeps its buffer
+// alive: released moments leave the view holding the old values, never freed
+// memory.
+template <class Model>
+py::array moment_view(py::object self, int i) {
+  ParamStore& s = host_store(self.cast<Model&>().store, "flat views");
+  if (s.moment_lo() != 0 || s.moment_hi() != s.size())
+    throw std::invalid_argument("adam_" + std::string(i == 1 ? "m" : "v") +
+                                ": the optimizer moments hold elements [" +
+                                std::to_string(s.moment_lo()) + ", " + std::to_string(s.moment_hi()) +
+                                ") only (a ZeRO-1 shard); read them with read(which, offset, count)");
+  std::shared_ptr<Buffer<float>> buf;
+  {
+    Exclusive exclusive(s.busy);  // the allocation changes the store
+    buf = s.moment(i);
+  }
+  auto* keep = new std::shared_ptr<Buffer<float>>(std::move(buf));
+  py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<Buffer<float>>*>(p); });
+  return py::array_t<float>({(py::ssize_t)s.size()}, (*keep)->data(), owner);
+}
+
+// One of the store's four flat buffers by name: its data (element lo first)
+// and the elements [lo, hi) of the flat vector it holds (the moments may hold
+// a ZeRO-1 shard only).
+struct Span {
+  float* data;
+  int64_t lo, hi;
+};
+
+Span store_buffer(ParamStore& s, const std::string& which, const char* op) {
+  if (which == "params") return {s.params(), 0, s.size()};
+  if (which == "grads") return {s.grads(), 0, s.size()};
+  if (which == "adam_m") return {s.moment1(), s.moment_lo(), s.moment_hi()};
+  if (which == "adam_v") return {s.moment2(), s.moment_lo(), s.moment_hi()};
   value_error(op, "which must be 'params', 'grads', 'adam_m' or 'adam_v', got '" + which + "'");
+}
+
+void check_which(const std::string& which, const char* op) {
+  if (which != "params" && which != "grads" && which != "adam_m" && which != "adam_v")
+    value_error(op, "which must be 'params', 'grads', 'adam_m' or 'adam_v', got '" + which + "'");
+}
+
+// Checks that which holds the n elements at offset.
+void check_range(ParamStore& s, const std::string& which, int64_t offset, int64_t n,
+                 const char* op) {
+  check_which(which, op);
+  const bool moment = which == "adam_m" || which == "adam_v";
+  const int64_t lo = moment ? s.moment_lo() : 0, hi = moment ? s.moment_hi() : s.size();
+  if (offset < lo || offset > hi || n < 0 || n > hi - offset)
+    value_error(op, std::to_string(n) + " values at offset " + std::to_string(offset) +
+                        " do not fit the elements [" + std::to_string(lo) + ", " +
+                        std::to_string(hi) + ") that '" + which + "' holds" +
+                        (moment && hi - lo != s.size() ? " (a ZeRO-1 shard)" : ""));
+}
+
+// The element at offset of which (checked by check_range; the moments are
+// allocated if need be, so the caller holds the model's lock).
+float* store_at(ParamStore& s, const std::string& which, int64_t offset) {
+  Span b = store_buffer(s, which, "store_at");
+  return b.data + (offset - b.lo);
 }
 
 void check_finite(double x, const char* op, const char* name, bool positive) {
@@ -134,29 +187,30 @@ void bind_store(py::class_<Model>& c) {
            },
            "[(name, shape, offset)] of every tensor in the flat buffers (offsets in floats).")
       .def("read",
-           [](Model& m, const std::string& which) {
-             float* src = store_buffer(m.store, which, "read");
-             py::array_t<float> out = new_array({m.store.size()});
+           [](Model& m, const std::string& which, int64_t offset, int64_t count) {
+             if (count < 0) count = m.store.size() - offset;
+             check_range(m.store, which, offset, count, "read");
+             py::array_t<float> out = new_array({count});
              float* dst = out.mutable_data();
              Exclusive exclusive(m.store.busy);
-             m.store.kernels().download(dst, src, m.store.size() * (int64_t)sizeof(float));
+             m.store.kernels().download(dst, store_at(m.store, which, offset),
+                                        count * (int64_t)sizeof(float));
              return out;
            },
-           py::arg("which"),
-           "A float32 copy (num_parameters,) of 'params', 'grads', 'adam_m' or 'adam_v'.")
+           py::arg("which"), py::arg("offset") = 0, py::arg("count") = -1,
+           "A float32 copy (count,) of elements [offset, offset + count) of 'params', 'grads', "
+           "'adam_m' or 'adam_v' (count -1: to the end), which must hold them (sharded moments "
+           "hold moment_range() only).")
       .def("write",
            [](Model& m, const std::string& which, py::handle values, int64_t offset) {
              const char* op = "write";
-             float* dst = store_buffer(m.store, which, op);
              py::array a = float_array(values, op, "values", 1);
              const int64_t n = a.shape(0);
-             if (offset < 0 || offset > m.store.size() || n > m.store.size() - offset)
-               value_error(op, std::to_string(n) + " values at offset " + std::to_string(offset) +
-                                   " do not fit the " + std::to_string(m.store.size()) +
-                                   " floats of '" + which + "'");
+             check_range(m.store, which, offset, n, op);
              const float* src = cptr(a);
              Exclusive exclusive(m.store.busy);
-             m.store.kernels().upload(dst + offset, src, n * (int64_t)sizeof(float));
+             m.store.kernels().upload(store_at(m.store, which, offset), src,
+                                      n * (int64_t)sizeof(float));
              if (which == "params") m.store.mark_changed();
            },
            py::arg("which"), py::arg("values"), py::arg("offset") = 0,
@@ -165,8 +219,30 @@ void bind_store(py::class_<Model>& c) {
       .def("grad_tensors", [](py::object self) { return tensor_views<Model>(self, true); })
       .def("flat_params", [](py::object self) { return flat_view<Model>(self, &ParamStore::params); })
       .def("flat_grads", [](py::object self) { return flat_view<Model>(self, &ParamStore::grads); })
-      .def("adam_m", [](py::object self) { return flat_view<Model>(self, &ParamStore::moment1); })
-      .def("adam_v", [](py::object self) { return flat_view<Model>(self, &ParamStore::moment2); })
+      .def("adam_m", [](py::object self) { return moment_view<Model>(self, 1); })
+      .def("adam_v", [](py::object self) { return moment_view<Model>(self, 2); })
+      .def("moment_bytes", [](Model& m) { return m.store.moment_bytes(); },
+           "Bytes of optimizer moments the model holds now (allocated on first use).")
+      .def("moment_range", [](Model& m) { return py::make_tuple(m.store.moment_lo(), m.store.moment_hi()); },
+           "(lo, hi): the elements of the flat vector the moments cover.")
+      .def("release_moments",
+           [](Model& m) {
+             Exclusive exclusive(m.store.busy);
+             m.store.release_moments();
+           },
+           "Free both moments; they are zeros when next used.")
+      .def("set_moment_range",
+           [](Model& m, int64_t lo, int64_t hi) {
+             if (lo < 0 || hi < lo || hi > m.store.size())
+               value_error("set_moment_range", "[" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                                   ") is not a range of the " +
+                                                   std::to_string(m.store.size()) + " parameters");
+             Exclusive exclusive(m.store.busy);
+             m.store.set_moment_range(lo, hi);
+           },
+           py::arg("lo"), py::arg("hi"),
+           "Release the moments and make them cover elements [lo, hi) from now on (ZeRO-1's "
+           "shard; (0, num_parameters()) for all).")
       .def_property(
           "step_count", [](Model& m) { return m.store.step_count; },
           [](Model& m, int64_t v) {
@@ -185,19 +261,25 @@ void bind_store(py::class_<Model>& c) {
       })
       .def("step",
            [](Model& m, double lr, double beta1, double beta2, double eps, double wd,
-              double grad_scale) {
+              double grad_scale, int64_t lo, int64_t hi) {
              const char* op = "step";
+             if (hi < 0) hi = m.store.size();
+             if (lo < 0 || hi < lo || hi > m.store.size())
+               value_error(op, "[lo, hi) = [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                   ") is not a range of the " + std::to_string(m.store.size()) +
+                                   " parameters");
              check_finite(lr, op, "lr", false);
              check_finite(eps, op, "eps", true);
              check_finite(wd, op, "weight_decay", false);
              check_finite(grad_scale, op, "grad_scale", false);
              check_betas(op, beta1, beta2);
              Exclusive exclusive(m.store.busy);
-             m.store.adamw(lr, beta1, beta2, eps, wd,
-                           (float)grad_scale);
+             m.store.adamw(lr, beta1, beta2, eps, wd, (float)grad_scale, lo, hi);
            },
            py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-           py::arg("weight_decay"), py::arg("grad_scale") = 1.0)
+           py::arg("weight_decay"), py::arg("grad_scale") = 1.0, py::arg("lo") = 0,
+           py::arg("hi") = -1,
+           "AdamW on elements [lo, hi) (hi -1: to the end), which the moments must cover.")
       .def("sgd_step",
            [](Model& m, double lr, double momentum, double wd, double grad_scale) {
              const char* op = "sgd_step";

@@ -598,6 +598,5 @@ class LanguageModel:
         """Subclasses restore what they added to :meth:`_optimizer_state`."""
 
     def _m_v_zero(self) -> None:
-        self._tensors.zero("adam_m")
-        self._tensors.zero("adam_v")
+        self._g.release_moments()  # zeros when next used, as the first step's moments
         self._g.step_count = 0

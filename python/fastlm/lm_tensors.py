@@ -7,6 +7,13 @@ NumPy *views* of them, which the caller may write into (then call
 (``"cuda"``, real or emulated) is copied across the host boundary: reads give
 fresh arrays and writes go through :meth:`write`. Code that must work on
 every device reads with ``named``/``flat`` and writes with ``write``.
+
+The optimizer moments are allocated (as zeros) when first used, by a step, a
+read or a write, and ``core.release_moments()`` frees them; a view of them
+taken before keeps the old memory alive, so it is not re-used for the model:
+take a fresh one after each change. Under ZeRO-1 (:mod:`fastlm.zero`) they
+cover one range of the vector only (``core.moment_range()``), and reading them
+whole is a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -28,9 +35,8 @@ class ModelTensors:
         self.layout: List[Tuple[str, Tuple[int, ...], int]] = [
             (name, tuple(int(d) for d in shape), int(offset)) for name, shape, offset in core.layout()]
         self._views: Dict[str, np.ndarray] = {}
-        if self.host:
-            self._views = {"params": core.flat_params(), "grads": core.flat_grads(),
-                           "adam_m": core.adam_m(), "adam_v": core.adam_v()}
+        if self.host:  # the moments' views are taken per call: they may be released and reallocated
+            self._views = {"params": core.flat_params(), "grads": core.flat_grads()}
 
     @property
     def host(self) -> bool:
@@ -41,7 +47,13 @@ class ModelTensors:
         """float32 (num_parameters,): a view on the CPU, a copy elsewhere."""
         if which not in WHICH:
             raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-        return self._views[which] if self.host else self._core.read(which)
+        if not self.host:
+            return self._core.read(which)
+        if which == "adam_m":
+            return self._core.adam_m()
+        if which == "adam_v":
+            return self._core.adam_v()
+        return self._views[which]
 
     def named(self, which: str, copy: bool = False) -> Dict[str, np.ndarray]:
         """Every tensor of ``which`` by name, shaped as the parameter: views on
@@ -82,6 +94,6 @@ class ModelTensors:
         """Set every element of ``which`` to 0."""
         n = int(self._core.num_parameters())
         if self.host:
-            self._views[which][...] = 0.0
+            self.flat(which)[...] = 0.0
         else:
             self._core.write(which, np.zeros(n, np.float32), 0)
