@@ -74,6 +74,19 @@ def fail_on_rank1_at(model: fastlm.LanguageModel, step: int, how: str) -> None:
     model._forward_backward = failing
 
 
+def record_moments(model: fastlm.LanguageModel) -> list:
+    """A list that gets, at every forward/backward, [bytes of optimizer moments
+    the model holds, the range they cover]."""
+    inner, seen = model._forward_backward, []
+
+    def recording(*a):  # type: ignore[no-untyped-def]
+        seen.append([model._g.moment_bytes(), *model._g.moment_range()])
+        return inner(*a)
+
+    model._forward_backward = recording
+    return seen
+
+
 def main() -> None:
     scenario, out = sys.argv[1], sys.argv[2]
     rest = sys.argv[3:]
@@ -92,13 +105,16 @@ def main() -> None:
             np.save(os.path.join(out, "losses.npy"), np.array([[e["loss"], e["val_loss"] or 0] for e in hist]))
     elif scenario == "zero":  # KIND GRAD_CLIP: plain data-parallel and ZeRO-1, 10 steps each
         kind, clip = rest[0], float(rest[1])
-        runs = {}
+        runs, held = {}, {}
         for zero in (0, 1):
             model = make(kind)
+            held[zero] = record_moments(model)
             hist = model.fit(**fit_args(2, 10, kind), grad_clip=clip, optimizer="adamw", weight_decay=0.1, zero=zero)
+            held[zero].append([model._g.moment_bytes(), *model._g.moment_range()])  # after fit: all of them
             runs[zero] = [model._tensors.flat(w).copy() for w in ("params", "adam_m", "adam_v")]
             runs[zero].append(np.array([e["grad_norm"] for e in hist] + [model.optimizer_step]))
         np.save(os.path.join(out, f"zero{dist.rank()}.npy"), np.stack(runs[1][:3]))
+        np.save(os.path.join(out, f"held{dist.rank()}.npy"), np.array([held[0], held[1]]))
         if dist.rank() == 0:
             for zero, arrays in runs.items():
                 np.savez(os.path.join(out, f"run{zero}.npz"), *arrays)
@@ -114,7 +130,13 @@ def main() -> None:
         on_root = gathered.copy()
         w.all_gather(gathered, counts)
         w.gather(on_root, counts, root=w.size - 1)
-        np.save(os.path.join(out, f"blocks{w.rank}.npy"), np.concatenate([mine, gathered, on_root]))
+        # The same from blocks held alone: rank 0's vector scattered, then gathered onto the last rank.
+        block = w.scatter(np.arange(n, dtype=np.float32) + 100 if w.rank == 0 else None,
+                          np.empty(counts[w.rank], np.float32), counts)
+        whole = w.gather_blocks(block * 2, np.zeros(n, np.float32) if w.rank == w.size - 1 else None, counts,
+                                root=w.size - 1)
+        np.save(os.path.join(out, f"blocks{w.rank}.npy"),
+                np.concatenate([mine, gathered, on_root, block] + ([whole] if whole is not None else [])))
     elif scenario == "fail":  # HOW: raise, exit or kill on rank 1 at step 4
         model = make("transformer")
         fail_on_rank1_at(model, 4, rest[0])

@@ -306,14 +306,8 @@ def test_info_shows_mpi(tmp_path):
 
 # ---------------------------------------------------------------------- ZeRO-1
 
-def test_shard_counts_and_decay_runs():
+def test_shard_counts():
     assert zero.shard_counts(7, 3) == [3, 2, 2] and zero.shard_counts(2, 3) == [1, 1, 0]
-    layout = [("c", (2, 2), 16), ("a", (3, 4), 0), ("b", (4,), 12), ("d", (3,), 20), ("e", (1, 5), 23)]
-    # Elements 10 .. 25: the end of a, b, c, d, the start of e; the sorted offsets decide, not the list order.
-    assert zero.decay_runs(layout, 10, 26) == [(0, 2, True), (2, 6, False), (6, 10, True), (10, 13, False),
-                                               (13, 16, True)]
-    assert zero.decay_runs([("x", (2, 3), 0), ("y", (6, 1), 6)], 0, 12) == [(0, 12, True)]  # merged
-    assert zero.decay_runs(layout, 28, 28) == []
 
 
 def test_blocks_on_one_rank(no_launcher):
@@ -328,6 +322,14 @@ def test_blocks_on_one_rank(no_launcher):
         w.reduce_scatter(x, np.empty(4, np.float32), [5])
     with pytest.raises(TypeError, match="reduce_scatter: buf must be float32"):
         w.reduce_scatter(x, np.empty(5), [5])
+    mine = np.empty(5, np.float32)
+    assert w.scatter(x, mine, [5]) is mine and np.array_equal(mine, x)
+    full = np.empty(5, np.float32)
+    assert w.gather_blocks(mine * 2, full, [5]) is full and np.array_equal(full, 2 * x)
+    with pytest.raises(ValueError, match="scatter: this rank's block has 4 elements, counts say 5"):
+        w.scatter(x, np.empty(4, np.float32), [5])
+    with pytest.raises(ValueError, match="gather_blocks: counts must be 1 non-negative block sizes"):
+        w.gather_blocks(mine, full, [5, 0])
 
 
 @pytest.mark.parametrize("kind", ["transformer-odd", "lstm"])
@@ -399,6 +401,19 @@ def test_zero1_equals_data_parallel(tmp_path, n, kind, clip):
     ranks = [np.load(tmp_path / f"zero{r}.npy") for r in range(n)]
     for r in range(1, n):
         np.testing.assert_array_equal(ranks[r], ranks[0])
+    # What each rank's model held at every forward/backward, then after fit: [bytes, lo, hi] of its moments.
+    size = plain["arr_0"].size
+    counts = zero.shard_counts(size, n)
+    for r in range(n):
+        held = np.load(tmp_path / f"held{r}.npy")  # (plain, ZeRO-1), steps x grad_accum + 1, 3
+        lo = sum(counts[:r])
+        mine = [8 * counts[r], lo, lo + counts[r]]
+        steps = held.shape[1] - 1
+        np.testing.assert_array_equal(held[0, -2], [8 * size, 0, size])  # plain: every moment, every rank
+        # ZeRO-1: its shard alone, from the start (allocated at the first step) to the end.
+        assert (held[1, :steps, 1:] == mine[1:]).all() and set(held[1, :steps, 0]) <= {0, mine[0]}
+        np.testing.assert_array_equal(held[1, steps - 1], mine)
+        assert (held[:, -1] == [8 * size, 0, size]).all()  # when fit returns, the full moments everywhere
 
 
 @needs_mpi
@@ -421,7 +436,13 @@ def test_zero1_blocks_on_three_ranks(tmp_path):
         np.testing.assert_array_equal(got[:k], mine[r])
         np.testing.assert_array_equal(got[k:k + 5], gathered)
         if r == 2:  # the gather's root
-            np.testing.assert_array_equal(got[k + 5:], gathered)
+            np.testing.assert_array_equal(got[k + 5:k + 10], gathered)
+        scattered = np.arange(5, dtype=np.float32)[{0: slice(0, 3), 1: slice(3, 3), 2: slice(3, 5)}[r]] + 100
+        np.testing.assert_array_equal(got[k + 10:2 * k + 10], scattered)
+        if r == 2:  # gather_blocks' root
+            np.testing.assert_array_equal(got[2 * k + 10:], (np.arange(5, dtype=np.float32) + 100) * 2)
+        else:
+            assert got.size == 2 * k + 10
 
 
 @needs_mpi

@@ -211,6 +211,55 @@ class World:
                 self.comm.Gatherv(flat[lo:hi], None, root=root)
         return buf
 
+    def gather_blocks(self, mine: np.ndarray, full: Optional[np.ndarray], counts: Sequence[int],
+                      root: int = 0) -> Optional[np.ndarray]:
+        """Every rank's block ``mine`` (``counts[rank]`` elements) into rank
+        ``root``'s ``full`` (``sum(counts)`` elements of the same dtype; ignored,
+        may be None, elsewhere), which is returned: :meth:`gather` for ranks that
+        hold their block alone."""
+        root = self._root(root)
+        _host_buffer(mine, "gather_blocks", None)
+        counts = self._counts(counts, mine, "gather_blocks")
+        if self.rank != root:
+            if self.size > 1:
+                self.comm.Gatherv(mine.reshape(-1), None, root=root)
+            return full
+        _host_buffer(full, "gather_blocks", (mine.dtype.type,))
+        self._block(full, counts, "gather_blocks")
+        if self.size == 1:
+            full.reshape(-1)[...] = mine.reshape(-1)
+        else:
+            self.comm.Gatherv(mine.reshape(-1), [full.reshape(-1), (counts, _displacements(counts))], root=root)
+        return full
+
+    def scatter(self, full: Optional[np.ndarray], mine: np.ndarray, counts: Sequence[int],
+                root: int = 0) -> np.ndarray:
+        """Rank ``root``'s ``full`` (``sum(counts)`` elements; ignored, may be
+        None, elsewhere) cut into blocks: block r into rank r's ``mine``
+        (``counts[r]`` elements of the same dtype), which is returned."""
+        root = self._root(root)
+        _host_buffer(mine, "scatter", None)
+        counts = self._counts(counts, mine, "scatter")
+        if self.rank == root:
+            _host_buffer(full, "scatter", (mine.dtype.type,))
+            self._block(full, counts, "scatter")
+            if self.size == 1:
+                mine.reshape(-1)[...] = full.reshape(-1)
+                return mine
+            self.comm.Scatterv([full.reshape(-1), (counts, _displacements(counts))], mine.reshape(-1), root=root)
+        elif self.size > 1:
+            self.comm.Scatterv(None, mine.reshape(-1), root=root)
+        return mine
+
+    def _counts(self, counts: Sequence[int], mine: np.ndarray, who: str) -> List[int]:
+        """``counts`` checked as block sizes, ``mine`` as this rank's block."""
+        counts = [int(c) for c in counts]
+        if len(counts) != self.size or min(counts) < 0:
+            raise ValueError(f"{who}: counts must be {self.size} non-negative block sizes, got {counts[:8]}")
+        if mine.size != counts[self.rank]:
+            raise ValueError(f"{who}: this rank's block has {mine.size} elements, counts say {counts[self.rank]}")
+        return counts
+
     def _block(self, buf: np.ndarray, counts: Sequence[int], who: str) -> tuple:
         """This rank's [lo, hi) of ``buf`` blocked by ``counts``, checked."""
         counts = [int(c) for c in counts]

@@ -1,6 +1,7 @@
 """The optimizer settings shared by ``LanguageModel.step`` and ``fastlm.train.fit``:
-the optimizers known, their defaults per model, the betas check and which
-tensors weight decay applies to."""
+the optimizers known, their defaults per model and the betas check (which
+tensors weight decay applies to is the C++ ParamStore's rule: 2 or more
+dimensions)."""
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
@@ -21,12 +22,6 @@ def check_betas(betas: Any) -> Tuple[float, float]:
         if not 0.0 <= b < 1.0:
             raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
     return b1, b2
-
-
-def decays(shape: Tuple[int, ...]) -> bool:
-    """Whether weight decay applies to a tensor of this shape: nanoGPT's groups,
-    tensors of 2 or more dimensions (the rule the C++ ParamStore's steps follow)."""
-    return len(shape) >= 2
 
 
 def step_options(model: Any, **given: Any) -> Dict[str, Any]:

@@ -399,13 +399,15 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         history = History()
         best_val = None
     if nranks > 1:
-        shared = [model._tensors.flat(w) for w in ("params", "adam_m", "adam_v")]
+        # Rank 0's weights and moments on every rank; under ZeRO-1 each rank takes its range of the moments (Zero1).
+        which = ("params",) if zero else ("params", "adam_m", "adam_v")
+        shared = [model._tensors.flat(w) for w in which]
         world.start("fit", {
             "model": f"{type(model).__name__} {model.config}", "settings": fit_args, "seed": seed,
             "resume": resume, "start step": start, "optimizer step": model.optimizer_step,
             "train tokens": distributed.data_fingerprint(train), "val tokens": distributed.data_fingerprint(val),
             "data RNG": rng.bit_generator.state}, shared)
-        for w, buf in zip(("params", "adam_m", "adam_v"), shared):
+        for w, buf in zip(which, shared):
             model._tensors.write_flat(w, buf)  # a no-op copy onto itself for a CPU model's views
     sharded = Zero1(world, model) if zero else None  # from the moments every rank now holds
     # Each rank's rows of the global batch of nranks * batch_size.
@@ -432,6 +434,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
         finally:
             if gather:
                 model._carried = own
+            if sharded is not None:
+                sharded.shard_moments()
 
     def next_batch() -> Tuple[np.ndarray, np.ndarray, bool]:
         nonlocal stream_pos

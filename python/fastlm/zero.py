@@ -4,38 +4,42 @@ over its ranks (``fit(zero=1)``, ``fastlm train --zero 1``), as llm.c's
 
 Rank r of N owns a contiguous range of the model's flat parameter vector, an
 N-th of it (:func:`shard_counts`) whose ends fall wherever they fall, inside
-a tensor or not. Each step replaces plain data parallelism's all-reduce of
-the gradients with:
+a tensor or not, and its model holds the AdamW moments of that range alone
+(``core.set_moment_range``: the C++ parameter store's moment buffers, on the
+model's device, ``8n/N`` bytes instead of ``8n``). Each step replaces plain
+data parallelism's all-reduce of the gradients with:
 
 1. a reduce-scatter of the gradients: each rank receives the sum over the
    ranks of its range (each rank scaled its own by 1/N as it made them, so
    the sum is the mean);
 2. one all-reduce of two numbers, the loss and the range's sum of squares,
    which gives the global gradient norm for clipping;
-3. AdamW on the range alone (:func:`fastlm.ops.adamw_step`, the kernel the
-   unsharded step runs), with moments of the range's size; weight decay
-   follows the tensor each element belongs to (:func:`fastlm.optim.decays`);
+3. AdamW on the range alone: the range's reduced gradients are written into
+   the model's gradient buffer and the store's step runs over [lo, hi) (the
+   kernel calls of the whole-vector step, cut at lo and hi; weight decay
+   follows the tensor each element belongs to);
 4. an all-gather of the parameters: every rank's range onto every rank.
 
 Every element goes through the same float32 arithmetic as in the unsharded
 step, so the run equals plain data parallelism up to the order of the sums
 in the two reductions. The full moments exist only when gathered: onto rank
-0 for a checkpoint, and onto every rank when ``fit`` returns, so a checkpoint
-is that of an unsharded run, and either kind resumes the other. The reduced
-gradients exist only as ranges: the model's gradient buffer keeps the rank's
-own contribution.
+0 for a checkpoint (and sharded again after it), and onto every rank when
+``fit`` returns, so a checkpoint is that of an unsharded run, and either kind
+resumes the other. The model's gradient buffer holds the reduced gradients
+on the rank's range and the rank's own contribution elsewhere.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import ops
-from .optim import decays
 
 __all__ = ["Zero1", "shard_counts"]
+
+MOMENTS = ("adam_m", "adam_v")
 
 
 def shard_counts(n: int, nranks: int) -> List[int]:
@@ -44,38 +48,31 @@ def shard_counts(n: int, nranks: int) -> List[int]:
     return [n // nranks + (r < n % nranks) for r in range(nranks)]
 
 
-def decay_runs(layout: Sequence[Tuple[str, Tuple[int, ...], int]], lo: int, hi: int) -> List[Tuple[int, int, bool]]:
-    """The elements [lo, hi) of a flat parameter vector that belong to a tensor
-    of ``layout`` ((name, shape, offset) each), as ranges ``(a, b, decay)``
-    relative to ``lo`` with whether weight decay applies: the per-element
-    decay mask, run-length coded so that each run is one kernel call."""
-    runs: List[Tuple[int, int, bool]] = []
-    for _, shape, off in sorted(layout, key=lambda t: t[2]):
-        a, b = max(off, lo), min(off + int(np.prod(shape, dtype=np.int64)), hi)
-        if a >= b:
-            continue
-        decay = decays(shape)
-        if runs and runs[-1][1] == a - lo and runs[-1][2] == decay:
-            runs[-1] = (runs[-1][0], b - lo, decay)
-        else:
-            runs.append((a - lo, b - lo, decay))
-    return runs
-
-
 class Zero1:
     """The sharded AdamW of one data-parallel fit of ``model`` on ``world``
     (a :class:`fastlm.distributed.World`). Made once the ranks hold the same
-    parameters and moments; it keeps this rank's range of the moments."""
+    parameters: each rank takes its range of rank 0's moments (as the start
+    of an unsharded fit broadcasts them) and its model releases the rest."""
 
     def __init__(self, world: Any, model: Any) -> None:
         self.world, self.model = world, model
-        self.counts = shard_counts(int(model._g.num_parameters()), world.size)
+        g = model._g
+        self.n = int(g.num_parameters())
+        self.counts = shard_counts(self.n, world.size)
         self.lo = sum(self.counts[:world.rank])
         self.hi = self.lo + self.counts[world.rank]
         model._use_optimizer("adamw")
-        self.runs = decay_runs(model._tensors.layout, self.lo, self.hi)
-        self.m = np.array(model._tensors.flat("adam_m")[self.lo:self.hi])
-        self.v = np.array(model._tensors.flat("adam_v")[self.lo:self.hi])
+        # Moments never used are zeros: nothing to send, and the full ones are never allocated.
+        held = world.broadcast_object(int(g.moment_bytes()) > 0)
+        mine: Dict[str, np.ndarray] = {}
+        for which in MOMENTS if held else ():
+            full = model._tensors.flat(which) if world.rank == 0 else None
+            mine[which] = world.scatter(full, np.empty(self.hi - self.lo, np.float32), self.counts)
+            del full
+        with model._lock:
+            g.set_moment_range(self.lo, self.hi)  # releases the full moments
+            for which, values in mine.items():
+                g.write(which, values, self.lo)
         self.grad = np.empty(self.hi - self.lo, np.float32)  # this rank's range of the reduced gradients
 
     def reduce(self, loss: float) -> Tuple[float, float]:
@@ -91,36 +88,52 @@ class Zero1:
         """One AdamW update of this rank's range from the reduced gradients
         (``opts``: fit's betas, eps, weight_decay, grad_scale), then the
         parameters all-gathered."""
-        model, tensors = self.model, self.model._tensors
+        model, g, tensors = self.model, self.model._g, self.model._tensors
         b1, b2 = opts["betas"]
-        scale = np.float32(opts["grad_scale"])
         with model._lock:
             model._cache_owner = None
-            if scale != 1:  # rounded to float32 as the kernel's own grad_scale would be
-                np.multiply(self.grad, scale, out=self.grad)
-            step = int(model._g.step_count) + 1
-            params = tensors.flat("params")
-            mine = params[self.lo:self.hi]
-            for a, b, decay in self.runs:
-                ops.adamw_step(mine[a:b], self.grad[a:b], self.m[a:b], self.v[a:b], lr=lr, beta1=b1, beta2=b2,
-                               eps=opts["eps"], weight_decay=opts["weight_decay"] if decay else 0.0, step=step)
-            model._g.step_count = step
-            self.world.all_gather(params, self.counts)
+            g.write("grads", self.grad, self.lo)
+            g.step(lr, b1, b2, opts["eps"], opts["weight_decay"], opts["grad_scale"], self.lo, self.hi)
             if tensors.host:
-                model._g.weights_changed()
+                self.world.all_gather(tensors.flat("params"), self.counts)  # in place, a view
+                g.weights_changed()
             else:
-                tensors.write_flat("params", params)
+                params = np.empty(self.n, np.float32)
+                params[self.lo:self.hi] = g.read("params", self.lo, self.hi - self.lo)
+                tensors.write_flat("params", self.world.all_gather(params, self.counts))
 
     def gather_moments(self, root: Optional[int] = None) -> None:
-        """Assemble the full moments in the model's buffers: on rank ``root``
-        alone (for its checkpoint), or on every rank (None)."""
-        tensors = self.model._tensors
-        for which, mine in (("adam_m", self.m), ("adam_v", self.v)):
-            full = tensors.flat(which)
-            full[self.lo:self.hi] = mine
+        """Assemble the full moments in the model: on rank ``root`` alone (for
+        its checkpoint; :meth:`shard_moments` then releases them), or on every
+        rank (None: the end of the fit)."""
+        model, g, tensors = self.model, self.model._g, self.model._tensors
+        whole = root is None or self.world.rank == root
+        with model._lock:
+            mine = {w: g.read(w, self.lo, self.hi - self.lo) for w in MOMENTS}
+            if whole:
+                g.set_moment_range(0, self.n)
+        for which in MOMENTS:
+            if not whole:
+                self.world.gather_blocks(mine.pop(which), None, self.counts, root)
+                continue
+            full = tensors.flat(which) if tensors.host else np.empty(self.n, np.float32)
             if root is None:
+                full[self.lo:self.hi] = mine.pop(which)
                 self.world.all_gather(full, self.counts)
             else:
-                self.world.gather(full, self.counts, root)
+                self.world.gather_blocks(mine.pop(which), full, self.counts, root)
             if not tensors.host:
                 tensors.write_flat(which, full)
+            del full
+
+    def shard_moments(self) -> None:
+        """Back to this rank's range alone after :meth:`gather_moments` (a
+        no-op where the moments stayed sharded)."""
+        g = self.model._g
+        with self.model._lock:
+            if tuple(g.moment_range()) == (self.lo, self.hi):
+                return
+            mine = {w: g.read(w, self.lo, self.hi - self.lo) for w in MOMENTS}
+            g.set_moment_range(self.lo, self.hi)
+            for which, values in mine.items():
+                g.write(which, values, self.lo)
