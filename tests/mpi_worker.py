@@ -118,7 +118,7 @@ def main() -> None:
         if dist.rank() == 0:
             for zero, arrays in runs.items():
                 np.savez(os.path.join(out, f"run{zero}.npz"), *arrays)
-    elif scenario == "blocks":  # reduce_scatter, all_gather and gather of blocks of 3, 0 and 2 elements
+    elif scenario == "blocks":  # every block collective, on blocks of 3, 0 and 2 elements
         w = dist.world()
         counts = [3, 0, 2][:w.size]
         n = sum(counts)
@@ -135,8 +135,9 @@ def main() -> None:
                           np.empty(counts[w.rank], np.float32), counts)
         whole = w.gather_blocks(block * 2, np.zeros(n, np.float32) if w.rank == w.size - 1 else None, counts,
                                 root=w.size - 1)
+        in_place = w.reduce_scatter_in_place(np.arange(n, dtype=np.float32) * (w.rank + 1), counts)
         np.save(os.path.join(out, f"blocks{w.rank}.npy"),
-                np.concatenate([mine, gathered, on_root, block] + ([whole] if whole is not None else [])))
+                np.concatenate([mine, gathered, on_root, block, in_place] + ([whole] if whole is not None else [])))
     elif scenario == "fail":  # HOW: raise, exit or kill on rank 1 at step 4
         model = make("transformer")
         fail_on_rank1_at(model, 4, rest[0])

@@ -322,6 +322,8 @@ def test_blocks_on_one_rank(no_launcher):
         w.reduce_scatter(x, np.empty(4, np.float32), [5])
     with pytest.raises(TypeError, match="reduce_scatter: buf must be float32"):
         w.reduce_scatter(x, np.empty(5), [5])
+    y = x.copy()
+    assert w.reduce_scatter_in_place(y, [5]) is y and np.array_equal(y, x)
     mine = np.empty(5, np.float32)
     assert w.scatter(x, mine, [5]) is mine and np.array_equal(mine, x)
     full = np.empty(5, np.float32)
@@ -439,10 +441,12 @@ def test_zero1_blocks_on_three_ranks(tmp_path):
             np.testing.assert_array_equal(got[k + 5:k + 10], gathered)
         scattered = np.arange(5, dtype=np.float32)[{0: slice(0, 3), 1: slice(3, 3), 2: slice(3, 5)}[r]] + 100
         np.testing.assert_array_equal(got[k + 10:2 * k + 10], scattered)
+        in_place = got[2 * k + 10:2 * k + 15]  # reduce_scatter_in_place: this rank's block, in its place
+        np.testing.assert_array_equal(in_place[{0: slice(0, 3), 1: slice(3, 3), 2: slice(3, 5)}[r]], mine[r])
         if r == 2:  # gather_blocks' root
-            np.testing.assert_array_equal(got[2 * k + 10:], (np.arange(5, dtype=np.float32) + 100) * 2)
+            np.testing.assert_array_equal(got[2 * k + 15:], (np.arange(5, dtype=np.float32) + 100) * 2)
         else:
-            assert got.size == 2 * k + 10
+            assert got.size == 2 * k + 15
 
 
 @needs_mpi

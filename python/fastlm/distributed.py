@@ -186,6 +186,20 @@ class World:
             self.comm.Reduce_scatter(send, recv, recvcounts=list(counts), op=self._MPI.SUM)
         return recv
 
+    def reduce_scatter_in_place(self, buf: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """:meth:`reduce_scatter` without a second buffer: this rank's block of
+        the sum over the ranks of ``buf`` (float32 or float64, ``sum(counts)``
+        elements) is written to its own place in ``buf``, which is returned;
+        the other blocks of ``buf`` are left holding unspecified values."""
+        _host_buffer(buf, "reduce_scatter_in_place", (np.float32, np.float64))
+        lo, hi = self._block(buf, counts, "reduce_scatter_in_place")
+        if self.size > 1:
+            flat = buf.reshape(-1)
+            self.comm.Reduce_scatter(self._MPI.IN_PLACE, flat, recvcounts=[int(c) for c in counts], op=self._MPI.SUM)
+            if lo:  # MPI leaves the block at the front
+                np.copyto(flat[lo:hi], flat[:hi - lo])
+        return buf
+
     def all_gather(self, buf: np.ndarray, counts: Sequence[int]) -> np.ndarray:
         """In place: every rank's block of ``buf`` (a C-contiguous NumPy array
         of ``sum(counts)`` elements, the same dtype on every rank) onto every

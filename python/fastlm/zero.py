@@ -9,15 +9,14 @@ a tensor or not, and its model holds the AdamW moments of that range alone
 model's device, ``8n/N`` bytes instead of ``8n``). Each step replaces plain
 data parallelism's all-reduce of the gradients with:
 
-1. a reduce-scatter of the gradients: each rank receives the sum over the
-   ranks of its range (each rank scaled its own by 1/N as it made them, so
-   the sum is the mean);
+1. a reduce-scatter of the gradients, in place: each rank's gradient buffer
+   receives, on its range, the sum over the ranks (each rank scaled its own
+   by 1/N as it made them, so the sum is the mean);
 2. one all-reduce of two numbers, the loss and the range's sum of squares,
    which gives the global gradient norm for clipping;
-3. AdamW on the range alone: the range's reduced gradients are written into
-   the model's gradient buffer and the store's step runs over [lo, hi) (the
-   kernel calls of the whole-vector step, cut at lo and hi; weight decay
-   follows the tensor each element belongs to);
+3. AdamW on the range alone: the store's step over [lo, hi) (the kernel
+   calls of the whole-vector step, cut at lo and hi; weight decay follows the
+   tensor each element belongs to);
 4. an all-gather of the parameters: every rank's range onto every rank.
 
 Every element goes through the same float32 arithmetic as in the unsharded
@@ -26,7 +25,7 @@ in the two reductions. The full moments exist only when gathered: onto rank
 0 for a checkpoint (and sharded again after it), and onto every rank when
 ``fit`` returns, so a checkpoint is that of an unsharded run, and either kind
 resumes the other. The model's gradient buffer holds the reduced gradients
-on the rank's range and the rank's own contribution elsewhere.
+on the rank's range and unspecified values (partial sums) elsewhere.
 """
 from __future__ import annotations
 
@@ -73,14 +72,17 @@ class Zero1:
             g.set_moment_range(self.lo, self.hi)  # releases the full moments
             for which, values in mine.items():
                 g.write(which, values, self.lo)
-        self.grad = np.empty(self.hi - self.lo, np.float32)  # this rank's range of the reduced gradients
 
     def reduce(self, loss: float) -> Tuple[float, float]:
-        """Reduce-scatter the model's gradients into this rank's range; returns
-        the loss averaged over the ranks and the global gradient norm."""
-        w = self.world
-        w.reduce_scatter(self.model._tensors.flat("grads"), self.grad, self.counts)
-        sums = np.array([loss, ops.sum_squares(self.grad)])
+        """Reduce-scatter the model's gradients, in place, into this rank's
+        range of its gradient buffer; returns the loss averaged over the ranks
+        and the global gradient norm."""
+        w, tensors = self.world, self.model._tensors
+        grads = tensors.flat("grads")  # a CPU model's is a view: no second buffer
+        mine = w.reduce_scatter_in_place(grads, self.counts)[self.lo:self.hi]
+        if not tensors.host:
+            self.model._g.write("grads", mine, self.lo)
+        sums = np.array([loss, ops.sum_squares(mine)])
         w.all_reduce(sums, "sum")
         return float(sums[0] * (1.0 / w.size)), math.sqrt(sums[1])
 
@@ -92,7 +94,6 @@ class Zero1:
         b1, b2 = opts["betas"]
         with model._lock:
             model._cache_owner = None
-            g.write("grads", self.grad, self.lo)
             g.step(lr, b1, b2, opts["eps"], opts["weight_decay"], opts["grad_scale"], self.lo, self.hi)
             if tensors.host:
                 self.world.all_gather(tensors.flat("params"), self.counts)  # in place, a view
