@@ -163,3 +163,16 @@ def test_sharded_moments_refuse_what_they_do_not_hold():
         g.read("x")
     g.set_moment_range(0, n)
     assert model._tensors.flat("adam_m").shape == (n,)
+
+
+def test_to_moves_moments_only_when_held(monkeypatch):
+    monkeypatch.setenv("FASTLM_EMULATE_CUDA", "1")
+    model = tiny()
+    model.to("cuda")
+    assert model._g.moment_bytes() == 0  # never used: none on either device
+    train_step(model, 0, lr=1e-2)
+    m, v = model._g.read("adam_m"), model._g.read("adam_v")
+    model.to("cpu")
+    assert model._g.moment_bytes() == 8 * model.num_parameters()
+    np.testing.assert_array_equal(model._g.read("adam_m"), m)
+    np.testing.assert_array_equal(model._g.read("adam_v"), v)

@@ -278,7 +278,9 @@ class LanguageModel:
         if device == self.device:
             return self
         with self._lock:
-            data = {w: np.array(self._tensors.flat(w)) for w in ("params", "grads", "adam_m", "adam_v")}
+            # Moments never used stay unallocated (zeros when first used) on the new device too.
+            which = ("params", "grads") + (("adam_m", "adam_v") if self._g.moment_bytes() else ())
+            data = {w: np.array(self._tensors.flat(w)) for w in which}
             step = int(self._g.step_count)
             arch = {k: self._config[k] for k in self.ARCH_KEYS}
             old_device = self._config["device"]
