@@ -336,8 +336,8 @@ def test_blocks_on_one_rank(no_launcher):
 
 @pytest.mark.parametrize("kind", ["transformer-odd", "lstm"])
 def test_zero1_in_one_process_is_the_unsharded_step(kind, model_device, request):
-    """With one rank ZeRO-1 runs its own path (its kernel calls per run of the
-    decay mask, its norm; host copies of a device model's buffers) and must
+    """With one rank ZeRO-1 runs its own path (the store's ranged step over the
+    whole vector, its norm; host copies of a device model's buffers) and must
     give the unsharded run bit for bit where both step with the CPU kernels."""
     out = []
     for z in (0, 1):
