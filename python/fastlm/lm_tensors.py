@@ -9,9 +9,9 @@ fresh arrays and writes go through :meth:`write`. Code that must work on
 every device reads with ``named``/``flat`` and writes with ``write``.
 
 The optimizer moments are allocated (as zeros) when first used, by a step, a
-read or a write, and ``core.release_moments()`` frees them; a view of them
-taken before keeps the old memory alive, so it is not re-used for the model:
-take a fresh one after each change. Under ZeRO-1 (:mod:`fastlm.zero`) they
+read or a write, and ``core.release_moments()`` frees them; a view taken
+before a release keeps the old buffer alive but is no longer the model's, so
+take a fresh view after each change. Under ZeRO-1 (:mod:`fastlm.zero`) they
 cover one range of the vector only (``core.moment_range()``), and reading them
 whole is a ``ValueError``.
 """
