@@ -29,36 +29,12 @@ from conftest import assert_error_bound
 from test_adamw import adamw_ref
 from test_cross_entropy import ce_ref
 from test_gelu import gelu_erf_grad_ref, gelu_erf_ref, gelu_grad_ref, gelu_ref
+from test_cuda_ops import GPU, ON_CPU, bf16_round, dev, host
 from test_layernorm import ln_backward_ref, ln_ref, make as ln_make
-
-GPU = fastlm.cuda_available()
-ON_CPU = not GPU and os.environ.get("FASTLM_CUDA_TESTS_ON_CPU") == "1"
 
 pytestmark = pytest.mark.skipif(not (GPU or ON_CPU),
                                 reason="needs a CUDA GPU (fastlm.cuda_available() is False)")
 gpu_only = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
-
-
-def dev(x, dtype=None):
-    """x on the GPU (as given on the CPU in a FASTLM_CUDA_TESTS_ON_CPU run)."""
-    if ON_CPU:
-        assert dtype in (None, "float32", "int64", "int32")
-        return np.array(x, order="C", copy=True)
-    return fastlm.to_device(x, dtype)
-
-
-def host(y):
-    if ON_CPU:
-        return np.asarray(y)
-    assert isinstance(y, fastlm.DeviceArray), f"expected a DeviceArray, got {type(y).__name__}"
-    return y.numpy()
-
-
-def bf16_round(x):
-    """x rounded to bfloat16 (nearest even), as float32."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32)
 
 
 def torch_cuda():

@@ -1,7 +1,7 @@
 // GELU and its derivative, elementwise: GPT-2's tanh approximation and the
 // exact erf form (the CPU's formulas).
 // Bandwidth bound: common.cuh's elementwise map (float4 packs where aligned);
-// FASTLM_CUDA_POINTWISE=next runs the forward through gelu_next.cu instead.
+// FASTLM_CUDA_POINTWISE=next runs the forward through gelu_forward_next_kernel.
 #include "cuda/common.cuh"
 
 namespace fastlm {
