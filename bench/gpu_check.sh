@@ -126,6 +126,12 @@ if wants tests; then
   run_stage tests-wgmma-next 90 "$LOGS/tests.log" env FASTLM_CUDA_GEMM=wgmma-next \
     "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py \
     -k "matmul and not gemm_path and not test_matmul_float32"
+  # The memory-bound kernels, default then opt-in (FASTLM_CUDA_POINTWISE=next:
+  # warp-per-row LayerNorm, GELU forward, the fused bf16 classifier).
+  run_stage tests-pointwise 90 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
+    tests/test_cuda_pointwise.py
+  run_stage tests-pointwise-next 90 "$LOGS/tests.log" env FASTLM_CUDA_POINTWISE=next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_pointwise.py tests/test_device_models.py
 fi
 
 if wants models; then
@@ -154,6 +160,12 @@ if wants sanitizers; then
       FASTLM_CUDA_ATTENTION=next compute-sanitizer --tool "$tool" --error-exitcode 3 \
       --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_attention
   done
+  # And the opt-in memory-bound kernels and fused classifier.
+  for tool in memcheck racecheck; do
+    run_stage "$tool-pointwise-next" 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+      FASTLM_CUDA_POINTWISE=next compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_pointwise.py -k small
+  done
 fi
 
 if wants bench; then
@@ -167,6 +179,9 @@ if wants bench; then
   # The opt-in attention forward: lines labelled attention bf16[next].
   run_stage bench-attn-next 60 "$LOGS/bench.log" env FASTLM_CUDA_ATTENTION=next \
     "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k attention
+  # The opt-in memory-bound kernels on buffers above L2: lines labelled [next].
+  run_stage bench-pointwise-next 60 "$LOGS/bench.log" env FASTLM_CUDA_POINTWISE=next \
+    "${PYTEST[@]}" -s --benchmark-disable bench/test_bench_cuda.py -k "memory_bound_large or cross_entropy_bf16"
 fi
 
 

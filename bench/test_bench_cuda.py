@@ -255,3 +255,73 @@ def test_bench_memory_bound(benchmark):
          lambda: ops.adamw_step(dp, dg, dm, dv, lr=1e-4, weight_decay=0.1, step=10), opt.step)
     benchmark.extra_info.update(results)
     benchmark.pedantic(lambda: (ops.gelu(dx_), torch.cuda.synchronize()), rounds=3, iterations=1)
+
+
+# FASTLM_CUDA_POINTWISE=next runs the opt-in memory-bound kernels; their lines
+# say so (`layernorm fwd[next] ...`), as the attention forward's do.
+POINTWISE_TAG = "[next]" if os.environ.get("FASTLM_CUDA_POINTWISE") == "next" else ""
+
+
+def test_bench_memory_bound_large(benchmark):
+    """LayerNorm and GELU on (65536, 768) float32, 200 MB per tensor (four times
+    the H200's 50 MB L2): the bandwidth the kernels get from HBM, beside torch
+    and the large-copy ceiling."""
+    F = torch.nn.functional
+    rows, cols = 65536, 768
+    n = rows * cols
+    copy_bw = 2.0 * COPY_BYTES / copy_seconds(COPY_BYTES // 4)
+    x, dy = torch.randn(rows, cols, device="cuda"), torch.randn(rows, cols, device="cuda")
+    w, b = torch.randn(cols, device="cuda"), torch.randn(cols, device="cuda")
+    dx_, ddy, dw_, db_ = dev(x), dev(dy), dev(w), dev(b)
+    tag = POINTWISE_TAG
+    results = {}
+
+    def both(name, nbytes, ours, theirs):
+        t_ours, t_theirs = gpu_seconds(ours, iters=10), gpu_seconds(theirs, iters=10)
+        line(name + tag, f"{rows}x{cols}", nbytes, "GB/s", t_ours, t_theirs, 1e9)
+        print(f"[cuda]   {name}{tag}: {nbytes / t_ours / copy_bw:.0%} of copy bandwidth")
+        results[name + tag] = nbytes / t_ours / copy_bw
+
+    both("layernorm fwd", 2.0 * n * 4, lambda: ops.layernorm(dx_, dw_, db_),
+         lambda: F.layer_norm(x, (cols,), w, b))
+    _, mean, rstd = ops.layernorm(dx_, dw_, db_)
+    xt = x.clone().requires_grad_()
+    yt = F.layer_norm(xt, (cols,), w, b)
+    both("layernorm bwd", 3.0 * n * 4, lambda: ops.layernorm_backward(ddy, dx_, dw_, mean, rstd),
+         lambda: torch.autograd.grad(yt, xt, dy, retain_graph=True))
+    del xt, yt
+    both("gelu fwd", 2.0 * n * 4, lambda: ops.gelu(dx_), lambda: F.gelu(x, approximate="tanh"))
+    xg = x.clone().requires_grad_()
+    yg = F.gelu(xg, approximate="tanh")
+    both("gelu bwd", 3.0 * n * 4, lambda: ops.gelu_backward(ddy, dx_),
+         lambda: torch.autograd.grad(yg, xg, dy, retain_graph=True))
+    benchmark.extra_info.update(results)
+    benchmark.pedantic(lambda: (ops.gelu(dx_), torch.cuda.synchronize()), rounds=3, iterations=1)
+    y, _, _ = ops.layernorm(dx_, dw_, db_)
+    np.testing.assert_allclose(y.numpy()[:4], F.layer_norm(x[:4], (cols,), w, b).cpu().numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bench_cross_entropy_bf16(benchmark):
+    """Cross-entropy over bfloat16 logits, the gradient written over them in
+    bfloat16 (the fused classifier's loss): 4 bytes per logit moved."""
+    N, V = 8192, 50304
+    logits32 = torch.randn(N, V, device="cuda").to(torch.bfloat16).float()  # bfloat16 values
+    logits = logits32.to(torch.bfloat16)
+    targets = torch.randint(0, V, (N,), device="cuda")
+    dl = dev(logits32).astype("bfloat16")  # exact: the values are bfloat16 already
+    dt = dev(targets)
+    F = torch.nn.functional
+    tl = logits.clone().requires_grad_()
+
+    def theirs():
+        F.cross_entropy(tl, targets).backward()
+
+    ours = gpu_seconds(lambda: ops.cross_entropy(dl, dt, out=dl))
+    ratio = line("cross_entropy fwd+bwd bf16", f"({N}, {V})", 2.0 * N * V * 2, "GB/s", ours,
+                 gpu_seconds(theirs), 1e9)
+    benchmark.extra_info["ours/torch"] = ratio
+    benchmark.pedantic(lambda: ops.cross_entropy(dl, dt, out=dl), rounds=3, iterations=1)
+    loss, _ = ops.cross_entropy(dev(logits32).astype("bfloat16"), dt, compute_grad=False)
+    assert abs(loss - F.cross_entropy(logits32, targets).item()) < 1e-3
+

@@ -97,6 +97,24 @@ struct SgdArgs {
   bool first_step = true;
 };
 
+// A classifier head and its loss (a language model's lm_head): logits
+// (rows, vocab) = inp (rows, channels) @ weight^T, weight (vocab, channels),
+// then cross-entropy against targets as Kernels::cross_entropy (ignore_index,
+// dloss: the returned loss and the gradient's scale). With dinp, the backward
+// too: dinp (rows, channels) = dlogits @ weight (written) and dweight
+// (vocab, channels) += dlogits^T @ inp. logits is workspace of rows * vocab
+// floats the call may use in any format: afterwards it holds nothing defined.
+struct ClassifierArgs {
+  const float* inp = nullptr;
+  const float* weight = nullptr;
+  const int64_t* targets = nullptr;
+  float* logits = nullptr;
+  float* dinp = nullptr;     // null: the loss only
+  float* dweight = nullptr;  // required with dinp
+  int64_t rows = 0, channels = 0, vocab = 0, ignore_index = -100;
+  float dloss = 1.f;
+};
+
 struct Kernels {
   const char* name;    // "generic", "avx2", "avx512", "avx512bf16", "cuda", "cuda-emulated"
   const char* device;  // where the pointers it takes live: "cpu" or "cuda"
@@ -201,6 +219,13 @@ struct Kernels {
   // (csrc/dropout_hash.h), p in [0, 1); y may alias x. Its own backward: the
   // same call on dy with the same key gives dx (written, not accumulated).
   void (*dropout)(const float* x, float* y, int64_t n, float p, uint64_t key);
+
+  // ---- Optional entries: null where the backend has no fused version ----
+  // The classifier head and its loss fused (ClassifierArgs): the CUDA bf16
+  // table's keeps the logits and their gradient in bfloat16, never float32.
+  // Callers use classifier_loss (csrc/model/linear.h), which composes
+  // matmul, cross_entropy and matmul when this is null.
+  float (*classifier)(const ClassifierArgs& args);
 };
 
 // The memory entries, which a backend fills from its memory functions.
@@ -217,12 +242,17 @@ struct Kernels {
   X(cross_entropy) X(lstm_cell_forward) X(lstm_cell_backward) X(gru_cell_forward)         \
   X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward) X(dropout)
 
+// Entries a backend may leave null (callers fall back to plain kernels).
+#define FASTLM_OPTIONAL_KERNELS(X) X(classifier)
+
 #define FASTLM_DECLARE_KERNEL(entry) std::remove_pointer_t<decltype(Kernels::entry)> entry;
 #define FASTLM_COUNT_KERNEL(entry) +1
 static_assert(sizeof(Kernels) == 2 * sizeof(const char*) +
                                      (0 FASTLM_MEMORY(FASTLM_COUNT_KERNEL)
-                                          FASTLM_KERNELS(FASTLM_COUNT_KERNEL)) *
+                                          FASTLM_KERNELS(FASTLM_COUNT_KERNEL)
+                                              FASTLM_OPTIONAL_KERNELS(FASTLM_COUNT_KERNEL)) *
                                          sizeof(void (*)()),
-              "FASTLM_MEMORY and FASTLM_KERNELS must list every function entry of Kernels");
+              "FASTLM_MEMORY, FASTLM_KERNELS and FASTLM_OPTIONAL_KERNELS must list every "
+              "function entry of Kernels");
 
 }  // namespace fastlm

@@ -659,7 +659,8 @@ py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t i
                         py::handle out_obj, bool compute_grad) {
   const char* op = "cross_entropy";
   cuda::require();
-  const DeviceArray& logits = fdev(logits_obj, op, "logits", 2);
+  const DeviceArray& logits = fdev(logits_obj, op, "logits", 2, false, true);
+  const bool bf16 = logits.dtype == ElemType::kBFloat16;
   const int64_t rows = logits.shape[0], vocab = logits.shape[1];
   const DeviceArray& targets = dev(targets_obj, op, "targets");
   if (targets.dtype != ElemType::kInt32 && targets.dtype != ElemType::kInt64)
@@ -671,18 +672,19 @@ py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t i
                         shape_str(logits.shape) + ", got " + shape_str(targets.shape));
   if (vocab < 1 && rows > 0) value_error(op, "logits must have at least one column");
   py::object grad = py::none();
-  float* dlogits = nullptr;
+  void* dlogits = nullptr;
   if (compute_grad) {
     if (out_obj.is_none()) {
-      DevPtr g = new_device({rows, vocab}, ElemType::kFloat32);
-      dlogits = g->f32();
+      DevPtr g = new_device({rows, vocab}, logits.dtype);
+      dlogits = g->data;
       grad = wrap(g);
     } else {
-      const DeviceArray& out = fdev(out_obj, op, "out", 2, true);
+      const DeviceArray& out = fdev(out_obj, op, "out", 2, true, true);
+      require_same_type(out, logits, op, "out", "logits");
       require_shape(out, {rows, vocab}, op, "out");
       if (out.data != logits.data && overlaps(out, logits))
         value_error(op, "out overlaps logits partially; pass logits itself or a separate array");
-      dlogits = out.f32();
+      dlogits = out.data;
       grad = py::reinterpret_borrow<py::object>(out_obj);
     }
   }
@@ -690,8 +692,12 @@ py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t i
   int64_t bad = -1;
   {
     py::gil_scoped_release nogil;
-    loss = cuda::cross_entropy_ex(logits.f32(), targets.data, targets.dtype == ElemType::kInt32,
-                                  dlogits, rows, vocab, ignore_index, 1.f, &bad);
+    const bool i32 = targets.dtype == ElemType::kInt32;
+    loss = bf16 ? cuda::cross_entropy_bf16_ex(logits.data, targets.data, i32, dlogits, rows,
+                                              vocab, ignore_index, 1.f, &bad)
+                : cuda::cross_entropy_ex(logits.f32(), targets.data, i32,
+                                         static_cast<float*>(dlogits), rows, vocab, ignore_index,
+                                         1.f, &bad);
   }
   if (bad >= 0)
     value_error(op, "targets[" + std::to_string(bad) + "] is out of range [0, " +

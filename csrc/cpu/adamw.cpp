@@ -1,9 +1,8 @@
 // AdamW in place, following torch.optim.AdamW's single-tensor CPU path step
 // by step (same operation order, scalars formed in double then rounded to
 // float) so results track PyTorch to within a few ulps.
-#include <cmath>
-
 #include "cpu/cpu_kernels.h"
+#include "optimizer_scalars.h"
 
 namespace fastlm {
 namespace cpu {
@@ -26,10 +25,8 @@ FASTLM_INLINE V rounded(V a) {
   return a;
 }
 
-// param *= decay; m = lerp(m, g, 1 - b1); v = v b2 + (1 - b2) g g;
-// param += -step_size m / (sqrt(v) / sqrt(bc2) + eps).
-// The lerp is torch's: m + w (g - m) for a weight w < 0.5, else g + (w - 1) (g - m)
-// (FromG; k.w1 holds w - 1 then), which gives m = g exactly at beta1 = 0.
+// The update of AdamWScalars (csrc/optimizer_scalars.h), vectorised; FromG is
+// its lerp_from_g.
 template <bool FromG>
 FASTLM_INLINE void update(V& p, V g, V& m, V& v, const Coeffs& k) {
   if (k.scaled) g = rounded(g * k.grad_scale);
@@ -64,23 +61,12 @@ void range(float* param, const float* grad, float* m, float* v, int64_t n, const
 
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& a) {
   if (n <= 0) return;
-  // As PyTorch: Python floats (double) for lr, betas and the bias corrections,
-  // rounded to float when they meet the float tensors.
-  const double lr = a.lr, b1 = a.beta1, b2 = a.beta2, wd = a.weight_decay;
-  const double step = (double)a.step;
-  const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
+  const AdamWScalars s = adamw_scalars(a);
   Coeffs k;
-  k.decay = vset((float)(1.0 - lr * wd));
-  const float w1 = (float)(1.0 - b1);
-  k.lerp_from_g = w1 >= 0.5f;
-  k.w1 = vset(k.lerp_from_g ? w1 - 1.f : w1);
-  k.b2 = vset((float)b2);
-  k.w2 = vset((float)(1.0 - b2));
-  k.bc2_sqrt = vset((float)std::sqrt(bc2));  // divided by, as torch does
-  k.eps = vset((float)a.eps);
-  k.neg_step = vset((float)(-lr / bc1));
-  k.grad_scale = vset(a.grad_scale);
-  k.scaled = a.grad_scale != 1.f;
+  k.decay = vset(s.decay), k.w1 = vset(s.w1), k.b2 = vset(s.b2), k.w2 = vset(s.w2);
+  k.bc2_sqrt = vset(s.bc2_sqrt), k.eps = vset(s.eps), k.neg_step = vset(s.neg_step);
+  k.grad_scale = vset(s.grad_scale);
+  k.scaled = s.scaled, k.lerp_from_g = s.lerp_from_g;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   parallel_for(blocks, n >= kParallelMin, [&](int64_t b) {
     const int64_t i = b * kBlock;

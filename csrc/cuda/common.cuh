@@ -70,6 +70,105 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// ---- elementwise maps --------------------------------------------------------
+// W consecutive elements in float32 registers: what an elementwise op sees.
+template <int W>
+struct Pack {
+  float v[W];
+  __device__ __forceinline__ float& operator[](int k) { return v[k]; }
+  __device__ __forceinline__ float operator[](int k) const { return v[k]; }
+};
+
+// Elements i .. i + W - 1 of p (i a multiple of W), as float32: W = 4 is one
+// 16-byte load of float (8 bytes of bfloat16), W = 1 a scalar load.
+template <int W>
+__device__ __forceinline__ Pack<W> load_pack(const float* p, int64_t i) {
+  Pack<W> r;
+  if constexpr (W == 4) {
+    const float4 f = *reinterpret_cast<const float4*>(p + i);
+    r[0] = f.x, r[1] = f.y, r[2] = f.z, r[3] = f.w;
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) r[k] = p[i + k];
+  }
+  return r;
+}
+template <int W>
+__device__ __forceinline__ Pack<W> load_pack(const bf16* p, int64_t i) {
+  Pack<W> r;
+  if constexpr (W == 4) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p + i);
+    const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&u.x);
+    const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&u.y);
+    r[0] = __low2float(lo), r[1] = __high2float(lo), r[2] = __low2float(hi), r[3] = __high2float(hi);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) r[k] = __bfloat162float(p[i + k]);
+  }
+  return r;
+}
+template <int W>
+__device__ __forceinline__ void store_pack(float* p, int64_t i, const Pack<W>& r) {
+  if constexpr (W == 4) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(r[0], r[1], r[2], r[3]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) p[i + k] = r[k];
+  }
+}
+template <int W>
+__device__ __forceinline__ void store_pack(bf16* p, int64_t i, const Pack<W>& r) {
+  if constexpr (W == 4) {
+    uint2 u;
+    u.x = pack_bf16(r[0], r[1]);
+    u.y = pack_bf16(r[2], r[3]);
+    *reinterpret_cast<uint2*>(p + i) = u;
+  } else {
+#pragma unroll
+    for (int k = 0; k < W; ++k) p[i + k] = __float2bfloat16_rn(r[k]);
+  }
+}
+
+// The grid-stride loop of every elementwise kernel: op.template at<4>(i) for
+// i = 0, 4, ... while a whole pack fits (when `vec`), then op.template at<1>(i)
+// for the tail (everything when not `vec`). An op reads and writes its
+// elements through load_pack / store_pack, so one body serves both widths;
+// each element is read before it is written by the same thread, so outputs
+// may alias inputs.
+template <class Op>
+__global__ void elementwise_kernel(Op op, int64_t n, bool vec) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  int64_t tail = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t i = i0; i < n4; i += stride) op.template at<4>(4 * i);
+    tail = n4 * 4;
+  }
+  for (int64_t i = tail + i0; i < n; i += stride) op.template at<1>(i);
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Whether every pointer allows 4-wide packs: 16 bytes of float, 8 of bfloat16.
+inline bool packs_aligned() { return true; }
+template <typename T, typename... Rest>
+bool packs_aligned(const T* p, const Rest*... rest) {
+  return (reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T))) == 0 && packs_aligned(rest...);
+}
+
+constexpr int kElementwiseThreads = 256;
+
+// Runs op over n elements (nothing for n <= 0); `vec` when every pointer
+// passes packs_aligned. `name` reaches launch errors.
+template <class Op>
+void elementwise(const Op& op, int64_t n, bool vec, const char* name) {
+  if (n <= 0) return;
+  elementwise_kernel<Op><<<grid_for(vec ? cdiv(n, 4) : n, kElementwiseThreads),
+                           kElementwiseThreads>>>(op, n, vec);
+  FASTLM_CHECK_LAUNCH(name);
+}
+
 // ---- reductions (fixed shuffle trees: results are identical run to run) ----
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -231,8 +330,6 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ldg, int64_t
     }
   }
 }
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 }  // namespace cuda
 }  // namespace fastlm

@@ -52,31 +52,33 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mx;
 }
 
-// No __restrict__ on logits / dlogits: they may be the same array.
-template <typename Idx>
+// No __restrict__ on logits / dlogits: they may be the same array. T is float
+// or bfloat16 (the fused classifier's logits); the statistics are float32
+// either way and the gradient is rounded once, when it is stored.
+template <typename Idx, typename T>
 __global__ void __launch_bounds__(kRowThreads)
-    ce_row_kernel(const float* logits, const Idx* __restrict__ targets, float* dlogits,
+    ce_row_kernel(const T* logits, const Idx* __restrict__ targets, T* dlogits,
                   int64_t vocab, int64_t ignore_index, float dloss, const CeResult* res,
                   double* __restrict__ losses) {
   __shared__ float part_m[32], part_s[32];
   __shared__ float row_m, row_s;
   const int64_t row = blockIdx.x;
-  const float* x = logits + row * vocab;
-  float* g = dlogits ? dlogits + row * vocab : nullptr;
+  const T* x = logits + row * vocab;
+  T* g = dlogits ? dlogits + row * vocab : nullptr;
   const int64_t t = (int64_t)targets[row];
   if (t == ignore_index || t < 0 || t >= vocab) {  // the same for the whole block
     if (threadIdx.x == 0) losses[row] = 0.0;
     if (g)
-      for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) g[j] = 0.f;
+      for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) g[j] = from_f32<T>(0.f);
     return;
   }
-  const float xt = x[t];  // before any thread overwrites it (they first pass a barrier)
+  const float xt = to_f32(x[t]);  // before any thread overwrites it (they first pass a barrier)
 
   // The max starts at -FLT_MAX, not -inf: -inf logits then add exp(-inf) = 0
   // rather than exp(-inf - -inf) = NaN.
   float m = -FLT_MAX, s = 0.f;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float v = x[j];
+    const float v = to_f32(x[j]);
     if (v > m) {
       s = s * expf(m - v) + 1.f;
       m = v;
@@ -118,9 +120,9 @@ __global__ void __launch_bounds__(kRowThreads)
   const float scale = dloss / (float)res->count;
   const float c = scale / sum;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    float v = expf(x[j] - mx) * c;
+    float v = expf(to_f32(x[j]) - mx) * c;
     if (j == t) v -= scale;
-    g[j] = v;
+    g[j] = from_f32<T>(v);
   }
 }
 
@@ -132,8 +134,8 @@ __global__ void ce_reduce_kernel(const double* __restrict__ losses, int64_t rows
   if (threadIdx.x == 0) res->loss = res->count ? (float)(s / (double)res->count) : NAN;
 }
 
-template <typename Idx>
-float run(const float* logits, const Idx* targets, float* dlogits, int64_t rows, int64_t vocab,
+template <typename Idx, typename T>
+float run(const T* logits, const Idx* targets, T* dlogits, int64_t rows, int64_t vocab,
           int64_t ignore_index, float dloss, int64_t* bad_row) {
   Scratch scratch(sizeof(CeResult) + sizeof(double) * rows);
   CeResult* res = scratch.as<CeResult>();
@@ -143,7 +145,7 @@ float run(const float* logits, const Idx* targets, float* dlogits, int64_t rows,
   check(cudaMemsetAsync(res, 0xff, sizeof(CeResult), 0), "cudaMemsetAsync");
   ce_count_kernel<Idx><<<1, kReduceThreads>>>(targets, rows, vocab, ignore_index, res);
   FASTLM_CHECK_LAUNCH("ce_count_kernel");
-  ce_row_kernel<Idx><<<row_grid(rows, "cross_entropy"), row_threads(vocab, kRowThreads)>>>(
+  ce_row_kernel<Idx, T><<<row_grid(rows, "cross_entropy"), row_threads(vocab, kRowThreads)>>>(
       logits, targets, dlogits, vocab, ignore_index, dloss, res, losses);
   FASTLM_CHECK_LAUNCH("ce_row_kernel");
   ce_reduce_kernel<<<1, kReduceThreads>>>(losses, rows, res);
@@ -154,11 +156,9 @@ float run(const float* logits, const Idx* targets, float* dlogits, int64_t rows,
   return host.loss;
 }
 
-}  // namespace
-
-float cross_entropy_ex(const float* logits, const void* targets, bool targets_are_int32,
-                       float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
-                       float dloss, int64_t* bad_row) {
+template <typename T>
+float run_any(const T* logits, const void* targets, bool targets_are_int32, T* dlogits,
+              int64_t rows, int64_t vocab, int64_t ignore_index, float dloss, int64_t* bad_row) {
   *bad_row = -1;
   if (rows <= 0) return NAN;
   if (vocab <= 0) throw std::invalid_argument("cross_entropy: vocab must be >= 1");
@@ -167,6 +167,22 @@ float cross_entropy_ex(const float* logits, const void* targets, bool targets_ar
                dloss, bad_row);
   return run(logits, static_cast<const int64_t*>(targets), dlogits, rows, vocab, ignore_index,
              dloss, bad_row);
+}
+
+}  // namespace
+
+float cross_entropy_bf16_ex(const void* logits, const void* targets, bool targets_are_int32,
+                            void* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
+                            float dloss, int64_t* bad_row) {
+  return run_any(static_cast<const bf16*>(logits), targets, targets_are_int32,
+                 static_cast<bf16*>(dlogits), rows, vocab, ignore_index, dloss, bad_row);
+}
+
+float cross_entropy_ex(const float* logits, const void* targets, bool targets_are_int32,
+                       float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
+                       float dloss, int64_t* bad_row) {
+  return run_any(logits, targets, targets_are_int32, dlogits, rows, vocab, ignore_index, dloss,
+                 bad_row);
 }
 
 float cross_entropy(const float* logits, const int64_t* targets, float* dlogits, int64_t rows,

@@ -89,6 +89,13 @@ float cross_entropy_ex(const float* logits, const void* targets, bool targets_ar
                        float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
                        float dloss, int64_t* bad_row);
 
+// The same over bfloat16 logits (and dlogits, which may alias them): float32
+// statistics and loss, the gradient rounded to bfloat16 once (the fused
+// classifier's loss; FASTLM_CUDA_POINTWISE=next).
+float cross_entropy_bf16_ex(const void* logits, const void* targets, bool targets_are_int32,
+                            void* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
+                            float dloss, int64_t* bad_row);
+
 // ---- Backward kernel that may overwrite -----------------------------------
 // As the table's, but with accumulate == false dx is written rather than
 // added to, which spares a fresh output its zero fill and a read (the ops

@@ -8,23 +8,28 @@ namespace cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-__global__ void dropout_kernel(const float* x, float* y, int64_t n, uint32_t thr, float scale,
-                               uint64_t key) {
-  // No __restrict__: y may alias x (each element is read before it is written).
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    y[i] = dropout::bits(key, (uint64_t)i) >= thr ? x[i] * scale : 0.f;
-}
+// y may alias x (each element is read before it is written).
+struct Drop {
+  const float* x;
+  float* y;
+  uint32_t thr;
+  float scale;
+  uint64_t key;
+  template <int W>
+  __device__ void at(int64_t i) const {
+    Pack<W> v = load_pack<W>(x, i);
+#pragma unroll
+    for (int k = 0; k < W; ++k)
+      v[k] = dropout::bits(key, (uint64_t)(i + k)) >= thr ? v[k] * scale : 0.f;
+    store_pack<W>(y, i, v);
+  }
+};
 
 }  // namespace
 
 void dropout(const float* x, float* y, int64_t n, float p, uint64_t key) {
-  if (n <= 0) return;
-  dropout_kernel<<<grid_for(n, kThreads), kThreads>>>(x, y, n, dropout::threshold(p),
-                                                      1.f / (1.f - p), key);
-  FASTLM_CHECK_LAUNCH("dropout_kernel");
+  elementwise(Drop{x, y, dropout::threshold(p), 1.f / (1.f - p), key}, n, packs_aligned(x, y),
+              "dropout_kernel");
 }
 
 }  // namespace cuda

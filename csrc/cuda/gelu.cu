@@ -1,6 +1,7 @@
 // GELU and its derivative, elementwise: GPT-2's tanh approximation and the
 // exact erf form (the CPU's formulas).
-// Bandwidth bound: float4 accesses when every pointer is 16-byte aligned.
+// Bandwidth bound: common.cuh's elementwise map (float4 packs where aligned);
+// FASTLM_CUDA_POINTWISE=next runs the forward through gelu_forward_next_kernel.
 #include "cuda/common.cuh"
 
 namespace fastlm {
@@ -13,7 +14,6 @@ constexpr float kC = 0.044715f;
 // Below this gelu and gelu' are under 1e-40; taking them as 0 also gives
 // gelu(-inf) = 0.
 constexpr float kZeroBelow = -11.f;
-constexpr int kThreads = 256;
 
 // e = exp(-2u), u = sqrt(2/pi) (x + 0.044715 x^3) written as s x (1 + c x^2);
 // the exponent is capped so e stays finite (no inf * 0 below).
@@ -69,59 +69,84 @@ struct GeluErf {
   __device__ static float grad(float x) { return gelu_erf_grad(x); }
 };
 
+// The opt-in forward (FASTLM_CUDA_POINTWISE=next): each thread issues kUnroll
+// float4 loads before computing on any, so more bytes are in flight per SM
+// than one load per grid-stride step allows; one block per kUnroll * 256
+// float4s, no grid-stride loop. The formulas are the ones above.
+constexpr int kNextThreads = 256, kUnroll = 4;
+
 template <class G>
-__global__ void gelu_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n,
-                                    bool vec) {
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  int64_t tail = 0;
-  if (vec) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = i0; i < n4; i += stride) {
-      const float4 v = reinterpret_cast<const float4*>(x)[i];
-      reinterpret_cast<float4*>(y)[i] = make_float4(G::f(v.x), G::f(v.y), G::f(v.z), G::f(v.w));
-    }
-    tail = n4 * 4;
+__global__ void __launch_bounds__(kNextThreads)
+    gelu_forward_next_kernel(const float4* __restrict__ x, float4* __restrict__ y, int64_t n4,
+                             const float* __restrict__ xt, float* __restrict__ yt, int tail) {
+  const int64_t base = (int64_t)blockIdx.x * kNextThreads * kUnroll + threadIdx.x;
+  float4 v[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t i = base + (int64_t)u * kNextThreads;
+    if (i < n4) v[u] = x[i];
   }
-  for (int64_t i = tail + i0; i < n; i += stride) y[i] = G::f(x[i]);
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t i = base + (int64_t)u * kNextThreads;
+    if (i < n4) y[i] = make_float4(G::f(v[u].x), G::f(v[u].y), G::f(v[u].z), G::f(v[u].w));
+  }
+  if (blockIdx.x == 0 && (int)threadIdx.x < tail) yt[threadIdx.x] = G::f(xt[threadIdx.x]);
 }
+
+// False (nothing launched) where the float4 path does not apply.
+template <class G>
+bool forward_next(const float* x, float* y, int64_t n) {
+  if (n <= 0) return true;
+  if (!aligned16(x) || !aligned16(y)) return false;
+  const int64_t n4 = n / 4;
+  const int64_t blocks = cdiv(n4 > 0 ? n4 : 1, (int64_t)kNextThreads * kUnroll);
+  if (blocks > 0x7fffffffLL) return false;
+  gelu_forward_next_kernel<G><<<(unsigned)blocks, kNextThreads>>>(
+      reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), n4, x + 4 * n4, y + 4 * n4,
+      (int)(n - 4 * n4));
+  FASTLM_CHECK_LAUNCH("gelu_forward_next_kernel");
+  return true;
+}
+
+template <class G>
+struct Forward {
+  const float* x;
+  float* y;
+  template <int W>
+  __device__ void at(int64_t i) const {
+    Pack<W> v = load_pack<W>(x, i);
+#pragma unroll
+    for (int k = 0; k < W; ++k) v[k] = G::f(v[k]);
+    store_pack<W>(y, i, v);
+  }
+};
 
 // dx = dy * gelu'(x)
 template <class G>
-__global__ void gelu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ x,
-                                     float* __restrict__ dx, int64_t n, bool vec) {
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  int64_t tail = 0;
-  if (vec) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = i0; i < n4; i += stride) {
-      const float4 g = reinterpret_cast<const float4*>(dy)[i];
-      const float4 v = reinterpret_cast<const float4*>(x)[i];
-      reinterpret_cast<float4*>(dx)[i] = make_float4(g.x * G::grad(v.x), g.y * G::grad(v.y),
-                                                     g.z * G::grad(v.z), g.w * G::grad(v.w));
-    }
-    tail = n4 * 4;
+struct Backward {
+  const float* dy;
+  const float* x;
+  float* dx;
+  template <int W>
+  __device__ void at(int64_t i) const {
+    Pack<W> g = load_pack<W>(dy, i);
+    const Pack<W> v = load_pack<W>(x, i);
+#pragma unroll
+    for (int k = 0; k < W; ++k) g[k] *= G::grad(v[k]);
+    store_pack<W>(dx, i, g);
   }
-  for (int64_t i = tail + i0; i < n; i += stride)
-    dx[i] = dy[i] * G::grad(x[i]);
-}
+};
 
 template <class G>
 void forward(const float* x, float* y, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(x) && aligned16(y);
-  gelu_forward_kernel<G><<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(x, y, n, vec);
-  FASTLM_CHECK_LAUNCH("gelu_forward_kernel");
+  if (pointwise_next() && forward_next<G>(x, y, n)) return;
+  elementwise(Forward<G>{x, y}, n, packs_aligned(x, y), "gelu_forward_kernel");
 }
 
 template <class G>
 void backward(const float* dy, const float* x, float* dx, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(dy) && aligned16(x) && aligned16(dx);
-  gelu_backward_kernel<G>
-      <<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec);
-  FASTLM_CHECK_LAUNCH("gelu_backward_kernel");
+  elementwise(Backward<G>{dy, x, dx}, n, packs_aligned(dy, x, dx), "gelu_backward_kernel");
 }
 
 }  // namespace

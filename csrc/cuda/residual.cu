@@ -13,22 +13,31 @@ constexpr int kThreads = 256;
 constexpr int64_t kSumChunk = 1 << 14;
 constexpr int kFinishThreads = 1024;
 
-__global__ void residual_kernel(const float* a, const float* b, float* out, int64_t n, bool vec) {
-  // No __restrict__: out may alias a or b (each element is read before it is written).
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  int64_t tail = 0;
-  if (vec) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = i0; i < n4; i += stride) {
-      const float4 x = reinterpret_cast<const float4*>(a)[i];
-      const float4 y = reinterpret_cast<const float4*>(b)[i];
-      reinterpret_cast<float4*>(out)[i] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
-    }
-    tail = n4 * 4;
+// out = a + b; out may alias a or b.
+struct Add {
+  const float* a;
+  const float* b;
+  float* out;
+  template <int W>
+  __device__ void at(int64_t i) const {
+    Pack<W> x = load_pack<W>(a, i);
+    const Pack<W> y = load_pack<W>(b, i);
+#pragma unroll
+    for (int k = 0; k < W; ++k) x[k] += y[k];
+    store_pack<W>(out, i, x);
   }
-  for (int64_t i = tail + i0; i < n; i += stride) out[i] = a[i] + b[i];
-}
+};
+
+// dst = src, converted through float32 (bfloat16 rounded to nearest even).
+template <typename S, typename D>
+struct Convert {
+  const S* src;
+  D* dst;
+  template <int W>
+  __device__ void at(int64_t i) const {
+    store_pack<W>(dst, i, load_pack<W>(src, i));
+  }
+};
 
 __global__ void sum_squares_chunks_kernel(const float* __restrict__ x, int64_t n,
                                           double* __restrict__ partial) {
@@ -53,20 +62,6 @@ __global__ void sum_squares_finish_kernel(const double* __restrict__ partial, in
   if (threadIdx.x == 0) *out = s;
 }
 
-__global__ void bf16_to_float_kernel(const bf16* __restrict__ src, float* __restrict__ dst,
-                                     int64_t n) {
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    dst[i] = __bfloat162float(src[i]);
-}
-
-__global__ void float_to_bf16_kernel(const float* __restrict__ src, bf16* __restrict__ dst,
-                                     int64_t n) {
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    dst[i] = __float2bfloat16_rn(src[i]);
-}
-
 }  // namespace
 
 void zero(float* x, int64_t n) {
@@ -78,10 +73,7 @@ void copy(float* dst, const float* src, int64_t n) {
 }
 
 void residual_forward(const float* a, const float* b, float* out, int64_t n) {
-  if (n <= 0) return;
-  const bool vec = aligned16(a) && aligned16(b) && aligned16(out);
-  residual_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(a, b, out, n, vec);
-  FASTLM_CHECK_LAUNCH("residual_kernel");
+  elementwise(Add{a, b, out}, n, packs_aligned(a, b, out), "residual_kernel");
 }
 
 double sum_squares(const float* x, int64_t n) {
@@ -101,15 +93,13 @@ double sum_squares(const float* x, int64_t n) {
 }
 
 void bf16_to_float(const void* src, float* dst, int64_t n) {
-  if (n <= 0) return;
-  bf16_to_float_kernel<<<grid_for(n, kThreads), kThreads>>>(static_cast<const bf16*>(src), dst, n);
-  FASTLM_CHECK_LAUNCH("bf16_to_float_kernel");
+  const bf16* s = static_cast<const bf16*>(src);
+  elementwise(Convert<bf16, float>{s, dst}, n, packs_aligned(s, dst), "bf16_to_float_kernel");
 }
 
 void float_to_bf16(const float* src, void* dst, int64_t n) {
-  if (n <= 0) return;
-  float_to_bf16_kernel<<<grid_for(n, kThreads), kThreads>>>(src, static_cast<bf16*>(dst), n);
-  FASTLM_CHECK_LAUNCH("float_to_bf16_kernel");
+  bf16* d = static_cast<bf16*>(dst);
+  elementwise(Convert<float, bf16>{src, d}, n, packs_aligned(src, d), "float_to_bf16_kernel");
 }
 
 }  // namespace cuda

@@ -69,6 +69,17 @@ bool sync_after_launch() {
 
 }  // namespace
 
+bool pointwise_next() {
+  static const bool on = [] {
+    const char* s = std::getenv("FASTLM_CUDA_POINTWISE");
+    if (!s || !*s || std::strcmp(s, "default") == 0) return false;
+    if (std::strcmp(s, "next") == 0) return true;
+    throw std::invalid_argument(std::string("FASTLM_CUDA_POINTWISE must be 'next' or 'default', got '") +
+                                s + "'");
+  }();
+  return on;
+}
+
 bool available() { return probe().ok; }
 
 std::string unavailable_reason() { return probe().ok ? std::string() : probe().reason; }

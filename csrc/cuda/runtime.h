@@ -39,6 +39,13 @@ void check(int err, const char* what);
 // compute-sanitizer runs).
 void check_launch(const char* kernel);
 
+// FASTLM_CUDA_POINTWISE=next (read once per process): the opt-in memory-bound
+// kernels (LayerNorm forward and backward, GELU forward) and, in the bf16
+// table, the fused classifier + cross-entropy, until a GPU run has passed
+// their tests. Unset or "default": the checked kernels; anything else throws
+// std::invalid_argument naming the variable.
+bool pointwise_next();
+
 // Device memory, allocated and freed in order on the default stream (a
 // caching pool: no device-wide synchronisation per allocation). malloc of 0
 // bytes returns nullptr; free of nullptr does nothing.

@@ -5,7 +5,10 @@
 #include "cuda/runtime.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 namespace fastlm {
 namespace cuda {
@@ -158,6 +161,48 @@ void attention_backward_bf16(const AttentionGradArgs& g) {
   grads.add_to(std::min({g.dq, g.dk, g.dv}));
 }
 
+// ---- The fused classifier (opt-in: FASTLM_CUDA_POINTWISE=next) ------------
+// llm.c's fused classifier in mixed precision: the head GEMM writes bfloat16
+// logits into the first half of the float32 workspace, the cross-entropy
+// reads them (float32 max, sum and loss) and writes the bfloat16 gradient
+// over them, and both backward GEMMs take that gradient as their bfloat16
+// operand directly. The (rows, vocab) logits never exist in float32 (the
+// unfused path writes them, rewrites them as the gradient and converts that
+// twice to bfloat16).
+float classifier_bf16(const ClassifierArgs& a) {
+  const int64_t R = a.rows, C = a.channels, V = a.vocab;
+  if (R <= 0) return NAN;
+  Scratch in16(2 * (size_t)(R * C)), w16(2 * (size_t)(V * C));
+  float_to_bf16(a.inp, in16.as<void>(), R * C);
+  float_to_bf16(a.weight, w16.as<void>(), V * C);
+  void* logits16 = a.logits;  // rows * vocab bfloat16: half the workspace
+  GemmDesc f;
+  f.precision = GemmPrecision::kBF16;
+  f.a = in16.as<void>(), f.b = w16.as<void>(), f.c = logits16;
+  f.m = R, f.n = V, f.k = C, f.lda = C, f.ldb = C, f.ldc = V, f.trans_b = true;
+  gemm(f);
+  int64_t bad = -1;
+  const float loss = cross_entropy_bf16_ex(logits16, a.targets, false, a.dinp ? logits16 : nullptr,
+                                           R, V, a.ignore_index, a.dloss, &bad);
+  if (bad >= 0)
+    throw std::invalid_argument("cross_entropy: targets[" + std::to_string(bad) +
+                                "] is out of range [0, " + std::to_string(V) +
+                                ") and is not ignore_index");
+  if (!a.dinp) return loss;
+  GemmDesc dx;  // dinp (R, C) = dlogits (R, V) @ weight (V, C)
+  dx.precision = GemmPrecision::kBF16;
+  dx.a = logits16, dx.b = w16.as<void>(), dx.c = a.dinp, dx.c_float = true;
+  dx.m = R, dx.n = C, dx.k = V, dx.lda = V, dx.ldb = C, dx.ldc = C;
+  gemm(dx);
+  GemmDesc dw;  // dweight (V, C) += dlogits^T (V, R) @ inp (R, C)
+  dw.precision = GemmPrecision::kBF16;
+  dw.a = logits16, dw.b = in16.as<void>(), dw.c = a.dweight, dw.c_float = true;
+  dw.m = V, dw.n = C, dw.k = R, dw.lda = V, dw.ldb = C, dw.ldc = C;
+  dw.trans_a = true, dw.accumulate = true;
+  gemm(dw);
+  return loss;
+}
+
 Kernels make_table() {
   Kernels t{};
   t.name = "cuda";
@@ -187,6 +232,7 @@ const Kernels* kernel_table(GemmPrecision precision) {
     t.matmul_pack_b = bf16_pack_b;
     t.attention_forward = attention_forward_bf16;
     t.attention_backward = attention_backward_bf16;
+    if (pointwise_next()) t.classifier = classifier_bf16;
     return t;
   }();
   switch (precision) {

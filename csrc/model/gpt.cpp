@@ -230,7 +230,7 @@ void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {
   if (logits) k_.download(logits, logits_, b * t * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 
-void GPT::run_forward(int64_t b, int64_t t) {
+void GPT::run_forward(int64_t b, int64_t t, bool head) {
   const int64_t C = cfg_.n_embd, BT = b * t;
   ensure_acts(b, t);
   k_.embedding_forward(ids_.data(), w_.wte, w_.wpe, encoded_, b, t, C, 0);
@@ -238,21 +238,32 @@ void GPT::run_forward(int64_t b, int64_t t) {
   const float* residual = run_blocks(b, t, 0, false);
   k_.layernorm_forward(residual, w_.lnf_w, ln_bias(w_.lnf_b), lnf_, lnf_mean_, lnf_rstd_, BT, C,
                        cfg_.layer_norm_epsilon);
-  linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, BT, C, cfg_.vocab_size);
+  if (head) linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, BT, C, cfg_.vocab_size);
+}
+
+// The head and the loss through classifier_loss: a backend may fuse them
+// (the CUDA bf16 table keeps the logits in bfloat16); dlnf null for the loss only.
+float GPT::head_loss(const int64_t* targets, int64_t rows, float dloss, float* dlnf) {
+  ClassifierArgs a;
+  a.inp = lnf_, a.weight = w_.lm_head, a.targets = targets, a.logits = logits_;
+  a.dinp = dlnf, a.dweight = dlnf ? g_.lm_head : nullptr;
+  a.rows = rows, a.channels = cfg_.n_embd, a.vocab = cfg_.vocab_size;
+  a.ignore_index = -100, a.dloss = dloss;
+  return classifier_loss(k_, a);
 }
 
 float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t) {
   upload_ids(ids_, idx, b * t);
   const int64_t* tg = upload_ids(targets_, targets, b * t);
-  run_forward(b, t);
-  return k_.cross_entropy(logits_, tg, nullptr, b * t, cfg_.vocab_size, -100, 1.f);
+  run_forward(b, t, false);
+  return head_loss(tg, b * t, 1.f, nullptr);
 }
 
 float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
                             float grad_scale, float dropout_p, uint64_t dropout_seed) {
   if (!(dropout_p >= 0.f && dropout_p < 1.f))
     throw std::invalid_argument("dropout must be in [0, 1), got " + std::to_string(dropout_p));
-  const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t, V = cfg_.vocab_size;
+  const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t;
   // Dropout for this call only, off again however it ends.
   struct Reset {
     float& p;
@@ -262,13 +273,10 @@ float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t 
   const bool drop = dropout_p > 0.f;
   const int64_t* ids = upload_ids(ids_, idx, BT);
   const int64_t* tg = upload_ids(targets_, targets, BT);
-  run_forward(b, t);
-  // The gradient overwrites the logits in place.
-  const float loss = k_.cross_entropy(logits_, tg, logits_, BT, V, -100, grad_scale);
-  const float* dlogits = logits_;
+  run_forward(b, t, false);
+  const float loss = head_loss(tg, BT, grad_scale, scratch_);
 
   const float* residual = cfg_.n_layer ? layer_acts_.back().res3 : encoded_;
-  linear_backward(k_, dlogits, lnf_, w_.lm_head, scratch_, g_.lm_head, nullptr, BT, C, V, false);
   k_.zero(dresidual_, BT * C);
   if (!cfg_.bias) k_.zero(ln_dscratch_.data(), C);  // sums of unused gradients stay small
   k_.layernorm_backward(scratch_, residual, w_.lnf_w, lnf_mean_, lnf_rstd_, dresidual_, g_.lnf_w,

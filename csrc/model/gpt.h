@@ -86,8 +86,12 @@ class GPT {
   };
 
   Weights view(float* base) const;
-  // The forward on ids already on the device (ids_), into logits_.
-  void run_forward(int64_t b, int64_t t);
+  // The forward on ids already on the device (ids_), into lnf_ and, with
+  // head, on into logits_.
+  void run_forward(int64_t b, int64_t t, bool head = true);
+  // The lm_head and the loss over lnf_ (classifier_loss); with dlnf, the
+  // backward too: dlnf written, the lm_head gradient accumulated.
+  float head_loss(const int64_t* targets, int64_t rows, float dloss, float* dlnf);
   // Uploads n ids into `to` (grown as needed); returns its device pointer.
   const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n);
   void pack_for_decode();
@@ -120,7 +124,7 @@ class GPT {
   int64_t acts_b_ = 0, acts_t_ = 0;
   Buffer<float> acts_;
   // encoded_ (B*T, C): embeddings; lnf_* the final LayerNorm's output and
-  // statistics; logits_ (B*T, V), overwritten by their gradient; dresidual_
+  // statistics; logits_ (B*T, V), the head's workspace (classifier_loss); dresidual_
   // (B*T, C): the residual stream's gradient; scratch_ (B*T, C): a branch's
   // output (forward) or the gradient of a LayerNorm's output (backward);
   // dwide1_, dwide2_ (B*T, 4C): the backward's wide gradients (MLP hidden,

@@ -54,4 +54,16 @@ void linear_backward(const Kernels& k, const float* dout, const float* inp, cons
   if (dbias) k.bias_backward(dout, dbias, rows, n_out);
 }
 
+float classifier_loss(const Kernels& k, const ClassifierArgs& a) {
+  if (k.classifier) return k.classifier(a);
+  linear_forward(k, a.inp, a.weight, nullptr, a.logits, a.rows, a.channels, a.vocab);
+  float* dlogits = a.dinp ? a.logits : nullptr;
+  const float loss =
+      k.cross_entropy(a.logits, a.targets, dlogits, a.rows, a.vocab, a.ignore_index, a.dloss);
+  if (a.dinp)
+    linear_backward(k, a.logits, a.inp, a.weight, a.dinp, a.dweight, nullptr, a.rows, a.channels,
+                    a.vocab, false);
+  return loss;
+}
+
 }  // namespace fastlm

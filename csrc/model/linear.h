@@ -33,4 +33,10 @@ void linear_backward(const Kernels& k, const float* dout, const float* inp, cons
                      float* dinp, float* dweight, float* dbias, int64_t rows, int64_t n_in,
                      int64_t n_out, bool add_to_dinp = true);
 
+// A bias-free classifier head and its cross-entropy loss (ClassifierArgs in
+// kernels.h): the backend's fused classifier where it has one, else
+// linear_forward, cross_entropy (the gradient over the logits in place) and
+// linear_backward, which is what every CPU table (and the emulated device) runs.
+float classifier_loss(const Kernels& k, const ClassifierArgs& a);
+
 }  // namespace fastlm

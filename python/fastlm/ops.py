@@ -11,7 +11,8 @@ Given device arrays instead (``fastlm.DeviceArray``, or objects exporting
 an op runs the CUDA kernels and returns ``fastlm.DeviceArray`` outputs, with
 no copy to the host (the loss of :func:`cross_entropy` is the one value that
 comes back). ``matmul`` and ``attention`` (and its backward) also take
-bfloat16 device arrays, computing in float32 on tensor cores. Mixing host
+bfloat16 device arrays, computing in float32 on tensor cores, and
+``cross_entropy`` takes bfloat16 logits. Mixing host
 and device arrays in one call raises ``ValueError``; device arrays without a
 usable GPU raise ``RuntimeError``. See :mod:`fastlm.cuda`.
 """
@@ -286,7 +287,8 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int 
     ``logits`` itself (the gradient overwrites the logits in place), but must
     not overlap logits otherwise, nor targets. ``ignore_index`` is an integer
     in the int64 range. With ``compute_grad=False`` only the loss is computed
-    and dlogits is None.
+    and dlogits is None. On the GPU logits may also be bfloat16: the max, sum
+    and loss are float32, and dlogits (and ``out``) are bfloat16, rounded once.
     """
     ignore_index = check_int(ignore_index, "cross_entropy: ignore_index", INT64_MIN, INT64_MAX)
     compute_grad = check_bool(compute_grad, "cross_entropy: compute_grad")
