@@ -1,48 +1,35 @@
-"""AdamW against a float64 NumPy reference and torch.optim.AdamW; bad arguments."""
+"""AdamW against a float64 NumPy reference on every backend (each CPU ISA, the
+emulated device, CUDA) and torch.optim.AdamW; bad arguments."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from fastlm import ops
-from conftest import assert_error_bound, torch_or_skip
+from conftest import HOST, assert_error_bound, torch_or_skip
+from reference.adamw import HP, adamw_ref
 
 SIZES = [1, 3, 17, 31, 33, 127, 1000, 100_003]  # the last one runs threaded
-HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
-
-
-def adamw_ref(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, dtype=np.float64):
-    """torch.optim.AdamW's update, in `dtype`; returns new (p, m, v)."""
-    p, g, m, v = (np.asarray(a, dtype=dtype) for a in (p, g, m, v))
-    c = lambda s: dtype(s)  # noqa: E731  (scalars rounded to dtype, as torch does)
-    p = p * c(1 - lr * weight_decay)
-    m = m + c(1 - beta1) * (g - m)
-    v = v * c(beta2) + c(1 - beta2) * g * g
-    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
-    denom = np.sqrt(v) / c(np.sqrt(bc2)) + c(eps)
-    p = p - c(lr / bc1) * m / denom
-    return p, m, v
-
-
-def run_steps(rng, shape, steps, hp, *, start_step=1):
-    """Run `steps` updates with ours, the float64 reference and the float32 reference."""
+def run_steps(rng, shape, steps, hp, *, start_step=1, B=HOST):
+    """Run `steps` updates with ours (on B), the float64 reference and the float32
+    reference; ours come back as NumPy."""
     p0 = rng.standard_normal(shape).astype(np.float32)
     grads = [(rng.standard_normal(shape) * 10 ** rng.uniform(-3, 1)).astype(np.float32)
              for _ in range(steps)]
-    ours = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    ours = [B.put(p0), B.put(np.zeros(shape, np.float32)), B.put(np.zeros(shape, np.float32))]
     ref64 = [p0.astype(np.float64), np.zeros(shape), np.zeros(shape)]
     ref32 = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
     for k, g in enumerate(grads):
         step = start_step + k
-        assert ops.adamw_step(ours[0], g, ours[1], ours[2], step=step, **hp) is None
+        assert ops.adamw_step(ours[0], B.put(g), ours[1], ours[2], step=step, **hp) is None
         ref64 = list(adamw_ref(*ref64[:1], g, *ref64[1:], step, **hp))
         ref32 = list(adamw_ref(*ref32[:1], g, *ref32[1:], step, **hp, dtype=np.float32))
-    return p0, grads, ours, ref64, ref32
+    return p0, grads, [B.get(a) for a in ours], ref64, ref32
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_matches_reference(isa, rng, n):
-    _, _, ours, ref64, ref32 = run_steps(rng, n, 5, HP)
+def test_matches_reference(backend, rng, n):
+    _, _, ours, ref64, ref32 = run_steps(rng, n, 5, HP, B=backend)
     for name, a, r, q in zip(("param", "m", "v"), ours, ref64, ref32):
         assert_error_bound(a, r, q, name=name)
 
@@ -52,8 +39,8 @@ def test_matches_reference(isa, rng, n):
     dict(lr=3e-4, beta1=0.0, beta2=0.0, eps=1e-6, weight_decay=1.0),
     dict(lr=0.0, beta1=0.5, beta2=0.99, eps=1e-8, weight_decay=0.5),
 ])
-def test_hyperparameters(isa, rng, hp):
-    _, _, ours, ref64, ref32 = run_steps(rng, (3, 33), 4, hp, start_step=7)
+def test_hyperparameters(backend, rng, hp):
+    _, _, ours, ref64, ref32 = run_steps(rng, (3, 33), 4, hp, start_step=7, B=backend)
     for name, a, r, q in zip(("param", "m", "v"), ours, ref64, ref32):
         assert_error_bound(a, r, q, name=name)
 
@@ -179,3 +166,14 @@ def test_bad_inputs(rng):
     with pytest.raises(ValueError, match="param"):
         ops.adamw_step(np.zeros((5, 8), np.float32)[:, ::2], g, m, v, **kw)
     np.testing.assert_array_equal(m, 0)  # nothing ran
+
+
+def test_small_adamw(backend, rng):
+    """The kernel once at a tiny size (compute-sanitizer runs the test_small_* set)."""
+    B = backend
+    p0, g = (rng.standard_normal(37).astype(np.float32) for _ in range(2))
+    p, m, v = B.put(p0), B.put(np.zeros(37, np.float32)), B.put(np.zeros(37, np.float32))
+    ops.adamw_step(p, B.put(g), m, v, lr=1e-3, step=1)
+    want = adamw_ref(p0, g, np.zeros(37), np.zeros(37), 1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                     weight_decay=0.0)[0]
+    np.testing.assert_allclose(B.get(p), want, rtol=1e-6, atol=1e-6)
