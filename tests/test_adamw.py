@@ -45,26 +45,29 @@ def test_hyperparameters(backend, rng, hp):
         assert_error_bound(a, r, q, name=name)
 
 
-def test_in_place(isa, rng):
-    p = rng.standard_normal((5, 7)).astype(np.float32)
-    g = rng.standard_normal((5, 7)).astype(np.float32)
-    m, v = np.zeros_like(p), np.zeros_like(p)
-    g_before, p_before = g.copy(), p.copy()
+def test_in_place(backend, rng):
+    B = backend
+    p_before = rng.standard_normal((5, 7)).astype(np.float32)
+    g_before = rng.standard_normal((5, 7)).astype(np.float32)
+    p, g = B.put(p_before), B.put(g_before)
+    m, v = B.put(np.zeros_like(p_before)), B.put(np.zeros_like(p_before))
     p_id, m_id, v_id = id(p), id(m), id(v)
     ops.adamw_step(p, g, m, v, lr=0.1, step=1)
     assert (id(p), id(m), id(v)) == (p_id, m_id, v_id)
-    np.testing.assert_array_equal(g, g_before)
+    np.testing.assert_array_equal(B.get(g), g_before)
+    p, m, v = B.get(p), B.get(m), B.get(v)
     assert np.all(p != p_before) and np.all(m != 0) and np.all(v != 0)
     # The first bias-corrected step moves every parameter by about lr.
     np.testing.assert_allclose(np.abs(p - p_before), 0.1, rtol=1e-4)
 
 
-def test_zero_grad_only_decays(isa):
-    p = np.linspace(-1, 1, 33).astype(np.float32)
-    z = np.zeros_like(p)
-    expected = p * np.float32(1 - 0.1 * 0.5)
-    ops.adamw_step(p, z, z.copy(), z.copy(), lr=0.1, weight_decay=0.5, step=3)
-    np.testing.assert_array_equal(p, expected)
+def test_zero_grad_only_decays(backend):
+    B = backend
+    p0 = np.linspace(-1, 1, 33).astype(np.float32)
+    z = np.zeros_like(p0)
+    p = B.put(p0)
+    ops.adamw_step(p, B.put(z), B.put(z), B.put(z), lr=0.1, weight_decay=0.5, step=3)
+    np.testing.assert_array_equal(B.get(p), p0 * np.float32(1 - 0.1 * 0.5))
 
 
 @pytest.mark.parametrize("n", [33, 100_003])
@@ -87,16 +90,17 @@ def test_torch_parity(isa, rng, n):
     assert_error_bound(ours[0], ref64[0], pt.detach().numpy(), name="param vs torch error")
 
 
-def test_beta1_zero_first_moment_is_the_gradient(isa):
+def test_beta1_zero_first_moment_is_the_gradient(backend):
     # At beta1 = 0, torch's lerp makes m the gradient exactly; m + 1 * (g - m)
     # would round g to the ulp of a much larger previous m (here to 0).
-    p, m, v = np.zeros(33, np.float32), np.zeros(33, np.float32), np.zeros(33, np.float32)
+    B = backend
+    p, m, v = (B.put(np.zeros(33, np.float32)) for _ in range(3))
     for step, g in ((1, 1.0), (2, 1e-9)):
         grad = np.full(33, g, np.float32)
-        ops.adamw_step(p, grad, m, v, lr=1.0, beta1=0.0, beta2=0.0, weight_decay=0.0, step=step)
-        np.testing.assert_array_equal(m, grad)
+        ops.adamw_step(p, B.put(grad), m, v, lr=1.0, beta1=0.0, beta2=0.0, weight_decay=0.0, step=step)
+        np.testing.assert_array_equal(B.get(m), grad)
     # Steps of lr * m / (sqrt(v) + eps): 1 / (1 + 1e-8), then 1e-9 / (1e-9 + 1e-8).
-    np.testing.assert_allclose(p, -(1 + 1 / 11), rtol=1e-6)
+    np.testing.assert_allclose(B.get(p), -(1 + 1 / 11), rtol=1e-6)
 
 
 @pytest.mark.parametrize("beta1", [0.0, 0.3, 0.5])
@@ -115,16 +119,17 @@ def test_torch_parity_large_lerp_weight(isa, rng, beta1):
     np.testing.assert_allclose(ours[0], pt.detach().numpy(), rtol=4e-6, atol=1e-6)
 
 
-def test_deterministic(isa, rng):
+def test_deterministic(backend, rng):
+    B = backend
     p = rng.standard_normal(100_003).astype(np.float32)
-    g = rng.standard_normal(p.shape).astype(np.float32)
-    state = [p.copy(), np.zeros_like(p), np.zeros_like(p)]
-    again = [a.copy() for a in state]
+    g = B.put(rng.standard_normal(p.shape).astype(np.float32))
+    state = [B.put(p), B.put(np.zeros_like(p)), B.put(np.zeros_like(p))]
+    again = [B.put(p), B.put(np.zeros_like(p)), B.put(np.zeros_like(p))]
     for s in (1, 2):
         ops.adamw_step(state[0], g, state[1], state[2], lr=1e-3, weight_decay=0.1, step=s)
         ops.adamw_step(again[0], g, again[1], again[2], lr=1e-3, weight_decay=0.1, step=s)
     for a, b in zip(state, again):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(B.get(a), B.get(b))
 
 
 def test_bad_inputs(rng):

@@ -7,7 +7,7 @@ import pytest
 
 import fastlm
 from fastlm import ops
-from conftest import HOST, assert_error_bound, finite_difference, torch_or_skip
+from conftest import assert_error_bound, finite_difference, torch_or_skip
 from reference.layernorm import EPS, ln_backward_ref, ln_ref, make
 
 SIZES = [1, 3, 17, 31, 33, 127, 1000]
@@ -45,10 +45,10 @@ def test_forward_backward(backend, rng, rows, cols):
 
 
 @pytest.mark.parametrize("rows", [31, 33])
-def test_rows_awkward(isa, rng, rows):
+def test_rows_awkward(backend, rng, rows):
     x, w, b, dy = make(rng, rows, 33)
-    _, mean, rstd = check_forward(HOST, x, w, b)
-    check_backward(HOST, dy, x, w, mean, rstd)
+    _, mean, rstd = check_forward(backend, x, w, b)
+    check_backward(backend, dy, x, w, mean, rstd)
 
 
 def test_leading_dims(backend, rng):
@@ -83,7 +83,7 @@ def test_constant_rows(backend):
     np.testing.assert_array_equal(y, np.broadcast_to(b, y.shape))
 
 
-def test_squares_past_float_range(isa):
+def test_squares_past_float_range(backend):
     # Row variance beyond float's range: rstd is 0 and y the bias, as in torch,
     # on every ISA; never the 1/sqrt(eps) of a variance clamped to 0 (which
     # scaled such a row up 316-fold). A NaN row stays NaN.
@@ -91,7 +91,8 @@ def test_squares_past_float_range(isa):
     x = np.stack([np.r_[1e30, np.linspace(-1, 1, n - 1)], np.r_[-3e25, np.linspace(-1, 1, n - 1)],
                   np.r_[np.nan, np.linspace(-1, 1, n - 1)]]).astype(np.float32)
     w, b = np.ones(n, np.float32), np.linspace(-0.5, 0.5, n).astype(np.float32)
-    y, mean, rstd = ops.layernorm(x, w, b, 1e-5)
+    B = backend
+    y, mean, rstd = (B.get(t) for t in ops.layernorm(B.put(x), B.put(w), B.put(b), 1e-5))
     assert np.all(np.isfinite(y[:2])) and np.all(np.abs(y[:2] - b) <= np.sqrt(n))
     np.testing.assert_array_equal(rstd[0], 0.0)
     assert np.isnan(rstd[2]) and np.all(np.isnan(y[2]))
@@ -159,14 +160,15 @@ def test_thread_counts_agree(rng):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-4)
 
 
-def test_empty(isa):
-    x = np.zeros((0, 5), np.float32)
-    w, b = np.ones(5, np.float32), np.zeros(5, np.float32)
+def test_empty(backend):
+    B = backend
+    x = B.put(np.zeros((0, 5), np.float32))
+    w, b = B.put(np.ones(5, np.float32)), B.put(np.zeros(5, np.float32))
     y, mean, rstd = ops.layernorm(x, w, b)
-    assert y.shape == (0, 5) and mean.shape == (0,)
+    assert B.get(y).shape == (0, 5) and B.get(mean).shape == (0,)
     dx, dw, db = ops.layernorm_backward(x, x, w, mean, rstd)
-    np.testing.assert_array_equal(dw, 0)
-    np.testing.assert_array_equal(db, 0)
+    np.testing.assert_array_equal(B.get(dw), 0)
+    np.testing.assert_array_equal(B.get(db), 0)
 
 
 def test_bad_inputs(rng):

@@ -46,13 +46,13 @@ def test_threaded_size(backend, rng, scale):
     check(backend, a, *upstream(rng, 64, 130))
 
 
-def test_zero_upstream(isa, rng):
+def test_zero_upstream(backend, rng):
     """Only dh_next (dc_next = 0) and only dc_next (dh_next = 0)."""
     a = make(rng, 3, 13, 29)
     dh, dc = upstream(rng, 3, 29)
-    check(HOST, a, dh, np.zeros_like(dc))
-    check(HOST, a, np.zeros_like(dh), dc)
-    _, grads = run(HOST, a, np.zeros_like(dh), np.zeros_like(dc))
+    check(backend, a, dh, np.zeros_like(dc))
+    check(backend, a, np.zeros_like(dh), dc)
+    _, grads = run(backend, a, np.zeros_like(dh), np.zeros_like(dc))
     for g in grads:
         np.testing.assert_array_equal(g, 0)
 
