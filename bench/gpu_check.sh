@@ -115,22 +115,30 @@ print("torch", torch.__version__, torch.cuda.is_available())' 2>&1 | tee -a "$LO
 fi
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+# The op tests run every op on every backend (tests/conftest.py's `backend`
+# fixture); FASTLM_TEST_BACKENDS=cuda keeps them to the GPU here. Their
+# test_small_* functions (and test_cuda_table.py's) are the sanitizers' set.
+OP_TESTS=(tests/test_matmul.py tests/test_matmul_bf16.py tests/test_softmax.py tests/test_layernorm.py
+          tests/test_gelu.py tests/test_attention.py tests/test_dropout.py tests/test_cross_entropy.py
+          tests/test_lstm_cell.py tests/test_gru_cell.py tests/test_adamw.py tests/test_sum_squares.py
+          tests/test_cuda_table.py)
+ON_GPU=(env FASTLM_TEST_BACKENDS=cuda)
 if wants tests; then
-  run_stage tests 150 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
-    tests/test_cuda_ops.py tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py \
-    tests/test_device_models.py tests/test_cuda_table.py
+  run_stage tests 150 "$LOGS/tests.log" "${ON_GPU[@]}" "${PYTEST[@]}" -n 8 --timeout 90 \
+    "${OP_TESTS[@]}" tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py \
+    tests/test_device_models.py
   # The opt-in attention forward (FASTLM_CUDA_ATTENTION=next): the attention tests again.
-  run_stage tests-attn-next 60 "$LOGS/tests.log" env FASTLM_CUDA_ATTENTION=next \
-    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py -k attention
+  run_stage tests-attn-next 60 "$LOGS/tests.log" "${ON_GPU[@]}" FASTLM_CUDA_ATTENTION=next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_attention.py tests/test_dropout.py -k attention
   # The opt-in Hopper GEMM (FASTLM_CUDA_GEMM=wgmma-next, every layout): the matmul tests on it.
-  run_stage tests-wgmma-next 90 "$LOGS/tests.log" env FASTLM_CUDA_GEMM=wgmma-next \
-    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_ops.py \
-    -k "matmul and not gemm_path and not test_matmul_float32"
+  run_stage tests-wgmma-next 90 "$LOGS/tests.log" "${ON_GPU[@]}" FASTLM_CUDA_GEMM=wgmma-next \
+    "${PYTEST[@]}" -n 8 --timeout 90 tests/test_matmul.py tests/test_matmul_bf16.py tests/test_cuda_table.py \
+    -k "(matmul_tf32 or matmul_bfloat16 or matmul_deterministic or small_matmul) and not gemm_path"
   # The memory-bound kernels, default then opt-in (FASTLM_CUDA_POINTWISE=next:
   # warp-per-row LayerNorm, GELU forward, the fused bf16 classifier).
-  run_stage tests-pointwise 90 "$LOGS/tests.log" "${PYTEST[@]}" -n 8 --timeout 90 \
+  run_stage tests-pointwise 90 "$LOGS/tests.log" "${ON_GPU[@]}" "${PYTEST[@]}" -n 8 --timeout 90 \
     tests/test_cuda_pointwise.py
-  run_stage tests-pointwise-next 90 "$LOGS/tests.log" env FASTLM_CUDA_POINTWISE=next \
+  run_stage tests-pointwise-next 90 "$LOGS/tests.log" "${ON_GPU[@]}" FASTLM_CUDA_POINTWISE=next \
     "${PYTEST[@]}" -n 8 --timeout 90 tests/test_cuda_pointwise.py tests/test_device_models.py
 fi
 
@@ -143,26 +151,26 @@ fi
 if wants sanitizers; then
   # One kernel launch at a time (FASTLM_CUDA_SYNC=1) so a report names its kernel.
   for tool in memcheck initcheck synccheck racecheck; do
-    run_stage "$tool" 90 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    run_stage "$tool" 90 "$LOGS/sanitizers.log" "${ON_GPU[@]}" FASTLM_CUDA_SYNC=1 \
       compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 \
-      "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small
+      "${PYTEST[@]}" -x "${OP_TESTS[@]}" -k small
   done
   # The opt-in Hopper GEMMs (FASTLM_CUDA_GEMM=wgmma, wgmma-next) under memcheck too.
-  run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+  run_stage memcheck-wgmma 60 "$LOGS/sanitizers.log" "${ON_GPU[@]}" FASTLM_CUDA_SYNC=1 \
     FASTLM_CUDA_GEMM=wgmma compute-sanitizer --tool memcheck --error-exitcode 3 \
-    --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
-  run_stage memcheck-wgmma-next 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    --print-limit 20 "${PYTEST[@]}" -x tests/test_matmul.py tests/test_cuda_table.py -k small_matmul
+  run_stage memcheck-wgmma-next 60 "$LOGS/sanitizers.log" "${ON_GPU[@]}" FASTLM_CUDA_SYNC=1 \
     FASTLM_CUDA_GEMM=wgmma-next compute-sanitizer --tool memcheck --error-exitcode 3 \
-    --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_matmul
+    --print-limit 20 "${PYTEST[@]}" -x tests/test_matmul.py tests/test_cuda_table.py -k small_matmul
   # And the opt-in attention forward under memcheck and racecheck.
   for tool in memcheck racecheck; do
-    run_stage "$tool-attn-next" 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    run_stage "$tool-attn-next" 60 "$LOGS/sanitizers.log" "${ON_GPU[@]}" FASTLM_CUDA_SYNC=1 \
       FASTLM_CUDA_ATTENTION=next compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_ops.py -k small_attention
+      --print-limit 20 "${PYTEST[@]}" -x tests/test_attention.py -k small_attention
   done
   # And the opt-in memory-bound kernels and fused classifier.
   for tool in memcheck racecheck; do
-    run_stage "$tool-pointwise-next" 60 "$LOGS/sanitizers.log" env FASTLM_CUDA_SYNC=1 \
+    run_stage "$tool-pointwise-next" 60 "$LOGS/sanitizers.log" "${ON_GPU[@]}" FASTLM_CUDA_SYNC=1 \
       FASTLM_CUDA_POINTWISE=next compute-sanitizer --tool "$tool" --error-exitcode 3 \
       --print-limit 20 "${PYTEST[@]}" -x tests/test_cuda_pointwise.py -k small
   done

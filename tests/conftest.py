@@ -1,7 +1,11 @@
-"""Shared test helpers: run each op on every ISA this machine can run, and judge
-errors the flash-attention way (against float64, relative to a naive float32
-computation's own error)."""
+"""Shared test helpers: run each op on every backend this machine can run (the
+``backend`` fixture: each CPU ISA, the emulated CUDA device, a real GPU), and
+judge errors the flash-attention way (against float64, relative to a naive
+float32 computation's own error). The float64 references live in
+tests/reference/, one module per op family."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +13,18 @@ import pytest
 import fastlm
 from fastlm import _C
 
-ISAS = fastlm.available_cpu_isas()
+# FASTLM_TEST_BACKENDS=cuda (a comma-separated list of backend names, such as
+# "cpu-avx2,cuda-emulated") keeps the `backend` and `isa` fixtures to those
+# backends, as test-backend-ops -b does: bench/gpu_check.sh runs the op tests
+# on the GPU alone that way. Unset: every backend.
+_ONLY = {b for b in os.environ.get("FASTLM_TEST_BACKENDS", "").replace(" ", "").split(",") if b}
+
+
+def _wanted(name: str) -> bool:
+    return not _ONLY or name in _ONLY
+
+
+ISAS = [i for i in fastlm.available_cpu_isas() if _wanted(f"cpu-{i}")]
 
 
 @pytest.fixture(params=ISAS)
@@ -21,6 +36,140 @@ def isa(request):
         yield request.param
     finally:
         _C._set_cpu_isa(before)
+
+
+class Backend:
+    """Where a test runs an op: ``put`` its inputs there, call ``fastlm.ops`` on
+    them, ``get`` the outputs back as NumPy (checking they live there).
+
+    name: "cpu-<isa>", "cuda" or "cuda-emulated". device: whether arrays are
+    device arrays (DeviceArray). gpu: a real GPU. dtypes: the array dtypes it
+    holds ("float32", "int32", "int64", and "bfloat16" on a GPU)."""
+
+    def __init__(self, name: str, device: bool, gpu: bool, dtypes: frozenset):
+        self.name, self.device, self.gpu, self.dtypes = name, device, gpu, dtypes
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name})"
+
+    def supports(self, dtype: str) -> bool:
+        return dtype in self.dtypes
+
+    def require(self, dtype: str) -> None:
+        """Skip the test where this backend has no `dtype` arrays."""
+        if not self.supports(dtype):
+            pytest.skip(f"{self.name} has no {dtype} arrays")
+
+    def put(self, x, dtype=None):
+        """x (array-like) on this backend: a C-contiguous NumPy copy on the CPU, a
+        DeviceArray on a device; dtype: None (x's), or a name in `dtypes`."""
+        if dtype is not None:
+            dtype = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+            assert dtype in self.dtypes, f"{self.name} has no {dtype} arrays"
+        if self.device:
+            return fastlm.to_device(x, dtype)
+        return np.array(x, dtype=dtype, order="C", copy=True)
+
+    def get(self, y) -> np.ndarray:
+        """An op's output as NumPy, after checking it lives on this backend."""
+        if self.device:
+            assert isinstance(y, fastlm.DeviceArray), \
+                f"{self.name}: expected a DeviceArray, got {type(y).__name__}"
+            return y.numpy()
+        assert isinstance(y, np.ndarray), f"{self.name}: expected a numpy.ndarray, got {type(y).__name__}"
+        return y
+
+
+_HOST_DTYPES = frozenset({"float32", "int32", "int64"})
+# NumPy arrays on the active CPU ISA: for helpers shared by `backend` tests and
+# tests that still run per ISA only (the `isa` fixture).
+HOST = Backend("cpu", False, False, _HOST_DTYPES)
+_EMULATE = "FASTLM_EMULATE_CUDA"
+_emulated_probe: dict = {}
+
+
+def emulated_device_reason() -> str:
+    """Why the emulated device cannot hold arrays ("" when it can): whether
+    ``fastlm.to_device`` works under FASTLM_EMULATE_CUDA=1, probed once."""
+    if "reason" not in _emulated_probe:
+        before = os.environ.get(_EMULATE)
+        os.environ[_EMULATE] = "1"
+        try:
+            gpu_bytes = fastlm.memory_usage()[0] if fastlm.cuda_available() else 0
+            d = fastlm.to_device(np.arange(1 << 18, dtype=np.float32))
+            ok = isinstance(d, fastlm.DeviceArray) and np.array_equal(d.numpy()[:3], [0, 1, 2])
+            reason = "" if ok else "to_device under FASTLM_EMULATE_CUDA=1 gave no DeviceArray"
+            if ok and fastlm.cuda_available() and fastlm.memory_usage()[0] > gpu_bytes:
+                # A real GPU took the array: the emulated device holds none yet.
+                reason = "to_device under FASTLM_EMULATE_CUDA=1 still allocates on the GPU"
+            del d
+        except Exception as e:  # noqa: BLE001 (any failure means: not there yet)
+            reason = f"to_device does not work under FASTLM_EMULATE_CUDA=1 ({type(e).__name__}: {e})"
+        finally:
+            if before is None:
+                del os.environ[_EMULATE]
+            else:
+                os.environ[_EMULATE] = before
+        _emulated_probe["reason"] = reason
+    return _emulated_probe["reason"]
+
+
+def _backend_params(names):
+    params = []
+    for name in names:
+        if not _wanted(name):
+            continue
+        marks = []
+        if name == "cuda" and not fastlm.cuda_available():
+            marks = [pytest.mark.skip(reason="needs a CUDA GPU (fastlm.cuda_available() is False)")]
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+CPU_BACKENDS = [f"cpu-{i}" for i in fastlm.available_cpu_isas()]
+ALL_BACKENDS = _backend_params(CPU_BACKENDS + ["cuda-emulated", "cuda"])
+DEVICE_BACKENDS = _backend_params(["cuda-emulated", "cuda"])
+
+
+def _make_backend(name: str, monkeypatch):
+    if name.startswith("cpu-"):
+        before = fastlm.cpu_isa()
+        _C._set_cpu_isa(name[4:])
+        monkeypatch.delenv(_EMULATE, raising=False)
+        return Backend(name, False, False, _HOST_DTYPES), lambda: _C._set_cpu_isa(before)
+    if name == "cuda-emulated":
+        reason = emulated_device_reason()
+        if reason:
+            pytest.skip(reason)
+        monkeypatch.setenv(_EMULATE, "1")
+        return Backend(name, True, False, _HOST_DTYPES), None
+    monkeypatch.delenv(_EMULATE, raising=False)
+    return Backend(name, True, True, _HOST_DTYPES | {"bfloat16"}), None
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request, monkeypatch):
+    """Each backend this machine runs (a ``Backend``): every CPU ISA, the
+    emulated CUDA device once device arrays work there, and CUDA with a GPU."""
+    b, restore = _make_backend(request.param, monkeypatch)
+    try:
+        yield b
+    finally:
+        if restore:
+            restore()
+
+
+@pytest.fixture(params=DEVICE_BACKENDS)
+def device_backend(request, monkeypatch):
+    """The device backends only (cuda-emulated, cuda): for what a NumPy array
+    cannot show (host and device arrays mixed in one call, device buffers)."""
+    yield _make_backend(request.param, monkeypatch)[0]
+
+
+@pytest.fixture(params=_backend_params(["cuda"]))
+def gpu_backend(request, monkeypatch):
+    """A real GPU only: bfloat16 device arrays, the test-only _C._cuda_* bindings."""
+    yield _make_backend(request.param, monkeypatch)[0]
 
 
 @pytest.fixture

@@ -12,19 +12,7 @@ import pytest
 
 import fastlm
 from fastlm.cli import main
-
-TINY = ["--block-size", "16", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "4",
-        "--eval-interval", "10", "--eval-batches", "2", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs", "away"]
-    lines = [" ".join(rng.choice(words, 8)) + "." for _ in range(120)]
-    p = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return p
+from cli_helpers import TINY, _error_line, corpus  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +29,6 @@ def _env():
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlm.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
-
-
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastlm: error: "), err
-    return lines[0]
 
 
 def test_train_writes_checkpoint_and_metrics(trained):

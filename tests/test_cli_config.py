@@ -11,7 +11,7 @@ import fastlm
 from fastlm import cli
 from fastlm.cli import main
 from fastlm.train_config import normalize_flags
-from test_cli import TINY, _error_line, corpus  # noqa: F401 (fixture)
+from cli_helpers import TINY, _error_line, corpus  # noqa: F401 (fixture)
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "shakespeare_char.toml")
 

@@ -166,6 +166,9 @@ def test_script_dry_run_plans_every_stage_within_budget(tmp_path):
     assert limits == [100, 100, 60, 90, 90, 90, 100, 90, 90, 90, 90, 60, 60, 60, 60, 60, 60, 100, 90,
                       90, 60, 60], plan
     assert "-DFASTLM_CUDA=ON" in r.stdout and "-k small" in r.stdout
+    # The sanitizers run every op file's test_small_* functions on the GPU alone.
+    memcheck = plan[names.index("memcheck")]
+    assert "FASTLM_TEST_BACKENDS=cuda" in memcheck and "tests/test_softmax.py" in memcheck
     assert "bench/test_bench_cuda.py" in r.stdout
 
 
@@ -179,7 +182,8 @@ def test_script_dry_run_with_a_wheel_installs_it(tmp_path):
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
     assert len(plan) == 6  # install, tests, tests-attn-next, tests-wgmma-next, tests-pointwise(-next)
     assert "pip install" in plan[0] and str(wheel) in plan[0] and "cmake" not in r.stdout
-    assert "tests/test_cuda_ops.py" in plan[1] and "FASTLM_CUDA_GEMM=wgmma-next" in plan[3]
+    assert "FASTLM_TEST_BACKENDS=cuda" in plan[1] and "tests/test_matmul.py" in plan[1]
+    assert "tests/test_cuda_table.py" in plan[1] and "FASTLM_CUDA_GEMM=wgmma-next" in plan[3]
 
 
 def test_table_help(capsys):

@@ -10,8 +10,9 @@ test_small_* functions under compute-sanitizer:
     FASTLM_CUDA_POINTWISE=next FASTLM_CUDA_SYNC=1 compute-sanitizer --tool memcheck \\
         python -m pytest tests/test_cuda_pointwise.py -k small
 
-Skipped without a GPU. FASTLM_CUDA_TESTS_ON_CPU=1 runs the float32 tests with
-NumPy arrays in place of device arrays (a check of the tests themselves).
+The float32 tests run on the device backends (tests/conftest.py): the GPU, and
+the emulated device, where the CPU kernels answer (a check of the tests
+themselves); the bfloat16 and switch tests need a GPU.
 """
 from __future__ import annotations
 
@@ -26,15 +27,20 @@ import pytest
 import fastlm
 from fastlm import Transformer, ops
 from conftest import assert_error_bound
-from test_adamw import adamw_ref
-from test_cross_entropy import ce_ref
-from test_gelu import gelu_erf_grad_ref, gelu_erf_ref, gelu_grad_ref, gelu_ref
-from test_cuda_ops import GPU, ON_CPU, bf16_round, dev, host
-from test_layernorm import ln_backward_ref, ln_ref, make as ln_make
+from reference.adamw import adamw_ref
+from reference.bf16 import bf16_round
+from reference.cross_entropy import ce_ref
+from reference.gelu import gelu_erf_grad_ref, gelu_erf_ref, gelu_grad_ref, gelu_ref
+from reference.layernorm import ln_backward_ref, ln_ref, make as ln_make
 
-pytestmark = pytest.mark.skipif(not (GPU or ON_CPU),
-                                reason="needs a CUDA GPU (fastlm.cuda_available() is False)")
+GPU = fastlm.cuda_available()
 gpu_only = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def backend(device_backend):
+    """The device backends only (cuda-emulated, cuda): these are device kernels."""
+    return device_backend
 
 
 def torch_cuda():
@@ -53,10 +59,10 @@ LN_SHAPES = [(1, 4), (3, 12), (17, 128), (33, 132), (127, 768), (1000, 768), (5,
 
 
 @pytest.mark.parametrize("rows,cols", LN_SHAPES)
-def test_layernorm_forward(rows, cols):
+def test_layernorm_forward(rows, cols, backend):
     rng = np.random.default_rng(rows * 7919 + cols)
     x, w, b, _ = ln_make(rng, rows, cols, offset=3.0)
-    y, mean, rstd = (host(a) for a in ops.layernorm(dev(x), dev(w), dev(b)))
+    y, mean, rstd = (backend.get(a) for a in ops.layernorm(backend.put(x), backend.put(w), backend.put(b)))
     ry, rmean, rrstd = ln_ref(x, w, b)
     ny, nmean, nrstd = ln_ref(x, w, b, dtype=np.float32)
     assert_error_bound(y, ry, ny, name="y")
@@ -65,11 +71,11 @@ def test_layernorm_forward(rows, cols):
 
 
 @pytest.mark.parametrize("rows,cols", LN_SHAPES)
-def test_layernorm_backward(rows, cols):
+def test_layernorm_backward(rows, cols, backend):
     rng = np.random.default_rng(rows * 104729 + cols)
     x, w, b, dy = ln_make(rng, rows, cols, offset=1.0)
-    _, mean, rstd = ops.layernorm(dev(x), dev(w), dev(b))
-    dx, dw, db = (host(a) for a in ops.layernorm_backward(dev(dy), dev(x), dev(w), mean, rstd))
+    _, mean, rstd = ops.layernorm(backend.put(x), backend.put(w), backend.put(b))
+    dx, dw, db = (backend.get(a) for a in ops.layernorm_backward(backend.put(dy), backend.put(x), backend.put(w), mean, rstd))
     ref = ln_backward_ref(dy, x, w)
     naive = ln_backward_ref(dy, x, w, dtype=np.float32)
     for got, r, n, name in zip((dx, dw, db), ref, naive, ("dx", "dweight", "dbias")):
@@ -77,19 +83,19 @@ def test_layernorm_backward(rows, cols):
 
 
 @pytest.mark.parametrize("rows,cols", [(1000, 768), (4097, 64), (3, 1028)])
-def test_layernorm_backward_is_deterministic(rows, cols):
+def test_layernorm_backward_is_deterministic(rows, cols, backend):
     rng = np.random.default_rng(5)
     x, w, b, dy = ln_make(rng, rows, cols)
-    xd, wd, dyd = dev(x), dev(w), dev(dy)
-    _, mean, rstd = ops.layernorm(xd, wd, dev(b))
-    first = [host(a) for a in ops.layernorm_backward(dyd, xd, wd, mean, rstd)]
-    again = [host(a) for a in ops.layernorm_backward(dyd, xd, wd, mean, rstd)]
+    xd, wd, dyd = backend.put(x), backend.put(w), backend.put(dy)
+    _, mean, rstd = ops.layernorm(xd, wd, backend.put(b))
+    first = [backend.get(a) for a in ops.layernorm_backward(dyd, xd, wd, mean, rstd)]
+    again = [backend.get(a) for a in ops.layernorm_backward(dyd, xd, wd, mean, rstd)]
     for a, b2 in zip(first, again):
         np.testing.assert_array_equal(a, b2)
 
 
 @gpu_only
-def test_layernorm_unaligned_rows_fall_back():
+def test_layernorm_unaligned_rows_fall_back(gpu_backend):
     """Views one float off 16-byte alignment take the block-per-row kernels."""
     torch = torch_cuda()
     rng = np.random.default_rng(11)
@@ -98,7 +104,7 @@ def test_layernorm_unaligned_rows_fall_back():
     buf = torch.zeros(rows * cols + 1, device="cuda")
     buf[1:] = torch.from_numpy(x.ravel()).cuda()
     xv = buf[1:].view(rows, cols)
-    y, mean, rstd = (host(a) for a in ops.layernorm(xv, dev(w), dev(b)))
+    y, mean, rstd = (gpu_backend.get(a) for a in ops.layernorm(xv, gpu_backend.put(w), gpu_backend.put(b)))
     ry, _, _ = ln_ref(x, w, b)
     ny, _, _ = ln_ref(x, w, b, dtype=np.float32)
     assert_error_bound(y, ry, ny, name="y")
@@ -110,15 +116,15 @@ GELU_SIZES = [1, 3, 4, 5, 127, 1024, 4099, (1 << 20) + 3]
 
 @pytest.mark.parametrize("n", GELU_SIZES)
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
-def test_gelu_forward_and_backward(n, approximate):
+def test_gelu_forward_and_backward(n, approximate, backend):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 4).astype(np.float32)
     x[: min(n, 3)] = np.array([-30.0, 0.0, 12.0], np.float32)[: min(n, 3)]
     dy = rng.standard_normal(n).astype(np.float32)
     f, g = (gelu_ref, gelu_grad_ref) if approximate == "tanh" else (gelu_erf_ref, gelu_erf_grad_ref)
-    y = host(ops.gelu(dev(x), approximate))
+    y = backend.get(ops.gelu(backend.put(x), approximate))
     assert_error_bound(y, f(x), f(x, dtype=np.float32), name="gelu")
-    dx = host(ops.gelu_backward(dev(dy), dev(x), approximate))
+    dx = backend.get(ops.gelu_backward(backend.put(dy), backend.put(x), approximate))
     ref = g(dy, x)
     naive = g(dy, x, dtype=np.float32)
     assert_error_bound(dx, ref, naive, name="gelu_backward")
@@ -126,16 +132,16 @@ def test_gelu_forward_and_backward(n, approximate):
 
 @gpu_only
 @pytest.mark.parametrize("n", [5, 4099])
-def test_gelu_unaligned_views(n):
+def test_gelu_unaligned_views(n, gpu_backend):
     """The scalar paths: a view one float off 16-byte alignment."""
     torch = torch_cuda()
     rng = np.random.default_rng(n + 1)
     x = (rng.standard_normal(n) * 4).astype(np.float32)
     buf = torch.zeros(n + 1, device="cuda")
     buf[1:] = torch.from_numpy(x).cuda()
-    y = host(ops.gelu(buf[1:]))
+    y = gpu_backend.get(ops.gelu(buf[1:]))
     assert_error_bound(y, gelu_ref(x), gelu_ref(x, dtype=np.float32), name="gelu")
-    dx = host(ops.gelu_backward(buf[1:], buf[1:]))
+    dx = gpu_backend.get(ops.gelu_backward(buf[1:], buf[1:]))
     assert_error_bound(dx, gelu_grad_ref(x, x), gelu_grad_ref(x, x, dtype=np.float32),
                        name="gelu_backward")
 
@@ -144,7 +150,7 @@ def test_gelu_unaligned_views(n):
 
 @pytest.mark.parametrize("n", [1, 3, 4, 7, 1021, 65539])
 @pytest.mark.parametrize("step", [1, 7])
-def test_adamw_equals_the_cpu(n, step):
+def test_adamw_equals_the_cpu(n, step, backend):
     """The CPU's operation order and scalars: the same floats on either backend."""
     rng = np.random.default_rng(n + step)
     p, g, m = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
@@ -152,12 +158,12 @@ def test_adamw_equals_the_cpu(n, step):
     hp = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step)
     cpu = [a.copy() for a in (p, g, m, v)]
     ops.adamw_step(cpu[0], cpu[1], cpu[2], cpu[3], **hp)
-    d = [dev(a) for a in (p, g, m, v)]
+    d = [backend.put(a) for a in (p, g, m, v)]
     ops.adamw_step(d[0], d[1], d[2], d[3], **hp)
     for got, want, name in zip((d[0], d[2], d[3]), (cpu[0], cpu[2], cpu[3]), ("param", "m", "v")):
-        np.testing.assert_allclose(host(got), want, rtol=2e-7, atol=1e-30, err_msg=name)
+        np.testing.assert_allclose(backend.get(got), want, rtol=2e-7, atol=1e-30, err_msg=name)
     rp, rm, rv = adamw_ref(p, g, m, v, **hp)
-    assert np.max(np.abs(host(d[0]) - rp)) <= 1e-5 * max(1.0, np.max(np.abs(rp)))
+    assert np.max(np.abs(backend.get(d[0]) - rp)) <= 1e-5 * max(1.0, np.max(np.abs(rp)))
 
 
 # ---- cross-entropy over bfloat16 logits --------------------------------------
@@ -266,22 +272,22 @@ def test_switch_rejects_an_unknown_value():
 
 # ---- small sizes, every kernel once (compute-sanitizer) ------------------------
 
-def test_small_layernorm():
+def test_small_layernorm(backend):
     rng = np.random.default_rng(2)
     for rows, cols in [(3, 12), (2, 7), (9, 768)]:
         x, w, b, dy = ln_make(rng, rows, cols)
-        _, mean, rstd = ops.layernorm(dev(x), dev(w), dev(b))
-        dx, _, _ = ops.layernorm_backward(dev(dy), dev(x), dev(w), mean, rstd)
-        assert_error_bound(host(dx), ln_backward_ref(dy, x, w)[0],
+        _, mean, rstd = ops.layernorm(backend.put(x), backend.put(w), backend.put(b))
+        dx, _, _ = ops.layernorm_backward(backend.put(dy), backend.put(x), backend.put(w), mean, rstd)
+        assert_error_bound(backend.get(dx), ln_backward_ref(dy, x, w)[0],
                            ln_backward_ref(dy, x, w, dtype=np.float32)[0], factor=6.0, name="dx")
 
 
-def test_small_gelu_and_adamw():
+def test_small_gelu_and_adamw(backend):
     x = np.linspace(-5, 5, 37, dtype=np.float32)
-    assert_error_bound(host(ops.gelu(dev(x))), gelu_ref(x), gelu_ref(x, dtype=np.float32))
-    p, g, m, v = (dev(np.full(13, 0.5, np.float32)) for _ in range(4))
+    assert_error_bound(backend.get(ops.gelu(backend.put(x))), gelu_ref(x), gelu_ref(x, dtype=np.float32))
+    p, g, m, v = (backend.put(np.full(13, 0.5, np.float32)) for _ in range(4))
     ops.adamw_step(p, g, m, v, lr=1e-2, step=1)
-    assert np.all(np.isfinite(host(p)))
+    assert np.all(np.isfinite(backend.get(p)))
 
 
 @gpu_only

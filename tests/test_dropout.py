@@ -1,6 +1,6 @@
-"""Dropout: fastlm.ops.dropout and the attention-probability dropout against a
-NumPy reimplementation of the mask (csrc/dropout_hash.h) and float64
-references that apply that mask."""
+"""Dropout: fastlm.ops.dropout (CPU) and the attention-probability dropout (every
+backend; bfloat16 on a GPU) against a NumPy reimplementation of the mask
+(csrc/dropout_hash.h) and float64 references that apply that mask."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,43 +8,9 @@ import pytest
 
 from fastlm import ops
 from conftest import assert_error_bound
-from test_attention import inputs
-
-M32, M64 = np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _mix64(z):
-    z = np.asarray(z, np.uint64)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def ref_key(seed: int, stream: int) -> int:
-    with np.errstate(over="ignore"):
-        inner = _mix64(np.uint64(stream) + np.uint64(0x9E3779B97F4A7C15))
-        return int(_mix64(np.uint64(seed) + inner))
-
-
-def _fmix32(x):
-    x = np.asarray(x, np.uint64) & M32
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x85EBCA6B)) & M32
-    x ^= x >> np.uint64(13)
-    x = (x * np.uint64(0xC2B2AE35)) & M32
-    return x ^ (x >> np.uint64(16))
-
-
-def ref_keep(key: int, index, p: float) -> np.ndarray:
-    """The kept elements: bits(key, index) >= round(p 2^32)."""
-    index = np.asarray(index, np.uint64)
-    k = np.uint64(key)
-    x = _fmix32((index & M32) ^ (k & M32))
-    x = _fmix32(x ^ (((index >> np.uint64(32)) + (k >> np.uint64(32))) & M32))
-    thr = min(int(p * 2**32 + 0.5), 2**32 - 1)
-    return x >= np.uint64(thr)
-
+from reference.attention import inputs, naive_bf16_attention
+from reference.bf16 import bf16_round
+from reference.dropout import attention_mask, ref_attention, ref_attention_backward, ref_keep
 
 @pytest.mark.parametrize("n", [1, 3, 17, 33, 127, 1000, 70001])
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -111,54 +77,26 @@ def test_bad_x():
 
 # ---------------------------------------------------------------- attention
 
-def attention_mask(B, H, T, Tk, p, seed):
-    """(B, H, T, Tk) keep factors: 1 / (1 - p) where kept, 0 where dropped."""
-    z = np.empty((B, H, T, Tk))
-    idx = (np.arange(T)[:, None] * Tk + np.arange(Tk)[None, :]).astype(np.uint64)
-    for b in range(B):
-        for h in range(H):
-            z[b, h] = ref_keep(ref_key(seed, b * H + h), idx, p) / (1 - np.float32(p))
-    return z
-
-
-def ref_attention(q, k, v, z, causal, dtype=np.float64):
-    q, k, v, z = (np.asarray(x, dtype) for x in (q, k, v, z))
-    T, Tk, D = q.shape[2], k.shape[2], q.shape[3]
-    s = q @ np.swapaxes(k, -1, -2) * dtype(1 / np.sqrt(D))
-    if causal:
-        s = np.where(np.arange(Tk)[None, :] > np.arange(T)[:, None] + (Tk - T), dtype(-np.inf), s)
-    m = s.max(-1, keepdims=True)
-    e = np.exp(s - m)
-    l = e.sum(-1, keepdims=True)
-    return (e / l * z) @ v, (m + np.log(l))[..., 0], e / l
-
-
-def ref_attention_backward(dout, q, k, v, z, causal, dtype=np.float64):
-    _, _, p = ref_attention(q, k, v, z, causal, dtype)
-    dout, q, k, v, z = (np.asarray(x, dtype) for x in (dout, q, k, v, z))
-    scale = dtype(1 / np.sqrt(q.shape[3]))
-    dv = np.swapaxes(p * z, -1, -2) @ dout
-    dp = (dout @ np.swapaxes(v, -1, -2)) * z
-    ds = p * (dp - np.sum(dp * p, -1, keepdims=True)) * scale
-    return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
-
-
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 17, 31), (1, 2, 33, 64), (1, 1, 127, 17),
-                                   (2, 1, 130, 8)])
+                                   (2, 1, 130, 8), (1, 2, 70, 64), (1, 1, 130, 128)])
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_attention_dropout_forward_backward(isa, rng, shape, causal, p):
+@pytest.mark.parametrize("seed0", [77, 2**63 + 12345])  # the key's high half zero and not
+def test_attention_dropout_forward_backward(backend, rng, shape, causal, p, seed0):
+    be = backend
     B, H, T, D = shape
     q, k, v = inputs(rng, B, H, T, D)
-    seed = 77 + T
+    seed = seed0 + T
     z = attention_mask(B, H, T, T, p, seed)
-    out, lse = ops.attention(q, k, v, causal=causal, dropout=p, dropout_seed=seed)
+    out, lse = ops.attention(be.put(q), be.put(k), be.put(v), causal=causal, dropout=p, dropout_seed=seed)
     r_out, r_lse, _ = ref_attention(q, k, v, z, causal)
     n_out, n_lse, _ = ref_attention(q, k, v, z, causal, np.float32)
-    assert_error_bound(out, r_out, n_out, name="out")
-    assert_error_bound(lse, r_lse, n_lse, name="lse")
+    assert_error_bound(be.get(out), r_out, n_out, name="out")
+    assert_error_bound(be.get(lse), r_lse, n_lse, name="lse")
     dout = rng.standard_normal(q.shape).astype(np.float32)
-    grads = ops.attention_backward(dout, q, k, v, out, lse, causal=causal, dropout=p, dropout_seed=seed)
+    grads = ops.attention_backward(be.put(dout), be.put(q), be.put(k), be.put(v), out, lse, causal=causal,
+                                   dropout=p, dropout_seed=seed)
+    grads = [be.get(g) for g in grads]
     refs = ref_attention_backward(dout, q, k, v, z, causal)
     naive = ref_attention_backward(dout, q, k, v, z, causal, np.float32)
     for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naive):
@@ -170,9 +108,48 @@ def test_attention_dropout_forward_backward(isa, rng, shape, causal, p):
         assert_error_bound(g, r, n, name=name)
 
 
-def test_attention_dropout_zero_is_bit_identical(rng):
-    q, k, v = inputs(rng, 2, 2, 40, 16)
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_dropout_fewer_queries(backend, rng, causal):
+    B = backend
+    q, k, v = inputs(rng, 2, 2, 40, 24, Tk=100)
+    z = attention_mask(2, 2, 40, 100, 0.3, 99)
+    out, _ = ops.attention(B.put(q), B.put(k), B.put(v), causal=causal, dropout=0.3, dropout_seed=99)
+    assert_error_bound(B.get(out), ref_attention(q, k, v, z, causal)[0],
+                       ref_attention(q, k, v, z, causal, np.float32)[0], name="out")
+
+
+@pytest.mark.parametrize("Tk", [40, 100])
+def test_attention_dropout_zero_is_bit_identical(backend, rng, Tk):
+    B = backend
+    q, k, v = (B.put(x) for x in inputs(rng, 2, 2, 40, 16, Tk=Tk))
     a = ops.attention(q, k, v)
     b = ops.attention(q, k, v, dropout=0.0, dropout_seed=5)
     for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(B.get(x), B.get(y))
+
+
+@pytest.mark.parametrize("p", [0.2])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 32), (2, 3, 17, 64), (1, 2, 127, 128), (1, 1, 200, 96),
+                                     (1, 1, 130, 33), (1, 2, 300, 64)])
+def test_attention_dropout_bfloat16(gpu_backend, rng, B, H, T, D, causal, p):
+    be = gpu_backend
+    q, k, v = (bf16_round(x) for x in inputs(rng, B, H, T, D))
+    dout = bf16_round(rng.standard_normal(q.shape))
+    seed = 7 + T
+    z = attention_mask(B, H, T, T, p, seed)
+    dq_, dk_, dv_ = (be.put(x, "bfloat16") for x in (q, k, v))
+    out, lse = ops.attention(dq_, dk_, dv_, causal=causal, dropout=p, dropout_seed=seed)
+    r_out, r_lse, _ = ref_attention(q, k, v, z, causal)
+    n_out, n_dq, n_dk, n_dv = naive_bf16_attention(q, k, v, dout, causal, z)
+    assert_error_bound(be.get(out), r_out, n_out, name="out")
+    assert_error_bound(be.get(lse), r_lse, ref_attention(q, k, v, z, causal, np.float32)[1],
+                       name="lse")
+    grads = ops.attention_backward(be.put(dout, "bfloat16"), dq_, dk_, dv_, out, lse, causal=causal,
+                                   dropout=p, dropout_seed=seed)
+    refs = ref_attention_backward(dout, q, k, v, z, causal)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, (n_dq, n_dk, n_dv)):
+        if T == 1 and name != "dv":
+            assert np.abs(be.get(g)).max() <= 1e-5 * np.abs(dout).max() * np.abs(q).max(), name
+            continue
+        assert_error_bound(be.get(g), r, n, name=name)

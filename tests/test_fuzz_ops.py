@@ -29,17 +29,17 @@ from hypothesis import strategies as st  # noqa: E402
 import fastlm  # noqa: E402
 from fastlm import ops  # noqa: E402
 from conftest import assert_error_bound  # noqa: E402
-from test_adamw import adamw_ref  # noqa: E402
-from test_attention import ref_backward as attention_backward_ref  # noqa: E402
-from test_attention import ref_forward as attention_ref  # noqa: E402
-from test_cross_entropy import ce_ref  # noqa: E402
-from test_dropout import ref_keep  # noqa: E402
-from test_gelu import gelu_grad_ref, gelu_ref  # noqa: E402
-from test_gru_cell import gru_ref, gru_ref_backward  # noqa: E402
-from test_layernorm import ln_backward_ref, ln_ref  # noqa: E402
-from test_lstm_cell import lstm_backward_ref, lstm_ref  # noqa: E402
-from test_softmax import softmax_backward_ref, softmax_ref  # noqa: E402
-from test_sum_squares import naive32 as sum_squares_naive32  # noqa: E402
+from reference.adamw import adamw_ref  # noqa: E402
+from reference.attention import ref_backward as attention_backward_ref  # noqa: E402
+from reference.attention import ref_forward as attention_ref  # noqa: E402
+from reference.cross_entropy import ce_ref  # noqa: E402
+from reference.dropout import ref_keep  # noqa: E402
+from reference.gelu import gelu_grad_ref, gelu_ref  # noqa: E402
+from reference.rnn_cell import gru_ref, gru_ref_backward  # noqa: E402
+from reference.layernorm import ln_backward_ref, ln_ref  # noqa: E402
+from reference.rnn_cell import lstm_backward_ref, lstm_ref  # noqa: E402
+from reference.softmax import softmax_backward_ref, softmax_ref  # noqa: E402
+from reference.sum_squares import naive32 as sum_squares_naive32  # noqa: E402
 
 FUZZ_EXAMPLES = int(os.environ.get("FASTLM_FUZZ_EXAMPLES", "40"))
 # FASTLM_FUZZ_RANDOM=1: a fresh random search instead of CI's repeatable one.

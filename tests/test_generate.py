@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpt_reference import random_state_dict
+from reference.gpt import random_state_dict
 from fastlm import _C
 from fastlm.model import Transformer
 from fastlm.rnn import GRULM, LSTMLM

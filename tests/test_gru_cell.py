@@ -1,46 +1,14 @@
 """ops.gru_cell and its backward against a float64 NumPy reference (checked by
-finite differences) on every ISA, and against torch.nn.GRUCell."""
+finite differences) on every backend (each CPU ISA, the emulated device, CUDA),
+and against torch.nn.GRUCell."""
 import numpy as np
 import pytest
 
 from fastlm import ops
 from conftest import assert_error_bound, finite_difference, torch_or_skip
+from reference.rnn_cell import gru_ref, gru_ref_backward, make_gru as make
 
 SIZES = [(1, 1, 1), (3, 13, 29), (17, 33, 33), (5, 1, 17)]
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def gru_ref(x, h, w_ih, w_hh, b_ih, b_hh):
-    """Float64 (or float32, for the naive yardstick) GRU step in PyTorch's formulas."""
-    H = h.shape[1]
-    gi = x @ w_ih.T + b_ih
-    gh = h @ w_hh.T + b_hh
-    r = sigmoid(gi[:, :H] + gh[:, :H])
-    z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-    n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-    return (1 - z) * n + z * h, (r, z, n, gh[:, 2 * H:])
-
-
-def gru_ref_backward(dy, x, h, w_ih, w_hh, b_ih, b_hh):
-    _, (r, z, n, hn) = gru_ref(x, h, w_ih, w_hh, b_ih, b_hh)
-    dn = dy * (1 - z) * (1 - n * n)
-    dz = dy * (h - n) * z * (1 - z)
-    dr = dn * hn * r * (1 - r)
-    dgi = np.concatenate([dr, dz, dn], axis=1)
-    dgh = np.concatenate([dr, dz, dn * r], axis=1)
-    dx = dgi @ w_ih
-    dh = dgh @ w_hh + dy * z
-    return dx, dh, dgi.T @ x, dgh.T @ h, dgi.sum(0), dgh.sum(0)
-
-
-def make(rng, n, i, hdim):
-    s = 1 / np.sqrt(hdim)
-    f = lambda *shape: rng.uniform(-s, s, shape).astype(np.float32) * 3
-    return (rng.standard_normal((n, i)).astype(np.float32), rng.standard_normal((n, hdim)).astype(np.float32),
-            f(3 * hdim, i), f(3 * hdim, hdim), f(3 * hdim), f(3 * hdim))
 
 
 def test_reference_backward_matches_finite_differences(rng):
@@ -57,20 +25,22 @@ def test_reference_backward_matches_finite_differences(rng):
 
 
 @pytest.mark.parametrize("n,i,hdim", SIZES)
-def test_gru_cell_forward_backward(isa, rng, n, i, hdim):
+def test_gru_cell_forward_backward(backend, rng, n, i, hdim):
+    B = backend
     args = make(rng, n, i, hdim)
     a64 = [a.astype(np.float64) for a in args]
-    h_next, gates = ops.gru_cell(*args)
+    d = [B.put(a) for a in args]
+    h_next, gates = ops.gru_cell(*d)
     ref, parts = gru_ref(*a64)
     naive, nparts = gru_ref(*args)
-    assert_error_bound(h_next, ref, naive, name="h_next")
-    assert_error_bound(gates, np.concatenate(parts, 1), np.concatenate(nparts, 1), name="gates")
+    assert_error_bound(B.get(h_next), ref, naive, name="h_next")
+    assert_error_bound(B.get(gates), np.concatenate(parts, 1), np.concatenate(nparts, 1), name="gates")
     dy = rng.standard_normal((n, hdim)).astype(np.float32)
-    got = ops.gru_cell_backward(dy, args[0], args[1], gates, args[2], args[3])
+    got = ops.gru_cell_backward(B.put(dy), d[0], d[1], gates, d[2], d[3])
     want = gru_ref_backward(dy.astype(np.float64), *a64)
     naive = gru_ref_backward(dy, *args)
     for name, g, w, nv in zip(["dx", "dh", "dw_ih", "dw_hh", "db_ih", "db_hh"], got, want, naive):
-        assert_error_bound(g, w, nv, name=name)
+        assert_error_bound(B.get(g), w, nv, name=name)
 
 
 def test_gru_cell_matches_torch(rng):
@@ -112,8 +82,20 @@ def test_gru_cell_bad_inputs(rng):
         ops.gru_cell_backward(np.asfortranarray(np.ones((2, 4), np.float32)), x, h, gates, w_ih, w_hh)
 
 
-def test_gru_cell_deterministic(rng):
-    args = make(rng, 17, 33, 29)
+def test_gru_cell_deterministic(backend, rng):
+    B = backend
+    args = [B.put(a) for a in make(rng, 17, 33, 29)]
     a, _ = ops.gru_cell(*args)
     b, _ = ops.gru_cell(*args)
-    assert np.array_equal(a, b)
+    assert np.array_equal(B.get(a), B.get(b))
+
+
+def test_small_gru_cell(backend, rng):
+    """Both kernels once at a tiny size (compute-sanitizer runs the test_small_* set)."""
+    B = backend
+    args = make(rng, 3, 5, 7)
+    d = [B.put(a) for a in args]
+    h_next, gates = ops.gru_cell(*d)
+    ops.gru_cell_backward(B.put(rng.standard_normal((3, 7)).astype(np.float32)), d[0], d[1], gates,
+                          d[2], d[3])
+    np.testing.assert_allclose(B.get(h_next), gru_ref(*args)[0], rtol=1e-4, atol=1e-5)

@@ -1,71 +1,30 @@
-"""LSTM cell forward/backward against float64 NumPy, torch.nn.LSTMCell, and bad inputs."""
+"""LSTM cell forward/backward against float64 NumPy on every backend (each CPU
+ISA, the emulated device, CUDA), torch.nn.LSTMCell, and bad inputs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from fastlm import ops
-from conftest import assert_error_bound, finite_difference, torch_or_skip
-
-
-def sigmoid(z):
-    with np.errstate(over="ignore"):  # exp(-z) = inf gives the right limit, 0
-        return 1 / (1 + np.exp(-z))
-
-
-def lstm_ref(x, h, c, w_ih, w_hh, b_ih, b_hh, dtype=np.float64):
-    """PyTorch's LSTMCell in `dtype`: returns (h_next, c_next, gates)."""
-    x, h, c, w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=dtype)
-                                       for a in (x, h, c, w_ih, w_hh, b_ih, b_hh))
-    pre = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
-    i, f, g, o = np.split(pre, 4, axis=1)
-    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
-    c_next = f * c + i * g
-    return o * np.tanh(c_next), c_next, np.concatenate([i, f, g, o], axis=1)
-
-
-def lstm_backward_ref(dh_next, dc_next, x, h, c, w_ih, w_hh, b_ih, b_hh, dtype=np.float64):
-    """Returns (dx, dh, dc, dw_ih, dw_hh, db) for loss <dh_next, h_next> + <dc_next, c_next>."""
-    _, c_next, gates = lstm_ref(x, h, c, w_ih, w_hh, b_ih, b_hh, dtype)
-    dh_next, dc_next, x, h, c, w_ih, w_hh = (np.asarray(a, dtype=dtype)
-                                             for a in (dh_next, dc_next, x, h, c, w_ih, w_hh))
-    i, f, g, o = np.split(gates, 4, axis=1)
-    tc = np.tanh(c_next)
-    dct = dc_next + dh_next * o * (1 - tc * tc)
-    dpre = np.concatenate([dct * g * i * (1 - i), dct * c * f * (1 - f),
-                           dct * i * (1 - g * g), dh_next * tc * o * (1 - o)], axis=1)
-    return dpre @ w_ih, dpre @ w_hh, dct * f, dpre.T @ x, dpre.T @ h, dpre.sum(0)
-
-
-def make(rng, n, inp, hid, scale=1.0):
-    k = 1 / np.sqrt(hid)
-    f = lambda *s: rng.uniform(-k, k, s).astype(np.float32)  # noqa: E731  (PyTorch's init)
-    return dict(
-        x=(rng.standard_normal((n, inp)) * scale).astype(np.float32),
-        h=(rng.standard_normal((n, hid)) * 0.5 * scale).astype(np.float32),
-        c=(rng.standard_normal((n, hid)) * scale).astype(np.float32),
-        w_ih=f(4 * hid, inp) * np.float32(scale), w_hh=f(4 * hid, hid) * np.float32(scale),
-        b_ih=f(4 * hid), b_hh=f(4 * hid))
-
-
-def upstream(rng, n, hid):
-    return (rng.standard_normal((n, hid)).astype(np.float32),
-            rng.standard_normal((n, hid)).astype(np.float32))
+from conftest import HOST, assert_error_bound, finite_difference, torch_or_skip
+from reference.rnn_cell import lstm_backward_ref, lstm_ref, make_lstm as make, upstream
 
 
 FWD_NAMES = ("h_next", "c_next", "gates")
 BWD_NAMES = ("dx", "dh", "dc", "dw_ih", "dw_hh", "db")
 
 
-def run(a, dh, dc):
-    h_next, c_next, gates = ops.lstm_cell(**a)
-    grads = ops.lstm_cell_backward(dh, dc, a["x"], a["h"], a["c"], c_next, gates, a["w_ih"],
-                                   a["w_hh"])
-    return (h_next, c_next, gates), grads
+def run(B, a, dh, dc):
+    """The cell and its backward on B; (h_next, c_next, gates), grads as NumPy."""
+    d = {key: B.put(val) for key, val in a.items()}
+    h_next, c_next, gates = ops.lstm_cell(**d)
+    grads = ops.lstm_cell_backward(B.put(dh), B.put(dc), d["x"], d["h"], d["c"], c_next, gates,
+                                   d["w_ih"], d["w_hh"])
+    return tuple(B.get(t) for t in (h_next, c_next, gates)), tuple(B.get(g) for g in grads)
 
 
-def check(a, dh, dc):
-    fwd, grads = run(a, dh, dc)
+def check(B, a, dh, dc):
+    fwd, grads = run(B, a, dh, dc)
     for name, ours, r, q in zip(FWD_NAMES, fwd, lstm_ref(**a), lstm_ref(**a, dtype=np.float32)):
         assert_error_bound(ours, r, q, name=name)
     ref = lstm_backward_ref(dh, dc, **a)
@@ -77,33 +36,37 @@ def check(a, dh, dc):
 @pytest.mark.parametrize("n", [1, 3, 17])
 @pytest.mark.parametrize("inp", [1, 13, 33])
 @pytest.mark.parametrize("hid", [1, 29, 33])
-def test_forward_backward(isa, rng, n, inp, hid):
-    check(make(rng, n, inp, hid), *upstream(rng, n, hid))
+def test_forward_backward(backend, rng, n, inp, hid):
+    check(backend, make(rng, n, inp, hid), *upstream(rng, n, hid))
 
 
-def test_threaded_size(isa, rng):
-    a = make(rng, 64, 40, 130)  # n * 4h above the kernel's threading threshold
-    check(a, *upstream(rng, 64, 130))
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_threaded_size(backend, rng, scale):
+    a = make(rng, 64, 40, 130, scale)  # n * 4h above the kernel's threading threshold
+    check(backend, a, *upstream(rng, 64, 130))
 
 
-def test_zero_upstream(isa, rng):
+def test_zero_upstream(backend, rng):
     """Only dh_next (dc_next = 0) and only dc_next (dh_next = 0)."""
     a = make(rng, 3, 13, 29)
     dh, dc = upstream(rng, 3, 29)
-    check(a, dh, np.zeros_like(dc))
-    check(a, np.zeros_like(dh), dc)
-    _, grads = run(a, np.zeros_like(dh), np.zeros_like(dc))
+    check(backend, a, dh, np.zeros_like(dc))
+    check(backend, a, np.zeros_like(dh), dc)
+    _, grads = run(backend, a, np.zeros_like(dh), np.zeros_like(dc))
     for g in grads:
         np.testing.assert_array_equal(g, 0)
 
 
-def test_saturated_gates(isa, rng):
+@pytest.mark.parametrize("n,inp,hid", [(1, 1, 1), (3, 13, 29), (17, 13, 33), (17, 33, 33)])
+def test_saturated_gates(backend, rng, n, inp, hid):
     """Preactivations in the hundreds: sigmoid and tanh saturate without NaN."""
-    a = make(rng, 17, 13, 33, scale=30.0)
-    dh, dc = upstream(rng, 17, 33)
-    fwd, grads = run(a, dh, dc)
+    if backend.name == "cpu-generic" and (n, inp, hid) == (17, 33, 33):
+        pytest.xfail("the SSE2 kernels' dx is 4.4x the naive float32 error here (bound: 4x)")
+    a = make(rng, n, inp, hid, scale=30.0)
+    dh, dc = upstream(rng, n, hid)
+    fwd, grads = run(backend, a, dh, dc)
     assert all(np.all(np.isfinite(t)) for t in fwd + grads)
-    check(a, dh, dc)
+    check(backend, a, dh, dc)
 
 
 def test_backward_reference_matches_finite_differences(rng):
@@ -135,7 +98,7 @@ def test_torch_parity(isa, rng, n, inp, hid):
     xt, ht, ct = (torch.tensor(a[k], requires_grad=True) for k in ("x", "h", "c"))
     h_next, c_next = cell(xt, (ht, ct))
     (h_next * torch.tensor(dh) + c_next * torch.tensor(dc)).sum().backward()
-    fwd, grads = run(a, dh, dc)
+    fwd, grads = run(HOST, a, dh, dc)
     ref = lstm_ref(**a)
     assert_error_bound(fwd[0], ref[0], h_next.detach().numpy(), name="h_next")
     assert_error_bound(fwd[1], ref[1], c_next.detach().numpy(), name="c_next")
@@ -146,10 +109,10 @@ def test_torch_parity(isa, rng, n, inp, hid):
         assert_error_bound(ours, r, t.numpy(), name=name)
 
 
-def test_deterministic(isa, rng):
+def test_deterministic(backend, rng):
     a = make(rng, 64, 40, 130)
     dh, dc = upstream(rng, 64, 130)
-    first, second = run(a, dh, dc), run(a, dh, dc)
+    first, second = run(backend, a, dh, dc), run(backend, a, dh, dc)
     for x, y in zip(first[0] + first[1], second[0] + second[1]):
         np.testing.assert_array_equal(x, y)
 
@@ -181,3 +144,10 @@ def test_bad_inputs(rng):
         ops.lstm_cell_backward(*args[:6], gates[:, :8].copy(), *args[7:])
     with pytest.raises(ValueError, match="c_next"):
         ops.lstm_cell_backward(*args[:5], c_next.T, *args[6:])
+
+
+def test_small_lstm_cell(backend, rng):
+    """Both kernels once at a tiny size (compute-sanitizer runs the test_small_* set)."""
+    a = make(rng, 3, 5, 7)
+    fwd, _ = run(backend, a, *upstream(rng, 3, 7))
+    np.testing.assert_allclose(fwd[0], lstm_ref(**a)[0], rtol=1e-4, atol=1e-5)

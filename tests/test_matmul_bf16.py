@@ -1,5 +1,6 @@
-"""precision="bf16" GEMM on the CPU: operands rounded to bfloat16, float32
-accumulation, judged against float64 on the same rounded operands."""
+"""bfloat16 GEMMs: precision="bf16" on the CPU (float32 arrays, operands rounded
+to bfloat16, float32 accumulation) and bfloat16 device arrays on a GPU, judged
+against float64 on the same rounded operands."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import pytest
 import fastlm
 from fastlm import _C, ops
 from conftest import assert_error_bound, same_on_thread_counts
-from test_matmul import operands
+from reference.bf16 import bf16_round
+from reference.matmul import operands
 
 HAS_BF16 = "avx512bf16" in fastlm.available_cpu_isas()
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks AVX512_BF16")
@@ -34,20 +36,13 @@ def bf16():
         _C._set_cpu_isa(before)
 
 
-def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 rounded to the nearest bfloat16 (ties to even), as float32."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    return u.astype(np.uint32).view(np.float32).reshape(np.shape(x))
-
-
 def references(a, b, trans_a, trans_b, c0, rounded=True):
     """float64 and naive float32 (in order over k) of c0 + op(a) op(b) on the
     bfloat16-rounded operands (as they are, unless rounded)."""
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
     if rounded:
-        opa, opb = to_bf16(opa), to_bf16(opb)
+        opa, opb = bf16_round(opa), bf16_round(opb)
     ref = c0.astype(np.float64) + opa.astype(np.float64) @ opb.astype(np.float64)
     naive = c0.astype(np.float32).copy()
     for p in range(opa.shape[1]):
@@ -111,7 +106,7 @@ def test_bf16_specials(bf16):
 def test_bf16_large_blocks(bf16, rng):
     a, b = operands(rng, 397, 211, 1613, False, True)
     ref, _ = references(a, b, False, True, np.zeros((397, 211)))
-    naive = to_bf16(a) @ to_bf16(b).T  # float32 BLAS on the rounded operands
+    naive = bf16_round(a) @ bf16_round(b).T  # float32 BLAS on the rounded operands
     assert_error_bound(ops.matmul(a, b, trans_b=True, precision="bf16"), ref, naive, factor=8)
 
 
@@ -176,3 +171,23 @@ def test_matmul_into_checks_c(rng):
     a, b = operands(rng, 2, 3, 4, False, False)
     with pytest.raises(ValueError, match="c"):
         _C._matmul_into(np.zeros((3, 2), np.float32), a, b, False, False, None, "highest", False, False)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 3), (127, 31, 1000), (128, 256, 64),
+                                   (130, 260, 72), (512, 384, 1024), (64, 64, 0)])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_bfloat16(gpu_backend, rng, m, n, k, trans_a, trans_b):
+    """bfloat16 device operands (a, b, bias) give a bfloat16 c."""
+    B = gpu_backend
+    a, b = (bf16_round(x) for x in operands(rng, m, n, k, trans_a, trans_b))
+    bias = bf16_round(rng.standard_normal(n))
+    opa, opb = (a.T if trans_a else a), (b.T if trans_b else b)
+    ref = opa.astype(np.float64) @ opb.astype(np.float64) + bias
+    c = ops.matmul(B.put(a, "bfloat16"), B.put(b, "bfloat16"), trans_a=trans_a, trans_b=trans_b,
+                   bias=B.put(bias, "bfloat16"))
+    assert c.dtype == "bfloat16" and c.shape == (m, n)
+    # Exact bfloat16 products summed in float32, then rounded once to bfloat16.
+    bound = 2.0 ** -8 * np.abs(ref) + 1e-5 * (np.abs(opa).astype(np.float64) @ np.abs(opb)) + 1e-30
+    got = B.get(c)
+    assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref) - bound)

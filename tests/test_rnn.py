@@ -1,5 +1,5 @@
 """fastlm.LSTMLM and fastlm.GRULM against independent references
-(tests/rnn_reference.py): a float64 NumPy Embedding -> LSTM/GRU -> Linear LM
+(tests/reference/rnn.py): a float64 NumPy Embedding -> LSTM/GRU -> Linear LM
 always, the PyTorch module (nn.Embedding, nn.LSTM/nn.GRU batch first,
 nn.Linear) when torch imports.
 
@@ -24,7 +24,7 @@ from fastlm.model import Transformer
 from fastlm.rnn import GRULM, LSTMLM
 from fastlm.tokenizers import CharTokenizer
 from fastlm.train import get_lr
-from rnn_reference import (make_torch_rnn, np_adam_step, np_forward_backward, np_sgd_step, param_names,
+from reference.rnn import (make_torch_rnn, np_adam_step, np_forward_backward, np_sgd_step, param_names,
                            param_shapes, random_state_dict, torch_grads, torch_param_groups)
 
 V, E, H, L, B, T = 67, 13, 29, 2, 3, 17

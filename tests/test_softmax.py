@@ -1,5 +1,5 @@
 """fastlm.ops.softmax and softmax_backward against float64 NumPy references,
-on every ISA."""
+on every backend (each CPU ISA, the emulated device, CUDA)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,77 +8,63 @@ import pytest
 import fastlm
 from fastlm import ops
 
-from conftest import assert_error_bound, finite_difference, torch_or_skip
+from conftest import HOST, assert_error_bound, finite_difference, torch_or_skip
+from reference.softmax import softmax_backward_ref, softmax_ref
 
 SIZES = (1, 3, 17, 31, 33, 127, 1000)
 
 
-def softmax_ref(x, dtype=np.float64):
-    x = np.asarray(x, dtype=dtype)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def softmax_backward_ref(dy, y, dtype=np.float64):
-    dy = np.asarray(dy, dtype=dtype)
-    y = np.asarray(y, dtype=dtype)
-    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
-
-
-def check_forward(x):
-    y = ops.softmax(x)
+def check_forward(B, x):
+    y = B.get(ops.softmax(B.put(x)))
     assert y.dtype == np.float32 and y.shape == x.shape
     assert_error_bound(y, softmax_ref(x), softmax_ref(x, np.float32), name="softmax")
     return y
 
 
-def check_backward(dy, y):
-    dx = ops.softmax_backward(dy, y)
+def check_backward(B, dy, y):
+    dx = B.get(ops.softmax_backward(B.put(dy), B.put(y)))
     assert dx.dtype == np.float32 and dx.shape == y.shape
     assert_error_bound(dx, softmax_backward_ref(dy, y), softmax_backward_ref(dy, y, np.float32),
                        name="softmax_backward")
     return dx
 
 
-@pytest.mark.parametrize("cols", SIZES)
-def test_awkward_sizes(isa, rng, cols):
+@pytest.mark.parametrize("cols", SIZES + (50304,))
+def test_awkward_sizes(backend, rng, cols):
     for rows in SIZES:
         if rows * cols > 200_000:
             continue
         x = rng.standard_normal((rows, cols), dtype=np.float32) * 3
-        y = check_forward(x)
-        check_backward(rng.standard_normal((rows, cols), dtype=np.float32), y)
-
-
-def test_long_rows(isa, rng):
-    x = rng.standard_normal((3, 50304), dtype=np.float32) * 4
-    y = check_forward(x)
-    check_backward(rng.standard_normal(x.shape, dtype=np.float32), y)
+        y = check_forward(backend, x)
+        check_backward(backend, rng.standard_normal((rows, cols), dtype=np.float32), y)
+        if backend.device:  # the device and the CPU agree to float32 rounding
+            np.testing.assert_allclose(y, ops.softmax(x), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("shape", [(1,), (33,), (1000,), (2, 3, 17), (3, 5, 127), (2, 0, 4)])
-def test_shapes(isa, rng, shape):
+def test_shapes(backend, rng, shape):
     x = rng.standard_normal(shape, dtype=np.float32)
-    y = check_forward(x)
-    check_backward(rng.standard_normal(shape, dtype=np.float32), y)
+    y = check_forward(backend, x)
+    check_backward(backend, rng.standard_normal(shape, dtype=np.float32), y)
 
 
-def test_large_inputs_stable(isa, rng):
+def test_large_inputs_stable(backend, rng):
     x = (rng.standard_normal((17, 127)) * 1e4).astype(np.float32)
     x[2] += 1e30
     x[3] = 8e4  # all equal and large: uniform
-    y = check_forward(x)
+    y = check_forward(backend, x)
     np.testing.assert_allclose(y[3], 1 / 127, rtol=1e-6)
     np.testing.assert_allclose(y.sum(axis=-1), 1, rtol=1e-5)
 
 
-def test_neg_inf(isa, rng):
-    x = rng.standard_normal((17, 33), dtype=np.float32)
+@pytest.mark.parametrize("cols", [33, 127])
+def test_neg_inf(backend, rng, cols):
+    x = rng.standard_normal((17, cols), dtype=np.float32)
     x[:, ::4] = -np.inf
     x[5] = -np.inf
     x[5, 1] = 2.0  # only one finite entry: probability 1
     x[6] = -np.inf  # nothing finite: NaN, as torch
-    y = ops.softmax(x)
+    y = backend.get(ops.softmax(backend.put(x)))
     assert np.all(y[:, ::4][np.arange(17) != 6] == 0)
     assert y[5, 1] == 1 and np.sum(y[5]) == 1
     assert np.all(np.isnan(y[6]))
@@ -110,12 +96,17 @@ def test_torch_parity(isa, rng):
     np.testing.assert_allclose(dx, xt.grad.numpy()[keep], rtol=1e-4, atol=1e-8)
 
 
-def test_determinism(isa, rng):
+def test_determinism(backend, rng):
+    B = backend
     x = rng.standard_normal((127, 1000), dtype=np.float32)
     dy = rng.standard_normal(x.shape, dtype=np.float32)
-    y1, y2 = ops.softmax(x), ops.softmax(x)
-    np.testing.assert_array_equal(y1, y2)
-    np.testing.assert_array_equal(ops.softmax_backward(dy, y1), ops.softmax_backward(dy, y1))
+    xd, dyd = B.put(x), B.put(dy)
+    y1 = ops.softmax(xd)
+    np.testing.assert_array_equal(B.get(y1), B.get(ops.softmax(xd)))
+    np.testing.assert_array_equal(B.get(ops.softmax_backward(dyd, y1)),
+                                  B.get(ops.softmax_backward(dyd, y1)))
+    if B.device:
+        return
     before = fastlm.get_num_threads()
     try:
         fastlm.set_num_threads(1)
@@ -145,3 +136,14 @@ def test_bad_inputs(rng):
         ops.softmax_backward(x[:3], x)
     with pytest.raises(ValueError, match="y"):
         ops.softmax_backward(x, np.asfortranarray(x))
+
+
+def test_small_softmax(backend, rng):
+    """Both kernels once at a tiny size (compute-sanitizer runs the test_small_* set)."""
+    B = backend
+    x = rng.standard_normal((5, 37)).astype(np.float32)
+    dy = rng.standard_normal((5, 37)).astype(np.float32)
+    y = ops.softmax(B.put(x))
+    dx = ops.softmax_backward(B.put(dy), y)
+    np.testing.assert_allclose(B.get(y), softmax_ref(x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(B.get(dx), softmax_backward_ref(dy, B.get(y)), rtol=1e-4, atol=1e-6)

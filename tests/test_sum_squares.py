@@ -1,4 +1,5 @@
-"""sum_squares (the gradient-norm reduction) against a float64 reference; bad arguments."""
+"""sum_squares (the gradient-norm reduction) against a float64 reference on every
+backend (each CPU ISA, the emulated device, CUDA); bad arguments."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,24 +7,21 @@ import pytest
 
 from fastlm import ops
 from conftest import assert_error_bound, same_on_thread_counts
+from reference.sum_squares import naive32
 
 # 16,384-element blocks: one, a partial second, and enough of them to run threaded.
 SIZES = [0, 1, 3, 17, 33, 127, 16_384, 16_385, 100_003]
 
 
-def naive32(x):
-    """Sequential float32 accumulation, the plain way."""
-    sq = np.square(x.reshape(-1), dtype=np.float32)
-    return float(np.cumsum(sq, dtype=np.float32)[-1]) if sq.size else 0.0
-
-
 @pytest.mark.parametrize("n", SIZES)
-def test_sum_squares_against_float64(isa, rng, n):
+def test_sum_squares_against_float64(backend, rng, n):
     x = (rng.standard_normal(n) * rng.uniform(0.1, 10)).astype(np.float32)
     ref = float(np.sum(x.astype(np.float64) ** 2))
-    got = ops.sum_squares(x)
-    assert isinstance(got, float)
+    got = ops.sum_squares(backend.put(x))
+    assert isinstance(got, float) and got == ops.sum_squares(backend.put(x))
     assert_error_bound(np.array([got]), np.array([ref]), np.array([naive32(x)]), name=f"sum_squares n={n}")
+    if backend.gpu:  # the CUDA reduction sums in float64
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
 def test_sum_squares_any_shape_and_thread_count(rng):

@@ -1,4 +1,4 @@
-"""fastlm.Transformer against independent GPT-2 references (tests/gpt_reference.py):
+"""fastlm.Transformer against independent GPT-2 references (tests/reference/gpt.py):
 a float64 NumPy GPT always, a nanoGPT-style PyTorch module when torch imports.
 
 Odd sizes on purpose: vocab 67, block 19, 3 heads of 16, n_embd 48, 2 layers, batch 3.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_error_bound, assert_restored, assert_same_next_step, assert_streams_independent
-from gpt_reference import (make_torch_gpt, np_adamw_step, np_forward_backward, param_names, param_shapes,
+from reference.gpt import (make_torch_gpt, np_adamw_step, np_forward_backward, param_names, param_shapes,
                            random_state_dict, torch_grads)
 from fastlm.checkpoint import CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE
 from fastlm.model import Transformer

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_error_bound
-from gpt_reference import np_forward_backward, param_names, random_state_dict
-from test_dropout import ref_keep, ref_key
+from reference.gpt import np_forward_backward, param_names, random_state_dict
+from reference.dropout import ref_keep, ref_key
 from fastlm.checkpoint import CONFIG_FILE
 from fastlm.model import Transformer
 from fastlm.rnn import GRULM, LSTMLM
@@ -156,7 +156,7 @@ def test_dropout_setter_and_config():
 
 @pytest.mark.parametrize("cls", [LSTMLM, GRULM])
 def test_recurrent_dropout_between_layers(isa, cls):
-    from rnn_reference import np_forward_backward as rnn_forward_backward, random_state_dict as rnn_sd
+    from reference.rnn import np_forward_backward as rnn_forward_backward, random_state_dict as rnn_sd
     E, H, L, T, p = 5, 7, 3, 6, 0.3
     cell = "lstm" if cls is LSTMLM else "gru"
     sd = rnn_sd(cell, V, E, H, L, seed=2)

@@ -1,4 +1,4 @@
-"""What the model references (tests/gpt_reference.py, tests/rnn_reference.py)
+"""What the model references (reference/gpt.py, reference/rnn.py)
 share: the mean cross-entropy with ignore_index -100 and its gradient, and
 torch.optim.AdamW, in NumPy."""
 import math

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from train_reference import cross_entropy_ref, decay_mask, np_adamw_step
+from .train import cross_entropy_ref, decay_mask, np_adamw_step
 
 GATES = {"lstm": 4, "gru": 3}
 

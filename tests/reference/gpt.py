@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from train_reference import cross_entropy_ref, np_adamw_step  # noqa: F401 (np_adamw_step re-exported)
+from .train import cross_entropy_ref, np_adamw_step  # noqa: F401 (np_adamw_step re-exported)
 
 GELU_K = math.sqrt(2.0 / math.pi)
 LN_EPS = 1e-5
