@@ -155,15 +155,17 @@ def test_script_dry_run_plans_every_stage_within_budget(tmp_path):
     assert r.returncode == 0, r.stderr
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
     names = [line.split()[1] for line in plan]
-    assert names == ["install", "tests", "tests-attn-next", "tests-wgmma-next", "models", "memcheck",
+    assert names == ["install", "tests", "tests-attn-next", "tests-wgmma-next", "models", "graphs", "memcheck",
                      "initcheck", "synccheck", "racecheck", "memcheck-wgmma", "memcheck-wgmma-next",
                      "memcheck-attn-next", "racecheck-attn-next", "bench", "bench-wgmma",
                      "bench-wgmma-next", "bench-attn-next"]
     limits = [int(line.split()[2].strip("():s")) for line in plan]
     # no stage may outlast the budget
-    assert limits == [100, 100, 60, 90, 100, 90, 90, 90, 90, 60, 60, 60, 60, 100, 90, 90, 60], plan
+    assert limits == [100, 100, 60, 90, 100, 100, 90, 90, 90, 90, 60, 60, 60, 60, 100, 90, 90, 60], plan
     assert "-DFASTLM_CUDA=ON" in r.stdout and "-k small" in r.stdout
     assert "bench/test_bench_cuda.py" in r.stdout
+    graphs = plan[names.index("graphs")]
+    assert "FASTLM_CUDA_GRAPHS=1" in graphs and "tests/test_decode_loop.py" in graphs and "sample_b1" in graphs
 
 
 @needs_bash

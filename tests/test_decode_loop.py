@@ -121,20 +121,25 @@ def test_num_return_sequences_and_padded_vocabulary(monkeypatch, model_device, k
 
 
 def test_stream_equals_the_whole_call(monkeypatch, model):
+    """A stream (one C++ call per token) yields what the Python loop's stream
+    yields, and the tokens of the whole call."""
     kw = dict(seed=8, eos_token_id=[3, 8, 20], return_logprobs=True, repetition_penalty=1.3)
-    want_ids, want_lp = model.generate(RAGGED[:3], 14, **kw)
-    ref = list(model.generate(np.array([[1, 2, 3], [4, 5, 6]]), 14, stream=True, pad_token_id=0, **kw))
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    got = list(model.generate(prompt, 14, stream=True, **kw))
     monkeypatch.setattr(sampling, "_PYTHON_LOOP", True)
-    ref_py = list(model.generate(np.array([[1, 2, 3], [4, 5, 6]]), 14, stream=True, pad_token_id=0, **kw))
-    assert len(ref) == len(ref_py)
-    for (t, lp), (tp, lpp) in zip(ref, ref_py):
-        np.testing.assert_array_equal(t, tp)
-        np.testing.assert_array_equal(lp, lpp)
+    ref = list(model.generate(prompt, 14, stream=True, **kw))
     monkeypatch.setattr(sampling, "_PYTHON_LOOP", False)
+    assert len(got) == len(ref)
+    for (t, lp), (tr, lpr) in zip(got, ref):
+        assert t.shape == (2,) and lp.shape == (2,)
+        np.testing.assert_array_equal(t, tr)
+        np.testing.assert_array_equal(lp, lpr)
+    ids, lps = model.generate(prompt, 14, **kw)
+    np.testing.assert_array_equal(np.stack([t for t, _ in got], 1), ids[:, 3:])
+    np.testing.assert_array_equal(np.stack([lp for _, lp in got], 1), lps)
     one = list(model.generate([4, 9, 1], 14, stream=True, seed=8))
     assert all(isinstance(t, int) for t in one)
     np.testing.assert_array_equal(one, model.generate([4, 9, 1], 14, seed=8)[3:])
-    assert len(want_ids) == 3 and len(want_lp) == 3
 
 
 def test_another_call_between_streamed_tokens(monkeypatch, model):
@@ -237,3 +242,33 @@ def test_decode_loop_alone_matches_the_sampler():
     np.testing.assert_array_equal(lp[:, 0], lp_ref)
     np.testing.assert_array_equal(loop.pending, want)
     assert loop.step == 1 and not loop.done
+
+
+def test_emulated_device_ignores_cuda_graphs(monkeypatch):
+    """FASTLM_CUDA_GRAPHS=1 changes nothing on the emulated device (its table
+    has no graph entries): the CPU's tokens and log-probabilities, bit for bit."""
+    monkeypatch.setenv("FASTLM_CUDA_GRAPHS", "1")
+    want = make("gpt", "cpu").generate(RAGGED, 10, seed=3, return_logprobs=True)
+    monkeypatch.setenv("FASTLM_EMULATE_CUDA", "1")
+    assert_identical(make("gpt", "cuda").generate(RAGGED, 10, seed=3, return_logprobs=True), want)
+
+
+@pytest.mark.skipif(_C._cuda_graph_counts() is None, reason="needs a GPU and FASTLM_CUDA_GRAPHS=1")
+def test_cuda_graphs_replay_the_decode_step(monkeypatch):
+    """With FASTLM_CUDA_GRAPHS=1 every one-token step of the Transformer runs as
+    a CUDA graph, re-recorded and updated in place each token; greedy ids
+    equal the CPU's and log-probabilities agree to float32 rounding."""
+    monkeypatch.delenv("FASTLM_EMULATE_CUDA", raising=False)
+    cpu, gpu = make("gpt", "cpu"), make("gpt", "cuda")
+    for prompt in (np.array([4, 9, 1]), np.array([[1, 2, 3], [4, 5, 6]]), RAGGED):
+        before = _C._cuda_graph_counts()
+        got = gpu.generate(prompt, 12, do_sample=False, return_logprobs=True)
+        want = cpu.generate(prompt, 12, do_sample=False, return_logprobs=True)
+        after = _C._cuda_graph_counts()
+        assert after["captures"] - before["captures"] == 11  # every step but the prefill's
+        assert after["instantiations"] - before["instantiations"] <= 2
+        for g, w in zip(got[0] if isinstance(prompt, list) else [got[0]], want[0] if isinstance(prompt, list)
+                        else [want[0]]):
+            np.testing.assert_array_equal(g, w)
+        np.testing.assert_allclose(np.concatenate([np.ravel(x) for x in got[1]]),
+                                   np.concatenate([np.ravel(x) for x in want[1]]), rtol=1e-4, atol=1e-5)

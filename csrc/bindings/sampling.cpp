@@ -15,6 +15,9 @@
 #include "model/gpt.h"
 #include "model/rnn.h"
 #include "model/sampler.h"
+#if defined(FASTLM_WITH_CUDA) && FASTLM_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace fastlm {
 namespace bindings {
@@ -87,6 +90,22 @@ void check_run(Loop& l, int64_t n, int64_t vocab, const char* op) {
 }  // namespace
 
 void bind_sampling(py::module_& m) {
+  m.def(
+      "_cuda_graph_counts",
+      []() -> py::object {
+#if defined(FASTLM_WITH_CUDA) && FASTLM_WITH_CUDA
+        if (!cuda::graphs_enabled()) return py::none();
+        const cuda::GraphCounts c = cuda::graph_counts();
+        py::dict d;
+        d["captures"] = c.captures, d["instantiations"] = c.instantiations, d["updates"] = c.updates;
+        return d;
+#else
+        return py::none();
+#endif
+      },
+      "With FASTLM_CUDA_GRAPHS=1 on a GPU, how many decode steps ran as CUDA graphs "
+      "(captures), and how many of those instantiated a graph or updated one in place; "
+      "None when graphs are off.");
   py::class_<Sampler>(m, "Sampler")
       .def(py::init([](uint64_t seed) { return new Sampler(seed); }), py::arg("seed"))
       .def("sample",

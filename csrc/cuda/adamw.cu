@@ -75,7 +75,7 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const
   k.grad_scale = a.grad_scale;
   k.scaled = a.grad_scale != 1.f;
   const bool vec = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v);
-  adamw_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(param, grad, m, v, n, k,
+  adamw_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads, 0, launch_stream()>>>(param, grad, m, v, n, k,
                                                                       vec);
   FASTLM_CHECK_LAUNCH("adamw_kernel");
 }

@@ -18,6 +18,10 @@ namespace cuda {
 
 using bf16 = __nv_bfloat16;
 
+// The stream every launch passes (runtime.h, current_stream): the legacy
+// default stream, or while a decode step is captured, the capture stream.
+inline cudaStream_t launch_stream() { return static_cast<cudaStream_t>(current_stream()); }
+
 // Every launch goes through this: the kernel's name reaches the error message.
 #define FASTLM_CHECK_LAUNCH(name) ::fastlm::cuda::check_launch(name)
 

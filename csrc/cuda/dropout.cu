@@ -22,7 +22,7 @@ __global__ void dropout_kernel(const float* x, float* y, int64_t n, uint32_t thr
 
 void dropout(const float* x, float* y, int64_t n, float p, uint64_t key) {
   if (n <= 0) return;
-  dropout_kernel<<<grid_for(n, kThreads), kThreads>>>(x, y, n, dropout::threshold(p),
+  dropout_kernel<<<grid_for(n, kThreads), kThreads, 0, launch_stream()>>>(x, y, n, dropout::threshold(p),
                                                       1.f / (1.f - p), key);
   FASTLM_CHECK_LAUNCH("dropout_kernel");
 }

@@ -111,7 +111,7 @@ template <class G>
 void forward(const float* x, float* y, int64_t n) {
   if (n <= 0) return;
   const bool vec = aligned16(x) && aligned16(y);
-  gelu_forward_kernel<G><<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(x, y, n, vec);
+  gelu_forward_kernel<G><<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads, 0, launch_stream()>>>(x, y, n, vec);
   FASTLM_CHECK_LAUNCH("gelu_forward_kernel");
 }
 
@@ -120,7 +120,7 @@ void backward(const float* dy, const float* x, float* dx, int64_t n) {
   if (n <= 0) return;
   const bool vec = aligned16(dy) && aligned16(x) && aligned16(dx);
   gelu_backward_kernel<G>
-      <<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(dy, x, dx, n, vec);
+      <<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads, 0, launch_stream()>>>(dy, x, dx, n, vec);
   FASTLM_CHECK_LAUNCH("gelu_backward_kernel");
 }
 

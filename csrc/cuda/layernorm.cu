@@ -121,7 +121,7 @@ __global__ void layernorm_finish_kernel(const float* __restrict__ partial, float
 void layernorm_forward(const float* x, const float* weight, const float* bias, float* y,
                        float* mean, float* rstd, int64_t rows, int64_t cols, float eps) {
   if (rows <= 0 || cols <= 0) return;
-  layernorm_forward_kernel<<<row_grid(rows, "layernorm"), row_threads(cols, kMaxThreads)>>>(
+  layernorm_forward_kernel<<<row_grid(rows, "layernorm"), row_threads(cols, kMaxThreads), 0, launch_stream()>>>(
       x, weight, bias, y, mean, rstd, cols, eps);
   FASTLM_CHECK_LAUNCH("layernorm_forward_kernel");
 }
@@ -136,10 +136,10 @@ void layernorm_backward_ex(const float* dy, const float* x, const float* weight,
   Scratch partial(sizeof(float) * 2 * nb * cols);
   const bool shared = cols <= kSharedPartialCols;
   const size_t smem = shared ? sizeof(float) * 2 * cols : 0;
-  layernorm_backward_kernel<<<(unsigned)nb, row_threads(cols, kMaxThreads), smem>>>(
+  layernorm_backward_kernel<<<(unsigned)nb, row_threads(cols, kMaxThreads), smem, launch_stream()>>>(
       dy, x, weight, mean, rstd, dx, partial.as<float>(), rows, cols, rpb, shared, accumulate);
   FASTLM_CHECK_LAUNCH("layernorm_backward_kernel");
-  layernorm_finish_kernel<<<(unsigned)cdiv(cols, 256), 256>>>(partial.as<float>(), dweight, dbias,
+  layernorm_finish_kernel<<<(unsigned)cdiv(cols, 256), 256, 0, launch_stream()>>>(partial.as<float>(), dweight, dbias,
                                                                nb, cols);
   FASTLM_CHECK_LAUNCH("layernorm_finish_kernel");
 }

@@ -80,7 +80,7 @@ void copy(float* dst, const float* src, int64_t n) {
 void residual_forward(const float* a, const float* b, float* out, int64_t n) {
   if (n <= 0) return;
   const bool vec = aligned16(a) && aligned16(b) && aligned16(out);
-  residual_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads>>>(a, b, out, n, vec);
+  residual_kernel<<<grid_for(vec ? cdiv(n, 4) : n, kThreads), kThreads, 0, launch_stream()>>>(a, b, out, n, vec);
   FASTLM_CHECK_LAUNCH("residual_kernel");
 }
 
@@ -91,9 +91,9 @@ double sum_squares(const float* x, int64_t n) {
   Scratch scratch(sizeof(double) * (nchunks + 1));
   double* partial = scratch.as<double>();
   double* out = partial + nchunks;
-  sum_squares_chunks_kernel<<<(unsigned)nchunks, kThreads>>>(x, n, partial);
+  sum_squares_chunks_kernel<<<(unsigned)nchunks, kThreads, 0, launch_stream()>>>(x, n, partial);
   FASTLM_CHECK_LAUNCH("sum_squares_chunks_kernel");
-  sum_squares_finish_kernel<<<1, kFinishThreads>>>(partial, nchunks, out);
+  sum_squares_finish_kernel<<<1, kFinishThreads, 0, launch_stream()>>>(partial, nchunks, out);
   FASTLM_CHECK_LAUNCH("sum_squares_finish_kernel");
   double host = 0.0;
   copy_to_host(&host, out, sizeof(host));
@@ -102,13 +102,13 @@ double sum_squares(const float* x, int64_t n) {
 
 void bf16_to_float(const void* src, float* dst, int64_t n) {
   if (n <= 0) return;
-  bf16_to_float_kernel<<<grid_for(n, kThreads), kThreads>>>(static_cast<const bf16*>(src), dst, n);
+  bf16_to_float_kernel<<<grid_for(n, kThreads), kThreads, 0, launch_stream()>>>(static_cast<const bf16*>(src), dst, n);
   FASTLM_CHECK_LAUNCH("bf16_to_float_kernel");
 }
 
 void float_to_bf16(const float* src, void* dst, int64_t n) {
   if (n <= 0) return;
-  float_to_bf16_kernel<<<grid_for(n, kThreads), kThreads>>>(src, static_cast<bf16*>(dst), n);
+  float_to_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, launch_stream()>>>(src, static_cast<bf16*>(dst), n);
   FASTLM_CHECK_LAUNCH("float_to_bf16_kernel");
 }
 

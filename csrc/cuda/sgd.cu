@@ -25,7 +25,7 @@ __global__ void sgd_kernel(float* __restrict__ param, const float* __restrict__ 
 void sgd(float* param, const float* grad, float* momentum_buf, int64_t n, const SgdArgs& a) {
   if (n <= 0) return;
   const bool first = a.first_step || a.momentum == 0.f;
-  sgd_kernel<<<grid_for(n, kThreads), kThreads>>>(param, grad, momentum_buf, n, a, first);
+  sgd_kernel<<<grid_for(n, kThreads), kThreads, 0, launch_stream()>>>(param, grad, momentum_buf, n, a, first);
   FASTLM_CHECK_LAUNCH("sgd_kernel");
 }
 

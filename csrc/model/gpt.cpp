@@ -27,6 +27,38 @@ void validate(const GPTConfig& c) {
                                 std::to_string(c.layer_norm_epsilon));
 }
 
+namespace {
+
+// A decode step's kernels recorded into the model's CUDA graph and run at
+// end(), where the backend replays graphs (Kernels::graph_begin); a plain
+// sequence of launches elsewhere, or when `graph` is null.
+class StepGraph {
+ public:
+  StepGraph(const Kernels& k, void** graph) : k_(k), graph_(k.graph_begin ? graph : nullptr) {
+    if (graph_) k_.graph_begin(graph_);
+  }
+  void end() {
+    void** g = graph_;
+    graph_ = nullptr;
+    if (g) k_.graph_end(g, true);
+  }
+  ~StepGraph() {
+    if (graph_) k_.graph_end(graph_, false);
+  }
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+
+ private:
+  const Kernels& k_;
+  void** graph_;
+};
+
+}  // namespace
+
+GPT::~GPT() {
+  if (step_graph_ && k_.graph_release) k_.graph_release(step_graph_);
+}
+
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
     : store(kernels),
       cfg_(config),
@@ -330,8 +362,13 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
   }
   if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
-  k_.embedding_forward(upload_ids(ids_, tokens, b * tn), w_.wte, w_.wpe, encoded_, b, tn, C, pos);
-  decode_logits(run_blocks(b, tn, pos, true), b, tn, last, logits);
+  const int64_t* ids = upload_ids(ids_, tokens, b * tn);
+  // A step of one token per row (not a prefill) replays the step's graph.
+  StepGraph step(k_, tn == 1 && pos > 0 ? &step_graph_ : nullptr);
+  k_.embedding_forward(ids, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
+  decode_head(run_blocks(b, tn, pos, true), b, tn, last);
+  step.end();
+  k_.download(logits, logits_, b * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 
 void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, float* logits) {
@@ -346,13 +383,15 @@ void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, floa
                                   std::to_string(S) + ")");
   ensure_acts(b, 1);
   const int64_t* ids = upload_ids(ids_, tokens, b);
+  StepGraph step(k_, &step_graph_);
   for (int64_t i = 0; i < b; ++i)
     k_.embedding_forward(ids + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
-  decode_logits(run_blocks(b, 1, 0, true, pos), b, 1, nullptr, logits);
+  decode_head(run_blocks(b, 1, 0, true, pos), b, 1, nullptr);
+  step.end();
+  k_.download(logits, logits_, b * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 
-void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
-                        float* logits) {
+void GPT::decode_head(const float* residual, int64_t b, int64_t tn, const int64_t* last) {
   const int64_t C = cfg_.n_embd;
   // Only one position per row is needed for the next token.
   for (int64_t i = 0; i < b; ++i) {
@@ -362,7 +401,6 @@ void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int6
   }
   const int64_t V = cfg_.vocab_size;
   linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, b, C, V, packed_wte_);
-  k_.download(logits, logits_, b * V * (int64_t)sizeof(float));
 }
 
 void GPT::pack_for_decode() {
