@@ -254,12 +254,13 @@ def test_emulated_device_ignores_cuda_graphs(monkeypatch):
 
 
 @pytest.mark.skipif(_C._cuda_graph_counts() is None, reason="needs a GPU and FASTLM_CUDA_GRAPHS=1")
-def test_cuda_graphs_replay_the_decode_step(monkeypatch):
-    """With FASTLM_CUDA_GRAPHS=1 every one-token step of the Transformer runs as
-    a CUDA graph, re-recorded and updated in place each token; greedy ids
-    equal the CPU's and log-probabilities agree to float32 rounding."""
+def test_cuda_graphs_replay_the_decode_step(monkeypatch, kind):
+    """With FASTLM_CUDA_GRAPHS=1 every one-token step (the Transformer's KV-cache
+    step, the recurrent models' step on the carried state) runs as a CUDA
+    graph, re-recorded and updated in place each token; greedy ids equal the
+    CPU's and log-probabilities agree to float32 rounding."""
     monkeypatch.delenv("FASTLM_EMULATE_CUDA", raising=False)
-    cpu, gpu = make("gpt", "cpu"), make("gpt", "cuda")
+    cpu, gpu = make(kind, "cpu"), make(kind, "cuda")
     for prompt in (np.array([4, 9, 1]), np.array([[1, 2, 3], [4, 5, 6]]), RAGGED):
         before = _C._cuda_graph_counts()
         got = gpu.generate(prompt, 12, do_sample=False, return_logprobs=True)

@@ -5,6 +5,7 @@
 
 #include "dropout_hash.h"
 #include "model/linear.h"
+#include "model/step_graph.h"
 
 namespace fastlm {
 
@@ -27,37 +28,7 @@ void validate(const GPTConfig& c) {
                                 std::to_string(c.layer_norm_epsilon));
 }
 
-namespace {
-
-// A decode step's kernels recorded into the model's CUDA graph and run at
-// end(), where the backend replays graphs (Kernels::graph_begin); a plain
-// sequence of launches elsewhere, or when `graph` is null.
-class StepGraph {
- public:
-  StepGraph(const Kernels& k, void** graph) : k_(k), graph_(k.graph_begin ? graph : nullptr) {
-    if (graph_) k_.graph_begin(graph_);
-  }
-  void end() {
-    void** g = graph_;
-    graph_ = nullptr;
-    if (g) k_.graph_end(g, true);
-  }
-  ~StepGraph() {
-    if (graph_) k_.graph_end(graph_, false);
-  }
-  StepGraph(const StepGraph&) = delete;
-  StepGraph& operator=(const StepGraph&) = delete;
-
- private:
-  const Kernels& k_;
-  void** graph_;
-};
-
-}  // namespace
-
-GPT::~GPT() {
-  if (step_graph_ && k_.graph_release) k_.graph_release(step_graph_);
-}
+GPT::~GPT() { release_step_graph(k_, step_graph_); }
 
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
     : store(kernels),
