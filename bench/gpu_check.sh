@@ -2,7 +2,7 @@
 # The one-shot GPU check: on a fresh machine with an NVIDIA GPU, the CUDA toolkit
 # and PyTorch, install fastlm (a prebuilt wheel, or a build of this checkout),
 # run the CUDA tests, compute-sanitizer's four tools on the small tests and the
-# CUDA benchmarks, then print one table of stage results and ours/torch ratios
+# CUDA benchmarks (and the decode step's opt-in CUDA graphs), then print one table of stage results and ours/torch ratios
 # (bench/gpu_table.py). Every stage has its own time limit and the whole run a
 # budget, so that a hang costs one stage, not the machine's lease.
 #
@@ -146,6 +146,11 @@ if wants models; then
   # GPT-2 124M training and sampling on the GPU beside torch ([model] lines), early:
   # the models use every default kernel, and their figures matter most.
   run_stage models 240 "$LOGS/bench.log" "${PYTEST[@]}" -s bench/test_bench_cuda_models.py
+  # The opt-in CUDA graphs of the decode step (FASTLM_CUDA_GRAPHS=1): the generation
+  # tests on the GPU, then the sample b1 lines again (labelled "graphs").
+  run_stage graphs 150 "$LOGS/bench.log" env FASTLM_CUDA_GRAPHS=1 bash -c \
+    "${PYTEST[*]} -n 8 --timeout 90 tests/test_decode_loop.py tests/test_device_models.py \
+       -k 'cuda or graphs' && ${PYTEST[*]} -s bench/test_bench_cuda_models.py -k sample_b1"
 fi
 
 if wants sanitizers; then

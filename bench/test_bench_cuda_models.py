@@ -7,7 +7,8 @@ GPT-2 124M (vocab 50304, T 1024, 12 layers, 12 heads, 768 wide) training
 <what>: train fp32 (B8, torch eager fp32, fused AdamW), train bf16 (B16, fastlm
 precision="bf16" vs torch eager under bf16 autocast), train tf32 (B8, vs torch
 with TF32 matmuls), sample b1 (greedy, 16-token prompt, 128 new tokens; fp32
-and bf16, vs torch's KV-cache loop "torch kv"). Both sides start from the same
+and bf16, vs torch's KV-cache loop "torch kv"; "sample b1 <precision> graphs" with
+FASTLM_CUDA_GRAPHS=1). Both sides start from the same
 weights and the losses are checked to agree before timing; rounds alternate
 between the contenders and the medians are compared.
 
@@ -127,5 +128,8 @@ def test_sample_b1(precision):
 
     t = _interleaved({"fastlm": fastlm_sample, "torch": torch_sample}, rounds=3)
     agree = int((out["fastlm"][0] == out["torch"][0].cpu().numpy()).sum()) - 16
-    _line(f"sample b1 {precision}", "torch kv", new, t)
+    graphs = fastlm._C._cuda_graph_counts()  # None unless FASTLM_CUDA_GRAPHS=1
+    _line(f"sample b1 {precision}" + (" graphs" if graphs is not None else ""), "torch kv", new, t)
     print(f"[model]   greedy tokens equal to torch's: {agree} of {new}", flush=True)
+    if graphs is not None:
+        print(f"[model]   decode steps as CUDA graphs: {graphs}", flush=True)

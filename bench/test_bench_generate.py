@@ -10,13 +10,18 @@ one run:
 
 Before timing, each case reports how many new tokens agree with
 transformers'. Skips without torch and transformers.
+
+And batch-1 sampling (top-k 40) with the token loop in C++ (one call for all
+the tokens) against the per-token Python loop it replaced (``sampling.
+_PYTHON_LOOP``; the same draws), for the 4L/128 CPU config and a model of
+GPT-2 small's shape (12 layers, 768 wide, vocabulary 50304; random weights).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fastlm import Transformer
+from fastlm import Transformer, sampling
 from fastlm.bench import GPT_SMALL, Case
 
 from conftest import run
@@ -96,3 +101,32 @@ def test_bench_generate_ragged_batch(benchmark):
     run(benchmark, Case(f"generate GPT 4L 128d ragged batch of {len(PROMPTS)}, {NEW} tokens each", "tokens/s",
                         NEW * len(PROMPTS), {"fastlm": fastlm, "fastlm one prompt at a time": one_by_one,
                                              "transformers": hf_generate}, rounds=3, block=2, check=check))
+
+
+GPT2_SHAPE = dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+
+
+@pytest.mark.parametrize("name,cfg,new,rounds", [("GPT 4L 128d", GPT_SMALL, 32, 9),
+                                                  ("GPT-2 124M shape", GPT2_SHAPE, 8, 3)])
+def test_bench_generate_loop_cpp_vs_python(benchmark, name, cfg, new, rounds):
+    ours = Transformer(**cfg, seed=0)
+    prompt = np.arange(16) % cfg["vocab_size"]
+    kw = dict(do_sample=True, top_k=40, seed=1)
+
+    def cpp_loop():
+        return ours.generate(prompt, new, **kw)
+
+    def python_loop():
+        sampling._PYTHON_LOOP = True
+        try:
+            return ours.generate(prompt, new, **kw)
+        finally:
+            sampling._PYTHON_LOOP = False
+
+    def check():
+        assert np.array_equal(cpp_loop(), python_loop())
+        return "C++ loop tokens equal the Python loop's"
+
+    run(benchmark, Case(f"generate {name} batch 1, {new} tokens sampled (top-k 40)", "tokens/s", new,
+                        {"fastlm": cpp_loop, "python loop (before)": python_loop}, rounds=rounds, block=2,
+                        check=check))

@@ -129,6 +129,15 @@ struct Kernels {
   void (*release)(void* p);
   void (*upload)(void* dst, const void* src, int64_t bytes);
   void (*download)(void* dst, const void* src, int64_t bytes);
+  // A decode step replayed as a CUDA graph; null where the backend has none
+  // (the CPU, the emulated device, CUDA without FASTLM_CUDA_GRAPHS=1).
+  // graph_begin records the calling thread's kernels from then on into the
+  // graph `*graph` (a handle the model owns, null before its first step);
+  // graph_end runs what was recorded (launch) or drops it (an exception came
+  // between); graph_release frees the handle. No upload or download between.
+  void (*graph_begin)(void** graph);
+  void (*graph_end)(void** graph, bool launch);
+  void (*graph_release)(void* graph);
 
   void (*matmul)(const GemmArgs& args);
   // Floats matmul_pack_b writes for an op(b) of (k, n), an upper bound in every
@@ -230,6 +239,8 @@ struct Kernels {
 
 // The memory entries, which a backend fills from its memory functions.
 #define FASTLM_MEMORY(X) X(alloc) X(release) X(upload) X(download)
+// The CUDA graph entries (null but in the CUDA table, runtime.h).
+#define FASTLM_GRAPH(X) X(graph_begin) X(graph_end) X(graph_release)
 
 // Every kernel entry of Kernels, once: each backend declares its kernels
 // (FASTLM_DECLARE_KERNEL, with the entry's exact type) and fills its table
@@ -249,10 +260,11 @@ struct Kernels {
 #define FASTLM_COUNT_KERNEL(entry) +1
 static_assert(sizeof(Kernels) == 2 * sizeof(const char*) +
                                      (0 FASTLM_MEMORY(FASTLM_COUNT_KERNEL)
+                                          FASTLM_GRAPH(FASTLM_COUNT_KERNEL)
                                           FASTLM_KERNELS(FASTLM_COUNT_KERNEL)
                                               FASTLM_OPTIONAL_KERNELS(FASTLM_COUNT_KERNEL)) *
                                          sizeof(void (*)()),
-              "FASTLM_MEMORY, FASTLM_KERNELS and FASTLM_OPTIONAL_KERNELS must list every "
-              "function entry of Kernels");
+              "FASTLM_MEMORY, FASTLM_GRAPH, FASTLM_KERNELS and FASTLM_OPTIONAL_KERNELS must list "
+              "every function entry of Kernels");
 
 }  // namespace fastlm

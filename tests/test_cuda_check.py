@@ -156,20 +156,22 @@ def test_script_dry_run_plans_every_stage_within_budget(tmp_path):
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
     names = [line.split()[1] for line in plan]
     assert names == ["install", "tests", "tests-attn-next", "tests-wgmma-next", "tests-pointwise",
-                     "tests-pointwise-next", "models", "memcheck",
+                     "tests-pointwise-next", "models", "graphs", "memcheck",
                      "initcheck", "synccheck", "racecheck", "memcheck-wgmma", "memcheck-wgmma-next",
                      "memcheck-attn-next", "racecheck-attn-next", "memcheck-pointwise-next",
                      "racecheck-pointwise-next", "bench", "bench-wgmma",
                      "bench-wgmma-next", "bench-attn-next", "bench-pointwise-next"]
     limits = [int(line.split()[2].strip("():s")) for line in plan]
     # no stage may outlast the budget
-    assert limits == [100, 100, 60, 90, 90, 90, 100, 90, 90, 90, 90, 60, 60, 60, 60, 60, 60, 100, 90,
-                      90, 60, 60], plan
+    assert limits == [100, 100, 60, 90, 90, 90, 100, 100, 90, 90, 90, 90, 60, 60, 60, 60, 60, 60, 100,
+                      90, 90, 60, 60], plan
     assert "-DFASTLM_CUDA=ON" in r.stdout and "-k small" in r.stdout
     # The sanitizers run every op file's test_small_* functions on the GPU alone.
     memcheck = plan[names.index("memcheck")]
     assert "FASTLM_TEST_BACKENDS=cuda" in memcheck and "tests/test_softmax.py" in memcheck
     assert "bench/test_bench_cuda.py" in r.stdout
+    graphs = plan[names.index("graphs")]
+    assert "FASTLM_CUDA_GRAPHS=1" in graphs and "tests/test_decode_loop.py" in graphs and "sample_b1" in graphs
 
 
 @needs_bash

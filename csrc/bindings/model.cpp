@@ -1,4 +1,4 @@
-// fastlm._C.GPT and fastlm._C.Sampler: the C++ model behind fastlm.Transformer.
+// fastlm._C.GPT and fastlm._C.RNNLM: the C++ models behind fastlm.Transformer, LSTMLM and GRULM.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -7,9 +7,9 @@
 
 #include "bindings/arrays.h"
 #include "bindings/backend.h"
+#include "bindings/exclusive.h"
 #include "model/gpt.h"
 #include "model/rnn.h"
-#include "model/sampler.h"
 
 namespace fastlm {
 namespace bindings {
@@ -59,14 +59,6 @@ Tokens checked_targets(int64_t vocab, py::handle t_obj, const Tokens& idx, const
                         shape_str({tg.b, tg.t}));
   return tg;
 }
-
-// Releases the GIL, then takes the model's lock (in that order, so a thread
-// waiting for the model never holds the GIL).
-struct Exclusive {
-  py::gil_scoped_release nogil;
-  std::lock_guard<std::mutex> lock;
-  explicit Exclusive(std::mutex& m) : nogil(), lock(m) {}
-};
 
 py::array view(py::object owner, float* data, const std::vector<int64_t>& shape) {
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
@@ -530,76 +522,6 @@ void bind_model(py::module_& m) {
         r.get_state(h.mutable_data(), lstm ? c.mutable_data() : nullptr);
         if (!lstm) return py::make_tuple(h, py::none());
         return py::make_tuple(h, c);
-      });
-
-  py::class_<Sampler>(m, "Sampler")
-      .def(py::init([](uint64_t seed) { return new Sampler(seed); }), py::arg("seed"))
-      .def("sample",
-           [](Sampler& s, py::handle logits_obj, double temperature, int64_t top_k, double top_p,
-              bool do_sample, double repetition_penalty, py::handle seen_obj,
-              py::handle suppress_obj, py::handle logprobs_obj) {
-             const char* op = "sample";
-             py::array logits = float_array(logits_obj, op, "logits", 2);
-             if (logits.shape(1) < 1) value_error(op, "logits must have at least one column");
-             if (do_sample && !(temperature > 0 && std::isfinite(temperature)))
-               value_error(op, "temperature must be > 0 when sampling");
-             if (top_k < 0) value_error(op, "top_k must be >= 0 (0 turns it off)");
-             if (!(top_p > 0 && top_p <= 1)) value_error(op, "top_p must be in (0, 1]");
-             if (!(repetition_penalty > 0 && std::isfinite(repetition_penalty)))
-               value_error(op, "repetition_penalty must be finite and > 0");
-             const int64_t rows = logits.shape(0), vocab = logits.shape(1);
-             SamplingOptions o{(float)temperature, top_k, (float)top_p, do_sample,
-                               (float)repetition_penalty};
-             SamplingExtras extra;
-             py::array seen, lp;
-             if (!seen_obj.is_none()) {
-               seen = float_array(seen_obj, op, "seen", 2);
-               require_shape(seen, {rows, vocab}, op, "seen");
-               extra.seen = cptr(seen);
-             }
-             std::vector<int64_t> suppress;
-             if (!suppress_obj.is_none()) {
-               suppress = index_array(suppress_obj, op, "suppress", 1);
-               std::vector<bool> hit(vocab, false);
-               int64_t distinct = 0;
-               for (int64_t v : suppress) {
-                 if (v < 0 || v >= vocab)
-                   value_error(op, "suppress holds " + std::to_string(v) + ", outside [0, " +
-                                       std::to_string(vocab) + ")");
-                 distinct += !hit[v], hit[v] = true;
-               }
-               if (distinct == vocab) value_error(op, "suppress must leave at least one id");
-               extra.suppress = suppress.data(), extra.n_suppress = suppress.size();
-             }
-             if (!logprobs_obj.is_none()) {
-               lp = float_array(logprobs_obj, op, "logprobs", 1, /*writable=*/true);
-               require_shape(lp, {rows}, op, "logprobs");
-               extra.logprobs = mptr(lp);
-             }
-             py::array_t<int64_t> out(std::vector<py::ssize_t>{rows});
-             const float* x = cptr(logits);
-             int64_t* y = out.mutable_data();
-             py::gil_scoped_release nogil;
-             s.sample(x, rows, vocab, o, y, extra);
-             return out;
-           },
-           py::arg("logits"), py::arg("temperature") = 1.0, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0, py::arg("do_sample") = true,
-           py::arg("repetition_penalty") = 1.0, py::arg("seen") = py::none(),
-           py::arg("suppress") = py::none(), py::arg("logprobs") = py::none(),
-           "Next ids (rows,) from logits (rows, vocab) float32. seen (rows, vocab) float32 marks "
-           "the ids repetition_penalty applies to; suppress lists ids never drawn; logprobs "
-           "(rows,) float32, when given, receives each chosen id's log-probability.")
-      .def("get_state",
-           [](const Sampler& s) {
-             return py::bytes(reinterpret_cast<const char*>(s.state.data()), sizeof(s.state));
-           })
-      .def("set_state", [](Sampler& s, py::bytes b) {
-        std::string str = b;
-        if (str.size() != sizeof(s.state))
-          value_error("Sampler.set_state", "state must be " + std::to_string(sizeof(s.state)) +
-                                               " bytes, got " + std::to_string(str.size()));
-        std::memcpy(s.state.data(), str.data(), sizeof(s.state));
       });
 }
 

@@ -17,6 +17,7 @@ namespace fastlm {
 namespace bindings {
 void bind_ops(py::module_& m);
 void bind_model(py::module_& m);
+void bind_sampling(py::module_& m);  // sampling.cpp: Sampler, DecodeLoop
 void bind_device(py::module_& m);  // device.cpp: DeviceArray, CUDA ops (or a stub)
 }
 }  // namespace fastlm
@@ -44,5 +45,6 @@ PYBIND11_MODULE(_C, m) {
   });
   bindings::bind_ops(m);
   bindings::bind_model(m);
+  bindings::bind_sampling(m);
   bindings::bind_device(m);
 }

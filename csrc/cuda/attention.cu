@@ -285,7 +285,7 @@ __global__ void delta_kernel(const T* __restrict__ dout, const T* __restrict__ o
 template <int DMAX>
 void launch_forward_f32(const FwdParams& p, int64_t batch) {
   const dim3 grid((unsigned)cdiv(p.seq_q, kTile), (unsigned)p.heads, (unsigned)batch);
-  fwd_f32_kernel<DMAX><<<grid, kThreads>>>(p);
+  fwd_f32_kernel<DMAX><<<grid, kThreads, 0, launch_stream()>>>(p);
   FASTLM_CHECK_LAUNCH("attention fwd_f32_kernel");
 }
 
@@ -296,13 +296,13 @@ void launch_backward_f32(const BwdParams& p, int64_t batch) {
     const size_t smem = sizeof(float) * (4 * kTile * LD + 2 * kTile * LP + 2 * kTile);
     allow_shared_bytes(bwd_dkdv_f32_kernel<DMAX>, smem);
     const dim3 grid((unsigned)cdiv(p.seq_k, kTile), (unsigned)p.heads, (unsigned)batch);
-    bwd_dkdv_f32_kernel<DMAX><<<grid, kThreads, smem>>>(p);
+    bwd_dkdv_f32_kernel<DMAX><<<grid, kThreads, smem, launch_stream()>>>(p);
     FASTLM_CHECK_LAUNCH("attention bwd_dkdv_f32_kernel");
   }
   const size_t smem = sizeof(float) * (4 * kTile * LD + kTile * LP);
   allow_shared_bytes(bwd_dq_f32_kernel<DMAX>, smem);
   const dim3 grid((unsigned)cdiv(p.seq_q, kTile), (unsigned)p.heads, (unsigned)batch);
-  bwd_dq_f32_kernel<DMAX><<<grid, kThreads, smem>>>(p);
+  bwd_dq_f32_kernel<DMAX><<<grid, kThreads, smem, launch_stream()>>>(p);
   FASTLM_CHECK_LAUNCH("attention bwd_dq_f32_kernel");
 }
 
@@ -390,7 +390,7 @@ void attention_backward_ex(const AttentionGradDesc& g) {
   const int rows_per_block = 8;  // one warp each
   const unsigned blocks = (unsigned)cdiv(rows, rows_per_block);
   if (d.dtype == DType::kFloat32) {
-    attn::delta_kernel<float><<<blocks, 32 * rows_per_block>>>(
+    attn::delta_kernel<float><<<blocks, 32 * rows_per_block, 0, launch_stream()>>>(
         static_cast<const float*>(g.dout), static_cast<const float*>(d.out), d.so, d.heads,
         d.seq_q, (int)d.head_dim, delta.as<float>(), rows);
     FASTLM_CHECK_LAUNCH("attention delta_kernel<float>");
@@ -399,7 +399,7 @@ void attention_backward_ex(const AttentionGradDesc& g) {
     else
       attn::launch_backward_f32<128>(p, d.batch);
   } else {
-    attn::delta_kernel<bf16><<<blocks, 32 * rows_per_block>>>(
+    attn::delta_kernel<bf16><<<blocks, 32 * rows_per_block, 0, launch_stream()>>>(
         static_cast<const bf16*>(g.dout), static_cast<const bf16*>(d.out), d.so, d.heads,
         d.seq_q, (int)d.head_dim, delta.as<float>(), rows);
     FASTLM_CHECK_LAUNCH("attention delta_kernel<bf16>");

@@ -338,7 +338,7 @@ void forward(const FwdParams& p, int64_t batch) {
   const size_t smem = sizeof(bf16) * 3 * kRows * (DMAX + 8);
   allow_shared_bytes(fwd_bf16_kernel<DMAX, DROP>, smem);
   const dim3 grid((unsigned)cdiv(p.seq_q, kRows), (unsigned)p.heads, (unsigned)batch);
-  fwd_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem>>>(p);
+  fwd_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem, launch_stream()>>>(p);
   FASTLM_CHECK_LAUNCH("attention fwd_bf16_kernel");
 }
 
@@ -349,13 +349,13 @@ void backward(const BwdParams& p, int64_t batch) {
     const size_t smem = sizeof(bf16) * (2 * kRows + 2 * 32) * LD + sizeof(float) * 2 * 32;
     allow_shared_bytes(bwd_dkdv_bf16_kernel<DMAX, DROP>, smem);
     const dim3 grid((unsigned)cdiv(p.seq_k, kRows), (unsigned)p.heads, (unsigned)batch);
-    bwd_dkdv_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem>>>(p);
+    bwd_dkdv_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem, launch_stream()>>>(p);
     FASTLM_CHECK_LAUNCH("attention bwd_dkdv_bf16_kernel");
   }
   const size_t smem = sizeof(bf16) * 4 * kRows * LD;
   allow_shared_bytes(bwd_dq_bf16_kernel<DMAX, DROP>, smem);
   const dim3 grid((unsigned)cdiv(p.seq_q, kRows), (unsigned)p.heads, (unsigned)batch);
-  bwd_dq_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem>>>(p);
+  bwd_dq_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem, launch_stream()>>>(p);
   FASTLM_CHECK_LAUNCH("attention bwd_dq_bf16_kernel");
 }
 

@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, DMAX <= 64 ? 2 : 1) fwd_next_kernel(
 template <int DMAX, bool DROP>
 void launch(const FwdParams& p, dim3 grid) {
   allow_shared_bytes(fwd_next_kernel<DMAX, DROP>, smem_bytes<DMAX>());  // per device: every call
-  fwd_next_kernel<DMAX, DROP><<<grid, kThreads, smem_bytes<DMAX>()>>>(p);
+  fwd_next_kernel<DMAX, DROP><<<grid, kThreads, smem_bytes<DMAX>(), launch_stream()>>>(p);
   FASTLM_CHECK_LAUNCH("attention fwd_next_kernel");
 }
 

@@ -18,6 +18,10 @@ namespace cuda {
 
 using bf16 = __nv_bfloat16;
 
+// The stream every launch passes (runtime.h, current_stream): the legacy
+// default stream, or while a decode step is captured, the capture stream.
+inline cudaStream_t launch_stream() { return static_cast<cudaStream_t>(current_stream()); }
+
 // Every launch goes through this: the kernel's name reaches the error message.
 #define FASTLM_CHECK_LAUNCH(name) ::fastlm::cuda::check_launch(name)
 
@@ -165,7 +169,7 @@ template <class Op>
 void elementwise(const Op& op, int64_t n, bool vec, const char* name) {
   if (n <= 0) return;
   elementwise_kernel<Op><<<grid_for(vec ? cdiv(n, 4) : n, kElementwiseThreads),
-                           kElementwiseThreads>>>(op, n, vec);
+                           kElementwiseThreads, 0, launch_stream()>>>(op, n, vec);
   FASTLM_CHECK_LAUNCH(name);
 }
 

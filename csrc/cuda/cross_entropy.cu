@@ -142,13 +142,13 @@ float run(const T* logits, const Idx* targets, T* dlogits, int64_t rows, int64_t
   double* losses = reinterpret_cast<double*>(scratch.as<char>() + sizeof(CeResult));
   // The whole struct, padding included, so that the copy back below reads no
   // uninitialised bytes (compute-sanitizer's initcheck); bad_row needs all ones.
-  check(cudaMemsetAsync(res, 0xff, sizeof(CeResult), 0), "cudaMemsetAsync");
-  ce_count_kernel<Idx><<<1, kReduceThreads>>>(targets, rows, vocab, ignore_index, res);
+  check(cudaMemsetAsync(res, 0xff, sizeof(CeResult), launch_stream()), "cudaMemsetAsync");
+  ce_count_kernel<Idx><<<1, kReduceThreads, 0, launch_stream()>>>(targets, rows, vocab, ignore_index, res);
   FASTLM_CHECK_LAUNCH("ce_count_kernel");
-  ce_row_kernel<Idx, T><<<row_grid(rows, "cross_entropy"), row_threads(vocab, kRowThreads)>>>(
+  ce_row_kernel<Idx, T><<<row_grid(rows, "cross_entropy"), row_threads(vocab, kRowThreads), 0, launch_stream()>>>(
       logits, targets, dlogits, vocab, ignore_index, dloss, res, losses);
   FASTLM_CHECK_LAUNCH("ce_row_kernel");
-  ce_reduce_kernel<<<1, kReduceThreads>>>(losses, rows, res);
+  ce_reduce_kernel<<<1, kReduceThreads, 0, launch_stream()>>>(losses, rows, res);
   FASTLM_CHECK_LAUNCH("ce_reduce_kernel");
   CeResult host;
   copy_to_host(&host, res, sizeof(host));

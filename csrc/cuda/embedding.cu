@@ -52,7 +52,7 @@ __global__ void embedding_backward_wpe_kernel(const float* __restrict__ dout,
 void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, float* out,
                        int64_t b, int64_t t, int64_t c, int64_t pos0) {
   if (b <= 0 || t <= 0 || c <= 0) return;
-  embedding_forward_kernel<<<grid_for(b * t * c, kThreads), kThreads>>>(idx, wte, wpe, out, b * t,
+  embedding_forward_kernel<<<grid_for(b * t * c, kThreads), kThreads, 0, launch_stream()>>>(idx, wte, wpe, out, b * t,
                                                                        t, c, pos0);
   FASTLM_CHECK_LAUNCH("embedding_forward_kernel");
 }
@@ -60,11 +60,11 @@ void embedding_forward(const int64_t* idx, const float* wte, const float* wpe, f
 void embedding_backward(const float* dout, const int64_t* idx, float* dwte, float* dwpe,
                         int64_t b, int64_t t, int64_t c, int64_t pos0) {
   if (b <= 0 || t <= 0 || c <= 0) return;
-  embedding_backward_wte_kernel<<<(unsigned)cdiv(c, kThreads), kThreads>>>(dout, idx, dwte, b * t,
+  embedding_backward_wte_kernel<<<(unsigned)cdiv(c, kThreads), kThreads, 0, launch_stream()>>>(dout, idx, dwte, b * t,
                                                                            c);
   FASTLM_CHECK_LAUNCH("embedding_backward_wte_kernel");
   if (dwpe) {
-    embedding_backward_wpe_kernel<<<grid_for(t * c, kThreads), kThreads>>>(dout, dwpe, b, t, c,
+    embedding_backward_wpe_kernel<<<grid_for(t * c, kThreads), kThreads, 0, launch_stream()>>>(dout, dwpe, b, t, c,
                                                                           pos0);
     FASTLM_CHECK_LAUNCH("embedding_backward_wpe_kernel");
   }

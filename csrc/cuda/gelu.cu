@@ -102,7 +102,7 @@ bool forward_next(const float* x, float* y, int64_t n) {
   const int64_t n4 = n / 4;
   const int64_t blocks = cdiv(n4 > 0 ? n4 : 1, (int64_t)kNextThreads * kUnroll);
   if (blocks > 0x7fffffffLL) return false;
-  gelu_forward_next_kernel<G><<<(unsigned)blocks, kNextThreads>>>(
+  gelu_forward_next_kernel<G><<<(unsigned)blocks, kNextThreads, 0, launch_stream()>>>(
       reinterpret_cast<const float4*>(x), reinterpret_cast<float4*>(y), n4, x + 4 * n4, y + 4 * n4,
       (int)(n - 4 * n4));
   FASTLM_CHECK_LAUNCH("gelu_forward_next_kernel");

@@ -177,7 +177,7 @@ bool gemm_sm90(const GemmDesc& d) {
   std::call_once(once, [] { allow_shared_bytes(gemm_sm90_kernel, kSmemBytes); });
   const Sm90Params p = params_of(d);
   const dim3 grid((unsigned)cdiv(d.n, kBN), (unsigned)cdiv(d.m, kBM));
-  gemm_sm90_kernel<<<grid, kThreads, kSmemBytes>>>(map_a, map_b, p);
+  gemm_sm90_kernel<<<grid, kThreads, kSmemBytes, launch_stream()>>>(map_a, map_b, p);
   FASTLM_CHECK_LAUNCH("gemm_sm90_kernel");
   return true;
 }

@@ -183,7 +183,7 @@ void launch_tiles(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90
   std::call_once(
       once, [] { allow_shared_bytes(gemm_sm90_next_kernel<T, kMnA, kMnB, kN>, kSmemBytes); });
   gemm_sm90_next_kernel<T, kMnA, kMnB, kN>
-      <<<blocks, kThreads, kSmemBytes>>>(map_a, map_b, p, tiles_m, tiles_n);
+      <<<blocks, kThreads, kSmemBytes, launch_stream()>>>(map_a, map_b, p, tiles_m, tiles_n);
   FASTLM_CHECK_LAUNCH("gemm_sm90_next_kernel");
 }
 

@@ -97,10 +97,10 @@ template <typename TB>
 void launch(const GemvParams& p, const TB* b) {
   const unsigned grid = (unsigned)cdiv(p.n, kWarpsPerBlock);
   const unsigned threads = kWarpsPerBlock * kWarp;
-  if (p.m <= 1) gemv_kernel<TB, 1><<<grid, threads>>>(p, b);
-  else if (p.m <= 2) gemv_kernel<TB, 2><<<grid, threads>>>(p, b);
-  else if (p.m <= 4) gemv_kernel<TB, 4><<<grid, threads>>>(p, b);
-  else gemv_kernel<TB, kGemvMaxRows><<<grid, threads>>>(p, b);
+  if (p.m <= 1) gemv_kernel<TB, 1><<<grid, threads, 0, launch_stream()>>>(p, b);
+  else if (p.m <= 2) gemv_kernel<TB, 2><<<grid, threads, 0, launch_stream()>>>(p, b);
+  else if (p.m <= 4) gemv_kernel<TB, 4><<<grid, threads, 0, launch_stream()>>>(p, b);
+  else gemv_kernel<TB, kGemvMaxRows><<<grid, threads, 0, launch_stream()>>>(p, b);
   FASTLM_CHECK_LAUNCH("gemv_kernel");
 }
 

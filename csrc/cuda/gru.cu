@@ -65,7 +65,7 @@ __global__ void gru_backward_kernel(const float* __restrict__ dh_next, const flo
 void gru_cell_forward(const float* gi, const float* gh, const float* h, float* gates,
                       float* h_next, int64_t n, int64_t hidden) {
   if (n <= 0 || hidden <= 0) return;
-  gru_forward_kernel<<<grid_for(n * hidden, kThreads), kThreads>>>(gi, gh, h, gates, h_next, n,
+  gru_forward_kernel<<<grid_for(n * hidden, kThreads), kThreads, 0, launch_stream()>>>(gi, gh, h, gates, h_next, n,
                                                                   hidden);
   FASTLM_CHECK_LAUNCH("gru_forward_kernel");
 }
@@ -73,7 +73,7 @@ void gru_cell_forward(const float* gi, const float* gh, const float* h, float* g
 void gru_cell_backward(const float* dh_next, const float* h, const float* gates, float* dgi,
                        float* dgh, float* dh, int64_t n, int64_t hidden) {
   if (n <= 0 || hidden <= 0) return;
-  gru_backward_kernel<<<grid_for(n * hidden, kThreads), kThreads>>>(dh_next, h, gates, dgi, dgh,
+  gru_backward_kernel<<<grid_for(n * hidden, kThreads), kThreads, 0, launch_stream()>>>(dh_next, h, gates, dgi, dgh,
                                                                    dh, n, hidden);
   FASTLM_CHECK_LAUNCH("gru_backward_kernel");
 }

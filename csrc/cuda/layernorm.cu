@@ -283,7 +283,7 @@ int next_v4(int64_t cols, int max_v4) {
 template <int V4>
 void forward_next_launch(const float* x, const float* w, const float* b, float* y, float* mean,
                          float* rstd, int64_t rows, int64_t cols, float eps) {
-  layernorm_forward_next_kernel<V4><<<(unsigned)cdiv(rows, kNextWarps), kNextThreads>>>(
+  layernorm_forward_next_kernel<V4><<<(unsigned)cdiv(rows, kNextWarps), kNextThreads, 0, launch_stream()>>>(
       x, w, b, y, mean, rstd, rows, cols, eps);
   FASTLM_CHECK_LAUNCH("layernorm_forward_next_kernel");
 }
@@ -311,10 +311,10 @@ void backward_next_launch(const float* dy, const float* x, const float* w, const
   const int64_t rpb = cdiv(rows, kNextMaxBlocks);
   const int64_t nb = cdiv(rows, rpb);
   Scratch partial(sizeof(float) * 2 * nb * cols);
-  layernorm_backward_next_kernel<V4><<<(unsigned)nb, kNextThreads, sizeof(float) * 2 * cols>>>(
+  layernorm_backward_next_kernel<V4><<<(unsigned)nb, kNextThreads, sizeof(float) * 2 * cols, launch_stream()>>>(
       dy, x, w, mean, rstd, dx, partial.as<float>(), rows, cols, rpb, accumulate);
   FASTLM_CHECK_LAUNCH("layernorm_backward_next_kernel");
-  layernorm_finish_kernel<<<(unsigned)cdiv(cols, 256), 256>>>(partial.as<float>(), dw, db, nb,
+  layernorm_finish_kernel<<<(unsigned)cdiv(cols, 256), 256, 0, launch_stream()>>>(partial.as<float>(), dw, db, nb,
                                                                cols);
   FASTLM_CHECK_LAUNCH("layernorm_finish_kernel");
 }
@@ -341,7 +341,7 @@ void layernorm_forward(const float* x, const float* weight, const float* bias, f
                        float* mean, float* rstd, int64_t rows, int64_t cols, float eps) {
   if (rows <= 0 || cols <= 0) return;
   if (pointwise_next() && forward_next(x, weight, bias, y, mean, rstd, rows, cols, eps)) return;
-  layernorm_forward_kernel<<<row_grid(rows, "layernorm"), row_threads(cols, kMaxThreads)>>>(
+  layernorm_forward_kernel<<<row_grid(rows, "layernorm"), row_threads(cols, kMaxThreads), 0, launch_stream()>>>(
       x, weight, bias, y, mean, rstd, cols, eps);
   FASTLM_CHECK_LAUNCH("layernorm_forward_kernel");
 }
@@ -359,10 +359,10 @@ void layernorm_backward_ex(const float* dy, const float* x, const float* weight,
   Scratch partial(sizeof(float) * 2 * nb * cols);
   const bool shared = cols <= kSharedPartialCols;
   const size_t smem = shared ? sizeof(float) * 2 * cols : 0;
-  layernorm_backward_kernel<<<(unsigned)nb, row_threads(cols, kMaxThreads), smem>>>(
+  layernorm_backward_kernel<<<(unsigned)nb, row_threads(cols, kMaxThreads), smem, launch_stream()>>>(
       dy, x, weight, mean, rstd, dx, partial.as<float>(), rows, cols, rpb, shared, accumulate);
   FASTLM_CHECK_LAUNCH("layernorm_backward_kernel");
-  layernorm_finish_kernel<<<(unsigned)cdiv(cols, 256), 256>>>(partial.as<float>(), dweight, dbias,
+  layernorm_finish_kernel<<<(unsigned)cdiv(cols, 256), 256, 0, launch_stream()>>>(partial.as<float>(), dweight, dbias,
                                                                nb, cols);
   FASTLM_CHECK_LAUNCH("layernorm_finish_kernel");
 }

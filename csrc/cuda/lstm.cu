@@ -63,7 +63,7 @@ __global__ void lstm_backward_kernel(const float* __restrict__ dh_next,
 void lstm_cell_forward(const float* preact, const float* c, float* gates, float* c_next,
                        float* h_next, int64_t n, int64_t hidden) {
   if (n <= 0 || hidden <= 0) return;
-  lstm_forward_kernel<<<grid_for(n * hidden, kThreads), kThreads>>>(preact, c, gates, c_next,
+  lstm_forward_kernel<<<grid_for(n * hidden, kThreads), kThreads, 0, launch_stream()>>>(preact, c, gates, c_next,
                                                                    h_next, n, hidden);
   FASTLM_CHECK_LAUNCH("lstm_forward_kernel");
 }
@@ -72,7 +72,7 @@ void lstm_cell_backward(const float* dh_next, const float* dc_next, const float*
                         const float* c_next, const float* gates, float* dpreact, float* dc,
                         int64_t n, int64_t hidden) {
   if (n <= 0 || hidden <= 0) return;
-  lstm_backward_kernel<<<grid_for(n * hidden, kThreads), kThreads>>>(
+  lstm_backward_kernel<<<grid_for(n * hidden, kThreads), kThreads, 0, launch_stream()>>>(
       dh_next, dc_next, c, c_next, gates, dpreact, dc, n, hidden);
   FASTLM_CHECK_LAUNCH("lstm_backward_kernel");
 }

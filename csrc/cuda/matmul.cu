@@ -255,15 +255,15 @@ template <bool TA, bool TB>
 void launch_gemm(GemmPrecision prec, const GemmParams& p, dim3 grid) {
   switch (prec) {
     case GemmPrecision::kExact:
-      gemm_f32_kernel<TA, TB><<<grid, kThreads>>>(p);
+      gemm_f32_kernel<TA, TB><<<grid, kThreads, 0, launch_stream()>>>(p);
       FASTLM_CHECK_LAUNCH("gemm_f32_kernel");
       break;
     case GemmPrecision::kTF32:
-      gemm_tc_kernel<float, TA, TB><<<grid, kThreads>>>(p);
+      gemm_tc_kernel<float, TA, TB><<<grid, kThreads, 0, launch_stream()>>>(p);
       FASTLM_CHECK_LAUNCH("gemm_tc_kernel<tf32>");
       break;
     case GemmPrecision::kBF16:
-      gemm_tc_kernel<bf16, TA, TB><<<grid, kThreads>>>(p);
+      gemm_tc_kernel<bf16, TA, TB><<<grid, kThreads, 0, launch_stream()>>>(p);
       FASTLM_CHECK_LAUNCH("gemm_tc_kernel<bf16>");
       break;
   }
@@ -369,9 +369,9 @@ void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols) 
   const int64_t nb = cdiv(rows, rpb);
   Scratch partial(sizeof(float) * nb * cols);
   column_partials_kernel<<<dim3((unsigned)cdiv(cols, 32), (unsigned)nb),
-                           dim3(32, kColRowThreads)>>>(dout, partial.as<float>(), rows, cols, rpb);
+                           dim3(32, kColRowThreads), 0, launch_stream()>>>(dout, partial.as<float>(), rows, cols, rpb);
   FASTLM_CHECK_LAUNCH("column_partials_kernel");
-  column_finish_kernel<<<(unsigned)cdiv(cols, 256), 256>>>(partial.as<float>(), dbias, nb, cols);
+  column_finish_kernel<<<(unsigned)cdiv(cols, 256), 256, 0, launch_stream()>>>(partial.as<float>(), dbias, nb, cols);
   FASTLM_CHECK_LAUNCH("column_finish_kernel");
 }
 

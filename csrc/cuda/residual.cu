@@ -83,9 +83,9 @@ double sum_squares(const float* x, int64_t n) {
   Scratch scratch(sizeof(double) * (nchunks + 1));
   double* partial = scratch.as<double>();
   double* out = partial + nchunks;
-  sum_squares_chunks_kernel<<<(unsigned)nchunks, kThreads>>>(x, n, partial);
+  sum_squares_chunks_kernel<<<(unsigned)nchunks, kThreads, 0, launch_stream()>>>(x, n, partial);
   FASTLM_CHECK_LAUNCH("sum_squares_chunks_kernel");
-  sum_squares_finish_kernel<<<1, kFinishThreads>>>(partial, nchunks, out);
+  sum_squares_finish_kernel<<<1, kFinishThreads, 0, launch_stream()>>>(partial, nchunks, out);
   FASTLM_CHECK_LAUNCH("sum_squares_finish_kernel");
   double host = 0.0;
   copy_to_host(&host, out, sizeof(host));

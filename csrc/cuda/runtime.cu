@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <stdexcept>
@@ -59,6 +60,9 @@ const Probe& probe() {
   return p;
 }
 
+// The stream this thread captures on (null: none, launches go to the legacy stream).
+thread_local cudaStream_t t_capture = nullptr;
+
 bool sync_after_launch() {
   static const bool on = [] {
     const char* s = std::getenv("FASTLM_CUDA_SYNC");
@@ -100,7 +104,8 @@ void check(int err, const char* what) {
 
 void check_launch(const char* kernel) {
   cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess && sync_after_launch()) e = cudaDeviceSynchronize();
+  // A capture records launches without running them (and may not synchronise).
+  if (e == cudaSuccess && sync_after_launch() && !t_capture) e = cudaDeviceSynchronize();
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("fastlm CUDA kernel ") + kernel +
                              " failed: " + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) +
@@ -165,7 +170,7 @@ void* malloc_device(size_t bytes) {
   if (bytes == 0) return nullptr;
   require();
   void* p = nullptr;
-  const cudaError_t e = probe().pools ? cudaMallocAsync(&p, bytes, 0) : cudaMalloc(&p, bytes);
+  const cudaError_t e = probe().pools ? cudaMallocAsync(&p, bytes, t_capture) : cudaMalloc(&p, bytes);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();  // out of memory is not sticky; keep it from the next check
     throw OutOfMemory("a GPU buffer", (int64_t)bytes, 1, "GPU memory", cudaGetErrorString(e));
@@ -187,7 +192,7 @@ void free_device(void* p) noexcept {
     if (it != u.blocks.end()) u.now -= it->second, u.blocks.erase(it);
   }
   if (probe().pools)
-    (void)cudaFreeAsync(p, 0);
+    (void)cudaFreeAsync(p, t_capture);
   else
     (void)cudaFree(p);
 }
@@ -210,12 +215,14 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 
 void copy_device(void* dst, const void* src, size_t bytes) {
   if (bytes)
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0), "device-to-device copy");
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, t_capture), "device-to-device copy");
 }
 
 void zero_device(void* p, size_t bytes) {
-  if (bytes) check(cudaMemsetAsync(p, 0, bytes, 0), "cudaMemsetAsync");
+  if (bytes) check(cudaMemsetAsync(p, 0, bytes, t_capture), "cudaMemsetAsync");
 }
+
+void* current_stream() { return t_capture; }
 
 void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
@@ -232,6 +239,108 @@ int pointer_device(const void* p) {
   }
   if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return attr.device;
   return -1;
+}
+
+namespace {
+
+struct StepGraph {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t before = nullptr, after = nullptr;
+  cudaGraphExec_t exec = nullptr;
+};
+
+std::mutex graph_count_mu;
+GraphCounts graph_count{0, 0, 0};
+
+void count(int64_t GraphCounts::*field) {
+  std::lock_guard<std::mutex> lock(graph_count_mu);
+  ++(graph_count.*field);
+}
+
+}  // namespace
+
+bool graphs_enabled() {
+  static const bool on = [] {
+    const char* s = std::getenv("FASTLM_CUDA_GRAPHS");
+    return s && std::strcmp(s, "1") == 0 && available() && probe().pools;
+  }();
+  return on;
+}
+
+GraphCounts graph_counts() {
+  std::lock_guard<std::mutex> lock(graph_count_mu);
+  return graph_count;
+}
+
+void graph_begin(void** graph) {
+  if (t_capture) throw std::logic_error("graph_begin: this thread is already capturing");
+  auto* g = static_cast<StepGraph*>(*graph);
+  if (!g) {
+    auto fresh = std::make_unique<StepGraph>();
+    check(cudaStreamCreateWithFlags(&fresh->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    cudaError_t e = cudaEventCreateWithFlags(&fresh->before, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fresh->after, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+      graph_release(fresh.release());
+      check(e, "cudaEventCreate");
+    }
+    *graph = g = fresh.release();
+  }
+  check(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal),
+        "cudaStreamBeginCapture");
+  t_capture = g->stream;
+}
+
+void graph_end(void** graph, bool launch) {
+  auto* g = static_cast<StepGraph*>(*graph);
+  t_capture = nullptr;
+  cudaGraph_t captured = nullptr;
+  const cudaError_t e = cudaStreamEndCapture(g->stream, &captured);
+  if (!launch || e != cudaSuccess) {
+    if (captured) (void)cudaGraphDestroy(captured);
+    (void)cudaGetLastError();
+    if (launch) check(e, "cudaStreamEndCapture");
+    return;
+  }
+  struct Destroy {
+    cudaGraph_t g;
+    ~Destroy() { (void)cudaGraphDestroy(g); }
+  } destroy{captured};
+  count(&GraphCounts::captures);
+  if (g->exec) {
+    cudaGraphExecUpdateResultInfo info;
+    if (cudaGraphExecUpdate(g->exec, captured, &info) == cudaSuccess) {
+      count(&GraphCounts::updates);
+    } else {  // another sequence of launches: a new instance
+      (void)cudaGetLastError();
+      check(cudaStreamSynchronize(g->stream), "cudaStreamSynchronize");
+      (void)cudaGraphExecDestroy(g->exec);
+      g->exec = nullptr;
+    }
+  }
+  if (!g->exec) {
+    check(cudaGraphInstantiate(&g->exec, captured, 0), "cudaGraphInstantiate");
+    count(&GraphCounts::instantiations);
+  }
+  // After the work queued before on the legacy stream, and before what follows.
+  check(cudaEventRecord(g->before, cudaStreamLegacy), "cudaEventRecord");
+  check(cudaStreamWaitEvent(g->stream, g->before, 0), "cudaStreamWaitEvent");
+  check(cudaGraphLaunch(g->exec, g->stream), "cudaGraphLaunch");
+  check(cudaEventRecord(g->after, g->stream), "cudaEventRecord");
+  check(cudaStreamWaitEvent(cudaStreamLegacy, g->after, 0), "cudaStreamWaitEvent");
+  check_launch("the decode step's CUDA graph");
+}
+
+void graph_release(void* graph) noexcept {
+  auto* g = static_cast<StepGraph*>(graph);
+  if (!g) return;
+  if (g->stream) (void)cudaStreamSynchronize(g->stream);
+  if (g->exec) (void)cudaGraphExecDestroy(g->exec);
+  if (g->before) (void)cudaEventDestroy(g->before);
+  if (g->after) (void)cudaEventDestroy(g->after);
+  if (g->stream) (void)cudaStreamDestroy(g->stream);
+  (void)cudaGetLastError();
+  delete g;
 }
 
 }  // namespace cuda

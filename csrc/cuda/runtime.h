@@ -6,7 +6,10 @@
 // 0 unless the process chose another): kernels, copies and the stream-ordered
 // allocations below, so consecutive ops are ordered without events, and work
 // on other blocking streams (PyTorch's and CuPy's default streams) is ordered
-// with ours by the legacy stream's implicit synchronisation.
+// with ours by the legacy stream's implicit synchronisation. The one
+// exception is a decode step captured as a CUDA graph (StepGraph below): its
+// launches are recorded on a capture stream, and the graph is launched
+// between two events that order it with the legacy stream.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -45,6 +48,11 @@ void check_launch(const char* kernel);
 // their tests. Unset or "default": the checked kernels; anything else throws
 // std::invalid_argument naming the variable.
 bool pointwise_next();
+
+// The stream (a cudaStream_t) this thread's launches, copies and scratch
+// allocations go to: the legacy default stream (null), or while this thread
+// captures a StepGraph, its capture stream. Every launch passes it.
+void* current_stream();
 
 // Device memory, allocated and freed in order on the default stream (a
 // caching pool: no device-wide synchronisation per allocation). malloc of 0
@@ -89,6 +97,32 @@ class Scratch {
  private:
   void* p_;
 };
+
+// CUDA graphs for the per-token decode step, opt-in with FASTLM_CUDA_GRAPHS=1
+// (read once per process; needs the stream-ordered allocator). A step's
+// launches are captured (cudaStreamCaptureModeThreadLocal) on a stream of the
+// graph's own; the first capture is instantiated and every later one updates
+// that instance in place (cudaGraphExecUpdate: the kernels' arguments, such as
+// the position and the cache length, change from token to token, the launches
+// do not), or instantiates it again when the update is refused (a different
+// sequence of launches). Nothing between begin and end may synchronise with
+// the host (no upload or download; scratch allocations become graph nodes).
+bool graphs_enabled();
+// A graph's state, owned through an opaque pointer by the model that replays
+// it (null until its first step).
+void graph_begin(void** graph);
+// Ends the capture begun on this thread; when `launch`, runs the step (after
+// the work queued before on the legacy stream, and before the work queued
+// after it), else discards it (an exception between begin and end). Throws
+// std::runtime_error for a capture that failed.
+void graph_end(void** graph, bool launch);
+void graph_release(void* graph) noexcept;
+// How often graph_end instantiated and updated graphs since the process
+// started (the tests' and the benchmark's view of whether graphs run).
+struct GraphCounts {
+  int64_t captures, instantiations, updates;
+};
+GraphCounts graph_counts();
 
 }  // namespace cuda
 }  // namespace fastlm

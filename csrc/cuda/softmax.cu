@@ -43,13 +43,13 @@ __global__ void softmax_backward_kernel(const float* __restrict__ dy, const floa
 
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  softmax_forward_kernel<<<row_grid(rows, "softmax"), row_threads(cols, kMaxThreads)>>>(x, y, cols);
+  softmax_forward_kernel<<<row_grid(rows, "softmax"), row_threads(cols, kMaxThreads), 0, launch_stream()>>>(x, y, cols);
   FASTLM_CHECK_LAUNCH("softmax_forward_kernel");
 }
 
 void softmax_backward(const float* dy, const float* y, float* dx, int64_t rows, int64_t cols) {
   if (rows <= 0 || cols <= 0) return;
-  softmax_backward_kernel<<<row_grid(rows, "softmax_backward"), row_threads(cols, kMaxThreads)>>>(dy, y, dx, cols);
+  softmax_backward_kernel<<<row_grid(rows, "softmax_backward"), row_threads(cols, kMaxThreads), 0, launch_stream()>>>(dy, y, dx, cols);
   FASTLM_CHECK_LAUNCH("softmax_backward_kernel");
 }
 

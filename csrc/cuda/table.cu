@@ -209,6 +209,7 @@ Kernels make_table() {
   t.device = "cuda";
   t.alloc = device_alloc, t.release = device_release;
   t.upload = device_upload, t.download = device_download;
+  if (graphs_enabled()) t.graph_begin = graph_begin, t.graph_end = graph_end, t.graph_release = graph_release;
 #define FASTLM_SET_KERNEL(entry) t.entry = entry;
   FASTLM_KERNELS(FASTLM_SET_KERNEL)
 #undef FASTLM_SET_KERNEL

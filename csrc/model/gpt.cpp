@@ -5,6 +5,7 @@
 
 #include "dropout_hash.h"
 #include "model/linear.h"
+#include "model/step_graph.h"
 
 namespace fastlm {
 
@@ -26,6 +27,8 @@ void validate(const GPTConfig& c) {
     throw std::invalid_argument("layer_norm_epsilon must be finite and > 0, got " +
                                 std::to_string(c.layer_norm_epsilon));
 }
+
+GPT::~GPT() { release_step_graph(k_, step_graph_); }
 
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
     : store(kernels),
@@ -338,8 +341,13 @@ void GPT::decode(const int64_t* tokens, int64_t b, int64_t tn, int64_t pos, floa
   }
   if (pos == 0 && packed_version_ != store.version) pack_for_decode();
   ensure_acts(b, tn);
-  k_.embedding_forward(upload_ids(ids_, tokens, b * tn), w_.wte, w_.wpe, encoded_, b, tn, C, pos);
-  decode_logits(run_blocks(b, tn, pos, true), b, tn, last, logits);
+  const int64_t* ids = upload_ids(ids_, tokens, b * tn);
+  // A step of one token per row (not a prefill) replays the step's graph.
+  StepGraph step(k_, tn == 1 && pos > 0 ? &step_graph_ : nullptr);
+  k_.embedding_forward(ids, w_.wte, w_.wpe, encoded_, b, tn, C, pos);
+  decode_head(run_blocks(b, tn, pos, true), b, tn, last);
+  step.end();
+  k_.download(logits, logits_, b * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 
 void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, float* logits) {
@@ -354,13 +362,15 @@ void GPT::decode_rows(const int64_t* tokens, int64_t b, const int64_t* pos, floa
                                   std::to_string(S) + ")");
   ensure_acts(b, 1);
   const int64_t* ids = upload_ids(ids_, tokens, b);
+  StepGraph step(k_, &step_graph_);
   for (int64_t i = 0; i < b; ++i)
     k_.embedding_forward(ids + i, w_.wte, w_.wpe, encoded_ + i * C, 1, 1, C, pos[i]);
-  decode_logits(run_blocks(b, 1, 0, true, pos), b, 1, nullptr, logits);
+  decode_head(run_blocks(b, 1, 0, true, pos), b, 1, nullptr);
+  step.end();
+  k_.download(logits, logits_, b * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 
-void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
-                        float* logits) {
+void GPT::decode_head(const float* residual, int64_t b, int64_t tn, const int64_t* last) {
   const int64_t C = cfg_.n_embd;
   // Only one position per row is needed for the next token.
   for (int64_t i = 0; i < b; ++i) {
@@ -370,7 +380,6 @@ void GPT::decode_logits(const float* residual, int64_t b, int64_t tn, const int6
   }
   const int64_t V = cfg_.vocab_size;
   linear_forward(k_, lnf_, w_.lm_head, nullptr, logits_, b, C, V, packed_wte_);
-  k_.download(logits, logits_, b * V * (int64_t)sizeof(float));
 }
 
 void GPT::pack_for_decode() {

@@ -33,6 +33,9 @@ class GPT {
   // Parameters start at zero (the Python layer initialises them).
   // std::invalid_argument on a bad configuration.
   GPT(const GPTConfig& config, const Kernels& kernels);
+  ~GPT();
+  GPT(const GPT&) = delete;
+  GPT& operator=(const GPT&) = delete;
 
   const GPTConfig& config() const { return cfg_; }
   ParamStore store;  // parameters, gradients, optimizer state
@@ -101,9 +104,9 @@ class GPT {
   // `row_pos` (b, with t == 1 and cache): each row's own position instead.
   const float* run_blocks(int64_t b, int64_t t, int64_t pos, bool cache,
                           const int64_t* row_pos = nullptr);
-  // The final LayerNorm and head on row i's position last[i] (tn - 1 when null).
-  void decode_logits(const float* residual, int64_t b, int64_t tn, const int64_t* last,
-                     float* logits);
+  // The final LayerNorm and head on row i's position last[i] (tn - 1 when
+  // null), into logits_ (b, vocab) on the device.
+  void decode_head(const float* residual, int64_t b, int64_t tn, const int64_t* last);
   void gelu_forward(const float* x, float* y, int64_t n) const;
   void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) const;
   // LayerNorm kernels always take a bias: a bias-free model passes zeros and
@@ -144,6 +147,11 @@ class GPT {
   Buffer<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions
 
   Buffer<int64_t> ids_, targets_;  // the call's ids and targets, on the device
+
+  // The decode step's CUDA graph (Kernels::graph_begin; null until the first
+  // step, and on backends without graphs): re-recorded every token (the
+  // position is an argument of its kernels) and replayed as one launch.
+  void* step_graph_ = nullptr;
 };
 
 void validate(const GPTConfig& c);

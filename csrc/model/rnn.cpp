@@ -7,6 +7,7 @@
 
 #include "dropout_hash.h"
 #include "model/linear.h"
+#include "model/step_graph.h"
 
 namespace fastlm {
 
@@ -20,6 +21,8 @@ void validate(const RNNConfig& c) {
   positive(c.hidden_size, "hidden_size");
   positive(c.num_layers, "num_layers");
 }
+
+RNNLM::~RNNLM() { release_step_graph(k_, step_graph_); }
 
 RNNLM::RNNLM(const RNNConfig& config, const Kernels& kernels)
     : store(kernels),
@@ -187,8 +190,15 @@ const int64_t* RNNLM::upload_ids(Buffer<int64_t>& to, const int64_t* host, int64
 }
 
 void RNNLM::forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits) {
-  const float* x = run(upload_ids(ids_, idx, t * b), t, b, carry);
+  const int64_t* ids = upload_ids(ids_, idx, t * b);
+  // A decode step (one token per row on the carried state) replays the
+  // step's graph; its buffers are sized first, so none is allocated inside.
+  const bool step = t == 1 && carry && state_b_ == b && logits && drop_p_ == 0.f;
+  if (step) ensure_acts(1, b);
+  StepGraph graph(k_, step ? &step_graph_ : nullptr);
+  const float* x = run(ids, t, b, carry);
   linear_forward(k_, x, w_.fc_w, w_.fc_b, logits_, t * b, cfg_.hidden_size, cfg_.vocab_size);
+  graph.end();
   if (logits) k_.download(logits, logits_, t * b * cfg_.vocab_size * (int64_t)sizeof(float));
 }
 

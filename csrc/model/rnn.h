@@ -31,6 +31,9 @@ void validate(const RNNConfig& c);
 class RNNLM {
  public:
   RNNLM(const RNNConfig& config, const Kernels& kernels);
+  ~RNNLM();
+  RNNLM(const RNNLM&) = delete;
+  RNNLM& operator=(const RNNLM&) = delete;
 
   const RNNConfig& config() const { return cfg_; }
   ParamStore store;
@@ -106,6 +109,10 @@ class RNNLM {
   int64_t state_b_ = 0;
   Buffer<float> state_h_, state_c_;
   Buffer<int64_t> ids_, targets_;  // the call's ids and targets, on the device
+
+  // The decode step's CUDA graph (Kernels::graph_begin; csrc/model/step_graph.h):
+  // a forward of one token per row on the carried state, recorded every call.
+  void* step_graph_ = nullptr;
 };
 
 }  // namespace fastlm

@@ -14,7 +14,7 @@ call into C++.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -304,6 +304,31 @@ class _KVCacheDecoder:
         with self.model._lock:
             self.logits = self.model._g.decode(np.ascontiguousarray(self.buf[:, :self.width]), 0, last)
             self.model._cache_owner = self
+
+    def run(self, loop: Any, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Up to ``n`` steps of the C++ decode loop ``loop`` (``_C.DecodeLoop``)
+        on this cache: its pending tokens are fed here (``push``) when the
+        window is full or another call used the cache, every other token in
+        C++. Returns its (tokens, logprobs, live) chunk, each (B, k), and
+        whether it stopped at non-finite logits."""
+        S = self.model.block_size
+        with self.model._lock:
+            pending = loop.pending
+            if pending is not None and not (self.model._cache_owner is self and self.width < S):
+                self.push(pending)
+                loop.set_logits(np.ascontiguousarray(self.logits))
+            pos = np.full(len(self.lens), self.width, np.int64) if self.uniform else self.lens
+            tok, lp, live, pushed, bad = loop.run_gpt(self.model._g, n, pos, not self.uniform,
+                                                      self.model._cache_owner is self)
+            p = pushed.shape[1]
+            if p:  # the cache now holds positions [0, width + p) (or [0, lens + p) per row)
+                if self.uniform:
+                    self.buf[:, self.width:self.width + p] = pushed
+                else:
+                    self.buf[self.rows[:, None], self.lens[:, None] + np.arange(p)] = pushed
+                    self.lens += p
+                self.width += p
+        return tok, lp, live, bad
 
     def push(self, tokens: np.ndarray) -> None:
         S = self.model.block_size

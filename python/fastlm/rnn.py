@@ -212,13 +212,33 @@ class _RecurrentDecoder:
                 g.set_state(np.ascontiguousarray(h), None if c is None else np.ascontiguousarray(c))
             self.model._cache_owner = self
 
-    def push(self, tokens: np.ndarray) -> None:
+    def _append(self, tokens: np.ndarray) -> None:
+        """Add tokens (B, p) to the sequences (kept for a prefill again)."""
+        p = tokens.shape[1]
         if self.lengths is None:
-            self.seq = np.concatenate([self.seq, tokens[:, None]], axis=1)
-        else:  # each row's token goes after its own last one
-            self.seq = np.concatenate([self.seq, np.zeros_like(tokens)[:, None]], axis=1)
-            self.seq[np.arange(len(tokens)), self.lengths] = tokens
-            self.lengths += 1
+            self.seq = np.concatenate([self.seq, tokens], axis=1)
+        else:  # each row's tokens go after its own last one
+            self.seq = np.concatenate([self.seq, np.zeros_like(tokens)], axis=1)
+            self.seq[np.arange(len(tokens))[:, None], self.lengths[:, None] + np.arange(p)] = tokens
+            self.lengths += p
+
+    def run(self, loop: Any, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Up to ``n`` steps of the C++ decode loop ``loop`` (``_C.DecodeLoop``)
+        on the carried state (its pending tokens fed here by ``push`` when
+        another call replaced the state). Returns its (tokens, logprobs, live)
+        chunk, each (B, k), and whether it stopped at non-finite logits."""
+        with self.model._lock:
+            pending = loop.pending
+            if pending is not None and self.model._cache_owner is not self:
+                self.push(pending)
+                loop.set_logits(np.ascontiguousarray(self.logits))
+            tok, lp, live, pushed, bad = loop.run_rnn(self.model._g, n, self.model._cache_owner is self)
+            if pushed.shape[1]:
+                self._append(pushed)
+        return tok, lp, live, bad
+
+    def push(self, tokens: np.ndarray) -> None:
+        self._append(tokens[:, None])
         with self.model._lock:
             if self.model._cache_owner is self:
                 self.logits = self.model._g.decode(np.ascontiguousarray(tokens[:, None]), True)

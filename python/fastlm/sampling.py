@@ -211,18 +211,19 @@ def generate(model: Any, prompt: Any, max_new_tokens: int, *, temperature: float
                          "early; or pass the prompts as a list to get one array per row")
 
     it = _decode_loop(model, ids, lengths, max_new_tokens, n_ids, float(temperature) if do_sample else 1.0, k, p,
-                      do_sample, seed, eos, pad, penalty, suppress, min_new_tokens, stops, return_logprobs)
+                      do_sample, seed, eos, pad, penalty, suppress, min_new_tokens, stops, return_logprobs, stream)
     if stream:
+        steps = ((t[:, j].copy(), lp[:, j].copy()) for t, lp, _ in it for j in range(t.shape[1]))
         if kind == "one":
-            return ((int(t[0]), float(lp[0])) if return_logprobs else int(t[0]) for t, lp, _ in it)
-        return ((t, lp) if return_logprobs else t for t, lp, _ in it)
-    steps = list(it)
-    new = np.stack([t for t, _, _ in steps], axis=1) if steps else np.zeros((B, 0), np.int64)
-    lps = np.stack([lp for _, lp, _ in steps], axis=1) if steps and return_logprobs else \
-        np.zeros((B, len(steps)), np.float32)
+            return ((int(t[0]), float(lp[0])) if return_logprobs else int(t[0]) for t, lp in steps)
+        return ((t, lp) if return_logprobs else t for t, lp in steps)
+    chunks = list(it)
+    new = np.concatenate([t for t, _, _ in chunks], axis=1) if chunks else np.zeros((B, 0), np.int64)
+    lps = np.concatenate([lp for _, lp, _ in chunks], axis=1) if chunks and return_logprobs else \
+        np.zeros(new.shape, np.float32)
     if kind == "list":
         # Each row ends at the step it finished in (the last step it was live).
-        live = np.stack([a for _, _, a in steps], axis=1) if steps else np.zeros((B, 0), bool)
+        live = np.concatenate([a for _, _, a in chunks], axis=1) if chunks else np.zeros((B, 0), bool)
         ends = live.sum(axis=1)
         n0 = np.full(B, ids.shape[1]) if lengths is None else lengths
         out: Any = [np.concatenate([ids[i, :n0[i]], new[i, :ends[i]]]) for i in range(B)]
@@ -266,29 +267,72 @@ class _StopStrings:
         return found
 
 
+# Tests set this to run the per-token Python loop where the C++ one would run.
+_PYTHON_LOOP = False
+
+
+def _nonfinite(step: int) -> FloatingPointError:
+    return FloatingPointError(f"generate: the model's logits hold NaN or inf at new token {step}; its weights "
+                              "have likely diverged (a learning rate too high for them)")
+
+
+def _seen(ids: np.ndarray, n0: np.ndarray, n_ids: int) -> np.ndarray:
+    """(B, n_ids) float32: 1 where an id occurs in a row's prompt ids[i, :n0[i]]."""
+    B, T = ids.shape
+    seen = np.zeros((B, n_ids), dtype=np.float32)
+    r, c = np.nonzero((ids < n_ids) & (np.arange(T) < n0[:, None]))
+    seen[r, ids[r, c]] = 1.0
+    return seen
+
+
 def _decode_loop(model: Any, ids: np.ndarray, lengths: Optional[np.ndarray], max_new_tokens: int, n_ids: int,
                  temperature: float, top_k: int, top_p: float, do_sample: bool, seed: int,
                  eos: Optional[np.ndarray], pad: Optional[int], penalty: float, suppress: Optional[np.ndarray],
-                 min_new_tokens: int, stops: Optional[List[str]], want_logprobs: bool
+                 min_new_tokens: int, stops: Optional[List[str]], want_logprobs: bool, stream: bool = False
                  ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (tokens (B,) int64, logprobs (B,) float32, live (B,) bool) one
-    step at a time: the new ids, drawn from [0, n_ids) (``pad`` for rows
-    finished before the step, whose ``live`` is False; -1 if there is no pad),
-    and their log-probabilities (0 where padded or not asked for). Row i's
-    prompt is ``ids[i, :lengths[i]]`` (all of ``ids[i]`` when lengths is None)."""
+    """Yield chunks of steps (tokens (B, k) int64, logprobs (B, k) float32,
+    live (B, k) bool): the new ids, drawn from [0, n_ids) (``pad`` for rows
+    finished before the step, whose ``live`` is False; -1 if there is no
+    pad), and their log-probabilities (0 where padded or not asked for). Row
+    i's prompt is ``ids[i, :lengths[i]]`` (all of ``ids[i]`` when lengths is
+    None).
+
+    Without stop strings the whole loop runs in C++ (``_C.DecodeLoop``: one
+    call for every step, or one per step when streaming); stop strings need
+    the Python tokenizer after every token, so they keep the loop in Python
+    (one chunk per step). Both draw the same tokens for the same seed."""
     if max_new_tokens == 0:
         return
     B, T = ids.shape
     n0 = np.full(B, T, dtype=np.int64) if lengths is None else lengths
     ragged = not (n0 == T).all()
-    sampler = _C.Sampler(seed)
     session = model._decoder(ids, n0 if ragged else None)
+    seen = _seen(ids, n0, n_ids) if penalty != 1.0 else None
+    if stops is None and not _PYTHON_LOOP:
+        loop = _C.DecodeLoop(seed, np.ascontiguousarray(session.logits, dtype=np.float32), n_ids, max_new_tokens,
+                             temperature, top_k, top_p, do_sample, penalty, seen, eos, -1 if pad is None else pad,
+                             suppress, min_new_tokens, want_logprobs)
+        while not loop.done:
+            tok, lp, live, bad = session.run(loop, 1 if stream else max_new_tokens)
+            if tok.shape[1]:
+                yield tok, lp, live
+            if bad:
+                raise _nonfinite(loop.step + 1)
+        return
+    yield from _python_loop(model, session, ids, n0, max_new_tokens, n_ids, temperature, top_k, top_p, do_sample,
+                            seed, eos, pad, penalty, seen, suppress, min_new_tokens, stops, want_logprobs)
+
+
+def _python_loop(model: Any, session: Any, ids: np.ndarray, n0: np.ndarray, max_new_tokens: int, n_ids: int,
+                 temperature: float, top_k: int, top_p: float, do_sample: bool, seed: int,
+                 eos: Optional[np.ndarray], pad: Optional[int], penalty: float, seen: Optional[np.ndarray],
+                 suppress: Optional[np.ndarray], min_new_tokens: int, stops: Optional[List[str]],
+                 want_logprobs: bool) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The loop of :func:`_decode_loop` in Python, one step per chunk, with
+    the stop strings tested after every token."""
+    B = ids.shape[0]
+    sampler = _C.Sampler(seed)
     finished = np.zeros(B, dtype=bool)
-    seen = None
-    if penalty != 1.0:
-        seen = np.zeros((B, n_ids), dtype=np.float32)
-        r, c = np.nonzero((ids < n_ids) & (np.arange(T) < n0[:, None]))
-        seen[r, ids[r, c]] = 1.0
     stopper = None if stops is None else _StopStrings(model.tokenizer, stops, [ids[i, :n0[i]] for i in range(B)])
     lp = np.zeros(B, dtype=np.float32)
     fill = -1 if pad is None else pad
@@ -296,8 +340,7 @@ def _decode_loop(model: Any, ids: np.ndarray, lengths: Optional[np.ndarray], max
     live = np.ones(B, dtype=bool)
     for i in range(max_new_tokens):
         if not np.isfinite(session.logits).all():
-            raise FloatingPointError(f"generate: the model's logits hold NaN or inf at new token {i + 1}; its "
-                                     "weights have likely diverged (a learning rate too high for them)")
+            raise _nonfinite(i + 1)
         logits = np.ascontiguousarray(session.logits[:, :n_ids])
         nxt = sampler.sample(logits, temperature, top_k, top_p, do_sample, penalty, seen,
                              suppress if i < min_new_tokens else None, lp if want_logprobs else None)
@@ -316,7 +359,7 @@ def _decode_loop(model: Any, ids: np.ndarray, lengths: Optional[np.ndarray], max
                 lp[finished] = 0.0
             finished |= done
             all_done = finished.all()
-        yield nxt.copy(), (lp.copy() if want_logprobs else lp), live
+        yield nxt[:, None].copy(), lp[:, None].copy(), live[:, None].copy()
         if i + 1 == max_new_tokens or all_done:
             return
         # Finished rows still step (the batch keeps its shape); what they
