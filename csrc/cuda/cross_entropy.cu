@@ -156,8 +156,8 @@ float run(const float* logits, const Idx* targets, float* dlogits, int64_t rows,
 
 }  // namespace
 
-float cross_entropy_ex(const float* logits, const void* targets, bool targets_are_int32,
-                       float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
+float cross_entropy_checked(const float* logits, const void* targets, bool targets_are_int32,
+                            float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
                        float dloss, int64_t* bad_row) {
   *bad_row = -1;
   if (rows <= 0) return NAN;
@@ -172,8 +172,8 @@ float cross_entropy_ex(const float* logits, const void* targets, bool targets_ar
 float cross_entropy(const float* logits, const int64_t* targets, float* dlogits, int64_t rows,
                     int64_t vocab, int64_t ignore_index, float dloss) {
   int64_t bad = -1;
-  const float loss = cross_entropy_ex(logits, targets, false, dlogits, rows, vocab, ignore_index,
-                                      dloss, &bad);
+  const float loss = cross_entropy_checked(logits, targets, false, dlogits, rows, vocab,
+                                           ignore_index, dloss, &bad);
   if (bad >= 0)
     throw std::invalid_argument("cross_entropy: targets[" + std::to_string(bad) +
                                 "] is out of range [0, " + std::to_string(vocab) +
