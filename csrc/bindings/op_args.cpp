@@ -77,25 +77,30 @@ static void check_rank(const Shape& s, const char* op, const char* name, int ndi
                         shape_str(s));
 }
 
-static Tensor device_tensor(py::handle obj, const DeviceArray& a) {
+static Tensor tensor(py::object keep, void* data, Shape shape, ElemType dtype) {
   Tensor t;
-  t.keep = py::reinterpret_borrow<py::object>(obj);
-  t.data = a.data;
-  t.shape = a.shape;
-  t.dtype = a.dtype;
+  t.keep = std::move(keep);
+  t.data = data;
+  t.shape = std::move(shape);
+  t.dtype = dtype;
   return t;
+}
+
+// A checked ndarray (or its aligned copy) as a Tensor.
+static Tensor host_tensor(py::array a, ElemType dtype) {
+  void* data = const_cast<void*>(a.data());
+  Shape shape = shape_of(a);
+  return tensor(std::move(a), data, std::move(shape), dtype);
+}
+
+static Tensor device_tensor(py::handle obj, const DeviceArray& a) {
+  return tensor(py::reinterpret_borrow<py::object>(obj), a.data, a.shape, a.dtype);
 }
 
 Tensor OpCall::floats(const char* name, int ndim, bool writable, bool allow_bf16) const {
   py::handle obj = arg(name);
-  if (device_ == Device::kCpu) {
-    py::array a = float_array(obj, op_, name, ndim, writable);
-    Tensor t;
-    t.data = const_cast<void*>(a.data());
-    t.shape = shape_of(a);
-    t.keep = std::move(a);
-    return t;
-  }
+  if (device_ == Device::kCpu)
+    return host_tensor(float_array(obj, op_, name, ndim, writable), ElemType::kFloat32);
   const DeviceArray& a = *as_device(obj);
   if (a.dtype != ElemType::kFloat32 && !(allow_bf16 && a.dtype == ElemType::kBFloat16))
     throw py::type_error(std::string(op_) + ": " + name + " must have dtype float32" +
@@ -112,12 +117,8 @@ Tensor OpCall::indices(const char* name, int ndim, bool int64_only) const {
   py::handle obj = arg(name);
   if (device_ == Device::kCpu) {
     py::array a = int_array(obj, op_, name, ndim, int64_only);
-    Tensor t;
-    t.data = const_cast<void*>(a.data());
-    t.shape = shape_of(a);
-    t.dtype = a.itemsize() == 8 ? ElemType::kInt64 : ElemType::kInt32;
-    t.keep = std::move(a);
-    return t;
+    const ElemType t = a.itemsize() == 8 ? ElemType::kInt64 : ElemType::kInt32;
+    return host_tensor(std::move(a), t);
   }
   const DeviceArray& a = *as_device(obj);
   if (a.dtype != ElemType::kInt64 && (int64_only || a.dtype != ElemType::kInt32))
