@@ -315,15 +315,18 @@ torch.as_tensor(x, device="cuda") and cupy.asarray(x) view it without a copy.
 lives on the emulated device: host memory, ops through the CPU kernels.
 )doc")
       .def(py::init([](py::handle shape, py::handle dtype) {
-             const Device d = array_device();
-             return new_device(shape_from(shape), parse_type(dtype_name(dtype)), d, true);
+             // Shape and dtype are checked before the device is asked for.
+             const Shape s = shape_from(shape);
+             const ElemType t = parse_type(dtype_name(dtype));
+             return new_device(s, t, array_device(), true);
            }),
            py::arg("shape"), py::arg("dtype") = "float32",
            "A zero-filled array of `shape` and `dtype` on the GPU.")
       .def_static("empty",
                   [](py::handle shape, py::handle dtype) {
-                    const Device d = array_device();
-                    return new_device(shape_from(shape), parse_type(dtype_name(dtype)), d);
+                    const Shape s = shape_from(shape);
+                    const ElemType t = parse_type(dtype_name(dtype));
+                    return new_device(s, t, array_device());
                   },
                   py::arg("shape"), py::arg("dtype") = "float32")
       .def_static("_from_numpy", &from_numpy, py::arg("array"), py::arg("dtype"))
