@@ -20,8 +20,15 @@ namespace fastlm {
 // operands rounded to bfloat16 (nearest even) with float32 accumulation and
 // output; on the CPU only the avx512bf16 table runs it, the others throw
 // std::invalid_argument. The CUDA table's float32 matmul computes kExact
-// whatever is asked (its bfloat16 GEMM takes bfloat16 data: cuda_kernels.h).
+// whatever is asked; its `gemm` entry honours every precision (kBF16 on
+// bfloat16 data, GemmArgs::dtype).
 enum class GemmPrecision { kExact, kTF32, kBF16 };
+
+// Element type of the data a GEMM or attention call reads and writes. The
+// pointers of GemmArgs and AttentionArgs are typed float*; with kBFloat16 they
+// hold bfloat16 data (cast), which only the CUDA table's `gemm` and attention
+// entries take (the CPU kernels are float32 only; callers check).
+enum class DType { kFloat32, kBFloat16 };
 
 // c (m, n) = op(a) @ op(b) [+ bias] [+ c]
 //   op(a) is (m, k): a is (m, k) with row stride lda, or (k, m) when trans_a.
@@ -30,6 +37,10 @@ enum class GemmPrecision { kExact, kTF32, kBF16 };
 //   b_packed: op(b) already packed by matmul_pack_b (a B used for many
 //   products, as an RNN's recurrent weights); b must still be valid.
 //   b_packed must have been packed with the same precision.
+//   dtype: of a, b and (unless c_float) c and bias. kBFloat16 goes with
+//   precision kBF16 (the `gemm` entry on CUDA only); c_float: bfloat16
+//   operands with a float32 c and bias, as a mixed-precision model keeps
+//   float32 activations.
 struct GemmArgs {
   const float* a = nullptr;
   const float* b = nullptr;
@@ -40,6 +51,8 @@ struct GemmArgs {
   int64_t lda = 0, ldb = 0, ldc = 0;
   bool trans_a = false, trans_b = false, accumulate = false;
   GemmPrecision precision = GemmPrecision::kExact;
+  DType dtype = DType::kFloat32;
+  bool c_float = false;
 };
 
 // Element strides of a (batch, head, row, dim) tensor whose dim is contiguous.
@@ -50,7 +63,8 @@ struct Strides {
 // Scaled dot-product attention, scale 1/sqrt(head_dim), flash style (online
 // softmax, no (seq_q, seq_k) score matrix). Query i attends keys j with
 // j <= i + (seq_k - seq_q) when causal, all keys otherwise. lse (batch, heads,
-// seq_q) contiguous holds each score row's natural log-sum-exp.
+// seq_q) contiguous holds each score row's natural log-sum-exp. dtype: of q,
+// k, v, out (and the backward's dout, dq, dk, dv); lse is float32 always.
 struct AttentionArgs {
   const float* q = nullptr;
   const float* k = nullptr;
@@ -67,6 +81,7 @@ struct AttentionArgs {
   // of the undropped softmax. The CUDA kernels drop the same elements.
   float dropout_p = 0.f;
   uint64_t dropout_seed = 0;
+  DType dtype = DType::kFloat32;
 };
 
 // Gradients of attention; dq, dk, dv use the strides of q, k, v and dout
@@ -229,6 +244,29 @@ struct Kernels {
   // same call on dy with the same key gives dx (written, not accumulated).
   void (*dropout)(const float* x, float* y, int64_t n, float p, uint64_t key);
 
+  // ---- What the ops (csrc/bindings/ops.cpp) need besides the models' entries.
+  // The GEMM exactly as args ask: precision and dtype honoured, m or n of 0
+  // allowed, no routing of few-row products (a model table's matmul may round
+  // or route differently). std::invalid_argument for what the backend cannot
+  // compute (bfloat16 data on the CPU, kBF16 without AVX512_BF16).
+  void (*gemm)(const GemmArgs& args);
+  // As layernorm_backward, but dx is written rather than added to (dweight
+  // and dbias still accumulate): a fresh output needs no zero fill.
+  void (*layernorm_backward_write)(const float* dy, const float* x, const float* weight,
+                                   const float* mean, const float* rstd, float* dx,
+                                   float* dweight, float* dbias, int64_t rows, int64_t cols);
+  // As cross_entropy, with logits and dlogits (which may alias them) float32
+  // or, where dtype is kBFloat16, bfloat16 (float32 statistics and loss, the
+  // gradient rounded once; std::invalid_argument on the CPU), and targets
+  // int32 (targets_int32) or int64 in the device's memory and unchecked:
+  // *bad_row receives the first row whose target is outside [0, vocab) and not
+  // ignore_index, else -1. When one is bad the loss and dlogits are
+  // unspecified (the CPU computes nothing; CUDA counts such rows as ignored);
+  // the caller raises.
+  float (*cross_entropy_checked)(const void* logits, DType dtype, const void* targets,
+                                 bool targets_int32, void* dlogits, int64_t rows, int64_t vocab,
+                                 int64_t ignore_index, float dloss, int64_t* bad_row);
+
   // ---- Optional entries: null where the backend has no fused version ----
   // The classifier head and its loss fused (ClassifierArgs): the CUDA bf16
   // table's keeps the logits and their gradient in bfloat16, never float32.
@@ -251,7 +289,8 @@ struct Kernels {
   X(softmax_forward) X(softmax_backward) X(layernorm_forward) X(layernorm_backward)       \
   X(gelu_forward) X(gelu_backward) X(attention_forward) X(attention_backward)             \
   X(cross_entropy) X(lstm_cell_forward) X(lstm_cell_backward) X(gru_cell_forward)         \
-  X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward) X(dropout)
+  X(gru_cell_backward) X(adamw) X(sgd) X(gelu_erf_forward) X(gelu_erf_backward) X(dropout)  \
+  X(gemm) X(layernorm_backward_write) X(cross_entropy_checked)
 
 // Entries a backend may leave null (callers fall back to plain kernels).
 #define FASTLM_OPTIONAL_KERNELS(X) X(classifier)

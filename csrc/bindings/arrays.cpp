@@ -94,6 +94,23 @@ std::vector<int64_t> index_array(py::handle obj, const char* op, const char* nam
   return out;
 }
 
+py::array int_array(py::handle obj, const char* op, const char* name, int ndim, bool int64_only) {
+  py::array a = ndarray(obj, op, name);
+  const bool i32 = a.dtype().equal(py::dtype::of<int32_t>());
+  const bool i64 = a.dtype().equal(py::dtype::of<int64_t>());
+  if (!i64 && (int64_only || !i32))
+    throw py::type_error(std::string(op) + ": " + name + " must have dtype " +
+                         (int64_only ? "int64" : "int32 or int64") + ", got " +
+                         std::string(py::str(a.dtype())));
+  check_layout(a, op, name, ndim, false);
+  if (misaligned(a, a.itemsize())) {
+    py::array copy(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    std::memcpy(copy.mutable_data(), a.data(), a.nbytes());
+    return copy;
+  }
+  return a;
+}
+
 void require_shape(const py::array& a, const Shape& want, const char* op, const char* name) {
   const Shape got = shape_of(a);
   if (got != want)

@@ -28,6 +28,11 @@ py::array float_array(py::handle obj, const char* op, const char* name, int ndim
 // An integer ndarray (int32 or int64), C-contiguous, returned as int64 values.
 std::vector<int64_t> index_array(py::handle obj, const char* op, const char* name, int ndim);
 
+// An int32 or int64 ndarray (int64 only when int64_only), C-contiguous, kept
+// as it is; an array not aligned to its element size comes back as a copy.
+py::array int_array(py::handle obj, const char* op, const char* name, int ndim,
+                    bool int64_only = false);
+
 void require_shape(const py::array& a, const Shape& want, const char* op, const char* name);
 [[noreturn]] void value_error(const char* op, const std::string& what);
 

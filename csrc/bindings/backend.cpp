@@ -128,6 +128,27 @@ const Kernels& cpu_table(const char* op, GemmPrecision p) {
 
 }  // namespace
 
+bool emulated_owns(const void* p, int64_t bytes) {
+  EmulatedMemory& m = emulated();
+  std::lock_guard<std::mutex> lock(m.mu);
+  return m.inside(p, bytes);
+}
+
+const Kernels& backend_for(const char* op, Device device) {
+  switch (device) {
+    case Device::kCpu: return cpu::kernels();
+    case Device::kEmulated: return emulated_table(cpu::kernels());
+    case Device::kCuda: break;
+  }
+#if defined(FASTLM_WITH_CUDA) && FASTLM_WITH_CUDA
+  cuda::require();
+  return *cuda::kernel_table(GemmPrecision::kExact);
+#else
+  throw std::runtime_error(std::string(op) +
+                           ": device 'cuda': CUDA is not compiled into this fastlm build");
+#endif
+}
+
 bool cuda_emulated() {
   const char* v = std::getenv("FASTLM_EMULATE_CUDA");
   return v && std::strcmp(v, "1") == 0;

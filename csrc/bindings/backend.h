@@ -1,4 +1,5 @@
-// Which kernel table a model runs on: its device and precision decide.
+// Which kernel table a model or an op runs on: its device (and a model's
+// precision) decide.
 #pragma once
 #include <string>
 
@@ -6,6 +7,18 @@
 
 namespace fastlm {
 namespace bindings {
+
+// Where an op's arrays live: host memory (NumPy), the GPU, or the emulated
+// device (host memory that the emulated allocator hands out as device memory).
+enum class Device { kCpu, kCuda, kEmulated };
+
+// The float32 table of `device`: the active CPU ISA's, the CUDA table
+// (RuntimeError naming `op` without a usable GPU or without CUDA compiled in),
+// or the emulated device's (the active ISA's kernels over emulated memory).
+const Kernels& backend_for(const char* op, Device device);
+
+// Whether [p, p + bytes) lies inside one live block of the emulated device.
+bool emulated_owns(const void* p, int64_t bytes);
 
 // The table of a model on `device` ("cpu" or "cuda") computing its GEMMs in
 // `precision` ("fp32", "bf16"; "tf32" on "cuda" only). With

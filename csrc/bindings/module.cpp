@@ -18,7 +18,7 @@ namespace bindings {
 void bind_ops(py::module_& m);
 void bind_model(py::module_& m);
 void bind_sampling(py::module_& m);  // sampling.cpp: Sampler, DecodeLoop
-void bind_device(py::module_& m);  // device.cpp: DeviceArray, CUDA ops (or a stub)
+void bind_device(py::module_& m);  // device_runtime.cpp: DeviceArray, the GPU's state (or a stub)
 }
 }  // namespace fastlm
 

@@ -1,210 +1,149 @@
-// fastlm._C op bindings: check every array, allocate outputs, release the GIL,
-// call the active CPU kernel table. python/fastlm/ops.py documents each op.
+// fastlm._C op bindings, one per op for every device: wrap and check the
+// arrays once (op_args.h), allocate outputs on their device, release the GIL,
+// call that device's kernel table. python/fastlm/ops.py documents each op.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cmath>
-#include <limits>
-#include <vector>
+#include <string>
 
-#include "bindings/arrays.h"
-#include "cpu/dispatch.h"
+#include "bindings/op_args.h"
 #include "model/rnn_cell.h"
 
 namespace fastlm {
 namespace bindings {
 
+void bind_gemm_ops(py::module_& m);          // ops_gemm.cpp: matmul and the GEMM test entries
+void bind_table_kernel_ops(py::module_& m);  // ops_kernels.cpp: table kernels without an op
+
 namespace {
 
-// A checked GEMM of Python operands; the arrays keep the pointers in g alive.
-struct GemmCall {
-  py::array a, b, bias;
-  GemmArgs g;
-};
-
-GemmCall gemm_call(const char* op, py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
-                   py::handle bias_obj, const std::string& precision) {
-  GemmCall call;
-  GemmArgs& g = call.g;
-  // "highest" and "tf32" are float32 on the CPU; "bf16" rounds a and b.
-  if (precision == "bf16") {
-    const std::string isa = cpu::kernels().name;
-    if (isa != "avx512bf16")
-      value_error(op, "precision 'bf16' needs the avx512bf16 CPU ISA (AVX512_BF16); the active "
-                      "CPU ISA is '" + isa + "'");
-    g.precision = GemmPrecision::kBF16;
-  } else if (precision != "highest" && precision != "tf32") {
-    value_error(op, "precision must be 'highest', 'tf32' or 'bf16', got '" + precision + "'");
-  }
-  call.a = float_array(a_obj, op, "a", 2);
-  call.b = float_array(b_obj, op, "b", 2);
-  const py::array &a = call.a, &b = call.b;
-  const int64_t m = trans_a ? a.shape(1) : a.shape(0), ka = trans_a ? a.shape(0) : a.shape(1);
-  const int64_t kb = trans_b ? b.shape(1) : b.shape(0), n = trans_b ? b.shape(0) : b.shape(1);
-  if (ka != kb)
-    value_error(op, "inner dimensions differ: op(a) is " + shape_str({m, ka}) + ", op(b) is " +
-                        shape_str({kb, n}));
-  if (!bias_obj.is_none()) {
-    call.bias = float_array(bias_obj, op, "bias", 1);  // held by call: it may be an aligned copy
-    require_shape(call.bias, {n}, op, "bias");
-    g.bias = cptr(call.bias);
-  }
-  g.a = cptr(a);
-  g.b = cptr(b);
-  g.m = m;
-  g.n = n;
-  g.k = ka;
-  g.lda = a.shape(1);
-  g.ldb = b.shape(1);
-  g.ldc = n;
-  g.trans_a = trans_a;
-  g.trans_b = trans_b;
-  return call;
-}
-
-py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
-                          py::handle bias_obj, const std::string& precision) {
-  GemmCall call = gemm_call("matmul", a_obj, b_obj, trans_a, trans_b, bias_obj, precision);
-  py::array_t<float> c = new_array({call.g.m, call.g.n});
-  call.g.c = c.mutable_data();
-  if (call.g.m && call.g.n) {
-    py::gil_scoped_release nogil;
-    cpu::kernels().matmul(call.g);
-  }
-  return c;
-}
-
-// For the tests: c (m, n) [+]= op(a) @ op(b) [+ bias], optionally with op(b)
-// packed first by matmul_pack_b (the paths ops.matmul does not reach).
-void matmul_into(py::handle c_obj, py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
-                 py::handle bias_obj, const std::string& precision, bool accumulate, bool prepack) {
-  const char* op = "_matmul_into";
-  GemmCall call = gemm_call(op, a_obj, b_obj, trans_a, trans_b, bias_obj, precision);
-  GemmArgs& g = call.g;
-  py::array c = float_array(c_obj, op, "c", 2, true);
-  require_shape(c, {g.m, g.n}, op, "c");
-  g.c = mptr(c);
-  g.accumulate = accumulate;
-  const Kernels& kt = cpu::kernels();
-  std::vector<float> packed(prepack ? (size_t)kt.matmul_packed_size(g.n, g.k) : 0);
-  py::gil_scoped_release nogil;
-  if (prepack) {
-    kt.matmul_pack_b(g, packed.data());
-    g.b_packed = packed.data();
-  }
-  if (g.m && g.n) kt.matmul(g);
-}
-
-// rows x cols view of an array whose last axis is the one reduced over.
-void rows_cols(const py::array& x, const char* op, const char* name, int64_t* rows,
-               int64_t* cols) {
-  if (x.ndim() < 1) value_error(op, std::string(name) + " must have at least 1 dimension");
-  *cols = x.shape(x.ndim() - 1);
-  *rows = *cols ? x.size() / *cols : 0;
-}
-
-py::array_t<float> softmax(py::handle x_obj) {
-  py::array x = float_array(x_obj, "softmax", "x");
+py::object softmax(py::handle x_obj) {
+  OpCall c("softmax", {{"x", x_obj}});
+  const Tensor x = c.floats("x");
   int64_t rows, cols;
-  rows_cols(x, "softmax", "x", &rows, &cols);
-  py::array_t<float> y = new_array(shape_of(x));
+  rows_cols(x, c.op(), "x", &rows, &cols);
+  const Kernels& k = c.kernels();
+  Tensor y;
+  py::object out = c.output(x.shape, &y);
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().softmax_forward(cptr(x), y.mutable_data(), rows, cols);
+    k.softmax_forward(x.f(), y.mf(), rows, cols);
   }
-  return y;
+  return out;
 }
 
-py::array_t<float> softmax_backward(py::handle dy_obj, py::handle y_obj) {
-  const char* op = "softmax_backward";
-  py::array y = float_array(y_obj, op, "y");
-  py::array dy = float_array(dy_obj, op, "dy");
-  require_shape(dy, shape_of(y), op, "dy");
+py::object softmax_backward(py::handle dy_obj, py::handle y_obj) {
+  OpCall c("softmax_backward", {{"dy", dy_obj}, {"y", y_obj}});
+  const Tensor y = c.floats("y");
+  const Tensor dy = c.floats("dy");
+  require_shape(dy, y.shape, c.op(), "dy");
   int64_t rows, cols;
-  rows_cols(y, op, "y", &rows, &cols);
-  py::array_t<float> dx = new_array(shape_of(y), true);
+  rows_cols(y, c.op(), "y", &rows, &cols);
+  const Kernels& k = c.kernels();
+  Tensor dx;
+  py::object out = c.output(y.shape, &dx, true);
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().softmax_backward(cptr(dy), cptr(y), dx.mutable_data(), rows, cols);
+    k.softmax_backward(dy.f(), y.f(), dx.mf(), rows, cols);
   }
-  return dx;
+  return out;
+}
+
+// LayerNorm normalises x's last axis: it must hold at least one element
+// whenever there is a row to normalise (else mean and rstd are undefined).
+void check_norm_axis(const char* op, const Tensor& x) {
+  if (x.shape.empty() || x.shape.back() != 0) return;
+  Shape lead = x.shape;
+  lead.pop_back();
+  if (numel(lead) > 0)
+    value_error(op, "x's last axis (the one normalised over) must have size >= 1, got x of "
+                    "shape " + shape_str(x.shape));
 }
 
 py::tuple layernorm(py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps) {
-  const char* op = "layernorm";
-  py::array x = float_array(x_obj, op, "x");
+  OpCall c("layernorm", {{"x", x_obj}, {"weight", w_obj}, {"bias", b_obj}});
+  const char* op = c.op();
+  const Tensor x = c.floats("x");
+  check_norm_axis(op, x);
   int64_t rows, cols;
   rows_cols(x, op, "x", &rows, &cols);
-  py::array w = float_array(w_obj, op, "weight", 1);
-  py::array b = float_array(b_obj, op, "bias", 1);
+  const Tensor w = c.floats("weight", 1), b = c.floats("bias", 1);
   require_shape(w, {cols}, op, "weight");
   require_shape(b, {cols}, op, "bias");
   if (!(eps >= 0) || !std::isfinite(eps)) value_error(op, "eps must be finite and >= 0");
-  Shape stat_shape = shape_of(x);
-  stat_shape.pop_back();
-  py::array_t<float> y = new_array(shape_of(x)), mean = new_array(stat_shape),
-                     rstd = new_array(stat_shape);
+  Shape stat = x.shape;
+  stat.pop_back();
+  const Kernels& k = c.kernels();
+  Tensor y, mean, rstd;
+  py::object y_out = c.output(x.shape, &y), mean_out = c.output(stat, &mean),
+             rstd_out = c.output(stat, &rstd);
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().layernorm_forward(cptr(x), cptr(w), cptr(b), y.mutable_data(),
-                                     mean.mutable_data(), rstd.mutable_data(), rows, cols,
-                                     (float)eps);
+    k.layernorm_forward(x.f(), w.f(), b.f(), y.mf(), mean.mf(), rstd.mf(), rows, cols,
+                        (float)eps);
   }
-  return py::make_tuple(y, mean, rstd);
+  return py::make_tuple(y_out, mean_out, rstd_out);
 }
 
 py::tuple layernorm_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
                              py::handle mean_obj, py::handle rstd_obj) {
-  const char* op = "layernorm_backward";
-  py::array x = float_array(x_obj, op, "x");
+  OpCall c("layernorm_backward", {{"dy", dy_obj}, {"x", x_obj}, {"weight", w_obj},
+                                  {"mean", mean_obj}, {"rstd", rstd_obj}});
+  const char* op = c.op();
+  const Tensor x = c.floats("x");
+  check_norm_axis(op, x);
   int64_t rows, cols;
   rows_cols(x, op, "x", &rows, &cols);
-  py::array dy = float_array(dy_obj, op, "dy");
-  require_shape(dy, shape_of(x), op, "dy");
-  py::array w = float_array(w_obj, op, "weight", 1);
+  const Tensor dy = c.floats("dy");
+  require_shape(dy, x.shape, op, "dy");
+  const Tensor w = c.floats("weight", 1);
   require_shape(w, {cols}, op, "weight");
-  Shape stat_shape = shape_of(x);
-  stat_shape.pop_back();
-  py::array mean = float_array(mean_obj, op, "mean");
-  py::array rstd = float_array(rstd_obj, op, "rstd");
-  require_shape(mean, stat_shape, op, "mean");
-  require_shape(rstd, stat_shape, op, "rstd");
-  py::array_t<float> dx = new_array(shape_of(x), true), dw = new_array({cols}, true),
-                     db = new_array({cols}, true);
+  Shape stat = x.shape;
+  stat.pop_back();
+  const Tensor mean = c.floats("mean"), rstd = c.floats("rstd");
+  require_shape(mean, stat, op, "mean");
+  require_shape(rstd, stat, op, "rstd");
+  const Kernels& k = c.kernels();
+  // dx is written, not accumulated: no zero fill needed.
+  Tensor dx, dw, db;
+  py::object dx_out = c.output(x.shape, &dx), dw_out = c.output({cols}, &dw, true),
+             db_out = c.output({cols}, &db, true);
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().layernorm_backward(cptr(dy), cptr(x), cptr(w), cptr(mean), cptr(rstd),
-                                      dx.mutable_data(), dw.mutable_data(), db.mutable_data(),
-                                      rows, cols);
+    k.layernorm_backward_write(dy.f(), x.f(), w.f(), mean.f(), rstd.f(), dx.mf(), dw.mf(),
+                               db.mf(), rows, cols);
   }
-  return py::make_tuple(dx, dw, db);
+  return py::make_tuple(dx_out, dw_out, db_out);
 }
 
 // exact: the erf GELU instead of the tanh approximation.
-py::array_t<float> gelu(py::handle x_obj, bool exact) {
-  py::array x = float_array(x_obj, "gelu", "x");
-  py::array_t<float> y = new_array(shape_of(x));
+py::object gelu(py::handle x_obj, bool exact) {
+  OpCall c("gelu", {{"x", x_obj}});
+  const Tensor x = c.floats("x");
+  const Kernels& k = c.kernels();
+  Tensor y;
+  py::object out = c.output(x.shape, &y);
   {
     py::gil_scoped_release nogil;
-    const Kernels& k = cpu::kernels();
-    (exact ? k.gelu_erf_forward : k.gelu_forward)(cptr(x), y.mutable_data(), x.size());
+    (exact ? k.gelu_erf_forward : k.gelu_forward)(x.f(), y.mf(), x.size());
   }
-  return y;
+  return out;
 }
 
-py::array_t<float> gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
-  const char* op = "gelu_backward";
-  py::array x = float_array(x_obj, op, "x");
-  py::array dy = float_array(dy_obj, op, "dy");
-  require_shape(dy, shape_of(x), op, "dy");
-  py::array_t<float> dx = new_array(shape_of(x));
+py::object gelu_backward(py::handle dy_obj, py::handle x_obj, bool exact) {
+  OpCall c("gelu_backward", {{"dy", dy_obj}, {"x", x_obj}});
+  const Tensor x = c.floats("x");
+  const Tensor dy = c.floats("dy");
+  require_shape(dy, x.shape, c.op(), "dy");
+  const Kernels& k = c.kernels();
+  Tensor dx;
+  py::object out = c.output(x.shape, &dx);
   {
     py::gil_scoped_release nogil;
-    const Kernels& k = cpu::kernels();
-    (exact ? k.gelu_erf_backward : k.gelu_backward)(cptr(dy), cptr(x), dx.mutable_data(),
-                                                     x.size());
+    (exact ? k.gelu_erf_backward : k.gelu_backward)(dy.f(), x.f(), dx.mf(), x.size());
   }
-  return dx;
+  return out;
 }
 
 // p in [0, 1) for the dropout of `op`, else ValueError naming the argument.
@@ -216,32 +155,44 @@ float dropout_p(double p, const char* op, const char* name) {
 
 // The forward and the backward are one kernel (the mask is regenerated);
 // op and name say which was called, for the errors.
-py::array_t<float> dropout(py::handle x_obj, double p, uint64_t seed, const char* op,
-                           const char* name) {
-  py::array x = float_array(x_obj, op, name);
+py::object dropout(py::handle x_obj, double p, uint64_t seed, const char* op, const char* name) {
+  OpCall c(op, {{name, x_obj}});
+  const Tensor x = c.floats(name);
   const float pf = dropout_p(p, op, "p");
-  py::array_t<float> y = new_array(shape_of(x));
+  const Kernels& k = c.kernels();
+  Tensor y;
+  py::object out = c.output(x.shape, &y);
   {
     py::gil_scoped_release nogil;
-    cpu::kernels().dropout(cptr(x), y.mutable_data(), x.size(), pf, seed);
+    k.dropout(x.f(), y.mf(), x.size(), pf, seed);
   }
-  return y;
+  return out;
 }
 
 Strides contiguous_bhtd(const Shape& s) { return {s[1] * s[2] * s[3], s[2] * s[3], s[3]}; }
 
-AttentionArgs attention_args(const char* op, const py::array& q, const py::array& k,
-                             const py::array& v, bool causal) {
-  const Shape sq = shape_of(q), sk = shape_of(k);
+// head_dim on CUDA (the emulated device included, which stands for a GPU).
+constexpr int64_t kMaxCudaHeadDim = 128;
+
+AttentionArgs attention_args(const OpCall& c, const Tensor& q, const Tensor& k, const Tensor& v,
+                             bool causal, double dropout, uint64_t dropout_seed) {
+  const char* op = c.op();
+  require_same_type(k, q, op, "k", "q");
+  require_same_type(v, q, op, "v", "q");
+  const Shape &sq = q.shape, &sk = k.shape;
   require_shape(v, sk, op, "v");
   if (sk[0] != sq[0] || sk[1] != sq[1] || sk[3] != sq[3])
     value_error(op, "k " + shape_str(sk) + " does not match q " + shape_str(sq) +
                         " in batch, heads or head dim");
   if (sq[3] < 1) value_error(op, "head dim must be >= 1");
+  if (c.device() != Device::kCpu && sq[3] > kMaxCudaHeadDim)
+    value_error(op, "head dim must be <= " + std::to_string(kMaxCudaHeadDim) + " on CUDA, got " +
+                        std::to_string(sq[3]));
   AttentionArgs a;
-  a.q = cptr(q);
-  a.k = cptr(k);
-  a.v = cptr(v);
+  a.dtype = q.dtype == ElemType::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
+  a.q = q.f();
+  a.k = k.f();
+  a.v = v.f();
   a.sq = a.so = contiguous_bhtd(sq);
   a.sk = a.sv = contiguous_bhtd(sk);
   a.batch = sq[0];
@@ -250,127 +201,134 @@ AttentionArgs attention_args(const char* op, const py::array& q, const py::array
   a.seq_k = sk[2];
   a.head_dim = sq[3];
   a.causal = causal;
+  a.dropout_p = dropout_p(dropout, op, "dropout");
+  a.dropout_seed = dropout_seed;
   return a;
 }
 
 py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,
                     double dropout, uint64_t dropout_seed) {
-  const char* op = "attention";
-  py::array q = float_array(q_obj, op, "q", 4);
-  py::array k = float_array(k_obj, op, "k", 4);
-  py::array v = float_array(v_obj, op, "v", 4);
-  AttentionArgs a = attention_args(op, q, k, v, causal);
-  a.dropout_p = dropout_p(dropout, op, "dropout");
-  a.dropout_seed = dropout_seed;
-  if (a.seq_k < 1 && a.seq_q > 0) value_error(op, "k and v must hold at least one position");
-  py::array_t<float> out = new_array(shape_of(q)), lse = new_array({a.batch, a.heads, a.seq_q});
-  a.out = out.mutable_data();
-  a.lse = lse.mutable_data();
+  OpCall c("attention", {{"q", q_obj}, {"k", k_obj}, {"v", v_obj}});
+  const Tensor q = c.floats("q", 4, false, true), k = c.floats("k", 4, false, true),
+               v = c.floats("v", 4, false, true);
+  AttentionArgs a = attention_args(c, q, k, v, causal, dropout, dropout_seed);
+  if (a.seq_k < 1 && a.seq_q > 0) value_error(c.op(), "k and v must hold at least one position");
+  const Kernels& kt = c.kernels();
+  Tensor out, lse;
+  py::object out_obj = c.output(q.shape, &out, false, q.dtype),
+             lse_obj = c.output({a.batch, a.heads, a.seq_q}, &lse);
+  a.out = out.mf();
+  a.lse = lse.mf();
   if (q.size()) {
     py::gil_scoped_release nogil;
-    cpu::kernels().attention_forward(a);
+    kt.attention_forward(a);
   }
-  return py::make_tuple(out, lse);
+  return py::make_tuple(out_obj, lse_obj);
 }
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
                              bool causal, double dropout, uint64_t dropout_seed) {
-  const char* op = "attention_backward";
-  py::array q = float_array(q_obj, op, "q", 4);
-  py::array k = float_array(k_obj, op, "k", 4);
-  py::array v = float_array(v_obj, op, "v", 4);
-  require_shape(k, shape_of(q), op, "k");
+  OpCall c("attention_backward", {{"dout", dout_obj}, {"q", q_obj}, {"k", k_obj}, {"v", v_obj},
+                                  {"out", out_obj}, {"lse", lse_obj}});
+  const char* op = c.op();
+  const Tensor q = c.floats("q", 4, false, true), k = c.floats("k", 4, false, true),
+               v = c.floats("v", 4, false, true);
+  require_shape(k, q.shape, op, "k");
   AttentionGradArgs g;
-  g.fwd = attention_args(op, q, k, v, causal);
-  g.fwd.dropout_p = dropout_p(dropout, op, "dropout");
-  g.fwd.dropout_seed = dropout_seed;
-  py::array out = float_array(out_obj, op, "out", 4);
-  py::array dout = float_array(dout_obj, op, "dout", 4);
-  py::array lse = float_array(lse_obj, op, "lse", 3);
-  require_shape(out, shape_of(q), op, "out");
-  require_shape(dout, shape_of(q), op, "dout");
+  g.fwd = attention_args(c, q, k, v, causal, dropout, dropout_seed);
+  const Tensor out = c.floats("out", 4, false, true), dout = c.floats("dout", 4, false, true),
+               lse = c.floats("lse", 3);
+  require_same_type(out, q, op, "out", "q");
+  require_same_type(dout, q, op, "dout", "q");
+  require_shape(out, q.shape, op, "out");
+  require_shape(dout, q.shape, op, "dout");
   require_shape(lse, {g.fwd.batch, g.fwd.heads, g.fwd.seq_q}, op, "lse");
-  g.fwd.out = const_cast<float*>(cptr(out));  // read only in the backward
-  g.fwd.lse = const_cast<float*>(cptr(lse));
-  g.dout = cptr(dout);
-  py::array_t<float> dq = new_array(shape_of(q), true), dk = new_array(shape_of(q), true),
-                     dv = new_array(shape_of(q), true);
-  g.dq = dq.mutable_data();
-  g.dk = dk.mutable_data();
-  g.dv = dv.mutable_data();
+  g.fwd.out = out.mf();  // read only in the backward
+  g.fwd.lse = lse.mf();
+  g.dout = dout.f();
+  const Kernels& kt = c.kernels();
+  Tensor dq, dk, dv;
+  py::object dq_obj = c.output(q.shape, &dq, true, q.dtype),
+             dk_obj = c.output(q.shape, &dk, true, q.dtype),
+             dv_obj = c.output(q.shape, &dv, true, q.dtype);
+  g.dq = dq.mf();
+  g.dk = dk.mf();
+  g.dv = dv.mf();
   if (q.size()) {
     py::gil_scoped_release nogil;
-    cpu::kernels().attention_backward(g);
+    kt.attention_backward(g);
   }
-  return py::make_tuple(dq, dk, dv);
+  return py::make_tuple(dq_obj, dk_obj, dv_obj);
 }
 
 py::tuple cross_entropy(py::handle logits_obj, py::handle targets_obj, int64_t ignore_index,
                         py::handle out_obj, bool compute_grad) {
-  const char* op = "cross_entropy";
-  py::array logits = float_array(logits_obj, op, "logits", 2);
-  const int64_t rows = logits.shape(0), vocab = logits.shape(1);
-  std::vector<int64_t> targets = index_array(targets_obj, op, "targets", 1);
-  if ((int64_t)targets.size() != rows)
+  OpCall c("cross_entropy", {{"logits", logits_obj}, {"targets", targets_obj},
+                             {"out", out_obj}});
+  const char* op = c.op();
+  const Tensor logits = c.floats("logits", 2, false, true);
+  const int64_t rows = logits.shape[0], vocab = logits.shape[1];
+  const Tensor targets = c.indices("targets", 1);
+  if (targets.shape[0] != rows)
     value_error(op, "targets must have shape (" + std::to_string(rows) + ",) to match logits " +
-                        shape_str(shape_of(logits)) + ", got (" +
-                        std::to_string(targets.size()) + ",)");
+                        shape_str(logits.shape) + ", got " + shape_str(targets.shape));
   if (vocab < 1 && rows > 0) value_error(op, "logits must have at least one column");
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t t = targets[i];
-    if (t != ignore_index && (t < 0 || t >= vocab))
-      value_error(op, "targets[" + std::to_string(i) + "] = " + std::to_string(t) +
-                          " is out of range [0, " + std::to_string(vocab) +
-                          ") and is not ignore_index (" + std::to_string(ignore_index) + ")");
-  }
+  const Kernels& k = c.kernels();
   py::object grad = py::none();
-  float* dlogits = nullptr;
+  Tensor dlogits;
   if (compute_grad) {
-    py::array out;
     if (out_obj.is_none()) {
-      out = new_array({rows, vocab});
+      grad = c.output({rows, vocab}, &dlogits, false, logits.dtype);
     } else {
-      out = float_array(out_obj, op, "out", 2, true);
-      require_shape(out, {rows, vocab}, op, "out");
+      dlogits = c.floats("out", 2, true, true);
+      require_same_type(dlogits, logits, op, "out", "logits");
+      require_shape(dlogits, {rows, vocab}, op, "out");
+      check_no_overlap(op, {"out"}, {{"out", &dlogits}, {"targets", &targets}});
       // Both C-contiguous of one shape: the same start is the same memory
       // (logits itself, or a full view such as logits[:]), which the kernel
       // may overwrite in place; any other overlap would mix inputs and outputs.
-      if (out.data() != logits.data() &&
-          py::module_::import("numpy").attr("shares_memory")(out, logits).cast<bool>())
+      if (dlogits.data != logits.data && overlaps(dlogits, logits))
         value_error(op, "out overlaps logits partially; pass logits itself (or a full view of "
                         "it) or a separate array");
+      grad = py::reinterpret_borrow<py::object>(out_obj);  // the caller's own object comes back
     }
-    dlogits = mptr(out);
-    grad = out;
   }
   float loss;
+  int64_t bad = -1;
   {
     py::gil_scoped_release nogil;
-    loss = cpu::kernels().cross_entropy(cptr(logits), targets.data(), dlogits, rows, vocab,
-                                        ignore_index, 1.f);
+    const DType dtype = logits.dtype == ElemType::kBFloat16 ? DType::kBFloat16 : DType::kFloat32;
+    loss = k.cross_entropy_checked(logits.data, dtype, targets.data,
+                                   targets.dtype == ElemType::kInt32, dlogits.data, rows, vocab,
+                                   ignore_index, 1.f, &bad);
   }
+  if (bad >= 0)
+    value_error(op, "targets[" + std::to_string(bad) + "] = " +
+                        std::to_string(c.index_at(targets, bad)) + " is out of range [0, " +
+                        std::to_string(vocab) + ") and is not ignore_index (" +
+                        std::to_string(ignore_index) + ")");
   return py::make_tuple(loss, grad);
 }
 
 struct CellArrays {
-  py::array x, h, c, w_ih, w_hh;
+  Tensor x, h, c, w_ih, w_hh;
   CellSizes s;
 };
 
 // x (n, in), h (n, hidden), w_ih (G*hidden, in), w_hh (G*hidden, hidden), and
 // for the LSTM (gates == 4) its cell state c (n, hidden); the GRU has none.
-CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::handle h_obj,
-                       py::handle c_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
+CellArrays cell_arrays(const OpCall& call, int64_t gates) {
+  const char* op = call.op();
   CellArrays a;
-  a.x = float_array(x_obj, op, "x", 2);
-  a.h = float_array(h_obj, op, "h", 2);
-  a.w_ih = float_array(w_ih_obj, op, "w_ih", 2);
-  a.w_hh = float_array(w_hh_obj, op, "w_hh", 2);
-  a.s = {a.x.shape(0), a.x.shape(1), a.h.shape(1)};
+  a.x = call.floats("x", 2);
+  a.h = call.floats("h", 2);
+  a.w_ih = call.floats("w_ih", 2);
+  a.w_hh = call.floats("w_hh", 2);
+  a.s = {a.x.shape[0], a.x.shape[1], a.h.shape[1]};
   require_shape(a.h, {a.s.n, a.s.hidden}, op, "h");
   if (gates == 4) {
-    a.c = float_array(c_obj, op, "c", 2);
+    a.c = call.floats("c", 2);
     require_shape(a.c, {a.s.n, a.s.hidden}, op, "c");
   }
   require_shape(a.w_ih, {gates * a.s.hidden, a.s.input}, op, "w_ih");
@@ -378,114 +336,118 @@ CellArrays cell_arrays(const char* op, int64_t gates, py::handle x_obj, py::hand
   return a;
 }
 
-py::array bias_array(py::handle obj, const char* op, const char* name, int64_t n) {
-  py::array b = float_array(obj, op, name, 1);
-  require_shape(b, {n}, op, name);
-  return b;
+// An array of `name` with shape `want`.
+Tensor shaped(const OpCall& c, const char* name, const Shape& want) {
+  Tensor t = c.floats(name, (int)want.size());
+  require_shape(t, want, c.op(), name);
+  return t;
 }
 
 py::tuple lstm_cell(py::handle x_obj, py::handle h_obj, py::handle c_obj, py::handle w_ih_obj,
                     py::handle w_hh_obj, py::handle b_ih_obj, py::handle b_hh_obj) {
-  const char* op = "lstm_cell";
-  CellArrays a = cell_arrays(op, 4, x_obj, h_obj, c_obj, w_ih_obj, w_hh_obj);
+  OpCall c("lstm_cell", {{"x", x_obj}, {"h", h_obj}, {"c", c_obj}, {"w_ih", w_ih_obj},
+                         {"w_hh", w_hh_obj}, {"b_ih", b_ih_obj}, {"b_hh", b_hh_obj}});
+  const CellArrays a = cell_arrays(c, 4);
   const CellSizes s = a.s;
-  py::array b_ih = bias_array(b_ih_obj, op, "b_ih", 4 * s.hidden);
-  py::array b_hh = bias_array(b_hh_obj, op, "b_hh", 4 * s.hidden);
-  py::array_t<float> h_next = new_array({s.n, s.hidden}), c_next = new_array({s.n, s.hidden}),
-                     gates = new_array({s.n, 4 * s.hidden}), preact = new_array({s.n, 4 * s.hidden});
+  const Tensor b_ih = shaped(c, "b_ih", {4 * s.hidden}), b_hh = shaped(c, "b_hh", {4 * s.hidden});
+  const Kernels& k = c.kernels();
+  Tensor h_next, c_next, gates, preact;
+  py::object h_out = c.output({s.n, s.hidden}, &h_next), c_out = c.output({s.n, s.hidden}, &c_next),
+             g_out = c.output({s.n, 4 * s.hidden}, &gates);
+  c.output({s.n, 4 * s.hidden}, &preact);  // scratch
   {
     py::gil_scoped_release nogil;
-    lstm_cell_step_forward(cpu::kernels(), s, cptr(a.x), cptr(a.h), cptr(a.c), cptr(a.w_ih),
-                           cptr(a.w_hh), cptr(b_ih), cptr(b_hh), preact.mutable_data(),
-                           gates.mutable_data(), c_next.mutable_data(), h_next.mutable_data());
+    lstm_cell_step_forward(k, s, a.x.f(), a.h.f(), a.c.f(), a.w_ih.f(), a.w_hh.f(), b_ih.f(),
+                           b_hh.f(), preact.mf(), gates.mf(), c_next.mf(), h_next.mf());
   }
-  return py::make_tuple(h_next, c_next, gates);
+  return py::make_tuple(h_out, c_out, g_out);
 }
 
 py::tuple lstm_cell_backward(py::handle dh_obj, py::handle dc_obj, py::handle x_obj,
                              py::handle h_obj, py::handle c_obj, py::handle c_next_obj,
                              py::handle gates_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
-  const char* op = "lstm_cell_backward";
-  CellArrays a = cell_arrays(op, 4, x_obj, h_obj, c_obj, w_ih_obj, w_hh_obj);
+  OpCall c("lstm_cell_backward",
+           {{"dh_next", dh_obj}, {"dc_next", dc_obj}, {"x", x_obj}, {"h", h_obj}, {"c", c_obj},
+            {"c_next", c_next_obj}, {"gates", gates_obj}, {"w_ih", w_ih_obj}, {"w_hh", w_hh_obj}});
+  const CellArrays a = cell_arrays(c, 4);
   const CellSizes s = a.s;
-  py::array dh_next = float_array(dh_obj, op, "dh_next", 2);
-  py::array dc_next = float_array(dc_obj, op, "dc_next", 2);
-  py::array c_next = float_array(c_next_obj, op, "c_next", 2);
-  py::array gates = float_array(gates_obj, op, "gates", 2);
-  require_shape(dh_next, {s.n, s.hidden}, op, "dh_next");
-  require_shape(dc_next, {s.n, s.hidden}, op, "dc_next");
-  require_shape(c_next, {s.n, s.hidden}, op, "c_next");
-  require_shape(gates, {s.n, 4 * s.hidden}, op, "gates");
-  py::array_t<float> dx = new_array({s.n, s.input}, true), dh = new_array({s.n, s.hidden}, true),
-                     dc = new_array({s.n, s.hidden}, true),
-                     dw_ih = new_array({4 * s.hidden, s.input}, true),
-                     dw_hh = new_array({4 * s.hidden, s.hidden}, true),
-                     db = new_array({4 * s.hidden}, true),
-                     dpreact = new_array({s.n, 4 * s.hidden}, true);
+  const Tensor dh_next = shaped(c, "dh_next", {s.n, s.hidden}),
+               dc_next = shaped(c, "dc_next", {s.n, s.hidden}),
+               c_next = shaped(c, "c_next", {s.n, s.hidden}),
+               gates = shaped(c, "gates", {s.n, 4 * s.hidden});
+  const Kernels& k = c.kernels();
+  Tensor dx, dh, dc, dw_ih, dw_hh, db, dpreact;
+  py::tuple out = py::make_tuple(
+      c.output({s.n, s.input}, &dx, true), c.output({s.n, s.hidden}, &dh, true),
+      c.output({s.n, s.hidden}, &dc, true), c.output({4 * s.hidden, s.input}, &dw_ih, true),
+      c.output({4 * s.hidden, s.hidden}, &dw_hh, true), c.output({4 * s.hidden}, &db, true));
+  c.output({s.n, 4 * s.hidden}, &dpreact, true);  // scratch
   {
     py::gil_scoped_release nogil;
-    lstm_cell_step_backward(cpu::kernels(), s, cptr(dh_next), cptr(dc_next), cptr(a.x),
-                            cptr(a.h), cptr(a.c), cptr(c_next), cptr(gates), cptr(a.w_ih),
-                            cptr(a.w_hh), dpreact.mutable_data(), dx.mutable_data(),
-                            dh.mutable_data(), dc.mutable_data(), dw_ih.mutable_data(),
-                            dw_hh.mutable_data(), db.mutable_data());
+    lstm_cell_step_backward(k, s, dh_next.f(), dc_next.f(), a.x.f(), a.h.f(), a.c.f(),
+                            c_next.f(), gates.f(), a.w_ih.f(), a.w_hh.f(), dpreact.mf(), dx.mf(),
+                            dh.mf(), dc.mf(), dw_ih.mf(), dw_hh.mf(), db.mf());
   }
-  return py::make_tuple(dx, dh, dc, dw_ih, dw_hh, db);
+  return out;
 }
 
 py::tuple gru_cell(py::handle x_obj, py::handle h_obj, py::handle w_ih_obj, py::handle w_hh_obj,
                    py::handle b_ih_obj, py::handle b_hh_obj) {
-  const char* op = "gru_cell";
-  CellArrays a = cell_arrays(op, 3, x_obj, h_obj, py::none(), w_ih_obj, w_hh_obj);
+  OpCall c("gru_cell", {{"x", x_obj}, {"h", h_obj}, {"w_ih", w_ih_obj}, {"w_hh", w_hh_obj},
+                        {"b_ih", b_ih_obj}, {"b_hh", b_hh_obj}});
+  const CellArrays a = cell_arrays(c, 3);
   const CellSizes s = a.s;
-  py::array b_ih = bias_array(b_ih_obj, op, "b_ih", 3 * s.hidden);
-  py::array b_hh = bias_array(b_hh_obj, op, "b_hh", 3 * s.hidden);
-  py::array_t<float> h_next = new_array({s.n, s.hidden}), gates = new_array({s.n, 4 * s.hidden}),
-                     gi = new_array({s.n, 3 * s.hidden}), gh = new_array({s.n, 3 * s.hidden});
+  const Tensor b_ih = shaped(c, "b_ih", {3 * s.hidden}), b_hh = shaped(c, "b_hh", {3 * s.hidden});
+  const Kernels& k = c.kernels();
+  Tensor h_next, gates, gi, gh;
+  py::object h_out = c.output({s.n, s.hidden}, &h_next),
+             g_out = c.output({s.n, 4 * s.hidden}, &gates);
+  c.output({s.n, 3 * s.hidden}, &gi);  // scratch
+  c.output({s.n, 3 * s.hidden}, &gh);
   {
     py::gil_scoped_release nogil;
-    gru_cell_step_forward(cpu::kernels(), s, cptr(a.x), cptr(a.h), cptr(a.w_ih), cptr(a.w_hh),
-                          cptr(b_ih), cptr(b_hh), gi.mutable_data(), gh.mutable_data(),
-                          gates.mutable_data(), h_next.mutable_data());
+    gru_cell_step_forward(k, s, a.x.f(), a.h.f(), a.w_ih.f(), a.w_hh.f(), b_ih.f(), b_hh.f(),
+                          gi.mf(), gh.mf(), gates.mf(), h_next.mf());
   }
-  return py::make_tuple(h_next, gates);
+  return py::make_tuple(h_out, g_out);
 }
 
 py::tuple gru_cell_backward(py::handle dh_obj, py::handle x_obj, py::handle h_obj,
                             py::handle gates_obj, py::handle w_ih_obj, py::handle w_hh_obj) {
-  const char* op = "gru_cell_backward";
-  CellArrays a = cell_arrays(op, 3, x_obj, h_obj, py::none(), w_ih_obj, w_hh_obj);
+  OpCall c("gru_cell_backward", {{"dh_next", dh_obj}, {"x", x_obj}, {"h", h_obj},
+                                 {"gates", gates_obj}, {"w_ih", w_ih_obj}, {"w_hh", w_hh_obj}});
+  const CellArrays a = cell_arrays(c, 3);
   const CellSizes s = a.s;
-  py::array dh_next = float_array(dh_obj, op, "dh_next", 2);
-  py::array gates = float_array(gates_obj, op, "gates", 2);
-  require_shape(dh_next, {s.n, s.hidden}, op, "dh_next");
-  require_shape(gates, {s.n, 4 * s.hidden}, op, "gates");
-  py::array_t<float> dx = new_array({s.n, s.input}, true), dh = new_array({s.n, s.hidden}, true),
-                     dw_ih = new_array({3 * s.hidden, s.input}, true),
-                     dw_hh = new_array({3 * s.hidden, s.hidden}, true),
-                     db_ih = new_array({3 * s.hidden}, true), db_hh = new_array({3 * s.hidden}, true),
-                     dgi = new_array({s.n, 3 * s.hidden}, true),
-                     dgh = new_array({s.n, 3 * s.hidden}, true);
+  const Tensor dh_next = shaped(c, "dh_next", {s.n, s.hidden}),
+               gates = shaped(c, "gates", {s.n, 4 * s.hidden});
+  const Kernels& k = c.kernels();
+  Tensor dx, dh, dw_ih, dw_hh, db_ih, db_hh, dgi, dgh;
+  py::tuple out = py::make_tuple(
+      c.output({s.n, s.input}, &dx, true), c.output({s.n, s.hidden}, &dh, true),
+      c.output({3 * s.hidden, s.input}, &dw_ih, true),
+      c.output({3 * s.hidden, s.hidden}, &dw_hh, true), c.output({3 * s.hidden}, &db_ih, true),
+      c.output({3 * s.hidden}, &db_hh, true));
+  c.output({s.n, 3 * s.hidden}, &dgi, true);  // scratch
+  c.output({s.n, 3 * s.hidden}, &dgh, true);
   {
     py::gil_scoped_release nogil;
-    gru_cell_step_backward(cpu::kernels(), s, cptr(dh_next), cptr(a.x), cptr(a.h), cptr(gates),
-                           cptr(a.w_ih), cptr(a.w_hh), dgi.mutable_data(), dgh.mutable_data(),
-                           dx.mutable_data(), dh.mutable_data(), dw_ih.mutable_data(),
-                           dw_hh.mutable_data(), db_ih.mutable_data(), db_hh.mutable_data());
+    gru_cell_step_backward(k, s, dh_next.f(), a.x.f(), a.h.f(), gates.f(), a.w_ih.f(),
+                           a.w_hh.f(), dgi.mf(), dgh.mf(), dx.mf(), dh.mf(), dw_ih.mf(),
+                           dw_hh.mf(), db_ih.mf(), db_hh.mf());
   }
-  return py::make_tuple(dx, dh, dw_ih, dw_hh, db_ih, db_hh);
+  return out;
 }
 
 void adamw_step(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle v_obj, double lr,
                 double beta1, double beta2, double eps, double weight_decay, int64_t step) {
-  const char* op = "adamw_step";
-  py::array p = float_array(p_obj, op, "param", -1, true);
-  py::array g = float_array(g_obj, op, "grad");
-  py::array m = float_array(m_obj, op, "m", -1, true);
-  py::array v = float_array(v_obj, op, "v", -1, true);
-  require_shape(g, shape_of(p), op, "grad");
-  require_shape(m, shape_of(p), op, "m");
-  require_shape(v, shape_of(p), op, "v");
+  OpCall c("adamw_step", {{"param", p_obj}, {"grad", g_obj}, {"m", m_obj}, {"v", v_obj}});
+  const char* op = c.op();
+  const Tensor p = c.floats("param", -1, true), g = c.floats("grad"),
+               m = c.floats("m", -1, true), v = c.floats("v", -1, true);
+  require_shape(g, p.shape, op, "grad");
+  require_shape(m, p.shape, op, "m");
+  require_shape(v, p.shape, op, "v");
+  check_no_overlap(op, {"param", "m", "v"}, {{"param", &p}, {"grad", &g}, {"m", &m}, {"v", &v}});
   auto check = [&](double x, const char* name, bool ok, const char* want) {
     if (!ok || !std::isfinite(x))
       value_error(op, std::string(name) + " must be " + want + ", got " + std::to_string(x));
@@ -496,34 +458,25 @@ void adamw_step(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle
   check(eps, "eps", eps > 0, "finite and > 0");
   check(weight_decay, "weight_decay", weight_decay >= 0, "finite and >= 0");
   if (step < 1) value_error(op, "step must be >= 1 (the count of updates including this one)");
-  AdamWArgs args{lr, beta1, beta2, eps, weight_decay, step, 1.0f};
+  const AdamWArgs args{lr, beta1, beta2, eps, weight_decay, step, 1.0f};
+  const Kernels& k = c.kernels();
   py::gil_scoped_release nogil;
-  cpu::kernels().adamw(mptr(p), cptr(g), mptr(m), mptr(v), p.size(), args);
+  k.adamw(p.mf(), g.f(), m.mf(), v.mf(), p.size(), args);
 }
 
 double sum_squares(py::handle x_obj) {
-  py::array x = float_array(x_obj, "sum_squares", "x");
+  OpCall c("sum_squares", {{"x", x_obj}});
+  const Tensor x = c.floats("x");
+  const Kernels& k = c.kernels();
   py::gil_scoped_release nogil;
-  return cpu::kernels().sum_squares(cptr(x), x.size());
+  return k.sum_squares(x.f(), x.size());
 }
 
 }  // namespace
 
 void bind_ops(py::module_& m) {
   using py::arg;
-  // The GEMM's bias gradient, for the tests: dbias (cols) += column sums of dout (rows, cols).
-  m.def("_bias_backward", [](py::handle dout_obj, py::handle dbias_obj) {
-    const char* op = "_bias_backward";
-    py::array dout = float_array(dout_obj, op, "dout", 2);
-    py::array db = float_array(dbias_obj, op, "dbias", 1, true);
-    require_shape(db, {dout.shape(1)}, op, "dbias");
-    py::gil_scoped_release nogil;
-    cpu::kernels().bias_backward(cptr(dout), mptr(db), dout.shape(0), dout.shape(1));
-  }, arg("dout"), arg("dbias"));
-  m.def("matmul", &matmul, arg("a"), arg("b"), arg("trans_a"), arg("trans_b"), arg("bias"),
-        arg("precision") = "highest");
-  m.def("_matmul_into", &matmul_into, arg("c"), arg("a"), arg("b"), arg("trans_a"), arg("trans_b"),
-        arg("bias"), arg("precision"), arg("accumulate"), arg("prepack"));
+  bind_gemm_ops(m);
   m.def("softmax", &softmax, arg("x"));
   m.def("softmax_backward", &softmax_backward, arg("dy"), arg("y"));
   m.def("layernorm", &layernorm, arg("x"), arg("weight"), arg("bias"), arg("eps"));
@@ -554,6 +507,13 @@ void bind_ops(py::module_& m) {
   m.def("adamw_step", &adamw_step, arg("param"), arg("grad"), arg("m"), arg("v"), arg("lr"),
         arg("beta1"), arg("beta2"), arg("eps"), arg("weight_decay"), arg("step"));
   m.def("sum_squares", &sum_squares, arg("x"));
+  bind_table_kernel_ops(m);
+  // The names the CUDA tests have always called (they take any device's arrays now).
+  for (const char* name : {"matmul", "softmax", "softmax_backward", "layernorm",
+                           "layernorm_backward", "gelu", "gelu_backward", "attention",
+                           "attention_backward", "cross_entropy", "lstm_cell",
+                           "lstm_cell_backward", "gru_cell", "gru_cell_backward", "adamw_step"})
+    m.attr(("cuda_" + std::string(name)).c_str()) = m.attr(name);
 }
 
 }  // namespace bindings

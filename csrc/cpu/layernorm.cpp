@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "cpu/cpu_kernels.h"
 #include "cpu/memory.h"
@@ -168,6 +169,13 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
     dweight[j] += sw;
     dbias[j] += sb;
   }
+}
+
+void layernorm_backward_write(const float* dy, const float* x, const float* weight,
+                              const float* mean, const float* rstd, float* dx, float* dweight,
+                              float* dbias, int64_t rows, int64_t cols) {
+  if (rows > 0 && cols > 0) memset(dx, 0, (size_t)(rows * cols) * sizeof(float));
+  layernorm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias, rows, cols);
 }
 
 }  // namespace FASTLM_ISA

@@ -528,6 +528,13 @@ void matmul(const GemmArgs& g) {
   matmul_tiled<Fp32>(g);
 }
 
+// The ops' GEMM: float32 data only (bfloat16 data is the CUDA table's).
+void gemm(const GemmArgs& g) {
+  if (g.dtype != DType::kFloat32 || g.c_float)
+    throw std::invalid_argument("gemm: the CPU kernels take float32 data only");
+  matmul(g);
+}
+
 int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
 
 void matmul_pack_b(const GemmArgs& g, float* packed) {

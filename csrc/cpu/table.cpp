@@ -19,6 +19,7 @@ static Kernels make_table() {
   Kernels t = *avx512::kernel_table();
   t.name = FASTLM_STR(FASTLM_ISA);
   t.matmul = matmul;
+  t.gemm = gemm;
   t.matmul_packed_size = matmul_packed_size;
   t.matmul_pack_b = matmul_pack_b;
   t.bias_backward = bias_backward;

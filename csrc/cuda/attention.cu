@@ -306,7 +306,7 @@ void launch_backward_f32(const BwdParams& p, int64_t batch) {
   FASTLM_CHECK_LAUNCH("attention bwd_dq_f32_kernel");
 }
 
-void check_sizes(const AttentionDesc& d, const char* op) {
+void check_sizes(const AttentionArgs& d, const char* op) {
   const std::string name(op);
   if (d.batch < 0 || d.heads < 0 || d.seq_q < 0 || d.seq_k < 0)
     throw std::invalid_argument(name + ": negative size");
@@ -326,7 +326,7 @@ bool vec_ok(const void* ptr, const Strides& s, int64_t elem) {
          (s.row * elem) % 16 == 0;
 }
 
-HeadParams head_params(const AttentionDesc& d) {
+HeadParams head_params(const AttentionArgs& d) {
   HeadParams p;
   p.q = d.q;
   p.k = d.k;
@@ -354,7 +354,7 @@ HeadParams head_params(const AttentionDesc& d) {
 
 }  // namespace attn
 
-void attention_forward_ex(const AttentionDesc& d) {
+void attention_forward(const AttentionArgs& d) {
   attn::check_sizes(d, "attention");
   if (d.batch == 0 || d.heads == 0 || d.seq_q == 0) return;
   attn::FwdParams p;
@@ -371,8 +371,8 @@ void attention_forward_ex(const AttentionDesc& d) {
   }
 }
 
-void attention_backward_ex(const AttentionGradDesc& g) {
-  const AttentionDesc& d = g.fwd;
+void attention_backward(const AttentionGradArgs& g) {
+  const AttentionArgs& d = g.fwd;
   attn::check_sizes(d, "attention_backward");
   // No query: nothing reaches k or v.
   if (d.batch == 0 || d.heads == 0 || d.seq_q == 0) return;
@@ -400,50 +400,12 @@ void attention_backward_ex(const AttentionGradDesc& g) {
       attn::launch_backward_f32<128>(p, d.batch);
   } else {
     attn::delta_kernel<bf16><<<blocks, 32 * rows_per_block, 0, launch_stream()>>>(
-        static_cast<const bf16*>(g.dout), static_cast<const bf16*>(d.out), d.so, d.heads,
+        reinterpret_cast<const bf16*>(g.dout), reinterpret_cast<const bf16*>(d.out), d.so, d.heads,
         d.seq_q, (int)d.head_dim, delta.as<float>(), rows);
     FASTLM_CHECK_LAUNCH("attention delta_kernel<bf16>");
     p.vec = p.vec && attn::vec_ok(g.dout, d.so, 2);
     attn::launch_backward_bf16(p, d.batch);
   }
-}
-
-// The table's float32 arguments as a descriptor.
-AttentionDesc attention_desc(const AttentionArgs& a, DType dtype) {
-  AttentionDesc d;
-  d.dtype = dtype;
-  d.q = a.q;
-  d.k = a.k;
-  d.v = a.v;
-  d.out = a.out;
-  d.lse = a.lse;
-  d.sq = a.sq;
-  d.sk = a.sk;
-  d.sv = a.sv;
-  d.so = a.so;
-  d.batch = a.batch;
-  d.heads = a.heads;
-  d.seq_q = a.seq_q;
-  d.seq_k = a.seq_k;
-  d.head_dim = a.head_dim;
-  d.causal = a.causal;
-  d.dropout_p = a.dropout_p;
-  d.dropout_seed = a.dropout_seed;
-  return d;
-}
-
-void attention_forward(const AttentionArgs& a) {
-  attention_forward_ex(attention_desc(a, DType::kFloat32));
-}
-
-void attention_backward(const AttentionGradArgs& a) {
-  AttentionGradDesc g;
-  g.fwd = attention_desc(a.fwd, DType::kFloat32);
-  g.dout = a.dout;
-  g.dq = a.dq;
-  g.dk = a.dk;
-  g.dv = a.dv;
-  attention_backward_ex(g);
 }
 
 }  // namespace cuda

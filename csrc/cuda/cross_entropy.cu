@@ -171,25 +171,21 @@ float run_any(const T* logits, const void* targets, bool targets_are_int32, T* d
 
 }  // namespace
 
-float cross_entropy_bf16_ex(const void* logits, const void* targets, bool targets_are_int32,
-                            void* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
-                            float dloss, int64_t* bad_row) {
-  return run_any(static_cast<const bf16*>(logits), targets, targets_are_int32,
-                 static_cast<bf16*>(dlogits), rows, vocab, ignore_index, dloss, bad_row);
-}
-
-float cross_entropy_ex(const float* logits, const void* targets, bool targets_are_int32,
-                       float* dlogits, int64_t rows, int64_t vocab, int64_t ignore_index,
-                       float dloss, int64_t* bad_row) {
-  return run_any(logits, targets, targets_are_int32, dlogits, rows, vocab, ignore_index, dloss,
-                 bad_row);
+float cross_entropy_checked(const void* logits, DType dtype, const void* targets,
+                            bool targets_are_int32, void* dlogits, int64_t rows, int64_t vocab,
+                            int64_t ignore_index, float dloss, int64_t* bad_row) {
+  if (dtype == DType::kBFloat16)
+    return run_any(static_cast<const bf16*>(logits), targets, targets_are_int32,
+                   static_cast<bf16*>(dlogits), rows, vocab, ignore_index, dloss, bad_row);
+  return run_any(static_cast<const float*>(logits), targets, targets_are_int32,
+                 static_cast<float*>(dlogits), rows, vocab, ignore_index, dloss, bad_row);
 }
 
 float cross_entropy(const float* logits, const int64_t* targets, float* dlogits, int64_t rows,
                     int64_t vocab, int64_t ignore_index, float dloss) {
   int64_t bad = -1;
-  const float loss = cross_entropy_ex(logits, targets, false, dlogits, rows, vocab, ignore_index,
-                                      dloss, &bad);
+  const float loss = cross_entropy_checked(logits, DType::kFloat32, targets, false, dlogits, rows,
+                                           vocab, ignore_index, dloss, &bad);
   if (bad >= 0)
     throw std::invalid_argument("cross_entropy: targets[" + std::to_string(bad) +
                                 "] is out of range [0, " + std::to_string(vocab) +

@@ -163,7 +163,7 @@ bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, in
 
 }  // namespace sm90
 
-bool gemm_sm90(const GemmDesc& d) {
+bool gemm_sm90(const GemmArgs& d) {
   if (d.precision == GemmPrecision::kExact || d.k < 1 || !tma_operands_ok(d)) return false;
   const GemmPath path = gemm_path();
   if (path == GemmPath::kMma || !usable()) return false;

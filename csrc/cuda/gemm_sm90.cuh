@@ -231,7 +231,7 @@ bool make_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, in
               int box_rows, int elem_bytes = 2);
 
 // The epilogue's view of d. TF32's c is float32 as well (c_float).
-inline Sm90Params params_of(const GemmDesc& d) {
+inline Sm90Params params_of(const GemmArgs& d) {
   Sm90Params p;
   p.c = d.c;
   p.bias = d.bias;
@@ -248,7 +248,7 @@ inline Sm90Params params_of(const GemmDesc& d) {
 
 // Whether TMA can read the operands: 16-byte aligned bases and row strides,
 // sizes whose tile coordinates fit in int32.
-inline bool tma_operands_ok(const GemmDesc& d) {
+inline bool tma_operands_ok(const GemmArgs& d) {
   const int64_t es = d.precision == GemmPrecision::kBF16 ? 2 : 4;
   return aligned16(d.a) && aligned16(d.b) && (d.lda * es) % 16 == 0 && (d.ldb * es) % 16 == 0 &&
          d.m <= INT32_MAX - kBM && d.n <= INT32_MAX - kBN && d.k <= INT32_MAX - kBK;
@@ -257,7 +257,7 @@ inline bool tma_operands_ok(const GemmDesc& d) {
 // gemm_sm90_next.cu: the opt-in kernel (FASTLM_CUDA_GEMM=wgmma-next): bfloat16
 // in every layout, TF32 for a @ b^T; false when it does not take the call. The
 // caller has checked k >= 1, the device and tma_operands_ok.
-bool gemm_sm90_next(const GemmDesc& d);
+bool gemm_sm90_next(const GemmArgs& d);
 
 }  // namespace sm90
 }  // namespace cuda

@@ -191,7 +191,7 @@ void launch_tiles(const CUtensorMap& map_a, const CUtensorMap& map_b, const Sm90
 // there are half as many: they are taken where they fill the SMs as evenly
 // (the same fraction of the last round of tiles busy, to 1%).
 template <typename T, bool kMnA, bool kMnB>
-bool launch(const GemmDesc& d, const Sm90Params& p) {
+bool launch(const GemmArgs& d, const Sm90Params& p) {
   static const int sms = multiprocessor_count();
   auto busy = [&](int64_t bn) {  // mean fraction of the SMs busy over the rounds of tiles
     const int64_t tiles = cdiv(d.m, kBM) * cdiv(d.n, bn);
@@ -220,7 +220,7 @@ bool launch(const GemmDesc& d, const Sm90Params& p) {
 
 namespace sm90 {
 
-bool gemm_sm90_next(const GemmDesc& d) {
+bool gemm_sm90_next(const GemmArgs& d) {
   // a^T arrives as a (k, m) matrix, b (not b^T) as (k, n): those are MN-major.
   const bool mn_a = d.trans_a, mn_b = !d.trans_b;
   const bool tf32 = d.precision == GemmPrecision::kTF32;

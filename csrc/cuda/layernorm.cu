@@ -373,5 +373,11 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
   layernorm_backward_ex(dy, x, weight, mean, rstd, dx, dweight, dbias, rows, cols, true);
 }
 
+void layernorm_backward_write(const float* dy, const float* x, const float* weight,
+                              const float* mean, const float* rstd, float* dx, float* dweight,
+                              float* dbias, int64_t rows, int64_t cols) {
+  layernorm_backward_ex(dy, x, weight, mean, rstd, dx, dweight, dbias, rows, cols, false);
+}
+
 }  // namespace cuda
 }  // namespace fastlm

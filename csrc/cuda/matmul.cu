@@ -32,7 +32,7 @@ struct GemmParams {
   void* c;
   int64_t m, n, k, lda, ldb, ldc;
   bool accumulate;
-  bool c_float;       // bfloat16 operands with float32 c and bias (GemmDesc::c_float)
+  bool c_float;       // bfloat16 operands with float32 c and bias (GemmArgs::c_float)
   bool vec_a, vec_b;  // operand base and row stride 16-byte aligned: cp.async usable
 };
 
@@ -306,13 +306,16 @@ __global__ void column_finish_kernel(const float* __restrict__ partial, float* _
 }  // namespace
 
 // gemm_sm90.cu: the Hopper kernel, when it takes the call (false: it does not).
-bool gemm_sm90(const GemmDesc& d);
+bool gemm_sm90(const GemmArgs& d);
 
-void gemm(const GemmDesc& d) {
+void gemm(const GemmArgs& d) {
   if (d.m < 0 || d.n < 0 || d.k < 0)
     throw std::invalid_argument("gemm: negative size");
   if (d.c_float && d.precision != GemmPrecision::kBF16)
     throw std::invalid_argument("gemm: c_float is for bfloat16 operands only");
+  if ((d.precision == GemmPrecision::kBF16) != (d.dtype == DType::kBFloat16))
+    throw std::invalid_argument("gemm: bfloat16 arithmetic takes bfloat16 operands (dtype), and "
+                                "bfloat16 operands bfloat16 arithmetic");
   if (d.m == 0 || d.n == 0) return;
   if (gemm_sm90(d)) return;
   const int64_t grid_y = cdiv(d.m, BM), grid_x = cdiv(d.n, BN);
@@ -345,21 +348,11 @@ void gemm(const GemmDesc& d) {
 }
 
 void matmul(const GemmArgs& g) {
-  GemmDesc d;
+  GemmArgs d = g;
+  d.b_packed = nullptr;
   d.precision = GemmPrecision::kExact;
-  d.a = g.a;
-  d.b = g.b;
-  d.bias = g.bias;
-  d.c = g.c;
-  d.m = g.m;
-  d.n = g.n;
-  d.k = g.k;
-  d.lda = g.lda;
-  d.ldb = g.ldb;
-  d.ldc = g.ldc;
-  d.trans_a = g.trans_a;
-  d.trans_b = g.trans_b;
-  d.accumulate = g.accumulate;
+  d.dtype = DType::kFloat32;
+  d.c_float = false;
   gemm(d);
 }
 

@@ -29,13 +29,13 @@ void device_download(void* dst, const void* src, int64_t bytes) {
   copy_to_host(dst, src, (size_t)bytes);
 }
 
-GemmDesc desc_of(const GemmArgs& g, GemmPrecision precision) {
-  GemmDesc d;
+// g as `gemm` takes it: float32 data (bfloat16 operands set after), no pack.
+GemmArgs gemm_args(const GemmArgs& g, GemmPrecision precision) {
+  GemmArgs d = g;
+  d.b_packed = nullptr;
   d.precision = precision;
-  d.a = g.a, d.b = g.b, d.bias = g.bias, d.c = g.c;
-  d.m = g.m, d.n = g.n, d.k = g.k;
-  d.lda = g.lda, d.ldb = g.ldb, d.ldc = g.ldc;
-  d.trans_a = g.trans_a, d.trans_b = g.trans_b, d.accumulate = g.accumulate;
+  d.dtype = DType::kFloat32;
+  d.c_float = false;
   return d;
 }
 
@@ -49,7 +49,7 @@ void matmul_exact(const GemmArgs& g) {
 // float32 operands rounded to TF32 on the tensor cores.
 void matmul_tf32(const GemmArgs& g) {
   if (gemv_fits(g)) return gemv(g, g.b, false);
-  gemm(desc_of(g, GemmPrecision::kTF32));
+  gemm(gemm_args(g, GemmPrecision::kTF32));
 }
 
 // Elements a row-major operand of `rows` x `cols` with row stride ld spans.
@@ -71,17 +71,18 @@ void matmul_bf16(const GemmArgs& g) {
   if (g.m == 0 || g.n == 0) return;
   const int64_t nb = g.trans_b ? span(g.n, g.k, g.ldb) : span(g.k, g.n, g.ldb);
   Scratch b_scratch(g.b_packed ? 0 : 2 * nb);
-  const void* b16 = g.b_packed;
+  const float* b16 = g.b_packed;  // bfloat16 data
   if (!b16) {
     float_to_bf16(g.b, b_scratch.as<void>(), nb);
-    b16 = b_scratch.as<void>();
+    b16 = b_scratch.as<float>();
   }
   if (gemv_fits(g)) return gemv(g, b16, true);
   const int64_t na = g.trans_a ? span(g.k, g.m, g.lda) : span(g.m, g.k, g.lda);
   Scratch a16(2 * na);
   float_to_bf16(g.a, a16.as<void>(), na);
-  GemmDesc d = desc_of(g, GemmPrecision::kBF16);
-  d.a = a16.as<void>(), d.b = b16;
+  GemmArgs d = gemm_args(g, GemmPrecision::kBF16);
+  d.dtype = DType::kBFloat16;
+  d.a = a16.as<float>(), d.b = b16;
   d.c_float = true;
   gemm(d);
 }
@@ -106,8 +107,11 @@ class Bf16Range {
     if (round) float_to_bf16(lo_, mem_.as<void>(), n_);
     else zero_device(mem_.as<void>(), 2 * (size_t)n_);
   }
-  void* at(const void* p) const {
-    return static_cast<uint16_t*>(mem_.as<void>()) + (static_cast<const float*>(p) - lo_);
+  // Where the bfloat16 copy of float32 element p lies (bfloat16 data behind
+  // a float pointer, as AttentionArgs carries it with dtype kBFloat16).
+  float* at(const void* p) const {
+    return reinterpret_cast<float*>(static_cast<uint16_t*>(mem_.as<void>()) +
+                                    (static_cast<const float*>(p) - lo_));
   }
   // Adds the bfloat16 values to the float32 range they came from.
   void add_to(float* dst) const {
@@ -136,9 +140,10 @@ void attention_forward_bf16(const AttentionArgs& a) {
   const int64_t n_out = a.batch * a.heads * a.seq_q * a.head_dim;
   Bf16Range qkv(a.q, a.k, a.v, span, true);
   Scratch out16(2 * (size_t)n_out);
-  AttentionDesc d = attention_desc(a, DType::kBFloat16);
-  d.q = qkv.at(a.q), d.k = qkv.at(a.k), d.v = qkv.at(a.v), d.out = out16.as<void>();
-  attention_forward_ex(d);
+  AttentionArgs d = a;
+  d.dtype = DType::kBFloat16;
+  d.q = qkv.at(a.q), d.k = qkv.at(a.k), d.v = qkv.at(a.v), d.out = out16.as<float>();
+  attention_forward(d);
   bf16_to_float(out16.as<void>(), a.out, n_out);
 }
 
@@ -151,13 +156,14 @@ void attention_backward_bf16(const AttentionGradArgs& g) {
   Scratch out16(2 * (size_t)n_out), dout16(2 * (size_t)n_out);
   float_to_bf16(a.out, out16.as<void>(), n_out);
   float_to_bf16(g.dout, dout16.as<void>(), n_out);
-  AttentionGradDesc d;
-  d.fwd = attention_desc(a, DType::kBFloat16);
+  AttentionGradArgs d;
+  d.fwd = a;
+  d.fwd.dtype = DType::kBFloat16;
   d.fwd.q = qkv.at(a.q), d.fwd.k = qkv.at(a.k), d.fwd.v = qkv.at(a.v);
-  d.fwd.out = out16.as<void>();
-  d.dout = dout16.as<void>();
+  d.fwd.out = out16.as<float>();
+  d.dout = dout16.as<float>();
   d.dq = grads.at(g.dq), d.dk = grads.at(g.dk), d.dv = grads.at(g.dv);
-  attention_backward_ex(d);
+  attention_backward(d);
   grads.add_to(std::min({g.dq, g.dk, g.dv}));
 }
 
@@ -176,27 +182,32 @@ float classifier_bf16(const ClassifierArgs& a) {
   float_to_bf16(a.inp, in16.as<void>(), R * C);
   float_to_bf16(a.weight, w16.as<void>(), V * C);
   void* logits16 = a.logits;  // rows * vocab bfloat16: half the workspace
-  GemmDesc f;
-  f.precision = GemmPrecision::kBF16;
-  f.a = in16.as<void>(), f.b = w16.as<void>(), f.c = logits16;
+  // bfloat16 operands (GemmArgs' float pointers carry bfloat16 data here).
+  auto bf16_gemm = [](const void* a16, const void* b16, void* c) {
+    GemmArgs g;
+    g.precision = GemmPrecision::kBF16, g.dtype = DType::kBFloat16;
+    g.a = static_cast<const float*>(a16), g.b = static_cast<const float*>(b16);
+    g.c = static_cast<float*>(c);
+    return g;
+  };
+  GemmArgs f = bf16_gemm(in16.as<void>(), w16.as<void>(), logits16);
   f.m = R, f.n = V, f.k = C, f.lda = C, f.ldb = C, f.ldc = V, f.trans_b = true;
   gemm(f);
   int64_t bad = -1;
-  const float loss = cross_entropy_bf16_ex(logits16, a.targets, false, a.dinp ? logits16 : nullptr,
-                                           R, V, a.ignore_index, a.dloss, &bad);
+  const float loss = cross_entropy_checked(logits16, DType::kBFloat16, a.targets, false,
+                                           a.dinp ? logits16 : nullptr, R, V, a.ignore_index,
+                                           a.dloss, &bad);
   if (bad >= 0)
     throw std::invalid_argument("cross_entropy: targets[" + std::to_string(bad) +
                                 "] is out of range [0, " + std::to_string(V) +
                                 ") and is not ignore_index");
   if (!a.dinp) return loss;
-  GemmDesc dx;  // dinp (R, C) = dlogits (R, V) @ weight (V, C)
-  dx.precision = GemmPrecision::kBF16;
-  dx.a = logits16, dx.b = w16.as<void>(), dx.c = a.dinp, dx.c_float = true;
+  GemmArgs dx = bf16_gemm(logits16, w16.as<void>(), a.dinp);  // dinp (R, C) = dlogits (R, V) @ weight (V, C)
+  dx.c_float = true;
   dx.m = R, dx.n = C, dx.k = V, dx.lda = V, dx.ldb = C, dx.ldc = C;
   gemm(dx);
-  GemmDesc dw;  // dweight (V, C) += dlogits^T (V, R) @ inp (R, C)
-  dw.precision = GemmPrecision::kBF16;
-  dw.a = logits16, dw.b = in16.as<void>(), dw.c = a.dweight, dw.c_float = true;
+  GemmArgs dw = bf16_gemm(logits16, in16.as<void>(), a.dweight);  // dweight (V, C) += dlogits^T (V, R) @ inp (R, C)
+  dw.c_float = true;
   dw.m = V, dw.n = C, dw.k = R, dw.lda = V, dw.ldb = C, dw.ldc = C;
   dw.trans_a = true, dw.accumulate = true;
   gemm(dw);

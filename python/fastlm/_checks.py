@@ -7,6 +7,8 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
+from . import _C
+
 
 # The largest size a model argument may take: every tensor extent then fits
 # int32, and the C++ core's sizes (int64) cannot overflow from one product.
@@ -62,7 +64,9 @@ def host_copy(x: Any) -> Any:
     this way: they upload to their own device themselves."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
         return x.detach().cpu().numpy()
-    if hasattr(x, "__cuda_array_interface__") and callable(getattr(x, "numpy", None)):  # a DeviceArray
+    if isinstance(x, _C.DeviceArray):  # the GPU's or the emulated device's
+        return x.numpy()
+    if hasattr(x, "__cuda_array_interface__") and callable(getattr(x, "numpy", None)):
         return x.numpy()
     return x
 

@@ -8,6 +8,10 @@ type). Foreign arrays are borrowed, never copied; outputs are new
 :class:`DeviceArray` objects, which export the interface in turn
 (``torch.as_tensor(out, device="cuda")`` views them).
 
+``fastlm._C`` routes each op call: it asks :func:`is_device_array` about an
+argument that is neither a NumPy array nor a DeviceArray, and views such
+arrays through :func:`as_device_array`.
+
 fastlm queues all its GPU work on the legacy default stream. A foreign array
 that names another stream in its interface is waited for before use.
 """
@@ -38,6 +42,12 @@ def cuda_available() -> bool:
 def _require(what: str) -> None:
     if not _C.cuda_available():
         raise RuntimeError(f"{what}: CUDA is not available ({_C.cuda_unavailable_reason()})")
+
+
+def _require_arrays(what: str) -> None:
+    """Device arrays exist on a GPU, or on the emulated device (FASTLM_EMULATE_CUDA=1)."""
+    if not _C.cuda_emulated():
+        _require(what)
 
 
 def device_name() -> str:
@@ -81,8 +91,10 @@ def to_device(x: Any, dtype: Optional[Any] = None) -> DeviceArray:
     nearest even), ``"int32"`` or ``"int64"``; by default the dtype of x, which
     must then be one of float32, int32, int64 (float64 data needs an explicit
     ``dtype="float32"``). Raises RuntimeError when CUDA is not available.
+    With ``FASTLM_EMULATE_CUDA=1`` the copy goes to the emulated device (host
+    memory that ops on it treat as device memory; no GPU needed).
     """
-    _require("to_device")
+    _require_arrays("to_device")
     want = None if dtype is None else _dtype_name(dtype)
     if is_device_array(x):
         d = as_device_array(x, "to_device", "x")
@@ -152,7 +164,7 @@ def as_device_array(obj: Any, op: str = "as_device_array", name: str = "x") -> D
     returned as is). Errors name ``op`` and the argument ``name``."""
     if isinstance(obj, DeviceArray):
         return obj
-    _require(op)
+    _require_arrays(op)
     if _is_torch_tensor(obj):
         return _from_torch(obj, op, name)
     try:
@@ -213,25 +225,3 @@ def _parse_interface(cai: Any, who: str) -> tuple:
         # Version 3 of the interface: 1 and 2 are the default streams, 0 is forbidden.
         stream = _interface_int(stream, f"{who}: __cuda_array_interface__ 'stream'", 1)
     return shape, dtype, ptr, bool(data[1]), stream
-
-
-def device_args(op: str, **arrays: Any) -> Optional[Dict[str, Any]]:
-    """Route one op call: None when no argument is a device array (run on the
-    CPU); otherwise every non-None argument as a DeviceArray. Mixing host and
-    device arrays is a ValueError naming both groups; with device arrays but no
-    usable GPU, a RuntimeError."""
-    on_device = [k for k, v in arrays.items() if v is not None and is_device_array(v)]
-    if not on_device:
-        return None
-    on_host = [k for k, v in arrays.items() if v is not None and k not in on_device]
-    if on_host:
-        raise ValueError(
-            f"{op}: {_names(on_device)} {'is' if len(on_device) == 1 else 'are'} on the GPU but "
-            f"{_names(on_host)} {'is' if len(on_host) == 1 else 'are'} on the host; move all "
-            "arrays of one call to the same place (fastlm.to_device or .numpy())")
-    _require(op)
-    return {k: (None if v is None else as_device_array(v, op, k)) for k, v in arrays.items()}
-
-
-def _names(names) -> str:
-    return ", ".join(names)

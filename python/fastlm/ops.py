@@ -3,8 +3,10 @@
 Every op takes C-contiguous ``float32`` arrays (ids as ``int32``/``int64``),
 checks them where they enter (``TypeError`` for a wrong type or dtype,
 ``ValueError`` for a wrong shape, layout or value, naming the argument),
-releases the GIL and runs the active CPU kernel table (see
-``fastlm.cpu_isa()``). Outputs are new arrays unless stated otherwise.
+releases the GIL and runs the kernel table of the arrays' device: for NumPy
+arrays the active CPU kernel table (see ``fastlm.cpu_isa()``). Outputs are
+new arrays unless stated otherwise. Each op is one call into ``fastlm._C``,
+which does all of this for every device (``csrc/bindings/ops.cpp``).
 
 Given device arrays instead (``fastlm.DeviceArray``, or objects exporting
 ``__cuda_array_interface__`` such as CuPy arrays and PyTorch CUDA tensors),
@@ -14,18 +16,18 @@ comes back). ``matmul`` and ``attention`` (and its backward) also take
 bfloat16 device arrays, computing in float32 on tensor cores, and
 ``cross_entropy`` takes bfloat16 logits. Mixing host
 and device arrays in one call raises ``ValueError``; device arrays without a
-usable GPU raise ``RuntimeError``. See :mod:`fastlm.cuda`.
+usable GPU raise ``RuntimeError``. With ``FASTLM_EMULATE_CUDA=1`` device
+arrays live on the emulated device (host memory; the CPU kernels compute
+them, float32 only). See :mod:`fastlm.cuda`.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _C
 from ._checks import INT64_MAX, INT64_MIN, check_bool, check_float, check_int
-from .cuda import device_args as _device_args
 
 __all__ = [
     "matmul",
@@ -50,53 +52,10 @@ __all__ = [
 
 
 # ---- argument checks --------------------------------------------------------------
-# Scalar arguments go through fastlm._checks before the call is routed, so that the
-# CPU and the CUDA route reject a bad value alike and the C++ signatures (int64_t,
-# double) never see a value they would reject with pybind11's "incompatible function
-# arguments" message or silently convert. Array overlaps are checked here.
-
-def _overlap(a: Any, b: Any) -> bool:
-    """Whether two arrays of one call share memory: NumPy arrays exactly
-    (``numpy.shares_memory``), device arrays (``DeviceArray``) by byte range.
-    Anything else is left to the C++ checks, which reject it."""
-    if a is None or b is None:
-        return False
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return bool(np.shares_memory(a, b))
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return False
-    try:
-        pa, na, pb, nb = int(a.ptr), int(a.nbytes), int(b.ptr), int(b.nbytes)
-    except (AttributeError, TypeError):
-        return False
-    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
-
-
-def _check_no_overlap(op: str, written: Tuple[str, ...], arrays: dict) -> None:
-    """ValueError when an array the op writes in place (a name in ``written``)
-    shares memory with another of ``arrays`` (name -> array, None for absent):
-    a kernel reading or writing it would see half-updated values."""
-    names = [n for n, a in arrays.items() if a is not None]
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if (a in written or b in written) and _overlap(arrays[a], arrays[b]):
-                out = [n for n in (a, b) if n in written]
-                raise ValueError(
-                    f"{op}: {a} and {b} share memory, but {' and '.join(out)} "
-                    f"{'is' if len(out) == 1 else 'are'} written in place; pass separate arrays")
-
-
-def _check_norm_axis(op: str, x: Any) -> None:
-    """LayerNorm normalises x's last axis: it must hold at least one element
-    whenever there is a row to normalise (else mean and rstd are undefined)."""
-    shape = getattr(x, "shape", None)
-    if not isinstance(x, np.ndarray) and not hasattr(x, "ptr"):
-        return  # not an array: the C++ checks reject it
-    if shape is None or len(shape) < 1 or shape[-1] != 0:
-        return
-    if math.prod(int(d) for d in shape[:-1]) > 0:
-        raise ValueError(f"{op}: x's last axis (the one normalised over) must have size >= 1, "
-                         f"got x of shape {tuple(int(d) for d in shape)}")
+# Scalar arguments go through fastlm._checks before the call, so that the C++
+# signatures (int64_t, double) never see a value they would reject with pybind11's
+# "incompatible function arguments" message or silently convert. Arrays (their
+# device, dtype, shape, layout and overlaps) are checked once, in _C.
 
 
 def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False,
@@ -123,28 +82,16 @@ def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool
         raise ValueError(f"matmul: precision must be 'highest', 'tf32' or 'bf16', got {precision!r}")
     trans_a = check_bool(trans_a, "matmul: trans_a")
     trans_b = check_bool(trans_b, "matmul: trans_b")
-    dev = _device_args("matmul", a=a, b=b, bias=bias)
-    if dev is not None:
-        if precision == "bf16":
-            raise ValueError("matmul: precision 'bf16' is for float32 CPU arrays; on a GPU pass "
-                             "bfloat16 arrays")
-        return _C.cuda_matmul(dev["a"], dev["b"], trans_a, trans_b, dev["bias"], precision)
     return _C.matmul(a, b, trans_a, trans_b, bias, precision)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis of x (any shape, float32); stable for large inputs."""
-    dev = _device_args("softmax", x=x)
-    if dev is not None:
-        return _C.cuda_softmax(dev["x"])
     return _C.softmax(x)
 
 
 def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     """dx = y * (dy - sum(dy * y, last axis)), given y = softmax(x); all the same shape."""
-    dev = _device_args("softmax_backward", dy=dy, y=y)
-    if dev is not None:
-        return _C.cuda_softmax_backward(dev["dy"], dev["y"])
     return _C.softmax_backward(dy, y)
 
 
@@ -157,23 +104,12 @@ def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
     x.shape[:-1] (rstd = 1/sqrt(var + eps)) for the backward.
     """
     eps = check_float(eps, "layernorm: eps", 0.0)
-    dev = _device_args("layernorm", x=x, weight=weight, bias=bias)
-    if dev is not None:
-        _check_norm_axis("layernorm", dev["x"])
-        return _C.cuda_layernorm(dev["x"], dev["weight"], dev["bias"], eps)
-    _check_norm_axis("layernorm", x)
     return _C.layernorm(x, weight, bias, eps)
 
 
 def layernorm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray,
                        rstd: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`layernorm`: returns (dx like x, dweight (C,), dbias (C,))."""
-    dev = _device_args("layernorm_backward", dy=dy, x=x, weight=weight, mean=mean, rstd=rstd)
-    if dev is not None:
-        _check_norm_axis("layernorm_backward", dev["x"])
-        return _C.cuda_layernorm_backward(dev["dy"], dev["x"], dev["weight"], dev["mean"],
-                                          dev["rstd"])
-    _check_norm_axis("layernorm_backward", x)
     return _C.layernorm_backward(dy, x, weight, mean, rstd)
 
 
@@ -189,18 +125,12 @@ def gelu(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); ``"none"``: the exact
     x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), as ``torch.nn.functional.gelu``."""
     exact = _gelu_exact("gelu", approximate)
-    dev = _device_args("gelu", x=x)
-    if dev is not None:
-        return _C.cuda_gelu(dev["x"], exact)
     return _C.gelu(x, exact)
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
     """dx = dy * gelu'(x); dy and x float32 of the same shape; ``approximate`` as :func:`gelu`."""
     exact = _gelu_exact("gelu_backward", approximate)
-    dev = _device_args("gelu_backward", dy=dy, x=x)
-    if dev is not None:
-        return _C.cuda_gelu_backward(dev["dy"], dev["x"], exact)
     return _C.gelu_backward(dy, x, exact)
 
 
@@ -215,11 +145,10 @@ def dropout(x: np.ndarray, p: float, *, seed: int) -> np.ndarray:
     ``keep`` is a pure function of ``(seed, flat index)`` (a counter-based hash,
     ``csrc/dropout_hash.h``), true with probability ``1 - p``; p in [0, 1),
     seed an integer in [0, 2**64). The same seed gives the same mask, so the
-    backward (:func:`dropout_backward`) needs no stored mask.
+    backward (:func:`dropout_backward`) needs no stored mask. Device arrays
+    run the CUDA kernel, which keeps the same elements.
     """
     p, seed = _dropout_args("dropout", p, seed)
-    if _device_args("dropout", x=x) is not None:
-        raise ValueError("dropout: runs on the CPU only (a device array was given)")
     return _C.dropout(x, p, seed)
 
 
@@ -227,8 +156,6 @@ def dropout_backward(dy: np.ndarray, p: float, *, seed: int) -> np.ndarray:
     """Gradient of :func:`dropout` with the same ``p`` and ``seed``:
     ``dy * keep / (1 - p)`` (the forward's own mask, regenerated)."""
     p, seed = _dropout_args("dropout_backward", p, seed)
-    if _device_args("dropout_backward", dy=dy) is not None:
-        raise ValueError("dropout_backward: runs on the CPU only (a device array was given)")
     return _C.dropout_backward(dy, p, seed)
 
 
@@ -252,9 +179,6 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     """
     causal = check_bool(causal, "attention: causal")
     p, seed = _dropout_args("attention", dropout, dropout_seed)
-    dev = _device_args("attention", q=q, k=k, v=v)
-    if dev is not None:
-        return _C.cuda_attention(dev["q"], dev["k"], dev["v"], causal, p, seed)
     return _C.attention(q, k, v, causal, p, seed)
 
 
@@ -268,10 +192,6 @@ def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.nda
     """
     causal = check_bool(causal, "attention_backward: causal")
     p, seed = _dropout_args("attention_backward", dropout, dropout_seed)
-    dev = _device_args("attention_backward", dout=dout, q=q, k=k, v=v, out=out, lse=lse)
-    if dev is not None:
-        return _C.cuda_attention_backward(dev["dout"], dev["q"], dev["k"], dev["v"], dev["out"],
-                                          dev["lse"], causal, p, seed)
     return _C.attention_backward(dout, q, k, v, out, lse, causal, p, seed)
 
 
@@ -292,17 +212,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int 
     """
     ignore_index = check_int(ignore_index, "cross_entropy: ignore_index", INT64_MIN, INT64_MAX)
     compute_grad = check_bool(compute_grad, "cross_entropy: compute_grad")
-    dev = _device_args("cross_entropy", logits=logits, targets=targets, out=out)
-    if dev is not None:
-        if compute_grad:
-            _check_no_overlap("cross_entropy", ("out",),
-                              {"out": dev["out"], "targets": dev["targets"]})
-        loss, grad = _C.cuda_cross_entropy(dev["logits"], dev["targets"], ignore_index,
-                                           dev["out"], compute_grad)
-        # A given out comes back as the caller's own object (a torch tensor stays one).
-        return loss, (out if out is not None and grad is not None else grad)
-    if compute_grad:
-        _check_no_overlap("cross_entropy", ("out",), {"out": out, "targets": targets})
+    # A given out comes back as the caller's own object (a torch tensor stays one).
     return _C.cross_entropy(logits, targets, ignore_index, out, compute_grad)
 
 
@@ -315,9 +225,6 @@ def lstm_cell(x: np.ndarray, h: np.ndarray, c: np.ndarray, w_ih: np.ndarray,
     Returns (h_next (N, H), c_next (N, H), gates (N, 4H)), gates being the
     activated (sigmoid i, f, o; tanh g) values the backward needs.
     """
-    dev = _device_args("lstm_cell", x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    if dev is not None:
-        return _C.cuda_lstm_cell(*dev.values())
     return _C.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
@@ -329,10 +236,6 @@ def lstm_cell_backward(dh_next: np.ndarray, dc_next: np.ndarray, x: np.ndarray, 
     dh_next, dc_next: (N, H). Returns (dx (N, I), dh (N, H), dc (N, H),
     dw_ih (4H, I), dw_hh (4H, H), db (4H,)); db is the gradient of either bias.
     """
-    dev = _device_args("lstm_cell_backward", dh_next=dh_next, dc_next=dc_next, x=x, h=h, c=c,
-                       c_next=c_next, gates=gates, w_ih=w_ih, w_hh=w_hh)
-    if dev is not None:
-        return _C.cuda_lstm_cell_backward(*dev.values())
     return _C.lstm_cell_backward(dh_next, dc_next, x, h, c, c_next, gates, w_ih, w_hh)
 
 
@@ -346,9 +249,6 @@ def gru_cell(x: np.ndarray, h: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
     Returns (h_next (N, H), gates (N, 4H)): r, z, n and h W_hn^T + b_hn, kept
     for the backward.
     """
-    dev = _device_args("gru_cell", x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    if dev is not None:
-        return _C.cuda_gru_cell(*dev.values())
     return _C.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
 
 
@@ -360,10 +260,6 @@ def gru_cell_backward(dh_next: np.ndarray, x: np.ndarray, h: np.ndarray, gates: 
     db_hh (3H,)); the two bias gradients differ in the n gate, where b_hn is
     scaled by r.
     """
-    dev = _device_args("gru_cell_backward", dh_next=dh_next, x=x, h=h, gates=gates, w_ih=w_ih,
-                       w_hh=w_hh)
-    if dev is not None:
-        return _C.cuda_gru_cell_backward(*dev.values())
     return _C.gru_cell_backward(dh_next, x, h, gates, w_ih, w_hh)
 
 
@@ -384,14 +280,6 @@ def adamw_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray
     eps = check_float(eps, f"{op}: eps", 0.0, strict=True)
     weight_decay = check_float(weight_decay, f"{op}: weight_decay", 0.0)
     step = check_int(step, f"{op}: step (updates including this one)", 1, INT64_MAX)
-    written = ("param", "m", "v")
-    dev = _device_args(op, param=param, grad=grad, m=m, v=v)
-    if dev is not None:
-        _check_no_overlap(op, written, dev)
-        _C.cuda_adamw_step(dev["param"], dev["grad"], dev["m"], dev["v"], lr, beta1, beta2, eps,
-                           weight_decay, step)
-        return
-    _check_no_overlap(op, written, {"param": param, "grad": grad, "m": m, "v": v})
     _C.adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
 
 
@@ -399,7 +287,4 @@ def sum_squares(x: np.ndarray) -> float:
     """The sum of the squares of every element of ``x`` (float32, any shape),
     accumulated in float64 in fixed blocks: the same value for the same ``x``
     whatever the thread count. Gradient norms are its square root."""
-    dev = _device_args("sum_squares", x=x)
-    if dev is not None:
-        return float(_C._cuda_sum_squares(dev["x"]))
     return float(_C.sum_squares(x))
