@@ -22,6 +22,19 @@ struct GemmCall {
   GemmArgs g;
 };
 
+// The table whose attention runs `precision` ("fp32", or "bf16": the mixed
+// table, which only the avx512bf16 CPU ISA has).
+const Kernels& attention_table(const char* op, const std::string& precision) {
+  if (precision == "fp32") return cpu::kernels();
+  if (precision != "bf16")
+    value_error(op, "precision must be 'fp32' or 'bf16', got '" + precision + "'");
+  const std::string isa = cpu::kernels().name;
+  if (isa != "avx512bf16")
+    value_error(op, "precision 'bf16' needs the avx512bf16 CPU ISA (AVX512_BF16); the active "
+                    "CPU ISA is '" + isa + "'");
+  return cpu::kernels_for(GemmPrecision::kBF16);
+}
+
 GemmCall gemm_call(const char* op, py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
                    py::handle bias_obj, const std::string& precision) {
   GemmCall call;
@@ -254,8 +267,9 @@ AttentionArgs attention_args(const char* op, const py::array& q, const py::array
 }
 
 py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,
-                    double dropout, uint64_t dropout_seed) {
+                    double dropout, uint64_t dropout_seed, const std::string& precision) {
   const char* op = "attention";
+  const Kernels& kt = attention_table(op, precision);
   py::array q = float_array(q_obj, op, "q", 4);
   py::array k = float_array(k_obj, op, "k", 4);
   py::array v = float_array(v_obj, op, "v", 4);
@@ -268,15 +282,17 @@ py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool c
   a.lse = lse.mutable_data();
   if (q.size()) {
     py::gil_scoped_release nogil;
-    cpu::kernels().attention_forward(a);
+    kt.attention_forward(a);
   }
   return py::make_tuple(out, lse);
 }
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
-                             bool causal, double dropout, uint64_t dropout_seed) {
+                             bool causal, double dropout, uint64_t dropout_seed,
+                             const std::string& precision) {
   const char* op = "attention_backward";
+  const Kernels& kt = attention_table(op, precision);
   py::array q = float_array(q_obj, op, "q", 4);
   py::array k = float_array(k_obj, op, "k", 4);
   py::array v = float_array(v_obj, op, "v", 4);
@@ -301,7 +317,7 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   g.dv = dv.mutable_data();
   if (q.size()) {
     py::gil_scoped_release nogil;
-    cpu::kernels().attention_backward(g);
+    kt.attention_backward(g);
   }
   return py::make_tuple(dq, dk, dv);
 }
@@ -532,9 +548,10 @@ void bind_ops(py::module_& m) {
   m.def("gelu", &gelu, arg("x"), arg("exact") = false);
   m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
   m.def("attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"),
-        arg("dropout") = 0.0, arg("dropout_seed") = 0);
+        arg("dropout") = 0.0, arg("dropout_seed") = 0, arg("precision") = "fp32");
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
-        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0);
+        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0,
+        arg("precision") = "fp32");
   m.def("dropout", [](py::handle x, double p, uint64_t seed) {
     return dropout(x, p, seed, "dropout", "x");
   }, arg("x"), arg("p"), arg("seed"));

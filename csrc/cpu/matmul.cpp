@@ -54,14 +54,7 @@ constexpr int64_t NC = 4096;    // B block KC x NC fits L3
 FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// One k step of the microkernel in float32: one value per element, FMA.
-struct Fp32 {
-  using T = float;
-  static constexpr int kPer = 1;  // k values per element
-  static FASTLM_INLINE V load(const float* p) { return vload(p); }
-  static FASTLM_INLINE V bcast(const float* p) { return vset(*p); }
-  static FASTLM_INLINE V madd(V a, V b, V c) { return vfma(a, b, c); }
-};
+// The microkernel's k step: Fp32 (simd.h) or Bf16 (matmul_bf16.h).
 
 // K splits into blocks of equal depth, at most KC, a multiple of the k values
 // per element (so only the last block holds a half-empty bfloat16 pair).
