@@ -390,15 +390,27 @@ void forward_one_query(const AttentionArgs& a, int64_t h, float* scores) {
   a.lse[h * a.seq_q] = mx + (float)std::log(sum);
 }
 
+// forward_one_query on every head; scores: seq_k floats per head.
+void forward_one_query_heads(const AttentionArgs& a, float* scores) {
+  const int64_t bh = a.batch * a.heads;
+  parallel_for(bh, bh * a.seq_k * a.head_dim > (1 << 15),
+               [&](int64_t h) { forward_one_query(a, h, scores + h * a.seq_k); });
+}
+
 // The tiled forward and backward with the products' operands read as P says.
 template <class P>
 void forward_impl(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
   if (a.seq_q == 1 && a.dropout_p == 0.f) {
-    ScratchFloats scores(bh * a.seq_k, "attention: the scores of one query per head");
-    parallel_for(bh, bh * a.seq_k * D > (1 << 15),
-                 [&](int64_t h) { forward_one_query(a, h, scores.data + h * a.seq_k); });
-    return;
+    // The scores on the stack up to a decoding step's sizes (no allocation
+    // per token).
+    constexpr int64_t kStackScores = 4096;
+    if (bh * a.seq_k <= kStackScores) {
+      alignas(64) float stack[kStackScores];
+      return forward_one_query_heads(a, stack);
+    }
+    ScratchFloats heap(bh * a.seq_k, "attention: the scores of one query per head");
+    return forward_one_query_heads(a, heap.data);
   }
   const int nth = num_threads();
   // Query blocks of one head share one Q^T: as many per work item as still
