@@ -172,7 +172,7 @@ struct F32 {
   static MatA<T> a_rows(const float* src, int64_t rs, int64_t, int64_t, T*, int64_t) {
     return {src, rs, 1};
   }
-  // A tile stored k-major (element (r, p) at src[p ld + r], ncols r values).
+  // A tile stored k-major: element (r, p) at src[p ld + r], p < n, r < ncols.
   static MatA<T> a_cols(const float* src, int64_t ld, int64_t, int64_t, T*) { return {src, 1, ld}; }
   // n rows of dim floats (stride rs) as a B of dp columns (k along the n rows):
   // in place when dim is dp, else copied to buf, padded with zeros.
