@@ -172,6 +172,22 @@ def gpu_backend(request, monkeypatch):
     yield _make_backend(request.param, monkeypatch)[0]
 
 
+HAS_BF16 = "avx512bf16" in fastlm.available_cpu_isas()
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks AVX512_BF16")
+
+
+@pytest.fixture
+def bf16():
+    if not HAS_BF16:
+        pytest.skip("this CPU lacks AVX512_BF16")
+    before = fastlm.cpu_isa()
+    _C._set_cpu_isa("avx512bf16")
+    try:
+        yield
+    finally:
+        _C._set_cpu_isa(before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

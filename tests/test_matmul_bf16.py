@@ -10,30 +10,16 @@ import pytest
 
 import fastlm
 from fastlm import _C, ops
-from conftest import assert_error_bound, same_on_thread_counts
+from conftest import assert_error_bound, needs_bf16, same_on_thread_counts
 from reference.bf16 import bf16_round
 from reference.matmul import operands
 
-HAS_BF16 = "avx512bf16" in fastlm.available_cpu_isas()
-needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks AVX512_BF16")
 
 # Awkward against every tile (MR 8/12, NR 32), the few-rows path (M <= 4),
 # the k pairs (odd K) and the K blocks (K > 512 splits into even blocks).
 SIZES = [(1, 1, 1), (3, 17, 31), (4, 33, 3), (17, 33, 3), (31, 1, 127), (33, 127, 17),
          (127, 31, 1000), (1000, 3, 33), (64, 64, 0), (13, 45, 300), (200, 70, 520), (2, 40, 1025),
          (40, 97, 1025)]
-
-
-@pytest.fixture
-def bf16():
-    if not HAS_BF16:
-        pytest.skip("this CPU lacks AVX512_BF16")
-    before = fastlm.cpu_isa()
-    _C._set_cpu_isa("avx512bf16")
-    try:
-        yield
-    finally:
-        _C._set_cpu_isa(before)
 
 
 def references(a, b, trans_a, trans_b, c0, rounded=True):

@@ -12,9 +12,8 @@ import pytest
 import fastlm
 from fastlm import GRULM, LSTMLM, LanguageModel, Transformer, _C
 from fastlm.cli import main
+from conftest import HAS_BF16, needs_bf16
 
-HAS_BF16 = "avx512bf16" in fastlm.available_cpu_isas()
-needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks AVX512_BF16")
 
 MODELS = {
     "gpt": (Transformer, dict(block_size=32, n_layer=2, n_head=2, n_embd=64)),

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bindings/op_args.h"
+#include "cpu/dispatch.h"
 #include "model/rnn_cell.h"
 
 namespace fastlm {
@@ -206,14 +207,30 @@ AttentionArgs attention_args(const OpCall& c, const Tensor& q, const Tensor& k, 
   return a;
 }
 
+// The table whose attention runs `precision`: "fp32", the call's device's;
+// "bf16" (float32 CPU arrays only), the mixed table of the avx512bf16 CPU ISA,
+// whose QK and PV products take bfloat16 operands.
+const Kernels& attention_table(const OpCall& c, const std::string& precision) {
+  if (precision == "fp32") return c.kernels();
+  if (precision != "bf16")
+    value_error(c.op(), "precision must be 'fp32' or 'bf16', got '" + precision + "'");
+  if (c.device() != Device::kCpu)
+    value_error(c.op(), "precision 'bf16' is for float32 CPU arrays; on a GPU pass bfloat16 arrays");
+  const std::string isa = cpu::kernels().name;
+  if (isa != "avx512bf16")
+    value_error(c.op(), "precision 'bf16' needs the avx512bf16 CPU ISA (AVX512_BF16); the active "
+                        "CPU ISA is '" + isa + "'");
+  return cpu::kernels_for(GemmPrecision::kBF16);
+}
+
 py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,
-                    double dropout, uint64_t dropout_seed) {
+                    double dropout, uint64_t dropout_seed, const std::string& precision) {
   OpCall c("attention", {{"q", q_obj}, {"k", k_obj}, {"v", v_obj}});
+  const Kernels& kt = attention_table(c, precision);
   const Tensor q = c.floats("q", 4, false, true), k = c.floats("k", 4, false, true),
                v = c.floats("v", 4, false, true);
   AttentionArgs a = attention_args(c, q, k, v, causal, dropout, dropout_seed);
   if (a.seq_k < 1 && a.seq_q > 0) value_error(c.op(), "k and v must hold at least one position");
-  const Kernels& kt = c.kernels();
   Tensor out, lse;
   py::object out_obj = c.output(q.shape, &out, false, q.dtype),
              lse_obj = c.output({a.batch, a.heads, a.seq_q}, &lse);
@@ -228,10 +245,12 @@ py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool c
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
-                             bool causal, double dropout, uint64_t dropout_seed) {
+                             bool causal, double dropout, uint64_t dropout_seed,
+                             const std::string& precision) {
   OpCall c("attention_backward", {{"dout", dout_obj}, {"q", q_obj}, {"k", k_obj}, {"v", v_obj},
                                   {"out", out_obj}, {"lse", lse_obj}});
   const char* op = c.op();
+  const Kernels& kt = attention_table(c, precision);
   const Tensor q = c.floats("q", 4, false, true), k = c.floats("k", 4, false, true),
                v = c.floats("v", 4, false, true);
   require_shape(k, q.shape, op, "k");
@@ -247,7 +266,6 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   g.fwd.out = out.mf();  // read only in the backward
   g.fwd.lse = lse.mf();
   g.dout = dout.f();
-  const Kernels& kt = c.kernels();
   Tensor dq, dk, dv;
   py::object dq_obj = c.output(q.shape, &dq, true, q.dtype),
              dk_obj = c.output(q.shape, &dk, true, q.dtype),
@@ -485,9 +503,10 @@ void bind_ops(py::module_& m) {
   m.def("gelu", &gelu, arg("x"), arg("exact") = false);
   m.def("gelu_backward", &gelu_backward, arg("dy"), arg("x"), arg("exact") = false);
   m.def("attention", &attention, arg("q"), arg("k"), arg("v"), arg("causal"),
-        arg("dropout") = 0.0, arg("dropout_seed") = 0);
+        arg("dropout") = 0.0, arg("dropout_seed") = 0, arg("precision") = "fp32");
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
-        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0);
+        arg("out"), arg("lse"), arg("causal"), arg("dropout") = 0.0, arg("dropout_seed") = 0,
+        arg("precision") = "fp32");
   m.def("dropout", [](py::handle x, double p, uint64_t seed) {
     return dropout(x, p, seed, "dropout", "x");
   }, arg("x"), arg("p"), arg("seed"));

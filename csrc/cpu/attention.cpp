@@ -15,6 +15,7 @@
 #include <cmath>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/attention_tiles.h"
 #include "cpu/memory.h"
 #include "dropout_hash.h"
 
@@ -22,141 +23,6 @@ namespace fastlm {
 namespace cpu {
 namespace FASTLM_ISA {
 namespace {
-
-constexpr int64_t kBq = 64, kBk = 64;  // queries x keys per tile
-// Accumulator registers of the micro-kernel and its widest column block:
-// leaves room for the B row and the broadcast (32 zmm, 16 ymm/xmm registers).
-#if defined(FASTLM_ISA_AVX512)
-constexpr int kAcc = 16, kMaxNV = 4;
-#else
-constexpr int kAcc = 8, kMaxNV = 2;
-#endif
-
-int64_t cdiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
-int64_t round_up(int64_t x, int64_t m) { return cdiv(x, m) * m; }
-
-// c[r][0, NV kW) (+)= sum_p a[r ars + p aks] * b[p ldb + (0, NV kW)] for r < R.
-template <int R, int NV>
-FASTLM_INLINE void micro(int64_t k, const float* a, int64_t ars, int64_t aks, const float* b,
-                         int64_t ldb, float* c, int64_t ldc, bool acc) {
-  V s[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) s[r][v] = acc ? vload(c + r * ldc + v * kW) : vzero();
-  for (int64_t p = 0; p < k; ++p) {
-    V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = vload(b + p * ldb + v * kW);
-    for (int r = 0; r < R; ++r) {
-      const V ar = vset(a[r * ars + p * aks]);
-      for (int v = 0; v < NV; ++v) s[r][v] = vfma(ar, bv[v], s[r][v]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) vstore(c + r * ldc + v * kW, s[r][v]);
-}
-
-constexpr int64_t kAll = int64_t(1) << 60;  // "no causal limit" for gemm's lo / hi
-
-// Rows [r, r + R) of A need only p in [r + lo, r + R + hi) (clamped to [0, k)):
-// under a causal mask the rest of a diagonal tile's A is zero, and skipping it
-// halves the work of the products there. Callers pass lo = -kAll, hi = kAll
-// for a full product.
-template <int R, int NV>
-FASTLM_INLINE void micro_range(int64_t r, int64_t k, int64_t lo, int64_t hi, const float* a,
-                               int64_t ars, int64_t aks, const float* b, int64_t ldb, float* c,
-                               int64_t ldc, bool acc) {
-  const int64_t p0 = imax(0, imin(k, r + lo)), p1 = imax(p0, imin(k, r + R + hi));
-  micro<R, NV>(p1 - p0, a + r * ars + p0 * aks, ars, aks, b + p0 * ldb, ldb, c + r * ldc, ldc,
-               acc);
-}
-
-// micro_range on the column vectors [skip, NV) of an NV-vector block (the
-// first skip vectors are left unwritten).
-template <int R, int NV>
-FASTLM_INLINE void micro_skip(int skip, int64_t r, int64_t k, int64_t lo, int64_t hi,
-                              const float* a, int64_t ars, int64_t aks, const float* b,
-                              int64_t ldb, float* c, int64_t ldc, bool acc) {
-  if constexpr (NV > 1) {
-    if (skip > 0) {
-      micro_skip<R, NV - 1>(skip - 1, r, k, lo, hi, a, ars, aks, b + kW, ldb, c + kW, ldc, acc);
-      return;
-    }
-  }
-  micro_range<R, NV>(r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
-}
-
-// Rows [r, r + R) of C need only the columns j >= r + cols_from: the column
-// vectors wholly before that (a causal score tile's hidden part) are skipped
-// and left unwritten. cols_from = -kAll for every column.
-template <int NV>
-void gemm_cols(int64_t m, int64_t k, int64_t lo, int64_t hi, int64_t cols_from, const float* a,
-               int64_t ars, int64_t aks, const float* b, int64_t ldb, float* c, int64_t ldc,
-               bool acc) {
-  constexpr int R = kAcc / NV;
-  auto skip = [&](int64_t r) { return (int)imax(0, imin(NV, (r + cols_from) / kW)); };
-  int64_t r = 0;
-  for (; r + R <= m; r += R) {
-    const int s = skip(r);
-    if (s < NV) micro_skip<R, NV>(s, r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
-  }
-  for (; r < m; ++r) {
-    const int s = skip(r);
-    if (s < NV) micro_skip<1, NV>(s, r, k, lo, hi, a, ars, aks, b, ldb, c, ldc, acc);
-  }
-}
-
-// c (m x nv vectors, row stride ldc) (+)= A (m x k, element (r, p) at
-// a[r ars + p aks]) times B (k x nv vectors, row stride ldb); lo, hi as in
-// micro_range, cols_from as in gemm_cols.
-void gemm(int64_t m, int64_t nv, int64_t k, const float* a, int64_t ars, int64_t aks,
-          const float* b, int64_t ldb, float* c, int64_t ldc, bool acc, int64_t lo = -kAll,
-          int64_t hi = kAll, int64_t cols_from = -kAll) {
-  for (int64_t v0 = 0; v0 < nv; v0 += kMaxNV) {
-    const float* bb = b + v0 * kW;
-    float* cc = c + v0 * kW;
-    const int64_t cf = cols_from - v0 * kW;
-    switch (imin(kMaxNV, nv - v0)) {
-      case 1: gemm_cols<1>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-      case 2: gemm_cols<2>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-      case 3: gemm_cols<3>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-      default: gemm_cols<4>(m, k, lo, hi, cf, a, ars, aks, bb, ldb, cc, ldc, acc); break;
-    }
-  }
-}
-
-// dst[d ld + i] = src[i rs + d] for i < n, d < dim.
-void pack_t(const float* src, int64_t rs, int64_t n, int64_t dim, float* dst, int64_t ld) {
-  for (int64_t i0 = 0; i0 < n; i0 += kW) {
-    const int64_t ni = imin(kW, n - i0);
-    for (int64_t d0 = 0; d0 < dim; d0 += kW)
-      transpose_block(src + i0 * rs + d0, rs, ni, imin(kW, dim - d0), dst + d0 * ld + i0, ld, ni);
-  }
-}
-
-// Zero the columns [n, ld) of a (dim x ld) matrix.
-void zero_cols(float* dst, int64_t n, int64_t ld, int64_t dim) {
-  if (n < ld)
-    for (int64_t d = 0; d < dim; ++d) memset(dst + d * ld + n, 0, (ld - n) * sizeof(float));
-}
-
-// dst (n x dp) = src rows, the columns past dim zero.
-void pack_rows(const float* src, int64_t rs, int64_t n, int64_t dim, int64_t dp, float* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    memcpy(dst + i * dp, src + i * rs, dim * sizeof(float));
-    if (dp > dim) memset(dst + i * dp + dim, 0, (dp - dim) * sizeof(float));
-  }
-}
-
-// n rows of dim floats (row stride rs) as a B operand of dp-float rows: read
-// in place when dim is whole vectors (dp == dim), else copied to dst, padded.
-struct Rows {
-  const float* p;
-  int64_t ld;
-};
-Rows rows_view(const float* src, int64_t rs, int64_t n, int64_t dim, int64_t dp, float* dst) {
-  if (dim == dp) return {src, rs};
-  pack_rows(src, rs, n, dim, dp, dst);
-  return {dst, dp};
-}
 
 // dst rows (stride rs) += scale * sum over u < nsrc, in order, of the
 // (n x dp) matrices at src[u] + off.
@@ -217,16 +83,34 @@ Head head_at(const AttentionArgs& a, int64_t h) {
           a.v + b * a.sv.batch + hh * a.sv.head, a.out + b * a.so.batch + hh * a.so.head};
 }
 
-// Forward of query rows [r0, r0 + rows) of head h. Scratch (floats): qt
-// D x rows_p, o rows_p x Dp, m, l rows_p, alpha kBq, vp kBk x Dp, st kBk x kBq
-// with rows_p = rows rounded up to kW.
+// Scratch floats of forward_rows for rows_p query rows (a multiple of kW).
+template <class P>
+int64_t forward_floats(int64_t D, int64_t rows_p) {
+  const int64_t Dp = round_up(D, kW);
+  const int64_t f32 = (D + Dp + 2) * rows_p + kBq + kBk * Dp + kBk * kBq;
+  // Q^T, K and P as pairs (V's pairs take V's float buffer).
+  return P::kPairs ? f32 + cdiv(D, 2) * rows_p + kBk * Dp / 2 + kBk / 2 * kBq : f32;
+}
+
+// Forward of query rows [r0, r0 + rows) of head h, the products' operands read
+// as P says (F32 or B16). Scratch (forward_floats): qt D x rows_p, o rows_p x
+// Dp, m, l rows_p, alpha kBq, vp kBk x Dp, st kBk x kBq with rows_p = rows
+// rounded up to kW; for B16 then qtb, kb, pb.
+template <class P>
 void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, float* scratch) {
+  using S = typename P::S;
+  using T = typename P::T;
   const int64_t D = a.head_dim, Dp = round_up(D, kW), ldq = round_up(rows, kW);
   const int64_t off = a.seq_k - a.seq_q;
   const float scale = 1.f / sqrtf((float)D);
   const V vscale = vset(scale);
   float *qt = scratch, *o = qt + D * ldq, *m = o + ldq * Dp, *l = m + ldq, *alpha = l + ldq,
         *vp = alpha + kBq, *st = vp + kBk * Dp;
+  T *qtb = nullptr, *kb = nullptr, *pb = nullptr;
+  if (P::kPairs) {
+    qtb = reinterpret_cast<T*>(st + kBk * kBq), kb = qtb + cdiv(D, 2) * ldq;
+    pb = kb + kBk * Dp / 2;
+  }
   const Head hd = head_at(a, h);
   const bool drop = a.dropout_p > 0.f;
   const uint64_t dkey = dropout::key(a.dropout_seed, h);
@@ -234,20 +118,21 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
   const float dscale = 1.f / (1.f - a.dropout_p);
   pack_t(hd.q + r0 * a.sq.row, a.sq.row, rows, D, qt, ldq);
   zero_cols(qt, rows, ldq, D);
+  const MatB<T> qb = P::b_rows(qt, ldq, D, ldq, ldq, qtb);
   memset(o, 0, rows * Dp * sizeof(float));
   for (int64_t i = 0; i < ldq; ++i) m[i] = -INFINITY, l[i] = 0.f;
   const int64_t kend = a.causal ? imin(a.seq_k, r0 + rows + off) : a.seq_k;
   for (int64_t k0 = 0; k0 < kend; k0 += kBk) {
     const int64_t nk = imin(kBk, kend - k0);
-    const Rows vr = rows_view(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, vp);
+    const MatB<T> vr = P::b_rows(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, reinterpret_cast<T*>(vp));
+    const MatA<T> ka = P::a_rows(hd.k + k0 * a.sk.row, a.sk.row, nk, D, kb, Dp / 2);
     for (int64_t q0 = 0; q0 < rows; q0 += kBq) {
       const int64_t nq = imin(kBq, rows - q0), nqv = cdiv(nq, kW), gq0 = r0 + q0;
       // Keys past the last query's horizon are hidden from the whole block.
       const int64_t tnk = a.causal ? imin(nk, gq0 + nq + off - k0) : nk;
       if (tnk <= 0) continue;
       const int64_t lim = a.causal ? k0 - off - gq0 : -kAll;
-      gemm(tnk, nqv, D, hd.k + k0 * a.sk.row, a.sk.row, 1, qt + q0, ldq, st, kBq, false, -kAll,
-           kAll, lim);
+      gemm<S>(tnk, nqv, D, ka, qb.p + q0, qb.ld, st, kBq, false, -kAll, kAll, lim);
       if (a.causal && k0 + tnk - 1 > gq0 + off) mask_tile(st, tnk, nqv, lim);
       for (int64_t v = 0; v < nqv; ++v) {
         float* col = st + v * kW;
@@ -283,8 +168,8 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
         for (int64_t d = 0; d < Dp; d += kW) vstore(orow + d, vload(orow + d) * al);
       }
       // Query i needs keys j <= i + gq0 + off - k0 only.
-      gemm(nq, Dp / kW, tnk, st, 1, kBq, vr.p, vr.ld, o + q0 * Dp, Dp, true, -kAll,
-           a.causal ? gq0 + off - k0 : kAll);
+      gemm<S>(nq, Dp / kW, tnk, P::a_cols(st, kBq, tnk, nqv * kW, pb), vr.p, vr.ld, o + q0 * Dp,
+              Dp, true, -kAll, a.causal ? gq0 + off - k0 : kAll);
     }
   }
   float* lse = a.lse + h * a.seq_q + r0;
@@ -303,25 +188,39 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
 
 // What the backward of one (batch, head) reads many times, packed once:
 // Q^T and dO^T (D x ldt), Q and dO rows (T x Dp), lse and
-// delta = rowsum(dO * O) (ldt), with ldt = T rounded up to kW.
+// delta = rowsum(dO * O) (ldt), with ldt = T rounded up to kW. B16 reads
+// Q^T and dO^T as pairs of rows (qtb, dotb), and Q and dO rows as pairs in
+// place of qp and dop.
+template <class P>
 struct Packed {
   float *qt, *dot, *qp, *dop, *lse, *delta;
+  typename P::T *qtb, *dotb, *qpb, *dopb;
 };
 
+template <class P>
 int64_t packed_floats(int64_t T, int64_t D) {
   const int64_t ldt = round_up(T, kW), Dp = round_up(D, kW);
-  return 2 * D * ldt + 2 * T * Dp + 2 * ldt;
+  return 2 * D * ldt + 2 * T * Dp + 2 * ldt + (P::kPairs ? 2 * cdiv(D, 2) * ldt : 0);
 }
 
-Packed packed_at(float* p, int64_t T, int64_t D) {
+template <class P>
+Packed<P> packed_at(float* p, int64_t T, int64_t D) {
+  using E = typename P::T;
   const int64_t ldt = round_up(T, kW), Dp = round_up(D, kW);
-  Packed k;
+  Packed<P> k{};
   k.qt = p, k.dot = k.qt + D * ldt, k.qp = k.dot + D * ldt, k.dop = k.qp + T * Dp;
   k.lse = k.dop + T * Dp, k.delta = k.lse + ldt;
+  if (P::kPairs) {
+    k.qtb = reinterpret_cast<E*>(k.delta + ldt), k.dotb = k.qtb + cdiv(D, 2) * ldt;
+    k.qpb = reinterpret_cast<E*>(k.qp), k.dopb = reinterpret_cast<E*>(k.dop);
+  }
   return k;
 }
 
-void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, const Packed& pk) {
+// Rows [r0, r1) of head h into pk (r0 even). delta reads dO as the products
+// do (rounded to bfloat16 for B16), so it equals sum_j P_ij dP_ij.
+template <class P>
+void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, const Packed<P>& pk) {
   const AttentionArgs& a = g.fwd;
   const int64_t T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW), ldt = round_up(T, kW);
   const Head hd = head_at(a, h);
@@ -329,7 +228,10 @@ void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, co
   const float *q = hd.q + r0 * a.sq.row, *dor = dout + r0 * a.so.row;
   pack_t(q, a.sq.row, r1 - r0, D, pk.qt + r0, ldt);
   pack_t(dor, a.so.row, r1 - r0, D, pk.dot + r0, ldt);
-  if (D < Dp) {  // else backward_keys reads the rows in place
+  if (P::kPairs) {
+    P::b_rows(q, a.sq.row, r1 - r0, D, Dp, pk.qpb + r0 / 2 * Dp);
+    P::b_rows(dor, a.so.row, r1 - r0, D, Dp, pk.dopb + r0 / 2 * Dp);
+  } else if (D < Dp) {  // else backward_keys reads the rows in place
     pack_rows(q, a.sq.row, r1 - r0, D, Dp, pk.qp + r0 * Dp);
     pack_rows(dor, a.so.row, r1 - r0, D, Dp, pk.dop + r0 * Dp);
   }
@@ -337,8 +239,8 @@ void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, co
     const float *x = dout + i * a.so.row, *y = hd.o + i * a.so.row;
     V s = vzero();
     for (int64_t d = 0; d < D; d += kW)
-      s = d + kW <= D ? vfma(vload(x + d), vload(y + d), s)
-                      : vfma(vload_part(x + d, D - d), vload_part(y + d, D - d), s);
+      s = d + kW <= D ? vfma(P::round(vload(x + d)), vload(y + d), s)
+                      : vfma(P::round(vload_part(x + d, D - d)), vload_part(y + d, D - d), s);
     pk.delta[i] = vsum(s);
     pk.lse[i] = a.lse[h * T + i];
   }
@@ -347,13 +249,29 @@ void pack_head(const AttentionGradArgs& g, int64_t h, int64_t r0, int64_t r1, co
     zero_cols(pk.dot, T, ldt, D);
     for (int64_t i = T; i < ldt; ++i) pk.lse[i] = pk.delta[i] = 0.f;
   }
+  if constexpr (P::kPairs) {  // the columns [r0, r1) of Q^T and dO^T (to ldt at the end)
+    const int64_t c1 = r1 == T ? ldt : r1;
+    P::pairs(pk.qt + r0, ldt, D, c1 - r0, pk.qtb + r0, ldt, c1 - r0);
+    P::pairs(pk.dot + r0, ldt, D, c1 - r0, pk.dotb + r0, ldt, c1 - r0);
+  }
+}
+
+// Scratch floats of backward_keys.
+template <class P>
+int64_t tile_floats(int64_t Dp) {
+  return 3 * kBk * Dp + 2 * kBk * kBq + (P::kPairs ? kBk * Dp + 3 * kBk * kBq / 2 : 0);
 }
 
 // Backward of key block [k0, k0 + kBk) of head h against every query that
 // sees it: dk, dv rows += their full gradient; dqacc (T x Dp) += dS K, unscaled.
-// Scratch (floats): kp, dk, dv kBk x Dp; st, dpt kBk x kBq.
-void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Packed& pk,
+// Scratch (tile_floats): kp, dk, dv kBk x Dp; st, dpt kBk x kBq; for B16 then
+// K and V as A pairs (kBk x Dp / 2 each), P and dS as row pairs
+// (kBk x kBq / 2 each) and dS as column pairs (kBk / 2 x kBq).
+template <class P>
+void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Packed<P>& pk,
                    float* dqacc, float* scratch) {
+  using S = typename P::S;
+  using E = typename P::T;
   const AttentionArgs& a = g.fwd;
   const int64_t T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW), ldt = round_up(T, kW);
   const int64_t nk = imin(kBk, T - k0);
@@ -361,24 +279,38 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
   const V vscale = vset(scale);
   float *kp = scratch, *dk = kp + kBk * Dp, *dv = dk + kBk * Dp, *st = dv + kBk * Dp,
         *dpt = st + kBk * kBq;
+  E *kab = nullptr, *vab = nullptr, *prow = nullptr, *drow = nullptr, *dcol = nullptr;
+  if (P::kPairs) {
+    kab = reinterpret_cast<E*>(dpt + kBk * kBq), vab = kab + kBk * Dp / 2;
+    prow = vab + kBk * Dp / 2, drow = prow + kBk * kBq / 2, dcol = drow + kBk * kBq / 2;
+  }
   const Head hd = head_at(a, h);
   const bool drop = a.dropout_p > 0.f;
   const uint64_t dkey = dropout::key(a.dropout_seed, h);
   const uint32_t dthr = dropout::threshold(a.dropout_p);
   const float dscale = 1.f / (1.f - a.dropout_p);
   const float *kr = hd.k + k0 * a.sk.row, *vr = hd.v + k0 * a.sv.row;
-  const Rows krows = rows_view(kr, a.sk.row, nk, D, Dp, kp);
+  const MatB<E> krows = P::b_rows(kr, a.sk.row, nk, D, Dp, reinterpret_cast<E*>(kp));
+  const MatA<E> ka = P::a_rows(kr, a.sk.row, nk, D, kab, Dp / 2);
+  const MatA<E> va = P::a_rows(vr, a.sv.row, nk, D, vab, Dp / 2);
   // Q and dO rows: packed by pack_head, or in place when D is whole vectors.
   const float* dout = g.dout + (hd.o - a.out);
-  const Rows qrows = D == Dp ? Rows{hd.q, a.sq.row} : Rows{pk.qp, Dp};
-  const Rows dorows = D == Dp ? Rows{dout, a.so.row} : Rows{pk.dop, Dp};
+  MatB<E> qrows, dorows;
+  const E *qtb, *dotb;
+  if constexpr (P::kPairs) {
+    qrows = {pk.qpb, Dp}, dorows = {pk.dopb, Dp}, qtb = pk.qtb, dotb = pk.dotb;
+  } else {
+    qrows = D == Dp ? MatB<E>{hd.q, a.sq.row} : MatB<E>{pk.qp, Dp};
+    dorows = D == Dp ? MatB<E>{dout, a.so.row} : MatB<E>{pk.dop, Dp};
+    qtb = pk.qt, dotb = pk.dot;
+  }
   memset(dk, 0, 2 * kBk * Dp * sizeof(float));  // dk and dv
   for (int64_t q0 = a.causal ? k0 / kBq * kBq : 0; q0 < T; q0 += kBq) {
     const int64_t nq = imin(kBq, T - q0), nqv = cdiv(nq, kW);
     const int64_t tnk = a.causal ? imin(nk, q0 + nq - k0) : nk;
     const int64_t lim = a.causal ? k0 - q0 : -kAll;
-    gemm(tnk, nqv, D, kr, a.sk.row, 1, pk.qt + q0, ldt, st, kBq, false, -kAll, kAll, lim);
-    gemm(tnk, nqv, D, vr, a.sv.row, 1, pk.dot + q0, ldt, dpt, kBq, false, -kAll, kAll, lim);
+    gemm<S>(tnk, nqv, D, ka, qtb + q0, ldt, st, kBq, false, -kAll, kAll, lim);
+    gemm<S>(tnk, nqv, D, va, dotb + q0, ldt, dpt, kBq, false, -kAll, kAll, lim);
     if (a.causal && k0 + tnk - 1 > q0) mask_tile(st, tnk, nqv, lim);
     for (int64_t v = 0; v < nqv; ++v) {
       const V nlse = vzero() - vload(pk.lse + q0 + v * kW), delta = vload(pk.delta + q0 + v * kW);
@@ -402,12 +334,12 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
     }
     // Key j is seen by queries i >= j + k0 - q0 only; query i sees j <= i + q0 - k0.
     const int64_t lo = a.causal ? k0 - q0 : -kAll, hi = a.causal ? q0 - k0 : kAll;
-    gemm(tnk, Dp / kW, nq, st, kBq, 1, dorows.p + q0 * dorows.ld, dorows.ld, dv, Dp, true,
-         lo);  // P^T dO
-    gemm(tnk, Dp / kW, nq, dpt, kBq, 1, qrows.p + q0 * qrows.ld, qrows.ld, dk, Dp, true,
-         lo);  // dS^T Q
-    gemm(nq, Dp / kW, tnk, dpt, 1, kBq, krows.p, krows.ld, dqacc + q0 * Dp, Dp, true, -kAll,
-         hi);  // dS K
+    gemm<S>(tnk, Dp / kW, nq, P::a_rows(st, kBq, tnk, nq, prow, kBq / 2), dorows.row(q0, S::kPer),
+            dorows.ld, dv, Dp, true, lo);  // P^T dO
+    gemm<S>(tnk, Dp / kW, nq, P::a_rows(dpt, kBq, tnk, nq, drow, kBq / 2), qrows.row(q0, S::kPer),
+            qrows.ld, dk, Dp, true, lo);  // dS^T Q
+    gemm<S>(nq, Dp / kW, tnk, P::a_cols(dpt, kBq, tnk, nqv * kW, dcol), krows.p, krows.ld,
+            dqacc + q0 * Dp, Dp, true, -kAll, hi);  // dS K
   }
   const int64_t b = h / a.heads, hh = h % a.heads;
   add_rows(g.dk + b * a.sk.batch + hh * a.sk.head + k0 * a.sk.row, a.sk.row, &dk, 1, 0, nk, D, Dp,
@@ -458,13 +390,27 @@ void forward_one_query(const AttentionArgs& a, int64_t h, float* scores) {
   a.lse[h * a.seq_q] = mx + (float)std::log(sum);
 }
 
-void attention_forward(const AttentionArgs& a) {
+// forward_one_query on every head; scores: seq_k floats per head.
+void forward_one_query_heads(const AttentionArgs& a, float* scores) {
+  const int64_t bh = a.batch * a.heads;
+  parallel_for(bh, bh * a.seq_k * a.head_dim > (1 << 15),
+               [&](int64_t h) { forward_one_query(a, h, scores + h * a.seq_k); });
+}
+
+// The tiled forward and backward with the products' operands read as P says.
+template <class P>
+void forward_impl(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
   if (a.seq_q == 1 && a.dropout_p == 0.f) {
-    ScratchFloats scores(bh * a.seq_k, "attention: the scores of one query per head");
-    parallel_for(bh, bh * a.seq_k * D > (1 << 15),
-                 [&](int64_t h) { forward_one_query(a, h, scores.data + h * a.seq_k); });
-    return;
+    // The scores on the stack up to a decoding step's sizes (no allocation
+    // per token).
+    constexpr int64_t kStackScores = 4096;
+    if (bh * a.seq_k <= kStackScores) {
+      alignas(64) float stack[kStackScores];
+      return forward_one_query_heads(a, stack);
+    }
+    ScratchFloats heap(bh * a.seq_k, "attention: the scores of one query per head");
+    return forward_one_query_heads(a, heap.data);
   }
   const int nth = num_threads();
   // Query blocks of one head share one Q^T: as many per work item as still
@@ -474,7 +420,7 @@ void attention_forward(const AttentionArgs& a) {
   const int64_t ng = cdiv(nqb, g), items = bh * ng, span = g * kBq, Dp = round_up(D, kW);
   // Per-thread scratch is allocated before the region: a failed allocation
   // inside it could not be reported (the exception would end the process).
-  const int64_t scratch = per_thread_floats((D + Dp + 2) * span + kBq + kBk * Dp + kBk * kBq);
+  const int64_t scratch = per_thread_floats(forward_floats<P>(D, span));
   ScratchFloats bufs(scratch * nth, "attention: per-thread tiles");
 #pragma omp parallel num_threads(nth)
   {
@@ -483,26 +429,27 @@ void attention_forward(const AttentionArgs& a) {
 #pragma omp for schedule(dynamic)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t r0 = (ng - 1 - it / bh) * span;
-      forward_rows(a, it % bh, r0, imin(span, a.seq_q - r0), buf);
+      forward_rows<P>(a, it % bh, r0, imin(span, a.seq_q - r0), buf);
     }
   }
 }
 
-void attention_backward(const AttentionGradArgs& g) {
+template <class P>
+void backward_impl(const AttentionGradArgs& g) {
   const AttentionArgs& a = g.fwd;
   const int64_t bh = a.batch * a.heads, T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW);
-  const int64_t nkb = cdiv(T, kBk), tile_floats = 3 * kBk * Dp + 2 * kBk * kBq;
+  const int64_t nkb = cdiv(T, kBk), tile_fl = tile_floats<P>(Dp);
   const float scale = 1.f / sqrtf((float)D);
   const int nth = num_threads();
   if (nkb == 1 || bh % nth == 0 || bh >= 4 * nth) {
     // Enough heads to go round: one thread per head, dq accumulated in order.
-    const int64_t per_thread = per_thread_floats(packed_floats(T, D) + T * Dp + tile_floats);
+    const int64_t per_thread = per_thread_floats(packed_floats<P>(T, D) + T * Dp + tile_fl);
     ScratchFloats bufs(per_thread * nth, "attention_backward: per-thread head buffers");
 #pragma omp parallel num_threads(nth)
     {
       float* buf = bufs.data + per_thread * omp_get_thread_num();
-      const Packed pk = packed_at(buf, T, D);
-      float *dqacc = buf + packed_floats(T, D), *tile = dqacc + T * Dp;
+      const Packed<P> pk = packed_at<P>(buf, T, D);
+      float *dqacc = buf + packed_floats<P>(T, D), *tile = dqacc + T * Dp;
 #pragma omp for schedule(static)
       for (int64_t h = 0; h < bh; ++h) {
         pack_head(g, h, 0, T, pk);
@@ -517,13 +464,13 @@ void attention_backward(const AttentionGradArgs& g) {
   // Few heads: the threads share each head by key blocks. Each keeps its own
   // dq partial, summed in thread order afterwards, so the result does not
   // depend on timing.
-  const int64_t tile_stride = per_thread_floats(tile_floats);
-  ScratchFloats shared(packed_floats(T, D) + nth * T * Dp + nth * tile_stride,
+  const int64_t tile_stride = per_thread_floats(tile_fl);
+  ScratchFloats shared(packed_floats<P>(T, D) + nth * T * Dp + nth * tile_stride,
                        "attention_backward: packed head, dq partials and tiles");
-  const Packed pk = packed_at(shared.data, T, D);
+  const Packed<P> pk = packed_at<P>(shared.data, T, D);
   float* dqacc[kMaxThreads];  // not std::vector: no template code shared across ISA objects
-  for (int t = 0; t < nth; ++t) dqacc[t] = shared.data + packed_floats(T, D) + t * T * Dp;
-  float* const tiles = shared.data + packed_floats(T, D) + nth * T * Dp;
+  for (int t = 0; t < nth; ++t) dqacc[t] = shared.data + packed_floats<P>(T, D) + t * T * Dp;
+  float* const tiles = shared.data + packed_floats<P>(T, D) + nth * T * Dp;
 #pragma omp parallel num_threads(nth)
   {
     float* tile = tiles + tile_stride * omp_get_thread_num();
@@ -549,6 +496,18 @@ void attention_backward(const AttentionGradArgs& g) {
     }
   }
 }
+
+#if defined(FASTLM_ISA_AVX512BF16)
+// The attention of the mixed-precision table (table.cpp): QK^T and PV, and
+// the backward's five products, on bfloat16 operands with float32
+// accumulation; softmax statistics, outputs and gradients in float32. One
+// query per head (decoding) stays float32.
+void attention_forward_bf16(const AttentionArgs& a) { forward_impl<B16>(a); }
+void attention_backward_bf16(const AttentionGradArgs& g) { backward_impl<B16>(g); }
+#else
+void attention_forward(const AttentionArgs& a) { forward_impl<F32>(a); }
+void attention_backward(const AttentionGradArgs& g) { backward_impl<F32>(g); }
+#endif
 
 }  // namespace FASTLM_ISA
 }  // namespace cpu

@@ -54,14 +54,7 @@ constexpr int64_t NC = 4096;    // B block KC x NC fits L3
 FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// One k step of the microkernel in float32: one value per element, FMA.
-struct Fp32 {
-  using T = float;
-  static constexpr int kPer = 1;  // k values per element
-  static FASTLM_INLINE V load(const float* p) { return vload(p); }
-  static FASTLM_INLINE V bcast(const float* p) { return vset(*p); }
-  static FASTLM_INLINE V madd(V a, V b, V c) { return vfma(a, b, c); }
-};
+// The microkernel's k step: Fp32 (simd.h) or Bf16 (matmul_bf16.h).
 
 // K splits into blocks of equal depth, at most KC, a multiple of the k values
 // per element (so only the last block holds a half-empty bfloat16 pair).
@@ -356,8 +349,11 @@ template <class S, class T = typename S::T>
 void small_m_packed(const GemmArgs& g, const T* a, int64_t ai, int64_t ak) {
   const int64_t kc_max = kc_block<S>(g.k), npad = round_up(g.n, NR), npanels = npad / NR;
   // Bound by reading B (from L3 once the weights outgrow L2): a second core
-  // adds bandwidth from fairly small sizes on.
-  parallel_for(npanels, g.n * g.k >= (1 << 15), [&](int64_t jp) {
+  // adds bandwidth once B is large enough to pay for waking it. Measured on
+  // decoding the 4-layer, 128-wide GPT (B of 96-256 KB): every fork cost more
+  // than it saved, in bf16 and in fp32; so threads split B from 512 KB on.
+  constexpr int64_t kParallelBytes = int64_t(1) << 19;
+  parallel_for(npanels, g.n * g.k * (int64_t)sizeof(T) >= kParallelBytes, [&](int64_t jp) {
     switch (g.m) {
       case 1: small_m_packed_panel<1, S>(g, a, ai, ak, jp, npad, kc_max); break;
       case 2: small_m_packed_panel<2, S>(g, a, ai, ak, jp, npad, kc_max); break;
@@ -486,19 +482,34 @@ void pack_b_all(const GemmArgs& g, typename S::T* packed) {
 }
 
 #if defined(FASTLM_ISA_AVX512BF16)
+// The few-row product on pre-packed bfloat16 B, op(A)'s rows converted into a
+// (g.m rows of kp words).
+void small_m_bf16(const GemmArgs& g, uint32_t* a, int64_t kp) {
+  for (int64_t i = 0; i < g.m; ++i) {
+    if (!g.trans_a) {
+      contiguous_to_pairs(g.a + i * g.lda, g.k, a + i * kp);
+      continue;
+    }
+    alignas(64) float row[2 * kW];  // a column of A, 2 kW values at a time
+    for (int64_t p0 = 0; p0 < g.k; p0 += 2 * kW) {
+      const int64_t n = imin(2 * kW, g.k - p0);
+      for (int64_t p = 0; p < n; ++p) row[p] = g.a[(p0 + p) * g.lda + i];
+      contiguous_to_pairs(row, n, a + i * kp + p0 / 2);
+    }
+  }
+  small_m_packed<Bf16>(g, a, kp, 1);
+}
+
 void matmul_bf16(const GemmArgs& g) {
   if (g.m <= kSmallM && g.b_packed) {
-    // op(A)'s rows as pairs, once, rather than in every panel.
+    // op(A)'s rows as pairs, once, rather than in every panel: on the stack
+    // up to the sizes of a decoding step, which so allocates nothing.
     const int64_t kp = ceil_div(g.k, 2);
-    ScratchFloats a_buf(g.m * kp, "matmul: bfloat16 pairs of op(a)"), row_buf(g.k, "matmul: a row of op(a)");
-    uint32_t* a = as_elems<uint32_t>(a_buf.data);
-    float* row = row_buf.data;
-    for (int64_t i = 0; i < g.m; ++i) {
-      for (int64_t p = 0; p < g.k; ++p) row[p] = g.trans_a ? g.a[p * g.lda + i] : g.a[i * g.lda + p];
-      contiguous_to_pairs(row, g.k, a + i * kp);
-    }
-    small_m_packed<Bf16>(g, a, kp, 1);
-    return;
+    constexpr int64_t kStackWords = 4096;
+    alignas(64) uint32_t stack[kStackWords];
+    if (g.m * kp <= kStackWords) return small_m_bf16(g, stack, kp);
+    ScratchFloats a_buf(g.m * kp, "matmul: bfloat16 pairs of op(a)");
+    return small_m_bf16(g, as_elems<uint32_t>(a_buf.data), kp);
   }
   matmul_tiled<Bf16>(g);
 }

@@ -71,6 +71,24 @@ FASTLM_INLINE void contiguous_to_pairs(const float* src, int64_t n, uint32_t* ds
   }
 }
 
+// Rows [0, rows) x columns [0, cols) of src (row stride lds) as
+// ceil(rows / 2) rows of `width` words in dst (row stride ldd): word (r, c)
+// holds (src[2r][c], src[2r + 1][c]), an odd last row paired with zeros,
+// words from cols on zero. The B operand of a product over the rows' index.
+FASTLM_INLINE void pair_rows(const float* src, int64_t lds, int64_t rows, int64_t cols,
+                             uint32_t* dst, int64_t ldd, int64_t width) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const float* lo = src + r * lds;
+    uint32_t* d = dst + r / 2 * ldd;
+    for (int64_t c = 0; c < width; c += kW) {
+      const __mmask16 m = tail_mask(imax(0, imin(kW, cols - c)));
+      const __m512 a = _mm512_maskz_loadu_ps(m, lo + c);
+      const __m512 b = r + 1 < rows ? _mm512_maskz_loadu_ps(m, lo + lds + c) : _mm512_setzero_ps();
+      _mm512_mask_storeu_epi32(d + c, tail_mask(imin(kW, width - c)), pair_words(a, b));
+    }
+  }
+}
+
 }  // namespace FASTLM_ISA
 }  // namespace cpu
 }  // namespace fastlm

@@ -243,6 +243,16 @@ FASTLM_INLINE void transpose_block(const float* src, int64_t rs, int64_t ni, int
   }
 }
 
+// One k step of a register-blocked product in float32: one value per element,
+// FMA (matmul.cpp and attention.cpp; matmul_bf16.h's Bf16 is the bfloat16 step).
+struct Fp32 {
+  using T = float;
+  static constexpr int kPer = 1;  // k values per element
+  static FASTLM_INLINE V load(const float* p) { return vload(p); }
+  static FASTLM_INLINE V bcast(const float* p) { return vset(*p); }
+  static FASTLM_INLINE V madd(V a, V b, V c) { return vfma(a, b, c); }
+};
+
 // exp(x), relative error ~2 ulp; exactly 0 below -87.33 (and for -inf); NaN stays NaN.
 FASTLM_INLINE V vexp(V x) {
   const V lo = vset(-87.33654f);

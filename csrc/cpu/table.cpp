@@ -28,16 +28,21 @@ static Kernels make_table() {
 
 void matmul_mixed(const GemmArgs& g);
 void matmul_pack_b_mixed(const GemmArgs& g, float* packed);
+void attention_forward_bf16(const AttentionArgs& a);
+void attention_backward_bf16(const AttentionGradArgs& g);
 
 // The table of a model in mixed precision: this one with every GEMM in
 // bfloat16 (operands rounded while packed, so the weights' bfloat16 copies
-// are made as they are packed, and float32 accumulation); everything else,
-// LayerNorm, softmax, attention, cross-entropy and AdamW, in float32.
+// are made as they are packed, and float32 accumulation) and attention's
+// products in bfloat16 (float32 softmax statistics); everything else,
+// LayerNorm, softmax, cross-entropy and AdamW, in float32.
 const Kernels* mixed_table() {
   static const Kernels table = [] {
     Kernels t = make_table();
     t.matmul = matmul_mixed;
     t.matmul_pack_b = matmul_pack_b_mixed;
+    t.attention_forward = attention_forward_bf16;
+    t.attention_backward = attention_backward_bf16;
     return t;
   }();
   return &table;

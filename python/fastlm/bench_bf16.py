@@ -1,6 +1,7 @@
 """Benchmark cases of ``precision="bf16"``, for ``bench/``: the bfloat16 GEMM
 (``ops.matmul(..., precision="bf16")``) against fastlm's and NumPy's float32
-GEMM and PyTorch's bfloat16 autocast, and the models in bf16 against fastlm in
+GEMM and PyTorch's bfloat16 autocast, the flash attention in bf16 against
+fastlm's float32 one and PyTorch's SDPA, and the models in bf16 against fastlm in
 float32, PyTorch eager in float32 and PyTorch under
 ``torch.autocast("cpu", torch.bfloat16)``. In every case "fastlm" is the bf16
 contender and "fp32 fastlm" a reference, so ratios read as bf16's speedups."""
@@ -14,7 +15,7 @@ from fastlm import _C, ops
 from fastlm.bench import (Case, Contender, F, Fn, TorchGPT, TorchRNNLM, _same_weights, fastlm_generate,
                           torch)
 
-__all__ = ["matmul_bf16_case", "gpt_train_bf16_case", "gpt_sample_bf16_case", "rnn_train_bf16_case"]
+__all__ = ["matmul_bf16_case", "attention_bf16_case", "gpt_train_bf16_case", "gpt_sample_bf16_case", "rnn_train_bf16_case"]
 
 
 def matmul_bf16_case(m: int, k: int, n: int, trans_b: bool = False) -> Case:
@@ -41,6 +42,38 @@ def matmul_bf16_case(m: int, k: int, n: int, trans_b: bool = False) -> Case:
     return Case(f"matmul bf16{' (x @ W^T)' if trans_b else ''} {m}x{k} @ {k}x{n}", "GFLOP/s",
                 2.0 * size, cs, rounds=3 if size >= 1 << 33 else 5,
                 block=2 if size >= 1 << 33 else 3 if size >= 1 << 30 else 10)
+
+
+def attention_bf16_case(B: int, H: int, T: int, D: int) -> Case:
+    """Causal forward + backward, ``precision="bf16"`` against fastlm's float32
+    and PyTorch's scaled_dot_product_attention in float32 and under bf16
+    autocast; GFLOP/s of useful work as bench.attention_case."""
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(4))
+
+    def ours(precision: str) -> Fn:
+        def run():
+            out, lse = ops.attention(q, k, v, causal=True, precision=precision)
+            return ops.attention_backward(dout, q, k, v, out, lse, causal=True, precision=precision)
+        return run
+
+    cs: Dict[str, Contender] = {"fastlm": ours("bf16"), "fp32 fastlm": ours("fp32")}
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+        tdout = torch.from_numpy(dout)
+
+        def ref(autocast: bool) -> Fn:
+            def run():
+                tq.grad = tk.grad = tv.grad = None
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+                out.backward(tdout.to(out.dtype))
+            return run
+        cs["fp32 torch"] = ref(False)
+        cs["bf16 torch autocast"] = ref(True)
+    return Case(f"attention bf16 fwd+bwd causal (B,H,T,D)=({B},{H},{T},{D})", "GFLOP/s",
+                3.5 * 4 * B * H * T * T * D * (T + 1) / (2 * T), cs, rounds=5,
+                block=4 if T >= 256 else 40)
 
 
 def _training_bf16(name: str, make_ours: Callable[[str], Tuple[object, Fn]], make_ref, vocab_size: int,

@@ -159,8 +159,18 @@ def dropout_backward(dy: np.ndarray, p: float, *, seed: int) -> np.ndarray:
     return _C.dropout_backward(dy, p, seed)
 
 
+def _attention_precision(op: str, precision) -> str:
+    """attention's ``precision`` argument, checked for its type (its value and
+    the device's and CPU's support are checked in _C)."""
+    if not isinstance(precision, str):
+        raise TypeError(f"{op}: precision must be a str ('fp32' or 'bf16'), got "
+                        f"{type(precision).__name__}")
+    return precision
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
-              causal: bool = True, dropout: float = 0.0, dropout_seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+              causal: bool = True, dropout: float = 0.0, dropout_seed: int = 0,
+              precision: str = "fp32") -> Tuple[np.ndarray, np.ndarray]:
     """Scaled dot-product attention, tiled with an online softmax (no T x T matrix).
 
     q: (B, H, T, D); k, v: (B, H, Tk, D) (Tk = T for self-attention); scale
@@ -174,25 +184,36 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *,
     lse stays that of the undropped softmax. Pass the same ``dropout`` and
     ``dropout_seed`` to :func:`attention_backward`.
 
-    On the GPU q, k, v may be float32 or bfloat16 (out then bfloat16, lse
-    float32), with D <= 128.
+    precision ``"bf16"`` (float32 CPU arrays): the products q k^T and P v
+    take bfloat16 operands (q, k, v and the probabilities P rounded to
+    nearest even) and accumulate in float32; the softmax statistics (max,
+    sum, lse) and out stay float32. It needs the ``avx512bf16`` CPU ISA
+    (ValueError on any other); a single query (T = 1, no dropout) runs in
+    float32. On the GPU q, k, v may be float32 or bfloat16 (out then
+    bfloat16, lse float32), with D <= 128.
     """
     causal = check_bool(causal, "attention: causal")
     p, seed = _dropout_args("attention", dropout, dropout_seed)
-    return _C.attention(q, k, v, causal, p, seed)
+    return _C.attention(q, k, v, causal, p, seed, _attention_precision("attention", precision))
 
 
 def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                        out: np.ndarray, lse: np.ndarray, *,
                        causal: bool = True, dropout: float = 0.0,
-                       dropout_seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of :func:`attention` (self-attention, all (B, H, T, D); lse (B, H, T)).
+                       dropout_seed: int = 0,
+                       precision: str = "fp32") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`attention` (self-attention, all (B, H, T, D) float32;
+    lse (B, H, T)).
 
-    Returns (dq, dk, dv), each (B, H, T, D).
+    Returns (dq, dk, dv), each (B, H, T, D) float32. precision ``"bf16"``
+    (CPU, ``avx512bf16`` only, as :func:`attention`): the five products
+    (q k^T, dO v^T, P^T dO, dS^T q, dS k) on bfloat16 operands (dO, P and
+    dS = P (dP - delta) rounded too), float32 accumulation and gradients.
     """
     causal = check_bool(causal, "attention_backward: causal")
     p, seed = _dropout_args("attention_backward", dropout, dropout_seed)
-    return _C.attention_backward(dout, q, k, v, out, lse, causal, p, seed)
+    return _C.attention_backward(dout, q, k, v, out, lse, causal, p, seed,
+                                 _attention_precision("attention_backward", precision))
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, ignore_index: int = -100,
