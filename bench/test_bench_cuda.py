@@ -175,25 +175,34 @@ def test_bench_attention_bf16(benchmark, D, causal):
                                atol=3e-2)
 
 
-def test_bench_cross_entropy(benchmark):
-    N, V = 8192, 50304
-    logits = torch.randn(N, V, device="cuda")
+def bench_cross_entropy(benchmark, label, logits, dl, out):
+    """ops.cross_entropy's forward + backward over dl (the gradient into out)
+    against torch's over the same values in logits (a cuda tensor of dl's
+    dtype); each logit is read once and its gradient written once. The loss
+    is checked in float32 on a fresh copy, as out may be dl."""
+    N, V = logits.shape
     targets = torch.randint(0, V, (N,), device="cuda")
-    dl, dt = dev(logits), dev(targets)
-    grad = fastlm.DeviceArray((N, V))
+    dt = dev(targets)
     F = torch.nn.functional
     tl = logits.clone().requires_grad_()
 
     def theirs():
         F.cross_entropy(tl, targets).backward()
 
-    ours = gpu_seconds(lambda: ops.cross_entropy(dl, dt, out=grad))
-    ratio = line("cross_entropy fwd+bwd fp32", f"({N}, {V})", 2.0 * N * V * 4, "GB/s", ours,
-                 gpu_seconds(theirs), 1e9)
+    ours = gpu_seconds(lambda: ops.cross_entropy(dl, dt, out=out))
+    ratio = line(f"cross_entropy fwd+bwd {label}", f"({N}, {V})", 2.0 * N * V * logits.element_size(),
+                 "GB/s", ours, gpu_seconds(theirs), 1e9)
     benchmark.extra_info["ours/torch"] = ratio
-    benchmark.pedantic(lambda: ops.cross_entropy(dl, dt, out=grad), rounds=3, iterations=1)
-    loss, _ = ops.cross_entropy(dl, dt, out=grad)
-    assert abs(loss - F.cross_entropy(logits, targets).item()) < 1e-3
+    benchmark.pedantic(lambda: ops.cross_entropy(dl, dt, out=out), rounds=3, iterations=1)
+    logits32 = logits.float()
+    loss, _ = ops.cross_entropy(dev(logits32).astype(dl.dtype), dt, compute_grad=False)
+    assert abs(loss - F.cross_entropy(logits32, targets).item()) < 1e-3
+
+
+def test_bench_cross_entropy(benchmark):
+    N, V = 8192, 50304
+    logits = torch.randn(N, V, device="cuda")
+    bench_cross_entropy(benchmark, "fp32", logits, dev(logits), fastlm.DeviceArray((N, V)))
 
 
 # The copy ceiling is measured on buffers many times the L2 cache (50 MB on an
@@ -210,18 +219,38 @@ def copy_seconds(n):
     return t
 
 
-def test_bench_memory_bound(benchmark):
-    """LayerNorm, GELU, AdamW in GB/s against a device-to-device copy's (bytes
-    each must move at least: inputs read once, outputs written once)."""
+def layernorm_gelu(both, rows, cols):
+    """LayerNorm and GELU forward and backward on random (rows, cols) float32,
+    ours beside torch's, each through both(name, bytes moved, ours, theirs).
+    Returns the device input, weight and bias, and their torch tensors."""
     F = torch.nn.functional
-    rows, cols = 8192, 768
     n = rows * cols
-    big = COPY_BYTES // 4
-    copy_bw = 2.0 * big * 4 / copy_seconds(big)
-    print(f"\n[cuda] device-to-device copy: {copy_bw / 1e9:.0f} GB/s ({big * 4 / 1e6:.0f} MB)")
     x, dy = torch.randn(rows, cols, device="cuda"), torch.randn(rows, cols, device="cuda")
     w, b = torch.randn(cols, device="cuda"), torch.randn(cols, device="cuda")
     dx_, ddy, dw_, db_ = dev(x), dev(dy), dev(w), dev(b)
+    both("layernorm fwd", 2.0 * n * 4, lambda: ops.layernorm(dx_, dw_, db_),
+         lambda: F.layer_norm(x, (cols,), w, b))
+    _, mean, rstd = ops.layernorm(dx_, dw_, db_)
+    xt = x.clone().requires_grad_()
+    yt = F.layer_norm(xt, (cols,), w, b)
+    both("layernorm bwd", 3.0 * n * 4, lambda: ops.layernorm_backward(ddy, dx_, dw_, mean, rstd),
+         lambda: torch.autograd.grad(yt, xt, dy, retain_graph=True))
+    del xt, yt
+    both("gelu fwd", 2.0 * n * 4, lambda: ops.gelu(dx_), lambda: F.gelu(x, approximate="tanh"))
+    xg = x.clone().requires_grad_()
+    yg = F.gelu(xg, approximate="tanh")
+    both("gelu bwd", 3.0 * n * 4, lambda: ops.gelu_backward(ddy, dx_),
+         lambda: torch.autograd.grad(yg, xg, dy, retain_graph=True))
+    return dx_, dw_, db_, x, w, b
+
+
+def test_bench_memory_bound(benchmark):
+    """LayerNorm, GELU, AdamW in GB/s against a device-to-device copy's (bytes
+    each must move at least: inputs read once, outputs written once)."""
+    rows, cols = 8192, 768
+    big = COPY_BYTES // 4
+    copy_bw = 2.0 * big * 4 / copy_seconds(big)
+    print(f"\n[cuda] device-to-device copy: {copy_bw / 1e9:.0f} GB/s ({big * 4 / 1e6:.0f} MB)")
     results = {}
 
     def both(name, nbytes, ours, theirs):
@@ -231,18 +260,7 @@ def test_bench_memory_bound(benchmark):
         print(f"[cuda]   {name}: {bw / copy_bw:.0%} of copy bandwidth")
         results[name] = bw / copy_bw
 
-    both("layernorm fwd", 2.0 * n * 4, lambda: ops.layernorm(dx_, dw_, db_),
-         lambda: F.layer_norm(x, (cols,), w, b))
-    _, mean, rstd = ops.layernorm(dx_, dw_, db_)
-    xt = x.clone().requires_grad_()
-    yt = F.layer_norm(xt, (cols,), w, b)
-    both("layernorm bwd", 3.0 * n * 4, lambda: ops.layernorm_backward(ddy, dx_, dw_, mean, rstd),
-         lambda: torch.autograd.grad(yt, xt, dy, retain_graph=True))
-    both("gelu fwd", 2.0 * n * 4, lambda: ops.gelu(dx_), lambda: F.gelu(x, approximate="tanh"))
-    xg = x.clone().requires_grad_()
-    yg = F.gelu(xg, approximate="tanh")
-    both("gelu bwd", 3.0 * n * 4, lambda: ops.gelu_backward(ddy, dx_),
-         lambda: torch.autograd.grad(yg, xg, dy, retain_graph=True))
+    dx_ = layernorm_gelu(both, rows, cols)[0]
 
     P = 124_000_000  # GPT-2 small's parameter count
     p, g, m, v = (torch.randn(P, device="cuda") * 0.01 for _ in range(4))
@@ -268,11 +286,7 @@ def test_bench_memory_bound_large(benchmark):
     and the large-copy ceiling."""
     F = torch.nn.functional
     rows, cols = 65536, 768
-    n = rows * cols
     copy_bw = 2.0 * COPY_BYTES / copy_seconds(COPY_BYTES // 4)
-    x, dy = torch.randn(rows, cols, device="cuda"), torch.randn(rows, cols, device="cuda")
-    w, b = torch.randn(cols, device="cuda"), torch.randn(cols, device="cuda")
-    dx_, ddy, dw_, db_ = dev(x), dev(dy), dev(w), dev(b)
     tag = POINTWISE_TAG
     results = {}
 
@@ -282,19 +296,7 @@ def test_bench_memory_bound_large(benchmark):
         print(f"[cuda]   {name}{tag}: {nbytes / t_ours / copy_bw:.0%} of copy bandwidth")
         results[name + tag] = nbytes / t_ours / copy_bw
 
-    both("layernorm fwd", 2.0 * n * 4, lambda: ops.layernorm(dx_, dw_, db_),
-         lambda: F.layer_norm(x, (cols,), w, b))
-    _, mean, rstd = ops.layernorm(dx_, dw_, db_)
-    xt = x.clone().requires_grad_()
-    yt = F.layer_norm(xt, (cols,), w, b)
-    both("layernorm bwd", 3.0 * n * 4, lambda: ops.layernorm_backward(ddy, dx_, dw_, mean, rstd),
-         lambda: torch.autograd.grad(yt, xt, dy, retain_graph=True))
-    del xt, yt
-    both("gelu fwd", 2.0 * n * 4, lambda: ops.gelu(dx_), lambda: F.gelu(x, approximate="tanh"))
-    xg = x.clone().requires_grad_()
-    yg = F.gelu(xg, approximate="tanh")
-    both("gelu bwd", 3.0 * n * 4, lambda: ops.gelu_backward(ddy, dx_),
-         lambda: torch.autograd.grad(yg, xg, dy, retain_graph=True))
+    dx_, dw_, db_, x, w, b = layernorm_gelu(both, rows, cols)
     benchmark.extra_info.update(results)
     benchmark.pedantic(lambda: (ops.gelu(dx_), torch.cuda.synchronize()), rounds=3, iterations=1)
     y, _, _ = ops.layernorm(dx_, dw_, db_)
@@ -306,22 +308,7 @@ def test_bench_cross_entropy_bf16(benchmark):
     """Cross-entropy over bfloat16 logits, the gradient written over them in
     bfloat16 (the fused classifier's loss): 4 bytes per logit moved."""
     N, V = 8192, 50304
-    logits32 = torch.randn(N, V, device="cuda").to(torch.bfloat16).float()  # bfloat16 values
-    logits = logits32.to(torch.bfloat16)
-    targets = torch.randint(0, V, (N,), device="cuda")
-    dl = dev(logits32).astype("bfloat16")  # exact: the values are bfloat16 already
-    dt = dev(targets)
-    F = torch.nn.functional
-    tl = logits.clone().requires_grad_()
-
-    def theirs():
-        F.cross_entropy(tl, targets).backward()
-
-    ours = gpu_seconds(lambda: ops.cross_entropy(dl, dt, out=dl))
-    ratio = line("cross_entropy fwd+bwd bf16", f"({N}, {V})", 2.0 * N * V * 2, "GB/s", ours,
-                 gpu_seconds(theirs), 1e9)
-    benchmark.extra_info["ours/torch"] = ratio
-    benchmark.pedantic(lambda: ops.cross_entropy(dl, dt, out=dl), rounds=3, iterations=1)
-    loss, _ = ops.cross_entropy(dev(logits32).astype("bfloat16"), dt, compute_grad=False)
-    assert abs(loss - F.cross_entropy(logits32, targets).item()) < 1e-3
+    logits = torch.randn(N, V, device="cuda").to(torch.bfloat16)
+    dl = dev(logits.float()).astype("bfloat16")  # exact: the values are bfloat16 already
+    bench_cross_entropy(benchmark, "bf16", logits, dl, dl)
 

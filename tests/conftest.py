@@ -193,6 +193,18 @@ def rng():
     return np.random.default_rng(1234)
 
 
+# Row-op extents: 1, around SIMD widths and tile edges, and past a block.
+AWKWARD_SIZES = (1, 3, 17, 31, 33, 127, 1000)
+
+
+def awkward_rows(rng, cols: int, max_elems: int, scale: float = 3.0):
+    """Yields (rows, cols) float32 inputs, standard normal times scale, for each
+    row count of AWKWARD_SIZES with rows * cols at most max_elems."""
+    for rows in AWKWARD_SIZES:
+        if rows * cols <= max_elems:
+            yield rng.standard_normal((rows, cols), dtype=np.float32) * scale
+
+
 def assert_error_bound(ours, ref64, naive32, *, factor: float = 4.0, name: str = "") -> None:
     """max |ours - ref64| <= factor * max |naive32 - ref64| + a few float32 ulps of the scale.
 
@@ -258,6 +270,62 @@ def assert_streams_independent(model) -> None:
         model.forward(np.array([[0, 1]]))  # any other use of the model in between
     assert out1 == ref1[3:].tolist()
     np.testing.assert_array_equal(np.stack(out2, 1), ref2[:, 2:])
+
+
+def assert_bad_inputs_refused(m, idx, tgt, vocab: int) -> None:
+    """What every language model refuses with an exception naming the problem:
+    token ids out of range or not integers, batches not 2-D or empty, targets
+    of the wrong shape, range or type, a negative lr, betas[1] of 1."""
+    bad = idx.copy()
+    bad[1, 2] = vocab
+    with pytest.raises(ValueError, match=rf"idx\[1, 2\] = {vocab} is out of range"):
+        m.forward(bad)
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward(-idx - 1)
+    with pytest.raises(TypeError, match="integer"):
+        m.forward(idx.astype(np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        m.forward(idx[0])
+    with pytest.raises(ValueError, match="at least one"):
+        m.forward(np.zeros((2, 0), np.int64))
+    with pytest.raises(TypeError):
+        m.forward("hello")
+    with pytest.raises(ValueError, match="targets shape"):
+        m.forward_backward(idx, tgt[:, :5])
+    bad = tgt.copy()
+    bad[0, 0] = -5
+    with pytest.raises(ValueError, match="targets"):
+        m.forward_backward(idx, bad)
+    with pytest.raises(TypeError, match="targets"):
+        m.forward_backward(idx, tgt.astype(np.float64))
+    with pytest.raises(ValueError, match="lr"):
+        m.step(-1.0)
+    with pytest.raises(ValueError, match=r"betas\[1\]"):
+        m.step(1e-3, betas=(0.9, 1.0))
+
+
+def assert_evaluate_short_and_bad(m, data, ref_loss, vocab: int) -> None:
+    """m.evaluate over 6 tokens (one window of 5) gives ref_loss(x, y) of that
+    window; fewer than 2 tokens, or a token id of vocab, is refused."""
+    short = m.evaluate(data[:6])
+    assert short["loss"] == pytest.approx(ref_loss(data[None, :5], data[None, 1:6]), rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        m.evaluate(data[:1])
+    with pytest.raises(ValueError, match="out of range"):
+        m.evaluate(np.array([1, 2, vocab]))
+
+
+def assert_bad_state_dicts_refused(m, sd, name: str, before) -> None:
+    """m.load_state_dict refuses sd with NaNs in tensor `name`, and a sequence
+    of pairs; these failures and any before them left m's state_dict `before`."""
+    nan = dict(sd)
+    nan[name] = np.full(sd[name].shape, np.nan, np.float32)
+    with pytest.raises(ValueError, match=f"non-finite.*{name}"):
+        m.load_state_dict(nan)
+    with pytest.raises(TypeError, match="mapping"):
+        m.load_state_dict([(name, 1)])
+    after = m.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def assert_restored(m, loaded, idx, tgt) -> None:

@@ -152,23 +152,22 @@ def test_json_round_trip(tok, tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["tok.json"]
 
 
-def test_json_errors(tmp_path):
-    with pytest.raises(ValueError, match="corrupt"):
-        tokenizer_from_json('{"type": "char", "chars": ["a"')
-    with pytest.raises(ValueError, match="unknown tokenizer type 'bpe'"):
-        tokenizer_from_json('{"type": "bpe"}')
-    with pytest.raises(ValueError, match="'type'"):
-        tokenizer_from_json('{"chars": ["a"]}')
-    with pytest.raises(ValueError, match="object"):
-        tokenizer_from_json("[1, 2]")
-    with pytest.raises(ValueError, match="chars"):
-        tokenizer_from_json('{"type": "char"}')
-    with pytest.raises(ValueError, match="duplicates"):
-        tokenizer_from_json('{"type": "char", "chars": ["a", "a"]}')
-    with pytest.raises(ValueError, match="str"):
-        tokenizer_from_json('{"type": "char", "chars": ["a", 5]}')
-    with pytest.raises(ValueError, match="version"):
-        tokenizer_from_json('{"type": "byte", "version": 99}')
+@pytest.mark.parametrize("text, match", [
+    ('{"type": "char", "chars": ["a"', "corrupt"),
+    ('{"type": "bpe"}', "unknown tokenizer type 'bpe'"),
+    ('{"chars": ["a"]}', "'type'"),
+    ("[1, 2]", "object"),
+    ('{"type": "char"}', "chars"),
+    ('{"type": "char", "chars": ["a", "a"]}', "duplicates"),
+    ('{"type": "char", "chars": ["a", 5]}', "str"),
+    ('{"type": "byte", "version": 99}', "version"),
+])
+def test_json_errors(text, match):
+    with pytest.raises(ValueError, match=match):
+        tokenizer_from_json(text)
+
+
+def test_json_file_errors(tmp_path):
     with pytest.raises(TypeError):
         tokenizer_from_json(None)
     with pytest.raises(FileNotFoundError, match="nope.json"):

@@ -163,6 +163,13 @@ void check_betas(const char* op, double beta1, double beta2) {
   if (!(beta2 >= 0 && beta2 < 1)) value_error(op, "beta2 must be in [0, 1)");
 }
 
+// A training step's loss scale (finite) and dropout probability (in [0, 1)).
+void check_training(double grad_scale, double dropout, const char* op) {
+  if (!std::isfinite(grad_scale)) value_error(op, "grad_scale must be finite");
+  if (!(dropout >= 0.0 && dropout < 1.0))
+    value_error(op, "dropout must be in [0, 1), got " + std::to_string(dropout));
+}
+
 // What every model shares: its ParamStore (views of parameters, gradients and
 // optimizer state; optimizer steps).
 template <class Model>
@@ -364,11 +371,7 @@ void bind_model(py::module_& m) {
               uint64_t dropout_seed) {
              Tokens tk = checked_batch(g, idx_obj, "forward_backward");
              Tokens tg = checked_targets(g.config().vocab_size, t_obj, tk, "forward_backward");
-             if (!std::isfinite(grad_scale))
-               value_error("forward_backward", "grad_scale must be finite");
-             if (!(dropout >= 0.0 && dropout < 1.0))
-               value_error("forward_backward",
-                           "dropout must be in [0, 1), got " + std::to_string(dropout));
+             check_training(grad_scale, dropout, "forward_backward");
              Exclusive exclusive(g.store.busy);
              return g.forward_backward(tk.ids.data(), tg.ids.data(), tk.b, tk.t,
                                        (float)grad_scale, (float)dropout, dropout_seed);
@@ -476,11 +479,7 @@ void bind_model(py::module_& m) {
               double dropout, uint64_t dropout_seed) {
              Tokens tk = checked_rnn_batch(r, idx_obj, "forward_backward");
              Tokens tg = checked_targets(r.config().vocab_size, t_obj, tk, "forward_backward");
-             if (!std::isfinite(grad_scale))
-               value_error("forward_backward", "grad_scale must be finite");
-             if (!(dropout >= 0.0 && dropout < 1.0))
-               value_error("forward_backward",
-                           "dropout must be in [0, 1), got " + std::to_string(dropout));
+             check_training(grad_scale, dropout, "forward_backward");
              std::vector<int64_t> ids = time_major(tk), tgt = time_major(tg);
              Exclusive exclusive(r.store.busy);
              return r.forward_backward(ids.data(), tgt.data(), tk.t, tk.b, carry,

@@ -87,6 +87,19 @@ void check_run(Loop& l, int64_t n, int64_t vocab, const char* op) {
                         " differs from the loop's logits width " + std::to_string(l.settings.vocab));
 }
 
+// Up to n steps of the loop on a model, both held (the model's mutex is
+// model_busy) and the GIL released while it runs; chunk_result's tuple.
+py::tuple run_chunk(Loop& l, std::mutex& model_busy, int64_t n, const PushFn& push) {
+  DecodeLoop::Chunk c;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> own(l.busy);
+    std::lock_guard<std::mutex> model(model_busy);
+    c = l.loop->run(n, push);
+  }
+  return chunk_result(c, l.settings.rows);
+}
+
 }  // namespace
 
 void bind_sampling(py::module_& m) {
@@ -249,14 +262,7 @@ void bind_sampling(py::module_& m) {
                for (int64_t& p : pos) ++p;
                return true;
              };
-             DecodeLoop::Chunk c;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> own(l.busy);
-               std::lock_guard<std::mutex> model(g.store.busy);
-               c = l.loop->run(n, push);
-             }
-             return chunk_result(c, B);
+             return run_chunk(l, g.store.busy, n, push);
            },
            py::arg("model"), py::arg("n"), py::arg("pos"), py::arg("rows"), py::arg("may_push"),
            "Up to n steps on a Transformer whose KV cache holds this batch: row i's next token "
@@ -278,14 +284,7 @@ void bind_sampling(py::module_& m) {
                r.forward(tok, 1, B, /*carry=*/true, logits);  // (1, B) time-major is (B,)
                return true;
              };
-             DecodeLoop::Chunk c;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> own(l.busy);
-               std::lock_guard<std::mutex> model(r.store.busy);
-               c = l.loop->run(n, push);
-             }
-             return chunk_result(c, B);
+             return run_chunk(l, r.store.busy, n, push);
            },
            py::arg("model"), py::arg("n"), py::arg("may_push"),
            "Up to n steps on a recurrent model carrying this batch's state; as run_gpt.");

@@ -284,26 +284,19 @@ __global__ void delta_kernel(const T* __restrict__ dout, const T* __restrict__ o
 
 template <int DMAX>
 void launch_forward_f32(const FwdParams& p, int64_t batch) {
-  const dim3 grid((unsigned)cdiv(p.seq_q, kTile), (unsigned)p.heads, (unsigned)batch);
-  fwd_f32_kernel<DMAX><<<grid, kThreads, 0, launch_stream()>>>(p);
-  FASTLM_CHECK_LAUNCH("attention fwd_f32_kernel");
+  launch_heads<kTile, kThreads>(fwd_f32_kernel<DMAX>, 0, p.seq_q, p, batch,
+                                "attention fwd_f32_kernel");
 }
 
 template <int DMAX>
 void launch_backward_f32(const BwdParams& p, int64_t batch) {
   constexpr int LD = DMAX + 1, LP = kTile + 1;
-  if (p.seq_k > 0) {
-    const size_t smem = sizeof(float) * (4 * kTile * LD + 2 * kTile * LP + 2 * kTile);
-    allow_shared_bytes(bwd_dkdv_f32_kernel<DMAX>, smem);
-    const dim3 grid((unsigned)cdiv(p.seq_k, kTile), (unsigned)p.heads, (unsigned)batch);
-    bwd_dkdv_f32_kernel<DMAX><<<grid, kThreads, smem, launch_stream()>>>(p);
-    FASTLM_CHECK_LAUNCH("attention bwd_dkdv_f32_kernel");
-  }
-  const size_t smem = sizeof(float) * (4 * kTile * LD + kTile * LP);
-  allow_shared_bytes(bwd_dq_f32_kernel<DMAX>, smem);
-  const dim3 grid((unsigned)cdiv(p.seq_q, kTile), (unsigned)p.heads, (unsigned)batch);
-  bwd_dq_f32_kernel<DMAX><<<grid, kThreads, smem, launch_stream()>>>(p);
-  FASTLM_CHECK_LAUNCH("attention bwd_dq_f32_kernel");
+  if (p.seq_k > 0)
+    launch_heads<kTile, kThreads>(bwd_dkdv_f32_kernel<DMAX>,
+                                  sizeof(float) * (4 * kTile * LD + 2 * kTile * LP + 2 * kTile),
+                                  p.seq_k, p, batch, "attention bwd_dkdv_f32_kernel");
+  launch_heads<kTile, kThreads>(bwd_dq_f32_kernel<DMAX>, sizeof(float) * (4 * kTile * LD + kTile * LP),
+                                p.seq_q, p, batch, "attention bwd_dq_f32_kernel");
 }
 
 void check_sizes(const AttentionArgs& d, const char* op) {

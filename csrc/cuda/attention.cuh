@@ -65,6 +65,17 @@ __device__ __forceinline__ T* head_ptr(void* base, const Strides& s, int64_t b, 
   return static_cast<T*>(base) + b * s.batch + h * s.head;
 }
 
+// kernel over (blocks of ROWS along seq, heads, batch), THREADS threads each,
+// with smem bytes of dynamic shared memory; `name` reaches launch errors.
+template <int ROWS, int THREADS, typename Params>
+void launch_heads(void (*kernel)(const Params), size_t smem, int64_t seq, const Params& p,
+                  int64_t batch, const char* name) {
+  allow_shared_bytes(kernel, smem);
+  const dim3 grid((unsigned)cdiv(seq, ROWS), (unsigned)p.heads, (unsigned)batch);
+  kernel<<<grid, THREADS, smem, launch_stream()>>>(p);
+  FASTLM_CHECK_LAUNCH(name);
+}
+
 // Keys < this bound can be seen by some query of [q0, q0 + rows): with a
 // causal mask query i sees keys j <= i + seq_k - seq_q.
 __device__ __forceinline__ int64_t key_end(int64_t q0, int64_t rows, int64_t seq_q,

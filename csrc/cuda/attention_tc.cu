@@ -213,22 +213,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_bf16_kernel(const BwdParams
       return ElemAt{q0 + il, keys[e >> 1], lse_s[il], delta_s[il]};
     });
     // dV += P^T dO, dK += dS^T Q: k = the 32 queries in 2 steps of 16.
-#pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-      uint32_t pa[4], sa[4];
-      acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-      acc_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < DMAX / 16; ++dp) {
-        uint32_t ob[4], qb[4];
-        frag_b_cols<LD>(ob, dOs, 16 * kk, 16 * dp, L);
-        frag_b_cols<LD>(qb, Qs, 16 * kk, 16 * dp, L);
-        mma_bf16(dv[2 * dp], pa, ob[0], ob[1]);
-        mma_bf16(dv[2 * dp + 1], pa, ob[2], ob[3]);
-        mma_bf16(dk[2 * dp], sa, qb[0], qb[1]);
-        mma_bf16(dk[2 * dp + 1], sa, qb[2], qb[3]);
-      }
-    }
+    add_pv<LD>(dv, st, dOs, L);
+    add_pv<LD>(dk, dpt, Qs, L);
   }
   cp_async_wait<0>();  // K and V, if no query block ran
 
@@ -236,17 +222,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_bf16_kernel(const BwdParams
   for (int hr = 0; hr < 2; ++hr) {
     const int64_t key = keys[hr];
     if (key >= p.seq_k) continue;
-    bf16* dK = head_ptr<bf16>(p.dk, p.sk, b, h) + key * p.sk.row;
-    bf16* dV = head_ptr<bf16>(p.dv, p.sv, b, h) + key * p.sv.row;
-#pragma unroll
-    for (int dt = 0; dt < NDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = 8 * dt + 2 * L.t + e;
-        if (d >= D) continue;
-        dK[d] = __float2bfloat16_rn(__bfloat162float(dK[d]) + dk[dt][2 * hr + e] * p.scale);
-        dV[d] = __float2bfloat16_rn(__bfloat162float(dV[d]) + dv[dt][2 * hr + e]);
-      }
+    add_row<true>(head_ptr<bf16>(p.dk, p.sk, b, h) + key * p.sk.row, dk, hr, D, p.scale, L);
+    add_row<false>(head_ptr<bf16>(p.dv, p.sv, b, h) + key * p.sv.row, dv, hr, D, p.scale, L);
   }
 }
 
@@ -301,19 +278,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_bf16_kernel(const BwdParams p
     recompute_tile<LD, NKD, 8, DROP>(s, dpm, Qs, dOs, Ks, Vs, p, dkey, L, [&](int nt, int e) {
       return ElemAt{rows[e >> 1], k0 + 8 * nt + 2 * L.t + (e & 1), li[e >> 1], di[e >> 1]};
     });
-    // dQ += dS K: k = the 64 keys in 4 steps of 16.
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t sa[4];
-      acc_to_a(sa, dpm[2 * kk], dpm[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < DMAX / 16; ++dp) {
-        uint32_t kb[4];
-        frag_b_cols<LD>(kb, Ks, 16 * kk, 16 * dp, L);
-        mma_bf16(dq[2 * dp], sa, kb[0], kb[1]);
-        mma_bf16(dq[2 * dp + 1], sa, kb[2], kb[3]);
-      }
-    }
+    add_pv<LD>(dq, dpm, Ks, L);  // dQ += dS K: k = the 64 keys in 4 steps of 16
   }
   cp_async_wait<0>();  // Q and dO, if no key block ran
 
@@ -321,42 +286,26 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_bf16_kernel(const BwdParams p
   for (int hr = 0; hr < 2; ++hr) {
     const int64_t i = rows[hr];
     if (i >= p.seq_q) continue;
-    bf16* dQ = head_ptr<bf16>(p.dq, p.sq, b, h) + i * p.sq.row;
-#pragma unroll
-    for (int dt = 0; dt < NDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int d = 8 * dt + 2 * L.t + e;
-        if (d < D)
-          dQ[d] = __float2bfloat16_rn(__bfloat162float(dQ[d]) + dq[dt][2 * hr + e] * p.scale);
-      }
+    add_row<true>(head_ptr<bf16>(p.dq, p.sq, b, h) + i * p.sq.row, dq, hr, D, p.scale, L);
   }
 }
 
 template <int DMAX, bool DROP>
 void forward(const FwdParams& p, int64_t batch) {
   const size_t smem = sizeof(bf16) * 3 * kRows * (DMAX + 8);
-  allow_shared_bytes(fwd_bf16_kernel<DMAX, DROP>, smem);
-  const dim3 grid((unsigned)cdiv(p.seq_q, kRows), (unsigned)p.heads, (unsigned)batch);
-  fwd_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem, launch_stream()>>>(p);
-  FASTLM_CHECK_LAUNCH("attention fwd_bf16_kernel");
+  launch_heads<kRows, kThreads>(fwd_bf16_kernel<DMAX, DROP>, smem, p.seq_q, p, batch,
+                                "attention fwd_bf16_kernel");
 }
 
 template <int DMAX, bool DROP>
 void backward(const BwdParams& p, int64_t batch) {
   constexpr int LD = DMAX + 8;
-  if (p.seq_k > 0) {
-    const size_t smem = sizeof(bf16) * (2 * kRows + 2 * 32) * LD + sizeof(float) * 2 * 32;
-    allow_shared_bytes(bwd_dkdv_bf16_kernel<DMAX, DROP>, smem);
-    const dim3 grid((unsigned)cdiv(p.seq_k, kRows), (unsigned)p.heads, (unsigned)batch);
-    bwd_dkdv_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem, launch_stream()>>>(p);
-    FASTLM_CHECK_LAUNCH("attention bwd_dkdv_bf16_kernel");
-  }
-  const size_t smem = sizeof(bf16) * 4 * kRows * LD;
-  allow_shared_bytes(bwd_dq_bf16_kernel<DMAX, DROP>, smem);
-  const dim3 grid((unsigned)cdiv(p.seq_q, kRows), (unsigned)p.heads, (unsigned)batch);
-  bwd_dq_bf16_kernel<DMAX, DROP><<<grid, kThreads, smem, launch_stream()>>>(p);
-  FASTLM_CHECK_LAUNCH("attention bwd_dq_bf16_kernel");
+  if (p.seq_k > 0)
+    launch_heads<kRows, kThreads>(bwd_dkdv_bf16_kernel<DMAX, DROP>,
+                                  sizeof(bf16) * (2 * kRows + 2 * 32) * LD + sizeof(float) * 2 * 32,
+                                  p.seq_k, p, batch, "attention bwd_dkdv_bf16_kernel");
+  launch_heads<kRows, kThreads>(bwd_dq_bf16_kernel<DMAX, DROP>, sizeof(bf16) * 4 * kRows * LD,
+                                p.seq_q, p, batch, "attention bwd_dq_bf16_kernel");
 }
 
 }  // namespace

@@ -126,6 +126,8 @@ __device__ __forceinline__ void drop_tile(float (&s)[NT][4], const HeadParams& p
 
 // O += P V: P the probability tiles (8 NT keys, rounded to bfloat16 as A
 // operands), V the tile's rows [key][dim]; k in steps of 16 keys, n = dims.
+// The backward's products of a score tile and a row tile take it too
+// (dV += P^T dO, dK += dS^T Q, dQ += dS K).
 template <int LD, int NT, int NDT>
 __device__ __forceinline__ void add_pv(float (&o)[NDT][4], const float (&s)[NT][4],
                                        const bf16* Vs, const Lane& L) {
@@ -141,6 +143,23 @@ __device__ __forceinline__ void add_pv(float (&o)[NDT][4], const float (&s)[NT][
       mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
     }
   }
+}
+
+// dst[d] += acc (times scale when SCALED) for the dims d < D of this thread's
+// row half hr of accumulator tiles over dims (element 2 hr + e of tile dt is
+// dim 8 dt + 2 t + e), dst a bfloat16 row of a gradient: read, add, round.
+template <bool SCALED, int NDT>
+__device__ __forceinline__ void add_row(bf16* dst, const float (&acc)[NDT][4], int hr, int D,
+                                        float scale, const Lane& L) {
+#pragma unroll
+  for (int dt = 0; dt < NDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int d = 8 * dt + 2 * L.t + e;
+      if (d < D)
+        dst[d] = __float2bfloat16_rn(__bfloat162float(dst[d]) +
+                                     (SCALED ? acc[dt][2 * hr + e] * scale : acc[dt][2 * hr + e]));
+    }
 }
 
 // The rows' out = o / l in bfloat16 and lse = (m2 + log2 l) ln 2, m2 being

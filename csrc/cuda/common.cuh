@@ -74,6 +74,9 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// The recurrent cells' gate activation (the CPU's formula).
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
 // ---- elementwise maps --------------------------------------------------------
 // W consecutive elements in float32 registers: what an elementwise op sees.
 template <int W>
@@ -162,6 +165,23 @@ bool packs_aligned(const T* p, const Rest*... rest) {
 }
 
 constexpr int kElementwiseThreads = 256;
+
+// The op of a binary map out = F::f(a, b), element by element in float32
+// (F a struct with a static __device__ f(float, float)); out may alias a or b.
+template <class F>
+struct Map2 {
+  const float* a;
+  const float* b;
+  float* out;
+  template <int W>
+  __device__ void at(int64_t i) const {
+    Pack<W> x = load_pack<W>(a, i);
+    const Pack<W> y = load_pack<W>(b, i);
+#pragma unroll
+    for (int k = 0; k < W; ++k) x[k] = F::f(x[k], y[k]);
+    store_pack<W>(out, i, x);
+  }
+};
 
 // Runs op over n elements (nothing for n <= 0); `vec` when every pointer
 // passes packs_aligned. `name` reaches launch errors.

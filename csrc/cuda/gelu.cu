@@ -122,20 +122,10 @@ struct Forward {
   }
 };
 
-// dx = dy * gelu'(x)
+// dx = dy * gelu'(x) (Map2<Backward<G>> over dy, x).
 template <class G>
 struct Backward {
-  const float* dy;
-  const float* x;
-  float* dx;
-  template <int W>
-  __device__ void at(int64_t i) const {
-    Pack<W> g = load_pack<W>(dy, i);
-    const Pack<W> v = load_pack<W>(x, i);
-#pragma unroll
-    for (int k = 0; k < W; ++k) g[k] *= G::grad(v[k]);
-    store_pack<W>(dx, i, g);
-  }
+  __device__ static float f(float dy, float x) { return dy * G::grad(x); }
 };
 
 template <class G>
@@ -146,7 +136,7 @@ void forward(const float* x, float* y, int64_t n) {
 
 template <class G>
 void backward(const float* dy, const float* x, float* dx, int64_t n) {
-  elementwise(Backward<G>{dy, x, dx}, n, packs_aligned(dy, x, dx), "gelu_backward_kernel");
+  elementwise(Map2<Backward<G>>{dy, x, dx}, n, packs_aligned(dy, x, dx), "gelu_backward_kernel");
 }
 
 }  // namespace

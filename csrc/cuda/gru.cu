@@ -12,8 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
-
 __global__ void gru_forward_kernel(const float* __restrict__ gi, const float* __restrict__ gh,
                                    const float* __restrict__ h, float* __restrict__ gates,
                                    float* __restrict__ h_next, int64_t n, int64_t H) {

@@ -71,4 +71,27 @@ class Buffer {
   int64_t n_ = 0;
 };
 
+// Uploads n token ids into `to` (grown as needed); returns its device pointer.
+inline const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n) {
+  to.reserve(n, "token ids");
+  to.upload(host, n);
+  return to.data();
+}
+
+// Lays consecutive pieces over one block of memory (a model's activations
+// over one Buffer): take(n) is the next n elements' start.
+template <class T>
+class Carve {
+ public:
+  explicit Carve(T* p) : p_(p) {}
+  T* operator()(int64_t n) {
+    T* r = p_;
+    p_ += n;
+    return r;
+  }
+
+ private:
+  T* p_;
+};
+
 }  // namespace fastlm

@@ -10,15 +10,11 @@
 namespace fastlm {
 
 void validate(const GPTConfig& c) {
-  auto positive = [](int64_t v, const char* name) {
-    if (v < 1)
-      throw std::invalid_argument(std::string(name) + " must be >= 1, got " + std::to_string(v));
-  };
-  positive(c.vocab_size, "vocab_size");
-  positive(c.block_size, "block_size");
-  positive(c.n_layer, "n_layer");
-  positive(c.n_head, "n_head");
-  positive(c.n_embd, "n_embd");
+  check_positive(c.vocab_size, "vocab_size");
+  check_positive(c.block_size, "block_size");
+  check_positive(c.n_layer, "n_layer");
+  check_positive(c.n_head, "n_head");
+  check_positive(c.n_embd, "n_embd");
   if (c.n_embd % c.n_head != 0)
     throw std::invalid_argument("n_embd (" + std::to_string(c.n_embd) +
                                 ") must be divisible by n_head (" + std::to_string(c.n_head) +
@@ -109,12 +105,7 @@ void GPT::ensure_acts(int64_t b, int64_t t) {
     acts_.reserve(total, "the activations");
     k_.zero(acts_.data(), total);
   }
-  float* p = acts_.data();
-  auto take = [&](int64_t n) {
-    float* r = p;
-    p += n;
-    return r;
-  };
+  Carve<float> take(acts_.data());
   encoded_ = take(BT * C);
   layer_acts_.resize(cfg_.n_layer);
   for (LayerActs& a : layer_acts_) {
@@ -219,12 +210,6 @@ void GPT::gelu_forward(const float* x, float* y, int64_t n) const {
 void GPT::gelu_backward(const float* dy, const float* x, float* dx, int64_t n) const {
   (cfg_.activation == Activation::kGeluErf ? k_.gelu_erf_backward : k_.gelu_backward)(dy, x, dx,
                                                                                       n);
-}
-
-const int64_t* GPT::upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n) {
-  to.reserve(n, "token ids");
-  to.upload(host, n);
-  return to.data();
 }
 
 void GPT::forward(const int64_t* idx, int64_t b, int64_t t, float* logits) {

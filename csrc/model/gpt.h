@@ -95,8 +95,6 @@ class GPT {
   // The lm_head and the loss over lnf_ (classifier_loss); with dlnf, the
   // backward too: dlnf written, the lm_head gradient accumulated.
   float head_loss(const int64_t* targets, int64_t rows, float dloss, float* dlnf);
-  // Uploads n ids into `to` (grown as needed); returns its device pointer.
-  const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n);
   void pack_for_decode();
   void ensure_acts(int64_t b, int64_t t);
   // Runs the blocks over acts_ for (b, t) tokens at positions [pos, pos + t);

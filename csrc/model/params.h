@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,11 @@
 #include "model/buffer.h"
 
 namespace fastlm {
+
+// A model config's size field: std::invalid_argument naming it unless v >= 1.
+inline void check_positive(int64_t v, const char* name) {
+  if (v < 1) throw std::invalid_argument(std::string(name) + " must be >= 1, got " + std::to_string(v));
+}
 
 struct ParamInfo {
   std::string name;

@@ -12,14 +12,10 @@
 namespace fastlm {
 
 void validate(const RNNConfig& c) {
-  auto positive = [](int64_t v, const char* name) {
-    if (v < 1)
-      throw std::invalid_argument(std::string(name) + " must be >= 1, got " + std::to_string(v));
-  };
-  positive(c.vocab_size, "vocab_size");
-  positive(c.embed_dim, "embed_dim");
-  positive(c.hidden_size, "hidden_size");
-  positive(c.num_layers, "num_layers");
+  check_positive(c.vocab_size, "vocab_size");
+  check_positive(c.embed_dim, "embed_dim");
+  check_positive(c.hidden_size, "hidden_size");
+  check_positive(c.num_layers, "num_layers");
 }
 
 RNNLM::~RNNLM() { release_step_graph(k_, step_graph_); }
@@ -81,12 +77,7 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   acts_t_ = acts_b_ = 0;  // re-carved below only once the memory is there
   acts_.reserve(total, "the activations");
   k_.zero(acts_.data(), total);
-  float* p = acts_.data();
-  auto take = [&](int64_t n) {
-    float* r = p;
-    p += n;
-    return r;
-  };
+  Carve<float> take(acts_.data());
   emb_ = take(TB * E);
   la_.resize(cfg_.num_layers);
   for (LayerActs& a : la_) {
@@ -181,12 +172,6 @@ void RNNLM::get_state(float* h, float* c) const {
   const int64_t n = cfg_.num_layers * state_b_ * cfg_.hidden_size;
   state_h_.download(h, n);
   if (c && cfg_.kind == CellKind::kLSTM) state_c_.download(c, n);
-}
-
-const int64_t* RNNLM::upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n) {
-  to.reserve(n, "token ids");
-  to.upload(host, n);
-  return to.data();
 }
 
 void RNNLM::forward(const int64_t* idx, int64_t t, int64_t b, bool carry, float* logits) {

@@ -82,7 +82,6 @@ class RNNLM {
   void ensure_acts(int64_t t, int64_t b);
   // ids: on the device (ids_).
   const float* run(const int64_t* ids, int64_t t, int64_t b, bool carry);
-  const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64_t n);
   void layer_backward(int64_t l, const int64_t* idx, int64_t t, int64_t b, float* dout_h,
                       float* dx);
   // Whether layer 0's input projection goes through a (vocab, G*h) table of

@@ -169,32 +169,34 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
     loss, dlogits = cross_entropy_ref(logits, targets, dtype)
 
     grads = {k: np.zeros_like(v) for k, v in p.items()}
+
+    def linear_backward(name, dout, inp):
+        """Adds linear layer `name`'s (out = inp W^T + b) weight and bias
+        gradients for dout; returns d inp."""
+        n_out, n_in = dout.shape[-1], inp.shape[-1]
+        grads[name + ".weight"] += dout.reshape(-1, n_out).T @ inp.reshape(-1, n_in)
+        grads[name + ".bias"] += dout.reshape(-1, n_out).sum(0)
+        return dout @ p[name + ".weight"]
+
+    def layernorm_backward(name, dy, cache):
+        """Adds LayerNorm `name`'s weight and bias gradients for dy; returns d x."""
+        dx, dw, db = _layernorm_backward(dy, p[name + ".weight"], cache)
+        grads[name + ".weight"] += dw
+        grads[name + ".bias"] += db
+        return dx
+
     grads["transformer.wte.weight"] += dlogits.reshape(-1, V).T @ lnf.reshape(-1, C)
-    dlnf = dlogits @ wte
-    dx, dw, db = _layernorm_backward(dlnf, p["transformer.ln_f.weight"], cf)
-    grads["transformer.ln_f.weight"] += dw
-    grads["transformer.ln_f.bias"] += db
+    dx = layernorm_backward("transformer.ln_f", dlogits @ wte, cf)
     for i in reversed(range(n_layer)):
         pre = f"transformer.h.{i}."
         ln1, c1, q, k, v, P, y, ln2, c2, h, g = caches[i]
         # MLP
-        dm = dx * zf(f"res{i}m")
-        grads[pre + "mlp.c_proj.weight"] += dm.reshape(-1, C).T @ g.reshape(-1, 4 * C)
-        grads[pre + "mlp.c_proj.bias"] += dm.reshape(-1, C).sum(0)
-        dg = dm @ p[pre + "mlp.c_proj.weight"]
-        dh = dg * _gelu_grad(h)
-        grads[pre + "mlp.c_fc.weight"] += dh.reshape(-1, 4 * C).T @ ln2.reshape(-1, C)
-        grads[pre + "mlp.c_fc.bias"] += dh.reshape(-1, 4 * C).sum(0)
-        dln2 = dh @ p[pre + "mlp.c_fc.weight"]
-        dxl, dw, db = _layernorm_backward(dln2, p[pre + "ln_2.weight"], c2)
-        grads[pre + "ln_2.weight"] += dw
-        grads[pre + "ln_2.bias"] += db
-        dx = dx + dxl
+        dg = linear_backward(pre + "mlp.c_proj", dx * zf(f"res{i}m"), g)
+        dln2 = linear_backward(pre + "mlp.c_fc", dg * _gelu_grad(h), ln2)
+        dx = dx + layernorm_backward(pre + "ln_2", dln2, c2)
         # attention
-        da = dx * zf(f"res{i}a")
-        grads[pre + "attn.c_proj.weight"] += da.reshape(-1, C).T @ y.reshape(-1, C)
-        grads[pre + "attn.c_proj.bias"] += da.reshape(-1, C).sum(0)
-        dy = (da @ p[pre + "attn.c_proj.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        dy = linear_backward(pre + "attn.c_proj", dx * zf(f"res{i}a"), y)
+        dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)
         za = zf(f"attn{i}")
         dP = (dy @ v.transpose(0, 1, 3, 2)) * za
         dv = (P * za).transpose(0, 1, 3, 2) @ dy
@@ -202,13 +204,8 @@ def np_forward_backward(sd: Dict[str, np.ndarray], idx: np.ndarray, targets: Opt
         dq = datt @ k
         dk = datt.transpose(0, 1, 3, 2) @ q
         dqkv = np.concatenate([a.transpose(0, 2, 1, 3).reshape(B, T, C) for a in (dq, dk, dv)], axis=-1)
-        grads[pre + "attn.c_attn.weight"] += dqkv.reshape(-1, 3 * C).T @ ln1.reshape(-1, C)
-        grads[pre + "attn.c_attn.bias"] += dqkv.reshape(-1, 3 * C).sum(0)
-        dln1 = dqkv @ p[pre + "attn.c_attn.weight"]
-        dxl, dw, db = _layernorm_backward(dln1, p[pre + "ln_1.weight"], c1)
-        grads[pre + "ln_1.weight"] += dw
-        grads[pre + "ln_1.bias"] += db
-        dx = dx + dxl
+        dln1 = linear_backward(pre + "attn.c_attn", dqkv, ln1)
+        dx = dx + layernorm_backward(pre + "ln_1", dln1, c1)
     dx = dx * zf("emb")
     np.add.at(grads["transformer.wte.weight"], idx.reshape(-1), dx.reshape(-1, C))
     grads["transformer.wpe.weight"][:T] += dx.sum(0)
