@@ -14,45 +14,13 @@ from fastlm import _C, ops
 from conftest import assert_error_bound
 from reference.attention import inputs
 from reference.bf16 import bf16_round as to_bf16
-from reference.dropout import attention_mask
+from reference.dropout import attention_mask, ref_attention as ref_forward, \
+    ref_attention_backward as ref_backward
 
 # (B, H, T, D): awkward against the 64 x 64 tiles, the vector width and the
 # bfloat16 pairs (odd T, odd D), plus head dims 64 and many key blocks.
 SHAPES = [(1, 1, 1, 1), (2, 3, 17, 31), (1, 2, 33, 64), (1, 1, 127, 17), (2, 1, 130, 64),
           (1, 2, 201, 33)]
-
-
-def ref_forward(q, k, v, z, causal, dtype=np.float64, round_p=False):
-    """(out, lse, P) of softmax(q k^T / sqrt(D)) (times the keep factors z) v,
-    query i seeing keys j <= i + Tk - T; with round_p, P z rounded to bfloat16
-    before its product with v."""
-    q, k, v = (np.asarray(x, dtype) for x in (q, k, v))
-    T, Tk, D = q.shape[2], k.shape[2], q.shape[3]
-    s = q @ np.swapaxes(k, -1, -2) * dtype(1 / np.sqrt(D))
-    if causal:
-        s = np.where(np.arange(Tk)[None, :] > np.arange(T)[:, None] + (Tk - T), dtype(-np.inf), s)
-    m = s.max(-1, keepdims=True)
-    e = np.exp(s - m)
-    l = e.sum(-1, keepdims=True)
-    p = e / l
-    pz = (p * z).astype(dtype)
-    if round_p:
-        pz = to_bf16(pz.astype(np.float32)).astype(dtype)
-    return pz @ v, (m + np.log(l))[..., 0], p
-
-
-def ref_backward(dout, q, k, v, z, causal, dtype=np.float64, round_p=False):
-    """(dq, dk, dv) of <dout, attention>; with round_p, P z and dS rounded to
-    bfloat16 before their products."""
-    _, _, p = ref_forward(q, k, v, z, causal, dtype)
-    dout, q, k, v = (np.asarray(x, dtype) for x in (dout, q, k, v))
-    scale = dtype(1 / np.sqrt(q.shape[3]))
-    rnd = (lambda x: to_bf16(x.astype(np.float32)).astype(dtype)) if round_p else (lambda x: x)
-    pz = rnd((p * z).astype(dtype))
-    dv = np.swapaxes(pz, -1, -2) @ dout
-    dp = (dout @ np.swapaxes(v, -1, -2)) * z.astype(dtype)
-    ds = rnd((p * (dp - np.sum(dp * p, -1, keepdims=True))).astype(dtype)) * scale
-    return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
 
 
 def rounded(*xs):

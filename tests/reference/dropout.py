@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reference.bf16 import bf16_round
+
 M32, M64 = np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -50,7 +52,17 @@ def attention_mask(B, H, T, Tk, p, seed):
     return z
 
 
-def ref_attention(q, k, v, z, causal, dtype=np.float64):
+def _bf16_rounder(round_p, dtype):
+    """x -> x rounded to bfloat16 (nearest even) in dtype when round_p, else x."""
+    if not round_p:
+        return lambda x: x
+    return lambda x: bf16_round(np.asarray(x, np.float32)).astype(dtype)
+
+
+def ref_attention(q, k, v, z, causal, dtype=np.float64, round_p=False):
+    """(out, lse, P) of softmax(q k^T / sqrt(D)) (times the keep factors z) v,
+    query i seeing keys j <= i + Tk - T; with round_p, P z rounded to bfloat16
+    before its product with v (as precision="bf16" kernels round)."""
     q, k, v, z = (np.asarray(x, dtype) for x in (q, k, v, z))
     T, Tk, D = q.shape[2], k.shape[2], q.shape[3]
     s = q @ np.swapaxes(k, -1, -2) * dtype(1 / np.sqrt(D))
@@ -59,14 +71,18 @@ def ref_attention(q, k, v, z, causal, dtype=np.float64):
     m = s.max(-1, keepdims=True)
     e = np.exp(s - m)
     l = e.sum(-1, keepdims=True)
-    return (e / l * z) @ v, (m + np.log(l))[..., 0], e / l
+    p = e / l
+    return _bf16_rounder(round_p, dtype)(p * z) @ v, (m + np.log(l))[..., 0], p
 
 
-def ref_attention_backward(dout, q, k, v, z, causal, dtype=np.float64):
+def ref_attention_backward(dout, q, k, v, z, causal, dtype=np.float64, round_p=False):
+    """(dq, dk, dv) of <dout, attention>; with round_p, P z and dS rounded to
+    bfloat16 before their products."""
     _, _, p = ref_attention(q, k, v, z, causal, dtype)
     dout, q, k, v, z = (np.asarray(x, dtype) for x in (dout, q, k, v, z))
+    rnd = _bf16_rounder(round_p, dtype)
     scale = dtype(1 / np.sqrt(q.shape[3]))
-    dv = np.swapaxes(p * z, -1, -2) @ dout
+    dv = np.swapaxes(rnd(p * z), -1, -2) @ dout
     dp = (dout @ np.swapaxes(v, -1, -2)) * z
-    ds = p * (dp - np.sum(dp * p, -1, keepdims=True)) * scale
+    ds = rnd(p * (dp - np.sum(dp * p, -1, keepdims=True))) * scale
     return ds @ k, np.swapaxes(ds, -1, -2) @ q, dv
