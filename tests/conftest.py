@@ -5,6 +5,7 @@ float32 computation's own error). The float64 references live in
 tests/reference/, one module per op family."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -241,16 +242,23 @@ def torch_or_skip():
     return pytest.importorskip("torch")
 
 
-def same_on_thread_counts(f, counts=(1, 2, 3)) -> bool:
-    """Whether f() returns the same bits (an array) on each of these fastlm thread counts."""
+@contextlib.contextmanager
+def num_threads(n: int):
+    """fastlm on n threads inside the block; the count before is restored after."""
     before = fastlm.get_num_threads()
-    outs = []
+    fastlm.set_num_threads(n)
     try:
-        for n in counts:
-            fastlm.set_num_threads(n)
-            outs.append(f())
+        yield
     finally:
         fastlm.set_num_threads(before)
+
+
+def same_on_thread_counts(f, counts=(1, 2, 3)) -> bool:
+    """Whether f() returns the same bits (an array) on each of these fastlm thread counts."""
+    outs = []
+    for n in counts:
+        with num_threads(n):
+            outs.append(f())
     return all(np.array_equal(o, outs[0]) for o in outs[1:])
 
 

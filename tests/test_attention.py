@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fastlm
 from fastlm import ops
-from conftest import HOST, assert_error_bound, finite_difference, torch_or_skip
+from conftest import HOST, assert_error_bound, finite_difference, num_threads, torch_or_skip
 from reference.attention import inputs, naive_bf16_attention, ref_backward, ref_backward_from_lse, ref_forward
 from reference.bf16 import bf16_round
 
@@ -173,15 +172,11 @@ def test_threads_share_heads(isa, rng, shape, threads):
     # head's key blocks over the threads and sums per-thread dq partials.
     # head_dim 32 is whole vectors on every ISA (rows read in place); 40 and 8
     # are not on some (rows copied to padded scratch).
-    before = fastlm.get_num_threads()
-    fastlm.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         q, k, v = inputs(rng, *shape)
         dout = rng.standard_normal(q.shape).astype(np.float32)
         out, lse = check_forward(HOST, q, k, v, True)
         grads = ops.attention_backward(dout, q, k, v, out, lse, causal=True)
-    finally:
-        fastlm.set_num_threads(before)
     ref = ref_backward(dout, q, k, v, True)
     naive = ref_backward(dout, q, k, v, True, np.float32)
     for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref, naive):
@@ -192,17 +187,13 @@ def test_threads_share_heads(isa, rng, shape, threads):
 @pytest.mark.parametrize("shape", [(1, 1, 300, 40), (3, 4, 90, 16)])
 def test_deterministic(isa, rng, shape, threads):
     # (1, 1, ...) makes the threads share one head's key blocks in the backward.
-    before = fastlm.get_num_threads()
-    fastlm.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         q, k, v = inputs(rng, *shape)
         dout = rng.standard_normal(q.shape).astype(np.float32)
         a = ops.attention(q, k, v, causal=True)
         b = ops.attention(q, k, v, causal=True)
         ga = ops.attention_backward(dout, q, k, v, *a, causal=True)
         gb = ops.attention_backward(dout, q, k, v, *a, causal=True)
-    finally:
-        fastlm.set_num_threads(before)
     for x, y in zip(a + ga, b + gb):
         assert np.array_equal(x, y)
 

@@ -11,7 +11,7 @@ import pytest
 
 import fastlm
 from fastlm import _C, ops
-from conftest import assert_error_bound
+from conftest import assert_error_bound, num_threads
 from reference.attention import inputs
 from reference.bf16 import bf16_round as to_bf16
 from reference.dropout import attention_mask, ref_attention as ref_forward, \
@@ -96,9 +96,7 @@ def test_rounds_operands(bf16, rng):
 def test_threads_deterministic_and_accurate(bf16, rng, shape, threads):
     """Fewer heads than threads (or not a multiple) share each head's key
     blocks in the backward; every thread count repeats its bits."""
-    before = fastlm.get_num_threads()
-    fastlm.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         q, k, v = inputs(rng, *shape)
         dout = rng.standard_normal(q.shape).astype(np.float32)
         runs = []
@@ -106,8 +104,6 @@ def test_threads_deterministic_and_accurate(bf16, rng, shape, threads):
             out, lse = ops.attention(q, k, v, precision="bf16")
             runs.append((out, lse) + ops.attention_backward(dout, q, k, v, out, lse, precision="bf16"))
         check(q, k, v, True, rng=rng)
-    finally:
-        fastlm.set_num_threads(before)
     for x, y in zip(*runs):
         assert np.array_equal(x, y)
 

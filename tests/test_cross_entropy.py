@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fastlm
 from fastlm import ops
 
-from conftest import AWKWARD_SIZES, assert_error_bound, awkward_rows, finite_difference, torch_or_skip
+from conftest import AWKWARD_SIZES, assert_error_bound, awkward_rows, finite_difference, num_threads, torch_or_skip
 from reference.cross_entropy import ce_ref
 
 
@@ -202,12 +201,8 @@ def test_determinism(backend, rng, shape):
         return
     # Rows are owned by one thread each and losses summed serially afterwards,
     # so even the thread count does not change a bit.
-    before = fastlm.get_num_threads()
-    try:
-        fastlm.set_num_threads(1)
+    with num_threads(1):
         l3, g3 = ops.cross_entropy(x, t)
-    finally:
-        fastlm.set_num_threads(before)
     assert l3 == l1
     np.testing.assert_array_equal(g3, g1)
 

@@ -378,6 +378,19 @@ def compare_all(op, names, ours, refs, ok):
         close(o, x64, x32, ok, f"{op} {name}", scale=scale)
 
 
+def cell_forward(data, op, gates, with_c, names, refs):
+    """Fuzz a cell's forward: (inputs, whether all are finite, outputs), or None
+    when the op rejected the inputs (as it must: call() checks). refs(a, dtype)
+    gives the reference outputs."""
+    a = cell_inputs(data, gates, with_c)
+    if call(data, op, dict(a), list(a)) is RAISED:
+        return None
+    ok = all_finite(a)
+    outs = op(**a)
+    compare_all(op.__name__, names, outs, lambda t: refs(a, t), ok)
+    return a, ok, outs
+
+
 def cell_backward(data, op, args: dict, refs, names, ok):
     """Fuzz a cell's backward given its arguments (the upstream gradients first)."""
     grads = call(data, op, dict(args), list(args))
@@ -390,13 +403,11 @@ def cell_backward(data, op, args: dict, refs, names, ok):
 @FUZZ
 @given(data=st.data())
 def test_lstm_cell_and_backward(data):
-    a = cell_inputs(data, 4, True)
-    if call(data, ops.lstm_cell, dict(a), list(a)) is RAISED:
+    got = cell_forward(data, ops.lstm_cell, 4, True, ("h_next", "c_next", "gates"),
+                       lambda a, t: lstm_ref(**a, dtype=t))
+    if got is None:
         return
-    ok = all_finite(a)
-    compare_all("lstm_cell", ("h_next", "c_next", "gates"), ops.lstm_cell(**a),
-                lambda t: lstm_ref(**a, dtype=t), ok)
-    _, c_next, gates = ops.lstm_cell(**a)
+    a, ok, (_, c_next, gates) = got
     dh, dc = values(data, a["h"].shape, scale=1.0), values(data, a["h"].shape, scale=1.0)
     args = dict(dh_next=dh, dc_next=dc, x=a["x"], h=a["h"], c=a["c"], c_next=c_next, gates=gates,
                 w_ih=a["w_ih"], w_hh=a["w_hh"])
@@ -408,21 +419,20 @@ def test_lstm_cell_and_backward(data):
 @FUZZ
 @given(data=st.data())
 def test_gru_cell_and_backward(data):
-    a = cell_inputs(data, 3, False)
-    if call(data, ops.gru_cell, dict(a), list(a)) is RAISED:
-        return
-    ok = all_finite(a)
-    as_t = lambda t: {k: v.astype(t) for k, v in a.items()}  # noqa: E731 (gru_ref computes in its inputs' dtype)
+    def as_t(a, t):  # gru_ref computes in its inputs' dtype
+        return {k: v.astype(t) for k, v in a.items()}
 
-    def forward_ref(t):
-        h_next, gates = gru_ref(**as_t(t))
+    def forward_ref(a, t):
+        h_next, gates = gru_ref(**as_t(a, t))
         return h_next, np.concatenate(gates, axis=1)
 
-    compare_all("gru_cell", ("h_next", "gates"), ops.gru_cell(**a), forward_ref, ok)
-    h_next, gates = ops.gru_cell(**a)
+    got = cell_forward(data, ops.gru_cell, 3, False, ("h_next", "gates"), forward_ref)
+    if got is None:
+        return
+    a, ok, (h_next, gates) = got
     dh = values(data, h_next.shape, scale=1.0)
     args = dict(dh_next=dh, x=a["x"], h=a["h"], gates=gates, w_ih=a["w_ih"], w_hh=a["w_hh"])
-    cell_backward(data, ops.gru_cell_backward, args, lambda t: gru_ref_backward(dh.astype(t), **as_t(t)),
+    cell_backward(data, ops.gru_cell_backward, args, lambda t: gru_ref_backward(dh.astype(t), **as_t(a, t)),
                   ("dx", "dh", "dw_ih", "dw_hh", "db_ih", "db_hh"), ok)
 
 

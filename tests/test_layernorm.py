@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fastlm
 from fastlm import ops
-from conftest import assert_error_bound, finite_difference, torch_or_skip
+from conftest import assert_error_bound, finite_difference, num_threads, torch_or_skip
 from reference.layernorm import EPS, ln_backward_ref, ln_ref, make
 
 SIZES = [1, 3, 17, 31, 33, 127, 1000]
@@ -144,16 +143,12 @@ def test_deterministic(backend, rng, cols):
 
 def test_thread_counts_agree(rng):
     x, w, b, dy = make(rng, 1000, 127)
-    before = fastlm.get_num_threads()
-    try:
-        fastlm.set_num_threads(1)
+    with num_threads(1):
         y1, m1, r1 = ops.layernorm(x, w, b)
         g1 = ops.layernorm_backward(dy, x, w, m1, r1)
-        fastlm.set_num_threads(3)
+    with num_threads(3):
         y3, m3, r3 = ops.layernorm(x, w, b)
         g3 = ops.layernorm_backward(dy, x, w, m3, r3)
-    finally:
-        fastlm.set_num_threads(before)
     np.testing.assert_array_equal(y1, y3)  # rows are independent
     np.testing.assert_array_equal(g1[0], g3[0])
     for a, c in zip(g1[1:], g3[1:]):  # column sums: only the reduction order differs

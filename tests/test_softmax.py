@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fastlm
 from fastlm import ops
 
-from conftest import AWKWARD_SIZES, HOST, assert_error_bound, awkward_rows, finite_difference, torch_or_skip
+from conftest import AWKWARD_SIZES, assert_error_bound, awkward_rows, finite_difference, num_threads, torch_or_skip
 from reference.softmax import softmax_backward_ref, softmax_ref
 
 
@@ -102,13 +101,9 @@ def test_determinism(backend, rng):
                                   B.get(ops.softmax_backward(dyd, y1)))
     if B.device:
         return
-    before = fastlm.get_num_threads()
-    try:
-        fastlm.set_num_threads(1)
+    with num_threads(1):
         y3 = ops.softmax(x)
         dx3 = ops.softmax_backward(dy, y1)
-    finally:
-        fastlm.set_num_threads(before)
     np.testing.assert_array_equal(y3, y1)
     np.testing.assert_array_equal(dx3, ops.softmax_backward(dy, y1))
 

@@ -116,12 +116,7 @@ void bind_table_kernel_ops(py::module_& m) {
                  buf = c.floats("buf", -1, true);
     require_shape(g, p.shape, c.op(), "grad");
     require_shape(buf, p.shape, c.op(), "buf");
-    SgdArgs a;
-    a.lr = lr;
-    a.momentum = momentum;
-    a.weight_decay = weight_decay;
-    a.grad_scale = grad_scale;
-    a.first_step = first_step;
+    const SgdArgs a{lr, momentum, weight_decay, grad_scale, first_step};
     k.sgd(p.mf(), g.f(), buf.mf(), p.size(), a);
   });
   m.def("_cuda_zero", [](py::handle x_obj) {
