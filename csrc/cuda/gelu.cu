@@ -3,17 +3,14 @@
 // Bandwidth bound: common.cuh's elementwise map (float4 packs where aligned);
 // FASTLM_CUDA_POINTWISE=next runs the forward through gelu_forward_next_kernel.
 #include "cuda/common.cuh"
+#include "gelu_constants.h"
 
 namespace fastlm {
 namespace cuda {
 
 namespace {
 
-constexpr float kS = 0.7978845608028654f;  // sqrt(2 / pi)
-constexpr float kC = 0.044715f;
-// Below this gelu and gelu' are under 1e-40; taking them as 0 also gives
-// gelu(-inf) = 0.
-constexpr float kZeroBelow = -11.f;
+using namespace gelu_constants;  // kS, kC, kZeroBelow, ...
 
 // e = exp(-2u), u = sqrt(2/pi) (x + 0.044715 x^3) written as s x (1 + c x^2);
 // the exponent is capped so e stays finite (no inf * 0 below).
@@ -40,9 +37,6 @@ __device__ __forceinline__ float gelu_grad(float x) {
 
 // The erf GELU, x Phi(x). Phi(x) = 1 - erfc(x / sqrt 2) / 2 through erfcf on
 // |x|, accurate in relative terms on both tails (1 + erf cancels for x < 0).
-constexpr float kErfZeroBelow = -14.f;
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 __device__ __forceinline__ float phi_cdf(float x) {
   const float half_erfc = 0.5f * erfcf(fabsf(x) * kInvSqrt2);
@@ -141,17 +135,7 @@ void backward(const float* dy, const float* x, float* dx, int64_t n) {
 
 }  // namespace
 
-void gelu_forward(const float* x, float* y, int64_t n) { forward<GeluTanh>(x, y, n); }
-
-void gelu_backward(const float* dy, const float* x, float* dx, int64_t n) {
-  backward<GeluTanh>(dy, x, dx, n);
-}
-
-void gelu_erf_forward(const float* x, float* y, int64_t n) { forward<GeluErf>(x, y, n); }
-
-void gelu_erf_backward(const float* dy, const float* x, float* dx, int64_t n) {
-  backward<GeluErf>(dy, x, dx, n);
-}
+FASTLM_GELU_ENTRIES
 
 }  // namespace cuda
 }  // namespace fastlm
