@@ -79,19 +79,22 @@ inline const int64_t* upload_ids(Buffer<int64_t>& to, const int64_t* host, int64
 }
 
 // Lays consecutive pieces over one block of memory (a model's activations
-// over one Buffer): take(n) is the next n elements' start.
+// over one Buffer): take(n) is the next n elements' start. Over a null block
+// it only counts (every start null): taken() is then the block's size.
 template <class T>
 class Carve {
  public:
   explicit Carve(T* p) : p_(p) {}
   T* operator()(int64_t n) {
-    T* r = p_;
-    p_ += n;
+    T* r = p_ ? p_ + n_ : nullptr;
+    n_ += n;
     return r;
   }
+  int64_t taken() const { return n_; }
 
  private:
   T* p_;
+  int64_t n_ = 0;
 };
 
 }  // namespace fastlm

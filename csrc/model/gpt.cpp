@@ -10,11 +10,8 @@
 namespace fastlm {
 
 void validate(const GPTConfig& c) {
-  check_positive(c.vocab_size, "vocab_size");
-  check_positive(c.block_size, "block_size");
-  check_positive(c.n_layer, "n_layer");
-  check_positive(c.n_head, "n_head");
-  check_positive(c.n_embd, "n_embd");
+  check_positive({{"vocab_size", c.vocab_size}, {"block_size", c.block_size}, {"n_layer", c.n_layer},
+                  {"n_head", c.n_head}, {"n_embd", c.n_embd}});
   if (c.n_embd % c.n_head != 0)
     throw std::invalid_argument("n_embd (" + std::to_string(c.n_embd) +
                                 ") must be divisible by n_head (" + std::to_string(c.n_head) +
@@ -24,20 +21,12 @@ void validate(const GPTConfig& c) {
                                 std::to_string(c.layer_norm_epsilon));
 }
 
-GPT::~GPT() { release_step_graph(k_, step_graph_); }
-
 GPT::GPT(const GPTConfig& config, const Kernels& kernels)
-    : store(kernels),
-      cfg_(config),
-      k_(kernels),
-      acts_(kernels),
+    : ModelBase(config, kernels),
       packed_(kernels),
       ln_zero_(kernels),
       ln_dscratch_(kernels),
-      cache_(kernels),
-      ids_(kernels),
-      targets_(kernels) {
-  validate(cfg_);
+      cache_(kernels) {
   const int64_t V = cfg_.vocab_size, C = cfg_.n_embd;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) { store.add(name, shape); };
   auto add_bias = [&](const std::string& name, int64_t n) {
@@ -74,8 +63,7 @@ GPT::GPT(const GPTConfig& config, const Kernels& kernels)
 
 GPT::Weights GPT::view(float* base) const {
   Weights w;
-  size_t i = 0;
-  auto next = [&]() { return base + store.info()[i++].offset; };
+  ParamStore::Walk next = store.walk(base);
   auto bias = [&]() { return cfg_.bias ? next() : nullptr; };
   w.wte = next();
   w.wpe = next();
@@ -94,29 +82,24 @@ GPT::Weights GPT::view(float* base) const {
 
 void GPT::ensure_acts(int64_t b, int64_t t) {
   if (b == acts_b_ && t == acts_t_) return;
-  // Every extent is a multiple of b * t: a buffer big enough for a larger
-  // b * t is re-carved, not reallocated (prefill and decode alternate).
+  // Every extent is a multiple of b * t, so prefill and decode, which
+  // alternate, re-carve the buffer of the larger one.
   const int64_t BT = b * t, C = cfg_.n_embd, V = cfg_.vocab_size, H = cfg_.n_head;
-  const int64_t per_layer = 5 * BT * C + 3 * BT * C + 2 * BT * 4 * C + 4 * BT + BT * H;
-  const int64_t total = BT * C + cfg_.n_layer * per_layer + BT * C + 2 * BT + BT * V +
-                        2 * BT * C + 2 * BT * 4 * C;
-  if (acts_.size() < total) {
-    acts_b_ = acts_t_ = 0;  // re-carved below only once the memory is there
-    acts_.reserve(total, "the activations");
-    k_.zero(acts_.data(), total);
-  }
-  Carve<float> take(acts_.data());
-  encoded_ = take(BT * C);
+  acts_b_ = acts_t_ = 0;  // re-carved below only once the memory is there
   layer_acts_.resize(cfg_.n_layer);
-  for (LayerActs& a : layer_acts_) {
-    a.ln1 = take(BT * C), a.ln1_mean = take(BT), a.ln1_rstd = take(BT);
-    a.qkv = take(3 * BT * C), a.atty = take(BT * C), a.lse = take(BT * H);
-    a.res2 = take(BT * C), a.ln2 = take(BT * C), a.ln2_mean = take(BT), a.ln2_rstd = take(BT);
-    a.fch = take(4 * BT * C), a.fch_gelu = take(4 * BT * C), a.res3 = take(BT * C);
-  }
-  lnf_ = take(BT * C), lnf_mean_ = take(BT), lnf_rstd_ = take(BT);
-  logits_ = take(BT * V);
-  dresidual_ = take(BT * C), scratch_ = take(BT * C), dwide1_ = take(4 * BT * C), dwide2_ = take(4 * BT * C);
+  carve_acts([&](Carve<float>& take) {
+    encoded_ = take(BT * C);
+    for (LayerActs& a : layer_acts_) {
+      a.ln1 = take(BT * C), a.ln1_mean = take(BT), a.ln1_rstd = take(BT);
+      a.qkv = take(3 * BT * C), a.atty = take(BT * C), a.lse = take(BT * H);
+      a.res2 = take(BT * C), a.ln2 = take(BT * C), a.ln2_mean = take(BT), a.ln2_rstd = take(BT);
+      a.fch = take(4 * BT * C), a.fch_gelu = take(4 * BT * C), a.res3 = take(BT * C);
+    }
+    lnf_ = take(BT * C), lnf_mean_ = take(BT), lnf_rstd_ = take(BT);
+    logits_ = take(BT * V);
+    dresidual_ = take(BT * C), scratch_ = take(BT * C);
+    dwide1_ = take(4 * BT * C), dwide2_ = take(4 * BT * C);
+  });
   acts_b_ = b;
   acts_t_ = t;
 }
@@ -249,15 +232,8 @@ float GPT::loss(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t
 
 float GPT::forward_backward(const int64_t* idx, const int64_t* targets, int64_t b, int64_t t,
                             float grad_scale, float dropout_p, uint64_t dropout_seed) {
-  if (!(dropout_p >= 0.f && dropout_p < 1.f))
-    throw std::invalid_argument("dropout must be in [0, 1), got " + std::to_string(dropout_p));
+  const DropoutScope dropout = dropout_for_call(dropout_p, dropout_seed);
   const int64_t C = cfg_.n_embd, H = cfg_.n_head, D = C / H, BT = b * t;
-  // Dropout for this call only, off again however it ends.
-  struct Reset {
-    float& p;
-    ~Reset() { p = 0.f; }
-  } reset{drop_p_};
-  drop_p_ = dropout_p, drop_seed_ = dropout_seed;
   const bool drop = dropout_p > 0.f;
   const int64_t* ids = upload_ids(ids_, idx, BT);
   const int64_t* tg = upload_ids(targets_, targets, BT);

@@ -11,7 +11,7 @@
 
 #include "kernels.h"
 #include "model/buffer.h"
-#include "model/params.h"
+#include "model/model_base.h"
 
 namespace fastlm {
 
@@ -28,17 +28,13 @@ struct GPTConfig {
   float layer_norm_epsilon = 1e-5f;
 };
 
-class GPT {
+void validate(const GPTConfig& c);
+
+class GPT : public ModelBase<GPTConfig> {
  public:
   // Parameters start at zero (the Python layer initialises them).
   // std::invalid_argument on a bad configuration.
   GPT(const GPTConfig& config, const Kernels& kernels);
-  ~GPT();
-  GPT(const GPT&) = delete;
-  GPT& operator=(const GPT&) = delete;
-
-  const GPTConfig& config() const { return cfg_; }
-  ParamStore store;  // parameters, gradients, optimizer state
 
   // idx (b, t) with 1 <= t <= block_size and ids in range (the caller checks).
   // logits (b, t, vocab) is written when not null.
@@ -112,18 +108,12 @@ class GPT {
   const float* ln_bias(const float* b) const { return b ? b : ln_zero_.data(); }
   float* ln_dbias(float* db) { return db ? db : ln_dscratch_.data(); }
 
-  // Dropout of the forward_backward under way (p 0 otherwise: evaluation and
-  // decoding never drop); the key of stream s is dropout::key(drop_seed_, s).
-  float drop_p_ = 0.f;
-  uint64_t drop_seed_ = 0;
+  // The key of dropout stream s: dropout::key(drop_seed_, s).
   uint64_t drop_key(uint64_t stream) const;
 
-  GPTConfig cfg_;
-  const Kernels& k_;
   Weights w_, g_;
 
   int64_t acts_b_ = 0, acts_t_ = 0;
-  Buffer<float> acts_;
   // encoded_ (B*T, C): embeddings; lnf_* the final LayerNorm's output and
   // statistics; logits_ (B*T, V), the head's workspace (classifier_loss); dresidual_
   // (B*T, C): the residual stream's gradient; scratch_ (B*T, C): a branch's
@@ -143,15 +133,8 @@ class GPT {
 
   int64_t cache_b_ = 0;
   Buffer<float> cache_;  // per layer (b, block_size, 3C): the qkv rows of past positions
-
-  Buffer<int64_t> ids_, targets_;  // the call's ids and targets, on the device
-
-  // The decode step's CUDA graph (Kernels::graph_begin; null until the first
-  // step, and on backends without graphs): re-recorded every token (the
-  // position is an argument of its kernels) and replayed as one launch.
-  void* step_graph_ = nullptr;
+  // step_graph_ is re-recorded every token (the position is an argument of
+  // its kernels) and replayed as one launch.
 };
-
-void validate(const GPTConfig& c);
 
 }  // namespace fastlm

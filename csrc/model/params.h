@@ -3,6 +3,7 @@
 // each tensor, and the optimizer steps over them.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -14,9 +15,16 @@
 
 namespace fastlm {
 
-// A model config's size field: std::invalid_argument naming it unless v >= 1.
-inline void check_positive(int64_t v, const char* name) {
-  if (v < 1) throw std::invalid_argument(std::string(name) + " must be >= 1, got " + std::to_string(v));
+// A model config's size fields, {name, value} each: std::invalid_argument
+// naming the first that is not >= 1.
+struct SizeField {
+  const char* name;
+  int64_t value;
+};
+inline void check_positive(std::initializer_list<SizeField> fields) {
+  for (const SizeField& f : fields)
+    if (f.value < 1)
+      throw std::invalid_argument(std::string(f.name) + " must be >= 1, got " + std::to_string(f.value));
 }
 
 struct ParamInfo {
@@ -33,6 +41,20 @@ class ParamStore {
   void allocate();
 
   const std::vector<ParamInfo>& info() const { return info_; }
+  // The tensors' starts in base (params(), grads() or a buffer of the same
+  // layout), one per call in the order they were added: a model's view of
+  // its weights.
+  class Walk {
+   public:
+    Walk(const std::vector<ParamInfo>& info, float* base) : info_(info), base_(base) {}
+    float* operator()() { return base_ + info_.at(i_++).offset; }
+
+   private:
+    const std::vector<ParamInfo>& info_;
+    float* base_;
+    size_t i_ = 0;
+  };
+  Walk walk(float* base) const { return Walk(info_, base); }
   int64_t size() const { return params_.size(); }
   const Kernels& kernels() const { return k_; }
   float* params() { return params_.data(); }

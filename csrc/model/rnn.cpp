@@ -12,25 +12,12 @@
 namespace fastlm {
 
 void validate(const RNNConfig& c) {
-  check_positive(c.vocab_size, "vocab_size");
-  check_positive(c.embed_dim, "embed_dim");
-  check_positive(c.hidden_size, "hidden_size");
-  check_positive(c.num_layers, "num_layers");
+  check_positive({{"vocab_size", c.vocab_size}, {"embed_dim", c.embed_dim},
+                  {"hidden_size", c.hidden_size}, {"num_layers", c.num_layers}});
 }
 
-RNNLM::~RNNLM() { release_step_graph(k_, step_graph_); }
-
 RNNLM::RNNLM(const RNNConfig& config, const Kernels& kernels)
-    : store(kernels),
-      cfg_(config),
-      k_(kernels),
-      acts_(kernels),
-      wpack_(kernels),
-      state_h_(kernels),
-      state_c_(kernels),
-      ids_(kernels),
-      targets_(kernels) {
-  validate(cfg_);
+    : ModelBase(config, kernels), wpack_(kernels), state_h_(kernels), state_c_(kernels) {
   const int64_t V = cfg_.vocab_size, E = cfg_.embed_dim, H = cfg_.hidden_size;
   const int64_t GH = gate_count() * H;
   store.add("embedding.weight", {V, E});
@@ -50,8 +37,7 @@ RNNLM::RNNLM(const RNNConfig& config, const Kernels& kernels)
 
 RNNLM::Weights RNNLM::view(float* base) const {
   Weights w;
-  size_t i = 0;
-  auto next = [&]() { return base + store.info()[i++].offset; };
+  ParamStore::Walk next = store.walk(base);
   w.emb = next();
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     Layer L;
@@ -69,27 +55,23 @@ void RNNLM::ensure_acts(int64_t t, int64_t b) {
   const int64_t TB = t * b, H = cfg_.hidden_size, E = cfg_.embed_dim, V = cfg_.vocab_size;
   const int64_t GH = gate_count() * H, wide = E > H ? E : H;
   const bool lstm = cfg_.kind == CellKind::kLSTM;
-  const int64_t per_layer =
-      TB * GH + TB * 4 * H + (t + 1) * b * H * (lstm ? 2 : 1) + (drop ? TB * H : 0);
   const int64_t table = token_table(t, b) ? V * GH : 0;
-  const int64_t total = TB * E + cfg_.num_layers * per_layer + TB * V + b * 3 * H + TB * GH +
-                        TB * 3 * H + 3 * b * H + 2 * TB * wide + table + GH;
   acts_t_ = acts_b_ = 0;  // re-carved below only once the memory is there
-  acts_.reserve(total, "the activations");
-  k_.zero(acts_.data(), total);
-  Carve<float> take(acts_.data());
-  emb_ = take(TB * E);
   la_.resize(cfg_.num_layers);
-  for (LayerActs& a : la_) {
-    a.pre = take(TB * GH), a.gates = take(TB * 4 * H), a.h = take((t + 1) * b * H);
-    a.c = lstm ? take((t + 1) * b * H) : nullptr;
-    a.drop = drop ? take(TB * H) : nullptr;
-  }
-  logits_ = take(TB * V);
-  gh_ = take(b * 3 * H), dpre_ = take(TB * GH), dgh_ = take(TB * 3 * H);
-  dh_sink_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
-  dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
-  table_ = take(table), dbias_ = take(GH);
+  const int64_t total = carve_acts([&](Carve<float>& take) {
+    emb_ = take(TB * E);
+    for (LayerActs& a : la_) {
+      a.pre = take(TB * GH), a.gates = take(TB * 4 * H), a.h = take((t + 1) * b * H);
+      a.c = lstm ? take((t + 1) * b * H) : nullptr;
+      a.drop = drop ? take(TB * H) : nullptr;
+    }
+    logits_ = take(TB * V);
+    gh_ = take(b * 3 * H), dpre_ = take(TB * GH), dgh_ = take(TB * 3 * H);
+    dh_sink_ = take(b * H), dc_a_ = take(b * H), dc_b_ = take(b * H);
+    dseq_a_ = take(TB * wide), dseq_b_ = take(TB * wide);
+    table_ = take(table), dbias_ = take(GH);
+  });
+  k_.zero(acts_.data(), total);  // every shape starts from zeros
   acts_t_ = t, acts_b_ = b, acts_drop_ = drop;
   wpack_.reserve(std::max(packed_b_size(k_, GH, H), packed_b_size(k_, H, GH)),
                  "the packed recurrent weights");
@@ -210,14 +192,8 @@ float RNNLM::loss(const int64_t* idx, const int64_t* targets, int64_t t, int64_t
 float RNNLM::forward_backward(const int64_t* idx, const int64_t* targets, int64_t t, int64_t b,
                               bool carry, float grad_scale, float dropout_p,
                               uint64_t dropout_seed) {
-  if (!(dropout_p >= 0.f && dropout_p < 1.f))
-    throw std::invalid_argument("dropout must be in [0, 1), got " + std::to_string(dropout_p));
+  const DropoutScope dropout = dropout_for_call(dropout_p, dropout_seed);
   const int64_t TB = t * b, H = cfg_.hidden_size, E = cfg_.embed_dim, V = cfg_.vocab_size;
-  struct Reset {  // dropout for this call only, off again however it ends
-    float& p;
-    ~Reset() { p = 0.f; }
-  } reset{drop_p_};
-  drop_p_ = dropout_p, drop_seed_ = dropout_seed;
   forward(idx, t, b, carry, nullptr);
   const int64_t* ids = ids_.data();
   const float loss = k_.cross_entropy(logits_, upload_ids(targets_, targets, TB), logits_, TB, V,

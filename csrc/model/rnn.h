@@ -15,7 +15,7 @@
 
 #include "kernels.h"
 #include "model/buffer.h"
-#include "model/params.h"
+#include "model/model_base.h"
 
 namespace fastlm {
 
@@ -28,15 +28,9 @@ struct RNNConfig {
 
 void validate(const RNNConfig& c);
 
-class RNNLM {
+class RNNLM : public ModelBase<RNNConfig> {
  public:
   RNNLM(const RNNConfig& config, const Kernels& kernels);
-  ~RNNLM();
-  RNNLM(const RNNLM&) = delete;
-  RNNLM& operator=(const RNNLM&) = delete;
-
-  const RNNConfig& config() const { return cfg_; }
-  ParamStore store;
 
   // idx (t, b) time-major ids in range (the caller checks). The recurrence
   // starts from the state the previous call left when `carry` is set and the
@@ -88,17 +82,10 @@ class RNNLM {
   // projected embeddings: when the vocabulary is smaller than the batch.
   bool token_table(int64_t t, int64_t b) const { return cfg_.vocab_size < t * b; }
 
-  RNNConfig cfg_;
-  const Kernels& k_;
   Weights w_, g_;
-
-  // Dropout of the forward_backward under way (0 otherwise).
-  float drop_p_ = 0.f;
-  uint64_t drop_seed_ = 0;
 
   int64_t acts_t_ = 0, acts_b_ = 0;
   bool acts_drop_ = false;  // whether acts_ holds the dropped outputs
-  Buffer<float> acts_;
   float *emb_, *logits_, *gh_, *dpre_, *dgh_, *dh_sink_, *dc_a_, *dc_b_, *dseq_a_, *dseq_b_;
   float *table_;  // (vocab, G*h): projected embeddings, then their gradient
   float *dbias_;  // (G*h): an LSTM layer's bias gradient
@@ -107,11 +94,8 @@ class RNNLM {
 
   int64_t state_b_ = 0;
   Buffer<float> state_h_, state_c_;
-  Buffer<int64_t> ids_, targets_;  // the call's ids and targets, on the device
-
-  // The decode step's CUDA graph (Kernels::graph_begin; csrc/model/step_graph.h):
-  // a forward of one token per row on the carried state, recorded every call.
-  void* step_graph_ = nullptr;
+  // step_graph_ is a forward of one token per row on the carried state,
+  // recorded every call.
 };
 
 }  // namespace fastlm
