@@ -32,15 +32,61 @@ FASTLM_INLINE float fmins(float a, float b) { return a < b ? a : b; }
 FASTLM_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 FASTLM_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// kW lanes in the register type VReg; FASTLM_MM(add_ps) is the intrinsic of the
+// ISA (_mm512_add_ps, _mm256_add_ps, _mm_add_ps), so the operations every ISA
+// spells alike are written once, the others per ISA further down.
 #if defined(FASTLM_ISA_AVX512)
 constexpr int kW = 16;
+using VReg = __m512;
+#define FASTLM_MM(op) _mm512_##op
+#elif defined(FASTLM_ISA_AVX2)
+constexpr int kW = 8;
+using VReg = __m256;
+#define FASTLM_MM(op) _mm256_##op
+#else  // generic: SSE2, which every x86-64 CPU has
+constexpr int kW = 4;
+using VReg = __m128;
+#define FASTLM_MM(op) _mm_##op
+#endif
+
 struct V {
-  __m512 r;
+  VReg r;
 };
-FASTLM_INLINE V vzero() { return {_mm512_setzero_ps()}; }
-FASTLM_INLINE V vset(float x) { return {_mm512_set1_ps(x)}; }
-FASTLM_INLINE V vload(const float* p) { return {_mm512_loadu_ps(p)}; }
-FASTLM_INLINE void vstore(float* p, V a) { _mm512_storeu_ps(p, a.r); }
+FASTLM_INLINE V vzero() { return {FASTLM_MM(setzero_ps)()}; }
+FASTLM_INLINE V vset(float x) { return {FASTLM_MM(set1_ps)(x)}; }
+FASTLM_INLINE V vload(const float* p) { return {FASTLM_MM(loadu_ps)(p)}; }
+FASTLM_INLINE void vstore(float* p, V a) { FASTLM_MM(storeu_ps)(p, a.r); }
+FASTLM_INLINE V operator+(V a, V b) { return {FASTLM_MM(add_ps)(a.r, b.r)}; }
+FASTLM_INLINE V operator-(V a, V b) { return {FASTLM_MM(sub_ps)(a.r, b.r)}; }
+FASTLM_INLINE V operator*(V a, V b) { return {FASTLM_MM(mul_ps)(a.r, b.r)}; }
+FASTLM_INLINE V operator/(V a, V b) { return {FASTLM_MM(div_ps)(a.r, b.r)}; }
+FASTLM_INLINE V vmax(V a, V b) { return {FASTLM_MM(max_ps)(a.r, b.r)}; }
+FASTLM_INLINE V vmin(V a, V b) { return {FASTLM_MM(min_ps)(a.r, b.r)}; }
+FASTLM_INLINE V vsqrt(V a) { return {FASTLM_MM(sqrt_ps)(a.r)}; }
+FASTLM_INLINE V vcopysign(V mag, V sign) {
+  const VReg s = FASTLM_MM(set1_ps)(-0.f);
+  return {FASTLM_MM(or_ps)(FASTLM_MM(and_ps)(sign.r, s), FASTLM_MM(andnot_ps)(s, mag.r))};
+}
+
+#if defined(FASTLM_ISA_AVX512) || defined(FASTLM_ISA_AVX2)
+// vtranspose's first two steps, within each 128-bit lane: pairs of rows
+// interleaved (t), then u[4i + j], lane L: column 4L + j of rows 4i .. 4i+3.
+FASTLM_INLINE void vtranspose_in_lanes(const V* r, VReg* u) {
+  VReg t[kW];
+  for (int i = 0; i < kW / 2; ++i) {
+    t[2 * i] = FASTLM_MM(unpacklo_ps)(r[2 * i].r, r[2 * i + 1].r);
+    t[2 * i + 1] = FASTLM_MM(unpackhi_ps)(r[2 * i].r, r[2 * i + 1].r);
+  }
+  for (int i = 0; i < kW / 4; ++i) {
+    u[4 * i] = FASTLM_MM(shuffle_ps)(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = FASTLM_MM(shuffle_ps)(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = FASTLM_MM(shuffle_ps)(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = FASTLM_MM(shuffle_ps)(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+}
+#endif
+
+#if defined(FASTLM_ISA_AVX512)
 FASTLM_INLINE __mmask16 tail_mask(int64_t n) { return (__mmask16)((1u << n) - 1u); }
 // Lanes past n read as `fill` and are never touched in memory.
 FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
@@ -49,15 +95,8 @@ FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
 FASTLM_INLINE void vstore_part(float* p, V a, int64_t n) {
   _mm512_mask_storeu_ps(p, tail_mask(n), a.r);
 }
-FASTLM_INLINE V operator+(V a, V b) { return {_mm512_add_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator-(V a, V b) { return {_mm512_sub_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator*(V a, V b) { return {_mm512_mul_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator/(V a, V b) { return {_mm512_div_ps(a.r, b.r)}; }
 FASTLM_INLINE V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.r, b.r, c.r)}; }  // a*b+c
 FASTLM_INLINE V vfnma(V a, V b, V c) { return {_mm512_fnmadd_ps(a.r, b.r, c.r)}; }  // c-a*b
-FASTLM_INLINE V vmax(V a, V b) { return {_mm512_max_ps(a.r, b.r)}; }
-FASTLM_INLINE V vmin(V a, V b) { return {_mm512_min_ps(a.r, b.r)}; }
-FASTLM_INLINE V vsqrt(V a) { return {_mm512_sqrt_ps(a.r)}; }
 FASTLM_INLINE float vsum(V a) { return _mm512_reduce_add_ps(a.r); }
 FASTLM_INLINE float vhmax(V a) { return _mm512_reduce_max_ps(a.r); }
 FASTLM_INLINE V vround(V a) {
@@ -72,23 +111,10 @@ FASTLM_INLINE V vpow2i(V n) {
 FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
   return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.r, b.r, _CMP_LT_OQ), otherwise.r, if_lt.r)};
 }
-FASTLM_INLINE V vcopysign(V mag, V sign) {
-  const __m512 s = _mm512_set1_ps(-0.f);
-  return {_mm512_or_ps(_mm512_and_ps(sign.r, s), _mm512_andnot_ps(s, mag.r))};
-}
 // The kW x kW matrix in r[0..kW) (r[i] = row i) transposed in place.
 FASTLM_INLINE void vtranspose(V* r) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: pairs of rows interleaved
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i].r, r[2 * i + 1].r);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i].r, r[2 * i + 1].r);
-  }
-  for (int i = 0; i < 4; ++i) {  // u[4i + j], lane L: column 4L + j of rows 4i .. 4i+3
-    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
+  __m512 u[16];
+  vtranspose_in_lanes(r, u);
   for (int j = 0; j < 4; ++j) {  // gather lane L of u[j], u[4+j], u[8+j], u[12+j]
     const __m512 even01 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
     const __m512 odd01 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
@@ -102,14 +128,6 @@ FASTLM_INLINE void vtranspose(V* r) {
 }
 
 #elif defined(FASTLM_ISA_AVX2)
-constexpr int kW = 8;
-struct V {
-  __m256 r;
-};
-FASTLM_INLINE V vzero() { return {_mm256_setzero_ps()}; }
-FASTLM_INLINE V vset(float x) { return {_mm256_set1_ps(x)}; }
-FASTLM_INLINE V vload(const float* p) { return {_mm256_loadu_ps(p)}; }
-FASTLM_INLINE void vstore(float* p, V a) { _mm256_storeu_ps(p, a.r); }
 FASTLM_INLINE __m256i tail_mask(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -118,15 +136,8 @@ FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
   return {_mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))};
 }
 FASTLM_INLINE void vstore_part(float* p, V a, int64_t n) { _mm256_maskstore_ps(p, tail_mask(n), a.r); }
-FASTLM_INLINE V operator+(V a, V b) { return {_mm256_add_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator-(V a, V b) { return {_mm256_sub_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator*(V a, V b) { return {_mm256_mul_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator/(V a, V b) { return {_mm256_div_ps(a.r, b.r)}; }
 FASTLM_INLINE V vfma(V a, V b, V c) { return {_mm256_fmadd_ps(a.r, b.r, c.r)}; }
 FASTLM_INLINE V vfnma(V a, V b, V c) { return {_mm256_fnmadd_ps(a.r, b.r, c.r)}; }
-FASTLM_INLINE V vmax(V a, V b) { return {_mm256_max_ps(a.r, b.r)}; }
-FASTLM_INLINE V vmin(V a, V b) { return {_mm256_min_ps(a.r, b.r)}; }
-FASTLM_INLINE V vsqrt(V a) { return {_mm256_sqrt_ps(a.r)}; }
 FASTLM_INLINE float vsum(V a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.r), _mm256_extractf128_ps(a.r, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -147,23 +158,10 @@ FASTLM_INLINE V vpow2i(V n) {
 FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
   return {_mm256_blendv_ps(otherwise.r, if_lt.r, _mm256_cmp_ps(a.r, b.r, _CMP_LT_OQ))};
 }
-FASTLM_INLINE V vcopysign(V mag, V sign) {
-  const __m256 s = _mm256_set1_ps(-0.f);
-  return {_mm256_or_ps(_mm256_and_ps(sign.r, s), _mm256_andnot_ps(s, mag.r))};
-}
 // The kW x kW matrix in r[0..kW) (r[i] = row i) transposed in place.
 FASTLM_INLINE void vtranspose(V* r) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i].r, r[2 * i + 1].r);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i].r, r[2 * i + 1].r);
-  }
-  for (int i = 0; i < 2; ++i) {  // u[4i + j], lane L: column 4L + j of rows 4i .. 4i+3
-    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
+  __m256 u[8];
+  vtranspose_in_lanes(r, u);
   for (int j = 0; j < 4; ++j) {
     r[j].r = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
     r[4 + j].r = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
@@ -171,14 +169,6 @@ FASTLM_INLINE void vtranspose(V* r) {
 }
 
 #else  // generic: SSE2, which every x86-64 CPU has
-constexpr int kW = 4;
-struct V {
-  __m128 r;
-};
-FASTLM_INLINE V vzero() { return {_mm_setzero_ps()}; }
-FASTLM_INLINE V vset(float x) { return {_mm_set1_ps(x)}; }
-FASTLM_INLINE V vload(const float* p) { return {_mm_loadu_ps(p)}; }
-FASTLM_INLINE void vstore(float* p, V a) { _mm_storeu_ps(p, a.r); }
 FASTLM_INLINE V vload_part(const float* p, int64_t n, float fill = 0.f) {
   alignas(16) float t[4] = {fill, fill, fill, fill};
   for (int64_t i = 0; i < n; ++i) t[i] = p[i];
@@ -189,16 +179,9 @@ FASTLM_INLINE void vstore_part(float* p, V a, int64_t n) {
   _mm_store_ps(t, a.r);
   for (int64_t i = 0; i < n; ++i) p[i] = t[i];
 }
-FASTLM_INLINE V operator+(V a, V b) { return {_mm_add_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator-(V a, V b) { return {_mm_sub_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator*(V a, V b) { return {_mm_mul_ps(a.r, b.r)}; }
-FASTLM_INLINE V operator/(V a, V b) { return {_mm_div_ps(a.r, b.r)}; }
 // No FMA in the baseline: separate multiply and add (rounded twice).
 FASTLM_INLINE V vfma(V a, V b, V c) { return {_mm_add_ps(_mm_mul_ps(a.r, b.r), c.r)}; }
 FASTLM_INLINE V vfnma(V a, V b, V c) { return {_mm_sub_ps(c.r, _mm_mul_ps(a.r, b.r))}; }
-FASTLM_INLINE V vmax(V a, V b) { return {_mm_max_ps(a.r, b.r)}; }
-FASTLM_INLINE V vmin(V a, V b) { return {_mm_min_ps(a.r, b.r)}; }
-FASTLM_INLINE V vsqrt(V a) { return {_mm_sqrt_ps(a.r)}; }
 FASTLM_INLINE float vsum(V a) {
   __m128 s = _mm_add_ps(a.r, _mm_movehl_ps(a.r, a.r));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -220,10 +203,6 @@ FASTLM_INLINE V vpow2i(V n) {
 FASTLM_INLINE V vblend_lt(V a, V b, V if_lt, V otherwise) {
   __m128 m = _mm_cmplt_ps(a.r, b.r);
   return {_mm_or_ps(_mm_and_ps(m, if_lt.r), _mm_andnot_ps(m, otherwise.r))};
-}
-FASTLM_INLINE V vcopysign(V mag, V sign) {
-  const __m128 s = _mm_set1_ps(-0.f);
-  return {_mm_or_ps(_mm_and_ps(sign.r, s), _mm_andnot_ps(s, mag.r))};
 }
 // The kW x kW matrix in r[0..kW) (r[i] = row i) transposed in place.
 FASTLM_INLINE void vtranspose(V* r) { _MM_TRANSPOSE4_PS(r[0].r, r[1].r, r[2].r, r[3].r); }
@@ -291,3 +270,5 @@ FASTLM_INLINE V vtanh(V x) {
 }  // namespace FASTLM_ISA
 }  // namespace cpu
 }  // namespace fastlm
+
+#undef FASTLM_MM
