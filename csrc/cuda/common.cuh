@@ -155,6 +155,16 @@ __global__ void elementwise_kernel(Op op, int64_t n, bool vec) {
   for (int64_t i = tail + i0; i < n; i += stride) op.template at<1>(i);
 }
 
+// The grid-stride loop of the kernels with one thread per (row, unit) of a
+// rows x units map (the RNN cells): f(e, row, unit) for each element
+// e = row * units + unit.
+template <class F>
+__device__ __forceinline__ void for_each_row_unit(int64_t rows, int64_t units, F f) {
+  const int64_t total = rows * units, stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride)
+    f(e, e / units, e % units);
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Whether every pointer allows 4-wide packs: 16 bytes of float, 8 of bfloat16.
@@ -277,18 +287,18 @@ __device__ __forceinline__ void cp_async_wait() {
 // addresses (16 bytes each, 16-byte aligned) of matrix i, which lands in r[i].
 // Lane l receives row l/4, elements 2(l%4) and 2(l%4)+1 of each matrix; with
 // .trans, of each matrix transposed (column l/4, rows 2(l%4), 2(l%4)+1).
+#define FASTLM_LDMATRIX_X4(trans)                                                   \
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4" trans ".shared.b16 {%0, %1, %2, %3}, [%4];\n" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                     \
+               : "r"(smem_u32(smem))                                                \
+               : "memory")
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(smem))
-               : "memory");
+  FASTLM_LDMATRIX_X4("");
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(smem))
-               : "memory");
+  FASTLM_LDMATRIX_X4(".trans");
 }
+#undef FASTLM_LDMATRIX_X4
 
 // D = A B + D on tensor cores, one warp. Fragment layouts (g = lane / 4,
 // t = lane % 4), from the PTX ISA:
@@ -297,22 +307,21 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 //   m16n8k8 tf32:  A regs {(g, t), (g+8, t), (g, t+4), (g+8, t+4)}
 //                  B regs {(k t, n g), (k t+4, n g)}
 //   C/D (both):    {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}
+// Both bind the same registers: 4 of A, 2 of B, 4 of C = D.
+#define FASTLM_MMA_SYNC(shape_and_types)                                                       \
+  asm volatile("mma.sync.aligned." shape_and_types                                             \
+               " {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"            \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  FASTLM_MMA_SYNC("m16n8k16.row.col.f32.bf16.bf16.f32");
 }
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  FASTLM_MMA_SYNC("m16n8k8.row.col.f32.tf32.tf32.f32");
 }
+#undef FASTLM_MMA_SYNC
 // float32 -> TF32, rounded to nearest (ties away), as the tensor cores want it.
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;

@@ -15,9 +15,7 @@ constexpr int kThreads = 256;
 __global__ void gru_forward_kernel(const float* __restrict__ gi, const float* __restrict__ gh,
                                    const float* __restrict__ h, float* __restrict__ gates,
                                    float* __restrict__ h_next, int64_t n, int64_t H) {
-  const int64_t total = n * H, stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const int64_t row = e / H, j = e % H;
+  for_each_row_unit(n, H, [&](int64_t e, int64_t row, int64_t j) {
     const float* xi = gi + row * 3 * H;
     const float* xh = gh + row * 3 * H;
     float* g = gates + row * 4 * H;
@@ -30,16 +28,14 @@ __global__ void gru_forward_kernel(const float* __restrict__ gi, const float* __
     g[2 * H + j] = nn;
     g[3 * H + j] = hn;
     h_next[e] = fmaf(z, h[e] - nn, nn);  // n + z (h - n)
-  }
+  });
 }
 
 __global__ void gru_backward_kernel(const float* __restrict__ dh_next, const float* __restrict__ h,
                                     const float* __restrict__ gates, float* __restrict__ dgi,
                                     float* __restrict__ dgh, float* __restrict__ dh, int64_t n,
                                     int64_t H) {
-  const int64_t total = n * H, stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const int64_t row = e / H, j = e % H;
+  for_each_row_unit(n, H, [&](int64_t e, int64_t row, int64_t j) {
     const float* g = gates + row * 4 * H;
     float* di = dgi + row * 3 * H;
     float* dhh = dgh + row * 3 * H;
@@ -55,7 +51,7 @@ __global__ void gru_backward_kernel(const float* __restrict__ dh_next, const flo
     dhh[H + j] += dz;
     dhh[2 * H + j] += dn * r;
     dh[e] = fmaf(d, z, dh[e]);
-  }
+  });
 }
 
 }  // namespace

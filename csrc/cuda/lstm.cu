@@ -13,9 +13,7 @@ constexpr int kThreads = 256;
 __global__ void lstm_forward_kernel(const float* __restrict__ pre, const float* __restrict__ c,
                                     float* __restrict__ gates, float* __restrict__ c_next,
                                     float* __restrict__ h_next, int64_t n, int64_t h) {
-  const int64_t total = n * h, stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const int64_t row = e / h, j = e % h;
+  for_each_row_unit(n, h, [&](int64_t e, int64_t row, int64_t j) {
     const float* p = pre + row * 4 * h;
     float* gt = gates + row * 4 * h;
     const float i = sigmoid(p[j]), f = sigmoid(p[h + j]), g = tanhf(p[2 * h + j]),
@@ -27,7 +25,7 @@ __global__ void lstm_forward_kernel(const float* __restrict__ pre, const float* 
     gt[3 * h + j] = o;
     c_next[e] = cn;
     h_next[e] = o * tanhf(cn);
-  }
+  });
 }
 
 // With tc = tanh(c_next) and dct = dc_next + dh o (1 - tc^2): d i = dct g,
@@ -38,9 +36,7 @@ __global__ void lstm_backward_kernel(const float* __restrict__ dh_next,
                                      const float* __restrict__ c, const float* __restrict__ c_next,
                                      const float* __restrict__ gates, float* __restrict__ dpre,
                                      float* __restrict__ dc, int64_t n, int64_t h) {
-  const int64_t total = n * h, stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const int64_t row = e / h, j = e % h;
+  for_each_row_unit(n, h, [&](int64_t e, int64_t row, int64_t j) {
     const float* gt = gates + row * 4 * h;
     float* dp = dpre + row * 4 * h;
     const float dh = dh_next ? dh_next[e] : 0.f;
@@ -53,7 +49,7 @@ __global__ void lstm_backward_kernel(const float* __restrict__ dh_next,
     dp[2 * h + j] = fmaf(dct * i, fmaf(-g, g, 1.f), dp[2 * h + j]);
     dp[3 * h + j] = fmaf(dh * tc, o * (1.f - o), dp[3 * h + j]);
     dc[e] = fmaf(dct, f, dc[e]);
-  }
+  });
 }
 
 }  // namespace
