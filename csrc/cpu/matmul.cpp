@@ -131,17 +131,19 @@ void pack_a_block(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t
 }
 
 #if defined(FASTLM_ISA_AVX512BF16)
-// The bfloat16 packs: kPairRows rows of k packed as float32 (the transposes
-// absorbed there, in L1), then converted to pairs; kc even but for the last block.
-constexpr int64_t kPairRows = 2 * kW;
-
+// The bfloat16 packs convert and pair in one pass over op(A) and op(B): k
+// pairs of rows of a k-major operand straight into words (pair_rows), the
+// rows of a k-contiguous one converted and transposed in registers
+// (transpose_pairs). kc is even but for the last block.
 void pack_b_block(const GemmArgs& g, int64_t j0, int64_t nr, int64_t p0, int64_t kc,
                   uint32_t* panel) {
-  alignas(64) float rows[kPairRows * NR];
-  for (int64_t k0 = 0; k0 < kc; k0 += kPairRows) {
-    const int64_t kn = imin(kPairRows, kc - k0);
-    pack_b_panel(g, j0, nr, p0 + k0, kn, rows);
-    rows_to_pairs<NR>(rows, kn, panel + k0 / 2 * NR);
+  if (!g.trans_b) return pair_rows(g.b + p0 * g.ldb + j0, g.ldb, kc, nr, panel, NR, NR);
+  for (int v = 0; v < NV; ++v) {
+    const float* src = g.b + (j0 + v * kW) * g.ldb + p0;
+    const int64_t rows = imin(kW, nr - v * kW);
+    for (int64_t k0 = 0; k0 < kc; k0 += 2 * kW)
+      transpose_pairs(src + k0, g.ldb, rows, imin(2 * kW, kc - k0), panel + k0 / 2 * NR + v * kW,
+                      NR, kW);
   }
 }
 
@@ -149,14 +151,27 @@ template <int MR>
 void pack_a_block(const GemmArgs& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
                   uint32_t* dst) {
   const int64_t kp = ceil_div(kc, 2);
-  alignas(64) float rows[kPairRows * MR];
-  for (int64_t ib = 0; ib < mc; ib += MR) {
-    const int64_t mr = imin(MR, mc - ib);
-    for (int64_t k0 = 0; k0 < kc; k0 += kPairRows) {
-      const int64_t kn = imin(kPairRows, kc - k0);
-      pack_a<MR>(g, i0 + ib, mr, p0 + k0, kn, rows);
-      rows_to_pairs<MR>(rows, kn, dst + ib * kp + k0 / 2 * MR);
+  if (g.trans_a) {
+    // A stored (k, m): each pair of k rows, read whole, feeds every panel.
+    const __mmask16 full = tail_mask(MR);
+    for (int64_t q = 0; q < kp; ++q) {
+      const float* lo = g.a + (p0 + 2 * q) * g.lda + i0;
+      const bool has_hi = 2 * q + 1 < kc;
+      for (int64_t ib = 0; ib < mc; ib += MR) {
+        const __mmask16 m = tail_mask(imin(MR, mc - ib));
+        const __m512 a = _mm512_maskz_loadu_ps(m, lo + ib);
+        const __m512 b = has_hi ? _mm512_maskz_loadu_ps(m, lo + g.lda + ib) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(dst + ib * kp + q * MR, full, pair_words(a, b));
+      }
     }
+    return;
+  }
+  for (int64_t ib = 0; ib < mc; ib += MR) {
+    const float* src = g.a + (i0 + ib) * g.lda + p0;
+    const int64_t mr = imin(MR, mc - ib);
+    for (int64_t k0 = 0; k0 < kc; k0 += 2 * kW)
+      transpose_pairs(src + k0, g.lda, mr, imin(2 * kW, kc - k0), dst + ib * kp + k0 / 2 * MR, MR,
+                      MR);
   }
 }
 #endif

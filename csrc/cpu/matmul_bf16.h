@@ -39,25 +39,6 @@ FASTLM_INLINE __m512i pair_words(__m512 lo, __m512 hi) {
   return _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
-// Rows [0, rows) of src, each W floats (W <= 2 kW), as ceil(rows / 2) rows of
-// W words of pairs in dst; an odd last row is paired with zeros.
-template <int W>
-FASTLM_INLINE void rows_to_pairs(const float* src, int64_t rows, uint32_t* dst) {
-  static_assert(W <= 2 * kW, "a row is at most two vectors");
-  for (int64_t r = 0; r < rows; r += 2) {
-    const float* lo = src + r * W;
-    uint32_t* d = dst + r / 2 * W;
-#pragma GCC unroll 2
-    for (int v = 0; v * kW < W; ++v) {
-      const int w = W - v * kW < kW ? W - v * kW : kW;
-      const __mmask16 mask = (__mmask16)((1u << w) - 1);
-      const __m512 a = _mm512_maskz_loadu_ps(mask, lo + v * kW);
-      const __m512 b = r + 1 < rows ? _mm512_maskz_loadu_ps(mask, lo + W + v * kW) : _mm512_setzero_ps();
-      _mm512_mask_storeu_epi32(d + v * kW, mask, pair_words(a, b));
-    }
-  }
-}
-
 // n contiguous floats as ceil(n / 2) words of pairs (values 2q, 2q+1 in word
 // q; an odd last value paired with zero): cvtne2ps keeps the order.
 FASTLM_INLINE void contiguous_to_pairs(const float* src, int64_t n, uint32_t* dst) {
@@ -87,6 +68,30 @@ FASTLM_INLINE void pair_rows(const float* src, int64_t lds, int64_t rows, int64_
       _mm512_mask_storeu_epi32(d + c, tail_mask(imin(kW, width - c)), pair_words(a, b));
     }
   }
+}
+
+// Rows [0, ni) of src (row stride rs), each nk <= 2 kW contiguous values
+// along k, as ceil(nk / 2) rows of dst (row stride ld): dst[d * ld + i] holds
+// (src[i][2d], src[i][2d + 1]), a missing odd last value as zero. Each row
+// written is `width` words (<= kW), zero from ni on. The transpose of
+// contiguous_to_pairs, in registers: the A panels of x @ W and the B panels
+// of x @ W^T.
+FASTLM_INLINE void transpose_pairs(const float* src, int64_t rs, int64_t ni, int64_t nk,
+                                   uint32_t* dst, int64_t ld, int64_t width) {
+  const __mmask16 m0 = tail_mask(imin(nk, kW)), m1 = tail_mask(imax(0, nk - kW));
+  V r[kW];
+  for (int i = 0; i < kW; ++i) {
+    if (i >= ni) {
+      r[i] = vzero();
+      continue;
+    }
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, src + i * rs);
+    const __m512 x1 = _mm512_maskz_loadu_ps(m1, src + i * rs + kW);
+    r[i] = {_mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(x1, x0))};
+  }
+  vtranspose(r);
+  float* d = reinterpret_cast<float*>(dst);
+  for (int64_t q = 0; q < (nk + 1) / 2; ++q) vstore_part(d + q * ld, r[q], width);
 }
 
 }  // namespace FASTLM_ISA
