@@ -116,6 +116,9 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
   const uint64_t dkey = dropout::key(a.dropout_seed, h);
   const uint32_t dthr = dropout::threshold(a.dropout_p);
   const float dscale = 1.f / (1.f - a.dropout_p);
+  prefetch_rows(hd.o + r0 * a.so.row, a.so.row, rows, D, true);  // written at the end
+  prefetch_rows(hd.k, a.sk.row, imin(kBk, a.seq_k), D);  // the first key block
+  prefetch_rows(hd.v, a.sv.row, imin(kBk, a.seq_k), D);
   pack_t(hd.q + r0 * a.sq.row, a.sq.row, rows, D, qt, ldq);
   zero_cols(qt, rows, ldq, D);
   const MatB<T> qb = P::b_rows(qt, ldq, D, ldq, ldq, qtb);
@@ -123,7 +126,11 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
   for (int64_t i = 0; i < ldq; ++i) m[i] = -INFINITY, l[i] = 0.f;
   const int64_t kend = a.causal ? imin(a.seq_k, r0 + rows + off) : a.seq_k;
   for (int64_t k0 = 0; k0 < kend; k0 += kBk) {
-    const int64_t nk = imin(kBk, kend - k0);
+    const int64_t nk = imin(kBk, kend - k0), nnext = imin(kBk, kend - k0 - kBk);
+    if (nnext > 0) {  // the next block's K and V rows, while this block computes
+      prefetch_rows(hd.k + (k0 + kBk) * a.sk.row, a.sk.row, nnext, D);
+      prefetch_rows(hd.v + (k0 + kBk) * a.sv.row, a.sv.row, nnext, D);
+    }
     const MatB<T> vr = P::b_rows(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, reinterpret_cast<T*>(vp));
     const MatA<T> ka = P::a_rows(hd.k + k0 * a.sk.row, a.sk.row, nk, D, kb, Dp / 2);
     for (int64_t q0 = 0; q0 < rows; q0 += kBq) {
@@ -290,6 +297,16 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
   const uint32_t dthr = dropout::threshold(a.dropout_p);
   const float dscale = 1.f / (1.f - a.dropout_p);
   const float *kr = hd.k + k0 * a.sk.row, *vr = hd.v + k0 * a.sv.row;
+  const int64_t b = h / a.heads, hh = h % a.heads;
+  float *dkr = g.dk + b * a.sk.batch + hh * a.sk.head + k0 * a.sk.row,
+        *dvr = g.dv + b * a.sv.batch + hh * a.sv.head + k0 * a.sv.row;
+  prefetch_rows(dkr, a.sk.row, nk, D, true);  // updated at the end
+  prefetch_rows(dvr, a.sv.row, nk, D, true);
+  const int64_t nnext = imin(kBk, T - k0 - kBk);
+  if (nnext > 0) {  // the next key block's rows, while this one computes
+    prefetch_rows(kr + kBk * a.sk.row, a.sk.row, nnext, D);
+    prefetch_rows(vr + kBk * a.sv.row, a.sv.row, nnext, D);
+  }
   const MatB<E> krows = P::b_rows(kr, a.sk.row, nk, D, Dp, reinterpret_cast<E*>(kp));
   const MatA<E> ka = P::a_rows(kr, a.sk.row, nk, D, kab, Dp / 2);
   const MatA<E> va = P::a_rows(vr, a.sv.row, nk, D, vab, Dp / 2);
@@ -341,11 +358,8 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
     gemm<S>(nq, Dp / kW, tnk, P::a_cols(dpt, kBq, tnk, nqv * kW, dcol), krows.p, krows.ld,
             dqacc + q0 * Dp, Dp, true, -kAll, hi);  // dS K
   }
-  const int64_t b = h / a.heads, hh = h % a.heads;
-  add_rows(g.dk + b * a.sk.batch + hh * a.sk.head + k0 * a.sk.row, a.sk.row, &dk, 1, 0, nk, D, Dp,
-           scale);
-  add_rows(g.dv + b * a.sv.batch + hh * a.sv.head + k0 * a.sv.row, a.sv.row, &dv, 1, 0, nk, D, Dp,
-           1.f);
+  add_rows(dkr, a.sk.row, &dk, 1, 0, nk, D, Dp, scale);
+  add_rows(dvr, a.sv.row, &dv, 1, 0, nk, D, Dp, 1.f);
 }
 
 }  // namespace
@@ -454,9 +468,13 @@ void backward_impl(const AttentionGradArgs& g) {
       for (int64_t h = 0; h < bh; ++h) {
         pack_head(g, h, 0, T, pk);
         memset(dqacc, 0, T * Dp * sizeof(float));
-        for (int64_t kb = 0; kb < nkb; ++kb) backward_keys(g, h, kb * kBk, pk, dqacc, tile);
         const int64_t b = h / a.heads, hh = h % a.heads;
-        add_rows(g.dq + b * a.sq.batch + hh * a.sq.head, a.sq.row, &dqacc, 1, 0, T, D, Dp, scale);
+        float* dq = g.dq + b * a.sq.batch + hh * a.sq.head;
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          if (kb == nkb - 1) prefetch_rows(dq, a.sq.row, T, D, true);  // updated next
+          backward_keys(g, h, kb * kBk, pk, dqacc, tile);
+        }
+        add_rows(dq, a.sq.row, &dqacc, 1, 0, T, D, Dp, scale);
       }
     }
     return;

@@ -139,10 +139,27 @@ void gemm(int64_t m, int64_t nv, int64_t k, MatA<T> a, const T* b, int64_t ldb, 
   }
 }
 
-// dst[d ld + i] = src[i rs + d] for i < n, d < dim.
+// Rows [0, n) of dim floats (row stride rs) requested into L2 ahead of use.
+// The rows of q, k and v in a fused qkv buffer lie a page or more apart,
+// where the hardware prefetchers stop, and each row read then waits on memory.
+// With write = true the lines are requested for writing (rows to update).
+void prefetch_rows(const float* src, int64_t rs, int64_t n, int64_t dim, bool write = false) {
+  for (int64_t i = 0; i < n; ++i) {
+    const char *p = reinterpret_cast<const char*>(src + i * rs), *end = p + dim * sizeof(float);
+    for (p -= reinterpret_cast<uintptr_t>(p) % 64; p < end; p += 64) {
+      if (write) __builtin_prefetch(p, 1, 2);
+      else __builtin_prefetch(p, 0, 2);
+    }
+  }
+}
+
+// dst[d ld + i] = src[i rs + d] for i < n, d < dim; each group of kW rows is
+// read while the next is prefetched.
 void pack_t(const float* src, int64_t rs, int64_t n, int64_t dim, float* dst, int64_t ld) {
+  prefetch_rows(src, rs, imin(kW, n), dim);
   for (int64_t i0 = 0; i0 < n; i0 += kW) {
     const int64_t ni = imin(kW, n - i0);
+    if (i0 + kW < n) prefetch_rows(src + (i0 + kW) * rs, rs, imin(kW, n - i0 - kW), dim);
     for (int64_t d0 = 0; d0 < dim; d0 += kW)
       transpose_block(src + i0 * rs + d0, rs, ni, imin(kW, dim - d0), dst + d0 * ld + i0, ld, ni);
   }
