@@ -597,11 +597,18 @@ void bias_backward(const float* dout, float* dbias, int64_t rows, int64_t cols) 
     V s[kU][kV];
     for (int u = 0; u < kU; ++u)
       for (int v = 0; v < kV; ++v) s[u][v] = vzero();
+    // The strip's rows lie cols floats apart, often a page or more, where the
+    // hardware prefetchers stop: each row is requested kAhead rows early.
+    constexpr int64_t kAhead = 64;
     int64_t r = 0;
-    for (; r + kU <= rows; r += kU)
+    for (; r + kU <= rows; r += kU) {
+      for (int u = 0; u < kU && r + kAhead + u < rows; ++u)
+        for (int v = 0; v < kV; ++v)
+          if (w[v]) __builtin_prefetch(dout + (r + kAhead + u) * cols + j0 + v * kW, 0, 2);
       for (int u = 0; u < kU; ++u)
         for (int v = 0; v < kV; ++v)
           if (w[v]) s[u][v] = s[u][v] + vload_part(dout + (r + u) * cols + j0 + v * kW, w[v]);
+    }
     for (; r < rows; ++r)
       for (int v = 0; v < kV; ++v)
         if (w[v]) s[0][v] = s[0][v] + vload_part(dout + r * cols + j0 + v * kW, w[v]);
