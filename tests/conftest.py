@@ -177,14 +177,36 @@ HAS_BF16 = "avx512bf16" in fastlm.available_cpu_isas()
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU lacks AVX512_BF16")
 
 
-@pytest.fixture
-def bf16():
+def bf16_engines():
+    """The bfloat16 GEMM engines this CPU has: vdpbf16ps, and AMX where offered."""
+    return ["vdpbf16ps"] + (["amx"] if _C.cpu_amx_available() else [])
+
+
+@contextlib.contextmanager
+def bf16_engine(engine):
+    """Run the bfloat16 GEMMs on `engine` ("amx", "vdpbf16ps"; "fma" leaves them be)."""
+    before = _C.cpu_amx()
+    if engine != "fma":
+        _C._set_cpu_amx(engine == "amx")
+    try:
+        yield
+    finally:
+        _C._set_cpu_amx(before)
+
+
+@pytest.fixture(params=["vdpbf16ps", "amx"])
+def bf16(request):
+    """The avx512bf16 table for the test, its bfloat16 GEMM on each engine this
+    CPU has: vdpbf16ps, and AMX tiles where the CPU and OS offer them."""
     if not HAS_BF16:
         pytest.skip("this CPU lacks AVX512_BF16")
+    if request.param == "amx" and not _C.cpu_amx_available():
+        pytest.skip("this CPU (or its OS) offers no AMX-BF16 tiles")
     before = fastlm.cpu_isa()
     _C._set_cpu_isa("avx512bf16")
     try:
-        yield
+        with bf16_engine(request.param):
+            yield request.param
     finally:
         _C._set_cpu_isa(before)
 

@@ -10,16 +10,17 @@ import pytest
 
 import fastlm
 from fastlm import _C, ops
-from conftest import assert_error_bound, needs_bf16, same_on_thread_counts
+from conftest import assert_error_bound, bf16_engine, bf16_engines, needs_bf16, same_on_thread_counts
 from reference.bf16 import bf16_round
 from reference.matmul import operands
 
 
-# Awkward against every tile (MR 8/12, NR 32), the few-rows path (M <= 4),
-# the k pairs (odd K) and the K blocks (K > 512 splits into even blocks).
+# Awkward against every tile (MR 8/12, NR 32; AMX: 16 x 16 tiles in 32 x 32
+# blocks, 32 k a step, A blocks of 128 rows), the few-rows path (M <= 4), the
+# k pairs (odd K) and the K blocks (K > 512 splits into even blocks).
 SIZES = [(1, 1, 1), (3, 17, 31), (4, 33, 3), (17, 33, 3), (31, 1, 127), (33, 127, 17),
          (127, 31, 1000), (1000, 3, 33), (64, 64, 0), (13, 45, 300), (200, 70, 520), (2, 40, 1025),
-         (40, 97, 1025)]
+         (40, 97, 1025), (129, 65, 33), (128, 32, 64), (300, 48, 97)]
 
 
 def references(a, b, trans_a, trans_b, c0, rounded=True):
@@ -65,12 +66,14 @@ def test_accumulate_and_prepacked(isa, rng, m, n, k, trans_a, trans_b, prepack, 
     bias = rng.standard_normal(n).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
     ref, naive = references(a, b, trans_a, trans_b, c0 + bias, rounded=precision == "bf16")
-    c = c0.copy()
-    _C._matmul_into(c, a, b, trans_a, trans_b, bias, precision, True, prepack)
-    assert_error_bound(c, ref, naive, name=f"{isa} {m}x{n}x{k}")
-    c = np.full((m, n), np.nan, np.float32)  # overwritten, not read
-    _C._matmul_into(c, a, b, trans_a, trans_b, None, precision, False, prepack)
-    assert_error_bound(c, ref - c0 - bias, naive - c0 - bias, name="overwrite")
+    for engine in bf16_engines() if precision == "bf16" else ["fma"]:
+        with bf16_engine(engine):
+            c = c0.copy()
+            _C._matmul_into(c, a, b, trans_a, trans_b, bias, precision, True, prepack)
+            assert_error_bound(c, ref, naive, name=f"{isa} {engine} {m}x{n}x{k}")
+            c = np.full((m, n), np.nan, np.float32)  # overwritten, not read
+            _C._matmul_into(c, a, b, trans_a, trans_b, None, precision, False, prepack)
+            assert_error_bound(c, ref - c0 - bias, naive - c0 - bias, name=f"{engine} overwrite")
 
 
 def test_bf16_rounds_to_nearest_even(bf16):
@@ -177,3 +180,17 @@ def test_matmul_bfloat16(gpu_backend, rng, m, n, k, trans_a, trans_b):
     bound = 2.0 ** -8 * np.abs(ref) + 1e-5 * (np.abs(opa).astype(np.float64) @ np.abs(opb)) + 1e-30
     got = B.get(c)
     assert np.all(np.abs(got - ref) <= bound), np.max(np.abs(got - ref) - bound)
+
+
+def test_amx_switch(rng):
+    """FASTLM_CPU_AMX=0 keeps the tiles off; turning them on where the CPU has
+    none is refused by name; the switch changes the engine, not the answer's bound."""
+    if not _C.cpu_amx_available():
+        with pytest.raises(ValueError, match="AMX"):
+            _C._set_cpu_amx(True)
+        assert not _C.cpu_amx()
+    code = "from fastlm import _C; print(_C.cpu_amx(), _C.cpu_amx_available())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTLM_CPU_AMX": "0"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False" and out[1] == str(_C.cpu_amx_available())
+    assert fastlm.cpu_amx() == _C.cpu_amx()

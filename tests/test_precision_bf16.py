@@ -12,7 +12,7 @@ import pytest
 import fastlm
 from fastlm import GRULM, LSTMLM, LanguageModel, Transformer, _C
 from fastlm.cli import main
-from conftest import HAS_BF16, needs_bf16
+from conftest import HAS_BF16, bf16_engine, bf16_engines, needs_bf16
 
 
 MODELS = {
@@ -45,12 +45,14 @@ def train(model, data, lr=3e-3):
 
 @needs_bf16
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_bf16_trains_like_fp32(kind):
+@pytest.mark.parametrize("engine", bf16_engines() if HAS_BF16 else [])
+def test_bf16_trains_like_fp32(kind, engine):
     cls, kw = MODELS[kind]
     data = batches(20)
     fp32 = train(cls(V, seed=1, **kw), data)
     bf16_model = cls(V, seed=1, precision="bf16", **kw)
-    bf16 = train(bf16_model, data)
+    with bf16_engine(engine):
+        bf16 = train(bf16_model, data)
     assert bf16_model.config["precision"] == "bf16"
     assert np.max(np.abs(bf16 - fp32)) < 2e-2, (fp32, bf16)
     assert bf16[-1] < bf16[0] - 0.1  # it learns
@@ -75,16 +77,18 @@ def test_bf16_logits_are_bf16_gemms(kind):
 
 @needs_bf16
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_bf16_generate_matches_its_forward(kind):
+@pytest.mark.parametrize("engine", bf16_engines() if HAS_BF16 else [])
+def test_bf16_generate_matches_its_forward(kind, engine):
     """Greedy decoding (bfloat16 packed weights, few rows) picks the argmax of
     the full bf16 forward at every step."""
     cls, kw = MODELS[kind]
     m = cls(V, seed=4, precision="bf16", **kw)
-    train(m, batches(10))
-    prompt = np.array([[5, 6, 7], [40, 41, 42]])
-    out = m.generate(prompt, 8, do_sample=False)
-    for t in range(3, out.shape[1]):
-        logits = m.forward(out[:, :t])[:, -1]
+    with bf16_engine(engine):
+        train(m, batches(10))
+        prompt = np.array([[5, 6, 7], [40, 41, 42]])
+        out = m.generate(prompt, 8, do_sample=False)
+        logits_at = {t: m.forward(out[:, :t])[:, -1] for t in range(3, out.shape[1])}
+    for t, logits in logits_at.items():
         top2 = np.sort(logits, axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 1e-2  # ties may break either way
         assert np.all(np.argmax(logits, 1)[clear] == out[clear, t])
@@ -177,3 +181,4 @@ def test_cli_info_shows_precisions(capsys):
     text = capsys.readouterr().out
     assert f"cpu isa: {fastlm.cpu_isa()}" in text and "precision: fp32" in text
     assert ("bf16" in text.split("precision:")[1].split("(")[0]) == (fastlm.cpu_isa() == "avx512bf16")
+    assert ("run on AMX tiles" in text) == fastlm.cpu_amx()

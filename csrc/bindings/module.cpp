@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "cpu/amx.h"
 #include "cpu/dispatch.h"
 
 #ifndef FASTLM_VERSION
@@ -31,6 +32,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", [] { return std::string(cpu::kernels().name); });
   m.def("available_cpu_isas", &cpu::available_isas);
   m.def("_set_cpu_isa", &cpu::set_isa, py::arg("name"));
+  m.def("cpu_amx", &cpu::amx_enabled);
+  m.def("cpu_amx_available", &cpu::amx_available);
+  m.def("_set_cpu_amx", &cpu::set_amx, py::arg("on"));
   m.def("get_num_threads", &cpu::num_threads);
   m.attr("MAX_THREADS") = cpu::kMaxThreads;
   m.def("set_num_threads", &cpu::set_num_threads, py::arg("n"));

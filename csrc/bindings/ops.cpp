@@ -208,7 +208,7 @@ AttentionArgs attention_args(const OpCall& c, const Tensor& q, const Tensor& k, 
 }
 
 // The table whose attention runs `precision`: "fp32", the call's device's;
-// "bf16" (float32 CPU arrays only), the mixed table of the avx512bf16 CPU ISA,
+// "bf16" (float32 CPU arrays only), a mixed table of the avx512bf16 CPU ISA
 // whose QK and PV products take bfloat16 operands.
 const Kernels& attention_table(const OpCall& c, const std::string& precision) {
   if (precision == "fp32") return c.kernels();
@@ -220,7 +220,7 @@ const Kernels& attention_table(const OpCall& c, const std::string& precision) {
   if (isa != "avx512bf16")
     value_error(c.op(), "precision 'bf16' needs the avx512bf16 CPU ISA (AVX512_BF16); the active "
                         "CPU ISA is '" + isa + "'");
-  return cpu::kernels_for(GemmPrecision::kBF16);
+  return cpu::kernels_for(GemmPrecision::kBF16, /*bf16_attention=*/true);
 }
 
 py::tuple attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal,

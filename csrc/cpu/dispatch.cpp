@@ -2,9 +2,13 @@
 // xgetbv whether the OS saves the wider registers on a context switch.
 #include "cpu/dispatch.h"
 
+#include "cpu/amx.h"
+
 #include <cpuid.h>
 #include <omp.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +25,7 @@ namespace avx512 { const Kernels* kernel_table(); }
 namespace avx512bf16 {
 const Kernels* kernel_table();
 const Kernels* mixed_table();
+const Kernels* bf16_products_table();
 }  // namespace avx512bf16
 
 namespace {
@@ -132,13 +137,52 @@ void set_isa(const std::string& name) {
   g_table.store(t, std::memory_order_release);
 }
 
-const Kernels& kernels_for(GemmPrecision precision) {
+namespace {
+
+bool detect_amx() {
+  if (!detect().avx512bf16 || __get_cpuid_max(0, nullptr) < 7) return false;
+  unsigned a, b, c, d;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool tile = d & (1u << 24), bf16 = d & (1u << 22);
+  const bool tile_state = (xgetbv0() & 0x60000) == 0x60000;  // XTILECFG, XTILEDATA
+  if (!tile || !bf16 || !tile_state) return false;
+  // Linux hands out the 8 KB of tile data per process on request.
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+std::atomic<int> g_amx{-1};  // -1: not decided yet
+
+}  // namespace
+
+bool amx_available() {
+  static const bool available = detect_amx();
+  return available;
+}
+
+bool amx_enabled() {
+  int on = g_amx.load(std::memory_order_acquire);
+  if (on < 0) {
+    const char* env = std::getenv("FASTLM_CPU_AMX");
+    on = amx_available() && !(env && std::string(env) == "0");
+    g_amx.store(on, std::memory_order_release);
+  }
+  return on;
+}
+
+void set_amx(bool on) {
+  if (on && !amx_available())
+    throw std::invalid_argument("this CPU (or its OS) offers no AMX-BF16 tiles");
+  g_amx.store(on, std::memory_order_release);
+}
+
+const Kernels& kernels_for(GemmPrecision precision, bool bf16_attention) {
   const Kernels& k = kernels();
   if (precision != GemmPrecision::kBF16) return k;
   if (k.name != std::string("avx512bf16"))
     throw std::invalid_argument(std::string("precision 'bf16' needs the avx512bf16 CPU ISA "
                                             "(AVX512_BF16); the active CPU ISA is '") + k.name + "'");
-  return *avx512bf16::mixed_table();
+  return bf16_attention ? *avx512bf16::bf16_products_table() : *avx512bf16::mixed_table();
 }
 
 namespace {

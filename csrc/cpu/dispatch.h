@@ -16,8 +16,10 @@ std::vector<std::string> available_isas();
 const Kernels& kernels();
 // The table a model computing its GEMMs in `precision` uses: kernels(), or
 // for kBF16 its mixed-precision variant (every GEMM in bfloat16), which only
-// avx512bf16 has (std::invalid_argument on any other ISA).
-const Kernels& kernels_for(GemmPrecision precision);
+// avx512bf16 has (std::invalid_argument on any other ISA). Its attention runs
+// in float32 where the GEMMs run on AMX tiles (cpu/amx.h), unless
+// bf16_attention (the ops' precision="bf16").
+const Kernels& kernels_for(GemmPrecision precision, bool bf16_attention = false);
 // Switch tables (tests use this to run every ISA in one process).
 void set_isa(const std::string& name);
 

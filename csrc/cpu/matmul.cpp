@@ -18,6 +18,7 @@
 #include "cpu/cpu_kernels.h"
 #include "cpu/memory.h"
 #if defined(FASTLM_ISA_AVX512BF16)
+#include "cpu/amx.h"
 #include "cpu/matmul_bf16.h"
 #endif
 
@@ -526,6 +527,7 @@ void matmul_bf16(const GemmArgs& g) {
     ScratchFloats a_buf(g.m * kp, "matmul: bfloat16 pairs of op(a)");
     return small_m_bf16(g, as_elems<uint32_t>(a_buf.data), kp);
   }
+  if (amx_enabled()) return matmul_amx(g);
   matmul_tiled<Bf16>(g);
 }
 #endif

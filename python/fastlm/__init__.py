@@ -42,6 +42,7 @@ __all__ = [
     "load_tokenizer",
     "available_cpu_isas",
     "build_info",
+    "cpu_amx",
     "cpu_isa",
     "corpus",
     "cuda_available",
@@ -57,6 +58,13 @@ def cpu_isa() -> str:
     """Name of the active CPU kernel table: ``"generic"``, ``"avx2"``, ``"avx512"`` or
     ``"avx512bf16"`` (avx512 plus the bfloat16 GEMM of ``precision="bf16"``)."""
     return _C.cpu_isa()
+
+
+def cpu_amx() -> bool:
+    """Whether ``precision="bf16"`` GEMMs run on Intel AMX tiles (AMX-BF16, Sapphire
+    Rapids and later): where the CPU and OS offer them, unless the environment
+    variable ``FASTLM_CPU_AMX=0`` turned them off (then ``vdpbf16ps`` runs them)."""
+    return _C.cpu_amx()
 
 
 def available_cpu_isas() -> List[str]:
@@ -84,8 +92,9 @@ def build_info() -> Dict[str, Any]:
     """How this build was made: ``version``, ``compiler``, ``cpu_isas`` (compiled in),
     ``cuda`` (whether CUDA kernels are compiled in), ``cuda_archs`` (the GPU
     architectures they were compiled for, CMake style, e.g. ``"80-real"``; empty
-    without CUDA), ``openmp``; plus the active ``cpu_isa`` and ``num_threads``."""
+    without CUDA), ``openmp``; plus the active ``cpu_isa``, ``cpu_amx`` and ``num_threads``."""
     info = dict(_C.build_info())
     info["cpu_isa"] = cpu_isa()
+    info["cpu_amx"] = cpu_amx()
     info["num_threads"] = get_num_threads()
     return info

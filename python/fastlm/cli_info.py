@@ -21,7 +21,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         f"cpu isa: {info['cpu_isa']} (this machine can run: {', '.join(fastlm.available_cpu_isas())}; "
         f"compiled: {', '.join(info.get('cpu_isas', []))})",
         f"precision: fp32{', bf16' if info['cpu_isa'] == 'avx512bf16' else ''} "
-        f"(bf16 needs the avx512bf16 ISA)",
+        f"(bf16 needs the avx512bf16 ISA; its GEMMs run on "
+        f"{'AMX tiles' if info['cpu_amx'] else 'vdpbf16ps'})",
         f"threads: {info['num_threads']}",
         f"compiler: {info.get('compiler', 'unknown')}, openmp: {info.get('openmp', False)}",
     ]
