@@ -27,22 +27,25 @@ BF16_SHAPES = SHAPES + [(2048, 384, 1152), (2048, 384, 1536), (2048, 1536, 384)]
 
 @pytest.fixture(scope="module")
 def peak(tmp_path_factory):
-    """{"fp32": GFLOP/s, "bf16": GFLOP/s}: bench/peak.cpp's FMA and vdpbf16ps
-    loops on THREADS threads, compiled here (skips without a C++ compiler)."""
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s[, "amx": GFLOP/s]}: bench/peak.cpp's FMA,
+    vdpbf16ps and (where the CPU has them) AMX tile loops on THREADS threads,
+    compiled here (skips without a C++ compiler)."""
     import os
     import subprocess
     src = os.path.join(os.path.dirname(__file__), "peak.cpp")
     exe = str(tmp_path_factory.mktemp("peak") / "peak")
     cxx = os.environ.get("CXX", "c++")
     try:
-        subprocess.run([cxx, "-O2", "-fopenmp", "-mavx512f", "-mavx512bf16", src, "-o", exe],
+        subprocess.run([cxx, "-O2", "-fopenmp", "-mavx512f", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", src,
+                        "-o", exe],
                        check=True, capture_output=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as e:
         pytest.skip(f"cannot build bench/peak.cpp: {e}")
     out = subprocess.run([exe, str(THREADS)], check=True, capture_output=True, text=True).stdout
     rates = {k: float(v) for k, v in (line.split() for line in out.splitlines())}
     print(f"\npeak on {THREADS} threads: fp32 FMA {rates['fp32']:.1f} GFLOP/s, "
-          f"bf16 vdpbf16ps {rates['bf16']:.1f} GFLOP/s")
+          f"bf16 vdpbf16ps {rates['bf16']:.1f} GFLOP/s"
+          + (f", bf16 AMX {rates['amx']:.1f} GFLOP/s" if "amx" in rates else ""))
     return rates
 
 
@@ -54,5 +57,7 @@ def test_bench_matmul_bf16(benchmark, peak, m, k, n, trans_b):
     if fastlm.cpu_isa() != "avx512bf16":
         pytest.skip("precision='bf16' needs the avx512bf16 CPU ISA")
     res = run(benchmark, matmul_bf16_case(m, k, n, trans_b))
-    print(f"  bf16 GEMM at {res.rate('fastlm') / peak['bf16']:.0%} of the vdpbf16ps peak, "
+    engine = "amx" if fastlm.cpu_amx() and "amx" in peak else "bf16"
+    print(f"  bf16 GEMM at {res.rate('fastlm') / peak[engine]:.0%} of the "
+          f"{'AMX' if engine == 'amx' else 'vdpbf16ps'} peak, "
           f"fp32 GEMM at {res.rate('fp32 fastlm') / peak['fp32']:.0%} of the FMA peak")
