@@ -156,8 +156,9 @@ struct Kernels {
 
   void (*matmul)(const GemmArgs& args);
   // Floats matmul_pack_b writes for an op(b) of (k, n), an upper bound in every
-  // precision (bfloat16 packs take about half); packs args' b, ldb, trans_b, n,
-  // k, precision for GemmArgs::b_packed (layout specific to this table).
+  // precision (avx512bf16's bfloat16 packs hold pairs, AMX tiles and a tag);
+  // packs args' b, ldb, trans_b, n, k, precision for GemmArgs::b_packed
+  // (layout specific to this table).
   int64_t (*matmul_packed_size)(int64_t n, int64_t k);
   void (*matmul_pack_b)(const GemmArgs& args, float* packed);
   // dbias (cols) += column sums of dout (rows, cols): the bias gradient of a Linear layer.

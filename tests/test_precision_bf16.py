@@ -182,3 +182,20 @@ def test_cli_info_shows_precisions(capsys):
     assert f"cpu isa: {fastlm.cpu_isa()}" in text and "precision: fp32" in text
     assert ("bf16" in text.split("precision:")[1].split("(")[0]) == (fastlm.cpu_isa() == "avx512bf16")
     assert ("run on AMX tiles" in text) == fastlm.cpu_amx()
+
+
+@needs_bf16
+@pytest.mark.skipif(not HAS_BF16 or not _C.cpu_amx_available(), reason="no AMX tiles here")
+@pytest.mark.parametrize("first,then", [("amx", "vdpbf16ps"), ("vdpbf16ps", "amx")])
+def test_bf16_decode_pack_survives_engine_switch(first, then):
+    """Decoding keeps its packed weights between generate calls; switching the
+    bfloat16 engine in between still decodes what a fresh model decodes."""
+    cls, kw = MODELS["gpt"]
+    prompt = np.array([[5, 6, 7], [40, 41, 42]])
+    reused = cls(V, seed=5, precision="bf16", **kw)
+    with bf16_engine(first):
+        reused.generate(prompt, 4, do_sample=False)  # packs for `first`
+    with bf16_engine(then):
+        got = reused.generate(prompt, 8, do_sample=False)
+        want = cls(V, seed=5, precision="bf16", **kw).generate(prompt, 8, do_sample=False)
+    np.testing.assert_array_equal(got, want)

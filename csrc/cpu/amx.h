@@ -4,6 +4,8 @@
 // multiply-adds of a 512-bit vdpbf16ps. Where the CPU and OS offer the tiles,
 // precision "bf16" GEMMs of more than a few rows run on them (matmul_amx.cpp).
 #pragma once
+#include <cstdint>
+
 #include "kernels.h"
 
 namespace fastlm {
@@ -20,10 +22,14 @@ bool amx_enabled();
 void set_amx(bool on);
 
 namespace avx512bf16 {
+// Only when amx_enabled():
 // c = op(a) @ op(b) [+ bias] [+ c] on AMX tiles, operands rounded to bfloat16
-// (nearest even), float32 sums and output; g.b_packed is ignored (b is read).
-// Only when amx_enabled().
-void matmul_amx(const GemmArgs& g);
+// (nearest even), float32 sums and output. op(b) is read from b_tiles when
+// given (amx_pack_b's), else packed from g.b; g.b_packed is not read.
+void matmul_amx(const GemmArgs& g, const uint32_t* b_tiles);
+// Words (4 bytes) of op(b) (k, n) packed as AMX tiles, and the packing.
+int64_t amx_packed_words(int64_t n, int64_t k);
+void amx_pack_b(const GemmArgs& g, uint32_t* tiles);
 }  // namespace avx512bf16
 
 }  // namespace cpu

@@ -516,6 +516,17 @@ void small_m_bf16(const GemmArgs& g, uint32_t* a, int64_t kp) {
   small_m_packed<Bf16>(g, a, kp, 1);
 }
 
+// A bfloat16 pack (matmul_pack_b) holds op(b) as pairs for vdpbf16ps, and,
+// when it was made with AMX enabled, also as AMX tiles, then a tag word
+// saying which: the few-row products of decoding read the pairs, the others
+// the tiles, and a pack made before the engine was switched still reads right.
+constexpr uint32_t kPairsOnly = 0x50414952, kPairsAndTiles = 0x54494c45;
+int64_t pairs_floats(int64_t n, int64_t k) { return round_up(n, NR) * k; }
+const uint32_t* packed_tiles(const GemmArgs& g) {
+  const uint32_t* tiles = reinterpret_cast<const uint32_t*>(g.b_packed + pairs_floats(g.n, g.k));
+  return tiles[amx_packed_words(g.n, g.k)] == kPairsAndTiles ? tiles : nullptr;
+}
+
 void matmul_bf16(const GemmArgs& g) {
   if (g.m <= kSmallM && g.b_packed) {
     // op(A)'s rows as pairs, once, rather than in every panel: on the stack
@@ -527,7 +538,7 @@ void matmul_bf16(const GemmArgs& g) {
     ScratchFloats a_buf(g.m * kp, "matmul: bfloat16 pairs of op(a)");
     return small_m_bf16(g, as_elems<uint32_t>(a_buf.data), kp);
   }
-  if (amx_enabled()) return matmul_amx(g);
+  if (amx_enabled()) return matmul_amx(g, g.b_packed ? packed_tiles(g) : nullptr);
   matmul_tiled<Bf16>(g);
 }
 #endif
@@ -563,14 +574,24 @@ void gemm(const GemmArgs& g) {
   matmul(g);
 }
 
-int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
+#if defined(FASTLM_ISA_AVX512BF16)
+int64_t matmul_packed_size(int64_t n, int64_t k) {
+  return pairs_floats(n, k) + amx_packed_words(n, k) + kW;  // a line for the tag
+}
 
 void matmul_pack_b(const GemmArgs& g, float* packed) {
-#if defined(FASTLM_ISA_AVX512BF16)
-  if (g.precision == GemmPrecision::kBF16) return pack_b_all<Bf16>(g, reinterpret_cast<uint32_t*>(packed));
-#endif
-  pack_b_all<Fp32>(g, packed);
+  if (g.precision != GemmPrecision::kBF16) return pack_b_all<Fp32>(g, packed);
+  pack_b_all<Bf16>(g, reinterpret_cast<uint32_t*>(packed));
+  uint32_t* tiles = reinterpret_cast<uint32_t*>(packed + pairs_floats(g.n, g.k));
+  const bool amx = amx_enabled();
+  if (amx) amx_pack_b(g, tiles);
+  tiles[amx_packed_words(g.n, g.k)] = amx ? kPairsAndTiles : kPairsOnly;
 }
+#else
+int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
+
+void matmul_pack_b(const GemmArgs& g, float* packed) { pack_b_all<Fp32>(g, packed); }
+#endif
 
 #if defined(FASTLM_ISA_AVX512BF16)
 // The GEMM entries of the mixed-precision table (table.cpp): every product in

@@ -146,7 +146,18 @@ void store_block(const GemmArgs& g, const float* out, int64_t i0, int64_t j0) {
 
 }  // namespace
 
-void matmul_amx(const GemmArgs& g) {
+int64_t amx_packed_words(int64_t n, int64_t k) {
+  return 2 * ceil_div(n, kBlk) * ceil_div(k, kKStep) * kTileWords;
+}
+
+void amx_pack_b(const GemmArgs& g, uint32_t* tiles) {
+  const int64_t ks = ceil_div(g.k, kKStep), ntiles = 2 * ceil_div(g.n, kBlk) * ks;
+  parallel_for(ntiles, g.n * g.k > (1 << 16), [&](int64_t t) {
+    pack_b_tile(g, t / ks * kT, t % ks * kKStep, tiles + tile_index(t / ks, t % ks, ks) * kTileWords);
+  });
+}
+
+void matmul_amx(const GemmArgs& g, const uint32_t* b_tiles) {
   const int64_t ks = ceil_div(g.k, kKStep);
   const int64_t nblocks = ceil_div(g.n, kBlk), ngroups = 2 * nblocks;
   constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
@@ -164,17 +175,20 @@ void matmul_amx(const GemmArgs& g) {
   const int64_t nslices = imin(nblocks, imax(1, ceil_div(2 * nthreads, mchunks)));
   const int64_t per_slice = ceil_div(nblocks, nslices);
 
-  ScratchFloats bpack_buf(ngroups * ks * kTileWords, "matmul: b packed into AMX tiles");
-  uint32_t* bpack = reinterpret_cast<uint32_t*>(bpack_buf.data);
+  ScratchFloats bpack_buf(b_tiles ? 0 : ngroups * ks * kTileWords, "matmul: b packed into AMX tiles");
+  const uint32_t* bpack = b_tiles ? b_tiles : reinterpret_cast<const uint32_t*>(bpack_buf.data);
   const int64_t apack_floats = per_thread_floats(2 * block_pairs * ks * kTileWords);
   ScratchFloats apacks(apack_floats * nthreads, "matmul: blocks of a packed into AMX tiles");
 
   auto team_work = [&]() {
     configure_tiles();
     uint32_t* apack = reinterpret_cast<uint32_t*>(apacks.data + apack_floats * omp_get_thread_num());
+    if (!b_tiles) {
+      uint32_t* dst = reinterpret_cast<uint32_t*>(bpack_buf.data);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < ngroups * ks; ++t)
-      pack_b_tile(g, t / ks * kT, t % ks * kKStep, bpack + tile_index(t / ks, t % ks, ks) * kTileWords);
+      for (int64_t t = 0; t < ngroups * ks; ++t)
+        pack_b_tile(g, t / ks * kT, t % ks * kKStep, dst + tile_index(t / ks, t % ks, ks) * kTileWords);
+    }
 
     alignas(64) float out[kBlk * kBlk];
     int64_t packed = -1;
