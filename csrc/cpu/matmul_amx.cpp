@@ -103,6 +103,22 @@ void pack_b_tile(const GemmArgs& g, int64_t j0, int64_t p0, uint32_t* dst) {
 // Index of tile (panel or group t, k step s) in a packed operand.
 FASTLM_INLINE int64_t tile_index(int64_t t, int64_t s, int64_t ks) { return (t / 2 * ks + s) * 2 + t % 2; }
 
+// Tiles are packed in the order that reads op's source a line at a time:
+// along k for a k-contiguous operand (tile t of `groups` x ks is group t / ks,
+// step t % ks), across the groups for a k-major one (step t / groups, group
+// t % groups), whose rows lie a page or more apart.
+struct PackOrder {
+  int64_t groups, ks;
+  bool k_major;
+  int64_t group(int64_t t) const { return k_major ? t % groups : t / ks; }
+  int64_t step(int64_t t) const { return k_major ? t / groups : t % ks; }
+};
+
+void pack_b_at(const GemmArgs& g, const PackOrder& o, int64_t t, uint32_t* tiles) {
+  const int64_t gr = o.group(t), s = o.step(t);
+  pack_b_tile(g, gr * kT, s * kKStep, tiles + tile_index(gr, s, o.ks) * kTileWords);
+}
+
 // out (32 x 32, row stride 32) = the product of an A panel pair (rows 0-15,
 // 16-31) and a B group pair (columns 0-15, 16-31) over ks tile steps.
 FASTLM_INLINE void block_product(int64_t ks, const uint32_t* a, const uint32_t* b, float* out) {
@@ -152,8 +168,9 @@ int64_t amx_packed_words(int64_t n, int64_t k) {
 
 void amx_pack_b(const GemmArgs& g, uint32_t* tiles) {
   const int64_t ks = ceil_div(g.k, kKStep), ntiles = 2 * ceil_div(g.n, kBlk) * ks;
+  const PackOrder order{2 * ceil_div(g.n, kBlk), ks, !g.trans_b};
   parallel_for(ntiles, g.n * g.k > (1 << 16), [&](int64_t t) {
-    pack_b_tile(g, t / ks * kT, t % ks * kKStep, tiles + tile_index(t / ks, t % ks, ks) * kTileWords);
+    pack_b_at(g, order, t, tiles);
   });
 }
 
@@ -180,6 +197,7 @@ void matmul_amx(const GemmArgs& g, const uint32_t* b_tiles) {
   const int64_t apack_floats = per_thread_floats(2 * block_pairs * ks * kTileWords);
   ScratchFloats apacks(apack_floats * nthreads, "matmul: blocks of a packed into AMX tiles");
 
+  const PackOrder border{ngroups, ks, !g.trans_b};
   auto team_work = [&]() {
     configure_tiles();
     uint32_t* apack = reinterpret_cast<uint32_t*>(apacks.data + apack_floats * omp_get_thread_num());
@@ -187,7 +205,7 @@ void matmul_amx(const GemmArgs& g, const uint32_t* b_tiles) {
       uint32_t* dst = reinterpret_cast<uint32_t*>(bpack_buf.data);
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < ngroups * ks; ++t)
-        pack_b_tile(g, t / ks * kT, t % ks * kKStep, dst + tile_index(t / ks, t % ks, ks) * kTileWords);
+        pack_b_at(g, border, t, dst);
     }
 
     alignas(64) float out[kBlk * kBlk];
@@ -198,8 +216,10 @@ void matmul_amx(const GemmArgs& g, const uint32_t* b_tiles) {
       const int64_t i0 = block_row(mc), rows = block_row(mc + 1) - i0, panels = 2 * ceil_div(rows, kBlk);
       if (rows <= 0) continue;
       if (packed != mc) {
+        const PackOrder aorder{panels, ks, g.trans_a};
         for (int64_t t = 0; t < panels * ks; ++t)
-          pack_a_tile(g, i0 + t / ks * kT, t % ks * kKStep, apack + tile_index(t / ks, t % ks, ks) * kTileWords);
+          pack_a_tile(g, i0 + aorder.group(t) * kT, aorder.step(t) * kKStep,
+                      apack + tile_index(aorder.group(t), aorder.step(t), ks) * kTileWords);
         packed = mc;
       }
       const int64_t jb_end = imin(nblocks, (slice + 1) * per_slice);
