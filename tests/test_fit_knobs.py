@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+import fastlm
+
 from fastlm import mfu
 from fastlm.model import Transformer
 from fastlm.train import estimate_loss, get_lr
@@ -80,6 +82,8 @@ def test_peak_flops(monkeypatch):
     monkeypatch.delenv("FASTLM_PEAK_FLOPS", raising=False)
     peak = mfu.peak_flops()
     assert 1e8 < peak < 1e14 and math.isfinite(peak)
+    if fastlm.cpu_isa() == "avx512bf16":  # the bfloat16 GEMM's own peak, not float32's
+        assert mfu.peak_flops("bf16") != peak
     for bad in ("fast", "-1", "0", "inf", "nan"):
         monkeypatch.setenv("FASTLM_PEAK_FLOPS", bad)
         with pytest.raises(ValueError, match="FASTLM_PEAK_FLOPS"):

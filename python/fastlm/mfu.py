@@ -22,22 +22,26 @@ __all__ = ["peak_flops", "mfu"]
 
 
 @functools.lru_cache(maxsize=None)
-def _core_flops(isa: str) -> float:
+def _core_flops(isa: str, precision: str, amx: bool) -> float:
     from . import _C, ops
     threads = _C.get_num_threads()
-    m, n, k = 192, 256, 256  # A block of 192 KB and B of 256 KB: cache resident, one thread
+    # float32: an A block of 192 KB and B of 256 KB, cache resident on one
+    # thread; bfloat16 (vdpbf16ps or AMX tiles) does the same work in a fraction
+    # of the time, so a larger product, still within L2, keeps the timing fair.
+    m, n, k = (512, 512, 512) if precision == "bf16" else (192, 256, 256)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     best = float("inf")
+    gemm = "bf16" if precision == "bf16" else "highest"
     try:
         _C.set_num_threads(1)
-        ops.matmul(a, b)  # warm the caches and the code
+        ops.matmul(a, b, precision=gemm)  # warm the caches and the code
         deadline = time.perf_counter() + 0.05
         while True:
             t0 = time.perf_counter()
             for _ in range(4):
-                ops.matmul(a, b)
+                ops.matmul(a, b, precision=gemm)
             best = min(best, (time.perf_counter() - t0) / 4)
             if time.perf_counter() > deadline:
                 break
@@ -46,10 +50,11 @@ def _core_flops(isa: str) -> float:
     return 2.0 * m * n * k / best
 
 
-def peak_flops() -> float:
-    """Peak float32 FLOP/s of this process's kernel threads: ``FASTLM_PEAK_FLOPS``
-    when set, else one core's measured GEMM rate (at the active CPU ISA) times
-    ``fastlm.get_num_threads()``."""
+def peak_flops(precision: str = "fp32") -> float:
+    """Peak FLOP/s of this process's kernel threads for GEMMs in ``precision``
+    ("fp32", or "bf16": the bfloat16 GEMM, on AMX tiles where it runs there):
+    ``FASTLM_PEAK_FLOPS`` when set, else one core's measured GEMM rate (at the
+    active CPU ISA) times ``fastlm.get_num_threads()``."""
     env = os.environ.get("FASTLM_PEAK_FLOPS", "")
     if env:
         try:
@@ -60,7 +65,8 @@ def peak_flops() -> float:
             raise ValueError(f"FASTLM_PEAK_FLOPS must be a positive number of FLOP/s, got {env!r}")
         return v
     from . import _C
-    return _core_flops(_C.cpu_isa()) * _C.get_num_threads()
+    bf16 = precision == "bf16" and _C.cpu_isa() == "avx512bf16"
+    return _core_flops(_C.cpu_isa(), "bf16" if bf16 else "fp32", _C.cpu_amx()) * _C.get_num_threads()
 
 
 def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:

@@ -455,7 +455,8 @@ def fit(model: Any, train: Any, *, steps: int, batch_size: int, lr: float = 1e-3
     tokens_per_step = batch_size * block * grad_accum * nranks
     from .mfu import mfu, peak_flops
     # Every rank's threads: the peak of one process times the ranks (of one machine's kind).
-    flops_per_token, peak = model._flops_per_token(block), peak_flops() * nranks
+    flops_per_token = model._flops_per_token(block)
+    peak = peak_flops(model.config.get("precision", "fp32")) * nranks
     bar = _Progress(bool(progress) and lead, steps, start)
     saved_at = -1
     try:
