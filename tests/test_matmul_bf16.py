@@ -183,8 +183,8 @@ def test_matmul_bfloat16(gpu_backend, rng, m, n, k, trans_a, trans_b):
 
 
 def test_amx_switch(rng):
-    """FASTLM_CPU_AMX=0 keeps the tiles off; turning them on where the CPU has
-    none is refused by name; the switch changes the engine, not the answer's bound."""
+    """FASTLM_CPU_AMX=0 keeps the tiles off (availability still reported);
+    turning them on where the CPU has none is refused by name."""
     if not _C.cpu_amx_available():
         with pytest.raises(ValueError, match="AMX"):
             _C._set_cpu_amx(True)

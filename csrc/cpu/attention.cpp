@@ -89,7 +89,7 @@ int64_t forward_floats(int64_t D, int64_t rows_p) {
   const int64_t Dp = round_up(D, kW);
   const int64_t f32 = (D + Dp + 2) * rows_p + kBq + kBk * Dp + kBk * kBq;
   // Q^T, K and P as pairs (V's pairs take V's float buffer).
-  return P::kPairs ? f32 + cdiv(D, 2) * rows_p + kBk * Dp / 2 + kBk / 2 * kBq : f32;
+  return P::kPairs ? f32 + ceil_div(D, 2) * rows_p + kBk * Dp / 2 + kBk / 2 * kBq : f32;
 }
 
 // Forward of query rows [r0, r0 + rows) of head h, the products' operands read
@@ -108,7 +108,7 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
         *vp = alpha + kBq, *st = vp + kBk * Dp;
   T *qtb = nullptr, *kb = nullptr, *pb = nullptr;
   if (P::kPairs) {
-    qtb = reinterpret_cast<T*>(st + kBk * kBq), kb = qtb + cdiv(D, 2) * ldq;
+    qtb = reinterpret_cast<T*>(st + kBk * kBq), kb = qtb + ceil_div(D, 2) * ldq;
     pb = kb + kBk * Dp / 2;
   }
   const Head hd = head_at(a, h);
@@ -134,7 +134,7 @@ void forward_rows(const AttentionArgs& a, int64_t h, int64_t r0, int64_t rows, f
     const MatB<T> vr = P::b_rows(hd.v + k0 * a.sv.row, a.sv.row, nk, D, Dp, reinterpret_cast<T*>(vp));
     const MatA<T> ka = P::a_rows(hd.k + k0 * a.sk.row, a.sk.row, nk, D, kb, Dp / 2);
     for (int64_t q0 = 0; q0 < rows; q0 += kBq) {
-      const int64_t nq = imin(kBq, rows - q0), nqv = cdiv(nq, kW), gq0 = r0 + q0;
+      const int64_t nq = imin(kBq, rows - q0), nqv = ceil_div(nq, kW), gq0 = r0 + q0;
       // Keys past the last query's horizon are hidden from the whole block.
       const int64_t tnk = a.causal ? imin(nk, gq0 + nq + off - k0) : nk;
       if (tnk <= 0) continue;
@@ -207,7 +207,7 @@ struct Packed {
 template <class P>
 int64_t packed_floats(int64_t T, int64_t D) {
   const int64_t ldt = round_up(T, kW), Dp = round_up(D, kW);
-  return 2 * D * ldt + 2 * T * Dp + 2 * ldt + (P::kPairs ? 2 * cdiv(D, 2) * ldt : 0);
+  return 2 * D * ldt + 2 * T * Dp + 2 * ldt + (P::kPairs ? 2 * ceil_div(D, 2) * ldt : 0);
 }
 
 template <class P>
@@ -218,7 +218,7 @@ Packed<P> packed_at(float* p, int64_t T, int64_t D) {
   k.qt = p, k.dot = k.qt + D * ldt, k.qp = k.dot + D * ldt, k.dop = k.qp + T * Dp;
   k.lse = k.dop + T * Dp, k.delta = k.lse + ldt;
   if (P::kPairs) {
-    k.qtb = reinterpret_cast<E*>(k.delta + ldt), k.dotb = k.qtb + cdiv(D, 2) * ldt;
+    k.qtb = reinterpret_cast<E*>(k.delta + ldt), k.dotb = k.qtb + ceil_div(D, 2) * ldt;
     k.qpb = reinterpret_cast<E*>(k.qp), k.dopb = reinterpret_cast<E*>(k.dop);
   }
   return k;
@@ -323,7 +323,7 @@ void backward_keys(const AttentionGradArgs& g, int64_t h, int64_t k0, const Pack
   }
   memset(dk, 0, 2 * kBk * Dp * sizeof(float));  // dk and dv
   for (int64_t q0 = a.causal ? k0 / kBq * kBq : 0; q0 < T; q0 += kBq) {
-    const int64_t nq = imin(kBq, T - q0), nqv = cdiv(nq, kW);
+    const int64_t nq = imin(kBq, T - q0), nqv = ceil_div(nq, kW);
     const int64_t tnk = a.causal ? imin(nk, q0 + nq - k0) : nk;
     const int64_t lim = a.causal ? k0 - q0 : -kAll;
     gemm<S>(tnk, nqv, D, ka, qtb + q0, ldt, st, kBq, false, -kAll, kAll, lim);
@@ -414,7 +414,7 @@ void forward_one_query_heads(const AttentionArgs& a, float* scores) {
 // The tiled forward and backward with the products' operands read as P says.
 template <class P>
 void forward_impl(const AttentionArgs& a) {
-  const int64_t bh = a.batch * a.heads, nqb = cdiv(a.seq_q, kBq), D = a.head_dim;
+  const int64_t bh = a.batch * a.heads, nqb = ceil_div(a.seq_q, kBq), D = a.head_dim;
   if (a.seq_q == 1 && a.dropout_p == 0.f) {
     // The scores on the stack up to a decoding step's sizes (no allocation
     // per token).
@@ -430,8 +430,8 @@ void forward_impl(const AttentionArgs& a) {
   // Query blocks of one head share one Q^T: as many per work item as still
   // leaves every thread a few items.
   int64_t g = imin(nqb, 16);
-  while (g > 1 && bh * cdiv(nqb, g) < 4 * nth) g = cdiv(g, 2);
-  const int64_t ng = cdiv(nqb, g), items = bh * ng, span = g * kBq, Dp = round_up(D, kW);
+  while (g > 1 && bh * ceil_div(nqb, g) < 4 * nth) g = ceil_div(g, 2);
+  const int64_t ng = ceil_div(nqb, g), items = bh * ng, span = g * kBq, Dp = round_up(D, kW);
   // Per-thread scratch is allocated before the region: a failed allocation
   // inside it could not be reported (the exception would end the process).
   const int64_t scratch = per_thread_floats(forward_floats<P>(D, span));
@@ -452,7 +452,7 @@ template <class P>
 void backward_impl(const AttentionGradArgs& g) {
   const AttentionArgs& a = g.fwd;
   const int64_t bh = a.batch * a.heads, T = a.seq_q, D = a.head_dim, Dp = round_up(D, kW);
-  const int64_t nkb = cdiv(T, kBk), tile_fl = tile_floats<P>(Dp);
+  const int64_t nkb = ceil_div(T, kBk), tile_fl = tile_floats<P>(Dp);
   const float scale = 1.f / sqrtf((float)D);
   const int nth = num_threads();
   if (nkb == 1 || bh % nth == 0 || bh >= 4 * nth) {
@@ -493,7 +493,7 @@ void backward_impl(const AttentionGradArgs& g) {
   {
     float* tile = tiles + tile_stride * omp_get_thread_num();
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t nchunk = cdiv(T, 64), rounds = cdiv(nkb, nt);
+    const int64_t nchunk = ceil_div(T, 64), rounds = ceil_div(nkb, nt);
     for (int64_t h = 0; h < bh; ++h) {
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < nchunk; ++c) pack_head(g, h, c * 64, imin(T, c * 64 + 64), pk);

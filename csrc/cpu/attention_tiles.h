@@ -30,9 +30,6 @@ constexpr int kAcc = 16, kMaxNV = 4;
 constexpr int kAcc = 8, kMaxNV = 2;
 #endif
 
-int64_t cdiv(int64_t x, int64_t m) { return (x + m - 1) / m; }
-int64_t round_up(int64_t x, int64_t m) { return cdiv(x, m) * m; }
-
 // c[r][0, NV kW) (+)= sum_p a[r ars + p aks] * b[p ldb + (0, NV kW)] for r < R,
 // over ks elements of k.
 template <class S, int R, int NV, class T = typename S::T>
@@ -65,7 +62,7 @@ FASTLM_INLINE void micro_range(int64_t r, int64_t k, int64_t lo, int64_t hi, con
                                int64_t ars, int64_t aks, const T* b, int64_t ldb, float* c,
                                int64_t ldc, bool acc) {
   const int64_t p0 = imax(0, imin(k, r + lo)), p1 = imax(p0, imin(k, r + R + hi));
-  const int64_t s0 = p0 / S::kPer, s1 = cdiv(p1, S::kPer);
+  const int64_t s0 = p0 / S::kPer, s1 = ceil_div(p1, S::kPer);
   micro<S, R, NV>(s1 - s0, a + r * ars + s0 * aks, ars, aks, b + s0 * ldb, ldb, c + r * ldc, ldc,
                   acc);
 }

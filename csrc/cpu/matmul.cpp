@@ -52,8 +52,10 @@ constexpr int64_t KC = 512;
 constexpr int64_t MC_MAX = 192;
 constexpr int64_t NC = 4096;    // B block KC x NC fits L3
 
-FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Floats of op(B) (k, n) as NR-column float32 panels (pack_b_all; bfloat16
+// pairs take about half).
+FASTLM_INLINE int64_t panel_floats(int64_t n, int64_t k) { return round_up(n, NR) * k; }
 
 // The microkernel's k step: Fp32 (simd.h) or Bf16 (matmul_bf16.h).
 
@@ -521,9 +523,8 @@ void small_m_bf16(const GemmArgs& g, uint32_t* a, int64_t kp) {
 // saying which: the few-row products of decoding read the pairs, the others
 // the tiles, and a pack made before the engine was switched still reads right.
 constexpr uint32_t kPairsOnly = 0x50414952, kPairsAndTiles = 0x54494c45;
-int64_t pairs_floats(int64_t n, int64_t k) { return round_up(n, NR) * k; }
 const uint32_t* packed_tiles(const GemmArgs& g) {
-  const uint32_t* tiles = reinterpret_cast<const uint32_t*>(g.b_packed + pairs_floats(g.n, g.k));
+  const uint32_t* tiles = reinterpret_cast<const uint32_t*>(g.b_packed + panel_floats(g.n, g.k));
   return tiles[amx_packed_words(g.n, g.k)] == kPairsAndTiles ? tiles : nullptr;
 }
 
@@ -574,24 +575,27 @@ void gemm(const GemmArgs& g) {
   matmul(g);
 }
 
-#if defined(FASTLM_ISA_AVX512BF16)
 int64_t matmul_packed_size(int64_t n, int64_t k) {
-  return pairs_floats(n, k) + amx_packed_words(n, k) + kW;  // a line for the tag
+#if defined(FASTLM_ISA_AVX512BF16)
+  return panel_floats(n, k) + amx_packed_words(n, k) + kW;  // a line for the tag
+#else
+  return panel_floats(n, k);
+#endif
 }
 
 void matmul_pack_b(const GemmArgs& g, float* packed) {
-  if (g.precision != GemmPrecision::kBF16) return pack_b_all<Fp32>(g, packed);
-  pack_b_all<Bf16>(g, reinterpret_cast<uint32_t*>(packed));
-  uint32_t* tiles = reinterpret_cast<uint32_t*>(packed + pairs_floats(g.n, g.k));
-  const bool amx = amx_enabled();
-  if (amx) amx_pack_b(g, tiles);
-  tiles[amx_packed_words(g.n, g.k)] = amx ? kPairsAndTiles : kPairsOnly;
-}
-#else
-int64_t matmul_packed_size(int64_t n, int64_t k) { return round_up(n, NR) * k; }
-
-void matmul_pack_b(const GemmArgs& g, float* packed) { pack_b_all<Fp32>(g, packed); }
+#if defined(FASTLM_ISA_AVX512BF16)
+  if (g.precision == GemmPrecision::kBF16) {
+    pack_b_all<Bf16>(g, reinterpret_cast<uint32_t*>(packed));
+    uint32_t* tiles = reinterpret_cast<uint32_t*>(packed + panel_floats(g.n, g.k));
+    const bool amx = amx_enabled();
+    if (amx) amx_pack_b(g, tiles);
+    tiles[amx_packed_words(g.n, g.k)] = amx ? kPairsAndTiles : kPairsOnly;
+    return;
+  }
 #endif
+  pack_b_all<Fp32>(g, packed);
+}
 
 #if defined(FASTLM_ISA_AVX512BF16)
 // The GEMM entries of the mixed-precision table (table.cpp): every product in

@@ -43,8 +43,6 @@ constexpr int kBlk = 2 * kT;          // the C block, 2 x 2 tiles
 constexpr int64_t kMb = 8 * kBlk;
 static_assert(kW == kT, "a tile row is one 512-bit vector");
 
-FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Palette 1: eight tiles of 16 rows x 64 bytes. Per thread, before any tile
 // instruction.
 struct alignas(64) TileConfig {

@@ -31,6 +31,8 @@ FASTLM_INLINE float fmaxs(float a, float b) { return a > b ? a : b; }
 FASTLM_INLINE float fmins(float a, float b) { return a < b ? a : b; }
 FASTLM_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 FASTLM_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+FASTLM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+FASTLM_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // kW lanes in the register type VReg; FASTLM_MM(add_ps) is the intrinsic of the
 // ISA (_mm512_add_ps, _mm256_add_ps, _mm_add_ps), so the operations every ISA

@@ -23,6 +23,8 @@ __all__ = ["peak_flops", "mfu"]
 
 @functools.lru_cache(maxsize=None)
 def _core_flops(isa: str, precision: str, amx: bool) -> float:
+    # isa and amx are read by the GEMM itself; as arguments they key the cache,
+    # so switching either measures again.
     from . import _C, ops
     threads = _C.get_num_threads()
     # float32: an A block of 192 KB and B of 256 KB, cache resident on one
