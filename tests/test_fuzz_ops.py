@@ -8,6 +8,9 @@ argument, or return a result that matches the float64 reference (from the op's
 own test module) wherever the inputs it depends on are finite and neither the
 reference nor a plain float32 evaluation of it overflows float32 (within the
 flash-attention bound: a few times the plain float32 error). A crash fails the run.
+``test_matmul_bf16`` draws larger sizes instead, across the block boundaries of
+both bfloat16 GEMM engines, on plain operands (test_matmul_bf16.py has their
+specials and argument checks).
 
 Bounded for CI: FUZZ_EXAMPLES examples per op and ISA (environment variable
 FASTLM_FUZZ_EXAMPLES, default 40), derandomized so that a CI run is repeatable
@@ -27,10 +30,11 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fastlm  # noqa: E402
-from fastlm import ops  # noqa: E402
+from fastlm import _C, ops  # noqa: E402
 from conftest import assert_error_bound  # noqa: E402
 from reference.adamw import adamw_ref  # noqa: E402
 from reference.attention import ref_backward as attention_backward_ref  # noqa: E402
+from reference.bf16 import matmul_refs  # noqa: E402
 from reference.attention import ref_forward as attention_ref  # noqa: E402
 from reference.cross_entropy import ce_ref  # noqa: E402
 from reference.dropout import ref_keep  # noqa: E402
@@ -181,6 +185,27 @@ def test_matmul(data):
         r64, r32 = ref(np.float64), ref(np.float32)
     mask = np.isfinite(opa).all(1)[:, None] & np.isfinite(opb).all(0)[None, :] & np.isfinite(bias)[None, :]
     close(c, r64, r32, mask, "matmul")
+
+
+@FUZZ
+@given(m=st.integers(1, 600), n=st.integers(1, 600), k=st.integers(1, 600), trans_a=st.booleans(),
+       trans_b=st.booleans(), bias=st.booleans(), accumulate=st.booleans(), prepack=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_matmul_bf16(bf16, m, n, k, trans_a, trans_b, bias, accumulate, prepack, seed):
+    """precision="bf16" on each engine (the bf16 fixture), at sizes drawn across
+    every block boundary of both (the few-row path, 16-row tiles, 256-row A
+    blocks split between the threads, K blocks past 512), with bias,
+    accumulation into c and B packed beforehand drawn too: within the bound of
+    the float64 product of the rounded operands."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    bias_v = rng.standard_normal(n).astype(np.float32) if bias else None
+    c0 = rng.standard_normal((m, n)).astype(np.float32) if accumulate else np.zeros((m, n), np.float32)
+    ref, naive = matmul_refs(a, b, trans_a, trans_b, c0 + (bias_v if bias else 0))
+    c = c0.copy()
+    _C._matmul_into(c, a, b, trans_a, trans_b, bias_v, "bf16", accumulate, prepack)
+    assert_error_bound(c, ref, naive, name=f"{bf16} {m}x{n}x{k} trans_a={trans_a} trans_b={trans_b}")
 
 
 @fuzz

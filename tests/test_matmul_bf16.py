@@ -11,7 +11,7 @@ import pytest
 import fastlm
 from fastlm import _C, ops
 from conftest import assert_error_bound, bf16_engine, bf16_engines, needs_bf16, same_on_thread_counts
-from reference.bf16 import bf16_round
+from reference.bf16 import bf16_round, matmul_refs
 from reference.matmul import operands
 
 
@@ -23,27 +23,13 @@ SIZES = [(1, 1, 1), (3, 17, 31), (4, 33, 3), (17, 33, 3), (31, 1, 127), (33, 127
          (40, 97, 1025), (129, 65, 33), (128, 32, 64), (300, 48, 97)]
 
 
-def references(a, b, trans_a, trans_b, c0, rounded=True):
-    """float64 and naive float32 (in order over k) of c0 + op(a) op(b) on the
-    bfloat16-rounded operands (as they are, unless rounded)."""
-    opa = a.T if trans_a else a
-    opb = b.T if trans_b else b
-    if rounded:
-        opa, opb = bf16_round(opa), bf16_round(opb)
-    ref = c0.astype(np.float64) + opa.astype(np.float64) @ opb.astype(np.float64)
-    naive = c0.astype(np.float32).copy()
-    for p in range(opa.shape[1]):
-        naive += np.outer(opa[:, p], opb[p, :]).astype(np.float32)
-    return ref, naive
-
-
 @pytest.mark.parametrize("m,n,k", SIZES)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_bf16_matmul_matches_float64(bf16, rng, m, n, k, trans_a, trans_b):
     a, b = operands(rng, m, n, k, trans_a, trans_b)
     bias = rng.standard_normal(n).astype(np.float32)
-    ref, naive = references(a, b, trans_a, trans_b, np.broadcast_to(bias, (m, n)))
+    ref, naive = matmul_refs(a, b, trans_a, trans_b, np.broadcast_to(bias, (m, n)))
     c = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias, precision="bf16")
     assert c.dtype == np.float32 and c.shape == (m, n)
     assert_error_bound(c, ref, naive, name=f"{m}x{n}x{k}")
@@ -65,7 +51,7 @@ def test_accumulate_and_prepacked(isa, rng, m, n, k, trans_a, trans_b, prepack, 
     a, b = operands(rng, m, n, k, trans_a, trans_b)
     bias = rng.standard_normal(n).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
-    ref, naive = references(a, b, trans_a, trans_b, c0 + bias, rounded=precision == "bf16")
+    ref, naive = matmul_refs(a, b, trans_a, trans_b, c0 + bias, rounded=precision == "bf16")
     for engine in bf16_engines() if precision == "bf16" else ["fma"]:
         with bf16_engine(engine):
             c = c0.copy()
@@ -94,7 +80,7 @@ def test_bf16_specials(bf16):
 
 def test_bf16_large_blocks(bf16, rng):
     a, b = operands(rng, 397, 211, 1613, False, True)
-    ref, _ = references(a, b, False, True, np.zeros((397, 211)))
+    ref, _ = matmul_refs(a, b, False, True, np.zeros((397, 211)))
     naive = bf16_round(a) @ bf16_round(b).T  # float32 BLAS on the rounded operands
     assert_error_bound(ops.matmul(a, b, trans_b=True, precision="bf16"), ref, naive, factor=8)
 
