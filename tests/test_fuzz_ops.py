@@ -184,7 +184,8 @@ def test_matmul(data):
     with np.errstate(all="ignore"):
         r64, r32 = ref(np.float64), ref(np.float32)
     mask = np.isfinite(opa).all(1)[:, None] & np.isfinite(opb).all(0)[None, :] & np.isfinite(bias)[None, :]
-    close(c, r64, r32, mask, "matmul")
+    # Sums of products that can cancel: good to the ulps of the largest term.
+    close(c, r64, r32, mask, "matmul", scale=max(finite_max(opa) * finite_max(opb), finite_max(bias)))
 
 
 @FUZZ
@@ -224,8 +225,10 @@ def test_softmax_and_backward(data):
     dx = call(data, ops.softmax_backward, dict(dy=dy, y=y), ["dy", "y"])
     if dx is not RAISED:
         with np.errstate(all="ignore"):
+            # dx = y (dy - sum(dy y)): where one y is near 1 its dy cancels
+            # against the sum, good to the ulps of the terms dy y.
             close(dx, softmax_backward_ref(dy, y), softmax_backward_ref(dy, y, np.float32), finite_rows(y, dy),
-                  "softmax_backward")
+                  "softmax_backward", scale=finite_max(dy * y))
 
 
 @fuzz
@@ -241,7 +244,9 @@ def test_layernorm_and_backward(data):
     with np.errstate(all="ignore"):
         ref64, ref32 = ln_ref(x, w, b), ln_ref(x, w, b, dtype=np.float32)
     for ours, r64, r32, name in zip(got, ref64, ref32, ("y", "mean", "rstd")):
-        close(ours, r64, r32, ok if name == "y" else ok[:, 0], f"layernorm {name}")
+        # A mean is a sum of terms that can cancel: good to the ulps of the x summed.
+        close(ours, r64, r32, ok if name == "y" else ok[:, 0], f"layernorm {name}",
+              scale=finite_max(x) if name == "mean" else 0.0)
     _, mean, rstd = ops.layernorm(x, w, b)
     dy = values(data, (rows, cols), scale=1.0)
     grads = call(data, ops.layernorm_backward, dict(dy=dy, x=x, weight=w, mean=mean, rstd=rstd),
@@ -251,10 +256,15 @@ def test_layernorm_and_backward(data):
     with np.errstate(all="ignore"):
         ref64, ref32 = ln_backward_ref(dy, x, w), ln_backward_ref(dy, x, w, dtype=np.float32)
     ok = ok & finite_rows(dy)
-    close(grads[0], ref64[0], ref32[0], ok, "layernorm dx")
+    # Each gradient is a sum of terms that can cancel (dx of a 2-wide row is 0):
+    # good to the ulps of its largest term.
+    with np.errstate(all="ignore"):
+        xhat = (x - mean[:, None].astype(np.float64)) * rstd[:, None]
+        dx_terms = finite_max(rstd[:, None] * dy * w) * max(1.0, finite_max(xhat))
+    close(grads[0], ref64[0], ref32[0], ok, "layernorm dx", scale=dx_terms)
     if ok.all():
-        close(grads[1], ref64[1], ref32[1], None, "layernorm dweight")
-        close(grads[2], ref64[2], ref32[2], None, "layernorm dbias")
+        close(grads[1], ref64[1], ref32[1], None, "layernorm dweight", scale=finite_max(dy * xhat))
+        close(grads[2], ref64[2], ref32[2], None, "layernorm dbias", scale=finite_max(dy))
 
 
 @fuzz
@@ -311,7 +321,9 @@ def test_attention_and_backward(data):
     with np.errstate(all="ignore"):
         r64 = attention_backward_ref(dout, q, k, v, causal)
         r32 = attention_backward_ref(dout, q, k, v, causal, np.float32)
-    terms = finite_max(dout) * finite_max(v) * finite_max(q, k)  # dq, dk sum products of these
+    # dq, dk sum products of these, with the probabilities recomputed from the
+    # forward's float32 lse: an ulp of the largest score off, as for out.
+    terms = finite_max(dout) * finite_max(v) * finite_max(q, k) * max(1.0, score)
     for ours, a, b, name in zip(grads, r64, r32, ("dq", "dk", "dv")):
         close(ours, a, b, ok[:, :, None, None], f"attention_backward {name}", scale=terms)
 
