@@ -34,8 +34,8 @@ from fastlm import _C, ops  # noqa: E402
 from conftest import assert_error_bound  # noqa: E402
 from reference.adamw import adamw_ref  # noqa: E402
 from reference.attention import ref_backward as attention_backward_ref  # noqa: E402
-from reference.bf16 import matmul_refs  # noqa: E402
 from reference.attention import ref_forward as attention_ref  # noqa: E402
+from reference.bf16 import matmul_refs  # noqa: E402
 from reference.cross_entropy import ce_ref  # noqa: E402
 from reference.dropout import ref_keep  # noqa: E402
 from reference.gelu import gelu_grad_ref, gelu_ref  # noqa: E402
