@@ -127,6 +127,9 @@ if wants tests; then
   run_stage tests 150 "$LOGS/tests.log" "${ON_GPU[@]}" "${PYTEST[@]}" -n 8 --timeout 90 \
     "${OP_TESTS[@]}" tests/test_cuda_build.py tests/test_cuda_check.py tests/test_ops_arguments.py \
     tests/test_device_models.py
+  # NCCL's first contact (one rank, in one process: no MPI here) and ZeRO-1 on a device model.
+  run_stage tests-nccl 60 "$LOGS/tests.log" "${PYTEST[@]}" --timeout 90 tests/test_distributed.py \
+    -k "nccl or zero1_in_one_process"
   # The opt-in attention forward (FASTLM_CUDA_ATTENTION=next): the attention tests again.
   run_stage tests-attn-next 60 "$LOGS/tests.log" "${ON_GPU[@]}" FASTLM_CUDA_ATTENTION=next \
     "${PYTEST[@]}" -n 8 --timeout 90 tests/test_attention.py tests/test_dropout.py -k attention

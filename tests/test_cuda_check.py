@@ -155,7 +155,7 @@ def test_script_dry_run_plans_every_stage_within_budget(tmp_path):
     assert r.returncode == 0, r.stderr
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
     names = [line.split()[1] for line in plan]
-    assert names == ["install", "tests", "tests-attn-next", "tests-wgmma-next", "tests-pointwise",
+    assert names == ["install", "tests", "tests-nccl", "tests-attn-next", "tests-wgmma-next", "tests-pointwise",
                      "tests-pointwise-next", "models", "graphs", "memcheck",
                      "initcheck", "synccheck", "racecheck", "memcheck-wgmma", "memcheck-wgmma-next",
                      "memcheck-attn-next", "racecheck-attn-next", "memcheck-pointwise-next",
@@ -163,7 +163,7 @@ def test_script_dry_run_plans_every_stage_within_budget(tmp_path):
                      "bench-wgmma-next", "bench-attn-next", "bench-pointwise-next"]
     limits = [int(line.split()[2].strip("():s")) for line in plan]
     # no stage may outlast the budget
-    assert limits == [100, 100, 60, 90, 90, 90, 100, 100, 90, 90, 90, 90, 60, 60, 60, 60, 60, 60, 100,
+    assert limits == [100, 100, 60, 60, 90, 90, 90, 100, 100, 90, 90, 90, 90, 60, 60, 60, 60, 60, 60, 100,
                       90, 90, 60, 60], plan
     assert "-DFASTLM_CUDA=ON" in r.stdout and "-k small" in r.stdout
     # The sanitizers run every op file's test_small_* functions on the GPU alone.
@@ -182,10 +182,11 @@ def test_script_dry_run_with_a_wheel_installs_it(tmp_path):
                    "--logs", str(tmp_path / "logs"))
     assert r.returncode == 0, r.stderr
     plan = [line for line in r.stdout.splitlines() if line.startswith("[dry-run]")]
-    assert len(plan) == 6  # install, tests, tests-attn-next, tests-wgmma-next, tests-pointwise(-next)
+    assert len(plan) == 7  # install, tests, tests-nccl, tests-attn-next, tests-wgmma-next, tests-pointwise(-next)
     assert "pip install" in plan[0] and str(wheel) in plan[0] and "cmake" not in r.stdout
     assert "FASTLM_TEST_BACKENDS=cuda" in plan[1] and "tests/test_matmul.py" in plan[1]
-    assert "tests/test_cuda_table.py" in plan[1] and "FASTLM_CUDA_GEMM=wgmma-next" in plan[3]
+    assert "tests/test_cuda_table.py" in plan[1] and "tests/test_distributed.py" in plan[2]
+    assert "FASTLM_CUDA_GEMM=wgmma-next" in plan[4]
 
 
 def test_table_help(capsys):

@@ -137,6 +137,26 @@ def test_device_all_reduce_needs_gpu(no_launcher):
         w.all_reduce(buf)
 
 
+def test_nccl_all_reduce_in_one_process(no_launcher):
+    """NCCL's first contact on a GPU, in one process: the library, a unique id,
+    a communicator of one rank and an all-reduce of a float32 device buffer
+    through ctypes, whose sum and mean over one rank leave it as it was."""
+    if not fastlm.cuda_available():
+        pytest.skip("needs an NVIDIA GPU")
+    try:
+        _nccl.load_library()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    comm = _nccl.NcclCommunicator(dist.World())
+    x = np.arange(1001, dtype=np.float32) - 500.25
+    buf = fastlm.to_device(x)
+    for op in ("sum", "mean"):
+        comm.all_reduce(buf, op)
+        np.testing.assert_array_equal(buf.numpy(), x)
+    with pytest.raises(TypeError, match="float32"):
+        comm.all_reduce(fastlm.to_device(x.astype(np.int32)), "sum")
+
+
 # ------------------------------------------------------------------------ jobs
 
 def _env(**extra):
